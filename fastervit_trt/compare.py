@@ -1,0 +1,42 @@
+"""One comparison report for two batches of logits, used by every validation in the toolkit."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How far ``candidate`` logits are from ``reference`` logits (same shape, (N, classes))."""
+
+    max_abs_diff: float
+    max_abs_reference: float
+    mean_cosine: float
+    min_cosine: float
+    top1_agreement: float
+
+    @property
+    def relative_diff(self) -> float:
+        """max |diff| / max |reference|: scale-free, what the parity tolerances bound."""
+        return self.max_abs_diff / max(self.max_abs_reference, np.finfo(np.float64).tiny)
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "relative_diff": self.relative_diff}
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> Comparison:
+    """Compare two (N, ...) arrays in float64; rows are flattened to vectors."""
+    ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    cand = np.asarray(candidate, dtype=np.float64).reshape(len(candidate), -1)
+    if ref.shape != cand.shape:
+        raise ValueError(f"cannot compare outputs of shapes {ref.shape} and {cand.shape}")
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    cosine = np.where(norms > 0, (ref * cand).sum(axis=1) / np.where(norms > 0, norms, 1), 1.0)
+    return Comparison(
+        max_abs_diff=float(np.abs(ref - cand).max()),
+        max_abs_reference=float(np.abs(ref).max()),
+        mean_cosine=float(cosine.mean()),
+        min_cosine=float(cosine.min()),
+        top1_agreement=float((ref.argmax(axis=1) == cand.argmax(axis=1)).mean()),
+    )

@@ -1,0 +1,121 @@
+"""Deploy transforms: turn a trained FasterViT into the smallest equivalent inference graph.
+
+``prepare_for_export(model)`` returns a frozen copy in which
+- every BatchNorm is folded into the convolution before it, and the final BatchNorm into
+  the classifier (average pooling is linear, so it commutes with the affine BN);
+- the position-embedding and attention-bias MLPs are evaluated once into constants;
+- the attention scale is folded into the query projection;
+- layer scales that multiply a linear output are folded into that linear layer;
+- stochastic depth is gone (the copy is in eval mode with no drop-path rate).
+The original model is not modified.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from ..models.fastervit import (AttentionStage, FasterViT, HATBlock, TokenPositionMLP,
+                                WindowAttention)
+
+
+class Constant(nn.Module):
+    """A frozen tensor standing in for a sub-network whose output never changes."""
+
+    def __init__(self, value: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("value", value.detach().clone())
+
+    def forward(self) -> Tensor:
+        return self.value
+
+
+class AddConstant(nn.Module):
+    """``x + value`` with a frozen ``value`` (a precomputed position embedding)."""
+
+    def __init__(self, value: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("value", value.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.value
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A convolution computing ``bn(conv(x))`` in eval mode."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                      conv.padding, conv.dilation, conv.groups, bias=True)
+    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+def _fold_batchnorm_into_head(head: nn.Linear, bn: nn.BatchNorm2d) -> None:
+    """Make ``head(mean(x))`` compute ``head(mean(bn(x)))``."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    head.bias.add_(head.weight @ shift)
+    head.weight.mul_(scale)
+
+
+def _scale_output(linear: nn.Linear, gamma: Tensor) -> None:
+    """Make ``linear(x)`` compute ``gamma * linear(x)``."""
+    linear.weight.mul_(gamma.view(-1, 1))
+    linear.bias.mul_(gamma)
+
+
+def _freeze_attention(attn: WindowAttention) -> None:
+    attn.pos_emb_funct = Constant(attn.pos_emb_funct())
+    dim = attn.proj.in_features
+    attn.qkv.weight[:dim].mul_(attn.scale)
+    attn.qkv.bias[:dim].mul_(attn.scale)
+    attn.scale = None
+
+
+def _freeze_block(block: HATBlock) -> None:
+    block.drop_path_rate = 0.0
+    for name in ("pos_embed", "hat_pos_embed"):
+        module = getattr(block, name, None)
+        if isinstance(module, TokenPositionMLP):
+            setattr(block, name, AddConstant(module.embedding()))
+    _freeze_attention(block.attn)
+    for linear, gamma in ((block.attn.proj, "gamma3"), (block.mlp.fc2, "gamma4")):
+        if getattr(block, gamma) is not None:
+            _scale_output(linear, getattr(block, gamma))
+            setattr(block, gamma, None)
+    if block.layout is not None:
+        _freeze_attention(block.hat_attn)
+        if block.gamma2 is not None:
+            _scale_output(block.hat_mlp.fc2, block.gamma2)
+            block.gamma2 = None
+        # gamma1 also scales carrier propagation into the windows, so it stays a multiply
+
+
+@torch.no_grad()
+def prepare_for_export(model: FasterViT) -> FasterViT:
+    """A frozen, BatchNorm-free, constant-folded copy of ``model`` computing the same logits."""
+    deployed = copy.deepcopy(model).eval()
+    stem = deployed.patch_embed.conv_down
+    stem[0] = fold_batchnorm(stem[0], stem[1])
+    stem[3] = fold_batchnorm(stem[3], stem[4])
+    stem[1], stem[4] = nn.Identity(), nn.Identity()
+    for level in deployed.levels:
+        for block in level.blocks:
+            if isinstance(block, HATBlock):
+                _freeze_block(block)
+            else:
+                block.drop_path_rate = 0.0
+                block.conv1 = fold_batchnorm(block.conv1, block.norm1)
+                block.conv2 = fold_batchnorm(block.conv2, block.norm2)
+                block.norm1, block.norm2 = nn.Identity(), nn.Identity()
+        if isinstance(level, AttentionStage) and not level.geometry.carriers and hasattr(level, "global_tokenizer"):
+            del level.global_tokenizer  # built (as in the reference) but never run
+    if isinstance(deployed.head, nn.Linear):
+        _fold_batchnorm_into_head(deployed.head, deployed.norm)
+        deployed.norm = nn.Identity()
+    for param in deployed.parameters():
+        param.requires_grad_(False)
+    return deployed

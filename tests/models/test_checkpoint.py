@@ -1,0 +1,113 @@
+"""Official checkpoints load in every container layout; anything else fails clearly."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from fastervit_trt.errors import CheckpointError
+from fastervit_trt.models import create_model
+from fastervit_trt.models.parity import official_model, randomize_
+
+
+@pytest.fixture(scope="module")
+def reference_logits(official_state, images_224):
+    model = create_model("faster_vit_0_224")
+    model.load_state_dict(
+        {k: v for k, v in official_state.items() if k in model.state_dict()}, strict=True)
+    with torch.no_grad():
+        return model(images_224)
+
+
+def _logits(path, images):
+    with torch.no_grad():
+        return create_model("faster_vit_0_224", checkpoint=path)(images)
+
+
+@pytest.mark.parametrize("layout", ["top", "state_dict", "model", "state_dict_ema", "module", "encoder"])
+def test_container_layouts_load(tmp_path, official_state, images_224, reference_logits, layout):
+    state = dict(official_state)
+    if layout == "module":
+        payload = {"state_dict": {f"module.{k}": v for k, v in state.items()}}
+    elif layout == "encoder":  # a detection checkpoint: backbone under encoder., plus a decoder
+        payload = {f"encoder.{k}": v for k, v in state.items()} | {"decoder.w": torch.ones(3)}
+    elif layout == "top":
+        payload = state
+    else:
+        payload = {layout: state, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]},
+                   "epoch": 300}
+    path = tmp_path / "ckpt.pth.tar"
+    torch.save(payload, path)
+    assert torch.equal(_logits(path, images_224), reference_logits)
+
+
+def test_safetensors_load(tmp_path, official_state, images_224, reference_logits):
+    from safetensors.torch import save_file
+    path = tmp_path / "ckpt.safetensors"
+    save_file({k: v.contiguous() for k, v in official_state.items()
+               if "global_tokenizer.pos_embed" not in k}, str(path))
+    assert torch.equal(_logits(path, images_224), reference_logits)
+
+
+def test_derived_buffers_missing_or_stale_are_recomputed(tmp_path, official_state, images_224,
+                                                         reference_logits):
+    state = {k: v for k, v in official_state.items() if not k.endswith("relative_position_index")}
+    for key in state:
+        if key.endswith(("relative_coords_table", "relative_bias")):
+            state[key] = torch.full_like(state[key], 123.0)
+    path = tmp_path / "stale.pth"
+    torch.save(state, path)
+    assert torch.equal(_logits(path, images_224), reference_logits)
+
+
+def test_checkpoint_of_another_variant_names_keys_and_the_fitting_variant(tmp_path):
+    state = randomize_(official_model("faster_vit_1_224")).state_dict()
+    path = tmp_path / "fv1.pth"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(CheckpointError) as err:
+        create_model("faster_vit_0_224", checkpoint=path)
+    message = str(err.value)
+    assert str(path) in message and "missing" in message and "wrong shape" in message
+    assert "it fits faster_vit_1_224" in message
+
+
+def test_checkpoint_with_other_class_count_suggests_num_classes(tmp_path, official_state):
+    state = dict(official_state)
+    state["head.weight"], state["head.bias"] = torch.zeros(10, 512), torch.zeros(10)
+    path = tmp_path / "ten.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="faster_vit_0_224 with num_classes=10"):
+        create_model("faster_vit_0_224", checkpoint=path)
+    assert create_model("faster_vit_0_224", checkpoint=path, num_classes=10).head.out_features == 10
+
+
+def test_truncated_checkpoint(tmp_path, official_state):
+    path = tmp_path / "full.pth"
+    torch.save(official_state, path)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"cut\.pth: truncated or corrupt"):
+        create_model("faster_vit_0_224", checkpoint=cut)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        create_model("faster_vit_0_224", checkpoint=tmp_path / "nope.pth")
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickle_with_code_is_refused_and_not_run(tmp_path, official_state):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": official_state, "hook": _RunsCode(marker)}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        create_model("faster_vit_0_224", checkpoint=path)
+    assert not marker.exists()
