@@ -19,3 +19,31 @@ def official_state():
 @pytest.fixture(scope="session")
 def images_224():
     return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(7))
+
+
+def has_tensorrt() -> bool:
+    from fastervit_trt.engines import EngineBuildError, load_tensorrt
+    try:
+        load_tensorrt()
+    except EngineBuildError:
+        return False
+    return True
+
+
+requires_tensorrt = pytest.mark.skipif(not has_tensorrt(), reason="no TensorRT / TensorRT-RTX installed")
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """Export faster_vit_0_224 once per precision for the graph tests: {precision: result}."""
+    from fastervit_trt.export.pipeline import ExportOptions, export_model
+    out = tmp_path_factory.mktemp("export")
+    cache = {}
+
+    def get(precision: str, **options):
+        key = (precision, tuple(sorted(options.items())))
+        if key not in cache:
+            folder = out / f"{precision}-{len(cache)}"
+            cache[key] = export_model(ExportOptions(precision=precision, output_dir=folder, **options))
+        return cache[key]
+    return get

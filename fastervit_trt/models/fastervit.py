@@ -245,8 +245,9 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         dim = self.proj.in_features
-        qkv = self.qkv(x).reshape(-1, self.tokens, 3, self.num_heads, dim // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        # (B, L, 3*C) -> (B, 3*heads, L, head_dim): one 4-D transpose and one split
+        qkv = self.qkv(x).reshape(-1, self.tokens, 3 * self.num_heads, dim // self.num_heads)
+        q, k, v = qkv.transpose(1, 2).split(self.num_heads, dim=1)
         attn = q @ k.transpose(-2, -1)
         if self.scale is not None:
             attn = attn * self.scale

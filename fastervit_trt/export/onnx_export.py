@@ -1,0 +1,83 @@
+"""PyTorch -> clean ONNX: trace the deploy-form model, fold constants, name the batch axis.
+
+The model's shapes are all static except the batch axis, so tracing yields no shape
+arithmetic; onnxslim then folds what tracing leaves behind (Constant and Identity nodes,
+constant sub-expressions) into initializers. The result is deterministic: the same
+weights give byte-identical files.
+"""
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from .. import __version__
+from ..models import FasterViT
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+BATCH_DIM = "batch"
+DEFAULT_OPSET = 17
+# IR version 8 is the one paired with opset 17; newer onnx releases write higher versions
+# that older ONNX Runtime and TensorRT parsers reject.
+IR_VERSION = 8
+METADATA_KEY = "fastervit_trt"
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def trace_to_onnx(model: FasterViT, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Trace ``model`` (already in deploy form) to ONNX with a symbolic batch axis."""
+    height, width = model.variant.arch.resolution
+    example = torch.zeros(1, model.variant.arch.in_chans, height, width)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        path = Path(tmp) / "traced.onnx"  # a path (not a buffer) lets >2 GB models spill to external data
+        torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], opset_version=opset, dynamo=False,
+                          do_constant_folding=True,
+                          dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}})
+        return onnx.load(str(path))
+
+
+def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold constants and drop no-op nodes (onnxslim), keeping the opset's own ops."""
+    import onnxslim
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return onnxslim.slim(model, no_shape_infer=model_bytes(model) > PROTOBUF_LIMIT)
+
+
+def finalize(model: onnx.ModelProto, metadata: dict) -> onnx.ModelProto:
+    """Pin the IR version, name the graph, and attach the toolkit's metadata as JSON."""
+    model.ir_version = IR_VERSION
+    model.producer_name, model.producer_version = "fastervit-trt", __version__
+    model.graph.name = metadata.get("model", model.graph.name)
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata, sort_keys=True)
+    return model
+
+
+def read_metadata(model: onnx.ModelProto) -> dict:
+    """The toolkit metadata written by ``finalize`` (empty if absent)."""
+    for entry in model.metadata_props:
+        if entry.key == METADATA_KEY:
+            return json.loads(entry.value)
+    return {}
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    """Size of the weights plus graph, without serialising (works above 2 GB)."""
+    return sum(t.ByteSize() for t in model.graph.initializer) + sum(
+        n.ByteSize() for n in model.graph.node)
+
+
+def serialize(model: onnx.ModelProto) -> bytes:
+    """Deterministic bytes of a model that fits in one protobuf."""
+    buffer = io.BytesIO()
+    onnx.save_model(model, buffer)
+    return buffer.getvalue()

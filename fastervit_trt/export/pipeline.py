@@ -1,0 +1,218 @@
+"""The export pipeline: model -> deploy form -> ONNX (FP32 / FP16) -> validation -> files.
+
+``export_model(ExportOptions(...))`` is the Python twin of ``fastervit-export``: it writes
+``<output_dir>/<model>_<precision>.onnx`` and a JSON report beside it, and raises
+``ValidationError`` (after writing both, so they can be inspected) when the ONNX graph
+does not reproduce PyTorch within tolerance.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import platform
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import onnx
+import torch
+
+from .. import __version__
+from ..artifacts import check_writable, sha256, staged, write_json
+from ..compare import Comparison, compare
+from ..errors import CheckpointError, FasterViTTRTError
+from ..models import FasterViT, create_model
+from ..progress import Steps
+from .deploy import prepare_for_export
+from .fp16 import convert_to_fp16, find_fp16_overflows
+from .onnx_export import (DEFAULT_OPSET, PROTOBUF_LIMIT, finalize, model_bytes, simplify,
+                          trace_to_onnx)
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+FP32_TOLERANCE = 1e-4  # max |diff| <= tolerance x max |logit|
+FP16_MIN_COSINE = 0.999
+
+
+class ValidationError(FasterViTTRTError):
+    """The exported graph does not reproduce PyTorch within tolerance."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything one export needs; defaults match ``fastervit-export``'s."""
+
+    model: str = "faster_vit_0_224"
+    checkpoint: Path | None = None
+    resolution: tuple[int, int] | None = None
+    precision: str = "fp16"
+    batch: tuple[int, int, int] = (1, 8, 32)  # min, opt, max of the engine profile
+    opset: int = DEFAULT_OPSET
+    output_dir: Path = Path("export")
+    io_dtype: str = "fp32"
+    force: bool = False
+    seed: int = 0
+    validation_batch: int = 4
+    external_data_threshold: int = PROTOBUF_LIMIT  # bytes above which weights go to <file>.data
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        low, opt, high = self.batch
+        if not 1 <= low <= opt <= high:
+            raise ValueError(f"batch profile must satisfy 1 <= MIN <= OPT <= MAX, got {low},{opt},{high}")
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.output_dir / f"{self.model}_{self.precision}.onnx"
+
+    @property
+    def report_path(self) -> Path:
+        return self.onnx_path.with_suffix(".json")
+
+
+@dataclass
+class ExportResult:
+    onnx_path: Path
+    report_path: Path
+    report: dict = field(default_factory=dict)
+
+
+def export_model(options: ExportOptions, stream: TextIO | None = None) -> ExportResult:
+    """Run the whole export; progress goes to ``stream`` (None: silent)."""
+    if options.precision == "int8":
+        raise FasterViTTRTError("--precision int8 needs the calibration stage, which is not "
+                                "available yet; export fp16 or fp32 for now")
+    preflight(options)
+    steps = Steps(6 if options.precision == "fp16" else 5, stream)
+    with steps.step(f"building {options.model}"):
+        model = _build(options)
+    with steps.step("folding BatchNorm, layer scale and position bias"):
+        deployed = prepare_for_export(model)
+    with steps.step(f"tracing to ONNX (opset {options.opset}) and simplifying"):
+        graph = simplify(trace_to_onnx(deployed, options.opset))
+    inputs = validation_inputs(model, options)
+    kept_fp32: list[str] = []
+    if options.precision == "fp16":
+        with steps.step("converting to strongly typed FP16"):
+            kept_fp32 = find_fp16_overflows(graph, inputs)
+            graph = convert_to_fp16(graph, keep_fp32=kept_fp32, io_dtype=options.io_dtype)
+    metadata = _metadata(model, options, kept_fp32)
+    graph = finalize(graph, metadata)
+    with steps.step(f"writing {options.onnx_path}"):
+        save_onnx(graph, options.onnx_path, options.external_data_threshold)
+    with steps.step("validating with ONNX Runtime against PyTorch"):
+        validation = validate(model, options.onnx_path, inputs, options.precision)
+    report = {
+        **metadata,
+        "onnx": {"path": str(options.onnx_path), "sha256": sha256(options.onnx_path),
+                 "bytes": options.onnx_path.stat().st_size, **graph_summary(graph)},
+        "validation": validation,
+        "seconds": steps.seconds,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": {"python": platform.python_version(), "torch": torch.__version__,
+                 "onnx": onnx.__version__},
+    }
+    write_json(options.report_path, report)
+    if not validation["passed"]:
+        raise ValidationError(f"{options.onnx_path}: {validation['verdict']}; see "
+                              f"{options.report_path}")
+    return ExportResult(options.onnx_path, options.report_path, report)
+
+
+def preflight(options: ExportOptions) -> None:
+    """Cheap checks before any work: model name, resolution, checkpoint file, outputs."""
+    with torch.device("meta"):  # builds the shapes only: validates the resolution in ms
+        create_model(options.model, resolution=options.resolution)
+    if options.checkpoint is not None and not Path(options.checkpoint).is_file():
+        raise CheckpointError(f"{options.checkpoint}: no such checkpoint file; check the path")
+    check_writable([options.onnx_path, options.report_path], options.force)
+    if options.checkpoint is None:
+        log.warning("no checkpoint given: %s gets RANDOM weights (seed %d); the files test the "
+                    "pipeline and are useless for predictions", options.model, options.seed)
+
+
+def _build(options: ExportOptions) -> FasterViT:
+    torch.manual_seed(options.seed)
+    return create_model(options.model, checkpoint=options.checkpoint, resolution=options.resolution)
+
+
+def validation_inputs(model: FasterViT, options: ExportOptions) -> np.ndarray:
+    """Seeded random inputs, shaped like the model's preprocessed images."""
+    arch = model.variant.arch
+    rng = np.random.default_rng(options.seed)
+    return rng.standard_normal((options.validation_batch, arch.in_chans, *arch.resolution),
+                               dtype=np.float32)
+
+
+def save_onnx(model: onnx.ModelProto, path: Path, external_threshold: int = PROTOBUF_LIMIT) -> None:
+    """Write ``model`` atomically; weights go to ``<path>.data`` above ``external_threshold``."""
+    external = model_bytes(model) > external_threshold
+    with staged(path, extra_suffixes=(".data",)) as tmp:
+        onnx.save_model(model, str(tmp), save_as_external_data=external,
+                        all_tensors_to_one_file=True, location=path.name + ".data")
+    if not external:
+        (path.parent / (path.name + ".data")).unlink(missing_ok=True)  # stale weights of an older export
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def graph_summary(model: onnx.ModelProto) -> dict:
+    """Node count, op histogram, dtypes: what the graph-quality checks and inspect read."""
+    ops = Counter(node.op_type for node in model.graph.node)
+    dtype_bytes = Counter()
+    for tensor in model.graph.initializer:
+        name = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
+        dtype_bytes[name] += len(tensor.raw_data) or tensor.ByteSize()
+    return {"nodes": len(model.graph.node), "ops": dict(sorted(ops.items())),
+            "initializer_bytes": dict(dtype_bytes),
+            "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))}
+
+
+def ort_logits(path: Path, inputs: np.ndarray) -> np.ndarray:
+    """Run the ONNX file with ONNX Runtime on the CPU (float32 in, float32 out)."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0]
+    dtype = np.float16 if feed.type == "tensor(float16)" else np.float32
+    return session.run(None, {feed.name: inputs.astype(dtype)})[0].astype(np.float32)
+
+
+def validate(model: FasterViT, path: Path, inputs: np.ndarray, precision: str) -> dict:
+    """Compare ONNX Runtime with the PyTorch eval model, at the full batch and at batch 1."""
+    with torch.no_grad():
+        reference = model(torch.from_numpy(inputs)).numpy()
+    full = compare(reference, ort_logits(path, inputs))
+    single = compare(reference[:1], ort_logits(path, inputs[:1]))
+    if precision == "fp32":
+        passed = max(full.relative_diff, single.relative_diff) <= FP32_TOLERANCE
+        rule = f"max|diff| <= {FP32_TOLERANCE} x max|logit|"
+    else:
+        passed = min(full.min_cosine, single.min_cosine) >= FP16_MIN_COSINE
+        rule = f"cosine >= {FP16_MIN_COSINE}"
+    verdict = (f"{precision} ONNX {'matches' if passed else 'does NOT match'} PyTorch "
+               f"({rule}; max|diff| {full.max_abs_diff:.3g}, relative {full.relative_diff:.3g}, "
+               f"min cosine {full.min_cosine:.6f})")
+    return {"passed": passed, "rule": rule, "verdict": verdict, "inputs": "seeded random",
+            "batch": len(inputs), "full_batch": full.as_dict(), "batch_1": single.as_dict()}
+
+
+def _metadata(model: FasterViT, options: ExportOptions, kept_fp32: list[str]) -> dict:
+    variant = model.variant
+    return {
+        "model": variant.name,
+        "precision": options.precision,
+        "toolkit": f"fastervit-trt {__version__}",
+        "checkpoint": str(options.checkpoint) if options.checkpoint else None,
+        "random_init": options.checkpoint is None,
+        "seed": options.seed,
+        "arch": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(variant.arch).items()},
+        "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(variant.eval).items()},
+        "input": {"name": "input", "shape": ["batch", variant.arch.in_chans, *variant.arch.resolution],
+                  "dtype": "float16" if options.io_dtype == "fp16" and options.precision != "fp32" else "float32"},
+        "output": {"name": "logits", "shape": ["batch", variant.arch.num_classes]},
+        "batch_profile": list(options.batch),
+        "fp32_nodes_for_range": kept_fp32,
+    }
