@@ -34,8 +34,20 @@ requires_tensorrt = pytest.mark.skipif(not has_tensorrt(), reason="no TensorRT /
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory):
-    """Export faster_vit_0_224 once per precision for the graph tests: {precision: result}."""
+def realistic_checkpoint(tmp_path_factory, official_state):
+    """faster_vit_0 weights with every bias, statistic and scale non-zero, as a trained file has.
+
+    Random init leaves biases at zero, which onnxslim folds away; graph checks must see
+    the graph a real checkpoint produces. The any-res variants load the same file.
+    """
+    path = tmp_path_factory.mktemp("ckpt") / "faster_vit_0_randomized.pth"
+    torch.save({"state_dict": official_state}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, realistic_checkpoint):
+    """Export (once per distinct options) from the realistic checkpoint: {options: result}."""
     from fastervit_trt.export.pipeline import ExportOptions, export_model
     out = tmp_path_factory.mktemp("export")
     cache = {}
@@ -44,6 +56,7 @@ def exported(tmp_path_factory):
         key = (precision, tuple(sorted(options.items())))
         if key not in cache:
             folder = out / f"{precision}-{len(cache)}"
-            cache[key] = export_model(ExportOptions(precision=precision, output_dir=folder, **options))
+            cache[key] = export_model(ExportOptions(precision=precision, output_dir=folder,
+                                                    checkpoint=realistic_checkpoint, **options))
         return cache[key]
     return get

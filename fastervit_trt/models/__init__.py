@@ -45,9 +45,22 @@ def create_model(name: str, checkpoint: str | Path | None = None,
     model = FasterViT(arch)
     if checkpoint is not None:
         state = read_state_dict(checkpoint)
-        load_into(model, state, checkpoint, suggest=lambda: _fitting_variant(state, arch))
+        load_into(model, state, checkpoint, suggest=lambda: _fitting_variant(state, arch),
+                  unused=_unused_at_resolution(model, arch))
     model.variant = variant
     return model.eval()
+
+
+def _unused_at_resolution(model: FasterViT, arch: ArchConfig) -> frozenset[str]:
+    """Weights the any-res variant has at 224x224 (where its checkpoints were trained) but not
+    at ``arch.resolution``: e.g. carrier position embeddings, which non-square carrier grids
+    skip. Checkpoints may carry them; they are ignored, as the reference implementation does.
+    """
+    if not arch.any_res or arch.resolution == (224, 224):
+        return frozenset()
+    with torch.device("meta"):
+        trained = FasterViT(replace(arch, resolution=(224, 224))).state_dict()
+    return frozenset(trained.keys() - model.state_dict().keys())
 
 
 def _fitting_variant(state: dict[str, torch.Tensor], arch: ArchConfig) -> str | None:

@@ -7,6 +7,7 @@ top level or under ``state_dict`` / ``model`` / ``state_dict_ema``; ``module.`` 
 """
 from __future__ import annotations
 
+import logging
 import pickle
 import zipfile
 from pathlib import Path
@@ -16,6 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 _CONTAINER_KEYS = ("state_dict", "model", "state_dict_ema")
 # Buffers the reference model stores but which are functions of the architecture alone;
@@ -87,24 +90,30 @@ def _comparable(state: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
             if not k.endswith(_DERIVED_SUFFIXES) and _ALIAS_MARKER not in k}
 
 
-def mismatch(model: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str], list[str]]:
-    """(missing, unexpected, wrong-shape) parameter names of ``state`` against ``model``."""
+def mismatch(model: nn.Module, state: dict[str, Tensor], unused: frozenset[str] = frozenset()
+             ) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, wrong-shape) parameter names of ``state`` against ``model``.
+
+    ``unused`` names weights a checkpoint may carry that this model does not use by design
+    (see ``create_model``); they are not counted as unexpected.
+    """
     expected = _comparable(model.state_dict())
     given = _comparable(state)
     missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
+    unexpected = [k for k in given if k not in expected and k not in unused]
     wrong = [f"{k} {given[k]} vs {expected[k]}" for k in expected
              if k in given and given[k] != expected[k]]
     return missing, unexpected, wrong
 
 
 def load_into(model: nn.Module, state: dict[str, Tensor], source: str | Path,
-              suggest: Callable[[], str | None] = lambda: None) -> None:
+              suggest: Callable[[], str | None] = lambda: None,
+              unused: frozenset[str] = frozenset()) -> None:
     """Copy ``state`` into ``model``, refusing any mismatch (derived buffers excepted).
 
     ``suggest`` is asked, only on a mismatch, for the variant the checkpoint would fit.
     """
-    missing, unexpected, wrong = mismatch(model, state)
+    missing, unexpected, wrong = mismatch(model, state, unused)
     if missing or unexpected or wrong:
         parts = []
         for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
@@ -115,4 +124,7 @@ def load_into(model: nn.Module, state: dict[str, Tensor], source: str | Path,
         hint = f"; it fits {fit}" if fit else "; no registered variant fits it"
         raise CheckpointError(f"{source}: checkpoint does not match the model ({'; '.join(parts)})"
                               f"{hint}")
+    ignored = sorted(unused & state.keys())
+    if ignored:
+        log.info("%s: %d weights unused at this resolution (e.g. %s)", source, len(ignored), ignored[0])
     model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()}, strict=False)

@@ -111,3 +111,22 @@ def test_pickle_with_code_is_refused_and_not_run(tmp_path, official_state):
     with pytest.raises(CheckpointError, match="refused"):
         create_model("faster_vit_0_224", checkpoint=path)
     assert not marker.exists()
+
+
+def test_224_checkpoint_drives_any_res_at_non_square_size(tmp_path, official_state):
+    """Any-res variants reuse the 224 checkpoints; weights unused at the new size are ignored
+    (as the reference does) and the logits match the reference any-res model's."""
+    from fastervit_trt.compare import compare
+    path = tmp_path / "fv0_224.pth"
+    torch.save({"state_dict": official_state}, path)
+    ours = create_model("faster_vit_0_any_res", checkpoint=path, resolution=(224, 320))
+    reference = official_model("faster_vit_0_any_res", (224, 320))
+    derived = ("relative_bias", "relative_coords_table", "relative_position_index")
+    # the reference cannot even take its own stale derived buffers at another size: drop them
+    learned = {k: v for k, v in official_state.items() if not k.endswith(derived)}
+    missing, unexpected = reference.load_state_dict(learned, strict=False)
+    assert all(k.endswith(derived) for k in missing) and any("hat_pos_embed" in k for k in unexpected)
+    x = torch.randn(2, 3, 224, 320, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        report = compare(reference(x).numpy(), ours(x).numpy())
+    assert report.relative_diff <= 1e-4, report
