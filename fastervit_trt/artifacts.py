@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,15 +48,24 @@ def staged(path: Path, extra_suffixes: tuple[str, ...] = ()) -> Iterator[Path]:
     tmp = tmp_dir / path.name
     try:
         yield tmp
+        mode = 0o666 & ~_umask()
         for suffix in extra_suffixes:
             companion = tmp_dir / (path.name + suffix)
             if companion.exists():
+                os.chmod(companion, mode)
                 os.replace(companion, path.parent / companion.name)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         for leftover in tmp_dir.iterdir():
             leftover.unlink()
         tmp_dir.rmdir()
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -75,10 +84,3 @@ def sha256(path: Path, chunk: int = 1 << 22) -> str:
             digest.update(block)
     return digest.hexdigest()
 
-
-def remove_quietly(paths: list[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
-
-
-Callback = Callable[[Path], None]

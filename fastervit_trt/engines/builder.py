@@ -91,7 +91,7 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
     Returns facts about the build (flavour, version, seconds, phases, size).
     """
     flavour, trt = load_tensorrt(config.backend)
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
     flags = 0
     if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):

@@ -82,54 +82,76 @@ class ExportResult:
 
 
 def export_model(options: ExportOptions, stream: TextIO | None = None) -> ExportResult:
-    """Run the whole export; progress goes to ``stream`` (None: silent)."""
+    """Run the whole FP32 / FP16 export; progress goes to ``stream`` (None: silent)."""
     if options.precision == "int8":
-        raise FasterViTTRTError("--precision int8 needs the calibration stage, which is not "
-                                "available yet; export fp16 or fp32 for now")
+        raise FasterViTTRTError("int8 export runs through fastervit_trt.calibration.pipeline."
+                                "export_int8 (or fastervit-export --precision int8)")
     preflight(options)
     steps = Steps(6 if options.precision == "fp16" else 5, stream)
-    with steps.step(f"building {options.model}"):
-        model = _build(options)
-    with steps.step("folding BatchNorm, layer scale and position bias"):
-        deployed = prepare_for_export(model)
-    with steps.step(f"tracing to ONNX (opset {options.opset}) and simplifying"):
-        graph = simplify(trace_to_onnx(deployed, options.opset))
+    model, graph = trace_model(options, steps)
     inputs = validation_inputs(model, options)
     kept_fp32: list[str] = []
     if options.precision == "fp16":
         with steps.step("converting to strongly typed FP16"):
             kept_fp32 = find_fp16_overflows(graph, inputs)
             graph = convert_to_fp16(graph, keep_fp32=kept_fp32, io_dtype=options.io_dtype)
-    metadata = _metadata(model, options, kept_fp32)
-    graph = finalize(graph, metadata)
+    metadata = export_metadata(model, options, kept_fp32)
     with steps.step(f"writing {options.onnx_path}"):
-        save_onnx(graph, options.onnx_path, options.external_data_threshold)
+        summary = write_onnx(graph, metadata, options)
+        del graph
     with steps.step("validating with ONNX Runtime against PyTorch"):
         validation = validate(model, options.onnx_path, inputs, options.precision)
-    report = {
-        **metadata,
-        "onnx": {"path": str(options.onnx_path), "sha256": sha256(options.onnx_path),
-                 "bytes": options.onnx_path.stat().st_size, **graph_summary(graph)},
-        "validation": validation,
-        "seconds": steps.seconds,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"python": platform.python_version(), "torch": torch.__version__,
-                 "onnx": onnx.__version__},
-    }
-    write_json(options.report_path, report)
+    report = write_report(options, metadata, summary, steps, validation=validation)
     if not validation["passed"]:
         raise ValidationError(f"{options.onnx_path}: {validation['verdict']}; see "
                               f"{options.report_path}")
     return ExportResult(options.onnx_path, options.report_path, report)
 
 
-def preflight(options: ExportOptions) -> None:
+def trace_model(options: ExportOptions, steps: Steps) -> tuple[FasterViT, onnx.ModelProto]:
+    """The first three steps of every export: the eval model and its simplified FP32 graph."""
+    with steps.step(f"building {options.model}"):
+        model = _build(options)
+    with steps.step("folding BatchNorm, layer scale and position bias"):
+        deployed = prepare_for_export(model)
+    with steps.step(f"tracing to ONNX (opset {options.opset}) and simplifying"):
+        traced = trace_to_onnx(deployed, options.opset)
+        del deployed  # large variants: keep at most two copies of the weights alive
+        graph = simplify(traced)
+        del traced
+    return model, graph
+
+
+def write_onnx(graph: onnx.ModelProto, metadata: dict, options: ExportOptions) -> dict:
+    """Finalize and save ``graph`` to ``options.onnx_path``; returns its graph summary."""
+    graph = finalize(graph, metadata)
+    save_onnx(graph, options.onnx_path, options.external_data_threshold)
+    return graph_summary(graph)
+
+
+def write_report(options: ExportOptions, metadata: dict, summary: dict, steps: Steps, **sections) -> dict:
+    """The JSON report beside the ONNX file: metadata, graph facts, timings, ``sections``."""
+    report = {
+        **metadata,
+        "onnx": {"path": str(options.onnx_path), "sha256": sha256(options.onnx_path),
+                 "bytes": options.onnx_path.stat().st_size, **summary},
+        **sections,
+        "seconds": steps.seconds,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": {"python": platform.python_version(), "torch": torch.__version__,
+                 "onnx": onnx.__version__},
+    }
+    write_json(options.report_path, report)
+    return report
+
+
+def preflight(options: ExportOptions, extra_outputs: tuple[Path, ...] = ()) -> None:
     """Cheap checks before any work: model name, resolution, checkpoint file, outputs."""
     with torch.device("meta"):  # builds the shapes only: validates the resolution in ms
         create_model(options.model, resolution=options.resolution)
     if options.checkpoint is not None and not Path(options.checkpoint).is_file():
         raise CheckpointError(f"{options.checkpoint}: no such checkpoint file; check the path")
-    check_writable([options.onnx_path, options.report_path], options.force)
+    check_writable([options.onnx_path, options.report_path, *extra_outputs], options.force)
     if options.checkpoint is None:
         log.warning("no checkpoint given: %s gets RANDOM weights (seed %d); the files test the "
                     "pipeline and are useless for predictions", options.model, options.seed)
@@ -171,10 +193,19 @@ def graph_summary(model: onnx.ModelProto) -> dict:
             "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))}
 
 
-def ort_logits(path: Path, inputs: np.ndarray) -> np.ndarray:
-    """Run the ONNX file with ONNX Runtime on the CPU (float32 in, float32 out)."""
+def ort_logits(path: Path, inputs: np.ndarray, optimize: bool = True) -> np.ndarray:
+    """Run the ONNX file with ONNX Runtime on the CPU (float32 in, float32 out).
+
+    ``optimize=False`` disables graph optimizations: Q/DQ graphs then compute plain
+    quantize/dequantize arithmetic, the closest CPU estimate of what TensorRT computes
+    (ONNX Runtime's fused CPU int8 kernels lose fidelity of their own).
+    """
     import onnxruntime as ort
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = session.get_inputs()[0]
     dtype = np.float16 if feed.type == "tensor(float16)" else np.float32
     return session.run(None, {feed.name: inputs.astype(dtype)})[0].astype(np.float32)
@@ -199,7 +230,7 @@ def validate(model: FasterViT, path: Path, inputs: np.ndarray, precision: str) -
             "batch": len(inputs), "full_batch": full.as_dict(), "batch_1": single.as_dict()}
 
 
-def _metadata(model: FasterViT, options: ExportOptions, kept_fp32: list[str]) -> dict:
+def export_metadata(model: FasterViT, options: ExportOptions, kept_fp32: list[str]) -> dict:
     variant = model.variant
     return {
         "model": variant.name,

@@ -1,0 +1,110 @@
+"""TensorRT calibration cache files: the exact text format TensorRT's calibrators read and write.
+
+    TRT-<version>-EntropyCalibration2
+    input: 3c010a14
+    /levels.0/blocks.0/conv1/Conv_output_0: 3d8e1a52
+
+The first line names the TensorRT version (8.x: major*1000 + minor*100 + patch, e.g.
+8601; 10.x and later: major*10000 + minor*100 + patch, e.g. 101303) and the calibrator;
+each further line is ``<tensor name>: <hex>`` with the big-endian IEEE-754 float32 bit
+pattern of the scale (amax / 127). Tensor names are the ONNX tensor names.
+"""
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..artifacts import write_bytes
+from ..errors import FasterViTTRTError
+
+# calibration method -> TensorRT calibrator name in the header
+ALGORITHMS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration",
+              "percentile": "PercentileCalibration"}
+DEFAULT_TRT_VERSION = (10, 13, 3)  # the version written when no TensorRT is installed
+_HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
+_LINE = re.compile(r"^(.+): ([0-9a-fA-F]{8})$")
+
+
+class CalibrationCacheError(FasterViTTRTError):
+    """A calibration cache that is malformed, of another calibrator, or for another graph."""
+
+
+def version_number(major: int, minor: int, patch: int) -> int:
+    """TensorRT's NV_TENSORRT_VERSION encoding."""
+    return major * (10000 if major >= 10 else 1000) + minor * 100 + patch
+
+
+def installed_trt_version() -> tuple[int, int, int]:
+    """The installed TensorRT's version (TensorRT-RTX does not read these caches), else the default."""
+    try:
+        import tensorrt
+        major, minor, patch = (int(v) for v in tensorrt.__version__.split(".")[:3])
+        return major, minor, patch
+    except (ImportError, ValueError):
+        return DEFAULT_TRT_VERSION
+
+
+@dataclass(frozen=True)
+class CalibrationCache:
+    """Per-tensor scales (amax / 127) and the calibrator that produced them."""
+
+    scales: dict[str, float]
+    method: str = "entropy"
+    trt_version: int = version_number(*DEFAULT_TRT_VERSION)
+
+    @property
+    def amax(self) -> dict[str, float]:
+        return {name: scale * 127.0 for name, scale in self.scales.items()}
+
+    def to_text(self) -> str:
+        lines = [f"TRT-{self.trt_version}-{ALGORITHMS[self.method]}"]
+        lines += [f"{name}: {struct.pack('>f', scale).hex()}" for name, scale in self.scales.items()]
+        return "\n".join(lines) + "\n"
+
+    def write(self, path: Path) -> None:
+        write_bytes(Path(path), self.to_text().encode())
+
+    @classmethod
+    def from_text(cls, text: str, source: str | Path = "<text>") -> CalibrationCache:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        header = _HEADER.match(lines[0]) if lines else None
+        if header is None:
+            raise CalibrationCacheError(
+                f"{source}: not a TensorRT calibration cache (first line should be "
+                "TRT-<version>-<Calibrator>); delete it or pass another --calib-cache")
+        methods = {name: method for method, name in ALGORITHMS.items()}
+        if header.group(2) not in methods:
+            raise CalibrationCacheError(f"{source}: calibrator {header.group(2)} is not one of "
+                                        f"{', '.join(ALGORITHMS.values())}")
+        scales = {}
+        for number, line in enumerate(lines[1:], start=2):
+            match = _LINE.match(line)
+            if match is None:
+                raise CalibrationCacheError(f"{source}: line {number} is malformed ({line[:60]!r}); "
+                                            "expected '<tensor>: <8 hex digits>'")
+            scales[match.group(1)] = struct.unpack(">f", bytes.fromhex(match.group(2)))[0]
+        return cls(scales, methods[header.group(2)], int(header.group(1)))
+
+    @classmethod
+    def read(cls, path: Path) -> CalibrationCache:
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CalibrationCacheError(f"{path}: cannot read the calibration cache ({exc})") from None
+        return cls.from_text(text, path)
+
+    def check(self, method: str, tensors: list[str], source: str | Path) -> None:
+        """Refuse a cache from another calibrator or whose names do not cover ``tensors``."""
+        if self.method != method:
+            raise CalibrationCacheError(
+                f"{source}: cache written by the {ALGORITHMS[self.method]} calibrator, but "
+                f"--calib-method {method} was asked; pass --calib-method {self.method} or delete "
+                "the cache to recalibrate")
+        missing = [name for name in tensors if name not in self.scales]
+        if missing:
+            raise CalibrationCacheError(
+                f"{source}: cache does not match this graph: {len(missing)} of {len(tensors)} "
+                f"tensors have no scale (e.g. {', '.join(missing[:3])}); it was made for another "
+                "model or resolution. Delete it or pass another --calib-cache to recalibrate")

@@ -1,0 +1,136 @@
+"""INT8 export: FP32 graph -> calibration (or a reused cache) -> Q/DQ ONNX + TensorRT cache.
+
+``export_int8(ExportOptions(precision="int8", ...), CalibrationOptions(...))`` writes
+- ``<model>_int8.onnx``: explicit quantization (Q/DQ) over the FP16 graph, so the layers
+  left unquantized run in FP16 under TensorRT's strong typing (``qdq_base="fp32"`` puts
+  the Q/DQ over the FP32 graph instead, for accuracy debugging and ONNX Runtime on CPU);
+- ``<model>_int8.cache``: the activation scales as a TensorRT calibration cache, reused
+  on the next run (checked against the graph before any image is read);
+- ``<model>_int8.json``: the report, with the INT8-vs-FP32 accuracy on held-out crops.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+from onnx import TensorProto, numpy_helper
+
+from ..compare import compare
+from ..export.fp16 import convert_to_fp16
+from ..export.pipeline import (ExportOptions, ExportResult, export_metadata, ort_logits, preflight,
+                               save_onnx, trace_model, validate, write_onnx, write_report)
+from ..preprocess import Preprocess
+from ..progress import Steps
+from .cache import CalibrationCache, installed_trt_version, version_number
+from .collect import collect_histograms
+from .dataset import DEFAULT_DATA, CalibrationData
+from .qdq import QDQ_MIN_OPSET, insert_qdq, quant_targets, scale_of, to_opset
+from .ranges import METHODS, compute_amax
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """How INT8 scales are obtained; defaults match ``fastervit-export --precision int8``."""
+
+    data: Path = DEFAULT_DATA
+    images: int = 256
+    batch: int = 8
+    method: str = "entropy"
+    percentile: float = 99.99
+    cache: Path | None = None  # default: <output_dir>/<model>_int8.cache
+    recalibrate: bool = False  # ignore an existing cache
+    qdq_base: str = "fp16"
+    heldout: int = 32
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"calibration method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.qdq_base not in ("fp16", "fp32"):
+            raise ValueError(f"qdq_base must be fp16 or fp32, not {self.qdq_base!r}")
+        if self.images < 1 or self.batch < 1:
+            raise ValueError("--calib-images and --calib-batch must be positive")
+
+    def cache_path(self, options: ExportOptions) -> Path:
+        return self.cache or options.onnx_path.with_suffix(".cache")
+
+
+def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationOptions(),
+                stream: TextIO | None = None) -> ExportResult:
+    """Export ``options.model`` as a calibrated INT8 Q/DQ ONNX plus its calibration cache."""
+    cache_path = calib.cache_path(options)
+    reuse = cache_path.is_file() and not calib.recalibrate
+    preflight(options, () if reuse else (cache_path,))
+    steps = Steps(7, stream)
+    model, fp32 = trace_model(options, steps)
+    targets = quant_targets(fp32)
+    activations = sorted({t.activation for t in targets})
+    preprocess = Preprocess.from_config(model.variant.eval)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_path = Path(tmp) / "fp32.onnx"
+        save_onnx(fp32, fp32_path)
+        if reuse:
+            with steps.step(f"reusing calibration cache {cache_path}"):
+                cache = CalibrationCache.read(cache_path)
+                cache.check(calib.method, activations, cache_path)
+                images_seen = 0
+        else:
+            with steps.step(f"calibrating ({calib.method}) on {calib.images} inputs from {calib.data}"):
+                data = CalibrationData(calib.data, preprocess, calib.images)
+                histograms, images_seen = collect_histograms(fp32_path, activations, data, calib.batch, stream)
+                amax = {name: compute_amax(h, calib.method, calib.percentile) for name, h in histograms.items()}
+                cache = CalibrationCache({name: float(scale_of(a)) for name, a in amax.items()},
+                                         calib.method, version_number(*installed_trt_version()))
+                cache.write(cache_path)
+        with steps.step(f"inserting Q/DQ over the {calib.qdq_base.upper()} graph"):
+            weights = {t.name: numpy_helper.to_array(t) for t in fp32.graph.initializer}
+            base = fp32
+            if calib.qdq_base == "fp16":
+                base = convert_to_fp16(to_opset(fp32, QDQ_MIN_OPSET[TensorProto.FLOAT16]), io_dtype=options.io_dtype)
+            quantized = insert_qdq(base, targets, cache.amax, weights)
+            del base, weights
+        metadata = export_metadata(model, options, [])
+        metadata["quantization"] = {
+            "method": calib.method, "qdq_base": calib.qdq_base, "layers": len(targets),
+            "activation_tensors": len(activations),
+            "qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node),
+            "cache": str(cache_path), "cache_reused": reuse, "calibration_inputs": images_seen,
+            "calibration_data": None if reuse else str(calib.data),
+        }
+        with steps.step(f"writing {options.onnx_path}"):
+            summary = write_onnx(quantized, metadata, options)
+            del quantized
+        with steps.step("measuring INT8 against FP32 on held-out inputs"):
+            accuracy = _accuracy(model, fp32_path, options.onnx_path, calib, preprocess)
+    report = write_report(options, metadata, summary, steps, accuracy=accuracy)
+    return ExportResult(options.onnx_path, options.report_path, report)
+
+
+def _heldout_inputs(calib: CalibrationOptions, preprocess: Preprocess) -> tuple[np.ndarray, str]:
+    data = CalibrationData(calib.data, preprocess, calib.heldout, split="heldout")
+    if data.source.suffix == ".npy":
+        return np.stack([data.sample(i) for i in range(len(data))]), "first inputs of the .npy (not held out)"
+    return np.stack([data.sample(i) for i in range(len(data))]), "held-out crops of the calibration images"
+
+
+def _accuracy(model, fp32_path: Path, int8_path: Path, calib: CalibrationOptions,
+              preprocess: Preprocess) -> dict:
+    """INT8 vs FP32 logits: ONNX Runtime plain Q/DQ arithmetic (the TensorRT estimate) and
+    with its CPU int8 kernels; plus the FP32 graph against PyTorch."""
+    inputs, kind = _heldout_inputs(calib, preprocess)
+    reference = ort_logits(fp32_path, inputs)
+    plain = compare(reference, ort_logits(int8_path, inputs, optimize=False))
+    kernels = compare(reference, ort_logits(int8_path, inputs, optimize=True))
+    fp32_check = validate(model, fp32_path, inputs, "fp32")
+    return {"inputs": kind, "count": len(inputs),
+            "int8_vs_fp32_qdq_arithmetic": plain.as_dict(),
+            "int8_vs_fp32_ort_int8_kernels": kernels.as_dict(),
+            "fp32_vs_pytorch": fp32_check["full_batch"],
+            "summary": (f"INT8 vs FP32 on {len(inputs)} {kind}: mean cosine {plain.mean_cosine:.5f} "
+                        f"(min {plain.min_cosine:.5f}), top-1 agreement {plain.top1_agreement:.1%}; "
+                        f"with ONNX Runtime's CPU int8 kernels: mean cosine {kernels.mean_cosine:.5f}")}

@@ -1,0 +1,139 @@
+"""Explicit quantization: where Q/DQ pairs go, and inserting them with calibrated scales.
+
+Placement follows TensorRT's fusion rules: the inputs of Conv, MatMul-with-weights and
+Gemm are quantized (activations per tensor, weights per output channel, symmetric int8,
+zero point 0); bias is not quantized; LayerNorm, Softmax, GELU, residual adds and the
+attention matrix products stay in the graph's float type. A tensor read by several
+quantized layers gets one shared Q/DQ pair. Weights are stored as int8 initializers
+followed by a DequantizeLinear, so the file shrinks and the scales are explicit.
+
+Q/DQ over a float16 graph needs opset 19 (QuantizeLinear takes float16 from 19 on);
+``to_opset`` raises the graph's opset when needed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+QDQ_MIN_OPSET = {TensorProto.FLOAT: 13, TensorProto.FLOAT16: 19}
+
+
+@dataclass(frozen=True)
+class QuantTarget:
+    """One layer to quantize: its activation input and its weight (with output-channel axis)."""
+
+    node: str
+    activation: str
+    weight: str
+    axis: int
+
+
+def quant_targets(model: onnx.ModelProto, exclude: frozenset[str] = frozenset()) -> list[QuantTarget]:
+    """Conv / MatMul / Gemm nodes whose second input is a weight initializer."""
+    weights = {t.name: t for t in model.graph.initializer}
+    targets = []
+    for node in model.graph.node:
+        if node.op_type not in QUANTIZED_OPS or node.name in exclude:
+            continue
+        activation, weight = node.input[0], node.input[1]
+        if weight not in weights or activation in weights:
+            continue  # activation x activation products (attention) stay in float
+        if node.op_type == "Conv":
+            axis = 0
+        elif node.op_type == "Gemm":
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            axis = 0 if trans_b else 1
+        else:
+            axis = len(weights[weight].dims) - 1
+        targets.append(QuantTarget(node.name, activation, weight, axis))
+    return targets
+
+
+def scale_of(amax: float | np.ndarray) -> np.ndarray:
+    """Symmetric int8 scale amax/127; an all-zero range gets scale 1 (any value is exact)."""
+    amax = np.asarray(amax, np.float64)
+    return np.where(amax > 0, amax / 127.0, 1.0)
+
+
+def weight_amax(weight: np.ndarray, axis: int) -> np.ndarray:
+    """Per-output-channel max |w|."""
+    reduce = tuple(i for i in range(weight.ndim) if i != axis)
+    return np.abs(weight.astype(np.float64)).max(axis=reduce)
+
+
+def to_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """``model`` at (at least) ``opset`` via ONNX's version converter."""
+    current = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if current >= opset:
+        return model
+    from onnx import version_converter
+    return version_converter.convert_version(model, opset)
+
+
+def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_amax: dict[str, float],
+               fp32_weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``model`` (float32 or float16 graph) with Q/DQ on every target.
+
+    ``activation_amax`` is keyed by the activation names of the FP32 graph; in a float16
+    graph a target may read a ``<name>_fp16`` cast of it, which is what gets quantized.
+    ``fp32_weights`` holds the FP32 weights the per-channel scales are computed from.
+    """
+    quantized = onnx.ModelProto()
+    quantized.CopyFrom(model)
+    graph = quantized.graph
+    inferred = onnx.shape_inference.infer_shapes(quantized).graph
+    elem_type = {v.name: v.type.tensor_type.elem_type for v in [*inferred.input, *inferred.value_info]}
+    elem_type.update({t.name: t.data_type for t in graph.initializer})
+    nodes = {node.name: node for node in graph.node}
+    zero_point = "qdq_zero_point"
+    graph.initializer.append(numpy_helper.from_array(np.array(0, np.int8), zero_point))
+    shared: dict[str, str] = {}
+    new_nodes: dict[str, list[onnx.NodeProto]] = {}  # inserted before the named node
+
+    for target in targets:
+        node = nodes[target.node]
+        source = node.input[0]
+        float_type = elem_type[source]
+        np_float = np.float16 if float_type == TensorProto.FLOAT16 else np.float32
+        if source not in shared:
+            scale_name = f"{source}_scale"
+            graph.initializer.append(numpy_helper.from_array(
+                scale_of(activation_amax[target.activation]).astype(np_float), scale_name))
+            q, dq = f"{source}_quantized", f"{source}_dequantized"
+            new_nodes.setdefault(node.name, []).extend([
+                helper.make_node("QuantizeLinear", [source, scale_name, zero_point], [q], name=f"{source}_Q"),
+                helper.make_node("DequantizeLinear", [q, scale_name, zero_point], [dq], name=f"{source}_DQ"),
+            ])
+            shared[source] = dq
+        node.input[0] = shared[source]
+
+        weight_name = node.input[1]
+        fp32 = fp32_weights[target.weight]
+        scales = scale_of(weight_amax(fp32, target.axis))
+        shape = [1] * fp32.ndim
+        shape[target.axis] = -1
+        int8 = np.clip(np.round(fp32 / scales.reshape(shape)), -127, 127).astype(np.int8)
+        graph.initializer.append(numpy_helper.from_array(int8, f"{weight_name}_int8"))
+        graph.initializer.append(numpy_helper.from_array(scales.astype(np_float), f"{weight_name}_wscale"))
+        graph.initializer.append(numpy_helper.from_array(np.zeros(len(scales), np.int8), f"{weight_name}_wzero"))
+        new_nodes.setdefault(node.name, []).append(helper.make_node(
+            "DequantizeLinear", [f"{weight_name}_int8", f"{weight_name}_wscale", f"{weight_name}_wzero"],
+            [f"{weight_name}_dequantized"], axis=target.axis, name=f"{weight_name}_DQ"))
+        node.input[1] = f"{weight_name}_dequantized"
+
+    ordered = []
+    for node in graph.node:
+        ordered.extend(new_nodes.get(node.name, []))
+        ordered.append(node)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.value_info[:]
+    return quantized

@@ -1,0 +1,92 @@
+"""Image preprocessing = the variant's timm eval transform, in NumPy + Pillow (no torch).
+
+Used everywhere an image becomes a model input (calibration, validation, evaluation, the
+runtime), always built from the model's own eval config so the numbers match training:
+RGB -> resize (by ``crop_pct``, with the config's interpolation and crop mode) -> centre
+crop -> [0, 1] -> normalise by mean/std -> float32 CHW.
+
+- ``center``: the shorter side goes to ``floor(size / crop_pct)`` (non-square targets:
+  the side with the smaller scale ratio), then a centre crop of ``size``.
+- ``squash``: both sides go to ``floor(size / crop_pct)``, then a centre crop.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import FasterViTTRTError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+             "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+
+
+class ImageError(FasterViTTRTError):
+    """A file that cannot be decoded as an image."""
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode ``path`` as an RGB image; raises ImageError naming the file."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{path}: cannot decode the image ({exc.__class__.__name__}); "
+                         "check that it is a readable JPEG/PNG/WebP/BMP") from None
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The eval transform of one model; call it on a PIL image to get a (3, H, W) array."""
+
+    input_size: tuple[int, int]
+    crop_pct: float = 0.875
+    crop_mode: str = "center"
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @classmethod
+    def from_config(cls, config: Mapping | object) -> Preprocess:
+        """From an ``EvalConfig`` or its dict form (ONNX metadata, engine sidecar)."""
+        get = config.get if isinstance(config, Mapping) else lambda k: getattr(config, k)
+        return cls(input_size=tuple(get("input_size")), crop_pct=float(get("crop_pct")),
+                   crop_mode=get("crop_mode"), interpolation=get("interpolation"),
+                   mean=tuple(get("mean")), std=tuple(get("std")))
+
+    def resize_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) the image is resized to before the centre crop."""
+        target_h, target_w = self.input_size
+        scale_h, scale_w = math.floor(target_h / self.crop_pct), math.floor(target_w / self.crop_pct)
+        if self.crop_mode == "squash":
+            return scale_w, scale_h
+        if self.crop_mode != "center":
+            raise ValueError(f"unsupported crop mode {self.crop_mode!r}; use 'center' or 'squash'")
+        if scale_h == scale_w:  # shorter side to the scale size, longer side truncated
+            short, long = sorted((width, height))
+            new_long = int(scale_h * long / short)
+            return (scale_h, new_long) if width <= height else (new_long, scale_h)
+        ratio = min(height / scale_h, width / scale_w)
+        return round(width / ratio), round(height / ratio)
+
+    def resize_and_crop(self, image: Image.Image) -> Image.Image:
+        """Resize per the crop mode, then centre-crop to ``input_size`` (still a PIL image)."""
+        size = self.resize_size(*image.size)
+        if size != image.size:
+            image = image.resize(size, _RESAMPLE[self.interpolation])
+        crop_h, crop_w = self.input_size
+        top = int(round((image.height - crop_h) / 2.0))
+        left = int(round((image.width - crop_w) / 2.0))
+        return image.crop((left, top, left + crop_w, top + crop_h))
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        pixels = np.asarray(self.resize_and_crop(image.convert("RGB")), dtype=np.float32) / np.float32(255)
+        pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
