@@ -60,3 +60,21 @@ def exported(tmp_path_factory, realistic_checkpoint):
                                                     checkpoint=realistic_checkpoint, **options))
         return cache[key]
     return get
+
+
+@pytest.fixture(scope="session")
+def int8_export(tmp_path_factory):
+    """faster_vit_0_224 (random init) exported to INT8 with 64 calibration inputs."""
+    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_int8
+    from fastervit_trt.export.pipeline import ExportOptions
+    out = tmp_path_factory.mktemp("int8")
+    return export_int8(ExportOptions(precision="int8", output_dir=out), CalibrationOptions(images=64))
+
+
+@pytest.fixture(scope="session")
+def digits_folders(tmp_path_factory):
+    """scikit-learn digits written as labelled PNG folders: {"train": dir, "heldout": dir}."""
+    from tests.fixtures.digits import split_named, write_folder
+    root = tmp_path_factory.mktemp("digits")
+    return {name: write_folder(root / name, images, labels)
+            for name, (images, labels) in split_named().items()}

@@ -27,7 +27,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
-    names = list_models(args.models)
+    names = list_models(args.models, official_only=True)
     if not names:
         print(f"error: no model matches {args.models!r}", file=sys.stderr)
         return 2

@@ -95,16 +95,22 @@ class CalibrationCache:
             raise CalibrationCacheError(f"{path}: cannot read the calibration cache ({exc})") from None
         return cls.from_text(text, path)
 
-    def check(self, method: str, tensors: list[str], source: str | Path) -> None:
-        """Refuse a cache from another calibrator or whose names do not cover ``tensors``."""
+    def check(self, method: str, needed: list[str], graph_tensors: set[str], source: str | Path) -> None:
+        """Refuse a cache from another calibrator, or one that is not for this graph: it must
+        give a scale to every ``needed`` tensor and name only tensors of the graph
+        (TensorRT's own "(Unnamed Layer* ...)" tensors aside)."""
         if self.method != method:
             raise CalibrationCacheError(
                 f"{source}: cache written by the {ALGORITHMS[self.method]} calibrator, but "
                 f"--calib-method {method} was asked; pass --calib-method {self.method} or delete "
                 "the cache to recalibrate")
-        missing = [name for name in tensors if name not in self.scales]
-        if missing:
+        foreign = [name for name in self.scales
+                   if name not in graph_tensors and not name.startswith("(Unnamed Layer")]
+        missing = [name for name in needed if name not in self.scales]
+        if foreign or missing:
+            problem = (f"{len(foreign)} of its tensors are not in this graph (e.g. {', '.join(foreign[:3])})"
+                       if foreign else
+                       f"{len(missing)} of {len(needed)} tensors have no scale (e.g. {', '.join(missing[:3])})")
             raise CalibrationCacheError(
-                f"{source}: cache does not match this graph: {len(missing)} of {len(tensors)} "
-                f"tensors have no scale (e.g. {', '.join(missing[:3])}); it was made for another "
+                f"{source}: cache does not match this graph: {problem}; it was made for another "
                 "model or resolution. Delete it or pass another --calib-cache to recalibrate")

@@ -77,7 +77,8 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
         if reuse:
             with steps.step(f"reusing calibration cache {cache_path}"):
                 cache = CalibrationCache.read(cache_path)
-                cache.check(calib.method, activations, cache_path)
+                graph_tensors = {t for n in fp32.graph.node for t in n.output} | {i.name for i in fp32.graph.input}
+                cache.check(calib.method, activations, graph_tensors, cache_path)
                 images_seen = 0
         else:
             with steps.step(f"calibrating ({calib.method}) on {calib.images} inputs from {calib.data}"):
@@ -112,10 +113,17 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
 
 
 def _heldout_inputs(calib: CalibrationOptions, preprocess: Preprocess) -> tuple[np.ndarray, str]:
-    data = CalibrationData(calib.data, preprocess, calib.heldout, split="heldout")
-    if data.source.suffix == ".npy":
-        return np.stack([data.sample(i) for i in range(len(data))]), "first inputs of the .npy (not held out)"
-    return np.stack([data.sample(i) for i in range(len(data))]), "held-out crops of the calibration images"
+    """Held-out crops of the calibration images; of the shipped photos when a reused cache
+    comes without images; seeded random inputs when neither exists."""
+    source = calib.data if calib.data.exists() else DEFAULT_DATA
+    if not source.exists():
+        rng = np.random.default_rng(0)
+        return rng.standard_normal((calib.heldout, 3, *preprocess.input_size), dtype=np.float32), "seeded random inputs"
+    data = CalibrationData(source, preprocess, calib.heldout, split="heldout")
+    inputs = np.stack([data.sample(i) for i in range(len(data))])
+    if source.suffix == ".npy":
+        return inputs, f"first inputs of {source} (not held out)"
+    return inputs, f"held-out crops of the images in {source}"
 
 
 def _accuracy(model, fp32_path: Path, int8_path: Path, calib: CalibrationOptions,

@@ -94,7 +94,7 @@ def entropy_divergences(counts: np.ndarray, start: int = NUM_LEVELS) -> np.ndarr
         sum_plogq = (level_mass * log_density).sum(axis=1) + outliers * log_density[:, -1]
         inside = mass[thresholds]
         kl = (sum_plogp - sum_plogq) / total - np.log(total) + np.log(inside)
-        kl = np.where((last == 0) & (outliers > 0), np.inf, kl)
+        kl = np.where(((last == 0) & (outliers > 0)) | (inside == 0), np.inf, kl)
     return kl
 
 
@@ -105,6 +105,8 @@ def entropy_amax(hist: Histogram) -> float:
     if hist.amax == 0.0 or counts.sum() == 0:
         return 0.0
     divergences = entropy_divergences(counts)
+    if not np.isfinite(divergences).any():  # all mass in the last bin (e.g. one repeated value)
+        return hist.amax
     best = int(np.argmin(divergences)) + NUM_LEVELS
     return min((best + 0.5) * hist.width, hist.amax)
 

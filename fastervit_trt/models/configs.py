@@ -57,6 +57,7 @@ class Variant:
     name: str
     arch: ArchConfig
     eval: EvalConfig = field(compare=False)
+    official: bool = True  # False: a tiny test-scale variant, not an NVlabs release
 
 
 _FAMILY = {
@@ -100,6 +101,15 @@ def _build_registry() -> dict[str, Variant]:
         add(f"faster_vit_4_21k_{res}", arch, crop_pct, "squash")
         any_res = replace(arch, any_res=True, resolution=(576, 960), drop_path_rate=0.3)
         add(f"faster_vit_4_21k_{res}_any_res", any_res, crop_pct, "squash")
+    # Test-scale variant (as timm registers test_vit): every FasterViT mechanism (conv stages,
+    # HAT with a 2x2 window grid of carrier tokens, propagation) at 128x128 and ~1 M
+    # parameters; tests/fixtures/faster_vit_digits.pth is trained on scikit-learn's digits.
+    digits = ArchConfig(dim=16, in_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8),
+                        window_size=(7, 7, 4, 4), resolution=(128, 128), propagate_carriers=True,
+                        num_classes=10, drop_path_rate=0.0)
+    variants["faster_vit_digits"] = Variant("faster_vit_digits", digits,
+                                            EvalConfig((128, 128), 1.0, "squash", label_set="digits"),
+                                            official=False)
     return dict(sorted(variants.items(), key=lambda kv: _natural_key(kv[0])))
 
 
@@ -110,9 +120,10 @@ def _natural_key(name: str) -> list:
 REGISTRY: dict[str, Variant] = _build_registry()
 
 
-def list_models(pattern: str = "*") -> list[str]:
+def list_models(pattern: str = "*", official_only: bool = False) -> list[str]:
     """Registered model names matching a shell-style ``pattern``, in natural order."""
-    return [name for name in REGISTRY if fnmatch(name, pattern)]
+    return [name for name, variant in REGISTRY.items()
+            if fnmatch(name, pattern) and (variant.official or not official_only)]
 
 
 def get_variant(name: str) -> Variant:

@@ -16,7 +16,9 @@ OFFICIAL_NAMES += [f"faster_vit_{i}_any_res" for i in range(7)] + [
 
 
 def test_every_official_name_is_registered():
-    assert sorted(list_models()) == sorted(OFFICIAL_NAMES)
+    assert sorted(list_models(official_only=True)) == sorted(OFFICIAL_NAMES)
+    assert [n for n in list_models() if n not in OFFICIAL_NAMES] == ["faster_vit_digits"]
+    assert get_variant("faster_vit_digits").official is False
     assert list_models("*_any_res") == [n for n in list_models() if n.endswith("_any_res")]
 
 

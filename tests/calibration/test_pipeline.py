@@ -1,0 +1,113 @@
+"""fastervit-export --precision int8: Q/DQ ONNX + TensorRT cache, accuracy, reuse, bad input."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+
+from fastervit_trt.calibration.cache import CalibrationCache
+from fastervit_trt.cli import export_main
+from fastervit_trt.export.pipeline import ort_logits
+
+
+def test_int8_report_and_accuracy(int8_export):
+    report = int8_export.report
+    quant = report["quantization"]
+    assert quant["method"] == "entropy" and quant["qdq_base"] == "fp16" and not quant["cache_reused"]
+    assert quant["calibration_inputs"] == 64 and quant["layers"] > 80
+    accuracy = report["accuracy"]
+    plain = accuracy["int8_vs_fp32_qdq_arithmetic"]
+    assert plain["mean_cosine"] >= 0.999, accuracy["summary"]  # ModelOpt reaches 0.9992 here
+    assert 0 <= accuracy["int8_vs_fp32_ort_int8_kernels"]["mean_cosine"] <= 1
+    assert accuracy["fp32_vs_pytorch"]["relative_diff"] <= 1e-4
+
+
+def test_int8_graph_structure(int8_export):
+    model = onnx.load(str(int8_export.onnx_path))
+    ops = Counter(n.op_type for n in model.graph.node)
+    layers = int8_export.report["quantization"]["layers"]
+    assert ops["DequantizeLinear"] == ops["QuantizeLinear"] + layers  # weights: int8 + DQ only
+    produced_by = {o: n.op_type for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type in ("LayerNormalization", "Softmax", "Erf"):  # left unquantized
+            assert all(produced_by.get(i) != "DequantizeLinear" for i in node.input)
+        if node.op_type == "Conv":
+            assert produced_by[node.input[0]] == produced_by[node.input[1]] == "DequantizeLinear"
+            assert len(node.input) < 3 or produced_by.get(node.input[2]) != "DequantizeLinear"
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [19]
+    int8_weights = sum(len(t.raw_data) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8)
+    assert int8_weights > 0.9 * sum(len(t.raw_data) for t in model.graph.initializer)
+    x = np.zeros((2, 3, 224, 224), np.float32)
+    assert ort_logits(int8_export.onnx_path, x).shape == (2, 1000)
+
+
+def test_cache_written_in_tensorrt_format(int8_export):
+    cache_path = int8_export.onnx_path.with_suffix(".cache")
+    lines = cache_path.read_text().splitlines()
+    assert lines[0].startswith("TRT-") and lines[0].endswith("-EntropyCalibration2")
+    cache = CalibrationCache.read(cache_path)
+    model = onnx.load(str(int8_export.onnx_path), load_external_data=False)
+    graph_tensors = {o for n in model.graph.node for o in n.output} | {"input"}
+    assert set(cache.scales) <= graph_tensors  # names are the graph's (= TensorRT's) tensor names
+    assert all(s > 0 for s in cache.scales.values())
+
+
+def test_existing_cache_is_reused_without_reading_images(int8_export, tmp_path, capsys):
+    cache = int8_export.onnx_path.with_suffix(".cache")
+    code = export_main(["--precision", "int8", "--output-dir", str(tmp_path), "--calib-cache", str(cache),
+                        "--calib-data", str(tmp_path / "no-such-folder"), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and "reused" in out
+    reused = onnx.load(str(tmp_path / "faster_vit_0_224_int8.onnx"))
+    first = onnx.load(str(int8_export.onnx_path))
+    scales = lambda m: {t.name: t.raw_data for t in m.graph.initializer if t.name.endswith("_scale")}
+    assert scales(reused) == scales(first)
+
+
+def _fails(capsys, tmp_path, *argv) -> str:
+    out = tmp_path / "out"
+    code = export_main(["--model", "faster_vit_digits", "--precision", "int8", "--output-dir", str(out),
+                        "--quiet", *argv])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 1, err
+    leftovers = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    assert leftovers == [], leftovers  # nothing half-written
+    return lines[0]
+
+
+def test_cache_from_another_model(int8_export, tmp_path, capsys):
+    line = _fails(capsys, tmp_path, "--calib-cache", str(int8_export.onnx_path.with_suffix(".cache")))
+    assert "does not match this graph" in line and "e.g. /" in line
+
+
+def test_cache_of_another_calibrator(int8_export, tmp_path, capsys):
+    line = _fails(capsys, tmp_path, "--calib-cache", str(int8_export.onnx_path.with_suffix(".cache")),
+                  "--calib-method", "minmax")
+    assert "EntropyCalibration2 calibrator" in line and "--calib-method entropy" in line
+
+
+def test_malformed_cache(tmp_path, capsys):
+    bad = tmp_path / "bad.cache"
+    bad.write_text("TRT-8601-EntropyCalibration2\ninput: zzzz\n")
+    assert "line 2 is malformed" in _fails(capsys, tmp_path, "--calib-cache", str(bad))
+
+
+def test_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert "no usable image" in _fails(capsys, tmp_path, "--calib-data", str(tmp_path / "empty"))
+
+
+def test_folder_of_non_images(tmp_path, capsys):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("x")
+    (folder / "b.png").write_text("not a png")
+    assert "no usable image" in _fails(capsys, tmp_path, "--calib-data", str(folder))
+
+
+def test_fewer_images_than_one_batch(tmp_path, capsys):
+    line = _fails(capsys, tmp_path, "--calib-images", "4", "--calib-batch", "8")
+    assert "fewer than one batch of 8" in line
