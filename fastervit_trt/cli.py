@@ -51,6 +51,8 @@ def _run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentPar
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into head & co.
+        return 0
 
 
 # ---------------------------------------------------------------- fastervit-export
@@ -112,6 +114,9 @@ def export_parser() -> argparse.ArgumentParser:
     calib.add_argument("--recalibrate", action="store_true", help="ignore an existing cache")
     calib.add_argument("--qdq-base", choices=("fp16", "fp32"), default=c.qdq_base,
                        help="float type of the layers left unquantized")
+    engine = parser.add_argument_group("engine (built at the end when TensorRT or TensorRT-RTX is installed)")
+    engine.add_argument("--engine-dir", type=Path, default=Path("engines"), help="where the .engine and sidecar go")
+    engine.add_argument("--no-engine", action="store_true", help="stop after the ONNX")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
@@ -138,7 +143,23 @@ def _export(args: argparse.Namespace) -> int:
     else:
         result = export_model(options, stream)
     print(export_summary(result.report, result.report_path))
+    if not args.no_engine:
+        _engine_after_export(result.onnx_path, args.engine_dir, options.batch, args.force, stream)
     return 0
+
+
+def _engine_after_export(onnx_path: Path, engine_dir: Path, batch: tuple[int, int, int], force: bool,
+                         stream) -> None:
+    from .engines import BuildConfig, EngineBuildError, build_engine, load_tensorrt
+    try:
+        flavour, trt = load_tensorrt()
+    except EngineBuildError:
+        print(f"engine      no TensorRT installed here; build later with: fastervit-build {onnx_path}")
+        return
+    engine = engine_dir / onnx_path.with_suffix(".engine").name
+    sidecar = build_engine(onnx_path, engine, BuildConfig(batch=batch, force=force), stream)
+    print(f"engine      {engine}  ({flavour} {trt.__version__}, {sidecar['engine']['bytes'] / 1e6:.1f} MB, "
+          f"built in {sidecar['build']['seconds']:.1f} s; sidecar {engine.with_suffix('.json')})")
 
 
 def export_summary(report: dict, report_path: Path) -> str:
@@ -161,7 +182,7 @@ def export_summary(report: dict, report_path: Path) -> str:
                           f"{'reused' if report['quantization']['cache_reused'] else report['quantization']['method']})"),
            ("accuracy", report["accuracy"]["summary"])] if "quantization" in report else []),
         ("time", f"{sum(report['seconds'].values()):.1f} s"),
-        ("engine", trtexec),
+        ("trtexec", trtexec),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -169,6 +190,213 @@ def export_summary(report: dict, report_path: Path) -> str:
 
 def export_main(argv: Sequence[str] | None = None) -> int:
     return _run(_export, export_parser(), argv)
+
+
+# ---------------------------------------------------------------- fastervit-build
+
+BUILD_EXAMPLES = """\
+examples:
+  fastervit-build export/faster_vit_0_224_fp16.onnx                 # -> engines/faster_vit_0_224_fp16.engine + .json
+  fastervit-build export/faster_vit_0_224_int8.onnx --batch 1,16,64 --opt-level 5
+  fastervit-build export/faster_vit_0_224_fp32.onnx --timing-cache engines/timing.cache
+  fastervit-build export/faster_vit_0_224_fp32.onnx --precision int8 --calib-cache export/faster_vit_0_224_int8.cache   # TensorRT 10 implicit INT8
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .engines import BuildConfig
+    d = BuildConfig()
+    parser = argparse.ArgumentParser(
+        prog="fastervit-build", formatter_class=_formatter, epilog=BUILD_EXAMPLES,
+        description="Build a TensorRT or TensorRT-RTX engine from an exported ONNX file; writes the "
+                    ".engine (plain, loadable by trtexec / Triton / C++) and a .json sidecar beside it.")
+    parser.add_argument("onnx", type=Path, help="ONNX file from fastervit-export")
+    parser.add_argument("--output", type=Path, help="engine path (default: engines/<onnx name>.engine)")
+    parser.add_argument("--backend", choices=("auto", "tensorrt", "tensorrt-rtx"), default=d.backend,
+                        help="auto: TensorRT if installed, else TensorRT-RTX")
+    parser.add_argument("--batch", type=_batch_profile, metavar="MIN,OPT,MAX",
+                        help="optimization profile (default: the one recorded at export, else 1,8,32)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"),
+                        help="default: the ONNX's own; fp16/int8 from an FP32 graph needs TensorRT 10")
+    parser.add_argument("--workspace", type=int, metavar="MIB", help="workspace memory limit")
+    parser.add_argument("--opt-level", type=int, choices=range(6), metavar="0-5",
+                        help="builder optimization level (TensorRT's default: 3)")
+    parser.add_argument("--timing-cache", type=Path, metavar="PATH",
+                        help="TensorRT timing cache: loaded if present, saved after the build")
+    parser.add_argument("--hardware-compat", action="store_true", help="run on any Ampere+ GPU")
+    parser.add_argument("--version-compat", action="store_true", help="run on later TensorRT versions")
+    parser.add_argument("--calib-cache", type=Path, metavar="PATH", help="TensorRT 10 implicit INT8 scales")
+    parser.add_argument("--calib-data", type=Path, metavar="DIR", help="TensorRT 10 implicit INT8 images")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing engine")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .engines import BuildConfig, build_engine
+    from .engines.builder import onnx_facts
+    if not args.onnx.is_file():
+        raise FasterViTTRTError(f"{args.onnx}: no such ONNX file; export one with fastervit-export")
+    batch = args.batch or tuple(onnx_facts(args.onnx)["metadata"].get("batch_profile") or (1, 8, 32))
+    output = args.output or Path("engines") / args.onnx.with_suffix(".engine").name
+    config = BuildConfig(batch=batch, backend=args.backend, precision=args.precision,
+                         workspace_mib=args.workspace, opt_level=args.opt_level,
+                         timing_cache=args.timing_cache, hardware_compat=args.hardware_compat,
+                         version_compat=args.version_compat, calib_cache=args.calib_cache,
+                         calib_data=args.calib_data, force=args.force)
+    stream = None if args.quiet else sys.stderr
+    sidecar = build_engine(args.onnx, output, config, stream)
+    trt = sidecar["tensorrt"]
+    print(f"engine   {output}  ({sidecar['engine']['bytes'] / 1e6:.1f} MB, {sidecar['precision']}, "
+          f"batch {','.join(map(str, batch))})")
+    print(f"sidecar  {output.with_suffix('.json')}")
+    print(f"builder  {trt['flavour']} {trt['version']}, {sidecar['build']['seconds']:.1f} s")
+    return 0
+
+
+def build_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_build, build_parser(), argv)
+
+
+# ---------------------------------------------------------------- fastervit-infer
+
+def infer_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastervit-infer", formatter_class=_formatter,
+        epilog="examples:\n  fastervit-infer cat.jpg dog.png --model engines/faster_vit_0_224_fp16.engine\n"
+               "  fastervit-infer photos/*.jpg --model export/faster_vit_0_224_fp32.onnx --topk 1 --json",
+        description="Classify images with an engine or ONNX file (preprocessing from its sidecar/metadata).")
+    parser.add_argument("images", nargs="+", type=Path, help="image files")
+    parser.add_argument("--model", type=Path, required=True, help=".engine or .onnx")
+    parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _infer(args: argparse.Namespace) -> int:
+    import json
+
+    from .preprocess import ImageError, load_image
+    from .runtime import load
+    model = load(args.model)
+    images, failed = [], 0
+    for path in args.images:
+        try:
+            images.append((path, load_image(path)))
+        except ImageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+    results = model.predict([image for _, image in images], topk=args.topk) if images else []
+    if args.json:
+        print(json.dumps([{"image": str(path), "top": [p.__dict__ for p in top]}
+                          for (path, _), top in zip(images, results)], indent=2))
+    else:
+        for (path, _), top in zip(images, results):
+            print(path)
+            for rank, p in enumerate(top, 1):
+                print(f"  {rank}. {p.probability:7.2%}  {p.name}  ({p.index})")
+    return EXIT_ERROR if failed else 0
+
+
+def infer_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_infer, infer_parser(), argv)
+
+
+# ---------------------------------------------------------------- fastervit-bench
+
+def bench_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastervit-bench", formatter_class=_formatter,
+        epilog="examples:\n  fastervit-bench --model engines/faster_vit_0_224_fp16.engine --batch 1,8,32\n"
+               "  fastervit-bench --model export/faster_vit_0_224_fp32.onnx --torch-model faster_vit_0_224 "
+               "--checkpoint fastervit_0_224_1k.pth.tar --json",
+        description="Latency percentiles and throughput per batch size, optionally against PyTorch eager "
+                    "of the same weights measured in the same run.")
+    parser.add_argument("--model", type=Path, required=True, help=".engine or .onnx")
+    parser.add_argument("--batch", type=lambda t: [int(v) for v in t.split(",")], default=[1, 8, 32],
+                        metavar="B1,B2,...")
+    parser.add_argument("--iters", type=int, default=50, help="timed calls per batch size")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--torch-model", metavar="NAME", help="also time PyTorch eager of this variant")
+    parser.add_argument("--checkpoint", type=Path, help="weights for --torch-model")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .runtime import load
+    from .runtime.benchmark import benchmark
+    model = load(args.model)
+    runners = {str(args.model.name): model.logits}
+    if args.torch_model:
+        import torch
+
+        from .models import create_model
+        eager = create_model(args.torch_model, checkpoint=args.checkpoint)
+
+        def torch_run(batch):
+            with torch.inference_mode():
+                return eager(torch.from_numpy(batch)).numpy()
+        runners[f"pytorch eager ({args.torch_model})"] = torch_run
+    rows = benchmark(runners, model.preprocess.input_size, args.batch, args.iters, args.warmup)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':42s} {'batch':>5s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'img/s':>9s}")
+    for row in rows:
+        print(f"{row['model']:42s} {row['batch']:5d} {row['p50_ms']:8.2f} {row['p90_ms']:8.2f} "
+              f"{row['p99_ms']:8.2f} {row['img_per_s']:9.1f}")
+    return 0
+
+
+def bench_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_bench, bench_parser(), argv)
+
+
+# ---------------------------------------------------------------- fastervit-inspect
+
+def inspect_parser() -> argparse.ArgumentParser:
+    return _add_path(argparse.ArgumentParser(
+        prog="fastervit-inspect", formatter_class=_formatter,
+        epilog="examples:\n  fastervit-inspect export/faster_vit_0_224_int8.onnx\n"
+               "  fastervit-inspect engines/faster_vit_0_224_fp16.engine",
+        description="What is inside an ONNX file (ops, Q/DQ, float16 share, external data, export "
+                    "report) or an engine (sidecar, and its layers with precisions via TensorRT's "
+                    "engine inspector when a GPU is present)."))
+
+
+def _add_path(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("path", type=Path, help=".onnx or .engine")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from .inspect import inspect_path
+    info = inspect_path(args.path)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            if isinstance(value, dict):
+                print(f"{key}:")
+                for k, v in value.items():
+                    print(f"  {k}: {v}")
+            elif isinstance(value, list):
+                print(f"{key}: ({len(value)})")
+                for item in value[:400]:
+                    print(f"  {item}")
+            else:
+                print(f"{key}: {value}")
+    return 0
+
+
+def inspect_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_inspect, inspect_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from PIL import Image, UnidentifiedImageError
 from .errors import FasterViTTRTError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# the photos shipped with the toolkit (calibration/ in a source checkout)
+SAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "calibration"
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
              "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
@@ -90,3 +92,15 @@ class Preprocess:
         pixels = np.asarray(self.resize_and_crop(image.convert("RGB")), dtype=np.float32) / np.float32(255)
         pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def sample_inputs(preprocess: Preprocess, count: int) -> np.ndarray | None:
+    """``count`` shipped photos (evenly spread, sorted by name) through ``preprocess``;
+    None when the photos are not there (an installed package without the source tree)."""
+    photos = sorted(p for p in SAMPLE_IMAGES.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
+        if SAMPLE_IMAGES.is_dir() else []
+    if not photos:
+        return None
+    chosen = [photos[i * len(photos) // count] for i in range(count)] if count <= len(photos) else \
+        [photos[i % len(photos)] for i in range(count)]
+    return np.stack([preprocess(load_image(path)) for path in chosen])

@@ -96,8 +96,3 @@ def test_validation_failure_exits_non_zero(capsys, tmp_path, monkeypatch):
     assert code == 1 and "does NOT match PyTorch" in _error_line(err)
     report = tmp_path / "faster_vit_0_224_fp32.json"
     assert report.exists() and '"passed": false' in report.read_text()
-
-
-def test_int8_not_available_yet(capsys, tmp_path):
-    code, _, err = _run(capsys, "--precision", "int8", "--output-dir", str(tmp_path))
-    assert code == 1 and "int8" in _error_line(err)

@@ -17,11 +17,11 @@ import numpy as np
 from PIL import Image
 
 from ..errors import FasterViTTRTError
-from ..preprocess import IMAGE_SUFFIXES, ImageError, Preprocess, load_image
+from ..preprocess import IMAGE_SUFFIXES, SAMPLE_IMAGES, ImageError, Preprocess, load_image
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "calibration"
+DEFAULT_DATA = SAMPLE_IMAGES
 _SPLIT_SEEDS = {"calibration": 0, "heldout": 1}
 
 

@@ -1,20 +1,28 @@
-"""Build a TensorRT (10/11) or TensorRT-RTX engine from an exported ONNX file.
+"""Build a TensorRT (10/11) or TensorRT-RTX engine from an exported ONNX file, plus its sidecar.
 
-Graphs exported by this toolkit carry their precision (float16 tensors, Q/DQ nodes), so
-networks are created strongly typed: TensorRT 11 and TensorRT-RTX only know that mode, and
-TensorRT 10 accepts it. TensorRT-RTX builds ahead-of-time on a machine without a GPU.
+Precision: graphs exported by this toolkit carry their precision (float16 tensors, Q/DQ
+nodes), so networks are strongly typed: TensorRT 11 and TensorRT-RTX know only that mode,
+TensorRT 10 accepts it. TensorRT 10 can also build an FP32 graph as FP16 or INT8 the old
+way (``precision="fp16"|"int8"``: builder flags, and for INT8 a calibrator fed by
+``calib_data`` or reading ``calib_cache``); on TensorRT 11 / RTX that is refused with the
+export command that puts the precision into the ONNX instead.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import importlib
+import json
 import logging
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import TextIO
 
-from ..artifacts import write_bytes
+from ..artifacts import check_writable, sha256, write_bytes, write_json
 from ..errors import FasterViTTRTError
+from ..sidecar import SCHEMA_VERSION, read_sidecar, sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +39,23 @@ class BuildConfig:
 
     batch: tuple[int, int, int] = (1, 8, 32)
     backend: str = "auto"  # "tensorrt", "tensorrt-rtx" or "auto" (TensorRT first)
+    precision: str | None = None  # None: the ONNX's own; fp16/int8 on an FP32 graph: TensorRT 10 only
     workspace_mib: int | None = None
-    opt_level: int | None = None  # builder optimization level 0..5 (TensorRT default: 3)
+    opt_level: int | None = None  # builder optimization level 0..5 (TensorRT's default: 3)
+    timing_cache: Path | None = None
+    hardware_compat: bool = False  # Ampere+ hardware compatibility
+    version_compat: bool = False
+    calib_cache: Path | None = None  # TensorRT 10 implicit INT8
+    calib_data: Path | None = None
+    calib_batch: int = 8
+    force: bool = False
 
 
 def load_tensorrt(backend: str = "auto") -> tuple[str, ModuleType]:
     """Import the requested TensorRT flavour; (flavour name, module)."""
-    names = list(BACKENDS) if backend == "auto" else [backend]
     if backend not in BACKENDS and backend != "auto":
         raise EngineBuildError(f"unknown backend {backend!r}; choose tensorrt or tensorrt-rtx")
-    for name in names:
+    for name in (list(BACKENDS) if backend == "auto" else [backend]):
         for module in BACKENDS[name]:
             try:
                 return name, importlib.import_module(module)
@@ -51,28 +66,32 @@ def load_tensorrt(backend: str = "auto") -> tuple[str, ModuleType]:
         "'fastervit-trt[tensorrt-rtx]' (TensorRT-RTX, builds without a GPU)")
 
 
-class _Progress:
-    """Adapter from TensorRT's IProgressMonitor to a log line per top-level phase."""
+def _major(trt: ModuleType) -> int:
+    return int(trt.__version__.split(".")[0])
 
-    @staticmethod
-    def create(trt: ModuleType):
-        class Monitor(trt.IProgressMonitor):
-            def __init__(self) -> None:
-                trt.IProgressMonitor.__init__(self)
-                self.phases: list[str] = []
 
-            def phase_start(self, phase_name, parent_phase, num_steps):
-                if parent_phase is None or parent_phase == "Building engine":
-                    self.phases.append(phase_name)
-                    log.info("builder: %s", phase_name)
+def _progress_monitor(trt: ModuleType, stream: TextIO | None):
+    """TensorRT's IProgressMonitor printing each top-level build phase."""
 
-            def step_complete(self, phase_name, step):
-                return True
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.phases: list[str] = []
 
-            def phase_finish(self, phase_name):
-                pass
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            if parent_phase is None or parent_phase == "Building engine":
+                self.phases.append(phase_name)
+                if stream is not None:
+                    stream.write(f"  builder: {phase_name}\n")
+                    stream.flush()
 
-        return Monitor()
+        def step_complete(self, phase_name, step):
+            return True
+
+        def phase_finish(self, phase_name):
+            pass
+
+    return Monitor()
 
 
 def parser_errors(parser) -> list[str]:
@@ -85,46 +104,159 @@ def parser_errors(parser) -> list[str]:
     return errors
 
 
-def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = BuildConfig()) -> dict:
-    """Parse ``onnx_path``, build with ``config`` and write ``engine_path`` atomically.
+def onnx_facts(onnx_path: Path) -> dict:
+    """Input shape, graph precision and toolkit metadata of an ONNX file (weights not loaded)."""
+    import onnx
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    metadata = next((json.loads(p.value) for p in model.metadata_props if p.key == "fastervit_trt"), {})
+    tensor = model.graph.input[0]
+    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.type.tensor_type.shape.dim]
+    has_qdq = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    has_half = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    precision = metadata.get("precision") or ("int8" if has_qdq else "fp16" if has_half else "fp32")
+    return {"input": tensor.name, "dims": dims, "precision": precision, "metadata": metadata}
 
-    Returns facts about the build (flavour, version, seconds, phases, size).
+
+def _check_profile(onnx_path: Path, dims: list[int], batch: tuple[int, int, int]) -> None:
+    low, opt, high = batch
+    if not 1 <= low <= opt <= high:
+        raise EngineBuildError(f"batch profile must satisfy 1 <= MIN <= OPT <= MAX, got {low},{opt},{high}")
+    if any(d < 0 for d in dims[1:]):
+        raise EngineBuildError(f"{onnx_path}: input has dynamic non-batch dimensions {dims}; only "
+                               "the batch axis may be dynamic (re-export with fastervit-export)")
+    if dims[0] > 0 and (low, opt, high) != (dims[0],) * 3:
+        raise EngineBuildError(f"{onnx_path}: the ONNX batch is fixed at {dims[0]}, so --batch must "
+                               f"be {dims[0]},{dims[0]},{dims[0]} (or re-export with a dynamic batch)")
+
+
+def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = BuildConfig(),
+                 stream: TextIO | None = None) -> dict:
+    """Parse ``onnx_path``, build with ``config``, write ``engine_path`` and its sidecar atomically.
+
+    Returns the sidecar's content.
     """
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    if not onnx_path.is_file():
+        raise EngineBuildError(f"{onnx_path}: no such ONNX file; export it first with fastervit-export")
+    check_writable([engine_path, sidecar_path(engine_path)], config.force)
+    facts = onnx_facts(onnx_path)
+    _check_profile(onnx_path, facts["dims"], config.batch)
     flavour, trt = load_tensorrt(config.backend)
+    weak_typing = flavour == "tensorrt" and _major(trt) <= 10
+    precision = config.precision or facts["precision"]
+    implicit = precision != facts["precision"]
+    if implicit and not (weak_typing and facts["precision"] == "fp32"):
+        raise EngineBuildError(
+            f"{onnx_path}: the graph is {facts['precision']}; {flavour} {trt.__version__} takes precision "
+            f"from the ONNX, so export it as {precision} instead: fastervit-export --model "
+            f"{facts['metadata'].get('model', 'NAME')} --precision {precision}")
+
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
     flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+    if not implicit and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not Path(onnx_path).is_file():
-        raise EngineBuildError(f"{onnx_path}: no such ONNX file; export it first with fastervit-export")
     if not parser.parse_from_file(str(onnx_path)):
         details = "; ".join(parser_errors(parser)) or "unknown parser error"
         raise EngineBuildError(f"{onnx_path}: {flavour} cannot parse the graph: {details}")
+
     builder_config = builder.create_builder_config()
     if config.workspace_mib:
         builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mib << 20)
     if config.opt_level is not None:
         builder_config.builder_optimization_level = config.opt_level
+    if config.hardware_compat:
+        builder_config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    if config.version_compat:
+        builder_config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    calibrator = None
+    if implicit:
+        builder_config.set_flag(trt.BuilderFlag.FP16)
+        if precision == "int8":
+            from .calibrator import make_calibrator
+            builder_config.set_flag(trt.BuilderFlag.INT8)
+            calibrator = make_calibrator(trt, facts, config)
+            builder_config.int8_calibrator = calibrator
     profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        dims = tuple(tensor.shape)
-        if any(d < 0 for d in dims[1:]):
-            raise EngineBuildError(f"{onnx_path}: input {tensor.name} has dynamic non-batch "
-                                   f"dimensions {dims}; only the batch axis may be dynamic")
-        profile.set_shape(tensor.name, *[(b, *dims[1:]) for b in config.batch])
+    dims = facts["dims"]
+    profile.set_shape(facts["input"], *[(b, *dims[1:]) for b in config.batch])
     builder_config.add_optimization_profile(profile)
-    monitor = _Progress.create(trt)
+    if calibrator is not None:
+        builder_config.set_calibration_profile(profile)
+    timing_cache = _load_timing_cache(trt, flavour, builder_config, config.timing_cache, stream)
+    monitor = _progress_monitor(trt, stream)
     builder_config.progress_monitor = monitor
+
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, builder_config)
     seconds = time.perf_counter() - start
     if serialized is None:
-        raise EngineBuildError(f"{onnx_path}: {flavour} failed to build an engine (see the "
-                               "builder messages above)")
-    write_bytes(Path(engine_path), bytes(serialized))
-    return {"backend": flavour, "version": trt.__version__, "seconds": seconds,
-            "phases": monitor.phases, "bytes": Path(engine_path).stat().st_size}
+        raise EngineBuildError(f"{onnx_path}: {flavour} failed to build an engine; rerun with "
+                               "--verbose for the builder's messages")
+    write_bytes(engine_path, bytes(serialized))
+    calib_cache = config.calib_cache or (facts["metadata"].get("quantization") or {}).get("cache")
+    if timing_cache:
+        write_bytes(config.timing_cache, bytes(builder_config.get_timing_cache().serialize()))
+
+    sidecar = {
+        "schema_version": SCHEMA_VERSION,
+        "model": facts["metadata"].get("model"),
+        "precision": precision,
+        "arch": facts["metadata"].get("arch"),
+        "preprocess": facts["metadata"].get("preprocess"),
+        "label_set": (facts["metadata"].get("preprocess") or {}).get("label_set"),
+        "inputs": [_io(network.get_input(i), trt, config.batch) for i in range(network.num_inputs)],
+        "outputs": [_io(network.get_output(i), trt, None) for i in range(network.num_outputs)],
+        "tensorrt": {"flavour": flavour, "version": trt.__version__},
+        "build": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
+                     if k not in ("force", "backend", "calib_data")},
+                  "precision": precision, "strongly_typed": not implicit, "seconds": round(seconds, 2),
+                  "phases": monitor.phases},
+        "device": _device(flavour),
+        "onnx": {"path": str(onnx_path), "sha256": sha256(onnx_path)},
+        "calibration_cache": ({"path": str(calib_cache), "sha256": sha256(Path(calib_cache))}
+                              if calib_cache and Path(calib_cache).is_file() else None),
+        "engine": {"path": str(engine_path), "sha256": sha256(engine_path), "bytes": engine_path.stat().st_size},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json(sidecar_path(engine_path), sidecar)
+    return read_sidecar(engine_path)  # as written: what every later reader sees
+
+
+def _load_timing_cache(trt: ModuleType, flavour: str, builder_config, path: Path | None,
+                       stream: TextIO | None) -> bool:
+    """Attach the timing cache at ``path`` (empty if absent); False where it does not apply."""
+    if path is None:
+        return False
+    if flavour == "tensorrt-rtx":
+        print(f"note: --timing-cache does not apply to TensorRT-RTX (its timing-cache calls are "
+              f"no-ops; it JIT-compiles kernels on the GPU and keeps a runtime cache instead); "
+              f"{path} is left untouched", file=stream or sys.stderr)
+        return False
+    data = Path(path).read_bytes() if Path(path).is_file() else b""
+    cache = builder_config.create_timing_cache(data)
+    builder_config.set_timing_cache(cache, ignore_mismatch=False)
+    return True
+
+
+def _io(tensor, trt: ModuleType, batch: tuple[int, int, int] | None) -> dict:
+    shape = list(tensor.shape)
+    entry = {"name": tensor.name, "dtype": str(tensor.dtype).split(".")[-1].lower(), "shape": shape}
+    if batch is not None:
+        entry["profile"] = {k: [b, *shape[1:]] for k, b in zip(("min", "opt", "max"), batch)}
+    return entry
+
+
+def _device(flavour: str) -> dict:
+    """The GPU the engine was built on, when one is visible (TensorRT-RTX builds ahead of time)."""
+    try:
+        import torch
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            return {"gpu": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
+    except ImportError:
+        pass
+    note = "ahead-of-time build for RTX GPUs (compute capability 8.0+)" if flavour == "tensorrt-rtx" else None
+    return {"gpu": None, "compute_capability": None, "note": note}

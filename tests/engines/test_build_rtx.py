@@ -19,10 +19,10 @@ pytestmark = requires_tensorrt
 def test_exported_graph_builds(exported, tmp_path, precision, options):
     result = exported(precision, **options)
     engine = tmp_path / "model.engine"
-    facts = build_engine(result.onnx_path, engine, BuildConfig(batch=(1, 2, 4)))
+    sidecar = build_engine(result.onnx_path, engine, BuildConfig(batch=(1, 2, 4)))
     assert engine.stat().st_size > 10e6
-    assert facts["backend"] in ("tensorrt", "tensorrt-rtx")
-    assert "Building engine" in facts["phases"]
+    assert sidecar["tensorrt"]["flavour"] in ("tensorrt", "tensorrt-rtx")
+    assert "Building engine" in sidecar["build"]["phases"]
 
 
 def test_parser_error_names_the_node(tmp_path):
@@ -35,5 +35,5 @@ def test_parser_error_names_the_node(tmp_path):
     path = tmp_path / "bad.onnx"
     onnx.save(model, str(path))
     with pytest.raises(EngineBuildError, match=r"bad\.onnx: .*cannot parse.*the_bad_node.*NoSuchOp"):
-        build_engine(path, tmp_path / "bad.engine")
+        build_engine(path, tmp_path / "bad.engine", BuildConfig(batch=(1, 1, 1)))
     assert not (tmp_path / "bad.engine").exists()

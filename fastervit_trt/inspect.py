@@ -1,0 +1,84 @@
+"""What is inside an exported ONNX file or a built engine (``fastervit-inspect``)."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from .errors import FasterViTTRTError
+from .sidecar import read_sidecar
+
+
+def inspect_onnx(path: Path) -> dict:
+    """Op histogram, Q/DQ count, float16 share of the weights, external data, metadata, report."""
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    ops = Counter(node.op_type for node in model.graph.node)
+    weight_bytes: Counter = Counter()
+    external = 0
+    for tensor in model.graph.initializer:
+        kind = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            size = int(next((e.value for e in tensor.external_data if e.key == "length"), 0))
+            external += size
+        else:
+            size = len(tensor.raw_data)
+        weight_bytes[kind] += size
+    total = sum(weight_bytes.values()) or 1
+    metadata = next((json.loads(p.value) for p in model.metadata_props if p.key == "fastervit_trt"), {})
+    info = {
+        "file": str(path),
+        "model": metadata.get("model"),
+        "precision": metadata.get("precision"),
+        "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        "nodes": len(model.graph.node),
+        "qdq_nodes": ops["QuantizeLinear"] + ops["DequantizeLinear"],
+        "float16_weight_share": round(weight_bytes["float16"] / total, 4),
+        "weights_mb": {k: round(v / 1e6, 2) for k, v in weight_bytes.items()},
+        "external_data_mb": round(external / 1e6, 2),
+        "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+    }
+    report = path.with_suffix(".json")
+    if report.is_file():
+        data = json.loads(report.read_text())
+        for section in ("validation", "accuracy"):
+            if section in data:
+                info[section] = data[section].get("verdict") or data[section].get("summary")
+    return info
+
+
+def inspect_engine(path: Path) -> dict:
+    """The sidecar's facts, and the engine's layers with their precisions when it deserializes here."""
+    sidecar = read_sidecar(path) or {}
+    info = {"file": str(path), "bytes": path.stat().st_size, "model": sidecar.get("model"),
+            "precision": sidecar.get("precision"), "tensorrt": sidecar.get("tensorrt"),
+            "device": sidecar.get("device"), "build": sidecar.get("build"),
+            "inputs": sidecar.get("inputs"), "outputs": sidecar.get("outputs")}
+    from .runtime.tensorrt_backend import import_tensorrt
+    trt = import_tensorrt((sidecar.get("tensorrt") or {}).get("flavour"))
+    engine = None
+    if trt is not None:
+        try:
+            engine = trt.Runtime(trt.Logger(trt.Logger.INTERNAL_ERROR)).deserialize_cuda_engine(path.read_bytes())
+        except Exception:  # no GPU / driver here: the sidecar facts stand alone
+            engine = None
+    if engine is None:
+        info["layers"] = ["(layer list needs TensorRT and a GPU that can deserialize this engine)"]
+        return info
+    inspector = engine.create_engine_inspector()
+    layers = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))["Layers"]
+    info["layers"] = [layer if isinstance(layer, str) else
+                      f"{layer.get('Name')}  [{layer.get('LayerType')}]  {layer.get('Precision', '')}"
+                      for layer in layers]
+    return info
+
+
+def inspect_path(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FasterViTTRTError(f"{path}: no such file")
+    if path.suffix == ".onnx":
+        return inspect_onnx(path)
+    if path.suffix in (".engine", ".plan", ".trt"):
+        return inspect_engine(path)
+    raise FasterViTTRTError(f"{path}: expected an .onnx or .engine file")

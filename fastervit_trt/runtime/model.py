@@ -1,0 +1,141 @@
+"""One inference API over TensorRT engines and ONNX files: ``load(path)``.
+
+    model = load("engines/faster_vit_0_224_fp16.engine")   # or an .onnx
+    model.predict(["cat.jpg", pil_image], topk=5)           # top-k (index, name, probability)
+    model.logits(batch)                                     # float32 (N, classes)
+
+Batches above the largest the backend takes are split and re-joined; smaller ones run at
+their own size. Preprocessing and class names come from the engine's sidecar or the ONNX
+metadata. Thread-safe: ONNX Runtime sessions run concurrently, TensorRT engines through a
+bounded pool of execution contexts.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import sha256
+from ..errors import FasterViTTRTError
+from ..preprocess import Preprocess
+from ..sidecar import read_sidecar, rebuild_command, sidecar_path
+from .inputs import to_batch
+from .labels import class_names
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_PREPROCESS = {"crop_pct": 0.875, "crop_mode": "center", "interpolation": "bicubic",
+                       "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+class EngineMismatchError(FasterViTTRTError):
+    """An engine that does not belong to this runtime, GPU or sidecar."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    name: str
+    probability: float
+
+
+class InferenceModel:
+    """A loaded model: backend + its preprocessing and class names."""
+
+    def __init__(self, backend, preprocess: Preprocess, names: list[str], source: Path) -> None:
+        self.backend, self.preprocess, self.names, self.source = backend, preprocess, names, source
+
+    @property
+    def max_batch(self) -> int:
+        return int(self.backend.max_batch)
+
+    def logits(self, inputs: Any) -> np.ndarray:
+        """Raw logits (N, classes) for any accepted input (see ``runtime.inputs``)."""
+        batch = to_batch(inputs, self.preprocess)
+        step = self.max_batch
+        try:
+            parts = [self.backend.infer(batch[i:i + step]) for i in range(0, len(batch), step)]
+        except MemoryError:
+            raise FasterViTTRTError(f"{self.source}: a batch of {min(len(batch), step)} does not fit in "
+                                    "memory; pass fewer inputs per call") from None
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def predict(self, inputs: Any, topk: int = 5) -> list[list[Prediction]]:
+        """The ``topk`` classes of each input, most probable first."""
+        logits = self.logits(inputs).astype(np.float64)
+        probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        top = np.argsort(-probabilities, axis=1, kind="stable")[:, :topk]
+        return [[Prediction(int(i), self.names[i], float(p[i])) for i in row]
+                for row, p in zip(top, probabilities)]
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> InferenceModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load(path: str | Path, providers: list[str] | None = None, contexts: int = 2) -> InferenceModel:
+    """Load an ``.engine`` (TensorRT, with its sidecar) or ``.onnx`` (ONNX Runtime)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FasterViTTRTError(f"{path}: no such model file")
+    if path.suffix == ".onnx":
+        from .onnxruntime_backend import OnnxRuntimeBackend
+        backend = OnnxRuntimeBackend(path, providers)
+        info = backend.metadata
+        if not info:
+            log.warning("%s: no fastervit-trt metadata; assuming ImageNet preprocessing", path)
+    else:
+        info = verify_engine(path)
+        from .tensorrt_backend import TensorRTBackend
+        backend = TensorRTBackend(path, (info.get("tensorrt") or {}).get("flavour"), contexts)
+    preprocess = Preprocess.from_config(info.get("preprocess") or
+                                        {**_DEFAULT_PREPROCESS, "input_size": backend.input_shape[1:]})
+    label_set = (info.get("preprocess") or {}).get("label_set") or info.get("label_set")
+    return InferenceModel(backend, preprocess, class_names(label_set, int(backend.num_classes)), path)
+
+
+def verify_engine(path: Path) -> dict:
+    """Check ``path`` against its sidecar before any GPU work; returns the sidecar (or {})."""
+    sidecar = read_sidecar(path)
+    if sidecar is None:
+        log.warning("%s: no sidecar %s; loading with shapes from the engine and ImageNet "
+                    "preprocessing", path, sidecar_path(path).name)
+        return {}
+    recorded = sidecar.get("engine", {}).get("sha256")
+    if recorded and sha256(path) != recorded:
+        raise EngineMismatchError(f"{path}: the engine's sha256 does not match its sidecar (truncated, "
+                                  f"corrupt or replaced); rebuild it: {rebuild_command(sidecar)}")
+    built = sidecar.get("tensorrt", {})
+    from .tensorrt_backend import import_tensorrt
+    trt = import_tensorrt(built.get("flavour"))
+    if trt is not None and trt.__version__ != built.get("version") and not sidecar.get("build", {}).get("version_compat"):
+        raise EngineMismatchError(
+            f"{path}: built by {built.get('flavour')} {built.get('version')}, but {trt.__version__} is "
+            f"installed; engines only load in the TensorRT version that built them. Rebuild: "
+            f"{rebuild_command(sidecar)}")
+    wanted = sidecar.get("device", {}).get("compute_capability")
+    present = _compute_capability()
+    if wanted and present and wanted != present and not sidecar.get("build", {}).get("hardware_compat"):
+        raise EngineMismatchError(
+            f"{path}: built for a GPU of compute capability {wanted} ({sidecar['device'].get('gpu')}), "
+            f"this GPU is {present}; rebuild here: {rebuild_command(sidecar)}")
+    return sidecar
+
+
+def _compute_capability() -> str | None:
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return "{}.{}".format(*torch.cuda.get_device_capability())
+    except ImportError:
+        pass
+    return None

@@ -1,0 +1,192 @@
+"""The runtime API through ONNX Runtime: inputs, batching, labels, threads, bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastervit_trt.artifacts import write_json
+from fastervit_trt.errors import FasterViTTRTError
+from fastervit_trt.export.pipeline import ExportOptions, export_model
+from fastervit_trt.preprocess import ImageError, load_image
+from fastervit_trt.runtime import EngineMismatchError, load
+
+CHECKPOINT = Path(__file__).parents[1] / "fixtures" / "faster_vit_digits.pth"
+PHOTOS = sorted((Path(__file__).parents[2] / "calibration").glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def digits_onnx(tmp_path_factory):
+    """The trained digits model, FP32 ONNX with a batch profile max of 4 (to force splitting)."""
+    out = tmp_path_factory.mktemp("rt")
+    return export_model(ExportOptions(model="faster_vit_digits", checkpoint=CHECKPOINT, precision="fp32",
+                                      batch=(1, 2, 4), output_dir=out)).onnx_path
+
+
+@pytest.fixture(scope="module")
+def model(digits_onnx):
+    with load(digits_onnx) as loaded:
+        yield loaded
+
+
+def test_every_input_type_gives_the_same_logits(model):
+    image = load_image(PHOTOS[0])
+    chw = model.preprocess(image)
+    reference = model.logits(np.stack([chw]))
+    hwc = np.asarray(image)
+    for value in (PHOTOS[0], str(PHOTOS[0]), image, hwc, hwc[None], chw, [chw], torch.from_numpy(chw[None]),
+                  [PHOTOS[0]], [image]):
+        got = model.logits(value)
+        assert got.shape == (1, 10)
+        assert np.allclose(got, reference, atol=1e-5), type(value)
+    mixed = model.logits([PHOTOS[0], image, hwc, chw])
+    assert np.allclose(mixed, np.repeat(reference, 4, axis=0), atol=1e-5)
+
+
+def test_batches_above_the_profile_are_split_and_rejoined(model, monkeypatch):
+    inputs = np.stack([model.preprocess(load_image(p)) for p in PHOTOS] * 2)  # 8+ images
+    singles = np.concatenate([model.logits(x[None]) for x in inputs])
+    sizes = []
+    real = model.backend.infer
+    monkeypatch.setattr(model.backend, "infer", lambda b: sizes.append(len(b)) or real(b))
+    joined = model.logits(inputs)
+    assert model.max_batch == 4 and max(sizes) == 4 and sum(sizes) == len(inputs)
+    assert np.allclose(joined, singles, atol=1e-5)
+    sizes.clear()
+    model.logits(inputs[:3])
+    assert sizes == [3]  # smaller batches run at their own size
+
+
+def test_predictions_carry_class_names(model, digits_folders):
+    from fastervit_trt.calibration.dataset import find_images
+    items = [i for i in find_images(digits_folders["heldout"])[0]][:20]
+    top = model.predict([i.path for i in items], topk=3)
+    assert [t[0].name for t in top] == [i.label for i in items]  # the trained model reads the digits
+    assert all(len(t) == 3 and t[0].probability >= t[1].probability >= t[2].probability for t in top)
+    assert all(0.0 < p.probability <= 1.0 for t in top for p in t)
+
+
+def test_imagenet_names(exported):
+    from fastervit_trt.runtime.labels import class_names
+    names = class_names("imagenet-1k", 1000)
+    assert names[0] == "tench" and names[285] == "Egyptian cat" and len(set(names)) > 990
+    with load(exported("fp32").onnx_path) as imagenet:
+        assert imagenet.names == names
+
+
+def test_threads_give_identical_results(model):
+    inputs = [np.stack([model.preprocess(load_image(PHOTOS[i % len(PHOTOS)]))] * (1 + i % 6)) for i in range(50)]
+    expected = [model.logits(x) for x in inputs]
+
+    def worker(_):
+        return [model.logits(x) for x in inputs]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(worker, range(8)))
+    assert all(np.array_equal(got, want) for run in results for got, want in zip(run, expected))
+
+
+def test_undecodable_image_then_the_model_keeps_working(model, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    with pytest.raises(ImageError, match="bad.jpg"):
+        model.predict([PHOTOS[0], bad])
+    assert len(model.predict(PHOTOS[0])) == 1
+
+
+def test_wrong_shapes_are_refused(model):
+    from fastervit_trt.runtime.inputs import InputError
+    with pytest.raises(InputError, match=r"the model takes \(N, 3, 128, 128\)"):
+        model.logits(np.zeros((2, 3, 64, 64), np.float32))
+    with pytest.raises(InputError, match="cannot use a dict"):
+        model.logits({"a": 1})
+
+
+def test_importing_the_runtime_imports_no_heavy_module():
+    code = ("import sys, fastervit_trt.runtime, fastervit_trt.runtime.tensorrt_backend, fastervit_trt.sidecar\n"
+            "heavy = [m for m in ('torch', 'tensorrt', 'tensorrt_rtx_bindings', 'pycuda', 'onnx') if m in sys.modules]\n"
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_module_imports_without_optional_gpu_packages():
+    """All modules import with tensorrt/pycuda unavailable (their imports are lazy)."""
+    code = """
+import sys, importlib, pkgutil
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('tensorrt', 'tensorrt_rtx', 'tensorrt_rtx_bindings', 'pycuda'):
+            raise ImportError('blocked for the test: ' + name)
+sys.meta_path.insert(0, Block())
+import fastervit_trt
+for module in pkgutil.walk_packages(fastervit_trt.__path__, 'fastervit_trt.'):
+    importlib.import_module(module.name)
+print('ok')
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+# ---- engines, checked against their sidecar before any GPU work (runs on CPU machines)
+
+@pytest.fixture
+def engine(tmp_path, digits_onnx):
+    from tests.conftest import has_tensorrt
+    if not has_tensorrt():
+        pytest.skip("no TensorRT / TensorRT-RTX to build an engine")
+    from fastervit_trt.engines import BuildConfig, build_engine
+    path = tmp_path / "digits.engine"
+    build_engine(digits_onnx, path, BuildConfig(batch=(1, 2, 4)))
+    return path
+
+
+def test_truncated_engine_is_caught_by_its_sidecar(engine):
+    engine.write_bytes(engine.read_bytes()[:1000])
+    with pytest.raises(EngineMismatchError, match=r"sha256 does not match .*fastervit-build .*--batch 1,2,4"):
+        load(engine)
+
+
+def test_engine_from_another_tensorrt_version(engine):
+    sidecar = json.loads(engine.with_suffix(".json").read_text())
+    sidecar["tensorrt"]["version"] = "0.0.1"
+    write_json(engine.with_suffix(".json"), sidecar)
+    with pytest.raises(EngineMismatchError, match=r"built by .* 0\.0\.1, but .* is installed.*Rebuild: fastervit-build"):
+        load(engine)
+
+
+def test_engine_for_another_gpu(engine, monkeypatch):
+    from fastervit_trt.runtime import model as runtime_model
+    sidecar = json.loads(engine.with_suffix(".json").read_text())
+    sidecar["device"] = {"gpu": "NVIDIA A100", "compute_capability": "8.0"}
+    write_json(engine.with_suffix(".json"), sidecar)
+    monkeypatch.setattr(runtime_model, "_compute_capability", lambda: "9.0")
+    with pytest.raises(EngineMismatchError, match=r"compute capability 8\.0 \(NVIDIA A100\), this GPU is 9\.0"):
+        load(engine)
+
+
+def test_engine_without_gpu_or_sidecar_fails_clearly_and_the_process_goes_on(engine, digits_onnx, caplog):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    engine.with_suffix(".json").unlink()
+    with pytest.raises(FasterViTTRTError, match="no CUDA GPU is visible|cannot deserialize"):
+        load(engine)
+    assert any("no sidecar" in r.message for r in caplog.records)
+    with load(digits_onnx) as again:
+        assert again.logits(np.zeros((1, 3, 128, 128), np.float32)).shape == (1, 10)
+
+
+@pytest.mark.gpu
+def test_engine_runs_on_gpu_and_matches_onnx(engine, digits_onnx):
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU")
+    x = np.stack([load(digits_onnx).preprocess(load_image(p)) for p in PHOTOS[:6]])
+    with load(engine) as trt_model, load(digits_onnx) as ort_model:
+        assert np.allclose(trt_model.logits(x), ort_model.logits(x), atol=1e-3)
+        assert np.allclose(trt_model.logits(torch.from_numpy(x).cuda()), ort_model.logits(x), atol=1e-3)

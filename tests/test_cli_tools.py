@@ -1,0 +1,90 @@
+"""fastervit-infer, fastervit-bench, fastervit-inspect, and fastervit-export's engine step."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fastervit_trt.cli import bench_main, export_main, infer_main, inspect_main
+from tests.conftest import has_tensorrt
+
+CHECKPOINT = Path(__file__).parent / "fixtures" / "faster_vit_digits.pth"
+
+
+@pytest.fixture(scope="module")
+def digits_onnx(tmp_path_factory):
+    from fastervit_trt.export.pipeline import ExportOptions, export_model
+    out = tmp_path_factory.mktemp("cli-tools")
+    return export_model(ExportOptions(model="faster_vit_digits", checkpoint=CHECKPOINT, precision="fp32",
+                                      output_dir=out)).onnx_path
+
+
+@pytest.fixture(scope="module")
+def digit_images(digits_folders):
+    return sorted(digits_folders["heldout"].glob("7/*.png"))[:3]
+
+
+@pytest.mark.parametrize("main", [infer_main, bench_main, inspect_main])
+def test_help_has_examples(main, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and "examples:" in capsys.readouterr().out
+
+
+def test_infer_table_and_json(digits_onnx, digit_images, capsys):
+    assert infer_main([*map(str, digit_images), "--model", str(digits_onnx), "--topk", "2"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("  1. ") == 3 and "7  (7)" in table
+    assert infer_main([str(digit_images[0]), "--model", str(digits_onnx), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["top"][0]["name"] == "7" and len(rows[0]["top"]) == 5
+
+
+def test_infer_bad_image_is_reported_and_the_rest_answered(digits_onnx, digit_images, tmp_path, capsys):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"png? no")
+    code = infer_main([str(digit_images[0]), str(bad), "--model", str(digits_onnx)])
+    out, err = capsys.readouterr()
+    assert code == 1 and "broken.png: cannot decode" in err and str(digit_images[0]) in out
+
+
+def test_infer_missing_model(tmp_path, capsys):
+    assert infer_main(["x.png", "--model", str(tmp_path / "none.onnx")]) == 1
+    assert "no such model file" in capsys.readouterr().err
+
+
+def test_bench_reports_percentiles_against_pytorch(digits_onnx, capsys):
+    code = bench_main(["--model", str(digits_onnx), "--batch", "1,4", "--iters", "5", "--warmup", "1",
+                       "--torch-model", "faster_vit_digits", "--checkpoint", str(CHECKPOINT), "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(rows) == 4 and {r["batch"] for r in rows} == {1, 4}
+    assert all(0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["img_per_s"] > 0 for r in rows)
+    assert any(r["model"].startswith("pytorch eager") for r in rows)
+
+
+def test_inspect_onnx(digits_onnx, capsys):
+    assert inspect_main([str(digits_onnx), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model"] == "faster_vit_digits" and info["qdq_nodes"] == 0 and info["float16_weight_share"] == 0
+    assert info["ops"]["MatMul"] > 0 and "matches PyTorch" in info["validation"]
+
+
+def test_inspect_int8_onnx(int8_export, capsys):
+    assert inspect_main([str(int8_export.onnx_path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["qdq_nodes"] == int8_export.report["quantization"]["qdq_nodes"] and info["opset"] == 19
+    assert "mean cosine" in info["accuracy"]
+
+
+@pytest.mark.skipif(not has_tensorrt(), reason="no TensorRT / TensorRT-RTX installed")
+def test_export_builds_the_engine_and_inspect_reads_it(tmp_path, capsys):
+    code = export_main(["--model", "faster_vit_digits", "--checkpoint", str(CHECKPOINT), "--precision", "fp16",
+                        "--output-dir", str(tmp_path / "export"), "--engine-dir", str(tmp_path / "engines"),
+                        "--quiet"])
+    out = capsys.readouterr().out
+    engine = tmp_path / "engines" / "faster_vit_digits_fp16.engine"
+    assert code == 0 and engine.exists() and f"engine      {engine}" in out
+    assert inspect_main([str(engine), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["precision"] == "fp16" and info["inputs"][0]["profile"]["max"] == [32, 3, 128, 128]
