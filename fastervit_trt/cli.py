@@ -117,6 +117,8 @@ def export_parser() -> argparse.ArgumentParser:
     engine = parser.add_argument_group("engine (built at the end when TensorRT or TensorRT-RTX is installed)")
     engine.add_argument("--engine-dir", type=Path, default=Path("engines"), help="where the .engine and sidecar go")
     engine.add_argument("--no-engine", action="store_true", help="stop after the ONNX")
+    engine.add_argument("--triton-repo", type=Path, metavar="DIR",
+                        help="also write a Triton model repository (the engine if built, else the ONNX)")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
@@ -143,23 +145,30 @@ def _export(args: argparse.Namespace) -> int:
     else:
         result = export_model(options, stream)
     print(export_summary(result.report, result.report_path))
+    served = result.onnx_path
     if not args.no_engine:
-        _engine_after_export(result.onnx_path, args.engine_dir, options.batch, args.force, stream)
+        served = _engine_after_export(result.onnx_path, args.engine_dir, options.batch, args.force, stream)
+    if args.triton_repo:
+        from .triton import TritonOptions, write_model_repository
+        folder = write_model_repository(served, args.triton_repo, TritonOptions(force=args.force))
+        print(f"triton      {folder}  (serve: tritonserver --model-repository {args.triton_repo})")
     return 0
 
 
 def _engine_after_export(onnx_path: Path, engine_dir: Path, batch: tuple[int, int, int], force: bool,
-                         stream) -> None:
+                         stream) -> Path:
+    """Build the engine when a TensorRT is installed; the file to serve (engine, else the ONNX)."""
     from .engines import BuildConfig, EngineBuildError, build_engine, load_tensorrt
     try:
         flavour, trt = load_tensorrt()
     except EngineBuildError:
         print(f"engine      no TensorRT installed here; build later with: fastervit-build {onnx_path}")
-        return
+        return onnx_path
     engine = engine_dir / onnx_path.with_suffix(".engine").name
     sidecar = build_engine(onnx_path, engine, BuildConfig(batch=batch, force=force), stream)
     print(f"engine      {engine}  ({flavour} {trt.__version__}, {sidecar['engine']['bytes'] / 1e6:.1f} MB, "
           f"built in {sidecar['build']['seconds']:.1f} s; sidecar {engine.with_suffix('.json')})")
+    return engine
 
 
 def export_summary(report: dict, report_path: Path) -> str:
@@ -397,6 +406,43 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def inspect_main(argv: Sequence[str] | None = None) -> int:
     return _run(_inspect, inspect_parser(), argv)
+
+
+# ---------------------------------------------------------------- fastervit-triton
+
+def triton_parser() -> argparse.ArgumentParser:
+    from .triton import TritonOptions
+    d = TritonOptions()
+    parser = argparse.ArgumentParser(
+        prog="fastervit-triton", formatter_class=_formatter,
+        epilog="examples:\n  fastervit-triton engines/faster_vit_0_224_fp16.engine --repo models\n"
+               "  fastervit-triton export/faster_vit_0_224_fp32.onnx --repo models --kind cpu --instances 2\n"
+               "  tritonserver --model-repository models",
+        description="Write a Triton Inference Server model repository (config.pbtxt + 1/model.plan or "
+                    "1/model.onnx) for an engine (TensorRT backend) or ONNX file (ONNX Runtime backend).")
+    parser.add_argument("model", type=Path, help=".engine (with its sidecar) or .onnx")
+    parser.add_argument("--repo", type=Path, required=True, help="model repository folder")
+    parser.add_argument("--name", help="model name in the repository (default: the file name)")
+    parser.add_argument("--instances", type=int, default=d.instances, help="instance_group count")
+    parser.add_argument("--kind", choices=("gpu", "cpu"), help="instance kind (default: gpu for engines, cpu for ONNX)")
+    parser.add_argument("--max-queue-delay-us", type=int, default=d.max_queue_delay_us,
+                        help="dynamic batching: how long a request may wait for others")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing model folder")
+    return parser
+
+
+def _triton(args: argparse.Namespace) -> int:
+    from .triton import TritonOptions, write_model_repository
+    folder = write_model_repository(args.model, args.repo, TritonOptions(
+        name=args.name, instances=args.instances, kind=args.kind,
+        max_queue_delay_us=args.max_queue_delay_us, force=args.force))
+    print(f"wrote {folder / 'config.pbtxt'} and {next((folder / '1').iterdir())}")
+    print(f"serve: tritonserver --model-repository {args.repo}")
+    return 0
+
+
+def triton_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_triton, triton_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,140 @@
+"""Triton Inference Server: write a model repository from an engine or ONNX, or serve in-process.
+
+``write_model_repository("engines/x.engine", "models/")`` writes
+
+    models/<name>/config.pbtxt
+    models/<name>/1/model.plan     (TensorRT backend, platform "tensorrt_plan")
+                    model.onnx     (ONNX Runtime backend, platform "onnxruntime_onnx")
+
+with max_batch_size and dims from the engine's profile (sidecar) or the ONNX metadata,
+dynamic batching (preferred sizes: the profile's opt and max), an instance group, and the
+preprocessing as ``parameters`` so clients know what to send. ``serve_pytriton`` binds the
+toolkit's own runtime to a real Triton server (PyTriton) for CPU machines and tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+from .artifacts import check_writable, write_bytes
+from .errors import FasterViTTRTError
+from .sidecar import read_sidecar
+
+_TRITON_TYPES = {"float": "TYPE_FP32", "float32": "TYPE_FP32", "half": "TYPE_FP16", "float16": "TYPE_FP16",
+                 "int8": "TYPE_INT8", "int32": "TYPE_INT32"}
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    name: str | None = None  # default: the file name without suffix
+    instances: int = 1
+    kind: str | None = None  # "gpu" / "cpu"; default: gpu for engines, cpu for ONNX
+    max_queue_delay_us: int = 100
+    force: bool = False
+
+
+def _describe(model_path: Path) -> dict:
+    """Batch profile, I/O and preprocessing of an engine (sidecar) or ONNX (metadata)."""
+    if model_path.suffix == ".onnx":
+        import onnx
+        model = onnx.load(str(model_path), load_external_data=False)
+        meta = next((json.loads(p.value) for p in model.metadata_props if p.key == "fastervit_trt"), {})
+        graph_in, graph_out = model.graph.input[0], model.graph.output[0]
+        dtype = lambda v: onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()
+        dims = lambda v: [d.dim_value for d in v.type.tensor_type.shape.dim[1:]]
+        return {"platform": "onnxruntime_onnx", "file": "model.onnx", "batch": meta.get("batch_profile", [1, 8, 32]),
+                "input": (graph_in.name, dtype(graph_in), dims(graph_in)),
+                "output": (graph_out.name, dtype(graph_out), dims(graph_out)),
+                "preprocess": meta.get("preprocess") or {}, "model": meta.get("model")}
+    sidecar = read_sidecar(model_path)
+    if sidecar is None:
+        raise FasterViTTRTError(f"{model_path}: no sidecar; Triton's config needs the engine's profile "
+                                "and I/O: rebuild it with fastervit-build")
+    (io_in,), (io_out,) = sidecar["inputs"], sidecar["outputs"]
+    profile = io_in["profile"]
+    return {"platform": "tensorrt_plan", "file": "model.plan",
+            "batch": [profile["min"][0], profile["opt"][0], profile["max"][0]],
+            "input": (io_in["name"], io_in["dtype"], io_in["shape"][1:]),
+            "output": (io_out["name"], io_out["dtype"], io_out["shape"][1:]),
+            "preprocess": sidecar.get("preprocess") or {}, "model": sidecar.get("model")}
+
+
+def model_config(name: str, info: dict, options: TritonOptions) -> str:
+    """The config.pbtxt text (Triton's ModelConfig in protobuf text format)."""
+    low, opt, high = info["batch"]
+    kind = options.kind or ("gpu" if info["platform"] == "tensorrt_plan" else "cpu")
+
+    def tensor(entry: tuple[str, str, list[int]]) -> str:
+        tensor_name, dtype, dims = entry
+        return (f'  {{\n    name: "{tensor_name}"\n    data_type: {_TRITON_TYPES[dtype]}\n'
+                f'    dims: [ {", ".join(map(str, dims))} ]\n  }}')
+
+    parameters = "".join(
+        f'parameters {{\n  key: "preprocess.{key}"\n  value: {{ string_value: {json.dumps(json.dumps(value))} }}\n}}\n'
+        for key, value in sorted(info["preprocess"].items()))
+    if info["model"]:
+        parameters = f'parameters {{\n  key: "fastervit.model"\n  value: {{ string_value: "{info["model"]}" }}\n}}\n' + parameters
+    return (f'name: "{name}"\nplatform: "{info["platform"]}"\nmax_batch_size: {high}\n'
+            f"input [\n{tensor(info['input'])}\n]\noutput [\n{tensor(info['output'])}\n]\n"
+            f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(map(str, sorted({opt, high})))} ]\n"
+            f"  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}\n"
+            f"instance_group [\n  {{\n    count: {options.instances}\n    kind: KIND_{kind.upper()}\n  }}\n]\n"
+            + parameters)
+
+
+def write_model_repository(model_path: Path, repo: Path, options: TritonOptions = TritonOptions()) -> Path:
+    """Write ``repo/<name>/config.pbtxt`` and ``repo/<name>/1/model.{plan,onnx}``; returns the model folder."""
+    model_path, repo = Path(model_path), Path(repo)
+    if not model_path.is_file():
+        raise FasterViTTRTError(f"{model_path}: no such engine or ONNX file")
+    if model_path.suffix not in (".onnx", ".engine", ".plan"):
+        raise FasterViTTRTError(f"{model_path}: expected an .engine/.plan or .onnx file")
+    info = _describe(model_path)
+    name = options.name or model_path.stem
+    folder = repo / name
+    target = folder / "1" / info["file"]
+    check_writable([folder / "config.pbtxt", target], options.force)
+    write_bytes(folder / "config.pbtxt", model_config(name, info, options).encode())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model_path, target)
+    external = model_path.with_name(model_path.name + ".data")
+    if model_path.suffix == ".onnx" and external.is_file():  # referenced by its original name
+        shutil.copyfile(external, target.parent / external.name)
+    return folder
+
+
+def serve_pytriton(model, name: str, max_queue_delay_us: int = 500, http_port: int = 0, grpc_port: int = 0,
+                   metrics_port: int = 0):
+    """A started PyTriton server (loopback) serving ``model`` (a runtime InferenceModel) with
+    dynamic batching; use it as a context manager or call ``.stop()``."""
+    import numpy as np
+    from pytriton.decorators import batch
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig
+
+    # Triton's Python-backend stub links libpython by name; point it at this interpreter's
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir and libdir not in os.environ.get("LD_LIBRARY_PATH", ""):
+        os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{os.environ.get('LD_LIBRARY_PATH', '')}".rstrip(":")
+
+    @batch
+    def infer(**inputs):
+        (batch_input,) = inputs.values()
+        return {"logits": model.logits(batch_input.astype(np.float32, copy=False))}
+
+    height, width = model.preprocess.input_size
+    triton = Triton(config=TritonConfig(http_address="127.0.0.1", grpc_address="127.0.0.1",
+                                        http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                                        exit_on_error=True, log_verbose=0))
+    triton.bind(model_name=name, infer_func=infer,
+                inputs=[Tensor(name="input", dtype=np.float32, shape=(3, height, width))],
+                outputs=[Tensor(name="logits", dtype=np.float32, shape=(len(model.names),))],
+                config=ModelConfig(max_batch_size=model.max_batch,
+                                   batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)),
+                strict=True)
+    triton.run()
+    return triton
