@@ -114,6 +114,13 @@ def export_parser() -> argparse.ArgumentParser:
     calib.add_argument("--recalibrate", action="store_true", help="ignore an existing cache")
     calib.add_argument("--qdq-base", choices=("fp16", "fp32"), default=c.qdq_base,
                        help="float type of the layers left unquantized")
+    calib.add_argument("--calib-heldout", type=int, default=c.heldout, metavar="N",
+                       help="held-out inputs for the accuracy figures, sensitivity and budget")
+    calib.add_argument("--sensitivity", action="store_true",
+                       help="rank layers by the degradation each causes when quantized alone")
+    calib.add_argument("--accuracy-budget", type=float, metavar="POINTS",
+                       help="leave the most sensitive layers in FP16 until the top-1 agreement with "
+                            "FP32 drops by at most POINTS")
     engine = parser.add_argument_group("engine (built at the end when TensorRT or TensorRT-RTX is installed)")
     engine.add_argument("--engine-dir", type=Path, default=Path("engines"), help="where the .engine and sidecar go")
     engine.add_argument("--no-engine", action="store_true", help="stop after the ONNX")
@@ -136,7 +143,9 @@ def _export(args: argparse.Namespace) -> int:
         calib = CalibrationOptions(data=args.calib_data, images=args.calib_images,
                                    batch=args.calib_batch, method=args.calib_method,
                                    percentile=args.calib_percentile, cache=args.calib_cache,
-                                   recalibrate=args.recalibrate, qdq_base=args.qdq_base)
+                                   recalibrate=args.recalibrate, qdq_base=args.qdq_base,
+                                   heldout=args.calib_heldout, sensitivity=args.sensitivity,
+                                   accuracy_budget=args.accuracy_budget)
     except ValueError as exc:
         raise FasterViTTRTError(str(exc)) from None
     stream = None if args.quiet else sys.stderr
@@ -145,6 +154,8 @@ def _export(args: argparse.Namespace) -> int:
     else:
         result = export_model(options, stream)
     print(export_summary(result.report, result.report_path))
+    if "sensitivity" in result.report:
+        print(sensitivity_table(result.report))
     served = result.onnx_path
     if not args.no_engine:
         served = _engine_after_export(result.onnx_path, args.engine_dir, options.batch, args.force, stream)
@@ -169,6 +180,19 @@ def _engine_after_export(onnx_path: Path, engine_dir: Path, batch: tuple[int, in
     print(f"engine      {engine}  ({flavour} {trt.__version__}, {sidecar['engine']['bytes'] / 1e6:.1f} MB, "
           f"built in {sidecar['build']['seconds']:.1f} s; sidecar {engine.with_suffix('.json')})")
     return engine
+
+
+def sensitivity_table(report: dict, rows: int = 15) -> str:
+    """The most INT8-sensitive layers, and the mixed-precision choice when a budget was set."""
+    lines = [f"\nINT8 sensitivity (only that layer quantized, vs FP32; {len(report['sensitivity'])} layers, "
+             f"most sensitive first):", f"  {'cosine':>9s} {'top-1 %':>8s}  layer"]
+    lines += [f"  {r['mean_cosine']:9.6f} {r['top1_agreement']:8.2f}  {r['layer']}" for r in report["sensitivity"][:rows]]
+    mixed = report.get("mixed_precision")
+    if mixed:
+        lines.append(f"mixed precision: {mixed['int8_layers']} of {mixed['layers']} layers stay INT8, "
+                     f"{len(mixed['excluded'])} left in FP16; top-1 agreement {mixed['top1_agreement']:.2f} % "
+                     f"(budget: drop <= {mixed['budget_points']} points)")
+    return "\n".join(lines)
 
 
 def export_summary(report: dict, report_path: Path) -> str:
@@ -443,6 +467,57 @@ def _triton(args: argparse.Namespace) -> int:
 
 def triton_main(argv: Sequence[str] | None = None) -> int:
     return _run(_triton, triton_parser(), argv)
+
+
+# ---------------------------------------------------------------- fastervit-eval
+
+def eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastervit-eval", formatter_class=_formatter,
+        epilog="examples:\n  fastervit-eval --data ~/imagenet/val --model engines/faster_vit_0_224_int8.engine "
+               "--model export/faster_vit_0_224_fp32.onnx --limit 5000\n"
+               "  fastervit-eval --data digits/heldout --model export/faster_vit_digits_int8.onnx "
+               "--torch faster_vit_digits --checkpoint tests/fixtures/faster_vit_digits.pth --json",
+        description="Top-1 / top-5 accuracy of engines, ONNX files and PyTorch models side by side on a "
+                    "labelled folder (<data>/<class>/<image>), with pairwise top-1 agreement and logit cosine.")
+    parser.add_argument("--data", type=Path, required=True, help="labelled image folder")
+    parser.add_argument("--model", type=Path, action="append", default=[], help=".engine or .onnx (repeatable)")
+    parser.add_argument("--torch", metavar="NAME", help="also evaluate PyTorch eager of this variant")
+    parser.add_argument("--checkpoint", type=Path, help="weights for --torch")
+    parser.add_argument("--labels", type=Path, help="'<folder> <class index>' lines for non-ImageNet folders")
+    parser.add_argument("--limit", type=int, help="evaluate N images spread evenly over the folder")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    return parser
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluate import evaluate, labelled_samples, torch_runner
+    from .runtime import load
+    if not args.model and not args.torch:
+        raise FasterViTTRTError("nothing to evaluate: pass --model FILE and/or --torch NAME")
+    samples = labelled_samples(args.data, args.labels, args.limit)
+    runners = {str(path): load(path).logits for path in args.model}
+    if args.torch:
+        runners[f"pytorch:{args.torch}"] = torch_runner(args.torch, args.checkpoint)
+    report = evaluate(runners, samples, args.batch, None if args.json else sys.stderr)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['images']} images from {args.data}")
+    print(f"{'model':60s} {'top-1 %':>8s} {'top-5 %':>8s}")
+    for name, row in report["models"].items():
+        print(f"{name:60s} {row['top1']:8.2f} {row['top5']:8.2f}")
+    for pair in report["pairs"]:
+        print(f"{pair['a']}  vs  {pair['b']}: top-1 agreement {pair['top1_agreement']:.2f} %, "
+              f"mean cosine {pair['mean_cosine']:.5f}")
+    return 0
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_eval, eval_parser(), argv)
 
 
 if __name__ == "__main__":

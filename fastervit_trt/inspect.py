@@ -44,6 +44,14 @@ def inspect_onnx(path: Path) -> dict:
         for section in ("validation", "accuracy"):
             if section in data:
                 info[section] = data[section].get("verdict") or data[section].get("summary")
+        if "mixed_precision" in data:
+            mixed = data["mixed_precision"]
+            info["mixed_precision"] = (f"{mixed['int8_layers']} of {mixed['layers']} layers INT8, "
+                                       f"{len(mixed['excluded'])} in float; top-1 agreement "
+                                       f"{mixed['top1_agreement']:.2f} % (budget {mixed['budget_points']} points)")
+        if "sensitivity" in data:
+            info["most_sensitive_layers"] = [f"{r['layer']} (cosine {r['mean_cosine']:.6f})"
+                                             for r in data["sensitivity"][:5]]
     return info
 
 

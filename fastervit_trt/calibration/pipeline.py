@@ -28,8 +28,9 @@ from ..progress import Steps
 from .cache import CalibrationCache, installed_trt_version, version_number
 from .collect import collect_histograms
 from .dataset import DEFAULT_DATA, CalibrationData
-from .qdq import QDQ_MIN_OPSET, insert_qdq, quant_targets, scale_of, to_opset
+from .qdq import QDQ_MIN_OPSET, quant_targets, scale_of, to_opset
 from .ranges import METHODS, compute_amax
+from .sensitivity import Evaluator, layer_sensitivity, mixed_precision
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class CalibrationOptions:
     recalibrate: bool = False  # ignore an existing cache
     qdq_base: str = "fp16"
     heldout: int = 32
+    sensitivity: bool = False  # rank layers by the degradation each alone causes
+    accuracy_budget: float | None = None  # max top-1 agreement drop vs FP32, in points
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -55,6 +58,8 @@ class CalibrationOptions:
             raise ValueError(f"qdq_base must be fp16 or fp32, not {self.qdq_base!r}")
         if self.images < 1 or self.batch < 1:
             raise ValueError("--calib-images and --calib-batch must be positive")
+        if self.accuracy_budget is not None and not 0 <= self.accuracy_budget <= 100:
+            raise ValueError("--accuracy-budget is a top-1 agreement drop in points, between 0 and 100")
 
     def cache_path(self, options: ExportOptions) -> Path:
         return self.cache or options.onnx_path.with_suffix(".cache")
@@ -66,7 +71,8 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
     cache_path = calib.cache_path(options)
     reuse = cache_path.is_file() and not calib.recalibrate
     preflight(options, () if reuse else (cache_path,))
-    steps = Steps(7, stream)
+    budget = calib.accuracy_budget is not None
+    steps = Steps(7 + (calib.sensitivity or budget) + budget, stream)
     model, fp32 = trace_model(options, steps)
     targets = quant_targets(fp32)
     activations = sorted({t.activation for t in targets})
@@ -88,17 +94,29 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
                 cache = CalibrationCache({name: float(scale_of(a)) for name, a in amax.items()},
                                          calib.method, version_number(*installed_trt_version()))
                 cache.write(cache_path)
+        heldout, heldout_kind = _heldout_inputs(calib, preprocess)
+        weights = {t.name: numpy_helper.to_array(t) for t in fp32.graph.initializer}
+        base = fp32
+        if calib.qdq_base == "fp16":
+            base = convert_to_fp16(to_opset(fp32, QDQ_MIN_OPSET[TensorProto.FLOAT16]), io_dtype=options.io_dtype)
+        evaluator = Evaluator(base, targets, cache.amax, weights, heldout, ort_logits(fp32_path, heldout))
+        sections: dict = {}
+        excluded: set[str] = set()
+        if calib.sensitivity or calib.accuracy_budget is not None:
+            with steps.step(f"measuring the sensitivity of {len(targets)} layers"):
+                sections["sensitivity"] = layer_sensitivity(evaluator, stream)
+        if calib.accuracy_budget is not None:
+            with steps.step(f"choosing layers to keep in {calib.qdq_base.upper()} (budget "
+                            f"{calib.accuracy_budget} points)"):
+                sections["mixed_precision"] = mixed_precision(
+                    evaluator, [row["layer"] for row in sections["sensitivity"]], calib.accuracy_budget)
+                excluded = set(sections["mixed_precision"]["excluded"])
         with steps.step(f"inserting Q/DQ over the {calib.qdq_base.upper()} graph"):
-            weights = {t.name: numpy_helper.to_array(t) for t in fp32.graph.initializer}
-            base = fp32
-            if calib.qdq_base == "fp16":
-                base = convert_to_fp16(to_opset(fp32, QDQ_MIN_OPSET[TensorProto.FLOAT16]), io_dtype=options.io_dtype)
-            quantized = insert_qdq(base, targets, cache.amax, weights)
-            del base, weights
+            quantized = evaluator.quantized(skip=excluded)
         metadata = export_metadata(model, options, [])
         metadata["quantization"] = {
-            "method": calib.method, "qdq_base": calib.qdq_base, "layers": len(targets),
-            "activation_tensors": len(activations),
+            "method": calib.method, "qdq_base": calib.qdq_base, "layers": len(targets) - len(excluded),
+            "layers_left_in_float": sorted(excluded), "activation_tensors": len(activations),
             "qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node),
             "cache": str(cache_path), "cache_reused": reuse, "calibration_inputs": images_seen,
             "calibration_data": None if reuse else str(calib.data),
@@ -107,8 +125,9 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
             summary = write_onnx(quantized, metadata, options)
             del quantized
         with steps.step("measuring INT8 against FP32 on held-out inputs"):
-            accuracy = _accuracy(model, fp32_path, options.onnx_path, calib, preprocess)
-    report = write_report(options, metadata, summary, steps, accuracy=accuracy)
+            accuracy = _accuracy(model, fp32_path, options.onnx_path, heldout, heldout_kind,
+                                 evaluator.measure(base) if calib.qdq_base == "fp16" else None)
+    report = write_report(options, metadata, summary, steps, accuracy=accuracy, **sections)
     return ExportResult(options.onnx_path, options.report_path, report)
 
 
@@ -126,19 +145,22 @@ def _heldout_inputs(calib: CalibrationOptions, preprocess: Preprocess) -> tuple[
     return inputs, f"held-out crops of the images in {source}"
 
 
-def _accuracy(model, fp32_path: Path, int8_path: Path, calib: CalibrationOptions,
-              preprocess: Preprocess) -> dict:
+def _accuracy(model, fp32_path: Path, int8_path: Path, inputs: np.ndarray, kind: str,
+              fp16: dict | None) -> dict:
     """INT8 vs FP32 logits: ONNX Runtime plain Q/DQ arithmetic (the TensorRT estimate) and
-    with its CPU int8 kernels; plus the FP32 graph against PyTorch."""
-    inputs, kind = _heldout_inputs(calib, preprocess)
+    with its CPU int8 kernels; the FP16 base graph; and the FP32 graph against PyTorch."""
     reference = ort_logits(fp32_path, inputs)
     plain = compare(reference, ort_logits(int8_path, inputs, optimize=False))
     kernels = compare(reference, ort_logits(int8_path, inputs, optimize=True))
     fp32_check = validate(model, fp32_path, inputs, "fp32")
+    fp16_text = (f"; FP16 vs FP32: mean cosine {fp16['mean_cosine']:.5f}, top-1 agreement "
+                 f"{fp16['top1_agreement'] / 100:.1%}" if fp16 else "")
     return {"inputs": kind, "count": len(inputs),
             "int8_vs_fp32_qdq_arithmetic": plain.as_dict(),
             "int8_vs_fp32_ort_int8_kernels": kernels.as_dict(),
+            "fp16_vs_fp32": fp16,
             "fp32_vs_pytorch": fp32_check["full_batch"],
             "summary": (f"INT8 vs FP32 on {len(inputs)} {kind}: mean cosine {plain.mean_cosine:.5f} "
                         f"(min {plain.min_cosine:.5f}), top-1 agreement {plain.top1_agreement:.1%}; "
-                        f"with ONNX Runtime's CPU int8 kernels: mean cosine {kernels.mean_cosine:.5f}")}
+                        f"with ONNX Runtime's CPU int8 kernels: mean cosine {kernels.mean_cosine:.5f}"
+                        + fp16_text)}

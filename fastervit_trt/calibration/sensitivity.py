@@ -1,0 +1,97 @@
+"""Which layers INT8 hurts, and how many to leave in FP16 to meet an accuracy budget.
+
+Sensitivity of a layer = the output degradation (logit cosine and top-1 agreement with the
+FP32 graph, on held-out inputs) when only that layer is quantized, evaluated with ONNX
+Runtime's plain Q/DQ arithmetic. The mixed-precision search leaves the k most sensitive
+layers unquantized (they run in the base graph's FP16) and finds the smallest k whose
+top-1 agreement drop stays within the budget, by bisection over k (agreement grows as more
+layers are left out), so it costs about log2(layers) evaluations after the ranking.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+import numpy as np
+import onnx
+
+from ..compare import compare
+from .qdq import QuantTarget, insert_qdq
+
+
+@dataclass
+class Evaluator:
+    """Runs Q/DQ variants of one base graph on fixed inputs against fixed FP32 logits."""
+
+    base: onnx.ModelProto
+    targets: list[QuantTarget]
+    amax: dict[str, float]
+    weights: dict[str, np.ndarray]
+    inputs: np.ndarray
+    reference: np.ndarray
+
+    def quantized(self, skip: set[str] = frozenset(), only: set[str] | None = None) -> onnx.ModelProto:
+        chosen = [t for t in self.targets if t.node not in skip and (only is None or t.node in only)]
+        return insert_qdq(self.base, chosen, self.amax, self.weights)
+
+    def measure(self, model: onnx.ModelProto) -> dict:
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        feed = session.get_inputs()[0]
+        dtype = np.float16 if feed.type == "tensor(float16)" else np.float32
+        logits = session.run(None, {feed.name: self.inputs.astype(dtype)})[0].astype(np.float32)
+        report = compare(self.reference, logits)
+        return {"mean_cosine": report.mean_cosine, "top1_agreement": 100.0 * report.top1_agreement}
+
+
+def layer_sensitivity(evaluator: Evaluator, stream: TextIO | None = sys.stderr) -> list[dict]:
+    """One row per quantized layer, most sensitive (lowest cosine) first."""
+    from tqdm import tqdm
+    rows = []
+    for target in tqdm(evaluator.targets, desc="sensitivity", unit="layer", file=stream,
+                       disable=stream is None, mininterval=1.0):
+        rows.append({"layer": target.node, **evaluator.measure(evaluator.quantized(only={target.node}))})
+    return sorted(rows, key=lambda r: (r["mean_cosine"], r["top1_agreement"]))
+
+
+def fewest_exclusions(order: list[str], drop_with: Callable[[list[str]], float], budget: float) -> tuple[int, list[dict]]:
+    """Smallest k such that excluding ``order[:k]`` keeps ``drop_with(...) <= budget`` (bisection)."""
+    trace, cache = [], {}
+
+    def drop(k: int) -> float:
+        if k not in cache:
+            cache[k] = drop_with(order[:k])
+            trace.append({"excluded": k, "top1_drop": cache[k]})
+        return cache[k]
+
+    if drop(0) <= budget:
+        return 0, trace
+    low, high = 0, len(order)  # drop(low) > budget, drop(high) == 0 (all excluded = the float graph)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if drop(middle) <= budget:
+            high = middle
+        else:
+            low = middle
+    return high, trace
+
+
+def mixed_precision(evaluator: Evaluator, order: list[str], budget: float) -> dict:
+    """Leave the first layers of ``order`` unquantized until the top-1 agreement drop <= ``budget``."""
+    measured: dict[int, dict] = {}
+
+    def drop_with(excluded: list[str]) -> float:
+        result = evaluator.measure(evaluator.quantized(skip=set(excluded)))
+        measured[len(excluded)] = result
+        return 100.0 - result["top1_agreement"]
+
+    k, trace = fewest_exclusions(order, drop_with, budget)
+    final = measured.get(k) or {"mean_cosine": 1.0, "top1_agreement": 100.0}
+    return {"budget_points": budget, "excluded": order[:k], "int8_layers": len(order) - k,
+            "layers": len(order), "top1_agreement": final["top1_agreement"],
+            "mean_cosine": final["mean_cosine"], "search": trace}
