@@ -7,7 +7,6 @@ weights give byte-identical files.
 """
 from __future__ import annotations
 
-import io
 import json
 import tempfile
 import warnings
@@ -74,10 +73,3 @@ def model_bytes(model: onnx.ModelProto) -> int:
     """Size of the weights plus graph, without serialising (works above 2 GB)."""
     return sum(t.ByteSize() for t in model.graph.initializer) + sum(
         n.ByteSize() for n in model.graph.node)
-
-
-def serialize(model: onnx.ModelProto) -> bytes:
-    """Deterministic bytes of a model that fits in one protobuf."""
-    buffer = io.BytesIO()
-    onnx.save_model(model, buffer)
-    return buffer.getvalue()

@@ -21,7 +21,7 @@ import torch
 
 from .. import __version__
 from ..artifacts import check_writable, sha256, staged, write_json
-from ..compare import Comparison, compare
+from ..compare import compare
 from ..errors import CheckpointError, FasterViTTRTError
 from ..models import FasterViT, create_model
 from ..preprocess import Preprocess, sample_inputs

@@ -5,7 +5,6 @@ from collections import Counter
 
 import numpy as np
 import onnx
-import pytest
 
 from fastervit_trt.calibration.cache import CalibrationCache
 from fastervit_trt.cli import export_main

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastervit_trt.calibration.ranges import (NUM_BINS, Histogram, compute_amax, entropy_divergences,
+from fastervit_trt.calibration.ranges import (Histogram, compute_amax, entropy_divergences,
                                               percentile_amax)
 
 from .reference import entropy_amax as reference_entropy_amax

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from fastervit_trt.artifacts import write_json
 from fastervit_trt.errors import FasterViTTRTError
