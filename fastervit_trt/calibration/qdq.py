@@ -74,20 +74,27 @@ def to_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     return version_converter.convert_version(model, opset)
 
 
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every input, activation and initializer (ONNX shape inference)."""
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.input, *inferred.value_info]}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    return types
+
+
 def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_amax: dict[str, float],
-               fp32_weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+               fp32_weights: dict[str, np.ndarray], types: dict[str, int] | None = None) -> onnx.ModelProto:
     """A copy of ``model`` (float32 or float16 graph) with Q/DQ on every target.
 
     ``activation_amax`` is keyed by the activation names of the FP32 graph; in a float16
     graph a target may read a ``<name>_fp16`` cast of it, which is what gets quantized.
-    ``fp32_weights`` holds the FP32 weights the per-channel scales are computed from.
+    ``fp32_weights`` holds the FP32 weights the per-channel scales are computed from;
+    ``types`` (from ``tensor_types(model)``) saves a shape inference when inserting repeatedly.
     """
+    elem_type = types or tensor_types(model)
     quantized = onnx.ModelProto()
     quantized.CopyFrom(model)
     graph = quantized.graph
-    inferred = onnx.shape_inference.infer_shapes(quantized).graph
-    elem_type = {v.name: v.type.tensor_type.elem_type for v in [*inferred.input, *inferred.value_info]}
-    elem_type.update({t.name: t.data_type for t in graph.initializer})
     nodes = {node.name: node for node in graph.node}
     zero_point = "qdq_zero_point"
     graph.initializer.append(numpy_helper.from_array(np.array(0, np.int8), zero_point))

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from ..compare import compare
-from .qdq import QuantTarget, insert_qdq
+from .qdq import QuantTarget, insert_qdq, tensor_types
 
 
 @dataclass
@@ -32,9 +32,12 @@ class Evaluator:
     inputs: np.ndarray
     reference: np.ndarray
 
+    def __post_init__(self) -> None:
+        self.types = tensor_types(self.base)  # once, not per variant
+
     def quantized(self, skip: set[str] = frozenset(), only: set[str] | None = None) -> onnx.ModelProto:
         chosen = [t for t in self.targets if t.node not in skip and (only is None or t.node in only)]
-        return insert_qdq(self.base, chosen, self.amax, self.weights)
+        return insert_qdq(self.base, chosen, self.amax, self.weights, self.types)
 
     def measure(self, model: onnx.ModelProto) -> dict:
         import onnxruntime as ort
