@@ -125,7 +125,7 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
             summary = write_onnx(quantized, metadata, options)
             del quantized
         with steps.step("measuring INT8 against FP32 on held-out inputs"):
-            accuracy = _accuracy(model, fp32_path, options.onnx_path, heldout, heldout_kind,
+            accuracy = _accuracy(model, evaluator, options.onnx_path, fp32_path, heldout_kind,
                                  evaluator.measure(base) if calib.qdq_base == "fp16" else None)
     report = write_report(options, metadata, summary, steps, accuracy=accuracy, **sections)
     return ExportResult(options.onnx_path, options.report_path, report)
@@ -145,11 +145,11 @@ def _heldout_inputs(calib: CalibrationOptions, preprocess: Preprocess) -> tuple[
     return inputs, f"held-out crops of the images in {source}"
 
 
-def _accuracy(model, fp32_path: Path, int8_path: Path, inputs: np.ndarray, kind: str,
+def _accuracy(model, evaluator: Evaluator, int8_path: Path, fp32_path: Path, kind: str,
               fp16: dict | None) -> dict:
     """INT8 vs FP32 logits: ONNX Runtime plain Q/DQ arithmetic (the TensorRT estimate) and
     with its CPU int8 kernels; the FP16 base graph; and the FP32 graph against PyTorch."""
-    reference = ort_logits(fp32_path, inputs)
+    inputs, reference = evaluator.inputs, evaluator.reference
     plain = compare(reference, ort_logits(int8_path, inputs, optimize=False))
     kernels = compare(reference, ort_logits(int8_path, inputs, optimize=True))
     fp32_check = validate(model, fp32_path, inputs, "fp32")

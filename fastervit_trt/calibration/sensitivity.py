@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from ..compare import compare
+from ..export.pipeline import ort_logits
 from .qdq import QuantTarget, insert_qdq, tensor_types
 
 
@@ -40,14 +41,8 @@ class Evaluator:
         return insert_qdq(self.base, chosen, self.amax, self.weights, self.types)
 
     def measure(self, model: onnx.ModelProto) -> dict:
-        import onnxruntime as ort
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.log_severity_level = 3
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        feed = session.get_inputs()[0]
-        dtype = np.float16 if feed.type == "tensor(float16)" else np.float32
-        logits = session.run(None, {feed.name: self.inputs.astype(dtype)})[0].astype(np.float32)
+        """Logit cosine and top-1 agreement (%) of ``model`` against the FP32 reference."""
+        logits = ort_logits(model.SerializeToString(), self.inputs, optimize=False)
         report = compare(self.reference, logits)
         return {"mean_cosine": report.mean_cosine, "top1_agreement": 100.0 * report.top1_agreement}
 

@@ -200,8 +200,8 @@ def graph_summary(model: onnx.ModelProto) -> dict:
             "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))}
 
 
-def ort_logits(path: Path, inputs: np.ndarray, optimize: bool = True) -> np.ndarray:
-    """Run the ONNX file with ONNX Runtime on the CPU (float32 in, float32 out).
+def ort_logits(model: Path | bytes, inputs: np.ndarray, optimize: bool = True) -> np.ndarray:
+    """Run an ONNX file (or serialized model) with ONNX Runtime on the CPU (float32 in and out).
 
     ``optimize=False`` disables graph optimizations: Q/DQ graphs then compute plain
     quantize/dequantize arithmetic, the closest CPU estimate of what TensorRT computes
@@ -212,7 +212,8 @@ def ort_logits(path: Path, inputs: np.ndarray, optimize: bool = True) -> np.ndar
     options.log_severity_level = 3
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     feed = session.get_inputs()[0]
     dtype = np.float16 if feed.type == "tensor(float16)" else np.float32
     return session.run(None, {feed.name: inputs.astype(dtype)})[0].astype(np.float32)
