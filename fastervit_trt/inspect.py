@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from .errors import FasterViTTRTError
-from .sidecar import read_sidecar
+from .sidecar import read_metadata, read_sidecar
 
 
 def inspect_onnx(path: Path) -> dict:
@@ -25,7 +25,7 @@ def inspect_onnx(path: Path) -> dict:
             size = len(tensor.raw_data)
         weight_bytes[kind] += size
     total = sum(weight_bytes.values()) or 1
-    metadata = next((json.loads(p.value) for p in model.metadata_props if p.key == "fastervit_trt"), {})
+    metadata = read_metadata(model)
     info = {
         "file": str(path),
         "model": metadata.get("model"),

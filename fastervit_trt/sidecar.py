@@ -1,4 +1,6 @@
-"""The engine sidecar: a plain JSON file next to ``x.engine`` describing how it was made.
+"""What artifacts say about themselves: the engine sidecar and the ONNX metadata entry.
+
+The engine sidecar is a plain JSON file next to ``x.engine`` describing how it was made.
 
 Never a header inside the engine, so trtexec, Triton and C++ load the engine untouched.
 The runtime reads it for preprocessing, labels and I/O, and checks the engine's sha256 and
@@ -10,6 +12,15 @@ import json
 from pathlib import Path
 
 SCHEMA_VERSION = 1
+METADATA_KEY = "fastervit_trt"  # the ONNX metadata_props entry holding the toolkit's JSON
+
+
+def read_metadata(model) -> dict:
+    """The toolkit metadata of an ``onnx.ModelProto`` (empty if absent)."""
+    for entry in model.metadata_props:
+        if entry.key == METADATA_KEY:
+            return json.loads(entry.value)
+    return {}
 
 
 def sidecar_path(engine: Path) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .artifacts import check_writable, write_bytes
 from .errors import FasterViTTRTError
-from .sidecar import read_sidecar
+from .sidecar import read_metadata, read_sidecar
 
 _TRITON_TYPES = {"float": "TYPE_FP32", "float32": "TYPE_FP32", "half": "TYPE_FP16", "float16": "TYPE_FP16",
                  "int8": "TYPE_INT8", "int32": "TYPE_INT32"}
@@ -42,7 +42,7 @@ def _describe(model_path: Path) -> dict:
     if model_path.suffix == ".onnx":
         import onnx
         model = onnx.load(str(model_path), load_external_data=False)
-        meta = next((json.loads(p.value) for p in model.metadata_props if p.key == "fastervit_trt"), {})
+        meta = read_metadata(model)
         graph_in, graph_out = model.graph.input[0], model.graph.output[0]
         dtype = lambda v: onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()
         dims = lambda v: [d.dim_value for d in v.type.tensor_type.shape.dim[1:]]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib
-import json
 import logging
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import TextIO
 
 from ..artifacts import check_writable, sha256, write_bytes, write_json
 from ..errors import FasterViTTRTError
-from ..sidecar import SCHEMA_VERSION, read_sidecar, sidecar_path
+from ..sidecar import SCHEMA_VERSION, read_metadata, read_sidecar, sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ def onnx_facts(onnx_path: Path) -> dict:
     """Input shape, graph precision and toolkit metadata of an ONNX file (weights not loaded)."""
     import onnx
     model = onnx.load(str(onnx_path), load_external_data=False)
-    metadata = next((json.loads(p.value) for p in model.metadata_props if p.key == "fastervit_trt"), {})
+    metadata = read_metadata(model)
     tensor = model.graph.input[0]
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.type.tensor_type.shape.dim]
     has_qdq = any(n.op_type == "QuantizeLinear" for n in model.graph.node)

@@ -17,6 +17,7 @@ import torch
 
 from .. import __version__
 from ..models import FasterViT
+from ..sidecar import METADATA_KEY, read_metadata  # noqa: F401  (read_metadata: public here too)
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 BATCH_DIM = "batch"
@@ -24,7 +25,6 @@ DEFAULT_OPSET = 17
 # IR version 8 is the one paired with opset 17; newer onnx releases write higher versions
 # that older ONNX Runtime and TensorRT parsers reject.
 IR_VERSION = 8
-METADATA_KEY = "fastervit_trt"
 PROTOBUF_LIMIT = 2**31 - 1
 
 
@@ -59,14 +59,6 @@ def finalize(model: onnx.ModelProto, metadata: dict) -> onnx.ModelProto:
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata, sort_keys=True)
     return model
-
-
-def read_metadata(model: onnx.ModelProto) -> dict:
-    """The toolkit metadata written by ``finalize`` (empty if absent)."""
-    for entry in model.metadata_props:
-        if entry.key == METADATA_KEY:
-            return json.loads(entry.value)
-    return {}
 
 
 def model_bytes(model: onnx.ModelProto) -> int:

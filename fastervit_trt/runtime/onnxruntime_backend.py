@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FasterViTTRTError
+from ..sidecar import METADATA_KEY
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -30,7 +31,7 @@ class OnnxRuntimeBackend:
         self.input_dtype = np.float16 if feed.type == "tensor(float16)" else np.float32
         self.input_shape = tuple(feed.shape[1:])
         self.num_classes = fetch.shape[-1]
-        raw = self.session.get_modelmeta().custom_metadata_map.get("fastervit_trt")
+        raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         self.metadata = json.loads(raw) if raw else {}
         self.max_batch = (self.metadata.get("batch_profile") or [1, 8, 32])[-1]
         self.providers = self.session.get_providers()
