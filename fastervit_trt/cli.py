@@ -391,16 +391,13 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------- fastervit-inspect
 
 def inspect_parser() -> argparse.ArgumentParser:
-    return _add_path(argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="fastervit-inspect", formatter_class=_formatter,
         epilog="examples:\n  fastervit-inspect export/faster_vit_0_224_int8.onnx\n"
                "  fastervit-inspect engines/faster_vit_0_224_fp16.engine",
         description="What is inside an ONNX file (ops, Q/DQ, float16 share, external data, export "
                     "report) or an engine (sidecar, and its layers with precisions via TensorRT's "
-                    "engine inspector when a GPU is present)."))
-
-
-def _add_path(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+                    "engine inspector when a GPU is present).")
     parser.add_argument("path", type=Path, help=".onnx or .engine")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
