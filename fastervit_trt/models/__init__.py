@@ -4,6 +4,7 @@
 >>> model = create_model("faster_vit_0_224")                      # random init
 >>> model = create_model("faster_vit_0_224", checkpoint="fastervit_0_224_1k.pth.tar")
 >>> model = create_model("faster_vit_0_any_res", resolution=(512, 512))
+>>> model = create_model("faster_vit_0_224", checkpoint="model_best.pth.tar", weights="ema")
 """
 from __future__ import annotations
 
@@ -12,24 +13,25 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ResolutionError
-from .checkpoint import load_into, mismatch, read_state_dict
-from .configs import ArchConfig, EvalConfig, Variant, get_variant, list_models
+from ..errors import CheckpointError, ResolutionError
+from .checkpoint import Checkpoint, load_into, mismatch, read_checkpoint
+from .configs import REGISTRY, ArchConfig, EvalConfig, Variant, get_variant, list_models
 from .fastervit import FasterViT, stage_geometry
 
-__all__ = ["ArchConfig", "EvalConfig", "FasterViT", "Variant", "create_model", "get_variant",
-           "list_models", "stage_geometry"]
+__all__ = ["ArchConfig", "Checkpoint", "EvalConfig", "FasterViT", "Variant", "check_arch",
+           "create_model", "get_variant", "list_models", "read_checkpoint", "stage_geometry"]
 
 
 def create_model(name: str, checkpoint: str | Path | None = None,
                  resolution: int | tuple[int, int] | None = None, num_classes: int | None = None,
-                 **overrides) -> FasterViT:
+                 weights: str = "model", **overrides) -> FasterViT:
     """Build the registered variant ``name`` in eval mode, optionally loading ``checkpoint``.
 
     ``resolution`` (an int for square, or (height, width)) changes the input size the
-    network is built for; ``num_classes`` the classifier width; ``overrides`` any other
-    ``ArchConfig`` field. The returned model carries ``variant`` (the resolved record) so
-    downstream stages know its preprocessing.
+    network is built for; ``num_classes`` the classifier width; ``weights`` which weights of a
+    training checkpoint ("model" or "ema"); ``overrides`` any other ``ArchConfig`` field. The
+    returned model carries ``variant`` (the resolved record) so downstream stages know its
+    preprocessing, and ``checkpoint`` (what was loaded from where, or None).
     """
     variant = get_variant(name)
     changes = dict(overrides)
@@ -42,13 +44,40 @@ def create_model(name: str, checkpoint: str | Path | None = None,
         raise TypeError(f"create_model() got unknown options: {', '.join(sorted(unknown))}")
     arch = replace(variant.arch, **changes)
     variant = replace(variant, arch=arch, eval=replace(variant.eval, input_size=arch.resolution))
-    model = FasterViT(arch)
+    loaded = None
     if checkpoint is not None:
-        state = read_state_dict(checkpoint)
+        loaded = read_checkpoint(checkpoint, weights)
+        check_arch(loaded, name)
+    model = FasterViT(arch)
+    if loaded is not None:
+        state = loaded.state
         load_into(model, state, checkpoint, suggest=lambda: _fitting_variant(state, arch),
                   unused=_unused_at_resolution(model, arch))
     model.variant = variant
+    model.checkpoint = loaded.describe() if loaded else None
     return model.eval()
+
+
+def check_arch(checkpoint: Checkpoint, name: str) -> None:
+    """Refuse a checkpoint whose recorded ``arch`` is another registered variant than ``name``.
+
+    Any-res variants take the checkpoints of their fixed-resolution twin (as the official
+    ones do); an ``arch`` the registry does not know (a renamed or custom run) is let through
+    to the strict weight check.
+    """
+    if checkpoint.arch is None or checkpoint.arch not in REGISTRY:
+        return
+    if _trained_as(checkpoint.arch) != _trained_as(name):
+        raise CheckpointError(f"{checkpoint.path}: this checkpoint was trained as {checkpoint.arch!r} "
+                              f"(its 'arch' entry), not {name!r}; pass --model {checkpoint.arch}")
+
+
+def _trained_as(name: str) -> str:
+    """The fixed-resolution variant whose checkpoints ``name`` loads."""
+    if not name.endswith("_any_res"):
+        return name
+    base = name.removesuffix("_any_res")
+    return base if base in REGISTRY else f"{base}_224"
 
 
 def _unused_at_resolution(model: FasterViT, arch: ArchConfig) -> frozenset[str]:

@@ -1,15 +1,25 @@
 """Reading official FasterViT checkpoints safely and loading them strictly.
 
-Accepted: ``.pth`` / ``.pth.tar`` / ``.pt`` (read with ``weights_only=True``: tensors and
-plain containers only, never pickled code) and ``.safetensors``. The weights may sit at
-top level or under ``state_dict`` / ``model`` / ``state_dict_ema``; ``module.`` (DDP) and
+Accepted: ``.pth`` / ``.pth.tar`` / ``.pt`` and ``.safetensors``. PyTorch files are read
+with ``weights_only=True``: tensors, plain containers and the few inert classes a training
+checkpoint pickles for its settings (``TRAINING_GLOBALS``), never a callable, so loading
+cannot run code. Files in PyTorch's zip format are memory-mapped: the optimizer state and
+the weights not chosen are never read into memory.
+
+The official checkpoints were written by timm's ``CheckpointSaver``: ``state_dict``,
+``state_dict_ema``, ``optimizer``, ``args`` (an ``argparse.Namespace``), ``arch``,
+``epoch``, ``metric``, ``version``. ``weights`` picks ``state_dict`` ("model", the default,
+as the official validation script does without ``--use-ema``) or ``state_dict_ema``
+("ema"); plain state dicts and ``model`` containers load too. ``module.`` (DDP) and
 ``encoder.`` (detection backbones) prefixes are stripped.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +30,11 @@ from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-_CONTAINER_KEYS = ("state_dict", "model", "state_dict_ema")
+WEIGHT_CHOICES = ("model", "ema")
+_CONTAINER_KEYS = {"model": ("state_dict", "model"), "ema": ("state_dict_ema", "model_ema")}
+# Inert classes that timm's CheckpointSaver pickles for plain settings (train.py's parsed
+# arguments). Extend only with data holders, never with anything that can be called to act.
+TRAINING_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
 # Buffers the reference model stores but which are functions of the architecture alone;
 # this implementation recomputes them, so stale or missing copies are harmless.
 _DERIVED_SUFFIXES = ("relative_coords_table", "relative_position_index", "relative_bias",
@@ -29,16 +43,37 @@ _DERIVED_SUFFIXES = ("relative_coords_table", "relative_position_index", "relati
 _ALIAS_MARKER = ".global_tokenizer.pos_embed."
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The weights in ``path`` as a flat name -> tensor dict, unwrapped and prefix-stripped."""
+@dataclass(frozen=True)
+class Checkpoint:
+    """The weights of one checkpoint file and where in it they came from."""
+
+    path: Path
+    state: dict[str, Tensor]
+    key: str | None  # container key the weights were read from; None: the top level
+    arch: str | None = None  # model name the training run recorded, when present
+    epoch: int | None = None
+
+    def describe(self) -> dict:
+        """What the export report says about the weights it loaded."""
+        return {"path": str(self.path), "key": self.key, "tensors": len(self.state),
+                "parameters": sum(v.numel() for v in self.state.values()),
+                "arch": self.arch, "epoch": self.epoch}
+
+
+def read_checkpoint(path: str | Path, weights: str = "model") -> Checkpoint:
+    """The weights in ``path`` (``weights``: "model" or "ema"), unwrapped and prefix-stripped."""
     path = Path(path)
+    if weights not in WEIGHT_CHOICES:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}, not {weights!r}")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file; check the path")
-    if path.suffix == ".safetensors":
-        raw = _read_safetensors(path)
-    else:
-        raw = _read_torch(path)
-    return _unwrap(raw, path)
+    raw = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
+    return _unwrap(raw, path, weights)
+
+
+def read_state_dict(path: str | Path, weights: str = "model") -> dict[str, Tensor]:
+    """The flat name -> tensor dict of ``read_checkpoint``."""
+    return read_checkpoint(path, weights).state
 
 
 def _read_safetensors(path: Path) -> dict:
@@ -52,15 +87,17 @@ def _read_safetensors(path: Path) -> dict:
 
 
 def _read_torch(path: Path) -> dict:
+    mmap = zipfile.is_zipfile(path)  # the legacy (pre-1.6) format cannot be mapped
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(TRAINING_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "unpickling failed"
         if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
-            raise CheckpointError(
-                f"{path}: refused: the file holds pickled objects other than tensors, which "
-                "could run code when loaded; re-save it with torch.save(model.state_dict()) "
-                "from a trusted environment, or convert it to .safetensors") from None
+            raise CheckpointError(f"{path}: refused: {_unsafe_globals(path)}; re-save the weights "
+                                  "alone from a trusted environment (torch.save(torch.load(f, "
+                                  "weights_only=False)['state_dict'], 'weights.pth')) or convert "
+                                  "them to .safetensors") from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason}); "
                               "re-download it") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
@@ -69,19 +106,43 @@ def _read_torch(path: Path) -> dict:
                               "re-download it") from None
 
 
-def _unwrap(raw: object, path: Path) -> dict[str, Tensor]:
+def _unsafe_globals(path: Path) -> str:
+    """Which pickled globals make ``path`` unsafe, listed without loading (zip format only)."""
+    allowed = {f"{cls.__module__}.{cls.__qualname__}" for cls in TRAINING_GLOBALS}
+    try:
+        names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(path) if n not in allowed]
+    except Exception:  # noqa: BLE001 - legacy format: the names cannot be listed
+        names = []
+    if not names:
+        return "the file pickles objects other than tensors and settings, which could run code"
+    return (f"the file pickles {', '.join(names)}, which loading would have to call (only tensors, "
+            "containers and argparse.Namespace settings are read)")
+
+
+def _unwrap(raw: object, path: Path, weights: str) -> Checkpoint:
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a dict of weights, found {type(raw).__name__}")
-    for key in _CONTAINER_KEYS:
-        if isinstance(raw.get(key), dict):
-            raw = raw[key]
-            break
-    state = {k.removeprefix("module."): v for k, v in raw.items() if isinstance(v, Tensor)}
+    key = _container(raw, weights)
+    if key is None and weights == "ema":
+        raise CheckpointError(f"{path}: holds no EMA weights (keys: {', '.join(map(str, raw))}); "
+                              "use --weights model")
+    if key is None and not any(isinstance(v, Tensor) for v in raw.values()):
+        key = _container(raw, "ema")  # only EMA weights were saved: they are the model
+        if key is not None:
+            log.warning("%s: no model weights, using the EMA weights under %r", path, key)
+    tensors = raw[key] if key is not None else raw
+    state = {k.removeprefix("module."): v for k, v in tensors.items() if isinstance(v, Tensor)}
     if any(k.startswith("encoder.") for k in state):
         state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
     if not state:
         raise CheckpointError(f"{path}: no tensors found; is this a model checkpoint?")
-    return state
+    arch = raw.get("arch") if key is not None and isinstance(raw.get("arch"), str) else None
+    epoch = raw.get("epoch") if key is not None and isinstance(raw.get("epoch"), int) else None
+    return Checkpoint(path, state, key, arch, epoch)
+
+
+def _container(raw: dict, weights: str) -> str | None:
+    return next((k for k in _CONTAINER_KEYS[weights] if isinstance(raw.get(k), dict)), None)
 
 
 def _comparable(state: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
@@ -127,4 +188,7 @@ def load_into(model: nn.Module, state: dict[str, Tensor], source: str | Path,
     ignored = sorted(unused & state.keys())
     if ignored:
         log.info("%s: %d weights unused at this resolution (e.g. %s)", source, len(ignored), ignored[0])
-    model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()}, strict=False)
+    # assign: the model takes the checkpoint's (memory-mapped) tensors instead of a second copy
+    own = model.state_dict()
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items() if k in own},
+                          strict=False, assign=True)

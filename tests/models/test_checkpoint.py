@@ -130,3 +130,93 @@ def test_224_checkpoint_drives_any_res_at_non_square_size(tmp_path, official_sta
     with torch.no_grad():
         report = compare(reference(x).numpy(), ours(x).numpy())
     assert report.relative_diff <= 1e-4, report
+
+
+# ---------------------------------------------------------------- training checkpoints (timm)
+
+def _training_args(model: str):
+    """Parsed arguments the way the official train.py records them (a real argparse parser)."""
+    import argparse
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="faster_vit_0_224")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--input-size", type=int, nargs=3, default=None)
+    parser.add_argument("--mean", type=float, nargs="+", default=None)
+    parser.add_argument("--model-ema", action="store_true")
+    parser.add_argument("--sched", default="cosine")
+    return parser.parse_args(["--model", model, "--lr", "0.005", "--input-size", "3", "224", "224",
+                              "--model-ema"])
+
+
+def save_training_checkpoint(folder, state: dict, arch: str = "faster_vit_0_224", epoch: int = 3):
+    """A checkpoint written by timm's own CheckpointSaver: args, optimizer with state, EMA, metric."""
+    from timm.utils import CheckpointSaver, ModelEmaV2, NativeScaler
+    model = create_model("faster_vit_0_224")
+    model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()})
+    ema = ModelEmaV2(model, decay=0.5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.005)
+    model.train()
+    model(torch.randn(2, 3, 224, 224)).logsumexp(dim=1).mean().backward()
+    optimizer.step()  # the optimizer now holds exp_avg / exp_avg_sq state
+    ema.update(model)  # EMA weights now differ from the model's
+    model.eval()
+    saver = CheckpointSaver(model, optimizer, args=_training_args(arch), model_ema=ema,
+                            amp_scaler=NativeScaler(device="cpu"), checkpoint_dir=str(folder))
+    saver.save_checkpoint(epoch, metric=71.5)
+    files = sorted(folder.glob("checkpoint-*.pth.tar"))
+    return files[-1], model.state_dict(), ema.module.state_dict()
+
+
+@pytest.fixture(scope="module")
+def training_checkpoint(tmp_path_factory, official_state):
+    return save_training_checkpoint(tmp_path_factory.mktemp("timm"), official_state)
+
+
+def test_timm_training_checkpoint_loads_model_or_ema_weights(training_checkpoint, images_224):
+    from fastervit_trt.models import read_checkpoint
+    path, model_state, ema_state = training_checkpoint
+    raw = torch.load(path, weights_only=False)  # what the file holds, read here only to check the test
+    assert {"args", "optimizer", "state_dict_ema", "metric", "epoch", "arch"} <= raw.keys()
+    assert raw["optimizer"]["state"], "the optimizer must carry state"
+    for weights, expected, key in (("model", model_state, "state_dict"), ("ema", ema_state, "state_dict_ema")):
+        loaded = read_checkpoint(path, weights)
+        assert (loaded.key, loaded.arch, loaded.epoch) == (key, "faster_vit_0_224", 3)
+        model = create_model("faster_vit_0_224", checkpoint=path, weights=weights)
+        assert model.checkpoint["key"] == key
+        for name, value in model.state_dict().items():
+            if name in expected and not name.endswith(("relative_position_index", "num_batches_tracked")):
+                assert torch.equal(value, expected[name].to(value.dtype)), name
+    assert not torch.equal(model_state["head.weight"], ema_state["head.weight"])
+
+
+def test_checkpoint_trained_as_another_variant_is_refused_before_building(tmp_path, official_state):
+    path, _, _ = save_training_checkpoint(tmp_path, official_state, arch="faster_vit_1_224")
+    with pytest.raises(CheckpointError, match=r"trained as 'faster_vit_1_224'.*--model faster_vit_1_224"):
+        create_model("faster_vit_0_224", checkpoint=path)
+
+
+def test_any_res_variant_takes_its_224_training_checkpoint(training_checkpoint):
+    path, _, _ = training_checkpoint
+    model = create_model("faster_vit_0_any_res", checkpoint=path, resolution=(224, 320))
+    assert model.checkpoint["arch"] == "faster_vit_0_224"
+
+
+def test_ema_requested_from_a_plain_state_dict_is_refused(tmp_path, official_state):
+    path = tmp_path / "plain.pth"
+    torch.save({"state_dict": official_state}, path)
+    with pytest.raises(CheckpointError, match="no EMA weights.*--weights model"):
+        create_model("faster_vit_0_224", checkpoint=path, weights="ema")
+
+
+class Settings:  # a class a training script might pickle: not on the allowlist
+    def __init__(self):
+        self.value = 1
+
+
+def test_other_pickled_globals_are_named_and_refused(tmp_path, official_state):
+    path = tmp_path / "extra.pth"
+    torch.save({"state_dict": official_state, "settings": Settings()}, path)
+    with pytest.raises(CheckpointError) as err:
+        create_model("faster_vit_0_224", checkpoint=path)
+    message = str(err.value)
+    assert f"{__name__}.Settings" in message and "refused" in message and "safetensors" in message
