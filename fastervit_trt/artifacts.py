@@ -1,13 +1,17 @@
 """Writing artifacts atomically: a reader sees the old file or the whole new one, never half.
 
 Each writer takes the final path and a function that writes to a temporary path in the
-same folder; the temporary file is renamed over the final one only once complete.
+same folder; the temporary file is renamed over the final one only once complete. The
+temporary folders carry the writer's process id, so one left by a killed process (out of
+memory, say) is removed by the next writer of the same file.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,23 +47,42 @@ def staged(path: Path, extra_suffixes: tuple[str, ...] = ()) -> Iterator[Path]:
     ``extra_suffixes`` names companion files written next to the temporary one (e.g.
     ``.data`` for ONNX external weights), moved along with it.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp_dir = private_folder(path.parent, f".{path.name}.")
     tmp = tmp_dir / path.name
     try:
         yield tmp
         mode = 0o666 & ~_umask()
-        for suffix in extra_suffixes:
-            companion = tmp_dir / (path.name + suffix)
-            if companion.exists():
-                os.chmod(companion, mode)
-                os.replace(companion, path.parent / companion.name)
+        companions = [tmp_dir / (path.name + s) for s in extra_suffixes if (tmp_dir / (path.name + s)).exists()]
+        if companions:  # never an old file beside a new companion, even for a moment
+            path.unlink(missing_ok=True)
+        for companion in companions:
+            os.chmod(companion, mode)
+            os.replace(companion, path.parent / companion.name)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
-        for leftover in tmp_dir.iterdir():
-            leftover.unlink()
-        tmp_dir.rmdir()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def private_folder(parent: Path, prefix: str) -> Path:
+    """A new hidden folder ``<prefix><pid>-XXXX`` in ``parent``; folders with that prefix left
+    by processes that no longer run are removed first."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(f"{glob.escape(prefix)}*-*"):
+        pid = stale.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)) and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _umask() -> int:

@@ -11,18 +11,18 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 from ..compare import compare
 from ..export.fp16 import convert_to_fp16
 from ..export.pipeline import (ExportOptions, ExportResult, export_metadata, ort_logits, preflight,
-                               save_onnx, trace_model, validate, write_onnx, write_report)
+                               trace_model, validate, write_onnx, write_report)
+from ..export.weights import scratch
 from ..preprocess import Preprocess
 from ..progress import Steps
 from .cache import CalibrationCache, installed_trt_version, version_number
@@ -70,16 +70,17 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
     """Export ``options.model`` as a calibrated INT8 Q/DQ ONNX plus its calibration cache."""
     cache_path = calib.cache_path(options)
     reuse = cache_path.is_file() and not calib.recalibrate
-    preflight(options, () if reuse else (cache_path,))
+    variant = preflight(options, () if reuse else (cache_path,))
     budget = calib.accuracy_budget is not None
     steps = Steps(7 + (calib.sensitivity or budget) + budget, stream)
-    model, fp32 = trace_model(options, steps)
-    targets = quant_targets(fp32)
-    activations = sorted({t.activation for t in targets})
-    preprocess = Preprocess.from_config(model.variant.eval)
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32_path = Path(tmp) / "fp32.onnx"
-        save_onnx(fp32, fp32_path)
+    preprocess = Preprocess.from_config(variant.eval)
+    heldout, heldout_kind = _heldout_inputs(calib, preprocess)
+    with scratch(options.output_dir) as store:
+        traced = trace_model(options, steps, store, probes={"heldout": heldout})
+        fp32 = traced.graph
+        targets = quant_targets(fp32)
+        activations = sorted({t.activation for t in targets})
+        fp32_path = store.save_view(fp32, "fp32.onnx")
         if reuse:
             with steps.step(f"reusing calibration cache {cache_path}"):
                 cache = CalibrationCache.read(cache_path)
@@ -94,12 +95,12 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
                 cache = CalibrationCache({name: float(scale_of(a)) for name, a in amax.items()},
                                          calib.method, version_number(*installed_trt_version()))
                 cache.write(cache_path)
-        heldout, heldout_kind = _heldout_inputs(calib, preprocess)
-        weights = {t.name: numpy_helper.to_array(t) for t in fp32.graph.initializer}
         base = fp32
         if calib.qdq_base == "fp16":
-            base = convert_to_fp16(to_opset(fp32, QDQ_MIN_OPSET[TensorProto.FLOAT16]), io_dtype=options.io_dtype)
-        evaluator = Evaluator(base, targets, cache.amax, weights, heldout, ort_logits(fp32_path, heldout))
+            base = convert_to_fp16(to_opset(fp32, QDQ_MIN_OPSET[TensorProto.FLOAT16]),
+                                   io_dtype=options.io_dtype, weights=store)
+        evaluator = Evaluator(base, targets, cache.amax, store.arrays(fp32), heldout,
+                              ort_logits(fp32_path, heldout), store)
         sections: dict = {}
         excluded: set[str] = set()
         if calib.sensitivity or calib.accuracy_budget is not None:
@@ -113,19 +114,21 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
                 excluded = set(sections["mixed_precision"]["excluded"])
         with steps.step(f"inserting Q/DQ over the {calib.qdq_base.upper()} graph"):
             quantized = evaluator.quantized(skip=excluded)
-        metadata = export_metadata(model, options, [])
+        metadata = export_metadata(traced, options, [])
         metadata["quantization"] = {
             "method": calib.method, "qdq_base": calib.qdq_base, "layers": len(targets) - len(excluded),
             "layers_left_in_float": sorted(excluded), "activation_tensors": len(activations),
             "qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node),
             "cache": str(cache_path), "cache_reused": reuse, "calibration_inputs": images_seen,
             "calibration_data": None if reuse else str(calib.data),
+            "calibration_inputs_from": None if reuse else data.describe(),
         }
         with steps.step(f"writing {options.onnx_path}"):
-            summary = write_onnx(quantized, metadata, options)
+            summary = write_onnx(quantized, metadata, options, store)
             del quantized
         with steps.step("measuring INT8 against FP32 on held-out inputs"):
-            accuracy = _accuracy(model, evaluator, options.onnx_path, fp32_path, heldout_kind,
+            accuracy = _accuracy(traced.probe_references["heldout"], evaluator, options.onnx_path,
+                                 fp32_path, heldout_kind,
                                  evaluator.measure(base) if calib.qdq_base == "fp16" else None)
     report = write_report(options, metadata, summary, steps, accuracy=accuracy, **sections)
     return ExportResult(options.onnx_path, options.report_path, report)
@@ -139,20 +142,17 @@ def _heldout_inputs(calib: CalibrationOptions, preprocess: Preprocess) -> tuple[
         rng = np.random.default_rng(0)
         return rng.standard_normal((calib.heldout, 3, *preprocess.input_size), dtype=np.float32), "seeded random inputs"
     data = CalibrationData(source, preprocess, calib.heldout, split="heldout")
-    inputs = np.stack([data.sample(i) for i in range(len(data))])
-    if source.suffix == ".npy":
-        return inputs, f"first inputs of {source} (not held out)"
-    return inputs, f"held-out crops of the images in {source}"
+    return np.stack([data.sample(i) for i in range(len(data))]), data.describe()
 
 
-def _accuracy(model, evaluator: Evaluator, int8_path: Path, fp32_path: Path, kind: str,
-              fp16: dict | None) -> dict:
+def _accuracy(pytorch_logits: np.ndarray, evaluator: Evaluator, int8_path: Path, fp32_path: Path,
+              kind: str, fp16: dict | None) -> dict:
     """INT8 vs FP32 logits: ONNX Runtime plain Q/DQ arithmetic (the TensorRT estimate) and
     with its CPU int8 kernels; the FP16 base graph; and the FP32 graph against PyTorch."""
     inputs, reference = evaluator.inputs, evaluator.reference
     plain = compare(reference, ort_logits(int8_path, inputs, optimize=False))
     kernels = compare(reference, ort_logits(int8_path, inputs, optimize=True))
-    fp32_check = validate(model, fp32_path, inputs, "fp32")
+    fp32_check = validate(pytorch_logits, fp32_path, inputs, "fp32")
     fp16_text = (f"; FP16 vs FP32: mean cosine {fp16['mean_cosine']:.5f}, top-1 agreement "
                  f"{fp16['top1_agreement'] / 100:.1%}" if fp16 else "")
     return {"inputs": kind, "count": len(inputs),

@@ -12,11 +12,14 @@ Q/DQ over a float16 graph needs opset 19 (QuantizeLinear takes float16 from 19 o
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from ..export.weights import WeightFile
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 QDQ_MIN_OPSET = {TensorProto.FLOAT: 13, TensorProto.FLOAT16: 19}
@@ -83,13 +86,15 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_amax: dict[str, float],
-               fp32_weights: dict[str, np.ndarray], types: dict[str, int] | None = None) -> onnx.ModelProto:
+               fp32_weights: Mapping[str, np.ndarray], types: dict[str, int] | None = None,
+               store: WeightFile | None = None) -> onnx.ModelProto:
     """A copy of ``model`` (float32 or float16 graph) with Q/DQ on every target.
 
     ``activation_amax`` is keyed by the activation names of the FP32 graph; in a float16
     graph a target may read a ``<name>_fp16`` cast of it, which is what gets quantized.
     ``fp32_weights`` holds the FP32 weights the per-channel scales are computed from;
-    ``types`` (from ``tensor_types(model)``) saves a shape inference when inserting repeatedly.
+    ``types`` (from ``tensor_types(model)``) saves a shape inference when inserting repeatedly;
+    with ``store`` the int8 weights are stored there instead of inline.
     """
     elem_type = types or tensor_types(model)
     quantized = onnx.ModelProto()
@@ -124,7 +129,8 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_am
         shape = [1] * fp32.ndim
         shape[target.axis] = -1
         int8 = np.clip(np.round(fp32 / scales.reshape(shape)), -127, 127).astype(np.int8)
-        graph.initializer.append(numpy_helper.from_array(int8, f"{weight_name}_int8"))
+        graph.initializer.append(store.add(f"{weight_name}_int8", int8) if store
+                                 else numpy_helper.from_array(int8, f"{weight_name}_int8"))
         graph.initializer.append(numpy_helper.from_array(scales.astype(np_float), f"{weight_name}_wscale"))
         graph.initializer.append(numpy_helper.from_array(np.zeros(len(scales), np.int8), f"{weight_name}_wzero"))
         new_nodes.setdefault(node.name, []).append(helper.make_node(

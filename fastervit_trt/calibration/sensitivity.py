@@ -10,7 +10,7 @@ layers are left out), so it costs about log2(layers) evaluations after the ranki
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -19,6 +19,7 @@ import onnx
 
 from ..compare import compare
 from ..export.pipeline import ort_logits
+from ..export.weights import WeightFile
 from .qdq import QuantTarget, insert_qdq, tensor_types
 
 
@@ -29,20 +30,22 @@ class Evaluator:
     base: onnx.ModelProto
     targets: list[QuantTarget]
     amax: dict[str, float]
-    weights: dict[str, np.ndarray]
+    weights: Mapping[str, np.ndarray]
     inputs: np.ndarray
     reference: np.ndarray
+    store: WeightFile | None = None  # where the graphs' external weights live
 
     def __post_init__(self) -> None:
         self.types = tensor_types(self.base)  # once, not per variant
 
     def quantized(self, skip: set[str] = frozenset(), only: set[str] | None = None) -> onnx.ModelProto:
         chosen = [t for t in self.targets if t.node not in skip and (only is None or t.node in only)]
-        return insert_qdq(self.base, chosen, self.amax, self.weights, self.types)
+        return insert_qdq(self.base, chosen, self.amax, self.weights, self.types, self.store)
 
     def measure(self, model: onnx.ModelProto) -> dict:
         """Logit cosine and top-1 agreement (%) of ``model`` against the FP32 reference."""
-        logits = ort_logits(model.SerializeToString(), self.inputs, optimize=False)
+        source = self.store.save_view(model, "measured.onnx") if self.store else model.SerializeToString()
+        logits = ort_logits(source, self.inputs, optimize=False)
         report = compare(self.reference, logits)
         return {"mean_cosine": report.mean_cosine, "top1_agreement": 100.0 * report.top1_agreement}
 

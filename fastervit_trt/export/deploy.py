@@ -6,8 +6,10 @@
 - the position-embedding and attention-bias MLPs are evaluated once into constants;
 - the attention scale is folded into the query projection;
 - layer scales that multiply a linear output are folded into that linear layer;
+- the linear layers that act on token sequences keep their weight transposed, as the
+  MatMul operand ONNX wants, so the exporter folds no transposed copy of the weights;
 - stochastic depth is gone (the copy is in eval mode with no drop-path rate).
-The original model is not modified.
+The original model is not modified unless ``inplace=True`` (large variants: no second copy).
 """
 from __future__ import annotations
 
@@ -40,6 +42,28 @@ class AddConstant(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.value
+
+
+class TransposedLinear(nn.Module):
+    """``x @ weight_t + bias``: a linear layer whose weight is stored as (in, out)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight_t", linear.weight.detach().t().contiguous())
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x @ self.weight_t
+        return y if self.bias is None else y + self.bias
+
+
+def _transpose_linears(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(module, name, TransposedLinear(child))
+        else:
+            _transpose_linears(child)
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -95,9 +119,10 @@ def _freeze_block(block: HATBlock) -> None:
 
 
 @torch.no_grad()
-def prepare_for_export(model: FasterViT) -> FasterViT:
-    """A frozen, BatchNorm-free, constant-folded copy of ``model`` computing the same logits."""
-    deployed = copy.deepcopy(model).eval()
+def prepare_for_export(model: FasterViT, inplace: bool = False) -> FasterViT:
+    """A frozen, BatchNorm-free, constant-folded copy of ``model`` computing the same logits
+    (``model`` itself, transformed, when ``inplace``)."""
+    deployed = (model if inplace else copy.deepcopy(model)).eval()
     stem = deployed.patch_embed.conv_down
     stem[0] = fold_batchnorm(stem[0], stem[1])
     stem[3] = fold_batchnorm(stem[3], stem[4])
@@ -116,6 +141,7 @@ def prepare_for_export(model: FasterViT) -> FasterViT:
     if isinstance(deployed.head, nn.Linear):
         _fold_batchnorm_into_head(deployed.head, deployed.norm)
         deployed.norm = nn.Identity()
+    _transpose_linears(deployed.levels)  # the head (on pooled vectors) stays a Gemm
     for param in deployed.parameters():
         param.requires_grad_(False)
     return deployed

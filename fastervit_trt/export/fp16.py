@@ -17,6 +17,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .ort_cpu import cpu_session
+from .weights import WeightFile
+
 FP32_OPS = frozenset({"LayerNormalization", "Softmax", "ReduceMean", "ReduceSum",
                       "GlobalAveragePool", "InstanceNormalization", "BatchNormalization"})
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -33,8 +36,9 @@ def float_tensors(model: onnx.ModelProto) -> set[str]:
 
 
 def convert_to_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str] = (),
-                    io_dtype: str = "fp32") -> onnx.ModelProto:
-    """A float16 copy of ``model`` following the module's precision policy."""
+                    io_dtype: str = "fp32", weights: WeightFile | None = None) -> onnx.ModelProto:
+    """A float16 copy of ``model`` following the module's precision policy; converted weights
+    are stored in ``weights`` when the graph's weights live there."""
     if io_dtype not in ("fp32", "fp16"):
         raise ValueError(f"io_dtype must be 'fp32' or 'fp16', not {io_dtype!r}")
     source = model
@@ -67,10 +71,12 @@ def convert_to_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str] = (),
             suffix = "fp16" if wanted == _HALF else "fp32"
             casts[key] = f"{name}_{suffix}"
             if name in initializers:
-                array = numpy_helper.to_array(initializers[name])
+                tensor = initializers[name]
+                array = weights.read(tensor) if weights else numpy_helper.to_array(tensor)
                 converted = np.clip(array, -FP16_MAX, FP16_MAX).astype(
                     np.float16 if wanted == _HALF else np.float32)
-                graph.initializer.append(numpy_helper.from_array(converted, casts[key]))
+                graph.initializer.append(weights.add(casts[key], converted) if weights
+                                         else numpy_helper.from_array(converted, casts[key]))
             else:
                 new_nodes.append(helper.make_node("Cast", [name], [casts[key]], to=wanted,
                                                   name=f"{name}_cast_{suffix}"))
@@ -127,18 +133,31 @@ def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.Nod
     return ordered
 
 
-def find_fp16_overflows(model: onnx.ModelProto, inputs: np.ndarray, margin: float = 0.5) -> list[str]:
-    """Nodes of the FP32 ``model`` whose outputs exceed ``margin`` x the FP16 range on ``inputs``."""
-    import onnxruntime as ort
+def find_fp16_overflows(model: onnx.ModelProto, inputs: np.ndarray, weights: WeightFile | None = None,
+                        margin: float = 0.5) -> list[str]:
+    """Nodes of the FP32 ``model`` whose outputs exceed ``margin`` x the FP16 range on ``inputs``.
+
+    The maxima are computed inside the graph (``ReduceMax(Abs(x))`` per tensor, the only
+    outputs), so ONNX Runtime frees every activation as usual: the check needs no more
+    memory than one inference of the batch. With ``weights`` the probe graph is saved beside
+    them (external weights cannot travel as bytes).
+    """
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     floats = float_tensors(probe)
     producer = {o: n.name for n in probe.graph.node for o in n.output if o in floats}
-    existing = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(helper.make_tensor_value_info(name, _FLOAT, None)
-                              for name in producer if name not in existing)
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    values = session.run(names, {session.get_inputs()[0].name: inputs})
-    return sorted({producer[name] for name, value in zip(names, values)
-                   if name in producer and np.abs(value).max(initial=0.0) > margin * FP16_MAX})
+    maxima = {name: f"{name}_absmax" for name in producer}
+    nodes = []
+    for node in probe.graph.node:  # each reduction right after its producer: runs (and frees) early
+        nodes.append(node)
+        for name in (o for o in node.output if o in maxima):
+            nodes += [helper.make_node("Abs", [name], [f"{name}_abs"], name=f"{name}_abs"),
+                      helper.make_node("ReduceMax", [f"{name}_abs"], [maxima[name]], keepdims=0,
+                                       name=maxima[name])]
+    del probe.graph.node[:]
+    probe.graph.node.extend(nodes)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_tensor_value_info(o, _FLOAT, []) for o in maxima.values())
+    session = cpu_session(weights.save_view(probe, "fp16_probe.onnx") if weights else probe.SerializeToString())
+    values = session.run(list(maxima.values()), {session.get_inputs()[0].name: inputs})
+    return sorted({producer[name] for name, value in zip(maxima, values) if float(value) > margin * FP16_MAX})

@@ -1,9 +1,12 @@
 """PyTorch -> clean ONNX: trace the deploy-form model, fold constants, name the batch axis.
 
 The model's shapes are all static except the batch axis, so tracing yields no shape
-arithmetic; onnxslim then folds what tracing leaves behind (Constant and Identity nodes,
-constant sub-expressions) into initializers. The result is deterministic: the same
-weights give byte-identical files.
+arithmetic. The trace is taken without its weights (they are graph inputs named after the
+model's parameters), onnxslim folds what tracing leaves behind (Constant and Identity
+nodes, constant sub-expressions, reshape chains) on that weightless graph, and only then
+do the parameters become initializers, streamed one by one into a scratch ``WeightFile``.
+No step holds a second copy of the weights. The result is deterministic: the same weights
+give byte-identical files.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import torch
 
 from .. import __version__
 from ..models import FasterViT
+from .weights import WeightFile, tensor_bytes
 from ..sidecar import METADATA_KEY, read_metadata  # noqa: F401  (read_metadata: public here too)
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -29,15 +33,16 @@ PROTOBUF_LIMIT = 2**31 - 1
 
 
 def trace_to_onnx(model: FasterViT, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """Trace ``model`` (already in deploy form) to ONNX with a symbolic batch axis."""
+    """Trace ``model`` (already in deploy form) to ONNX with a symbolic batch axis; its
+    parameters and buffers are graph inputs (``attach_weights`` makes them initializers)."""
     height, width = model.variant.arch.resolution
     example = torch.zeros(1, model.variant.arch.in_chans, height, width)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        path = Path(tmp) / "traced.onnx"  # a path (not a buffer) lets >2 GB models spill to external data
+        path = Path(tmp) / "traced.onnx"
         torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME], opset_version=opset, dynamo=False,
-                          do_constant_folding=True,
+                          do_constant_folding=True, export_params=False,
                           dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}})
         return onnx.load(str(path))
 
@@ -48,6 +53,21 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return onnxslim.slim(model, no_shape_infer=model_bytes(model) > PROTOBUF_LIMIT)
+
+
+def attach_weights(graph: onnx.ModelProto, model: torch.nn.Module, weights: WeightFile) -> onnx.ModelProto:
+    """Turn the parameter inputs of a traced ``graph`` into initializers stored in ``weights``."""
+    state = dict(model.named_parameters()) | dict(model.named_buffers())
+    used = {name for node in graph.graph.node for name in node.input}
+    inputs = list(graph.graph.input)
+    unknown = [i.name for i in inputs if i.name != INPUT_NAME and i.name not in state]
+    if unknown:
+        raise RuntimeError(f"the trace made constants that are not parameters: {unknown[:3]}")
+    del graph.graph.input[:]
+    graph.graph.input.extend(i for i in inputs if i.name == INPUT_NAME)
+    for name in (i.name for i in inputs if i.name != INPUT_NAME and i.name in used):
+        graph.graph.initializer.append(weights.add(name, state[name].detach().numpy()))
+    return graph
 
 
 def finalize(model: onnx.ModelProto, metadata: dict) -> onnx.ModelProto:
@@ -62,6 +82,6 @@ def finalize(model: onnx.ModelProto, metadata: dict) -> onnx.ModelProto:
 
 
 def model_bytes(model: onnx.ModelProto) -> int:
-    """Size of the weights plus graph, without serialising (works above 2 GB)."""
-    return sum(t.ByteSize() for t in model.graph.initializer) + sum(
+    """Size of the weights (inline or external) plus graph, without serialising."""
+    return sum(tensor_bytes(t) for t in model.graph.initializer) + sum(
         n.ByteSize() for n in model.graph.node)

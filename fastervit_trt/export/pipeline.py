@@ -7,7 +7,9 @@ does not reproduce PyTorch within tolerance.
 """
 from __future__ import annotations
 
+import ctypes
 import datetime as _dt
+import gc
 import logging
 import platform
 from collections import Counter
@@ -23,13 +25,15 @@ from .. import __version__
 from ..artifacts import check_writable, sha256, staged, write_json
 from ..compare import compare
 from ..errors import CheckpointError, FasterViTTRTError
-from ..models import FasterViT, create_model
+from ..models import FasterViT, Variant, check_arch, create_model, read_checkpoint
 from ..preprocess import Preprocess, sample_inputs
 from ..progress import Steps
 from .deploy import prepare_for_export
 from .fp16 import convert_to_fp16, find_fp16_overflows
-from .onnx_export import (DEFAULT_OPSET, PROTOBUF_LIMIT, finalize, model_bytes, simplify,
-                          trace_to_onnx)
+from .ort_cpu import cpu_session
+from .onnx_export import (DEFAULT_OPSET, PROTOBUF_LIMIT, attach_weights, finalize, model_bytes,
+                          simplify, trace_to_onnx)
+from .weights import WeightFile, scratch, tensor_bytes
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ class ExportOptions:
 
     model: str = "faster_vit_0_224"
     checkpoint: Path | None = None
+    weights: str = "model"  # of a training checkpoint: "model" (state_dict) or "ema"
     resolution: tuple[int, int] | None = None
     precision: str = "fp16"
     batch: tuple[int, int, int] = (1, 8, 32)  # min, opt, max of the engine profile
@@ -60,6 +65,10 @@ class ExportOptions:
     external_data_threshold: int = PROTOBUF_LIMIT  # bytes above which weights go to <file>.data
 
     def __post_init__(self) -> None:
+        for name in ("checkpoint", "output_dir"):  # str paths welcome
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         low, opt, high = self.batch
@@ -72,7 +81,14 @@ class ExportOptions:
 
     @property
     def report_path(self) -> Path:
-        return self.onnx_path.with_suffix(".json")
+        """``<model>_<precision>.report.json``: never the name of an engine's sidecar, even
+        when engines are written to the same folder."""
+        return report_path(self.onnx_path)
+
+
+def report_path(onnx_path: Path) -> Path:
+    """Where the export report of ``onnx_path`` lives."""
+    return onnx_path.with_name(f"{onnx_path.stem}.report.json")
 
 
 @dataclass
@@ -82,6 +98,21 @@ class ExportResult:
     report: dict = field(default_factory=dict)
 
 
+@dataclass
+class Traced:
+    """What the model stage hands on: the weightless FP32 graph (weights in a ``WeightFile``),
+    and PyTorch's logits on the validation inputs (and any ``probes``), computed before the
+    PyTorch model was freed."""
+
+    variant: Variant
+    checkpoint: dict | None
+    graph: onnx.ModelProto
+    inputs: np.ndarray
+    input_kind: str
+    reference: np.ndarray
+    probe_references: dict[str, np.ndarray] = field(default_factory=dict)
+
+
 def export_model(options: ExportOptions, stream: TextIO | None = None) -> ExportResult:
     """Run the whole FP32 / FP16 export; progress goes to ``stream`` (None: silent)."""
     if options.precision == "int8":
@@ -89,20 +120,21 @@ def export_model(options: ExportOptions, stream: TextIO | None = None) -> Export
                                 "export_int8 (or fastervit-export --precision int8)")
     preflight(options)
     steps = Steps(6 if options.precision == "fp16" else 5, stream)
-    model, graph = trace_model(options, steps)
-    inputs, input_kind = validation_inputs(model, options)
-    kept_fp32: list[str] = []
-    if options.precision == "fp16":
-        with steps.step("converting to strongly typed FP16"):
-            kept_fp32 = find_fp16_overflows(graph, inputs)
-            graph = convert_to_fp16(graph, keep_fp32=kept_fp32, io_dtype=options.io_dtype)
-    metadata = export_metadata(model, options, kept_fp32)
-    with steps.step(f"writing {options.onnx_path}"):
-        summary = write_onnx(graph, metadata, options)
-        del graph
+    with scratch(options.output_dir) as weights:
+        traced = trace_model(options, steps, weights)
+        graph, kept_fp32 = traced.graph, []
+        if options.precision == "fp16":
+            with steps.step("converting to strongly typed FP16"):
+                kept_fp32 = find_fp16_overflows(graph, traced.inputs, weights)
+                graph = convert_to_fp16(graph, keep_fp32=kept_fp32, io_dtype=options.io_dtype,
+                                        weights=weights)
+        metadata = export_metadata(traced, options, kept_fp32)
+        with steps.step(f"writing {options.onnx_path}"):
+            summary = write_onnx(graph, metadata, options, weights)
+            del graph
     with steps.step("validating with ONNX Runtime against PyTorch"):
-        validation = validate(model, options.onnx_path, inputs, options.precision)
-        validation["inputs"] = input_kind
+        validation = validate(traced.reference, options.onnx_path, traced.inputs, options.precision)
+        validation["inputs"] = traced.input_kind
     report = write_report(options, metadata, summary, steps, validation=validation)
     if not validation["passed"]:
         raise ValidationError(f"{options.onnx_path}: {validation['verdict']}; see "
@@ -110,24 +142,45 @@ def export_model(options: ExportOptions, stream: TextIO | None = None) -> Export
     return ExportResult(options.onnx_path, options.report_path, report)
 
 
-def trace_model(options: ExportOptions, steps: Steps) -> tuple[FasterViT, onnx.ModelProto]:
-    """The first three steps of every export: the eval model and its simplified FP32 graph."""
+def trace_model(options: ExportOptions, steps: Steps, weights: WeightFile,
+                probes: dict[str, np.ndarray] | None = None) -> Traced:
+    """The first three steps of every export: the eval model, PyTorch's reference logits,
+    and the simplified FP32 graph whose weights go to ``weights``. The PyTorch model is
+    transformed in place and freed, so at most one copy of the weights is ever in memory."""
     with steps.step(f"building {options.model}"):
         model = _build(options)
+        inputs, input_kind = validation_inputs(model, options)
+        references = {name: _logits(model, x) for name, x in {"validation": inputs, **(probes or {})}.items()}
+    variant, checkpoint = model.variant, model.checkpoint
     with steps.step("folding BatchNorm, layer scale and position bias"):
-        deployed = prepare_for_export(model)
+        model = prepare_for_export(model, inplace=True)
     with steps.step(f"tracing to ONNX (opset {options.opset}) and simplifying"):
-        traced = trace_to_onnx(deployed, options.opset)
-        del deployed  # large variants: keep at most two copies of the weights alive
-        graph = simplify(traced)
-        del traced
-    return model, graph
+        graph = attach_weights(simplify(trace_to_onnx(model, options.opset)), model, weights)
+        del model
+        _release_memory()
+    validation = references.pop("validation")
+    return Traced(variant, checkpoint, graph, inputs, input_kind, validation, references)
 
 
-def write_onnx(graph: onnx.ModelProto, metadata: dict, options: ExportOptions) -> dict:
+def _release_memory() -> None:
+    """Return freed heap pages to the OS (glibc keeps them otherwise), so later steps do not
+    peak on top of the freed PyTorch model."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _logits(model: FasterViT, inputs: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(inputs)).numpy()
+
+
+def write_onnx(graph: onnx.ModelProto, metadata: dict, options: ExportOptions, weights: WeightFile) -> dict:
     """Finalize and save ``graph`` to ``options.onnx_path``; returns its graph summary."""
     graph = finalize(graph, metadata)
-    save_onnx(graph, options.onnx_path, options.external_data_threshold)
+    save_onnx(graph, options.onnx_path, weights, options.external_data_threshold)
     return graph_summary(graph)
 
 
@@ -147,21 +200,25 @@ def write_report(options: ExportOptions, metadata: dict, summary: dict, steps: S
     return report
 
 
-def preflight(options: ExportOptions, extra_outputs: tuple[Path, ...] = ()) -> None:
-    """Cheap checks before any work: model name, resolution, checkpoint file, outputs."""
+def preflight(options: ExportOptions, extra_outputs: tuple[Path, ...] = ()) -> Variant:
+    """Cheap checks before any work: model name, resolution, checkpoint, outputs; returns
+    the variant at the requested resolution."""
     with torch.device("meta"):  # builds the shapes only: validates the resolution in ms
-        create_model(options.model, resolution=options.resolution)
-    if options.checkpoint is not None and not Path(options.checkpoint).is_file():
-        raise CheckpointError(f"{options.checkpoint}: no such checkpoint file; check the path")
-    check_writable([options.onnx_path, options.report_path, *extra_outputs], options.force)
+        variant = create_model(options.model, resolution=options.resolution).variant
+    if options.checkpoint is not None:  # memory-mapped: reads the pickle, not the weights
+        check_arch(read_checkpoint(options.checkpoint, options.weights), options.model)
+    check_writable([options.onnx_path, options.onnx_path.with_name(options.onnx_path.name + ".data"),
+                    options.report_path, *extra_outputs], options.force)
     if options.checkpoint is None:
         log.warning("no checkpoint given: %s gets RANDOM weights (seed %d); the files test the "
                     "pipeline and are useless for predictions", options.model, options.seed)
+    return variant
 
 
 def _build(options: ExportOptions) -> FasterViT:
     torch.manual_seed(options.seed)
-    return create_model(options.model, checkpoint=options.checkpoint, resolution=options.resolution)
+    return create_model(options.model, checkpoint=options.checkpoint, resolution=options.resolution,
+                        weights=options.weights)
 
 
 def validation_inputs(model: FasterViT, options: ExportOptions) -> tuple[np.ndarray, str]:
@@ -177,15 +234,20 @@ def validation_inputs(model: FasterViT, options: ExportOptions) -> tuple[np.ndar
     return rng.standard_normal(shape, dtype=np.float32), "seeded random inputs"
 
 
-def save_onnx(model: onnx.ModelProto, path: Path, external_threshold: int = PROTOBUF_LIMIT) -> None:
-    """Write ``model`` atomically; weights go to ``<path>.data`` above ``external_threshold``."""
+def save_onnx(model: onnx.ModelProto, path: Path, weights: WeightFile,
+              external_threshold: int = PROTOBUF_LIMIT) -> None:
+    """Write ``model`` atomically; weights go to ``<path>.data`` above ``external_threshold``.
+
+    The ONNX file and its ``.data`` are written in a temporary folder and moved into place
+    only once both are complete (the ``.data`` first), so an interrupted export leaves no
+    file that looks complete.
+    """
     external = model_bytes(model) > external_threshold
     with staged(path, extra_suffixes=(".data",)) as tmp:
-        onnx.save_model(model, str(tmp), save_as_external_data=external,
-                        all_tensors_to_one_file=True, location=path.name + ".data")
+        weights.save(model, tmp, external)
+        onnx.checker.check_model(str(tmp), full_check=True)
     if not external:
         (path.parent / (path.name + ".data")).unlink(missing_ok=True)  # stale weights of an older export
-    onnx.checker.check_model(str(path), full_check=True)
 
 
 def graph_summary(model: onnx.ModelProto) -> dict:
@@ -194,7 +256,7 @@ def graph_summary(model: onnx.ModelProto) -> dict:
     dtype_bytes = Counter()
     for tensor in model.graph.initializer:
         name = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
-        dtype_bytes[name] += len(tensor.raw_data) or tensor.ByteSize()
+        dtype_bytes[name] += tensor_bytes(tensor)
     return {"nodes": len(model.graph.node), "ops": dict(sorted(ops.items())),
             "initializer_bytes": dict(dtype_bytes),
             "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))}
@@ -207,22 +269,15 @@ def ort_logits(model: Path | bytes, inputs: np.ndarray, optimize: bool = True) -
     quantize/dequantize arithmetic, the closest CPU estimate of what TensorRT computes
     (ONNX Runtime's fused CPU int8 kernels lose fidelity of their own).
     """
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    source = model if isinstance(model, bytes) else str(model)
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    session = cpu_session(model, optimize)
     feed = session.get_inputs()[0]
     dtype = np.float16 if feed.type == "tensor(float16)" else np.float32
     return session.run(None, {feed.name: inputs.astype(dtype)})[0].astype(np.float32)
 
 
-def validate(model: FasterViT, path: Path, inputs: np.ndarray, precision: str) -> dict:
-    """Compare ONNX Runtime with the PyTorch eval model, at the full batch and at batch 1."""
-    with torch.no_grad():
-        reference = model(torch.from_numpy(inputs)).numpy()
+def validate(reference: np.ndarray, path: Path, inputs: np.ndarray, precision: str) -> dict:
+    """Compare ONNX Runtime with PyTorch's logits ``reference`` on ``inputs``, at the full
+    batch and at batch 1."""
     full = compare(reference, ort_logits(path, inputs))
     single = compare(reference[:1], ort_logits(path, inputs[:1]))
     if precision == "fp32":
@@ -237,13 +292,14 @@ def validate(model: FasterViT, path: Path, inputs: np.ndarray, precision: str) -
     return {"passed": passed, "rule": rule, "verdict": verdict, "batch": len(inputs), "full_batch": full.as_dict(), "batch_1": single.as_dict()}
 
 
-def export_metadata(model: FasterViT, options: ExportOptions, kept_fp32: list[str]) -> dict:
-    variant = model.variant
+def export_metadata(traced: Traced, options: ExportOptions, kept_fp32: list[str]) -> dict:
+    variant = traced.variant
     return {
         "model": variant.name,
         "precision": options.precision,
         "toolkit": f"fastervit-trt {__version__}",
         "checkpoint": str(options.checkpoint) if options.checkpoint else None,
+        "weights": traced.checkpoint,
         "random_init": options.checkpoint is None,
         "seed": options.seed,
         "arch": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(variant.arch).items()},

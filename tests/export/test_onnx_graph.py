@@ -122,4 +122,4 @@ def test_external_data_above_threshold(tmp_path):
     x = np.zeros((1, 3, 224, 224), np.float32)
     assert ort_logits(result.onnx_path, x).shape == (1, 1000)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "faster_vit_0_224_fp32.json", "faster_vit_0_224_fp32.onnx", "faster_vit_0_224_fp32.onnx.data"]
+        "faster_vit_0_224_fp32.onnx", "faster_vit_0_224_fp32.onnx.data", "faster_vit_0_224_fp32.report.json"]

@@ -1,0 +1,25 @@
+"""ONNX Runtime sessions on the CPU for the exporter's own checks (validation, range probes,
+calibration), configured for memory: the weights are held once (memory-mapped from
+page-aligned external data, no pre-packed second copy), and nodes run in priority order,
+which frees each activation as soon as its last reader ran (the default order can run the
+range probes' reductions last, keeping every activation alive)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def cpu_session(source: Path | str | bytes, optimize: bool = True):
+    """A CPU ``InferenceSession`` over an ONNX file or serialized model.
+
+    ``optimize=False`` disables graph optimizations: Q/DQ graphs then compute plain
+    quantize/dequantize arithmetic, the closest CPU estimate of what TensorRT computes.
+    """
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    model = source if isinstance(source, bytes) else str(source)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
