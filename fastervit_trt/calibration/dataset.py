@@ -1,10 +1,14 @@
 """Calibration inputs: a folder of images (read recursively) or a ``.npy`` of preprocessed NCHW.
 
-A folder is expanded deterministically to the requested number of inputs: with at least
-that many images, an evenly spread subset goes through the model's eval transform as is;
-with fewer, each image also contributes seeded random crops (55-100 % of the shorter side),
-horizontal flips and scales. ``split`` picks a seed stream, so held-out inputs
-("heldout") are other crops of the photos than the calibration ones ("calibration").
+A folder is only listed up front; an image is decoded when its input is asked for, so
+memory and time do not grow with the folder (ImageNet's 50,000 validation images cost a
+directory listing). The files are ordered class by class in turn (sub-folders are classes),
+so any prefix of that order spreads over the classes. Every ``HELDOUT_EVERY``-th image of
+that order belongs to the "heldout" split, the others to "calibration": with enough images
+the two splits are disjoint sets of files, each input one image through the model's eval
+transform. A folder too small for that (the shipped photos) is expanded deterministically:
+every image also contributes seeded random crops (55-100 % of the shorter side) and flips,
+and ``split`` picks the seed stream, so held-out inputs are other crops of the same photos.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from ..preprocess import IMAGE_SUFFIXES, SAMPLE_IMAGES, ImageError, Preprocess, 
 log = logging.getLogger(__name__)
 
 DEFAULT_DATA = SAMPLE_IMAGES
+HELDOUT_EVERY = 8
 _SPLIT_SEEDS = {"calibration": 0, "heldout": 1}
 
 
@@ -50,16 +55,22 @@ def find_images(folder: Path) -> tuple[list[LabelledImage], list[Path]]:
     return images, others
 
 
-def decode_all(images: list[LabelledImage]) -> tuple[list[tuple[LabelledImage, Image.Image]], list[Path]]:
-    """Decode every image, skipping (with one warning each) those that cannot be read."""
-    decoded, skipped = [], []
+def interleave_classes(images: list[LabelledImage]) -> list[LabelledImage]:
+    """``images`` reordered class by class in turn (first of each class, then second, ...)."""
+    by_label: dict[str | None, list[LabelledImage]] = {}
     for item in images:
-        try:
-            decoded.append((item, load_image(item.path)))
-        except ImageError as exc:
-            log.warning("skipped: %s", exc)
-            skipped.append(item.path)
-    return decoded, skipped
+        by_label.setdefault(item.label, []).append(item)
+    columns = list(by_label.values())
+    return [column[i] for i in range(max(map(len, columns), default=0)) for column in columns if i < len(column)]
+
+
+def _openable(path: Path) -> bool:
+    """Whether ``path`` has an image header Pillow understands (reads the header only)."""
+    try:
+        with Image.open(path):
+            return True
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
 
 
 def _variant(image: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -85,22 +96,48 @@ class CalibrationData:
         self.source = Path(self.source)
         self.skipped: list[Path] = []
         self.ignored: list[Path] = []
+        self.disjoint = False  # held-out and calibration inputs come from different files
         self._array: np.ndarray | None = None
-        self._images: list[tuple[LabelledImage, Image.Image]] = []
+        self._images: list[LabelledImage] = []
         if self.source.suffix == ".npy":
             self._array = self._load_array()
-        else:
-            found, self.ignored = find_images(self.source)
-            self._images, self.skipped = decode_all(found)
-            if not self._images:
-                detail = f"{len(self.skipped)} unreadable" if self.skipped else "none"
-                raise CalibrationDataError(
-                    f"{self.source}: no usable image ({detail} of {len(found)} image files, "
-                    f"{len(self.ignored)} other files); supported: {', '.join(IMAGE_SUFFIXES)}")
-            if self.skipped or self.ignored:
-                (log.warning if self.skipped else log.info)(
-                    "%s: using %d images; skipped %d unreadable and %d non-image files",
-                    self.source, len(self._images), len(self.skipped), len(self.ignored))
+            return
+        found, self.ignored = find_images(self.source)
+        ordered = interleave_classes(found)
+        mine = [item for i, item in enumerate(ordered)
+                if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) == (self.split == "heldout")]
+        self.disjoint = len(mine) >= self.count
+        self._spare = iter(mine if self.disjoint else ordered)
+        wanted = self.count if self.disjoint else len(ordered)
+        self._images = [item for item in (self._next_image() for _ in range(wanted)) if item]
+        if not self._images:
+            raise CalibrationDataError(
+                f"{self.source}: no usable image ({len(self.skipped)} unreadable of {len(found)} image "
+                f"files, {len(self.ignored)} other files); supported: {', '.join(IMAGE_SUFFIXES)}")
+        if self.ignored:
+            log.info("%s: ignored %d non-image files", self.source, len(self.ignored))
+
+    def _next_image(self) -> LabelledImage | None:
+        """The next candidate file whose header reads, warning once for each that does not."""
+        for item in self._spare:
+            if _openable(item.path):
+                return item
+            self._skip(item.path, "not an image Pillow can read")
+        return None
+
+    def _skip(self, path: Path, reason: str) -> None:
+        log.warning("skipped: %s: %s", path, reason)
+        self.skipped.append(path)
+
+    def describe(self) -> str:
+        """Where the inputs come from, for reports."""
+        if self._array is not None:
+            return f"the first {self.count} inputs (not held out: preprocessed inputs are used as given) of {self.source}"
+        if self.disjoint:
+            return (f"{self.count} {self.split} images (every {HELDOUT_EVERY}th file of the class-interleaved "
+                    f"order is held out, the rest calibrate: disjoint files) of {self.source}")
+        return (f"{self.split} crops of {len(self._images)} images (too few for disjoint held-out files: "
+                f"held-out inputs are other crops of the same images) of {self.source}")
 
     def _load_array(self) -> np.ndarray:
         try:
@@ -125,16 +162,27 @@ class CalibrationData:
         """The ``index``-th preprocessed input, (3, H, W) float32; deterministic."""
         if self._array is not None:
             return np.asarray(self._array[index], dtype=np.float32)
-        images = self._images
-        if self.split == "calibration" and len(images) >= self.count:
-            _, image = images[index * len(images) // self.count]
-            return self.preprocess(image)
-        position, round_ = index % len(images), index // len(images)
-        _, image = images[position]
+        if self.disjoint:
+            return self.preprocess(self._decode(index))
+        position, round_ = index % len(self._images), index // len(self._images)
+        image = self._decode(position)
         if self.split == "calibration" and round_ == 0:
             return self.preprocess(image)
         rng = np.random.default_rng([_SPLIT_SEEDS[self.split], position, round_])
         return self.preprocess(_variant(image, rng))
+
+    def _decode(self, position: int) -> Image.Image:
+        """Decode image ``position``; one that fails is replaced by the next usable file."""
+        while True:
+            try:
+                return load_image(self._images[position].path)
+            except ImageError as exc:
+                self._skip(self._images[position].path, str(exc))
+                replacement = self._next_image()
+                if replacement is None:
+                    raise CalibrationDataError(f"{self.source}: not enough readable images "
+                                               f"({len(self.skipped)} unreadable)") from None
+                self._images[position] = replacement
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         """Exact batches of ``batch_size`` (the remainder is dropped, never padded)."""

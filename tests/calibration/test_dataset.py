@@ -50,7 +50,6 @@ def test_recursive_folder_with_labels_skips_corrupt_files(tmp_path, caplog):
         data = CalibrationData(tmp_path, PRE, 8)
     assert [p.name for p in data.skipped] == ["broken.png"]
     assert sum("broken.png" in r.message for r in caplog.records) == 1
-    assert any("skipped 1 unreadable and 1 non-image" in r.message for r in caplog.records)
     batches = list(data.batches(4))
     assert [b.shape for b in batches] == [(4, 3, 64, 64)] * 2 and batches[0].dtype == np.float32
 
@@ -87,3 +86,39 @@ def test_fewer_inputs_than_one_batch(tmp_path):
 def test_missing_folder(tmp_path):
     with pytest.raises(CalibrationDataError, match="no such folder"):
         CalibrationData(tmp_path / "nope", PRE, 8)
+
+
+def test_large_folder_decodes_only_the_images_used(tmp_path, monkeypatch):
+    """A folder of 600 images in 20 classes, 16 calibration inputs: 16 files are decoded (and
+    their headers read), spread over 16 classes; the held-out images are other files."""
+    import fastervit_trt.calibration.dataset as dataset
+    for label in range(20):
+        folder = tmp_path / f"class_{label:02d}"
+        folder.mkdir()
+        for i in range(30):
+            Image.new("RGB", (40, 30), (label * 10, i * 8, 0)).save(folder / f"{i:03d}.jpg")
+    decoded, opened = [], []
+    real_load, real_open = dataset.load_image, dataset._openable
+    monkeypatch.setattr(dataset, "load_image", lambda path: decoded.append(path) or real_load(path))
+    monkeypatch.setattr(dataset, "_openable", lambda path: opened.append(path) or real_open(path))
+    data = CalibrationData(tmp_path, PRE, 16)
+    assert data.disjoint and len(opened) == 16 and decoded == []
+    batch = next(data.batches(16))
+    assert batch.shape == (16, 3, 64, 64) and len(decoded) == 16
+    assert len({path.parent.name for path in decoded}) == 16  # one image from each of 16 classes
+    calibration_files = set(decoded)
+    heldout = CalibrationData(tmp_path, PRE, 8, split="heldout")
+    next(heldout.batches(8))
+    assert len(decoded) == 24 and calibration_files.isdisjoint(decoded[16:])
+    assert "disjoint" in heldout.describe()
+
+
+def test_unreadable_image_is_replaced_by_the_next_file(tmp_path, caplog):
+    for i in range(12):
+        Image.new("RGB", (40, 30), (i * 20, 0, 0)).save(tmp_path / f"{i:02d}.jpg")
+    full = (tmp_path / "00.jpg").read_bytes()
+    (tmp_path / "00.jpg").write_bytes(full[: len(full) // 3])  # header reads, decoding fails
+    data = CalibrationData(tmp_path, PRE, 4)
+    with caplog.at_level(logging.WARNING):
+        batch = next(data.batches(4))
+    assert batch.shape == (4, 3, 64, 64) and [p.name for p in data.skipped] == ["00.jpg"]
