@@ -85,6 +85,9 @@ def export_parser() -> argparse.ArgumentParser:
                              "and *_any_res of each)")
     parser.add_argument("--checkpoint", type=Path, help="official .pth/.pth.tar/.safetensors "
                         "weights; without one the model is randomly initialised (seeded)")
+    parser.add_argument("--weights", choices=("model", "ema"), default=d.weights,
+                        help="which weights of a training checkpoint: state_dict (as the official "
+                             "validate.py without --use-ema) or state_dict_ema")
     parser.add_argument("--resolution", type=int, nargs=2, metavar=("H", "W"),
                         help="input size; the variant's own when omitted")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=d.precision,
@@ -94,7 +97,9 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, default=d.opset, help="ONNX opset (>= 17 for LayerNormalization)")
     parser.add_argument("--io-dtype", choices=("fp32", "fp16"), default=d.io_dtype,
                         help="dtype of the FP16 graph's input and output")
-    parser.add_argument("--output-dir", type=Path, default=d.output_dir, help="where the .onnx and .json go")
+    parser.add_argument("--output-dir", type=Path, metavar="DIR",
+                        help=f"where the .onnx and its .report.json go (default: {d.output_dir}); "
+                             "engines go there too unless --engine-dir is given")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of random weights and inputs")
     from .calibration.pipeline import CalibrationOptions
     c = CalibrationOptions()
@@ -122,7 +127,9 @@ def export_parser() -> argparse.ArgumentParser:
                        help="leave the most sensitive layers in FP16 until the top-1 agreement with "
                             "FP32 drops by at most POINTS")
     engine = parser.add_argument_group("engine (built at the end when TensorRT or TensorRT-RTX is installed)")
-    engine.add_argument("--engine-dir", type=Path, default=Path("engines"), help="where the .engine and sidecar go")
+    engine.add_argument("--engine-dir", type=Path, metavar="DIR",
+                        help="where the .engine and its .json sidecar go (default: --output-dir "
+                             "when given, else engines)")
     engine.add_argument("--no-engine", action="store_true", help="stop after the ONNX")
     engine.add_argument("--triton-repo", type=Path, metavar="DIR",
                         help="also write a Triton model repository (the engine if built, else the ONNX)")
@@ -135,10 +142,11 @@ def _export(args: argparse.Namespace) -> int:
     from .calibration.pipeline import CalibrationOptions, export_int8
     from .export.pipeline import ExportOptions, export_model
     try:
-        options = ExportOptions(model=args.model, checkpoint=args.checkpoint,
+        options = ExportOptions(model=args.model, checkpoint=args.checkpoint, weights=args.weights,
                                 resolution=tuple(args.resolution) if args.resolution else None,
                                 precision=args.precision, batch=args.batch, opset=args.opset,
-                                output_dir=args.output_dir, io_dtype=args.io_dtype,
+                                output_dir=args.output_dir or ExportOptions.output_dir,
+                                io_dtype=args.io_dtype,
                                 force=args.force, seed=args.seed)
         calib = CalibrationOptions(data=args.calib_data, images=args.calib_images,
                                    batch=args.calib_batch, method=args.calib_method,
@@ -149,6 +157,9 @@ def _export(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise FasterViTTRTError(str(exc)) from None
     stream = None if args.quiet else sys.stderr
+    engine_dir = args.engine_dir or args.output_dir or Path("engines")
+    engine = None if args.no_engine else _planned_engine(options.onnx_path, engine_dir)
+    _preflight_outputs(engine, args.triton_repo, options.onnx_path, args.force)
     if options.precision == "int8":
         result = export_int8(options, calib, stream)
     else:
@@ -157,8 +168,10 @@ def _export(args: argparse.Namespace) -> int:
     if "sensitivity" in result.report:
         print(sensitivity_table(result.report))
     served = result.onnx_path
-    if not args.no_engine:
-        served = _engine_after_export(result.onnx_path, args.engine_dir, options.batch, args.force, stream)
+    if engine is not None:
+        served = _engine_after_export(result.onnx_path, engine, options.batch, args.force, stream)
+    elif not args.no_engine:
+        print(f"engine      no TensorRT installed here; build later with: fastervit-build {result.onnx_path}")
     if args.triton_repo:
         from .triton import TritonOptions, write_model_repository
         folder = write_model_repository(served, args.triton_repo, TritonOptions(force=args.force))
@@ -166,16 +179,33 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine_after_export(onnx_path: Path, engine_dir: Path, batch: tuple[int, int, int], force: bool,
-                         stream) -> Path:
-    """Build the engine when a TensorRT is installed; the file to serve (engine, else the ONNX)."""
-    from .engines import BuildConfig, EngineBuildError, build_engine, load_tensorrt
+def _planned_engine(onnx_path: Path, engine_dir: Path) -> Path | None:
+    """The engine ``fastervit-export`` will build, or None when no TensorRT is installed."""
+    from .engines import EngineBuildError, load_tensorrt
     try:
-        flavour, trt = load_tensorrt()
+        load_tensorrt()
     except EngineBuildError:
-        print(f"engine      no TensorRT installed here; build later with: fastervit-build {onnx_path}")
-        return onnx_path
-    engine = engine_dir / onnx_path.with_suffix(".engine").name
+        return None
+    return engine_dir / onnx_path.with_suffix(".engine").name
+
+
+def _preflight_outputs(engine: Path | None, triton_repo: Path | None, onnx_path: Path, force: bool) -> None:
+    """Fail in the first second when a later stage's output exists (the export's own are
+    checked by its preflight)."""
+    from .artifacts import check_writable
+    from .sidecar import sidecar_path
+    outputs = [engine, sidecar_path(engine)] if engine is not None else []
+    if triton_repo is not None:
+        served = engine or onnx_path
+        outputs.append(triton_repo / served.stem / "config.pbtxt")
+    check_writable(outputs, force)
+
+
+def _engine_after_export(onnx_path: Path, engine: Path, batch: tuple[int, int, int], force: bool,
+                         stream) -> Path:
+    """Build ``engine`` from the exported ONNX; returns it (the file to serve)."""
+    from .engines import BuildConfig, build_engine, load_tensorrt
+    flavour, trt = load_tensorrt()
     sidecar = build_engine(onnx_path, engine, BuildConfig(batch=batch, force=force), stream)
     print(f"engine      {engine}  ({flavour} {trt.__version__}, {sidecar['engine']['bytes'] / 1e6:.1f} MB, "
           f"built in {sidecar['build']['seconds']:.1f} s; sidecar {engine.with_suffix('.json')})")
@@ -204,7 +234,7 @@ def export_summary(report: dict, report_path: Path) -> str:
     trtexec = (f"trtexec --onnx={onnx_info['path']} --stronglyTyped --minShapes=input:{low}x{dims} "
                f"--optShapes=input:{opt}x{dims} --maxShapes=input:{high}x{dims} "
                f"--saveEngine={Path(onnx_info['path']).with_suffix('.engine').name}")
-    weights = "RANDOM (seeded)" if report["random_init"] else report["checkpoint"]
+    weights = "RANDOM (seeded)" if report["random_init"] else _weights_line(report["weights"])
     rows = [
         ("model", f"{report['model']}  {shape[2]}x{shape[3]}  weights: {weights}"),
         ("onnx", f"{onnx_info['path']}  ({onnx_info['bytes'] / 1e6:.1f} MB, {onnx_info['nodes']} "
@@ -219,6 +249,14 @@ def export_summary(report: dict, report_path: Path) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _weights_line(loaded: dict) -> str:
+    """``ckpt.pth.tar [state_dict_ema: 406 tensors, 31.4 M parameters; arch ..., epoch 310]``."""
+    where = loaded["key"] or "top level"
+    facts = [f"{where}: {loaded['tensors']} tensors, {loaded['parameters'] / 1e6:.1f} M parameters"]
+    facts += [f"{k} {loaded[k]}" for k in ("arch", "epoch") if loaded.get(k) is not None]
+    return f"{loaded['path']} [{'; '.join(facts)}]"
 
 
 def export_main(argv: Sequence[str] | None = None) -> int:

@@ -38,7 +38,7 @@ def inspect_onnx(path: Path) -> dict:
         "external_data_mb": round(external / 1e6, 2),
         "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
     }
-    report = path.with_suffix(".json")
+    report = path.with_name(f"{path.stem}.report.json")  # written by fastervit-export
     if report.is_file():
         data = json.loads(report.read_text())
         for section in ("validation", "accuracy"):
