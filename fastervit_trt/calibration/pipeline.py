@@ -6,7 +6,7 @@
   the Q/DQ over the FP32 graph instead, for accuracy debugging and ONNX Runtime on CPU);
 - ``<model>_int8.cache``: the activation scales as a TensorRT calibration cache, reused
   on the next run (checked against the graph before any image is read);
-- ``<model>_int8.json``: the report, with the INT8-vs-FP32 accuracy on held-out crops.
+- ``<model>_int8.report.json``: the report, with the INT8-vs-FP32 accuracy on held-out inputs.
 """
 from __future__ import annotations
 
