@@ -24,6 +24,14 @@ class OutputError(FasterViTTRTError):
     """An output that cannot be written (folder not writable, file exists without --force)."""
 
 
+def paths_of(options: object, *fields: str) -> None:
+    """Make the named fields of a frozen options dataclass ``Path`` objects (``str`` welcome)."""
+    for name in fields:
+        value = getattr(options, name)
+        if value is not None and not isinstance(value, Path):
+            object.__setattr__(options, name, Path(value))
+
+
 def check_writable(paths: list[Path], force: bool) -> None:
     """Fail before any work if an output exists (without ``force``) or its folder is unusable."""
     for path in paths:

@@ -11,6 +11,7 @@ from pathlib import Path
 from .errors import FasterViTTRTError
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
+MIN_OPSET, MAX_OPSET = 17, 21  # 17: LayerNormalization; up to 21 the exports validate and TensorRT-RTX builds them
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -35,6 +36,44 @@ def _batch_profile(text: str) -> tuple[int, int, int]:
         values = ()
     if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
         raise argparse.ArgumentTypeError(f"expected MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, got {text!r}")
+    return values
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False):
+    """An argparse type: a ``kind`` number in [low, high] (``low_open``: above low), the valid
+    range in the message."""
+    if low is not None and high is not None:
+        valid = f"{'above ' + format(low, 'g') if low_open else format(low, 'g')}" + (
+            f" and at most {high:g}" if low_open else f" to {high:g}")
+    elif low is not None:
+        valid = f"{'above' if low_open else 'at least'} {low:g}"
+    else:
+        valid = f"at most {high:g}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'} "
+                                             f"(valid: {valid})") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if too_low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text} is out of range (valid: {valid})")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+_positive = _number(int, 1)
+
+
+def _batch_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive batch sizes B1,B2,..., got {text!r}")
     return values
 
 
@@ -94,24 +133,26 @@ def export_parser() -> argparse.ArgumentParser:
                         help="fp16: float16 graph with FP32 islands for TensorRT's strong typing")
     parser.add_argument("--batch", type=_batch_profile, default=d.batch, metavar="MIN,OPT,MAX",
                         help="batch sizes of the engine's optimization profile")
-    parser.add_argument("--opset", type=int, default=d.opset, help="ONNX opset (>= 17 for LayerNormalization)")
+    parser.add_argument("--opset", type=_number(int, MIN_OPSET, MAX_OPSET), default=d.opset,
+                        help=f"ONNX opset ({MIN_OPSET}-{MAX_OPSET}: LayerNormalization needs 17)")
     parser.add_argument("--io-dtype", choices=("fp32", "fp16"), default=d.io_dtype,
                         help="dtype of the FP16 graph's input and output")
     parser.add_argument("--output-dir", type=Path, metavar="DIR",
                         help=f"where the .onnx and its .report.json go (default: {d.output_dir}); "
                              "engines go there too unless --engine-dir is given")
-    parser.add_argument("--seed", type=int, default=d.seed, help="seed of random weights and inputs")
-    from .calibration.pipeline import CalibrationOptions
+    parser.add_argument("--seed", type=_number(int, 0), default=d.seed, help="seed of random weights and inputs")
+    from .calibration.pipeline import PERCENTILE_RANGE, CalibrationOptions
     c = CalibrationOptions()
     calib = parser.add_argument_group("INT8 calibration (--precision int8)")
     calib.add_argument("--calib-data", type=Path, default=c.data, metavar="DIR|FILE.npy",
                        help="image folder (read recursively) or preprocessed NCHW float32 .npy")
-    calib.add_argument("--calib-images", type=int, default=c.images, metavar="N",
+    calib.add_argument("--calib-images", type=_positive, default=c.images, metavar="N",
                        help="calibration inputs (a small folder is expanded by crops and flips)")
-    calib.add_argument("--calib-batch", type=int, default=c.batch, metavar="N")
+    calib.add_argument("--calib-batch", type=_positive, default=c.batch, metavar="N")
     calib.add_argument("--calib-method", choices=("entropy", "minmax", "percentile"), default=c.method,
                        help="entropy: TensorRT's EntropyCalibration2 (KL divergence)")
-    calib.add_argument("--calib-percentile", type=float, default=c.percentile, metavar="P",
+    calib.add_argument("--calib-percentile", type=_number(float, *PERCENTILE_RANGE, low_open=True),
+                       default=c.percentile, metavar="P",
                        help="with --calib-method percentile")
     calib.add_argument("--calib-cache", type=Path, metavar="PATH",
                        help="TensorRT calibration cache; reused when it exists (default: "
@@ -119,11 +160,11 @@ def export_parser() -> argparse.ArgumentParser:
     calib.add_argument("--recalibrate", action="store_true", help="ignore an existing cache")
     calib.add_argument("--qdq-base", choices=("fp16", "fp32"), default=c.qdq_base,
                        help="float type of the layers left unquantized")
-    calib.add_argument("--calib-heldout", type=int, default=c.heldout, metavar="N",
+    calib.add_argument("--calib-heldout", type=_positive, default=c.heldout, metavar="N",
                        help="held-out inputs for the accuracy figures, sensitivity and budget")
     calib.add_argument("--sensitivity", action="store_true",
                        help="rank layers by the degradation each causes when quantized alone")
-    calib.add_argument("--accuracy-budget", type=float, metavar="POINTS",
+    calib.add_argument("--accuracy-budget", type=_number(float, 0, 100), metavar="POINTS",
                        help="leave the most sensitive layers in FP16 until the top-1 agreement with "
                             "FP32 drops by at most POINTS")
     engine = parser.add_argument_group("engine (built at the end when TensorRT or TensorRT-RTX is installed)")
@@ -289,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="optimization profile (default: the one recorded at export, else 1,8,32)")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"),
                         help="default: the ONNX's own; fp16/int8 from an FP32 graph needs TensorRT 10")
-    parser.add_argument("--workspace", type=int, metavar="MIB", help="workspace memory limit")
+    parser.add_argument("--workspace", type=_positive, metavar="MIB", help="workspace memory limit")
     parser.add_argument("--opt-level", type=int, choices=range(6), metavar="0-5",
                         help="builder optimization level (TensorRT's default: 3)")
     parser.add_argument("--timing-cache", type=Path, metavar="PATH",
@@ -339,7 +380,7 @@ def infer_parser() -> argparse.ArgumentParser:
         description="Classify images with an engine or ONNX file (preprocessing from its sidecar/metadata).")
     parser.add_argument("images", nargs="+", type=Path, help="image files")
     parser.add_argument("--model", type=Path, required=True, help=".engine or .onnx")
-    parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--topk", type=_positive, default=5, help="classes shown per image")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
@@ -384,10 +425,9 @@ def bench_parser() -> argparse.ArgumentParser:
         description="Latency percentiles and throughput per batch size, optionally against PyTorch eager "
                     "of the same weights measured in the same run.")
     parser.add_argument("--model", type=Path, required=True, help=".engine or .onnx")
-    parser.add_argument("--batch", type=lambda t: [int(v) for v in t.split(",")], default=[1, 8, 32],
-                        metavar="B1,B2,...")
-    parser.add_argument("--iters", type=int, default=50, help="timed calls per batch size")
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch", type=_batch_list, default=[1, 8, 32], metavar="B1,B2,...")
+    parser.add_argument("--iters", type=_positive, default=50, help="timed calls per batch size")
+    parser.add_argument("--warmup", type=_number(int, 0), default=5)
     parser.add_argument("--torch-model", metavar="NAME", help="also time PyTorch eager of this variant")
     parser.add_argument("--checkpoint", type=Path, help="weights for --torch-model")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -482,9 +522,9 @@ def triton_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", type=Path, help=".engine (with its sidecar) or .onnx")
     parser.add_argument("--repo", type=Path, required=True, help="model repository folder")
     parser.add_argument("--name", help="model name in the repository (default: the file name)")
-    parser.add_argument("--instances", type=int, default=d.instances, help="instance_group count")
+    parser.add_argument("--instances", type=_positive, default=d.instances, help="instance_group count")
     parser.add_argument("--kind", choices=("gpu", "cpu"), help="instance kind (default: gpu for engines, cpu for ONNX)")
-    parser.add_argument("--max-queue-delay-us", type=int, default=d.max_queue_delay_us,
+    parser.add_argument("--max-queue-delay-us", type=_number(int, 0), default=d.max_queue_delay_us,
                         help="dynamic batching: how long a request may wait for others")
     parser.add_argument("--force", action="store_true", help="overwrite an existing model folder")
     return parser
@@ -520,8 +560,8 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--torch", metavar="NAME", help="also evaluate PyTorch eager of this variant")
     parser.add_argument("--checkpoint", type=Path, help="weights for --torch")
     parser.add_argument("--labels", type=Path, help="'<folder> <class index>' lines for non-ImageNet folders")
-    parser.add_argument("--limit", type=int, help="evaluate N images spread evenly over the folder")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--limit", type=_positive, help="evaluate N images spread evenly over the folder")
+    parser.add_argument("--batch", type=_positive, default=32)
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return parser
 

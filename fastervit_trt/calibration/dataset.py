@@ -144,6 +144,13 @@ class CalibrationData:
             array = np.load(self.source, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise CalibrationDataError(f"{self.source}: not a readable .npy array ({exc})") from None
+        if array.dtype not in (np.float32, np.float16, np.float64):
+            raise CalibrationDataError(
+                f"{self.source}: holds {array.dtype} values, but --calib-data FILE.npy must be "
+                "preprocessed float32 inputs (normalised with the model's mean and std, NCHW); "
+                "pass the image folder instead and the toolkit preprocesses it")
+        if array.dtype != np.float32:
+            log.warning("%s: %s inputs converted to float32", self.source, array.dtype)
         expected = (3, *self.preprocess.input_size)
         if array.ndim != 4 or tuple(array.shape[1:]) != expected:
             raise CalibrationDataError(

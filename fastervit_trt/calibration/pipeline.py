@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import TextIO
 import numpy as np
 from onnx import TensorProto
 
+from ..artifacts import paths_of, write_json
 from ..compare import compare
 from ..export.fp16 import convert_to_fp16
 from ..export.pipeline import (ExportOptions, ExportResult, export_metadata, ort_logits, preflight,
@@ -25,7 +27,7 @@ from ..export.pipeline import (ExportOptions, ExportResult, export_metadata, ort
 from ..export.weights import scratch
 from ..preprocess import Preprocess
 from ..progress import Steps
-from .cache import CalibrationCache, installed_trt_version, version_number
+from .cache import CalibrationCache, CalibrationCacheError, installed_trt_version, version_number
 from .collect import collect_histograms
 from .dataset import DEFAULT_DATA, CalibrationData
 from .qdq import QDQ_MIN_OPSET, quant_targets, scale_of, to_opset
@@ -33,6 +35,9 @@ from .ranges import METHODS, compute_amax
 from .sensitivity import Evaluator, layer_sensitivity, mixed_precision
 
 log = logging.getLogger(__name__)
+
+
+PERCENTILE_RANGE = (50.0, 100.0)  # exclusive, inclusive
 
 
 @dataclass(frozen=True)
@@ -52,10 +57,16 @@ class CalibrationOptions:
     accuracy_budget: float | None = None  # max top-1 agreement drop vs FP32, in points
 
     def __post_init__(self) -> None:
+        paths_of(self, "data", "cache")
         if self.method not in METHODS:
             raise ValueError(f"calibration method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.qdq_base not in ("fp16", "fp32"):
             raise ValueError(f"qdq_base must be fp16 or fp32, not {self.qdq_base!r}")
+        if not PERCENTILE_RANGE[0] < self.percentile <= PERCENTILE_RANGE[1]:
+            raise ValueError(f"--calib-percentile must be above {PERCENTILE_RANGE[0]:g} and at most "
+                             f"{PERCENTILE_RANGE[1]:g} (the share of |x| values kept in range), not {self.percentile:g}")
+        if self.heldout < 1:
+            raise ValueError(f"--calib-heldout must be at least 1, not {self.heldout}")
         if self.images < 1 or self.batch < 1:
             raise ValueError("--calib-images and --calib-batch must be positive")
         if self.accuracy_budget is not None and not 0 <= self.accuracy_budget <= 100:
@@ -64,13 +75,37 @@ class CalibrationOptions:
     def cache_path(self, options: ExportOptions) -> Path:
         return self.cache or options.onnx_path.with_suffix(".cache")
 
+    def record(self) -> dict:
+        """The flags that decide the scales, as written beside a cache (``<cache>.json``)."""
+        return {"method": self.method, "percentile": self.percentile if self.method == "percentile" else None,
+                "data": str(self.data.resolve()), "images": self.images, "batch": self.batch}
+
+
+def record_path(cache: Path) -> Path:
+    return cache.with_name(cache.name + ".json")
+
+
+def _changed_settings(cache: Path, settings: dict) -> str | None:
+    """How ``settings`` differ from those recorded beside ``cache`` (None: same, or no record)."""
+    try:
+        made = json.loads(record_path(cache).read_text())
+    except (OSError, ValueError):
+        return None
+    changed = [f"{key} {made.get(key)!r} -> {value!r}" for key, value in settings.items() if made.get(key) != value]
+    return ", ".join(changed) or None
+
 
 def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationOptions(),
                 stream: TextIO | None = None) -> ExportResult:
     """Export ``options.model`` as a calibrated INT8 Q/DQ ONNX plus its calibration cache."""
     cache_path = calib.cache_path(options)
     reuse = cache_path.is_file() and not calib.recalibrate
-    variant = preflight(options, () if reuse else (cache_path,))
+    variant = preflight(options, () if cache_path.is_file() else (cache_path, record_path(cache_path)))
+    settings = {"model": variant.name, "resolution": list(variant.arch.resolution), **calib.record()}
+    changed = _changed_settings(cache_path, settings) if reuse else None
+    if changed:
+        raise CalibrationCacheError(f"{cache_path}: calibrated with other settings ({changed}); pass the "
+                                    "same flags to reuse it, or --recalibrate to replace it")
     budget = calib.accuracy_budget is not None
     steps = Steps(7 + (calib.sensitivity or budget) + budget, stream)
     preprocess = Preprocess.from_config(variant.eval)
@@ -95,6 +130,7 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
                 cache = CalibrationCache({name: float(scale_of(a)) for name, a in amax.items()},
                                          calib.method, version_number(*installed_trt_version()))
                 cache.write(cache_path)
+                write_json(record_path(cache_path), {**settings, "inputs_seen": images_seen})
         base = fp32
         if calib.qdq_base == "fp16":
             base = convert_to_fp16(to_opset(fp32, QDQ_MIN_OPSET[TensorProto.FLOAT16]),
@@ -135,9 +171,10 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
 
 
 def _heldout_inputs(calib: CalibrationOptions, preprocess: Preprocess) -> tuple[np.ndarray, str]:
-    """Held-out crops of the calibration images; of the shipped photos when a reused cache
-    comes without images; seeded random inputs when neither exists."""
-    source = calib.data if calib.data.exists() else DEFAULT_DATA
+    """Held-out images (or crops) of the calibration folder; of the shipped photos when the
+    calibration data is a .npy (its own inputs would hide a wrongly scaled array) or a reused
+    cache comes without images; seeded random inputs when neither exists."""
+    source = calib.data if calib.data.is_dir() else DEFAULT_DATA
     if not source.exists():
         rng = np.random.default_rng(0)
         return rng.standard_normal((calib.heldout, 3, *preprocess.input_size), dtype=np.float32), "seeded random inputs"

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TextIO
 
-from ..artifacts import check_writable, sha256, write_bytes, write_json
+from ..artifacts import check_writable, paths_of, sha256, write_bytes, write_json
 from ..errors import FasterViTTRTError
 from ..sidecar import SCHEMA_VERSION, read_metadata, read_sidecar, sidecar_path
 
@@ -48,6 +48,9 @@ class BuildConfig:
     calib_data: Path | None = None
     calib_batch: int = 8
     force: bool = False
+
+    def __post_init__(self) -> None:
+        paths_of(self, "timing_cache", "calib_cache", "calib_data")
 
 
 def load_tensorrt(backend: str = "auto") -> tuple[str, ModuleType]:

@@ -22,7 +22,7 @@ import onnx
 import torch
 
 from .. import __version__
-from ..artifacts import check_writable, sha256, staged, write_json
+from ..artifacts import check_writable, paths_of, sha256, staged, write_json
 from ..compare import compare
 from ..errors import CheckpointError, FasterViTTRTError
 from ..models import FasterViT, Variant, check_arch, create_model, read_checkpoint
@@ -65,10 +65,7 @@ class ExportOptions:
     external_data_threshold: int = PROTOBUF_LIMIT  # bytes above which weights go to <file>.data
 
     def __post_init__(self) -> None:
-        for name in ("checkpoint", "output_dir"):  # str paths welcome
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, Path):
-                object.__setattr__(self, name, Path(value))
+        paths_of(self, "checkpoint", "output_dir")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         low, opt, high = self.batch

@@ -53,16 +53,49 @@ def test_cache_written_in_tensorrt_format(int8_export):
     assert all(s > 0 for s in cache.scales.values())
 
 
-def test_existing_cache_is_reused_without_reading_images(int8_export, tmp_path, capsys):
+def test_existing_cache_is_reused_without_reading_images(int8_export, tmp_path, capsys, monkeypatch):
+    from fastervit_trt.calibration import pipeline
     cache = int8_export.onnx_path.with_suffix(".cache")
+    monkeypatch.setattr(pipeline, "collect_histograms", None)  # calibrating would now crash
     code = export_main(["--precision", "int8", "--output-dir", str(tmp_path), "--calib-cache", str(cache),
-                        "--calib-data", str(tmp_path / "no-such-folder"), "--quiet", "--no-engine"])
+                        "--calib-images", "64", "--quiet", "--no-engine"])
     out = capsys.readouterr().out
     assert code == 0 and "reused" in out
     reused = onnx.load(str(tmp_path / "faster_vit_0_224_int8.onnx"))
     first = onnx.load(str(int8_export.onnx_path))
     scales = lambda m: {t.name: t.raw_data for t in m.graph.initializer if t.name.endswith("_scale")}
     assert scales(reused) == scales(first)
+
+
+def _digits_int8(folder, *argv) -> dict:
+    import json
+    code = export_main(["--model", "faster_vit_digits", "--precision", "int8", "--output-dir", str(folder),
+                        "--calib-images", "16", "--quiet", "--no-engine", *argv])
+    assert code == 0
+    return json.loads((folder / "faster_vit_digits_int8.report.json").read_text())["quantization"]
+
+
+def test_cache_made_with_other_flags_is_refused_not_silently_reused(tmp_path, capsys):
+    """--calib-percentile 90 once said "reused" and kept the old scales."""
+    cache = tmp_path / "digits.cache"
+    first = _digits_int8(tmp_path / "a", "--calib-cache", str(cache), "--calib-method", "percentile")
+    before = CalibrationCache.read(cache).scales
+    again = _digits_int8(tmp_path / "b", "--calib-cache", str(cache), "--calib-method", "percentile")
+    assert not first["cache_reused"] and again["cache_reused"]  # same flags: reused
+    line = _fails(capsys, tmp_path, "--calib-cache", str(cache), "--calib-method", "percentile",
+                  "--calib-images", "16", "--calib-percentile", "90", "--no-engine")
+    assert "percentile 99.99 -> 90.0" in line and "--recalibrate" in line
+    assert CalibrationCache.read(cache).scales == before
+    changed = _digits_int8(tmp_path / "c", "--calib-cache", str(cache), "--calib-method", "percentile",
+                           "--calib-percentile", "90", "--recalibrate")
+    assert not changed["cache_reused"] and CalibrationCache.read(cache).scales != before
+
+
+def test_recalibrate_replaces_the_cache_it_names_without_force(tmp_path, capsys):
+    cache = tmp_path / "digits.cache"
+    _digits_int8(tmp_path / "a", "--calib-cache", str(cache))
+    again = _digits_int8(tmp_path / "b", "--calib-cache", str(cache), "--recalibrate")
+    assert not again["cache_reused"] and again["calibration_inputs"] == 16
 
 
 def _fails(capsys, tmp_path, *argv) -> str:
@@ -79,12 +112,20 @@ def _fails(capsys, tmp_path, *argv) -> str:
 
 def test_cache_from_another_model(int8_export, tmp_path, capsys):
     line = _fails(capsys, tmp_path, "--calib-cache", str(int8_export.onnx_path.with_suffix(".cache")))
+    assert "model 'faster_vit_0_224' -> 'faster_vit_digits'" in line and "--recalibrate" in line
+
+
+def test_cache_from_another_model_without_a_record(int8_export, tmp_path, capsys):
+    cache = tmp_path / "foreign.cache"  # e.g. written by another tool: only the graph can tell
+    cache.write_bytes(int8_export.onnx_path.with_suffix(".cache").read_bytes())
+    line = _fails(capsys, tmp_path, "--calib-cache", str(cache))
     assert "does not match this graph" in line and "e.g. /" in line
 
 
 def test_cache_of_another_calibrator(int8_export, tmp_path, capsys):
-    line = _fails(capsys, tmp_path, "--calib-cache", str(int8_export.onnx_path.with_suffix(".cache")),
-                  "--calib-method", "minmax")
+    cache = tmp_path / "foreign.cache"
+    cache.write_bytes(int8_export.onnx_path.with_suffix(".cache").read_bytes())
+    line = _fails(capsys, tmp_path, "--calib-cache", str(cache), "--calib-method", "minmax")
     assert "EntropyCalibration2 calibrator" in line and "--calib-method entropy" in line
 
 
