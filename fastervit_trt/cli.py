@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import shlex
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -90,6 +92,12 @@ def _run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentPar
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk, a vanished folder: what was being written is cleaned up
+        where = exc.filename or "output"
+        hint = ("free some space or choose another output folder" if exc.errno == errno.ENOSPC
+                else "check the path and its permissions")
+        print(f"error: {where}: {exc.strerror or exc}; {hint}", file=sys.stderr)
+        return EXIT_ERROR
     except BrokenPipeError:  # output piped into head & co.
         return 0
 
@@ -212,11 +220,11 @@ def _export(args: argparse.Namespace) -> int:
     if engine is not None:
         served = _engine_after_export(result.onnx_path, engine, options.batch, args.force, stream)
     elif not args.no_engine:
-        print(f"engine      no TensorRT installed here; build later with: fastervit-build {result.onnx_path}")
+        print(f"engine      no TensorRT installed here; build later with: {shlex.join(['fastervit-build', str(result.onnx_path)])}")
     if args.triton_repo:
         from .triton import TritonOptions, write_model_repository
         folder = write_model_repository(served, args.triton_repo, TritonOptions(force=args.force))
-        print(f"triton      {folder}  (serve: tritonserver --model-repository {args.triton_repo})")
+        print(f"triton      {folder}  (serve: {shlex.join(['tritonserver', '--model-repository', str(args.triton_repo)])})")
     return 0
 
 
@@ -272,9 +280,10 @@ def export_summary(report: dict, report_path: Path) -> str:
     shape = report["input"]["shape"]
     low, opt, high = report["batch_profile"]
     dims = "x".join(str(v) for v in shape[1:])
-    trtexec = (f"trtexec --onnx={onnx_info['path']} --stronglyTyped --minShapes=input:{low}x{dims} "
-               f"--optShapes=input:{opt}x{dims} --maxShapes=input:{high}x{dims} "
-               f"--saveEngine={Path(onnx_info['path']).with_suffix('.engine').name}")
+    trtexec = shlex.join(["trtexec", f"--onnx={onnx_info['path']}", "--stronglyTyped",
+                          f"--minShapes=input:{low}x{dims}", f"--optShapes=input:{opt}x{dims}",
+                          f"--maxShapes=input:{high}x{dims}",
+                          f"--saveEngine={Path(onnx_info['path']).with_suffix('.engine').name}"])
     weights = "RANDOM (seeded)" if report["random_init"] else _weights_line(report["weights"])
     rows = [
         ("model", f"{report['model']}  {shape[2]}x{shape[3]}  weights: {weights}"),
@@ -346,11 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _build(args: argparse.Namespace) -> int:
     from .engines import BuildConfig, build_engine
-    from .engines.builder import onnx_facts
+    from .engines.builder import check_engine_path, onnx_facts
     if not args.onnx.is_file():
         raise FasterViTTRTError(f"{args.onnx}: no such ONNX file; export one with fastervit-export")
-    batch = args.batch or tuple(onnx_facts(args.onnx)["metadata"].get("batch_profile") or (1, 8, 32))
     output = args.output or Path("engines") / args.onnx.with_suffix(".engine").name
+    check_engine_path(output, args.onnx)
+    batch = args.batch or tuple(onnx_facts(args.onnx)["metadata"].get("batch_profile") or (1, 8, 32))
     config = BuildConfig(batch=batch, backend=args.backend, precision=args.precision,
                          workspace_mib=args.workspace, opt_level=args.opt_level,
                          timing_cache=args.timing_cache, hardware_compat=args.hardware_compat,
@@ -532,11 +542,15 @@ def triton_parser() -> argparse.ArgumentParser:
 
 def _triton(args: argparse.Namespace) -> int:
     from .triton import TritonOptions, write_model_repository
-    folder = write_model_repository(args.model, args.repo, TritonOptions(
-        name=args.name, instances=args.instances, kind=args.kind,
-        max_queue_delay_us=args.max_queue_delay_us, force=args.force))
-    print(f"wrote {folder / 'config.pbtxt'} and {next((folder / '1').iterdir())}")
-    print(f"serve: tritonserver --model-repository {args.repo}")
+    try:
+        options = TritonOptions(name=args.name, instances=args.instances, kind=args.kind,
+                                max_queue_delay_us=args.max_queue_delay_us, force=args.force)
+    except ValueError as exc:
+        raise FasterViTTRTError(str(exc)) from None
+    folder = write_model_repository(args.model, args.repo, options)
+    model_file = next(p for p in (folder / "1").iterdir() if p.suffix in (".plan", ".onnx"))
+    print(f"wrote {folder / 'config.pbtxt'} and {model_file}")
+    print(f"serve: {shlex.join(['tritonserver', '--model-repository', str(args.repo)])}")
     return 0
 
 

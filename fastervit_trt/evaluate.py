@@ -34,7 +34,12 @@ class Sample:
 
 def read_label_map(path: Path) -> dict[str, int]:
     mapping = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvaluationError(f"{path}: cannot read the --labels file ({getattr(exc, 'strerror', None) or exc}); "
+                              "it lists '<folder> <class index>' per line") from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split()
@@ -46,6 +51,8 @@ def read_label_map(path: Path) -> dict[str, int]:
 
 def labelled_samples(folder: Path, labels: Path | None = None, limit: int | None = None) -> list[Sample]:
     """(image, class index) pairs of an ImageNet-style folder, sorted; ``limit`` spreads evenly."""
+    if not Path(folder).is_dir():
+        raise EvaluationError(f"{folder}: no such folder; pass --data DIR with one sub-folder of images per class")
     images, _ = find_images(folder)
     mapping = read_label_map(labels) if labels else {}
     synsets = {synset: index for index, (synset, _) in enumerate(imagenet_synsets())}

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from .errors import FasterViTTRTError
-from .sidecar import read_metadata, read_sidecar
+from .sidecar import read_metadata
 
 
 def inspect_onnx(path: Path) -> dict:
@@ -57,7 +57,8 @@ def inspect_onnx(path: Path) -> dict:
 
 def inspect_engine(path: Path) -> dict:
     """The sidecar's facts, and the engine's layers with their precisions when it deserializes here."""
-    sidecar = read_sidecar(path) or {}
+    from .runtime.model import verify_engine
+    sidecar = verify_engine(path, check_device=False)  # a truncated or replaced engine is refused
     info = {"file": str(path), "bytes": path.stat().st_size, "model": sidecar.get("model"),
             "precision": sidecar.get("precision"), "tensorrt": sidecar.get("tensorrt"),
             "device": sidecar.get("device"), "build": sidecar.get("build"),

@@ -9,6 +9,7 @@ TensorRT version against it before deserializing.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 SCHEMA_VERSION = 1
@@ -44,18 +45,37 @@ def read_sidecar(engine: Path) -> dict | None:
     return data
 
 
-def rebuild_command(sidecar: dict) -> str:
-    """The fastervit-build command line that reproduces the engine described by ``sidecar``."""
+def rebuild_command(sidecar: dict, engine: Path | None = None) -> str:
+    """The fastervit-build command line, shell-quoted, that rebuilds the engine described by
+    ``sidecar`` at ``engine`` (default: where it was built) with the options it was built with."""
     build = sidecar.get("build", {})
     parts = ["fastervit-build", sidecar.get("onnx", {}).get("path", "<model.onnx>"),
-             "--output", sidecar.get("engine", {}).get("path", "<model.engine>"),
+             "--output", str(engine or sidecar.get("engine", {}).get("path", "<model.engine>")),
              "--batch", ",".join(str(b) for b in build.get("batch", (1, 8, 32)))]
-    for flag in ("workspace_mib", "opt_level"):
+    flavour = (sidecar.get("tensorrt") or {}).get("flavour")
+    if flavour:
+        parts += ["--backend", flavour]
+    if not build.get("strongly_typed", True):  # precision from builder flags (TensorRT 10)
+        parts += ["--precision", sidecar.get("precision", "fp32")]
+    for flag, option in (("workspace_mib", "--workspace"), ("opt_level", "--opt-level"),
+                         ("timing_cache", "--timing-cache"), ("calib_cache", "--calib-cache")):
         if build.get(flag) is not None:
-            parts += [f"--{flag.replace('_mib', '').replace('_', '-')}", str(build[flag])]
+            parts += [option, str(build[flag])]
     for flag in ("hardware_compat", "version_compat"):
         if build.get(flag):
             parts.append(f"--{flag.replace('_', '-')}")
-    if build.get("precision") and build.get("precision") != sidecar.get("precision"):
-        parts += ["--precision", build["precision"]]
-    return " ".join(parts + ["--force"])
+    return shlex.join(parts + ["--force"])
+
+
+def export_command(metadata: dict, precision: str) -> str:
+    """The fastervit-export command line that re-exports the model an ONNX file's ``metadata``
+    describes (its checkpoint, weights and resolution) at ``precision``, shell-quoted."""
+    parts = ["fastervit-export", "--model", metadata.get("model", "NAME")]
+    if metadata.get("checkpoint"):
+        parts += ["--checkpoint", metadata["checkpoint"]]
+        if (metadata.get("weights") or {}).get("key") in ("state_dict_ema", "model_ema"):
+            parts += ["--weights", "ema"]
+    resolution = (metadata.get("arch") or {}).get("resolution")
+    if resolution and (metadata.get("arch") or {}).get("any_res"):
+        parts += ["--resolution", *map(str, resolution)]
+    return shlex.join(parts + ["--precision", precision])

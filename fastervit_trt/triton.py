@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifacts import check_writable, write_bytes
+from .artifacts import check_writable, staged, write_bytes
 from .errors import FasterViTTRTError
-from .sidecar import read_metadata, read_sidecar
+from .sidecar import read_metadata
 
+_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
 _TRITON_TYPES = {"float": "TYPE_FP32", "float32": "TYPE_FP32", "half": "TYPE_FP16", "float16": "TYPE_FP16",
                  "int8": "TYPE_INT8", "int32": "TYPE_INT32"}
 
@@ -36,6 +38,17 @@ class TritonOptions:
     max_queue_delay_us: int = 100
     force: bool = False
 
+    def __post_init__(self) -> None:
+        if self.name is not None and not _NAME.fullmatch(self.name):
+            raise ValueError(f"--name {self.name!r}: a Triton model name is letters, digits, '_', '-' "
+                             "and '.' (not starting with '.'), so it stays a folder inside --repo")
+        if self.instances < 1:
+            raise ValueError(f"--instances must be at least 1, not {self.instances}")
+        if self.max_queue_delay_us < 0:
+            raise ValueError(f"--max-queue-delay-us must be at least 0, not {self.max_queue_delay_us}")
+        if self.kind not in (None, "gpu", "cpu"):
+            raise ValueError(f"--kind must be gpu or cpu, not {self.kind!r}")
+
 
 def _describe(model_path: Path) -> dict:
     """Batch profile, I/O and preprocessing of an engine (sidecar) or ONNX (metadata)."""
@@ -46,12 +59,21 @@ def _describe(model_path: Path) -> dict:
         graph_in, graph_out = model.graph.input[0], model.graph.output[0]
         dtype = lambda v: onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()
         dims = lambda v: [d.dim_value for d in v.type.tensor_type.shape.dim[1:]]
+        axes = list(graph_in.type.tensor_type.shape.dim)
+        if not axes or axes[0].HasField("dim_value") or not all(d.dim_value > 0 for d in axes[1:]):
+            shape = [d.dim_param or d.dim_value for d in axes] or "unknown"
+            raise FasterViTTRTError(f"{model_path}: input {graph_in.name!r} has shape {shape}; Triton's batching "
+                                    "needs a symbolic batch axis and fixed C, H, W: re-export with fastervit-export")
+        if dtype(graph_out) not in _TRITON_TYPES or dtype(graph_in) not in _TRITON_TYPES:
+            raise FasterViTTRTError(f"{model_path}: input/output types {dtype(graph_in)}/{dtype(graph_out)}; "
+                                    "the toolkit serves float image classifiers")
         return {"platform": "onnxruntime_onnx", "file": "model.onnx", "batch": meta.get("batch_profile", [1, 8, 32]),
                 "input": (graph_in.name, dtype(graph_in), dims(graph_in)),
                 "output": (graph_out.name, dtype(graph_out), dims(graph_out)),
                 "preprocess": meta.get("preprocess") or {}, "model": meta.get("model")}
-    sidecar = read_sidecar(model_path)
-    if sidecar is None:
+    from .runtime.model import verify_engine
+    sidecar = verify_engine(model_path, check_device=False)  # sha256 and TensorRT version, as load() does
+    if not sidecar:
         raise FasterViTTRTError(f"{model_path}: no sidecar; Triton's config needs the engine's profile "
                                 "and I/O: rebuild it with fastervit-build")
     (io_in,), (io_out,) = sidecar["inputs"], sidecar["outputs"]
@@ -94,17 +116,29 @@ def write_model_repository(model_path: Path, repo: Path, options: TritonOptions 
     if model_path.suffix not in (".onnx", ".engine", ".plan"):
         raise FasterViTTRTError(f"{model_path}: expected an .engine/.plan or .onnx file")
     info = _describe(model_path)
+    if info["platform"] == "tensorrt_plan" and options.kind == "cpu":
+        raise FasterViTTRTError(f"{model_path}: a TensorRT plan runs on a GPU only; drop --kind cpu "
+                                "(or serve the .onnx on CPUs)")
     name = options.name or model_path.stem
+    if not _NAME.fullmatch(name):
+        raise FasterViTTRTError(f"{model_path}: {name!r} is not a Triton model name; pass --name")
     folder = repo / name
     target = folder / "1" / info["file"]
-    check_writable([folder / "config.pbtxt", target], options.force)
-    write_bytes(folder / "config.pbtxt", model_config(name, info, options).encode())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(model_path, target)
     external = model_path.with_name(model_path.name + ".data")
+    copies = [(model_path, target)]
     if model_path.suffix == ".onnx" and external.is_file():  # referenced by its original name
-        shutil.copyfile(external, target.parent / external.name)
+        copies.append((external, target.parent / external.name))
+    check_writable([folder / "config.pbtxt", *(dst for _, dst in copies)], options.force)
+    for src, dst in copies:  # the model first, the config last: Triton never sees a config without it
+        copy_atomic(src, dst)
+    write_bytes(folder / "config.pbtxt", model_config(name, info, options).encode())
     return folder
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` through a temporary file: a full disk leaves no partial copy."""
+    with staged(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def serve_pytriton(model, name: str, max_queue_delay_us: int = 500, http_port: int = 0, grpc_port: int = 0,

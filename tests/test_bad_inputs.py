@@ -78,3 +78,233 @@ def test_python_api_takes_str_paths(tmp_path):
     calib = CalibrationOptions(data="photos", cache="c.cache")
     assert calib.cache_path(options) == Path("c.cache") and calib.data == Path("photos")
     assert BuildConfig(timing_cache="t.cache").timing_cache == Path("t.cache")
+
+
+# ---------------------------------------------------------------- interrupted = exit 130, nothing new
+
+def _visible(folder):
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
+
+
+@pytest.mark.parametrize("precision,stage", [("fp32", "validate"), ("int8", "_accuracy"), ("int8", "collect_histograms")])
+def test_ctrl_c_at_the_last_steps_leaves_nothing_new(precision, stage, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during validation (or the last INT8 step) once left an unvalidated ONNX and a
+    cache without a report, and the next run refused "already exists"."""
+    from fastervit_trt.calibration import pipeline as int8_pipeline
+    from fastervit_trt.export import pipeline
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    module = pipeline if stage == "validate" else int8_pipeline
+    monkeypatch.setattr(module, stage, interrupt)
+    out = tmp_path / "out"
+    code = cli.export_main(["--model", "faster_vit_digits", "--precision", precision, "--calib-images", "16",
+                            "--output-dir", str(out), "--no-engine", "--quiet"])
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+    assert _visible(out) == []
+    monkeypatch.undo()
+    assert cli.export_main(["--model", "faster_vit_digits", "--precision", precision, "--calib-images", "16",
+                            "--output-dir", str(out), "--no-engine", "--quiet"]) == 0
+
+
+def test_build_output_must_be_an_engine_file(tmp_path, capsys):
+    """--output m.json once reported success while the sidecar overwrote the engine."""
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"placeholder")  # the output is checked before the ONNX is read
+    for output in (tmp_path / "m.json", tmp_path):
+        code = cli.build_main([str(onnx_path), "--output", str(output), "--force", "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 1 and "must be a file ending in .engine or .plan" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_ctrl_c_during_an_engine_build_exits_130_without_an_engine(tmp_path, exported):
+    """TensorRT swallowed the KeyboardInterrupt and reported "failed to build"."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from tests.conftest import has_tensorrt
+    if not has_tensorrt():
+        pytest.skip("no TensorRT / TensorRT-RTX installed")
+    onnx_path = exported("fp32").onnx_path
+    engine = tmp_path / "e.engine"
+    child = subprocess.Popen([sys.executable, "-c", "import sys; from fastervit_trt.cli import build_main; "
+                              "sys.exit(build_main(sys.argv[1:]))", str(onnx_path), "--output", str(engine)],
+                             stderr=subprocess.PIPE, text=True)
+    for line in child.stderr:  # wait until the builder runs
+        if "builder:" in line:
+            break
+    time.sleep(0.5)
+    child.send_signal(signal.SIGINT)
+    rest = child.stderr.read()
+    assert child.wait(timeout=120) == 130, rest
+    assert "interrupted" in rest and "failed to build" not in rest
+    assert not engine.exists() and not engine.with_suffix(".json").exists()
+
+
+# ---------------------------------------------------------------- foreign ONNX files (other tools' exports)
+
+def _foreign_onnx(path, input_shape, output: str = "float", batch_out=None):
+    """A tiny classifier as other tools write them: pooled channels as logits (or their ArgMax)."""
+    import onnx
+    from onnx import TensorProto, helper
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["logits"])]
+    out_name, out_type, out_shape = "logits", TensorProto.FLOAT, [batch_out or "N", 3]
+    if output == "argmax":
+        nodes.append(helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0))
+        out_name, out_type, out_shape = "label", TensorProto.INT64, [batch_out or "N"]
+    graph = helper.make_graph(nodes, "foreign", [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
+                              [helper.make_tensor_value_info(out_name, out_type, out_shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _images(folder, count=3):
+    from PIL import Image
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i in range(count):
+        Image.new("RGB", (16, 12), (40 * i, 90, 200)).save(folder / f"{i}.png")
+        paths.append(str(folder / f"{i}.png"))
+    return paths
+
+
+def _one_error(code, err, *fragments):
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert all(f in lines[0] for f in fragments), lines[0]
+
+
+def test_fixed_batch_onnx_runs_one_image_at_a_time(tmp_path, capsys):
+    model = _foreign_onnx(tmp_path / "fixed.onnx", [1, 3, 8, 8], batch_out=1)
+    code = cli.infer_main([*_images(tmp_path / "img"), "--model", str(model), "--topk", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.count("%") == 3  # three images, one prediction each
+
+
+FOREIGN = [
+    ("vector", dict(input_shape=["N", 10]), "shape ['N', 10]"),
+    ("symbolic_hw", dict(input_shape=["N", 3, "H", "W"]), "fixed C, H, W"),
+    ("no_shape", dict(input_shape=None), "shape unknown"),
+    ("argmax", dict(input_shape=["N", 3, 8, 8], output="argmax"), "tensor(int64)"),
+]
+
+
+@pytest.mark.parametrize("name,spec,fragment", FOREIGN, ids=[f[0] for f in FOREIGN])
+def test_foreign_onnx_gets_one_line_from_infer(name, spec, fragment, tmp_path, capsys):
+    model = _foreign_onnx(tmp_path / f"{name}.onnx", **spec)
+    code = cli.infer_main([*_images(tmp_path / "img", 1), "--model", str(model)])
+    _one_error(code, capsys.readouterr().err, f"{name}.onnx", fragment)
+
+
+@pytest.mark.parametrize("name,spec", [("fixed", dict(input_shape=[1, 3, 8, 8], batch_out=1)),
+                                       ("symbolic_hw", dict(input_shape=["N", 3, "H", "W"])),
+                                       ("no_shape", dict(input_shape=None))])
+def test_foreign_onnx_gets_one_line_from_triton(name, spec, tmp_path, capsys):
+    model = _foreign_onnx(tmp_path / f"{name}.onnx", **spec)
+    code = cli.triton_main([str(model), "--repo", str(tmp_path / "repo")])
+    _one_error(code, capsys.readouterr().err, f"{name}.onnx", "batch axis")
+    assert not (tmp_path / "repo").exists() or list((tmp_path / "repo").rglob("*.pbtxt")) == []
+
+
+@pytest.mark.parametrize("name,spec,fragment", [("symbolic_hw", dict(input_shape=["N", 3, "H", "W"]), "dynamic non-batch"),
+                                                ("no_shape", dict(input_shape=None), "known rank")])
+def test_foreign_onnx_gets_one_line_from_build(name, spec, fragment, tmp_path, capsys):
+    model = _foreign_onnx(tmp_path / f"{name}.onnx", **spec)
+    code = cli.build_main([str(model), "--output", str(tmp_path / "e.engine"), "--quiet"])
+    _one_error(code, capsys.readouterr().err, f"{name}.onnx", fragment)
+    assert not (tmp_path / "e.engine").exists()
+
+
+# ---------------------------------------------------------------- Triton repositories
+
+@pytest.mark.parametrize("argv,fragment", [(["--name", "../escaped"], "stays a folder inside --repo"),
+                                           (["--name", "a/b"], "not start"),
+                                           (["--kind", "cpu"], None)])
+def test_triton_names_stay_inside_the_repository(argv, fragment, exported, tmp_path, capsys):
+    onnx_path = exported("fp32").onnx_path
+    code = cli.triton_main([str(onnx_path), "--repo", str(tmp_path / "repo"), *argv])
+    err = capsys.readouterr().err
+    if fragment is None:  # an ONNX model may run on CPUs
+        assert code == 0, err
+        return
+    _one_error(code, err, "--name")
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "repo").exists()
+
+
+def test_triton_copy_on_a_full_disk_leaves_nothing_and_reruns(exported, tmp_path, monkeypatch, capsys):
+    import errno
+    import shutil
+    onnx_path = exported("fp32").onnx_path
+    real = shutil.copyfile
+
+    def full_disk(src, dst, **kwargs):
+        with open(dst, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    repo = tmp_path / "repo"
+    code = cli.triton_main([str(onnx_path), "--repo", str(repo)])
+    _one_error(code, capsys.readouterr().err, "No space left on device", "free some space")
+    assert [p for p in repo.rglob("*") if p.is_file()] == []
+    monkeypatch.setattr(shutil, "copyfile", real)
+    assert cli.triton_main([str(onnx_path), "--repo", str(repo)]) == 0
+    assert "model.onnx" in capsys.readouterr().out
+
+
+def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    import errno
+    from fastervit_trt.export import weights
+
+    def full_disk(self, model, path, external):
+        path.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(weights.WeightFile, "save", full_disk)
+    out = tmp_path / "out"
+    code = cli.export_main(["--model", "faster_vit_digits", "--precision", "fp32", "--output-dir", str(out),
+                            "--no-engine", "--quiet"])
+    _one_error(code, capsys.readouterr().err, "No space left on device")
+    assert [p for p in out.rglob("*")] == []
+
+
+@pytest.fixture()
+def truncated_engine(exported, tmp_path):
+    from tests.conftest import has_tensorrt
+    if not has_tensorrt():
+        pytest.skip("no TensorRT / TensorRT-RTX installed")
+    engine = tmp_path / "e.engine"
+    assert cli.build_main([str(exported("fp32").onnx_path), "--output", str(engine), "--quiet"]) == 0
+    engine.write_bytes(engine.read_bytes()[:1_000_000])
+    return engine
+
+
+def test_triton_and_inspect_refuse_an_engine_that_does_not_match_its_sidecar(truncated_engine, tmp_path, capsys):
+    """A truncated engine once became a 1 MB model.plan with exit 0."""
+    capsys.readouterr()
+    code = cli.triton_main([str(truncated_engine), "--repo", str(tmp_path / "repo")])
+    _one_error(code, capsys.readouterr().err, "sha256 does not match", "fastervit-build")
+    assert not (tmp_path / "repo").exists()
+    code = cli.inspect_main([str(truncated_engine)])
+    _one_error(code, capsys.readouterr().err, "sha256 does not match")
+
+
+def test_rebuild_hint_targets_the_engine_where_it_is(truncated_engine, tmp_path, capsys, monkeypatch):
+    """The hint for a copied engine once rebuilt over the original, with paths relative to
+    another folder; it is now shell-quoted and names this engine and an absolute ONNX."""
+    import shlex
+    copy = tmp_path / "copied dir" / "e.engine"
+    copy.parent.mkdir()
+    copy.write_bytes(truncated_engine.read_bytes())
+    copy.with_suffix(".json").write_text(truncated_engine.with_suffix(".json").read_text())
+    monkeypatch.chdir(copy.parent)
+    capsys.readouterr()
+    code = cli.infer_main(["x.jpg", "--model", str(copy)])
+    line = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")][0]
+    command = shlex.split(line.split("rebuild it: ", 1)[1])
+    assert code == 1 and command[command.index("--output") + 1] == str(copy)
+    assert command[1].startswith("/") and command[command.index("--backend") + 1]

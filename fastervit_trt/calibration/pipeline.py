@@ -23,7 +23,7 @@ from ..artifacts import paths_of, write_json
 from ..compare import compare
 from ..export.fp16 import convert_to_fp16
 from ..export.pipeline import (ExportOptions, ExportResult, export_metadata, ort_logits, preflight,
-                               trace_model, validate, write_onnx, write_report)
+                               publish_onnx, trace_model, validate, write_onnx, write_report)
 from ..export.weights import scratch
 from ..preprocess import Preprocess
 from ..progress import Steps
@@ -129,8 +129,6 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
                 amax = {name: compute_amax(h, calib.method, calib.percentile) for name, h in histograms.items()}
                 cache = CalibrationCache({name: float(scale_of(a)) for name, a in amax.items()},
                                          calib.method, version_number(*installed_trt_version()))
-                cache.write(cache_path)
-                write_json(record_path(cache_path), {**settings, "inputs_seen": images_seen})
         base = fp32
         if calib.qdq_base == "fp16":
             base = convert_to_fp16(to_opset(fp32, QDQ_MIN_OPSET[TensorProto.FLOAT16]),
@@ -159,13 +157,18 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
             "calibration_data": None if reuse else str(calib.data),
             "calibration_inputs_from": None if reuse else data.describe(),
         }
+        staged_onnx = store.folder / options.onnx_path.name
         with steps.step(f"writing {options.onnx_path}"):
-            summary = write_onnx(quantized, metadata, options, store)
+            summary = write_onnx(quantized, metadata, staged_onnx, store, options.external_data_threshold)
             del quantized
         with steps.step("measuring INT8 against FP32 on held-out inputs"):
-            accuracy = _accuracy(traced.probe_references["heldout"], evaluator, options.onnx_path,
+            accuracy = _accuracy(traced.probe_references["heldout"], evaluator, staged_onnx,
                                  fp32_path, heldout_kind,
                                  evaluator.measure(base) if calib.qdq_base == "fp16" else None)
+        if not reuse:  # only now: an interrupted run leaves no cache without its model
+            cache.write(cache_path)
+            write_json(record_path(cache_path), {**settings, "inputs_seen": images_seen})
+        publish_onnx(staged_onnx, options.onnx_path)
     report = write_report(options, metadata, summary, steps, accuracy=accuracy, **sections)
     return ExportResult(options.onnx_path, options.report_path, report)
 

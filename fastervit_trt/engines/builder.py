@@ -12,8 +12,12 @@ from __future__ import annotations
 import datetime as _dt
 import importlib
 import logging
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
@@ -21,7 +25,7 @@ from typing import TextIO
 
 from ..artifacts import check_writable, paths_of, sha256, write_bytes, write_json
 from ..errors import FasterViTTRTError
-from ..sidecar import SCHEMA_VERSION, read_metadata, read_sidecar, sidecar_path
+from ..sidecar import SCHEMA_VERSION, export_command, read_metadata, read_sidecar, sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +77,14 @@ def _major(trt: ModuleType) -> int:
 
 
 def _progress_monitor(trt: ModuleType, stream: TextIO | None):
-    """TensorRT's IProgressMonitor printing each top-level build phase."""
+    """TensorRT's IProgressMonitor printing each top-level build phase; setting
+    ``interrupted`` cancels the build at the next step."""
 
     class Monitor(trt.IProgressMonitor):
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
             self.phases: list[str] = []
+            self.interrupted = False
 
         def phase_start(self, phase_name, parent_phase, num_steps):
             if parent_phase is None or parent_phase == "Building engine":
@@ -88,12 +94,29 @@ def _progress_monitor(trt: ModuleType, stream: TextIO | None):
                     stream.flush()
 
         def step_complete(self, phase_name, step):
-            return True
+            return not self.interrupted  # False cancels the build
 
         def phase_finish(self, phase_name):
             pass
 
     return Monitor()
+
+
+@contextmanager
+def _cancel_on_interrupt(monitor) -> Iterator[None]:
+    """Ctrl-C during the build cancels it through ``monitor`` (TensorRT would swallow the
+    KeyboardInterrupt raised in its callback and report a failed build)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame) -> None:
+        monitor.interrupted = True
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def parser_errors(parser) -> list[str]:
@@ -109,7 +132,15 @@ def parser_errors(parser) -> list[str]:
 def onnx_facts(onnx_path: Path) -> dict:
     """Input shape, graph precision and toolkit metadata of an ONNX file (weights not loaded)."""
     import onnx
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    from google.protobuf.message import DecodeError
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except (OSError, DecodeError, ValueError) as exc:
+        raise EngineBuildError(f"{onnx_path}: not a readable ONNX file ({type(exc).__name__}); "
+                               "export one with fastervit-export") from None
+    if len(model.graph.input) != 1 or not model.graph.input[0].type.tensor_type.shape.dim:
+        raise EngineBuildError(f"{onnx_path}: the toolkit builds graphs with one image input of a known "
+                               f"rank (N, C, H, W); this one has {len(model.graph.input)} inputs")
     metadata = read_metadata(model)
     tensor = model.graph.input[0]
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.type.tensor_type.shape.dim]
@@ -131,6 +162,16 @@ def _check_profile(onnx_path: Path, dims: list[int], batch: tuple[int, int, int]
                                f"be {dims[0]},{dims[0]},{dims[0]} (or re-export with a dynamic batch)")
 
 
+def check_engine_path(engine_path: Path, onnx_path: Path) -> None:
+    """Refuse an output that is not an engine file name (its sidecar would overwrite it, or
+    it is a folder)."""
+    if engine_path.is_dir() or engine_path.suffix not in (".engine", ".plan"):
+        example = (engine_path / onnx_path.with_suffix(".engine").name if engine_path.is_dir()
+                   else engine_path.with_suffix(".engine"))
+        raise EngineBuildError(f"{engine_path}: the engine path must be a file ending in .engine or .plan "
+                               f"(its sidecar goes beside it as <name>.json); e.g. --output {example}")
+
+
 def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = BuildConfig(),
                  stream: TextIO | None = None) -> dict:
     """Parse ``onnx_path``, build with ``config``, write ``engine_path`` and its sidecar atomically.
@@ -140,6 +181,7 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if not onnx_path.is_file():
         raise EngineBuildError(f"{onnx_path}: no such ONNX file; export it first with fastervit-export")
+    check_engine_path(engine_path, onnx_path)
     check_writable([engine_path, sidecar_path(engine_path)], config.force)
     facts = onnx_facts(onnx_path)
     _check_profile(onnx_path, facts["dims"], config.batch)
@@ -150,8 +192,8 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
     if implicit and not (weak_typing and facts["precision"] == "fp32"):
         raise EngineBuildError(
             f"{onnx_path}: the graph is {facts['precision']}; {flavour} {trt.__version__} takes precision "
-            f"from the ONNX, so export it as {precision} instead: fastervit-export --model "
-            f"{facts['metadata'].get('model', 'NAME')} --precision {precision}")
+            f"from the ONNX, so export it as {precision} instead: "
+            f"{export_command(facts['metadata'], precision)}")
 
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
@@ -192,11 +234,14 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
     builder_config.progress_monitor = monitor
 
     start = time.perf_counter()
-    serialized = builder.build_serialized_network(network, builder_config)
+    with _cancel_on_interrupt(monitor):
+        serialized = builder.build_serialized_network(network, builder_config)
     seconds = time.perf_counter() - start
+    if monitor.interrupted:
+        raise KeyboardInterrupt
     if serialized is None:
-        raise EngineBuildError(f"{onnx_path}: {flavour} failed to build an engine; rerun with "
-                               "--verbose for the builder's messages")
+        raise EngineBuildError(f"{onnx_path}: {flavour} failed to build an engine (the builder's "
+                               "errors are printed above)")
     write_bytes(engine_path, bytes(serialized))
     calib_cache = config.calib_cache or (facts["metadata"].get("quantization") or {}).get("cache")
     if timing_cache:
@@ -217,9 +262,9 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
                   "precision": precision, "strongly_typed": not implicit, "seconds": round(seconds, 2),
                   "phases": monitor.phases},
         "device": _device(flavour),
-        "onnx": {"path": str(onnx_path), "sha256": sha256(onnx_path)},
+        "onnx": {"path": str(onnx_path.resolve()), "sha256": sha256(onnx_path)},  # rebuild hints work anywhere
         "calibration_cache": ({"path": str(calib_cache), "sha256": sha256(Path(calib_cache))}
-                              if calib_cache and Path(calib_cache).is_file() else None),
+                              if calib_cache and Path(calib_cache).is_file() and implicit else None),
         "engine": {"path": str(engine_path), "sha256": sha256(engine_path), "bytes": engine_path.stat().st_size},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -11,6 +11,7 @@ import ctypes
 import datetime as _dt
 import gc
 import logging
+import os
 import platform
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16", "int8")
 FP32_TOLERANCE = 1e-4  # max |diff| <= tolerance x max |logit|
 FP16_MIN_COSINE = 0.999
+EVAL_CHUNK = 4  # inputs per forward pass when checking a graph: memory independent of their number
 
 
 class ValidationError(FasterViTTRTError):
@@ -126,12 +128,14 @@ def export_model(options: ExportOptions, stream: TextIO | None = None) -> Export
                 graph = convert_to_fp16(graph, keep_fp32=kept_fp32, io_dtype=options.io_dtype,
                                         weights=weights)
         metadata = export_metadata(traced, options, kept_fp32)
+        staged_onnx = weights.folder / options.onnx_path.name
         with steps.step(f"writing {options.onnx_path}"):
-            summary = write_onnx(graph, metadata, options, weights)
+            summary = write_onnx(graph, metadata, staged_onnx, weights, options.external_data_threshold)
             del graph
-    with steps.step("validating with ONNX Runtime against PyTorch"):
-        validation = validate(traced.reference, options.onnx_path, traced.inputs, options.precision)
-        validation["inputs"] = traced.input_kind
+        with steps.step("validating with ONNX Runtime against PyTorch"):
+            validation = validate(traced.reference, staged_onnx, traced.inputs, options.precision)
+            validation["inputs"] = traced.input_kind
+        publish_onnx(staged_onnx, options.onnx_path)
     report = write_report(options, metadata, summary, steps, validation=validation)
     if not validation["passed"]:
         raise ValidationError(f"{options.onnx_path}: {validation['verdict']}; see "
@@ -170,15 +174,32 @@ def _release_memory() -> None:
 
 
 def _logits(model: FasterViT, inputs: np.ndarray) -> np.ndarray:
+    """PyTorch's logits, ``EVAL_CHUNK`` inputs at a time (32 held-out images at 768x768 at
+    once need tens of GB)."""
     with torch.no_grad():
-        return model(torch.from_numpy(inputs)).numpy()
+        return np.concatenate([model(torch.from_numpy(inputs[i:i + EVAL_CHUNK])).numpy()
+                               for i in range(0, len(inputs), EVAL_CHUNK)])
 
 
-def write_onnx(graph: onnx.ModelProto, metadata: dict, options: ExportOptions, weights: WeightFile) -> dict:
-    """Finalize and save ``graph`` to ``options.onnx_path``; returns its graph summary."""
+def write_onnx(graph: onnx.ModelProto, metadata: dict, path: Path, weights: WeightFile,
+               external_threshold: int = PROTOBUF_LIMIT) -> dict:
+    """Finalize and save ``graph`` to ``path``; returns its graph summary."""
     graph = finalize(graph, metadata)
-    save_onnx(graph, options.onnx_path, weights, options.external_data_threshold)
+    save_onnx(graph, path, weights, external_threshold)
     return graph_summary(graph)
+
+
+def publish_onnx(staged: Path, path: Path) -> None:
+    """Move a finished, validated ONNX file (and its ``.data``) from the scratch folder into
+    place: an export interrupted before this point leaves nothing new on disk. The old
+    ``.onnx`` goes first, so an old file never stands beside new weights."""
+    data, final_data = (p.with_name(p.name + ".data") for p in (staged, path))
+    path.unlink(missing_ok=True)
+    if data.exists():
+        os.replace(data, final_data)
+    else:
+        final_data.unlink(missing_ok=True)  # stale weights of an older export
+    os.replace(staged, path)
 
 
 def write_report(options: ExportOptions, metadata: dict, summary: dict, steps: Steps, **sections) -> dict:
@@ -236,15 +257,13 @@ def save_onnx(model: onnx.ModelProto, path: Path, weights: WeightFile,
     """Write ``model`` atomically; weights go to ``<path>.data`` above ``external_threshold``.
 
     The ONNX file and its ``.data`` are written in a temporary folder and moved into place
-    only once both are complete (the ``.data`` first), so an interrupted export leaves no
+    only once both are complete (the ``.data`` first), so an interrupted write leaves no
     file that looks complete.
     """
     external = model_bytes(model) > external_threshold
     with staged(path, extra_suffixes=(".data",)) as tmp:
         weights.save(model, tmp, external)
         onnx.checker.check_model(str(tmp), full_check=True)
-    if not external:
-        (path.parent / (path.name + ".data")).unlink(missing_ok=True)  # stale weights of an older export
 
 
 def graph_summary(model: onnx.ModelProto) -> dict:
@@ -260,7 +279,8 @@ def graph_summary(model: onnx.ModelProto) -> dict:
 
 
 def ort_logits(model: Path | bytes, inputs: np.ndarray, optimize: bool = True) -> np.ndarray:
-    """Run an ONNX file (or serialized model) with ONNX Runtime on the CPU (float32 in and out).
+    """Run an ONNX file (or serialized model) with ONNX Runtime on the CPU (float32 in and out),
+    ``EVAL_CHUNK`` inputs at a time so that memory does not grow with the number of inputs.
 
     ``optimize=False`` disables graph optimizations: Q/DQ graphs then compute plain
     quantize/dequantize arithmetic, the closest CPU estimate of what TensorRT computes
@@ -269,7 +289,8 @@ def ort_logits(model: Path | bytes, inputs: np.ndarray, optimize: bool = True) -
     session = cpu_session(model, optimize)
     feed = session.get_inputs()[0]
     dtype = np.float16 if feed.type == "tensor(float16)" else np.float32
-    return session.run(None, {feed.name: inputs.astype(dtype)})[0].astype(np.float32)
+    return np.concatenate([session.run(None, {feed.name: inputs[i:i + EVAL_CHUNK].astype(dtype)})[0]
+                           for i in range(0, len(inputs), EVAL_CHUNK)]).astype(np.float32)
 
 
 def validate(reference: np.ndarray, path: Path, inputs: np.ndarray, precision: str) -> dict:

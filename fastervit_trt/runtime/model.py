@@ -87,6 +87,14 @@ def load(path: str | Path, providers: list[str] | None = None, contexts: int = 2
     path = Path(path)
     if not path.is_file():
         raise FasterViTTRTError(f"{path}: no such model file")
+    if path.suffix not in (".onnx", ".engine", ".plan"):
+        hint = {".json": "that is an engine's sidecar: pass the .engine beside it",
+                ".pth": "that is a PyTorch checkpoint: export it with fastervit-export --checkpoint",
+                ".tar": "that is a PyTorch checkpoint: export it with fastervit-export --checkpoint",
+                ".safetensors": "those are PyTorch weights: export them with fastervit-export --checkpoint",
+                ".cache": "that is a calibration cache: pass the engine or ONNX built with it"}
+        raise FasterViTTRTError(f"{path}: expected an .engine/.plan or .onnx model; "
+                                f"{hint.get(path.suffix, 'export and build one with fastervit-export')}")
     if path.suffix == ".onnx":
         from .onnxruntime_backend import OnnxRuntimeBackend
         backend = OnnxRuntimeBackend(path, providers)
@@ -103,8 +111,11 @@ def load(path: str | Path, providers: list[str] | None = None, contexts: int = 2
     return InferenceModel(backend, preprocess, class_names(label_set, int(backend.num_classes)), path)
 
 
-def verify_engine(path: Path) -> dict:
-    """Check ``path`` against its sidecar before any GPU work; returns the sidecar (or {})."""
+def verify_engine(path: Path, check_device: bool = True) -> dict:
+    """Check ``path`` against its sidecar before any GPU work; returns the sidecar (or {}).
+
+    ``check_device=False`` skips what only matters where the engine runs (the installed
+    TensorRT and this machine's GPU), for commands that only copy or describe it."""
     sidecar = read_sidecar(path)
     if sidecar is None:
         log.warning("%s: no sidecar %s; loading with shapes from the engine and ImageNet "
@@ -113,7 +124,9 @@ def verify_engine(path: Path) -> dict:
     recorded = sidecar.get("engine", {}).get("sha256")
     if recorded and sha256(path) != recorded:
         raise EngineMismatchError(f"{path}: the engine's sha256 does not match its sidecar (truncated, "
-                                  f"corrupt or replaced); rebuild it: {rebuild_command(sidecar)}")
+                                  f"corrupt or replaced); rebuild it: {rebuild_command(sidecar, path)}")
+    if not check_device:
+        return sidecar
     built = sidecar.get("tensorrt", {})
     from .tensorrt_backend import import_tensorrt
     trt = import_tensorrt(built.get("flavour"))
@@ -121,13 +134,13 @@ def verify_engine(path: Path) -> dict:
         raise EngineMismatchError(
             f"{path}: built by {built.get('flavour')} {built.get('version')}, but {trt.__version__} is "
             f"installed; engines only load in the TensorRT version that built them. Rebuild: "
-            f"{rebuild_command(sidecar)}")
+            f"{rebuild_command(sidecar, path)}")
     wanted = sidecar.get("device", {}).get("compute_capability")
     present = _compute_capability()
     if wanted and present and wanted != present and not sidecar.get("build", {}).get("hardware_compat"):
         raise EngineMismatchError(
             f"{path}: built for a GPU of compute capability {wanted} ({sidecar['device'].get('gpu')}), "
-            f"this GPU is {present}; rebuild here: {rebuild_command(sidecar)}")
+            f"this GPU is {present}; rebuild here: {rebuild_command(sidecar, path)}")
     return sidecar
 
 

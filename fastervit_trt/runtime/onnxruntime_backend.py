@@ -27,20 +27,44 @@ class OnnxRuntimeBackend:
             raise FasterViTTRTError(f"{path}: ONNX Runtime cannot load the model "
                                     f"({str(exc).splitlines()[0][:200]}); re-export it") from None
         feed, fetch = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        _check_classifier(path, self.session.get_inputs(), fetch)
         self.input_name, self.output_name = feed.name, fetch.name
         self.input_dtype = np.float16 if feed.type == "tensor(float16)" else np.float32
         self.input_shape = tuple(feed.shape[1:])
         self.num_classes = fetch.shape[-1]
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         self.metadata = json.loads(raw) if raw else {}
-        self.max_batch = (self.metadata.get("batch_profile") or [1, 8, 32])[-1]
+        # a fixed batch axis (another tool's export) runs exactly that many inputs per call
+        self.fixed_batch = feed.shape[0] if isinstance(feed.shape[0], int) else None
+        self.max_batch = self.fixed_batch or (self.metadata.get("batch_profile") or [1, 8, 32])[-1]
         self.providers = self.session.get_providers()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if not isinstance(batch, np.ndarray):  # a CUDA tensor: ONNX Runtime takes host arrays here
             batch = batch.detach().cpu().numpy()
+        count = len(batch)
+        if self.fixed_batch and count < self.fixed_batch:  # pad to the fixed size, slice the result
+            batch = np.concatenate([batch, np.zeros((self.fixed_batch - count, *batch.shape[1:]), batch.dtype)])
         feed = {self.input_name: batch.astype(self.input_dtype, copy=False)}
-        return self.session.run([self.output_name], feed)[0].astype(np.float32, copy=False)
+        return self.session.run([self.output_name], feed)[0][:count].astype(np.float32, copy=False)
 
     def close(self) -> None:
         self.session = None
+
+
+def _check_classifier(path: Path, inputs: list, output) -> None:
+    """What the runtime needs of an ONNX file: one float (N, C, H, W) input with known C, H, W
+    and a float (N, classes) output; anything else gets one line saying so."""
+    feed = inputs[0]
+    shape = list(feed.shape or [])
+    if len(inputs) != 1 or len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        raise FasterViTTRTError(
+            f"{path}: input {feed.name!r} has shape {shape or 'unknown'} ({len(inputs)} inputs); the toolkit "
+            "runs image classifiers with one (N, C, H, W) input of fixed C, H, W: re-export with "
+            "fastervit-export, or with static spatial dimensions")
+    if feed.type not in ("tensor(float)", "tensor(float16)"):
+        raise FasterViTTRTError(f"{path}: input {feed.name!r} is {feed.type}; the toolkit feeds float images")
+    if output.type not in ("tensor(float)", "tensor(float16)") or len(output.shape or []) != 2:
+        raise FasterViTTRTError(
+            f"{path}: output {output.name!r} is {output.type} of shape {output.shape}; the toolkit needs float "
+            "logits of shape (N, classes) (an ArgMax or class-id output cannot give probabilities)")
