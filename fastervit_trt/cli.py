@@ -139,7 +139,7 @@ def export_parser() -> argparse.ArgumentParser:
                         help="input size; the variant's own when omitted")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=d.precision,
                         help="fp16: float16 graph with FP32 islands for TensorRT's strong typing")
-    parser.add_argument("--batch", type=_batch_profile, default=d.batch, metavar="MIN,OPT,MAX",
+    parser.add_argument("--batch", type=_batch_profile, default=",".join(map(str, d.batch)), metavar="MIN,OPT,MAX",
                         help="batch sizes of the engine's optimization profile")
     parser.add_argument("--opset", type=_number(int, MIN_OPSET, MAX_OPSET), default=d.opset,
                         help=f"ONNX opset ({MIN_OPSET}-{MAX_OPSET}: LayerNormalization needs 17)")
@@ -435,7 +435,8 @@ def bench_parser() -> argparse.ArgumentParser:
         description="Latency percentiles and throughput per batch size, optionally against PyTorch eager "
                     "of the same weights measured in the same run.")
     parser.add_argument("--model", type=Path, required=True, help=".engine or .onnx")
-    parser.add_argument("--batch", type=_batch_list, default=[1, 8, 32], metavar="B1,B2,...")
+    parser.add_argument("--batch", type=_batch_list, default="1,8,32", metavar="B1,B2,...",
+                        help="batch sizes to time")
     parser.add_argument("--iters", type=_positive, default=50, help="timed calls per batch size")
     parser.add_argument("--warmup", type=_number(int, 0), default=5)
     parser.add_argument("--torch-model", metavar="NAME", help="also time PyTorch eager of this variant")

@@ -19,6 +19,7 @@ import numpy as np
 from .calibration.dataset import find_images
 from .compare import compare
 from .errors import FasterViTTRTError
+from .progress import Bar
 from .runtime.labels import imagenet_synsets
 
 
@@ -80,11 +81,9 @@ def labelled_samples(folder: Path, labels: Path | None = None, limit: int | None
 def evaluate(models: dict[str, Callable[[list[Path]], np.ndarray]], samples: list[Sample], batch: int = 32,
              stream: TextIO | None = sys.stderr) -> dict:
     """Top-1/top-5 per model and pairwise top-1 agreement / logit cosine."""
-    from tqdm import tqdm
     labels = np.array([s.label for s in samples])
     logits: dict[str, list[np.ndarray]] = {name: [] for name in models}
-    with tqdm(total=len(samples) * len(models), unit="img", desc="evaluating", file=stream,
-              disable=stream is None, mininterval=1.0) as bar:
+    with Bar(len(samples) * len(models), "evaluating", "img", stream) as bar:
         for start in range(0, len(samples), batch):
             paths = [s.path for s in samples[start:start + batch]]
             for name, run in models.items():

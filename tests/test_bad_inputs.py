@@ -308,3 +308,40 @@ def test_rebuild_hint_targets_the_engine_where_it_is(truncated_engine, tmp_path,
     command = shlex.split(line.split("rebuild it: ", 1)[1])
     assert code == 1 and command[command.index("--output") + 1] == str(copy)
     assert command[1].startswith("/") and command[command.index("--backend") + 1]
+
+
+# ---------------------------------------------------------------- what the files and logs say
+
+def test_recorded_io_dtype_is_the_graphs(tmp_path):
+    """--io-dtype fp16 --qdq-base fp32 once recorded a float16 input the graph does not have."""
+    import json
+    import onnx
+    from fastervit_trt.sidecar import read_metadata
+    out = tmp_path / "out"
+    assert cli.export_main(["--model", "faster_vit_digits", "--precision", "int8", "--io-dtype", "fp16",
+                            "--qdq-base", "fp32", "--calib-images", "16", "--output-dir", str(out),
+                            "--no-engine", "--quiet"]) == 0
+    model = onnx.load(str(out / "faster_vit_digits_int8.onnx"))
+    graph_type = onnx.helper.tensor_dtype_to_np_dtype(model.graph.input[0].type.tensor_type.elem_type).name
+    assert read_metadata(model)["input"]["dtype"] == graph_type == "float32"
+    report = json.loads((out / "faster_vit_digits_int8.report.json").read_text())
+    assert report["input"]["dtype"] == "float32"
+
+
+def test_progress_in_a_log_is_plain_lines(tmp_path):
+    """Progress bars wrote carriage returns into non-terminal logs."""
+    import io
+    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_int8
+    from fastervit_trt.export.pipeline import ExportOptions
+    log = io.StringIO()
+    export_int8(ExportOptions(model="faster_vit_digits", precision="int8", output_dir=tmp_path),
+                CalibrationOptions(images=16, batch=4), stream=log)
+    text = log.getvalue()
+    assert "\r" not in text and "calibrating: 16/16 img" in text and "[1/7] building faster_vit_digits" in text
+
+
+def test_help_shows_defaults_as_typed(capsys):
+    with pytest.raises(SystemExit):
+        cli.export_main(["--help"])
+    out = capsys.readouterr().out
+    assert "(default: 1,8,32)" in out and "(1, 8, 32)" not in out

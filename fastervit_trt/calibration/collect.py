@@ -20,6 +20,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..export.ort_cpu import cpu_session
+from ..progress import Bar
 from .dataset import CalibrationData
 from .ranges import Histogram
 
@@ -62,14 +63,12 @@ def output_groups(model: onnx.ModelProto, tensors: list[str],
 def collect_histograms(model_path: Path, tensors: list[str], data: CalibrationData, batch_size: int,
                        stream: TextIO | None = sys.stderr) -> tuple[dict[str, Histogram], int]:
     """Histograms of |x| for ``tensors`` over ``data``; returns (histograms, images seen)."""
-    from tqdm import tqdm
     model = onnx.load(str(model_path), load_external_data=False)
     groups = output_groups(model, tensors)
     histograms = {name: Histogram() for name in tensors}
     total = len(data) // batch_size * batch_size
     seen = 0
-    with tqdm(total=total * len(groups), unit="img", desc="calibrating", file=stream,
-              disable=stream is None, dynamic_ncols=True, mininterval=1.0) as bar:
+    with Bar(total * len(groups), "calibrating", "img", stream) as bar:
         for index, (group, per_image) in enumerate(groups):
             session = _session_with_outputs(model, model_path.parent, group, index)
             input_name = session.get_inputs()[0].name

@@ -74,7 +74,18 @@ def to_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     if current >= opset:
         return model
     from onnx import version_converter
-    return version_converter.convert_version(model, opset)
+    converted = version_converter.convert_version(model, opset)
+    # the converter writes new operands (ReduceMean's axes from opset 18) as Constant nodes:
+    # initializers instead, so the graph keeps its no-Constant-node form
+    constants = [n for n in converted.graph.node if n.op_type == "Constant" and len(n.attribute) == 1
+                 and n.attribute[0].name == "value"]
+    for node in constants:
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(node.attribute[0].t)
+        tensor.name = node.output[0]
+        converted.graph.initializer.append(tensor)
+        converted.graph.node.remove(node)
+    return converted
 
 
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:

@@ -20,6 +20,7 @@ import onnx
 from ..compare import compare
 from ..export.pipeline import ort_logits
 from ..export.weights import WeightFile
+from ..progress import Bar
 from .qdq import QuantTarget, insert_qdq, tensor_types
 
 
@@ -52,11 +53,11 @@ class Evaluator:
 
 def layer_sensitivity(evaluator: Evaluator, stream: TextIO | None = sys.stderr) -> list[dict]:
     """One row per quantized layer, most sensitive (lowest cosine) first."""
-    from tqdm import tqdm
     rows = []
-    for target in tqdm(evaluator.targets, desc="sensitivity", unit="layer", file=stream,
-                       disable=stream is None, mininterval=1.0):
-        rows.append({"layer": target.node, **evaluator.measure(evaluator.quantized(only={target.node}))})
+    with Bar(len(evaluator.targets), "sensitivity", "layers", stream) as bar:
+        for target in evaluator.targets:
+            rows.append({"layer": target.node, **evaluator.measure(evaluator.quantized(only={target.node}))})
+            bar.update()
     return sorted(rows, key=lambda r: (r["mean_cosine"], r["top1_agreement"]))
 
 

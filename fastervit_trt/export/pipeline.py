@@ -183,7 +183,10 @@ def _logits(model: FasterViT, inputs: np.ndarray) -> np.ndarray:
 
 def write_onnx(graph: onnx.ModelProto, metadata: dict, path: Path, weights: WeightFile,
                external_threshold: int = PROTOBUF_LIMIT) -> dict:
-    """Finalize and save ``graph`` to ``path``; returns its graph summary."""
+    """Finalize and save ``graph`` to ``path``; returns its graph summary. The metadata's I/O
+    dtypes are read from the graph itself, so they cannot disagree with it."""
+    for key, value in (("input", graph.graph.input[0]), ("output", graph.graph.output[0])):
+        metadata[key]["dtype"] = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
     graph = finalize(graph, metadata)
     save_onnx(graph, path, weights, external_threshold)
     return graph_summary(graph)
@@ -322,8 +325,7 @@ def export_metadata(traced: Traced, options: ExportOptions, kept_fp32: list[str]
         "seed": options.seed,
         "arch": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(variant.arch).items()},
         "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(variant.eval).items()},
-        "input": {"name": "input", "shape": ["batch", variant.arch.in_chans, *variant.arch.resolution],
-                  "dtype": "float16" if options.io_dtype == "fp16" and options.precision != "fp32" else "float32"},
+        "input": {"name": "input", "shape": ["batch", variant.arch.in_chans, *variant.arch.resolution]},
         "output": {"name": "logits", "shape": ["batch", variant.arch.num_classes]},
         "batch_profile": list(options.batch),
         "fp32_nodes_for_range": kept_fp32,
