@@ -69,6 +69,16 @@ def _number(kind: type, low: float | None = None, high: float | None = None, low
 _positive = _number(int, 1)
 
 
+def _missing(exc: ModuleNotFoundError, prog: str) -> int:
+    """One line naming the missing module and the install that brings it."""
+    top = (exc.name or "").split(".")[0]
+    if top not in _EXTRAS:
+        raise exc
+    print(f"error: fastervit-{prog} needs {top}, which this install lacks: "
+          f"pip install 'fastervit-trt[{_EXTRAS[top]}]'", file=sys.stderr)
+    return EXIT_ERROR
+
+
 def _batch_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]
@@ -79,13 +89,26 @@ def _batch_list(text: str) -> list[int]:
     return values
 
 
-def _run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
+# the extra that brings each optional module, for the message when it is missing
+_EXTRAS = {"torch": "export", "torchvision": "export", "onnxslim": "export", "safetensors": "export",
+           "onnx": "onnxruntime", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt",
+           "tensorrt_rtx": "tensorrt-rtx", "tensorrt_rtx_bindings": "tensorrt-rtx", "pycuda": "pycuda",
+           "pytriton": "triton", "tritonclient": "triton"}
+
+
+def _run(main: Callable[[argparse.Namespace], int], parser: Callable[[], argparse.ArgumentParser],
          argv: Sequence[str] | None) -> int:
-    args = parser.parse_args(argv)
+    prog = main.__name__.strip("_")
+    try:
+        args = parser().parse_args(argv)
+    except ModuleNotFoundError as exc:
+        return _missing(exc, prog)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         return main(args)
+    except ModuleNotFoundError as exc:
+        return _missing(exc, prog)
     except FasterViTTRTError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -310,7 +333,7 @@ def _weights_line(loaded: dict) -> str:
 
 
 def export_main(argv: Sequence[str] | None = None) -> int:
-    return _run(_export, export_parser(), argv)
+    return _run(_export, export_parser, argv)
 
 
 # ---------------------------------------------------------------- fastervit-build
@@ -377,7 +400,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def build_main(argv: Sequence[str] | None = None) -> int:
-    return _run(_build, build_parser(), argv)
+    return _run(_build, build_parser, argv)
 
 
 # ---------------------------------------------------------------- fastervit-infer
@@ -421,7 +444,7 @@ def _infer(args: argparse.Namespace) -> int:
 
 
 def infer_main(argv: Sequence[str] | None = None) -> int:
-    return _run(_infer, infer_parser(), argv)
+    return _run(_infer, infer_parser, argv)
 
 
 # ---------------------------------------------------------------- fastervit-bench
@@ -474,7 +497,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def bench_main(argv: Sequence[str] | None = None) -> int:
-    return _run(_bench, bench_parser(), argv)
+    return _run(_bench, bench_parser, argv)
 
 
 # ---------------------------------------------------------------- fastervit-inspect
@@ -515,7 +538,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def inspect_main(argv: Sequence[str] | None = None) -> int:
-    return _run(_inspect, inspect_parser(), argv)
+    return _run(_inspect, inspect_parser, argv)
 
 
 # ---------------------------------------------------------------- fastervit-triton
@@ -556,7 +579,7 @@ def _triton(args: argparse.Namespace) -> int:
 
 
 def triton_main(argv: Sequence[str] | None = None) -> int:
-    return _run(_triton, triton_parser(), argv)
+    return _run(_triton, triton_parser, argv)
 
 
 # ---------------------------------------------------------------- fastervit-eval
@@ -607,7 +630,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
-    return _run(_eval, eval_parser(), argv)
+    return _run(_eval, eval_parser, argv)
 
 
 if __name__ == "__main__":
