@@ -23,7 +23,8 @@ from ..artifacts import paths_of, write_json
 from ..compare import compare
 from ..export.fp16 import convert_to_fp16
 from ..export.pipeline import (ExportOptions, ExportResult, export_metadata, ort_logits, preflight,
-                               publish_onnx, trace_model, validate, write_onnx, write_report)
+                               publish_onnx, release_memory, trace_model, validate, write_onnx,
+                               write_report)
 from ..export.weights import scratch
 from ..preprocess import Preprocess
 from ..progress import Steps
@@ -129,6 +130,7 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
                 amax = {name: compute_amax(h, calib.method, calib.percentile) for name, h in histograms.items()}
                 cache = CalibrationCache({name: float(scale_of(a)) for name, a in amax.items()},
                                          calib.method, version_number(*installed_trt_version()))
+                release_memory()  # the calibration sessions' buffers, before the next inference
         base = fp32
         if calib.qdq_base == "fp16":
             base = convert_to_fp16(to_opset(fp32, QDQ_MIN_OPSET[TensorProto.FLOAT16]),

@@ -158,12 +158,12 @@ def trace_model(options: ExportOptions, steps: Steps, weights: WeightFile,
     with steps.step(f"tracing to ONNX (opset {options.opset}) and simplifying"):
         graph = attach_weights(simplify(trace_to_onnx(model, options.opset)), model, weights)
         del model
-        _release_memory()
+        release_memory()
     validation = references.pop("validation")
     return Traced(variant, checkpoint, graph, inputs, input_kind, validation, references)
 
 
-def _release_memory() -> None:
+def release_memory() -> None:
     """Return freed heap pages to the OS (glibc keeps them otherwise), so later steps do not
     peak on top of the freed PyTorch model."""
     gc.collect()
