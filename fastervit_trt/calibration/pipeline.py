@@ -161,10 +161,10 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
         }
         staged_onnx = store.folder / options.onnx_path.name
         with steps.step(f"writing {options.onnx_path}"):
-            summary = write_onnx(quantized, metadata, staged_onnx, store, options.external_data_threshold)
+            summary, view = write_onnx(quantized, metadata, staged_onnx, store, options.external_data_threshold)
             del quantized
         with steps.step("measuring INT8 against FP32 on held-out inputs"):
-            accuracy = _accuracy(traced.probe_references["heldout"], evaluator, staged_onnx,
+            accuracy = _accuracy(traced.probe_references["heldout"], evaluator, view,
                                  fp32_path, heldout_kind,
                                  evaluator.measure(base) if calib.qdq_base == "fp16" else None)
         if not reuse:  # only now: an interrupted run leaves no cache without its model

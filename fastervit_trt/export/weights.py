@@ -83,12 +83,7 @@ class WeightFile:
         out.CopyFrom(model)
         tensors = [t for t in out.graph.initializer if uses_external_data(t)]
         if not external:
-            for tensor in tensors:
-                data = self.read(tensor).tobytes()
-                del tensor.external_data[:]
-                tensor.data_location = TensorProto.DEFAULT
-                tensor.raw_data = data
-            onnx.save_model(out, str(path))
+            self._save_inline(out, path)
             return
         data_name = path.name + ".data"
         with open(path.parent / data_name, "wb") as dst:
@@ -103,6 +98,30 @@ class WeightFile:
         onnx.save_model(out, str(path))
 
 
+    def _save_inline(self, model: onnx.ModelProto, path: Path) -> None:
+        """Write ``model`` with its weights inside, one tensor in memory at a time.
+
+        Protobuf merges repeated occurrences of an embedded message, so the file is the graph
+        without initializers followed by one ``graph { initializer }`` record per tensor: every
+        protobuf reader (ONNX, ONNX Runtime, TensorRT) reads the same model as if it had been
+        serialized whole, without the whole model ever being in memory twice.
+        """
+        tensors = list(model.graph.initializer)
+        del model.graph.initializer[:]
+        with open(path, "wb") as fh:
+            fh.write(model.SerializeToString())
+            for tensor in tensors:
+                piece = onnx.GraphProto()
+                inline = piece.initializer.add()
+                inline.CopyFrom(tensor)
+                if uses_external_data(tensor):
+                    del inline.external_data[:]
+                    inline.ClearField("data_location")
+                    inline.raw_data = self.read(tensor).tobytes()
+                record = piece.SerializeToString()
+                fh.write(_GRAPH_KEY + _varint(len(record)) + record)
+
+
 class _LazyArrays(Mapping):
     def __init__(self, weights: WeightFile, tensors: dict[str, TensorProto]) -> None:
         self._weights, self._tensors = weights, tensors
@@ -115,6 +134,18 @@ class _LazyArrays(Mapping):
 
     def __len__(self) -> int:
         return len(self._tensors)
+
+
+_GRAPH_KEY = bytes([7 << 3 | 2])  # ModelProto.graph (field 7), length-delimited
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 def _aligned(offset: int) -> int:

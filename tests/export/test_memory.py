@@ -90,3 +90,30 @@ def test_killed_export_leaves_no_complete_looking_file_and_the_next_run_cleans_u
     assert result.report["validation"]["passed"]
     assert sorted(p.name for p in out.iterdir()) == [
         "faster_vit_digits_fp32.onnx", "faster_vit_digits_fp32.onnx.data", "faster_vit_digits_fp32.report.json"]
+
+
+def test_inline_weights_are_streamed_into_a_file_every_reader_parses_as_one_model(tmp_path):
+    """The inline writer emits the graph, then one ``graph { initializer }`` record per tensor
+    (protobuf merges them): the model read back equals the one onnx writes whole."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+    from fastervit_trt.export.weights import WeightFile
+    rng = np.random.default_rng(0)
+    weights = WeightFile(tmp_path)
+    w1, w2 = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((4,)).astype(np.float16)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["y"]), helper.make_node("Cast", ["y"], ["z"], to=10),
+         helper.make_node("Add", ["z", "w2"], ["out"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT16, ["N", 4])],
+        initializer=[weights.add("w1", w1.T.copy()), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    weights.save(model, tmp_path / "inline.onnx", external=False)
+    streamed = onnx.load(str(tmp_path / "inline.onnx"))
+    whole = onnx.ModelProto()
+    whole.CopyFrom(model)
+    whole.graph.initializer[0].CopyFrom(numpy_helper.from_array(w1.T.copy(), "w1"))
+    assert streamed.SerializeToString() == whole.SerializeToString()
+    onnx.checker.check_model(str(tmp_path / "inline.onnx"), full_check=True)
