@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..export.ort_cpu import cpu_session
+from ..export.ort_cpu import cpu_session, release_memory
 from ..progress import Bar
 from .dataset import CalibrationData
 from .ranges import Histogram
@@ -81,4 +81,5 @@ def collect_histograms(model_path: Path, tensors: list[str], data: CalibrationDa
                 seen += len(batch)
                 bar.update(len(batch))
             del session
+            release_memory()
     return histograms, seen

@@ -22,9 +22,9 @@ from onnx import TensorProto
 from ..artifacts import paths_of, write_json
 from ..compare import compare
 from ..export.fp16 import convert_to_fp16
+from ..export.ort_cpu import release_memory
 from ..export.pipeline import (ExportOptions, ExportResult, export_metadata, ort_logits, preflight,
-                               publish_onnx, release_memory, trace_model, validate, write_onnx,
-                               write_report)
+                               publish_onnx, trace_model, validate, write_onnx, write_report)
 from ..export.weights import scratch
 from ..preprocess import Preprocess
 from ..progress import Steps

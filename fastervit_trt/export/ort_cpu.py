@@ -5,6 +5,8 @@ which frees each activation as soon as its last reader ran (the default order ca
 range probes' reductions last, keeping every activation alive)."""
 from __future__ import annotations
 
+import ctypes
+import gc
 from pathlib import Path
 
 
@@ -23,3 +25,13 @@ def cpu_session(source: Path | str | bytes, optimize: bool = True):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     model = source if isinstance(source, bytes) else str(source)
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def release_memory() -> None:
+    """Return freed heap pages to the OS (glibc keeps them otherwise), so the next step does
+    not peak on top of a dropped PyTorch model or ONNX Runtime session."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass

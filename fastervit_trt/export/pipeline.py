@@ -7,9 +7,7 @@ does not reproduce PyTorch within tolerance.
 """
 from __future__ import annotations
 
-import ctypes
 import datetime as _dt
-import gc
 import logging
 import os
 import platform
@@ -31,7 +29,7 @@ from ..preprocess import Preprocess, sample_inputs
 from ..progress import Steps
 from .deploy import prepare_for_export
 from .fp16 import convert_to_fp16, find_fp16_overflows
-from .ort_cpu import cpu_session
+from .ort_cpu import cpu_session, release_memory
 from .onnx_export import (DEFAULT_OPSET, PROTOBUF_LIMIT, attach_weights, finalize, model_bytes,
                           simplify, trace_to_onnx)
 from .weights import WeightFile, scratch, tensor_bytes
@@ -161,16 +159,6 @@ def trace_model(options: ExportOptions, steps: Steps, weights: WeightFile,
         release_memory()
     validation = references.pop("validation")
     return Traced(variant, checkpoint, graph, inputs, input_kind, validation, references)
-
-
-def release_memory() -> None:
-    """Return freed heap pages to the OS (glibc keeps them otherwise), so later steps do not
-    peak on top of the freed PyTorch model."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def _logits(model: FasterViT, inputs: np.ndarray) -> np.ndarray:
