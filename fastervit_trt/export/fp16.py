@@ -137,27 +137,28 @@ def find_fp16_overflows(model: onnx.ModelProto, inputs: np.ndarray, weights: Wei
                         margin: float = 0.5) -> list[str]:
     """Nodes of the FP32 ``model`` whose outputs exceed ``margin`` x the FP16 range on ``inputs``.
 
-    The maxima are computed inside the graph (``ReduceMax(Abs(x))`` per tensor, the only
-    outputs), so ONNX Runtime frees every activation as usual: the check needs no more
-    memory than one inference of the batch. With ``weights`` the probe graph is saved beside
-    them (external weights cannot travel as bytes).
+    The extremes are computed inside the graph (``ReduceMax`` and ``ReduceMin`` of each
+    tensor, the only outputs), so ONNX Runtime frees every activation as usual: the check
+    needs no more memory than one inference of the batch. With ``weights`` the probe graph is
+    saved beside them (external weights cannot travel as bytes).
     """
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     floats = float_tensors(probe)
     producer = {o: n.name for n in probe.graph.node for o in n.output if o in floats}
-    maxima = {name: f"{name}_absmax" for name in producer}
-    nodes = []
+    nodes, outputs = [], []
     for node in probe.graph.node:  # each reduction right after its producer: runs (and frees) early
         nodes.append(node)
-        for name in (o for o in node.output if o in maxima):
-            nodes += [helper.make_node("Abs", [name], [f"{name}_abs"], name=f"{name}_abs"),
-                      helper.make_node("ReduceMax", [f"{name}_abs"], [maxima[name]], keepdims=0,
-                                       name=maxima[name])]
+        for name in (o for o in node.output if o in producer):
+            for reduce in ("ReduceMax", "ReduceMin"):  # max|x| without an |x| copy of the tensor
+                outputs.append(f"{name}_{reduce}")
+                nodes.append(helper.make_node(reduce, [name], [outputs[-1]], keepdims=0, name=outputs[-1]))
     del probe.graph.node[:]
     probe.graph.node.extend(nodes)
     del probe.graph.output[:]
-    probe.graph.output.extend(helper.make_tensor_value_info(o, _FLOAT, []) for o in maxima.values())
+    probe.graph.output.extend(helper.make_tensor_value_info(o, _FLOAT, []) for o in outputs)
     session = cpu_session(weights.save_view(probe, "fp16_probe.onnx") if weights else probe.SerializeToString())
-    values = session.run(list(maxima.values()), {session.get_inputs()[0].name: inputs})
-    return sorted({producer[name] for name, value in zip(maxima, values) if float(value) > margin * FP16_MAX})
+    values = session.run(outputs, {session.get_inputs()[0].name: inputs})
+    names = list(dict.fromkeys(producer))  # the order the reductions were added in
+    extremes = np.abs(np.asarray(values, dtype=np.float64)).reshape(len(names), 2).max(axis=1)
+    return sorted({producer[name] for name, value in zip(names, extremes) if value > margin * FP16_MAX})
