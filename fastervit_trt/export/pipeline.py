@@ -23,7 +23,7 @@ import torch
 from .. import __version__
 from ..artifacts import check_writable, paths_of, sha256, staged, write_json
 from ..compare import compare
-from ..errors import CheckpointError, FasterViTTRTError
+from ..errors import FasterViTTRTError
 from ..models import FasterViT, Variant, check_arch, create_model, read_checkpoint
 from ..preprocess import Preprocess, sample_inputs
 from ..progress import Steps
