@@ -49,32 +49,21 @@ def check_writable(paths: list[Path], force: bool) -> None:
 
 
 @contextmanager
-def staged(path: Path, extra_suffixes: tuple[str, ...] = ()) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success move it (and siblings) into place.
-
-    ``extra_suffixes`` names companion files written next to the temporary one (e.g.
-    ``.data`` for ONNX external weights), moved along with it.
-    """
+def staged(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success move it into place."""
     tmp_dir = private_folder(path.parent, f".{path.name}.")
     tmp = tmp_dir / path.name
     try:
         yield tmp
-        mode = 0o666 & ~_umask()
-        companions = [tmp_dir / (path.name + s) for s in extra_suffixes if (tmp_dir / (path.name + s)).exists()]
-        if companions:  # never an old file beside a new companion, even for a moment
-            path.unlink(missing_ok=True)
-        for companion in companions:
-            os.chmod(companion, mode)
-            os.replace(companion, path.parent / companion.name)
-        os.chmod(tmp, mode)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def private_folder(parent: Path, prefix: str) -> Path:
-    """A new hidden folder ``<prefix><pid>-XXXX`` in ``parent``; folders with that prefix left
-    by processes that no longer run are removed first."""
+    """A new hidden folder named ``<prefix><pid>-<random suffix>`` in ``parent``; folders with
+    that prefix left by processes that no longer run are removed first."""
     parent.mkdir(parents=True, exist_ok=True)
     for stale in parent.glob(f"{glob.escape(prefix)}*-*"):
         pid = stale.name[len(prefix):].split("-", 1)[0]

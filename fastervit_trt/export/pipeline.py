@@ -21,7 +21,7 @@ import onnx
 import torch
 
 from .. import __version__
-from ..artifacts import check_writable, paths_of, sha256, staged, write_json
+from ..artifacts import check_writable, paths_of, sha256, write_json
 from ..compare import compare
 from ..errors import FasterViTTRTError
 from ..models import FasterViT, Variant, check_arch, create_model, read_checkpoint
@@ -171,7 +171,8 @@ def _logits(model: FasterViT, inputs: np.ndarray) -> np.ndarray:
 
 def write_onnx(graph: onnx.ModelProto, metadata: dict, path: Path, weights: WeightFile,
                external_threshold: int = PROTOBUF_LIMIT) -> tuple[dict, Path]:
-    """Finalize, check and save ``graph`` to ``path``; returns its graph summary and a view of
+    """Finalize, check and save ``graph`` to ``path`` (its weights in ``<path>.data`` above
+    ``external_threshold``); returns its graph summary and a view of
     the same graph on the scratch weights (what validation runs: memory-mapped weights cost
     one copy, where reading an inline 1.5 GB file costs three). The metadata's I/O dtypes
     are read from the graph itself, so they cannot disagree with it."""
@@ -180,7 +181,8 @@ def write_onnx(graph: onnx.ModelProto, metadata: dict, path: Path, weights: Weig
     graph = finalize(graph, metadata)
     view = weights.save_view(graph, "final.onnx")
     onnx.checker.check_model(str(view), full_check=True)
-    save_onnx(graph, path, weights, external_threshold)
+    # ``path`` is in the scratch folder: ``publish_onnx`` is what makes it appear, whole
+    weights.save(graph, path, external=model_bytes(graph) > external_threshold)
     return graph_summary(graph), view
 
 
@@ -245,19 +247,6 @@ def validation_inputs(model: FasterViT, options: ExportOptions) -> tuple[np.ndar
     rng = np.random.default_rng(options.seed)
     shape = (options.validation_batch, arch.in_chans, *arch.resolution)
     return rng.standard_normal(shape, dtype=np.float32), "seeded random inputs"
-
-
-def save_onnx(model: onnx.ModelProto, path: Path, weights: WeightFile,
-              external_threshold: int = PROTOBUF_LIMIT) -> None:
-    """Write ``model`` atomically; weights go to ``<path>.data`` above ``external_threshold``.
-
-    The ONNX file and its ``.data`` are written in a temporary folder and moved into place
-    only once both are complete (the ``.data`` first), so an interrupted write leaves no
-    file that looks complete.
-    """
-    external = model_bytes(model) > external_threshold
-    with staged(path, extra_suffixes=(".data",)) as tmp:
-        weights.save(model, tmp, external)
 
 
 def graph_summary(model: onnx.ModelProto) -> dict:
