@@ -24,7 +24,7 @@ from ..compare import compare
 from ..export.fp16 import convert_to_fp16
 from ..export.ort_cpu import release_memory
 from ..export.pipeline import (ExportOptions, ExportResult, export_metadata, ort_logits, preflight,
-                               publish_onnx, trace_model, validate, write_onnx, write_report)
+                               publish_onnx, trace_model, write_onnx, write_report)
 from ..export.weights import scratch
 from ..preprocess import Preprocess
 from ..progress import Steps
@@ -164,8 +164,7 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
             summary, view = write_onnx(quantized, metadata, staged_onnx, store, options.external_data_threshold)
             del quantized
         with steps.step("measuring INT8 against FP32 on held-out inputs"):
-            accuracy = _accuracy(traced.probe_references["heldout"], evaluator, view,
-                                 fp32_path, heldout_kind,
+            accuracy = _accuracy(traced.probe_references["heldout"], evaluator, view, heldout_kind,
                                  evaluator.measure(base) if calib.qdq_base == "fp16" else None)
         if not reuse:  # only now: an interrupted run leaves no cache without its model
             cache.write(cache_path)
@@ -187,21 +186,21 @@ def _heldout_inputs(calib: CalibrationOptions, preprocess: Preprocess) -> tuple[
     return np.stack([data.sample(i) for i in range(len(data))]), data.describe()
 
 
-def _accuracy(pytorch_logits: np.ndarray, evaluator: Evaluator, int8_path: Path, fp32_path: Path,
-              kind: str, fp16: dict | None) -> dict:
+def _accuracy(pytorch_logits: np.ndarray, evaluator: Evaluator, int8_path: Path, kind: str,
+              fp16: dict | None) -> dict:
     """INT8 vs FP32 logits: ONNX Runtime plain Q/DQ arithmetic (the TensorRT estimate) and
     with its CPU int8 kernels; the FP16 base graph; and the FP32 graph against PyTorch."""
     inputs, reference = evaluator.inputs, evaluator.reference
     plain = compare(reference, ort_logits(int8_path, inputs, optimize=False))
     kernels = compare(reference, ort_logits(int8_path, inputs, optimize=True))
-    fp32_check = validate(pytorch_logits, fp32_path, inputs, "fp32")
+    fp32_vs_pytorch = compare(pytorch_logits, reference)  # ``reference`` is the FP32 graph's logits
     fp16_text = (f"; FP16 vs FP32: mean cosine {fp16['mean_cosine']:.5f}, top-1 agreement "
                  f"{fp16['top1_agreement'] / 100:.1%}" if fp16 else "")
     return {"inputs": kind, "count": len(inputs),
             "int8_vs_fp32_qdq_arithmetic": plain.as_dict(),
             "int8_vs_fp32_ort_int8_kernels": kernels.as_dict(),
             "fp16_vs_fp32": fp16,
-            "fp32_vs_pytorch": fp32_check["full_batch"],
+            "fp32_vs_pytorch": fp32_vs_pytorch.as_dict(),
             "summary": (f"INT8 vs FP32 on {len(inputs)} {kind}: mean cosine {plain.mean_cosine:.5f} "
                         f"(min {plain.min_cosine:.5f}), top-1 agreement {plain.top1_agreement:.1%}; "
                         f"with ONNX Runtime's CPU int8 kernels: mean cosine {kernels.mean_cosine:.5f}"
