@@ -66,20 +66,17 @@ def collect_histograms(model_path: Path, tensors: list[str], data: CalibrationDa
     model = onnx.load(str(model_path), load_external_data=False)
     groups = output_groups(model, tensors)
     histograms = {name: Histogram() for name in tensors}
-    total = len(data) // batch_size * batch_size
-    seen = 0
+    total = len(data) // batch_size * batch_size  # exact batches: the remainder is dropped
     with Bar(total * len(groups), "calibrating", "img", stream) as bar:
         for index, (group, per_image) in enumerate(groups):
             session = _session_with_outputs(model, model_path.parent, group, index)
             input_name = session.get_inputs()[0].name
             chunk = max(1, min(batch_size, ACTIVATION_BUDGET // max(per_image, 1)))
-            seen = 0
             for batch in data.batches(batch_size):
                 for start in range(0, len(batch), chunk):
                     for name, value in zip(group, session.run(group, {input_name: batch[start:start + chunk]})):
                         histograms[name].update(np.asarray(value))
-                seen += len(batch)
                 bar.update(len(batch))
             del session
             release_memory()
-    return histograms, seen
+    return histograms, total

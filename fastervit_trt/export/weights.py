@@ -81,13 +81,12 @@ class WeightFile:
         ``<path.name>.data`` beside it when ``external``."""
         out = onnx.ModelProto()
         out.CopyFrom(model)
-        tensors = [t for t in out.graph.initializer if uses_external_data(t)]
         if not external:
             self._save_inline(out, path)
             return
         data_name = path.name + ".data"
         with open(path.parent / data_name, "wb") as dst:
-            for tensor in tensors:
+            for tensor in (t for t in out.graph.initializer if uses_external_data(t)):
                 info = ExternalDataInfo(tensor)
                 offset = _aligned(dst.tell())
                 dst.seek(offset)
@@ -96,7 +95,6 @@ class WeightFile:
                     _copy(src, dst, info.length)
                 _refer(tensor, data_name, offset, info.length)
         onnx.save_model(out, str(path))
-
 
     def _save_inline(self, model: onnx.ModelProto, path: Path) -> None:
         """Write ``model`` with its weights inside, one tensor in memory at a time.
