@@ -33,19 +33,21 @@ def paths_of(options: object, *fields: str) -> None:
 
 
 def check_writable(paths: list[Path], force: bool) -> None:
-    """Fail before any work if an output exists (without ``force``) or its folder is unusable."""
+    """Fail before any work if an output exists (without ``force``) or its folder cannot be
+    created or written; creates nothing (the writers make their folders when they write)."""
     for path in paths:
         if path.exists() and not force:
             raise OutputError(f"{path}: already exists; pass --force to overwrite it")
         folder = path.parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"{folder}: cannot create the output folder ({exc.strerror}); "
-                              "choose another with --output-dir") from None
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise OutputError(f"{folder}: output folder is not writable; choose another with "
-                              "--output-dir")
+        existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+        if existing == folder and folder.is_dir():
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise OutputError(f"{folder}: output folder is not writable; choose another with "
+                                  "--output-dir")
+        elif not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            why = "is a file" if not existing.is_dir() else "is not writable"
+            raise OutputError(f"{folder}: cannot create the output folder ({existing} {why}); "
+                              "choose another with --output-dir")
 
 
 @contextmanager

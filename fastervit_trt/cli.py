@@ -158,7 +158,7 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", choices=("model", "ema"), default=d.weights,
                         help="which weights of a training checkpoint: state_dict (as the official "
                              "validate.py without --use-ema) or state_dict_ema")
-    parser.add_argument("--resolution", type=int, nargs=2, metavar=("H", "W"),
+    parser.add_argument("--resolution", type=_positive, nargs=2, metavar=("H", "W"),
                         help="input size; the variant's own when omitted")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=d.precision,
                         help="fp16: float16 graph with FP32 islands for TensorRT's strong typing")

@@ -78,3 +78,13 @@ def digits_folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits")
     return {name: write_folder(root / name, images, labels)
             for name, (images, labels) in split_named().items()}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The bad-input suite's counts: cases tried, tracebacks and files left behind (both must be 0)."""
+    import sys
+    suite = sys.modules.get("tests.test_bad_inputs")
+    if suite is not None and suite.TALLY["cases"]:
+        tally = suite.TALLY
+        terminalreporter.write_line(f"bad-input suite: {tally['cases']} cases, {tally['tracebacks']} tracebacks, "
+                                    f"{tally['files left behind']} files left behind")

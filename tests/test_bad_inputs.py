@@ -2,10 +2,22 @@
 the argument and the valid range, exit 2 (usage) or 1 (error), no traceback, no file written."""
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
 from fastervit_trt import cli
+
+# What every case saw; tests/conftest.py prints it at the end of the run.
+TALLY: Counter = Counter()
+
+
+def record(err: str, left: list) -> None:
+    """Count one bad-input case: its stderr and the files it left behind (should be none)."""
+    TALLY["cases"] += 1
+    TALLY["tracebacks"] += "Traceback" in err
+    TALLY["files left behind"] += len(left)
 
 # (command, argv, fragment of the one error line)
 USAGE = [
@@ -20,6 +32,7 @@ USAGE = [
     ("export", ["--accuracy-budget", "-1"], "--accuracy-budget"),
     ("export", ["--batch", "0,1,2"], "--batch"),
     ("export", ["--seed", "x"], "--seed: 'x' is not an integer"),
+    ("export", ["--resolution", "0", "0"], "--resolution: 0 is out of range (valid: at least 1)"),
     ("build", ["x.onnx", "--workspace", "-1"], "--workspace: -1 is out of range (valid: at least 1)"),
     ("bench", ["--model", "x.onnx", "--batch", "0"], "--batch: expected positive batch sizes"),
     ("bench", ["--model", "x.onnx", "--iters", "0"], "--iters: 0 is out of range"),
@@ -38,6 +51,7 @@ def test_invalid_values_are_refused_by_the_parser(command, argv, fragment, tmp_p
         getattr(cli, f"{command}_main")(argv)
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if "error:" in line]
+    record(err, list(tmp_path.iterdir()))
     assert exit_info.value.code == 2 and len(errors) == 1 and fragment in errors[0], err
     assert "Traceback" not in err and list(tmp_path.iterdir()) == []
 
@@ -50,9 +64,20 @@ def test_npy_of_raw_pixels_is_refused(dtype, tmp_path, monkeypatch, capsys):
     code = cli.export_main(["--model", "faster_vit_digits", "--precision", "int8", "--calib-data", "pixels.npy",
                             "--output-dir", "out", "--no-engine", "--quiet"])
     err = capsys.readouterr().err
+    record(err, _left(tmp_path, tmp_path / "pixels.npy"))
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 1 and len(lines) == 1 and "pixels.npy" in lines[0] and "float32" in lines[0], err
     assert not (tmp_path / "out").exists() or not any(p.suffix in (".onnx", ".cache") for p in (tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("model,size,nearest", [("faster_vit_0_any_res", "230 230", "224 224"),
+                                                ("faster_vit_0_224", "250 250", "224 224 or 448 448")])
+def test_resolution_the_reference_cannot_run_names_the_nearest_valid_ones(model, size, nearest, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli.export_main(["--model", model, "--resolution", *size.split(), "--output-dir", str(out), "--quiet"])
+    _one_error(code, capsys.readouterr().err, f"resolution {size.replace(' ', 'x')}",
+               f"nearest valid --resolution: {nearest}", left=_left(tmp_path))
+    assert not out.exists()
 
 
 def test_float64_npy_is_converted_and_held_out_inputs_are_independent(tmp_path, monkeypatch, capsys):
@@ -100,7 +125,9 @@ def test_ctrl_c_at_the_last_steps_leaves_nothing_new(precision, stage, tmp_path,
     out = tmp_path / "out"
     code = cli.export_main(["--model", "faster_vit_digits", "--precision", precision, "--calib-images", "16",
                             "--output-dir", str(out), "--no-engine", "--quiet"])
-    assert code == 130 and "interrupted" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    record(err, _left(out) if out.exists() else [])
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
     assert _visible(out) == []
     monkeypatch.undo()
     assert cli.export_main(["--model", "faster_vit_digits", "--precision", precision, "--calib-images", "16",
@@ -114,6 +141,7 @@ def test_build_output_must_be_an_engine_file(tmp_path, capsys):
     for output in (tmp_path / "m.json", tmp_path):
         code = cli.build_main([str(onnx_path), "--output", str(output), "--force", "--quiet"])
         err = capsys.readouterr().err
+        record(err, _left(tmp_path, onnx_path))
         assert code == 1 and "must be a file ending in .engine or .plan" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
@@ -138,6 +166,7 @@ def test_ctrl_c_during_an_engine_build_exits_130_without_an_engine(tmp_path, exp
     time.sleep(0.5)
     child.send_signal(signal.SIGINT)
     rest = child.stderr.read()
+    record(rest, [p for p in (engine, engine.with_suffix(".json")) if p.exists()])
     assert child.wait(timeout=120) == 130, rest
     assert "interrupted" in rest and "failed to build" not in rest
     assert not engine.exists() and not engine.with_suffix(".json").exists()
@@ -173,7 +202,14 @@ def _images(folder, count=3):
     return paths
 
 
-def _one_error(code, err, *fragments):
+def _left(folder, *inputs):
+    """Files under ``folder`` (hidden ones included) other than the case's own inputs."""
+    keep = {str(p) for p in inputs}
+    return [p for p in folder.rglob("*") if p.is_file() and not any(str(p).startswith(k) for k in keep)]
+
+
+def _one_error(code, err, *fragments, left=()):
+    record(err, list(left))
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
     assert all(f in lines[0] for f in fragments), lines[0]
@@ -199,7 +235,7 @@ FOREIGN = [
 def test_foreign_onnx_gets_one_line_from_infer(name, spec, fragment, tmp_path, capsys):
     model = _foreign_onnx(tmp_path / f"{name}.onnx", **spec)
     code = cli.infer_main([*_images(tmp_path / "img", 1), "--model", str(model)])
-    _one_error(code, capsys.readouterr().err, f"{name}.onnx", fragment)
+    _one_error(code, capsys.readouterr().err, f"{name}.onnx", fragment, left=_left(tmp_path, model, tmp_path / "img"))
 
 
 @pytest.mark.parametrize("name,spec", [("fixed", dict(input_shape=[1, 3, 8, 8], batch_out=1)),
@@ -208,7 +244,7 @@ def test_foreign_onnx_gets_one_line_from_infer(name, spec, fragment, tmp_path, c
 def test_foreign_onnx_gets_one_line_from_triton(name, spec, tmp_path, capsys):
     model = _foreign_onnx(tmp_path / f"{name}.onnx", **spec)
     code = cli.triton_main([str(model), "--repo", str(tmp_path / "repo")])
-    _one_error(code, capsys.readouterr().err, f"{name}.onnx", "batch axis")
+    _one_error(code, capsys.readouterr().err, f"{name}.onnx", "batch axis", left=_left(tmp_path, model))
     assert not (tmp_path / "repo").exists() or list((tmp_path / "repo").rglob("*.pbtxt")) == []
 
 
@@ -217,7 +253,7 @@ def test_foreign_onnx_gets_one_line_from_triton(name, spec, tmp_path, capsys):
 def test_foreign_onnx_gets_one_line_from_build(name, spec, fragment, tmp_path, capsys):
     model = _foreign_onnx(tmp_path / f"{name}.onnx", **spec)
     code = cli.build_main([str(model), "--output", str(tmp_path / "e.engine"), "--quiet"])
-    _one_error(code, capsys.readouterr().err, f"{name}.onnx", fragment)
+    _one_error(code, capsys.readouterr().err, f"{name}.onnx", fragment, left=_left(tmp_path, model))
     assert not (tmp_path / "e.engine").exists()
 
 
@@ -233,7 +269,7 @@ def test_triton_names_stay_inside_the_repository(argv, fragment, exported, tmp_p
     if fragment is None:  # an ONNX model may run on CPUs
         assert code == 0, err
         return
-    _one_error(code, err, "--name")
+    _one_error(code, err, "--name", left=_left(tmp_path))
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "repo").exists()
 
 
@@ -250,7 +286,7 @@ def test_triton_copy_on_a_full_disk_leaves_nothing_and_reruns(exported, tmp_path
     monkeypatch.setattr(shutil, "copyfile", full_disk)
     repo = tmp_path / "repo"
     code = cli.triton_main([str(onnx_path), "--repo", str(repo)])
-    _one_error(code, capsys.readouterr().err, "No space left on device", "free some space")
+    _one_error(code, capsys.readouterr().err, "No space left on device", "free some space", left=_left(repo))
     assert [p for p in repo.rglob("*") if p.is_file()] == []
     monkeypatch.setattr(shutil, "copyfile", real)
     assert cli.triton_main([str(onnx_path), "--repo", str(repo)]) == 0
@@ -268,7 +304,7 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypa
     out = tmp_path / "out"
     code = cli.export_main(["--model", "faster_vit_digits", "--precision", "fp32", "--output-dir", str(out),
                             "--no-engine", "--quiet"])
-    _one_error(code, capsys.readouterr().err, "No space left on device")
+    _one_error(code, capsys.readouterr().err, "No space left on device", left=_left(out) if out.exists() else [])
     assert [p for p in out.rglob("*")] == []
 
 
@@ -287,10 +323,12 @@ def test_triton_and_inspect_refuse_an_engine_that_does_not_match_its_sidecar(tru
     """A truncated engine once became a 1 MB model.plan with exit 0."""
     capsys.readouterr()
     code = cli.triton_main([str(truncated_engine), "--repo", str(tmp_path / "repo")])
-    _one_error(code, capsys.readouterr().err, "sha256 does not match", "fastervit-build")
+    _one_error(code, capsys.readouterr().err, "sha256 does not match", "fastervit-build",
+               left=_left(tmp_path, truncated_engine, truncated_engine.with_suffix(".json")))
     assert not (tmp_path / "repo").exists()
     code = cli.inspect_main([str(truncated_engine)])
-    _one_error(code, capsys.readouterr().err, "sha256 does not match")
+    _one_error(code, capsys.readouterr().err, "sha256 does not match",
+               left=_left(tmp_path, truncated_engine, truncated_engine.with_suffix(".json")))
 
 
 def test_rebuild_hint_targets_the_engine_where_it_is(truncated_engine, tmp_path, capsys, monkeypatch):

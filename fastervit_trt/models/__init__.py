@@ -16,10 +16,11 @@ import torch
 from ..errors import CheckpointError, ResolutionError
 from .checkpoint import Checkpoint, load_into, mismatch, read_checkpoint
 from .configs import REGISTRY, ArchConfig, EvalConfig, Variant, get_variant, list_models
-from .fastervit import FasterViT, stage_geometry
+from .fastervit import FasterViT, check_resolution, nearest_resolutions, stage_geometry
 
 __all__ = ["ArchConfig", "Checkpoint", "EvalConfig", "FasterViT", "Variant", "check_arch",
-           "create_model", "get_variant", "list_models", "read_checkpoint", "stage_geometry"]
+           "check_resolution", "create_model", "get_variant", "list_models", "nearest_resolutions",
+           "read_checkpoint", "stage_geometry"]
 
 
 def create_model(name: str, checkpoint: str | Path | None = None,
@@ -43,6 +44,7 @@ def create_model(name: str, checkpoint: str | Path | None = None,
     if unknown:
         raise TypeError(f"create_model() got unknown options: {', '.join(sorted(unknown))}")
     arch = replace(variant.arch, **changes)
+    check_resolution(arch)
     variant = replace(variant, arch=arch, eval=replace(variant.eval, input_size=arch.resolution))
     loaded = None
     if checkpoint is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -50,49 +50,100 @@ def _round_up(size: int, multiple: int) -> int:
 
 
 def stage_geometry(arch: ArchConfig, stage: int) -> StageGeometry:
-    """Shapes of ``stage`` (2 or 3) for ``arch``; raises ResolutionError if windows don't fit.
+    """Shapes of ``stage`` (2 or 3) for ``arch``; raises ResolutionError for a resolution the
+    reference implementation cannot run (``nearest_resolutions`` suggests valid ones).
 
-    The official model sizes each stage from ``int(resolution / 2**(stage + 2))``; the
-    real feature map comes from the strided convolutions. Both must pad to the same
-    window grid, otherwise the carrier tokens would not line up with the windows.
+    The real feature map comes from the strided convolutions and is zero-padded to whole
+    windows. The reference sizes its carrier tokens from a nominal map,
+    ``int(resolution / 2**(stage + 2))``: where carriers join the windows, the nominal map
+    must pad to the same window grid as the real one; where they do not, the any-res
+    reference still pools carrier tokens (unused) and needs that pooling to fit.
     """
-    window = arch.window_size[stage]
-    size, nominal = [], []
-    for axis, res in enumerate(arch.resolution):
-        actual = res
-        for _ in range(stage + 2):
-            actual = _down(actual)
-        size.append(actual)
-        nominal.append(int(2 ** (-2 - stage) * res))
-        if not arch.any_res and (actual != nominal[-1] or actual % window):
+    window, ct = arch.window_size[stage], arch.ct_size
+    res = "x".join(map(str, arch.resolution))
+    if min(arch.resolution) < 1:
+        raise ResolutionError(f"resolution {res}: height and width must be positive")
+    size = tuple(_stage_input(side, stage) for side in arch.resolution)
+    nominal = tuple(int(2 ** (-2 - stage) * side) for side in arch.resolution)
+    padded = (_round_up(size[0], window), _round_up(size[1], window))
+    if not arch.any_res:
+        if any(a != n or a % window for a, n in zip(size, nominal)):
             raise ResolutionError(
-                f"resolution {arch.resolution[0]}x{arch.resolution[1]}: stage {stage + 1} "
-                f"feature map {actual} is not a whole number of {window}-wide windows; "
-                f"use a multiple of {window * 2 ** (stage + 2)} or the *_any_res variant")
-        if _round_up(actual, window) != _round_up(nominal[-1], window):
-            raise ResolutionError(
-                f"resolution {arch.resolution[0]}x{arch.resolution[1]}: stage {stage + 1} "
-                f"feature map {actual} does not pad to the same window grid as the "
-                f"configured {nominal[-1]}; try a resolution that is a multiple of "
-                f"{2 ** (stage + 2)}")
-    padded = (_round_up(nominal[0], window), _round_up(nominal[1], window))
-    sr = (padded[0] // window, padded[1] // window)
-    carriers = tokenizer = None
-    if arch.hat[stage]:
-        hierarchical = sr[0] > 1 or sr[1] > 1
-        if not arch.any_res and sr[0] != sr[1]:
-            raise ResolutionError(
-                f"resolution {arch.resolution[0]}x{arch.resolution[1]}: the fixed-size "
-                f"variants take square inputs; use the *_any_res variant")
-        if hierarchical:
-            carriers = (arch.ct_size * sr[0], arch.ct_size * sr[1])
-        if hierarchical or arch.any_res:  # the any-res reference keeps the tokenizer
-            kernel, stride = [], []
-            for extent, out in zip(padded, (arch.ct_size * sr[0], arch.ct_size * sr[1])):
-                stride.append(extent // out)
-                kernel.append(extent - (out - 1) * stride[-1])
-            tokenizer = (tuple(kernel), tuple(stride))
-    return StageGeometry(tuple(size), padded, window, carriers, tokenizer)
+                f"resolution {res}: stage {stage + 1} feature map {size[0]}x{size[1]} is not a "
+                f"whole number of {window}-wide windows (or use the *_any_res variant)")
+        if arch.hat[stage] and size[0] != size[1]:
+            raise ResolutionError(f"resolution {res}: the fixed-size variants take square "
+                                  f"inputs (or use the *_any_res variant)")
+    if not arch.hat[stage]:
+        return StageGeometry(size, padded, window, None, None)
+    if min(nominal) < 1:
+        raise ResolutionError(f"resolution {res}: too small for stage {stage + 1}'s carrier "
+                              f"tokens; use at least {2 ** (stage + 2)} pixels a side")
+    reference = (_round_up(nominal[0], window), _round_up(nominal[1], window))
+    grid = (reference[0] // window, reference[1] // window)
+    hierarchical = grid[0] > 1 or grid[1] > 1
+    if not (hierarchical or arch.any_res):
+        return StageGeometry(size, padded, window, None, None)
+    kernel, stride = [], []
+    for extent, out in zip(reference, (ct * grid[0], ct * grid[1])):
+        stride.append(extent // out)
+        kernel.append(extent - (out - 1) * stride[-1])
+    if hierarchical and padded != reference:
+        raise ResolutionError(
+            f"resolution {res}: stage {stage + 1} feature map {size[0]}x{size[1]} pads to "
+            f"another window grid than its carrier tokens ({reference[0]}x{reference[1]})")
+    pooled = [(p - k) // s + 1 for p, k, s in zip(padded, kernel, stride)]
+    if min(pooled) < 1 or pooled[0] % ct or pooled[1] % ct:
+        raise ResolutionError(
+            f"resolution {res}: stage {stage + 1} carrier-token pooling does not fit the "
+            f"{padded[0]}x{padded[1]} map")
+    carriers = (ct * grid[0], ct * grid[1]) if hierarchical else None
+    return StageGeometry(size, padded, window, carriers, (tuple(kernel), tuple(stride)))
+
+
+def _stage_input(side: int, stage: int) -> int:
+    """Feature-map side entering ``stage``: stem and downsamplers are 3x3 stride-2 convs."""
+    for _ in range(stage + 2):
+        side = _down(side)
+    return side
+
+
+def nearest_resolutions(arch: ArchConfig) -> list[tuple[int, int]]:
+    """Valid resolutions closest to ``arch.resolution``: for any-res variants the smallest and
+    largest of the nearest ring (up to 64 pixels away), for fixed ones the nearest squares
+    below and above."""
+    height, width = arch.resolution
+    if not arch.any_res:
+        side = max(height, width, 1)
+        below = [(s, s) for s in range(side, 0, -1) if _fits(arch, (s, s))][:1]
+        above = [(s, s) for s in range(side + 1, 2 * side + 1024) if _fits(arch, (s, s))][:1]
+        return below + above
+    for reach in range(1, 65):
+        ring = [(height + dh, width + dw) for dh in range(-reach, reach + 1)
+                for dw in range(-reach, reach + 1) if max(abs(dh), abs(dw)) == reach]
+        valid = sorted(size for size in ring if min(size) >= 1 and _fits(arch, size))
+        if valid:
+            return sorted({valid[0], valid[-1]})
+    return []
+
+
+def check_resolution(arch: ArchConfig) -> None:
+    """Raise ResolutionError, naming the nearest valid sizes, if ``arch.resolution`` does not fit."""
+    try:
+        for stage in (2, 3):
+            stage_geometry(arch, stage)
+    except ResolutionError as error:
+        near = " or ".join(f"{h} {w}" for h, w in nearest_resolutions(arch))
+        raise ResolutionError(f"{error}" + (f" (nearest valid --resolution: {near})" if near else "")) from None
+
+
+def _fits(arch: ArchConfig, size: tuple[int, int]) -> bool:
+    try:
+        for stage in (2, 3):
+            stage_geometry(replace(arch, resolution=size), stage)
+    except ResolutionError:
+        return False
+    return True
 
 
 def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
@@ -361,6 +412,17 @@ class HATBlock(nn.Module):
         return x, ct
 
 
+def _zero_extend(x: Tensor, dim: int, extra: int) -> Tensor:
+    """``x`` with ``extra`` zeros appended along ``dim``, built from static slices of ``x``
+    (a padding wider than the map itself, as at tiny resolutions, takes several)."""
+    pieces = [x]
+    while extra > 0:
+        take = min(extra, x.shape[dim])
+        pieces.append(x.narrow(dim, 0, take) * 0.0)
+        extra -= take
+    return torch.cat(pieces, dim=dim) if len(pieces) > 1 else x
+
+
 class TokenInitializer(nn.Module):
     """Initial carrier tokens: depth-wise 3x3 conv then average pooling to the carrier grid."""
 
@@ -412,11 +474,8 @@ class AttentionStage(nn.Module):
     def _pad(self, x: Tensor) -> Tensor:
         """Zero-pad right/bottom to whole windows with static slices and concats."""
         (h, w), (hp, wp) = self.geometry.size, self.geometry.padded
-        if wp > w:
-            x = torch.cat((x, x[:, :, :, : wp - w] * 0.0), dim=3)
-        if hp > h:
-            x = torch.cat((x, x[:, :, : hp - h, :] * 0.0), dim=2)
-        return x
+        x = _zero_extend(x, 3, wp - w)
+        return _zero_extend(x, 2, hp - h)
 
     def _partition(self, x: Tensor) -> Tensor:
         """(B, C, Hp, Wp) -> (B*windows, w*w, C), windows and their tokens in raster order."""
