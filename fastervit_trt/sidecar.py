@@ -58,7 +58,8 @@ def rebuild_command(sidecar: dict, engine: Path | None = None) -> str:
     if not build.get("strongly_typed", True):  # precision from builder flags (TensorRT 10)
         parts += ["--precision", sidecar.get("precision", "fp32")]
     for flag, option in (("workspace_mib", "--workspace"), ("opt_level", "--opt-level"),
-                         ("timing_cache", "--timing-cache"), ("calib_cache", "--calib-cache")):
+                         ("timing_cache", "--timing-cache"), ("calib_cache", "--calib-cache"),
+                         ("calib_data", "--calib-data")):
         if build.get(flag) is not None:
             parts += [option, str(build[flag])]
     for flag in ("hardware_compat", "version_compat"):

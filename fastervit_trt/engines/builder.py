@@ -50,7 +50,6 @@ class BuildConfig:
     version_compat: bool = False
     calib_cache: Path | None = None  # TensorRT 10 implicit INT8
     calib_data: Path | None = None
-    calib_batch: int = 8
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -147,7 +146,8 @@ def onnx_facts(onnx_path: Path) -> dict:
     has_qdq = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
     has_half = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
     precision = metadata.get("precision") or ("int8" if has_qdq else "fp16" if has_half else "fp32")
-    return {"input": tensor.name, "dims": dims, "precision": precision, "metadata": metadata}
+    return {"path": Path(onnx_path), "input": tensor.name, "dims": dims, "precision": precision,
+            "metadata": metadata}
 
 
 def _check_profile(onnx_path: Path, dims: list[int], batch: tuple[int, int, int]) -> None:
@@ -242,10 +242,13 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
     if serialized is None:
         raise EngineBuildError(f"{onnx_path}: {flavour} failed to build an engine (the builder's "
                                "errors are printed above)")
+    if calibrator is not None and calibrator.error is not None:
+        raise calibrator.error
+    timing = builder_config.get_timing_cache() if timing_cache else None  # None: nothing to save
     write_bytes(engine_path, bytes(serialized))
     calib_cache = config.calib_cache or (facts["metadata"].get("quantization") or {}).get("cache")
-    if timing_cache:
-        write_bytes(config.timing_cache, bytes(builder_config.get_timing_cache().serialize()))
+    if timing is not None:
+        write_bytes(config.timing_cache, bytes(timing.serialize()))
 
     sidecar = {
         "schema_version": SCHEMA_VERSION,
@@ -258,7 +261,7 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
         "outputs": [_io(network.get_output(i), trt, None) for i in range(network.num_outputs)],
         "tensorrt": {"flavour": flavour, "version": trt.__version__},
         "build": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-                     if k not in ("force", "backend", "calib_data")},
+                     if k not in ("force", "backend")},
                   "precision": precision, "strongly_typed": not implicit, "seconds": round(seconds, 2),
                   "phases": monitor.phases},
         "device": _device(flavour),
@@ -284,7 +287,10 @@ def _load_timing_cache(trt: ModuleType, flavour: str, builder_config, path: Path
         return False
     data = Path(path).read_bytes() if Path(path).is_file() else b""
     cache = builder_config.create_timing_cache(data)
-    builder_config.set_timing_cache(cache, ignore_mismatch=False)
+    if not builder_config.set_timing_cache(cache, ignore_mismatch=False):
+        print(f"note: {path} was made by another GPU or TensorRT version; building without it "
+              "(a new timing cache replaces it)", file=stream or sys.stderr)
+        builder_config.set_timing_cache(builder_config.create_timing_cache(b""), ignore_mismatch=False)
     return True
 
 

@@ -4,7 +4,8 @@ It feeds the same batches as the toolkit's own calibration (``CalibrationData``)
 reads/writes the same TensorRT calibration cache, so a cache made by
 ``fastervit-export --precision int8`` builds an implicit-INT8 engine without images, and
 a cache TensorRT writes here is reused by the Q/DQ export. Only created when such a
-TensorRT is importable; device memory comes from torch when installed, else pycuda.
+TensorRT is importable; device memory comes from ``runtime.cuda`` (torch, else pycuda in
+the primary context TensorRT uses).
 """
 from __future__ import annotations
 
@@ -17,53 +18,59 @@ from ..artifacts import write_bytes
 from ..calibration.cache import CalibrationCache
 from ..calibration.dataset import CalibrationData
 from ..preprocess import Preprocess
+from ..runtime.cuda import open_cuda
 from .builder import BuildConfig, EngineBuildError
 
 
-def _device_buffer(nbytes: int):
-    """(pointer, upload function) for a device buffer of ``nbytes``."""
-    try:
-        import torch
-        buffer = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-        return buffer.data_ptr(), lambda array: buffer.copy_(torch.from_numpy(array.view(np.uint8).reshape(-1))), buffer
-    except (ImportError, RuntimeError, AssertionError):
-        import pycuda.autoinit  # noqa: F401  (creates the context)
-        import pycuda.driver as cuda
-        buffer = cuda.mem_alloc(nbytes)
-        return int(buffer), lambda array: cuda.memcpy_htod(buffer, np.ascontiguousarray(array)), buffer
-
-
 def make_calibrator(trt: ModuleType, facts: dict, config: BuildConfig):
-    """A TensorRT calibrator matching the cache's (or entropy's) method."""
+    """A TensorRT calibrator matching the cache's (or entropy's) method.
+
+    TensorRT calibrates at the OPT shape of the calibration profile (``get_batch_size`` is
+    ignored since TensorRT 10), so batches, device buffer and reported size all come from
+    the profile's OPT batch. An error inside ``get_batch`` would be printed and swallowed by
+    TensorRT: it is kept in ``error`` and raised by the builder once the build returns.
+    """
     cache_path = Path(config.calib_cache) if config.calib_cache else None
     method = CalibrationCache.read(cache_path).method if cache_path and cache_path.is_file() else "entropy"
     bases = {"entropy": trt.IInt8EntropyCalibrator2, "minmax": trt.IInt8MinMaxCalibrator}
     if method not in bases:
         raise EngineBuildError(f"{cache_path}: {method} scales have no TensorRT calibrator class; use "
                                "the Q/DQ ONNX from fastervit-export --precision int8 instead")
+    batch = config.batch[1]
     data = None
     if config.calib_data is not None:
-        preprocess = Preprocess.from_config(facts["metadata"]["preprocess"])
-        data = CalibrationData(config.calib_data, preprocess, 256)
+        preprocess = facts["metadata"].get("preprocess")
+        if not preprocess:
+            raise EngineBuildError(f"{facts['path']}: has no fastervit-trt metadata, so its preprocessing "
+                                   "is unknown; calibrate with --calib-cache, or export with fastervit-export")
+        data = CalibrationData(config.calib_data, Preprocess.from_config(preprocess), max(256, batch))
     elif cache_path is None or not cache_path.is_file():
         raise EngineBuildError("implicit INT8 needs --calib-cache (an existing cache) or --calib-data")
+    cuda = open_cuda()
 
     class Calibrator(bases[method]):
         def __init__(self) -> None:
             bases[method].__init__(self)
-            self.batches = iter(data.batches(config.calib_batch)) if data is not None else iter(())
-            shape = (config.calib_batch, *facts["dims"][1:])
-            self.pointer, self.upload, self._keep = _device_buffer(int(np.prod(shape)) * 4)
+            self.batches = iter(data.batches(batch)) if data is not None else iter(())
+            self.error: Exception | None = None
+            self.buffer, self.pointer = cuda.device((batch, *facts["dims"][1:]), np.dtype(np.float32))
+            self.stream, _ = cuda.stream()
 
         def get_batch_size(self) -> int:
-            return config.calib_batch
+            return batch
 
         def get_batch(self, names):
-            batch = next(self.batches, None)
-            if batch is None:
+            try:
+                inputs = next(self.batches, None)
+                if inputs is None:
+                    return None
+                with cuda.active():
+                    cuda.upload(self.buffer, np.ascontiguousarray(inputs, dtype=np.float32), self.stream)
+                    self.stream.synchronize()
+                return [self.pointer]
+            except Exception as exc:  # TensorRT would print it and report "calibration failed"
+                self.error = exc
                 return None
-            self.upload(np.ascontiguousarray(batch, dtype=np.float32))
-            return [self.pointer]
 
         def read_calibration_cache(self):
             return cache_path.read_bytes() if cache_path and cache_path.is_file() else None

@@ -104,7 +104,8 @@ def load(path: str | Path, providers: list[str] | None = None, contexts: int = 2
     else:
         info = verify_engine(path)
         from .tensorrt_backend import TensorRTBackend
-        backend = TensorRTBackend(path, (info.get("tensorrt") or {}).get("flavour"), contexts)
+        backend = TensorRTBackend(path, (info.get("tensorrt") or {}).get("flavour"), contexts,
+                                  version_compat=bool((info.get("build") or {}).get("version_compat")))
     preprocess = Preprocess.from_config(info.get("preprocess") or
                                         {**_DEFAULT_PREPROCESS, "input_size": backend.input_shape[1:]})
     label_set = (info.get("preprocess") or {}).get("label_set") or info.get("label_set")
@@ -137,7 +138,8 @@ def verify_engine(path: Path, check_device: bool = True) -> dict:
             f"{rebuild_command(sidecar, path)}")
     wanted = sidecar.get("device", {}).get("compute_capability")
     present = _compute_capability()
-    if wanted and present and wanted != present and not sidecar.get("build", {}).get("hardware_compat"):
+    portable = sidecar.get("build", {}).get("hardware_compat") or built.get("flavour") == "tensorrt-rtx"
+    if wanted and present and wanted != present and not portable:  # RTX engines JIT for their targets
         raise EngineMismatchError(
             f"{path}: built for a GPU of compute capability {wanted} ({sidecar['device'].get('gpu')}), "
             f"this GPU is {present}; rebuild here: {rebuild_command(sidecar, path)}")

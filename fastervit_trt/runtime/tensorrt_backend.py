@@ -1,22 +1,22 @@
-"""TensorRT engine backend: the only module that touches CUDA.
+"""TensorRT engine backend.
 
 Per execution context: one CUDA stream, device buffers for the profile's largest batch and
 pinned host buffers, allocated once and reused; ``execute_async_v3``. A bounded pool of
-contexts serves concurrent callers. Device memory comes from torch when installed (CUDA
-torch tensors are then read in place, no copy), else from pycuda; this module imports
-neither until an engine is loaded.
+contexts serves concurrent callers. Device memory comes from ``runtime.cuda`` (torch when
+it sees a GPU, CUDA torch tensors then read in place; else pycuda); nothing is imported
+until an engine is loaded.
 """
 from __future__ import annotations
 
 import queue
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from ..errors import FasterViTTRTError
-
-_NP = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32}
-
+from .cuda import open_cuda
 
 def import_tensorrt(flavour: str | None = None):
     """The TensorRT module that runs engines of ``flavour`` (any installed if None)."""
@@ -30,89 +30,39 @@ def import_tensorrt(flavour: str | None = None):
     return None
 
 
-class _TorchCuda:
-    def __init__(self) -> None:
-        import torch
-        if not torch.cuda.is_available():
-            raise RuntimeError("torch sees no CUDA device")
-        self.torch = torch
-
-    def stream(self):
-        stream = self.torch.cuda.Stream()
-        return stream, stream.cuda_stream
-
-    def device(self, shape, dtype):
-        buffer = self.torch.empty(shape, dtype=getattr(self.torch, np.dtype(dtype).name), device="cuda")
-        return buffer, buffer.data_ptr()
-
-    def pinned(self, shape, dtype):
-        return self.torch.empty(shape, dtype=getattr(self.torch, np.dtype(dtype).name), pin_memory=True).numpy()
-
-    def upload(self, device, host, stream):
-        with self.torch.cuda.stream(stream):
-            device[: len(host)].copy_(self.torch.from_numpy(host), non_blocking=True)
-
-    def download(self, host, device, count, stream):
-        with self.torch.cuda.stream(stream):
-            self.torch.from_numpy(host[:count]).copy_(device[:count], non_blocking=True)
-        stream.synchronize()
-
-
-class _PyCuda:
-    def __init__(self) -> None:
-        import pycuda.autoinit  # noqa: F401
-        import pycuda.driver as cuda
-        self.cuda = cuda
-
-    def stream(self):
-        stream = self.cuda.Stream()
-        return stream, stream.handle
-
-    def device(self, shape, dtype):
-        buffer = self.cuda.mem_alloc(int(np.prod(shape)) * np.dtype(dtype).itemsize)
-        return buffer, int(buffer)
-
-    def pinned(self, shape, dtype):
-        return self.cuda.pagelocked_empty(shape, dtype)
-
-    def upload(self, device, host, stream):
-        self.cuda.memcpy_htod_async(device, host, stream)
-
-    def download(self, host, device, count, stream):
-        self.cuda.memcpy_dtoh_async(host, device, stream)
-        stream.synchronize()
-
-
-def _cuda():
-    """CUDA memory from torch when it sees a GPU, else from pycuda."""
+def numpy_dtype(trt: ModuleType, dtype: Any, what: str) -> np.dtype:
+    """The NumPy dtype of a TensorRT I/O tensor (``trt.nptype``); BF16/FP8/FP4 have none."""
     try:
-        import torch
-        if torch.cuda.is_available():
-            return _TorchCuda()
-    except ImportError:
-        pass
-    try:
-        return _PyCuda()
-    except Exception:  # ImportError, or pycuda finding no device / driver
-        raise FasterViTTRTError(
-            "no CUDA GPU is visible (torch sees none, pycuda is missing or found none): running a "
-            "TensorRT engine needs an NVIDIA GPU; on this machine load the .onnx with ONNX Runtime "
-            "instead") from None
+        return np.dtype(trt.nptype(dtype))
+    except TypeError:
+        raise FasterViTTRTError(f"{what}: TensorRT type {dtype} has no NumPy equivalent; export the "
+                                "model with float32 or float16 input and output") from None
+
+
+def batch_plan(count: int, low: int, high: int) -> list[tuple[int, int, int]]:
+    """How ``count`` inputs run on a profile of batch ``low..high``: (start, stop, run_as) per
+    engine call, at most ``high`` each; a last part smaller than ``low`` is padded up to it."""
+    return [(start, min(start + high, count), max(min(high, count - start), low))
+            for start in range(0, count, high)]
 
 
 class TensorRTBackend:
     """A deserialized engine with a pool of ``contexts`` execution contexts."""
 
-    def __init__(self, path: Path, flavour: str | None = None, contexts: int = 2) -> None:
+    def __init__(self, path: Path, flavour: str | None = None, contexts: int = 2,
+                 version_compat: bool = False) -> None:
         trt = import_tensorrt(flavour)
         if trt is None:
             raise FasterViTTRTError(f"{path}: no {flavour or 'TensorRT'} Python package to run the "
                                     "engine; pip install 'fastervit-trt[tensorrt]', or load the .onnx "
                                     "with ONNX Runtime instead")
-        self.cuda = _cuda()
+        self.cuda = open_cuda()
         logger = trt.Logger(trt.Logger.ERROR)
         self.runtime = trt.Runtime(logger)
-        self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if version_compat:  # such engines carry their own lean runtime: let it load (as Polygraphy does)
+            self.runtime.engine_host_code_allowed = True
+        with self.cuda.active():
+            self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
         if self.engine is None:
             raise FasterViTTRTError(f"{path}: TensorRT {trt.__version__} cannot deserialize the engine "
                                     "(corrupt, truncated, or built by another TensorRT version or for "
@@ -121,14 +71,17 @@ class TensorRTBackend:
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
         self.input_name, self.output_name = inputs[0], outputs[0]
-        self.input_dtype = _NP[self.engine.get_tensor_dtype(self.input_name).name]
-        self.output_dtype = _NP[self.engine.get_tensor_dtype(self.output_name).name]
-        _, _, max_shape = self.engine.get_tensor_profile_shape(self.input_name, 0)
-        self.max_batch, self.input_shape = max_shape[0], tuple(max_shape[1:])
+        self.input_dtype = numpy_dtype(trt, self.engine.get_tensor_dtype(self.input_name), str(path))
+        self.output_dtype = numpy_dtype(trt, self.engine.get_tensor_dtype(self.output_name), str(path))
+        min_shape, _, max_shape = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        self.min_batch, self.max_batch = int(min_shape[0]), int(max_shape[0])
+        self.input_shape = tuple(max_shape[1:])
         self.num_classes = self.engine.get_tensor_shape(self.output_name)[-1]
+        self.path, self.closed = Path(path), False
         self.pool: queue.Queue = queue.Queue()
-        for _ in range(contexts):
-            self.pool.put(self._context())
+        with self.cuda.active():
+            for _ in range(contexts):
+                self.pool.put(self._context())
 
     def _context(self) -> dict:
         context = self.engine.create_execution_context()
@@ -142,29 +95,74 @@ class TensorRTBackend:
                 "host_out": self.cuda.pinned(out_shape, self.output_dtype)}
 
     def infer(self, batch) -> np.ndarray:
+        """Logits (N, classes) for a NumPy batch or a CUDA torch tensor of any N: split at the
+        profile's MAX, a remainder below its MIN padded up (and the padding dropped)."""
+        if not isinstance(batch, np.ndarray):
+            batch = self._check_tensor(batch)
+        parts = []
+        for start, stop, run_as in batch_plan(len(batch), self.min_batch, self.max_batch):
+            parts.append(self._run(batch[start:stop], run_as))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _check_tensor(self, tensor):
+        """A CUDA torch tensor on this engine's device, as the engine's input dtype (floats only:
+        an integer tensor is raw pixels, not preprocessed input)."""
+        torch = getattr(self.cuda, "torch", None)
+        if torch is None or not isinstance(tensor, torch.Tensor) or tensor.device.type != "cuda":
+            raise FasterViTTRTError(f"{self.path}: inputs must be a NumPy array or a CUDA torch tensor")
+        if not tensor.is_floating_point():
+            raise FasterViTTRTError(f"{self.path}: a {tensor.dtype} CUDA tensor is raw data; pass "
+                                    "preprocessed float inputs (runtime.Preprocess)")
+        if tensor.device.index not in (None, torch.cuda.current_device()):
+            raise FasterViTTRTError(f"{self.path}: the tensor is on {tensor.device}, the engine on "
+                                    f"cuda:{torch.cuda.current_device()}")
+        return tensor.to(dtype=getattr(torch, self.input_dtype.name)).contiguous()
+
+    def _acquire(self) -> dict:
+        while True:
+            if self.closed:
+                raise FasterViTTRTError(f"{self.path}: the model is closed; load it again")
+            try:
+                return self.pool.get(timeout=0.1)
+            except queue.Empty:
+                continue
+
+    def _run(self, batch, run_as: int) -> np.ndarray:
         count = len(batch)
-        slot = self.pool.get()
+        slot = self._acquire()
         try:
-            context = slot["context"]
-            context.set_input_shape(self.input_name, (count, *self.input_shape))
-            if isinstance(batch, np.ndarray):
-                host = slot["host_in"][:count]
-                host[...] = batch
-                self.cuda.upload(slot["device_in"], host, slot["stream"])
-                context.set_tensor_address(self.input_name, slot["in_ptr"])
-            else:  # a CUDA torch tensor: read in place
-                batch = batch.to(dtype=getattr(self.cuda.torch, np.dtype(self.input_dtype).name)).contiguous()
-                slot["stream"].wait_stream(self.cuda.torch.cuda.current_stream())
-                context.set_tensor_address(self.input_name, batch.data_ptr())
-            context.set_tensor_address(self.output_name, slot["out_ptr"])
-            if not context.execute_async_v3(slot["handle"]):
-                raise FasterViTTRTError("TensorRT failed to run the engine (see its log)")
-            self.cuda.download(slot["host_out"], slot["device_out"], count, slot["stream"])
-            return slot["host_out"][:count].astype(np.float32)
+            with self.cuda.active():
+                return self._execute(slot, batch, count, run_as)
         finally:
-            self.pool.put(slot)
+            if not self.closed:
+                self.pool.put(slot)
+
+    def _execute(self, slot: dict, batch, count: int, run_as: int) -> np.ndarray:
+        context = slot["context"]
+        if not context.set_input_shape(self.input_name, (run_as, *self.input_shape)):
+            raise FasterViTTRTError(f"{self.path}: TensorRT refused batch {run_as} (the engine's profile "
+                                    f"takes {self.min_batch} to {self.max_batch})")
+        if isinstance(batch, np.ndarray):
+            host = slot["host_in"][:run_as]
+            host[:count] = batch
+            host[count:] = 0
+            self.cuda.upload(slot["device_in"], host, slot["stream"])
+            context.set_tensor_address(self.input_name, slot["in_ptr"])
+        else:  # a CUDA torch tensor: read in place (padded on the GPU when below the profile's MIN)
+            torch = self.cuda.torch
+            if run_as > count:
+                batch = torch.cat([batch, batch.new_zeros((run_as - count, *batch.shape[1:]))])
+            slot["stream"].wait_stream(torch.cuda.current_stream())
+            context.set_tensor_address(self.input_name, batch.data_ptr())
+        context.set_tensor_address(self.output_name, slot["out_ptr"])
+        if not context.execute_async_v3(slot["handle"]):
+            raise FasterViTTRTError(f"{self.path}: TensorRT failed to run the engine (see its log)")
+        self.cuda.download(slot["host_out"], slot["device_out"], count, slot["stream"])
+        return slot["host_out"][:count].astype(np.float32)
 
     def close(self) -> None:
+        """Release the contexts; calls in flight finish, later ones get a clear error."""
+        self.closed = True
         while not self.pool.empty():
             self.pool.get()
         self.engine = None

@@ -164,10 +164,21 @@ def test_engine_for_another_gpu(engine, monkeypatch):
     from fastervit_trt.runtime import model as runtime_model
     sidecar = json.loads(engine.with_suffix(".json").read_text())
     sidecar["device"] = {"gpu": "NVIDIA A100", "compute_capability": "8.0"}
+    sidecar["tensorrt"]["flavour"] = "tensorrt"  # TensorRT proper: engines are per GPU
     write_json(engine.with_suffix(".json"), sidecar)
     monkeypatch.setattr(runtime_model, "_compute_capability", lambda: "9.0")
     with pytest.raises(EngineMismatchError, match=r"compute capability 8\.0 \(NVIDIA A100\), this GPU is 9\.0"):
         load(engine)
+
+
+def test_tensorrt_rtx_engines_run_on_other_capabilities(engine, monkeypatch):
+    """TensorRT-RTX compiles for its target capabilities at run time: no per-GPU refusal."""
+    from fastervit_trt.runtime import model as runtime_model
+    sidecar = json.loads(engine.with_suffix(".json").read_text())
+    sidecar["device"] = {"gpu": "NVIDIA RTX 4090", "compute_capability": "8.9"}
+    write_json(engine.with_suffix(".json"), sidecar)
+    monkeypatch.setattr(runtime_model, "_compute_capability", lambda: "12.0")
+    assert runtime_model.verify_engine(engine)["tensorrt"]["flavour"] == "tensorrt-rtx"
 
 
 def test_engine_without_gpu_or_sidecar_fails_clearly_and_the_process_goes_on(engine, digits_onnx, caplog):
