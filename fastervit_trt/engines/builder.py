@@ -21,11 +21,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ..artifacts import check_writable, paths_of, sha256, write_bytes, write_json
 from ..errors import FasterViTTRTError
 from ..sidecar import SCHEMA_VERSION, export_command, read_metadata, read_sidecar, sidecar_path
+
+if TYPE_CHECKING:  # tensorrt-stubs: the objects below are checked against TensorRT's API (mypy)
+    import tensorrt as trt_api
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +66,11 @@ def load_tensorrt(backend: str = "auto") -> tuple[str, ModuleType]:
     for name in (list(BACKENDS) if backend == "auto" else [backend]):
         for module in BACKENDS[name]:
             try:
-                return name, importlib.import_module(module)
+                loaded = importlib.import_module(module)
             except ImportError:
                 continue
+            if hasattr(loaded, "__version__"):  # not a stubs-only namespace package
+                return name, loaded
     raise EngineBuildError(
         "no TensorRT is installed; pip install 'fastervit-trt[tensorrt]' (TensorRT) or "
         "'fastervit-trt[tensorrt-rtx]' (TensorRT-RTX, builds without a GPU)")
@@ -79,7 +84,7 @@ def _progress_monitor(trt: ModuleType, stream: TextIO | None):
     """TensorRT's IProgressMonitor printing each top-level build phase; setting
     ``interrupted`` cancels the build at the next step."""
 
-    class Monitor(trt.IProgressMonitor):
+    class Monitor(trt.IProgressMonitor):  # type: ignore[name-defined]  # base from the module loaded at run time
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
             self.phases: list[str] = []
@@ -118,7 +123,7 @@ def _cancel_on_interrupt(monitor) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def parser_errors(parser) -> list[str]:
+def parser_errors(parser: trt_api.OnnxParser) -> list[str]:
     """The ONNX parser's errors with the node they concern."""
     errors = []
     for i in range(parser.num_errors):
@@ -196,12 +201,12 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
             f"{export_command(facts['metadata'], precision)}")
 
     logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
+    builder: trt_api.Builder = trt.Builder(logger)
     flags = 0
     if not implicit and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
+    parser: trt_api.OnnxParser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         details = "; ".join(parser_errors(parser)) or "unknown parser error"
         raise EngineBuildError(f"{onnx_path}: {flavour} cannot parse the graph: {details}")
@@ -225,7 +230,7 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
             builder_config.int8_calibrator = calibrator
     profile = builder.create_optimization_profile()
     dims = facts["dims"]
-    profile.set_shape(facts["input"], *[(b, *dims[1:]) for b in config.batch])
+    profile.set_shape(facts["input"], *[trt.Dims((b, *dims[1:])) for b in config.batch])
     builder_config.add_optimization_profile(profile)
     if calibrator is not None:
         builder_config.set_calibration_profile(profile)
@@ -247,7 +252,7 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
     timing = builder_config.get_timing_cache() if timing_cache else None  # None: nothing to save
     write_bytes(engine_path, bytes(serialized))
     calib_cache = config.calib_cache or (facts["metadata"].get("quantization") or {}).get("cache")
-    if timing is not None:
+    if timing is not None and config.timing_cache is not None:
         write_bytes(config.timing_cache, bytes(timing.serialize()))
 
     sidecar = {
@@ -272,10 +277,10 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(sidecar_path(engine_path), sidecar)
-    return read_sidecar(engine_path)  # as written: what every later reader sees
+    return read_sidecar(engine_path) or sidecar  # as written: what every later reader sees
 
 
-def _load_timing_cache(trt: ModuleType, flavour: str, builder_config, path: Path | None,
+def _load_timing_cache(trt: ModuleType, flavour: str, builder_config: trt_api.IBuilderConfig, path: Path | None,
                        stream: TextIO | None) -> bool:
     """Attach the timing cache at ``path`` (empty if absent); False where it does not apply."""
     if path is None:
@@ -294,9 +299,9 @@ def _load_timing_cache(trt: ModuleType, flavour: str, builder_config, path: Path
     return True
 
 
-def _io(tensor, trt: ModuleType, batch: tuple[int, int, int] | None) -> dict:
-    shape = list(tensor.shape)
-    entry = {"name": tensor.name, "dtype": str(tensor.dtype).split(".")[-1].lower(), "shape": shape}
+def _io(tensor: trt_api.ITensor, trt: ModuleType, batch: tuple[int, int, int] | None) -> dict:
+    shape = [tensor.shape[i] for i in range(len(tensor.shape))]
+    entry: dict[str, object] = {"name": tensor.name, "dtype": str(tensor.dtype).split(".")[-1].lower(), "shape": shape}
     if batch is not None:
         entry["profile"] = {k: [b, *shape[1:]] for k, b in zip(("min", "opt", "max"), batch)}
     return entry

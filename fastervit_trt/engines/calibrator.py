@@ -48,7 +48,7 @@ def make_calibrator(trt: ModuleType, facts: dict, config: BuildConfig):
         raise EngineBuildError("implicit INT8 needs --calib-cache (an existing cache) or --calib-data")
     cuda = open_cuda()
 
-    class Calibrator(bases[method]):
+    class Calibrator(bases[method]):  # type: ignore[valid-type,misc]  # class chosen at run time
         def __init__(self) -> None:
             bases[method].__init__(self)
             self.batches = iter(data.batches(batch)) if data is not None else iter(())

@@ -11,22 +11,27 @@ from __future__ import annotations
 import queue
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import FasterViTTRTError
-from .cuda import open_cuda
+from .cuda import TorchCuda, open_cuda
+
+if TYPE_CHECKING:  # tensorrt-stubs: the objects below are checked against TensorRT's API (mypy)
+    import tensorrt as trt_api
 
 def import_tensorrt(flavour: str | None = None):
     """The TensorRT module that runs engines of ``flavour`` (any installed if None)."""
     names = {"tensorrt": ["tensorrt"], "tensorrt-rtx": ["tensorrt_rtx", "tensorrt_rtx_bindings"]}
     candidates = names.get(flavour) if flavour else names["tensorrt"] + names["tensorrt-rtx"]
-    for module in candidates:
+    for module in candidates or []:
         try:
-            return __import__(module)
+            loaded = __import__(module)
         except ImportError:
             continue
+        if hasattr(loaded, "__version__"):  # not a stubs-only namespace package
+            return loaded
     return None
 
 
@@ -58,33 +63,34 @@ class TensorRTBackend:
                                     "with ONNX Runtime instead")
         self.cuda = open_cuda()
         logger = trt.Logger(trt.Logger.ERROR)
-        self.runtime = trt.Runtime(logger)
+        self.runtime: trt_api.Runtime = trt.Runtime(logger)
         if version_compat:  # such engines carry their own lean runtime: let it load (as Polygraphy does)
             self.runtime.engine_host_code_allowed = True
         with self.cuda.active():
-            self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
-        if self.engine is None:
+            engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if engine is None:
             raise FasterViTTRTError(f"{path}: TensorRT {trt.__version__} cannot deserialize the engine "
                                     "(corrupt, truncated, or built by another TensorRT version or for "
                                     "another GPU); rebuild it with fastervit-build")
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.engine: trt_api.ICudaEngine | None = engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
         self.input_name, self.output_name = inputs[0], outputs[0]
-        self.input_dtype = numpy_dtype(trt, self.engine.get_tensor_dtype(self.input_name), str(path))
-        self.output_dtype = numpy_dtype(trt, self.engine.get_tensor_dtype(self.output_name), str(path))
-        min_shape, _, max_shape = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        self.input_dtype = numpy_dtype(trt, engine.get_tensor_dtype(self.input_name), str(path))
+        self.output_dtype = numpy_dtype(trt, engine.get_tensor_dtype(self.output_name), str(path))
+        min_shape, _, max_shape = engine.get_tensor_profile_shape(self.input_name, 0)
         self.min_batch, self.max_batch = int(min_shape[0]), int(max_shape[0])
         self.input_shape = tuple(max_shape[1:])
-        self.num_classes = self.engine.get_tensor_shape(self.output_name)[-1]
+        self.num_classes = engine.get_tensor_shape(self.output_name)[-1]
         self.path, self.closed = Path(path), False
         self.pool: queue.Queue = queue.Queue()
         with self.cuda.active():
             for _ in range(contexts):
-                self.pool.put(self._context())
+                self.pool.put(self._context(engine))
 
-    def _context(self) -> dict:
-        context = self.engine.create_execution_context()
+    def _context(self, engine: trt_api.ICudaEngine) -> dict:
+        context = engine.create_execution_context()
         stream, handle = self.cuda.stream()
         in_shape, out_shape = (self.max_batch, *self.input_shape), (self.max_batch, self.num_classes)
         device_in, in_ptr = self.cuda.device(in_shape, self.input_dtype)
@@ -107,7 +113,7 @@ class TensorRTBackend:
     def _check_tensor(self, tensor):
         """A CUDA torch tensor on this engine's device, as the engine's input dtype (floats only:
         an integer tensor is raw pixels, not preprocessed input)."""
-        torch = getattr(self.cuda, "torch", None)
+        torch = self.cuda.torch if isinstance(self.cuda, TorchCuda) else None
         if torch is None or not isinstance(tensor, torch.Tensor) or tensor.device.type != "cuda":
             raise FasterViTTRTError(f"{self.path}: inputs must be a NumPy array or a CUDA torch tensor")
         if not tensor.is_floating_point():
@@ -138,7 +144,7 @@ class TensorRTBackend:
                 self.pool.put(slot)
 
     def _execute(self, slot: dict, batch, count: int, run_as: int) -> np.ndarray:
-        context = slot["context"]
+        context: trt_api.IExecutionContext = slot["context"]
         if not context.set_input_shape(self.input_name, (run_as, *self.input_shape)):
             raise FasterViTTRTError(f"{self.path}: TensorRT refused batch {run_as} (the engine's profile "
                                     f"takes {self.min_batch} to {self.max_batch})")
@@ -149,6 +155,7 @@ class TensorRTBackend:
             self.cuda.upload(slot["device_in"], host, slot["stream"])
             context.set_tensor_address(self.input_name, slot["in_ptr"])
         else:  # a CUDA torch tensor: read in place (padded on the GPU when below the profile's MIN)
+            assert isinstance(self.cuda, TorchCuda)  # _check_tensor admitted it
             torch = self.cuda.torch
             if run_as > count:
                 batch = torch.cat([batch, batch.new_zeros((run_as - count, *batch.shape[1:]))])

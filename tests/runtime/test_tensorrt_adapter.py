@@ -108,3 +108,17 @@ def test_legacy_calibrator_needs_toolkit_metadata_for_images(monkeypatch, tmp_pa
     from fastervit_trt.engines import EngineBuildError
     with pytest.raises(EngineBuildError, match="m.onnx: has no fastervit-trt metadata"):
         _calibrator(monkeypatch, tmp_path, (1, 8, 32), {})
+
+
+def test_a_stubs_only_tensorrt_package_is_not_taken_for_tensorrt(tmp_path, monkeypatch):
+    """tensorrt-stubs installs a `tensorrt` folder of .pyi files: importable, but no TensorRT."""
+    import sys
+    from fastervit_trt.engines import EngineBuildError, load_tensorrt
+    from fastervit_trt.runtime.tensorrt_backend import import_tensorrt
+    (tmp_path / "tensorrt").mkdir()
+    (tmp_path / "tensorrt" / "__init__.pyi").write_text("def nptype(t): ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    assert import_tensorrt("tensorrt") is None
+    with pytest.raises(EngineBuildError, match="no TensorRT is installed"):
+        load_tensorrt("tensorrt")
