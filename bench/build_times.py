@@ -5,6 +5,7 @@ Exports faster_vit_0_224 (random weights) as FP32, FP16 and INT8 (64 calibration
 then builds each at the given optimization levels, interleaving precisions per level.
 
   python bench/build_times.py --levels 0 3 5
+  python bench/build_times.py --smoke --json /tmp/smoke.json   # the 1 M-parameter test model, level 0
 """
 from __future__ import annotations
 
@@ -24,8 +25,13 @@ def main() -> int:
     parser.add_argument("--model", default="faster_vit_0_224")
     parser.add_argument("--levels", type=int, nargs="+", default=[0, 3, 5])
     parser.add_argument("--batch", default="1,8,32")
+    parser.add_argument("--calib-images", type=int, default=64)
     parser.add_argument("--json", type=Path, default=Path("bench/results/build_times.json"))
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes in seconds (faster_vit_digits, level 0, 16 calibration inputs)")
     args = parser.parse_args()
+    if args.smoke:
+        args.model, args.levels, args.batch, args.calib_images = "faster_vit_digits", [0], "1,2,4", 16
     batch = tuple(int(b) for b in args.batch.split(","))
     flavour, trt = load_tensorrt()
     rows = []
@@ -34,7 +40,7 @@ def main() -> int:
         graphs = {p: export_model(ExportOptions(model=args.model, precision=p, output_dir=tmp)).onnx_path
                   for p in ("fp32", "fp16")}
         graphs["int8"] = export_int8(ExportOptions(model=args.model, precision="int8", output_dir=tmp),
-                                     CalibrationOptions(images=64)).onnx_path
+                                     CalibrationOptions(images=args.calib_images)).onnx_path
         for level in args.levels:
             for precision, onnx_path in graphs.items():
                 sidecar = build_engine(onnx_path, tmp / f"{precision}_{level}.engine",

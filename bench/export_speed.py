@@ -9,6 +9,7 @@ official export. Also measured: export wall time and TensorRT-RTX build time.
 
   python bench/export_speed.py                        # faster_vit_0_224, batch 1 and 8
   python bench/export_speed.py --batch 1 8 --rounds 7 --json bench/results/export_speed.json
+  python bench/export_speed.py --smoke --json /tmp/smoke.json   # seconds: the any-res model at 64x64
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def rtx_build_seconds(path: Path, batch: tuple[int, int, int]) -> float | str:
     from fastervit_trt.engines import BuildConfig, EngineBuildError, build_engine
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            return build_engine(path, Path(tmp) / "e.engine", BuildConfig(batch=batch))["seconds"]
+            return build_engine(path, Path(tmp) / "e.engine", BuildConfig(batch=batch))["build"]["seconds"]
     except EngineBuildError as exc:
         return f"failed: {str(exc)[:200]}"
 
@@ -72,21 +73,31 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per batch size")
     parser.add_argument("--seconds", type=float, default=2.0, help="timed work per contender per round")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--resolution", type=int, nargs=2, metavar=("H", "W"),
+                        help="input size (any-res models); the variant's own when omitted")
     parser.add_argument("--json", type=Path, default=Path("bench/results/export_speed.json"))
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes in seconds (faster_vit_0_any_res at 64x64, one short round): "
+                             "checks the script runs, measures nothing")
     args = parser.parse_args()
+    if args.smoke:
+        args.model, args.resolution, args.batch, args.rounds, args.seconds = \
+            "faster_vit_0_any_res", [64, 64], [1], 1, 0.05
     torch.set_num_threads(args.threads)
+    resolution = tuple(args.resolution) if args.resolution else None
 
-    official = randomize_(official_model(args.model))
+    official = randomize_(official_model(args.model, resolution))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         torch.save(official.state_dict(), tmp / "weights.pth")
         official_path = tmp / "official.onnx"
-        official_export_s = export_official(official, official_path, official.pretrained_cfg["input_size"][1:])
+        official_export_s = export_official(official, official_path,
+                                            resolution or official.pretrained_cfg["input_size"][1:])
         start = time.perf_counter()
-        ours = export_model(ExportOptions(model=args.model, checkpoint=tmp / "weights.pth",
+        ours = export_model(ExportOptions(model=args.model, checkpoint=tmp / "weights.pth", resolution=resolution,
                                           precision="fp32", output_dir=tmp / "ours"))
         ours_export_s = time.perf_counter() - start
-        ours_fp16 = export_model(ExportOptions(model=args.model, checkpoint=tmp / "weights.pth",
+        ours_fp16 = export_model(ExportOptions(model=args.model, checkpoint=tmp / "weights.pth", resolution=resolution,
                                                precision="fp16", output_dir=tmp / "ours"))
         resolution = tuple(ours.report["arch"]["resolution"])
         nodes = {"official": len(onnx.load(str(official_path), load_external_data=False).graph.node),

@@ -54,7 +54,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=12, help="requests per client")
     parser.add_argument("--queue-delay-us", type=int, default=2000)
     parser.add_argument("--json", type=Path, default=Path("bench/results/triton_load.json"))
+    parser.add_argument("--smoke", action="store_true", help="one client, two requests: checks the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.clients, args.requests = [1], 2
     import tritonclient.grpc as grpc_client
     model = load(args.model)
     x = np.random.default_rng(0).standard_normal((1, 3, *model.preprocess.input_size), dtype=np.float32)

@@ -1,12 +1,56 @@
-"""bench/export_all.py in its smoke size: the table the README quotes keeps running."""
+"""Every script in bench/ in its smoke size: a benchmark the README quotes keeps running."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.conftest import has_tensorrt
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    child = subprocess.run([sys.executable, str(ROOT / "bench" / script), *argv],
+                           capture_output=True, text=True, timeout=600, cwd=cwd)
+    assert child.returncode == 0, child.stderr[-3000:]
+    return child
+
+
+def test_export_speed_smoke(tmp_path):
+    if not has_tensorrt():
+        pytest.skip("no TensorRT / TensorRT-RTX installed")
+    child = _run("export_speed.py", "--smoke", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["ratio_ours_vs_official"]["1"] > 0 and "ours/official" in child.stdout
+    assert all(isinstance(s, float) for s in result["tensorrt_rtx_build_seconds"].values()), result
+
+
+def test_build_times_smoke(tmp_path):
+    if not has_tensorrt():
+        pytest.skip("no TensorRT / TensorRT-RTX installed")
+    _run("build_times.py", "--smoke", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [r["precision"] for r in rows] == ["fp32", "fp16", "int8"] and all(r["seconds"] > 0 for r in rows)
+
+
+def test_calibration_speed_smoke(tmp_path):
+    _run("calibration_speed.py", "--smoke", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["calibration_seconds"] > 0 and result["ort_img_per_s"]["fp32"] > 0
+
+
+def test_triton_load_smoke(tmp_path):
+    if not all(importlib.util.find_spec(m) for m in ("pytriton", "tritonclient")):
+        pytest.skip("PyTriton / tritonclient not installed (pip install fastervit-trt[triton])")
+    from fastervit_trt.export.pipeline import ExportOptions, export_model
+    onnx_path = export_model(ExportOptions(model="faster_vit_digits", precision="fp32", output_dir=tmp_path)).onnx_path
+    _run("triton_load.py", "--model", str(onnx_path), "--smoke", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
+    assert len(json.loads((tmp_path / "r.json").read_text())["rows"]) == 2
 
 
 def test_export_all_smoke(tmp_path):
