@@ -30,7 +30,7 @@ from ..preprocess import Preprocess
 from ..progress import Steps
 from .cache import CalibrationCache, CalibrationCacheError, installed_trt_version, version_number
 from .collect import collect_histograms
-from .dataset import DEFAULT_DATA, CalibrationData
+from .dataset import DEFAULT_DATA, CalibrationData, StoredInputs
 from .qdq import QDQ_MIN_OPSET, quant_targets, scale_of, to_opset
 from .ranges import METHODS, compute_amax
 from .sensitivity import Evaluator, layer_sensitivity, mixed_precision
@@ -110,8 +110,8 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
     budget = calib.accuracy_budget is not None
     steps = Steps(7 + (calib.sensitivity or budget) + budget, stream)
     preprocess = Preprocess.from_config(variant.eval)
-    heldout, heldout_kind = _heldout_inputs(calib, preprocess)
     with scratch(options.output_dir) as store:
+        heldout, heldout_kind = _heldout_inputs(calib, preprocess, store.folder / "heldout.npy")
         traced = trace_model(options, steps, store, probes={"heldout": heldout})
         fp32 = traced.graph
         targets = quant_targets(fp32)
@@ -174,16 +174,18 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
     return ExportResult(options.onnx_path, options.report_path, report)
 
 
-def _heldout_inputs(calib: CalibrationOptions, preprocess: Preprocess) -> tuple[np.ndarray, str]:
+def _heldout_inputs(calib: CalibrationOptions, preprocess: Preprocess, path: Path) -> tuple[StoredInputs, str]:
     """Held-out images (or crops) of the calibration folder; of the shipped photos when the
     calibration data is a .npy (its own inputs would hide a wrongly scaled array) or a reused
-    cache comes without images; seeded random inputs when neither exists."""
+    cache comes without images; seeded random inputs when neither exists. Stored in ``path``
+    and read back a slice at a time."""
     source = calib.data if calib.data.is_dir() else DEFAULT_DATA
     if not source.exists():
         rng = np.random.default_rng(0)
-        return rng.standard_normal((calib.heldout, 3, *preprocess.input_size), dtype=np.float32), "seeded random inputs"
+        samples = (rng.standard_normal((3, *preprocess.input_size), dtype=np.float32) for _ in range(calib.heldout))
+        return StoredInputs(path, samples, calib.heldout), "seeded random inputs"
     data = CalibrationData(source, preprocess, calib.heldout, split="heldout")
-    return np.stack([data.sample(i) for i in range(len(data))]), data.describe()
+    return StoredInputs(path, (data.sample(i) for i in range(len(data))), len(data)), data.describe()
 
 
 def _accuracy(pytorch_logits: np.ndarray, evaluator: Evaluator, int8_path: Path, kind: str,

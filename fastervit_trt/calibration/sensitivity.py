@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from ..compare import compare
-from ..export.pipeline import ort_logits
+from ..export.pipeline import InputSet, ort_logits
 from ..export.weights import WeightFile
 from ..progress import Bar
 from .qdq import QuantTarget, insert_qdq, tensor_types
@@ -32,7 +32,7 @@ class Evaluator:
     targets: list[QuantTarget]
     amax: dict[str, float]
     weights: Mapping[str, np.ndarray]
-    inputs: np.ndarray
+    inputs: InputSet
     reference: np.ndarray
     store: WeightFile | None = None  # where the graphs' external weights live
 

@@ -14,7 +14,7 @@ import platform
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import numpy as np
 import onnx
@@ -95,6 +95,14 @@ class ExportResult:
     report: dict = field(default_factory=dict)
 
 
+class InputSet(Protocol):
+    """N inputs sliced into NumPy batches: an array, or inputs kept on disk (StoredInputs)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice) -> np.ndarray: ...
+
+
 @dataclass
 class Traced:
     """What the model stage hands on: the weightless FP32 graph (weights in a ``WeightFile``),
@@ -142,7 +150,7 @@ def export_model(options: ExportOptions, stream: TextIO | None = None) -> Export
 
 
 def trace_model(options: ExportOptions, steps: Steps, weights: WeightFile,
-                probes: dict[str, np.ndarray] | None = None) -> Traced:
+                probes: dict[str, InputSet] | None = None) -> Traced:
     """The first three steps of every export: the eval model, PyTorch's reference logits,
     and the simplified FP32 graph whose weights go to ``weights``. The PyTorch model is
     transformed in place and freed, so at most one copy of the weights is ever in memory."""
@@ -161,7 +169,7 @@ def trace_model(options: ExportOptions, steps: Steps, weights: WeightFile,
     return Traced(variant, checkpoint, graph, inputs, input_kind, validation, references)
 
 
-def _logits(model: FasterViT, inputs: np.ndarray) -> np.ndarray:
+def _logits(model: FasterViT, inputs: InputSet) -> np.ndarray:
     """PyTorch's logits, ``EVAL_CHUNK`` inputs at a time (32 held-out images at 768x768 at
     once need tens of GB)."""
     with torch.no_grad():
@@ -261,7 +269,7 @@ def graph_summary(model: onnx.ModelProto) -> dict:
             "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))}
 
 
-def ort_logits(model: Path | bytes, inputs: np.ndarray, optimize: bool = True) -> np.ndarray:
+def ort_logits(model: Path | bytes, inputs: InputSet, optimize: bool = True) -> np.ndarray:
     """Run an ONNX file (or serialized model) with ONNX Runtime on the CPU (float32 in and out),
     ``EVAL_CHUNK`` inputs at a time so that memory does not grow with the number of inputs.
 

@@ -122,3 +122,14 @@ def test_unreadable_image_is_replaced_by_the_next_file(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         batch = next(data.batches(4))
     assert batch.shape == (4, 3, 64, 64) and [p.name for p in data.skipped] == ["00.jpg"]
+
+
+def test_stored_inputs_read_back_slice_by_slice(tmp_path):
+    """Held-out inputs live in a file and come back a slice at a time, bit for bit."""
+    from fastervit_trt.calibration.dataset import StoredInputs
+    arrays = np.random.default_rng(0).standard_normal((7, 3, 5, 6)).astype(np.float32)
+    stored = StoredInputs(tmp_path / "held.npy", iter(arrays), len(arrays))
+    assert len(stored) == 7
+    np.testing.assert_array_equal(np.concatenate([stored[i:i + 3] for i in range(0, 7, 3)]), arrays)
+    np.testing.assert_array_equal(stored[:1], arrays[:1])
+    np.testing.assert_array_equal(np.load(tmp_path / "held.npy"), arrays)  # a plain .npy file
