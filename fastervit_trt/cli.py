@@ -453,6 +453,7 @@ def bench_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastervit-bench", formatter_class=_formatter,
         epilog="examples:\n  fastervit-bench --model engines/faster_vit_0_224_fp16.engine --batch 1,8,32\n"
+               "  fastervit-bench --model engines/faster_vit_0_224_fp16.engine --batch 1 --cuda-graph\n"
                "  fastervit-bench --model export/faster_vit_0_224_fp32.onnx --torch-model faster_vit_0_224 "
                "--checkpoint fastervit_0_224_1k.pth.tar --json",
         description="Latency percentiles and throughput per batch size, optionally against PyTorch eager "
@@ -462,6 +463,9 @@ def bench_parser() -> argparse.ArgumentParser:
                         help="batch sizes to time")
     parser.add_argument("--iters", type=_positive, default=50, help="timed calls per batch size")
     parser.add_argument("--warmup", type=_number(int, 0), default=5)
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="engines: capture each batch shape's launch as a CUDA graph and replay it "
+                             "(as trtexec --useCudaGraph)")
     parser.add_argument("--torch-model", metavar="NAME", help="also time PyTorch eager of this variant")
     parser.add_argument("--checkpoint", type=Path, help="weights for --torch-model")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -473,8 +477,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     from .runtime import load
     from .runtime.benchmark import benchmark
-    model = load(args.model)
-    runners = {str(args.model.name): model.logits}
+    model = load(args.model, cuda_graphs=args.cuda_graph)
+    runners = {str(args.model.name) + (" (CUDA graph)" if args.cuda_graph else ""): model.logits}
     if args.torch_model:
         import torch
 

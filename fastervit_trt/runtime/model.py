@@ -82,8 +82,10 @@ class InferenceModel:
         self.close()
 
 
-def load(path: str | Path, providers: list[str] | None = None, contexts: int = 2) -> InferenceModel:
-    """Load an ``.engine`` (TensorRT, with its sidecar) or ``.onnx`` (ONNX Runtime)."""
+def load(path: str | Path, providers: list[str] | None = None, contexts: int = 2,
+         cuda_graphs: bool = False) -> InferenceModel:
+    """Load an ``.engine`` (TensorRT, with its sidecar) or ``.onnx`` (ONNX Runtime);
+    ``cuda_graphs`` replays each batch shape's captured CUDA graph (engines only)."""
     path = Path(path)
     if not path.is_file():
         raise FasterViTTRTError(f"{path}: no such model file")
@@ -96,6 +98,8 @@ def load(path: str | Path, providers: list[str] | None = None, contexts: int = 2
         raise FasterViTTRTError(f"{path}: expected an .engine/.plan or .onnx model; "
                                 f"{hint.get(path.suffix, 'export and build one with fastervit-export')}")
     if path.suffix == ".onnx":
+        if cuda_graphs:
+            raise FasterViTTRTError(f"{path}: CUDA graphs apply to TensorRT engines; pass an .engine")
         from .onnxruntime_backend import OnnxRuntimeBackend
         backend = OnnxRuntimeBackend(path, providers)
         info = backend.metadata
@@ -105,7 +109,8 @@ def load(path: str | Path, providers: list[str] | None = None, contexts: int = 2
         info = verify_engine(path)
         from .tensorrt_backend import TensorRTBackend
         backend = TensorRTBackend(path, (info.get("tensorrt") or {}).get("flavour"), contexts,
-                                  version_compat=bool((info.get("build") or {}).get("version_compat")))
+                                  version_compat=bool((info.get("build") or {}).get("version_compat")),
+                                  cuda_graphs=cuda_graphs)
     preprocess = Preprocess.from_config(info.get("preprocess") or
                                         {**_DEFAULT_PREPROCESS, "input_size": backend.input_shape[1:]})
     label_set = (info.get("preprocess") or {}).get("label_set") or info.get("label_set")

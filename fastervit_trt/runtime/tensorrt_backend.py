@@ -55,13 +55,17 @@ class TensorRTBackend:
     """A deserialized engine with a pool of ``contexts`` execution contexts."""
 
     def __init__(self, path: Path, flavour: str | None = None, contexts: int = 2,
-                 version_compat: bool = False) -> None:
+                 version_compat: bool = False, cuda_graphs: bool = False) -> None:
         trt = import_tensorrt(flavour)
         if trt is None:
             raise FasterViTTRTError(f"{path}: no {flavour or 'TensorRT'} Python package to run the "
                                     "engine; pip install 'fastervit-trt[tensorrt]', or load the .onnx "
                                     "with ONNX Runtime instead")
         self.cuda = open_cuda()
+        if cuda_graphs and not isinstance(self.cuda, TorchCuda):
+            raise FasterViTTRTError(f"{path}: CUDA graphs need PyTorch with CUDA (pycuda cannot capture "
+                                    "TensorRT's launches); install torch or drop --cuda-graph")
+        self.cuda_graphs = cuda_graphs
         logger = trt.Logger(trt.Logger.ERROR)
         self.runtime: trt_api.Runtime = trt.Runtime(logger)
         if version_compat:  # such engines carry their own lean runtime: let it load (as Polygraphy does)
@@ -98,7 +102,7 @@ class TensorRTBackend:
         return {"context": context, "stream": stream, "handle": handle, "device_in": device_in,
                 "in_ptr": in_ptr, "device_out": device_out, "out_ptr": out_ptr,
                 "host_in": self.cuda.pinned(in_shape, self.input_dtype),
-                "host_out": self.cuda.pinned(out_shape, self.output_dtype)}
+                "host_out": self.cuda.pinned(out_shape, self.output_dtype), "graphs": {}}
 
     def infer(self, batch) -> np.ndarray:
         """Logits (N, classes) for a NumPy batch or a CUDA torch tensor of any N: split at the
@@ -160,12 +164,37 @@ class TensorRTBackend:
             if run_as > count:
                 batch = torch.cat([batch, batch.new_zeros((run_as - count, *batch.shape[1:]))])
             slot["stream"].wait_stream(torch.cuda.current_stream())
-            context.set_tensor_address(self.input_name, batch.data_ptr())
+            if self.cuda_graphs:  # a captured graph reads its own buffer: copy in, on the GPU
+                with torch.cuda.stream(slot["stream"]):
+                    slot["device_in"][:run_as].copy_(batch, non_blocking=True)
+                context.set_tensor_address(self.input_name, slot["in_ptr"])
+            else:
+                context.set_tensor_address(self.input_name, batch.data_ptr())
         context.set_tensor_address(self.output_name, slot["out_ptr"])
-        if not context.execute_async_v3(slot["handle"]):
+        if self.cuda_graphs:
+            self._replay(context, slot, run_as)
+        elif not context.execute_async_v3(slot["handle"]):
             raise FasterViTTRTError(f"{self.path}: TensorRT failed to run the engine (see its log)")
         self.cuda.download(slot["host_out"], slot["device_out"], count, slot["stream"])
         return slot["host_out"][:count].astype(np.float32)
+
+    def _replay(self, context: trt_api.IExecutionContext, slot: dict, run_as: int) -> None:
+        """Launch the CUDA graph of this context at batch ``run_as``, captured on first use
+        after one ordinary run (TensorRT defers some work to its first enqueue), as
+        ``trtexec --useCudaGraph`` does."""
+        assert isinstance(self.cuda, TorchCuda)
+        torch, stream = self.cuda.torch, slot["stream"]
+        graph = slot["graphs"].get(run_as)
+        if graph is None:
+            if not context.execute_async_v3(slot["handle"]):
+                raise FasterViTTRTError(f"{self.path}: TensorRT failed to run the engine (see its log)")
+            stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):  # other slots keep running
+                context.execute_async_v3(slot["handle"])
+            slot["graphs"][run_as] = graph
+        with torch.cuda.stream(stream):
+            graph.replay()
 
     def close(self) -> None:
         """Release the contexts; calls in flight finish, later ones get a clear error."""

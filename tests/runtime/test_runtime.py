@@ -200,3 +200,21 @@ def test_engine_runs_on_gpu_and_matches_onnx(engine, digits_onnx):
     with load(engine) as trt_model, load(digits_onnx) as ort_model:
         assert np.allclose(trt_model.logits(x), ort_model.logits(x), atol=1e-3)
         assert np.allclose(trt_model.logits(torch.from_numpy(x).cuda()), ort_model.logits(x), atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_matches_plain_launches(engine):
+    """fastervit-bench --cuda-graph: each batch shape captured once, replayed after."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU")
+    x = np.random.default_rng(0).standard_normal((3, 3, 128, 128)).astype(np.float32)
+    with load(engine) as plain, load(engine, cuda_graphs=True) as graphed:
+        expected = plain.logits(x)
+        for _ in range(3):  # the first call captures, the others replay
+            assert np.allclose(graphed.logits(x), expected, atol=1e-4)
+        assert np.allclose(graphed.logits(torch.from_numpy(x).cuda()), expected, atol=1e-4)
+
+
+def test_cuda_graphs_are_for_engines(digits_onnx):
+    with pytest.raises(FasterViTTRTError, match="CUDA graphs apply to TensorRT engines"):
+        load(digits_onnx, cuda_graphs=True)
