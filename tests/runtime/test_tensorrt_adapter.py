@@ -122,3 +122,124 @@ def test_a_stubs_only_tensorrt_package_is_not_taken_for_tensorrt(tmp_path, monke
     assert import_tensorrt("tensorrt") is None
     with pytest.raises(EngineBuildError, match="no TensorRT is installed"):
         load_tensorrt("tensorrt")
+
+
+class _FakeEngineWorld:
+    """Just enough of TensorRT (and CUDA memory) to drive TensorRTBackend on the CPU: the
+    context computes per-image sums as "logits" and records what the backend asked of it."""
+
+    def __init__(self, low: int, high: int):
+        world = self
+        self.calls, self.events = [], []
+
+        class Context:
+            def set_input_shape(self, name, shape):
+                self.shape = shape
+                return low <= shape[0] <= high
+
+            def set_tensor_address(self, name, pointer):
+                pass
+
+            def execute_async_v3(self, handle):
+                world.calls.append(self.shape[0])
+                inputs = world.device_in[: self.shape[0]]
+                world.device_out[: self.shape[0]] = inputs.reshape(len(inputs), -1).sum(1, keepdims=True)
+                return True
+
+        class Engine:
+            num_io_tensors = 2
+
+            def get_tensor_name(self, i):
+                return ("input", "logits")[i]
+
+            def get_tensor_mode(self, name):
+                return "in" if name == "input" else "out"
+
+            def get_tensor_dtype(self, name):
+                return "float32"
+
+            def get_tensor_profile_shape(self, name, index):
+                return (low, 3, 2, 2), (high, 3, 2, 2), (high, 3, 2, 2)
+
+            def get_tensor_shape(self, name):
+                return (-1, 1)
+
+            def create_execution_context(self):
+                return Context()
+
+        class Runtime:
+            def __init__(self, logger):
+                self._host_code = False
+
+            @property
+            def engine_host_code_allowed(self):
+                return self._host_code
+
+            @engine_host_code_allowed.setter
+            def engine_host_code_allowed(self, value):
+                world.events.append(("host code allowed", value))
+                self._host_code = value
+
+            def deserialize_cuda_engine(self, data):
+                world.events.append(("deserialize", self._host_code))
+                return Engine()
+
+        logger = type("Logger", (), {"ERROR": 0, "__init__": lambda self, level=0: None})
+        self.trt = types.SimpleNamespace(Logger=logger, Runtime=Runtime, __version__="10.0",
+                                         TensorIOMode=types.SimpleNamespace(INPUT="in"),
+                                         nptype=lambda dtype: np.float32)
+
+    def cuda(self):
+        world = self
+        fake = _FakeCuda()
+
+        def device(shape, dtype):
+            buffer = np.zeros(shape, dtype)
+            if len(shape) == 4:
+                world.device_in = buffer
+            else:
+                world.device_out = buffer
+            return buffer, 0
+        fake.device = device
+        fake.pinned = lambda shape, dtype: np.zeros(shape, dtype)
+        fake.download = lambda host, device, count, stream: host.__setitem__(slice(0, count), device[:count])
+        return fake
+
+
+@pytest.mark.parametrize("low,high,count,calls", [(4, 8, 1, [4]), (4, 8, 10, [8, 4]), (1, 8, 3, [3])])
+def test_backend_pads_to_the_profile_minimum_and_drops_the_padding(low, high, count, calls, tmp_path, monkeypatch):
+    from fastervit_trt.runtime import tensorrt_backend
+    world = _FakeEngineWorld(low, high)
+    monkeypatch.setattr(tensorrt_backend, "import_tensorrt", lambda flavour=None: world.trt)
+    monkeypatch.setattr(tensorrt_backend, "open_cuda", world.cuda)
+    (tmp_path / "m.engine").write_bytes(b"engine")
+    backend = TensorRTBackend(tmp_path / "m.engine", contexts=1)
+    x = np.random.default_rng(0).standard_normal((count, 3, 2, 2)).astype(np.float32)
+    logits = backend.infer(x)
+    assert world.calls == calls and logits.shape == (count, 1)
+    np.testing.assert_allclose(logits[:, 0], x.reshape(count, -1).sum(1), rtol=1e-6)
+
+
+def test_version_compatible_engines_get_host_code_allowed_before_deserializing(tmp_path, monkeypatch):
+    from fastervit_trt.runtime import tensorrt_backend
+    world = _FakeEngineWorld(1, 8)
+    monkeypatch.setattr(tensorrt_backend, "import_tensorrt", lambda flavour=None: world.trt)
+    monkeypatch.setattr(tensorrt_backend, "open_cuda", world.cuda)
+    (tmp_path / "m.engine").write_bytes(b"engine")
+    TensorRTBackend(tmp_path / "m.engine", version_compat=True)
+    TensorRTBackend(tmp_path / "m.engine")
+    assert world.events == [("host code allowed", True), ("deserialize", True), ("deserialize", False)]
+
+
+def test_rebuild_hint_keeps_every_build_input():
+    """The hint once rebuilt an implicit-INT8 engine as FP32 and dropped its data and caches."""
+    import shlex
+    from fastervit_trt.sidecar import rebuild_command
+    sidecar = {"precision": "int8", "tensorrt": {"flavour": "tensorrt"},
+               "onnx": {"path": "/m/x.onnx"}, "engine": {"path": "/e/x.engine"},
+               "build": {"batch": [1, 8, 32], "strongly_typed": False, "calib_cache": "c.cache",
+                         "calib_data": "photos dir", "timing_cache": "t.cache"}}
+    argv = shlex.split(rebuild_command(sidecar))
+    for flag, value in [("--precision", "int8"), ("--backend", "tensorrt"), ("--calib-cache", "c.cache"),
+                        ("--calib-data", "photos dir"), ("--timing-cache", "t.cache"), ("--batch", "1,8,32")]:
+        assert argv[argv.index(flag) + 1] == value
