@@ -11,13 +11,15 @@ crop -> [0, 1] -> normalise by mean/std -> float32 CHW.
 """
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import FasterViTTRTError
 
@@ -32,16 +34,48 @@ class ImageError(FasterViTTRTError):
     """A file that cannot be decoded as an image."""
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decode ``path`` as an RGB image; raises ImageError naming the file."""
+ImageSource = Union[str, Path, bytes, BinaryIO]
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white, as viewers show them
+
+
+def load_image(source: ImageSource, exif_rotate: bool = True) -> Image.Image:
+    """Decode ``source`` (a path, encoded bytes or a binary file object) as an 8-bit RGB image.
+
+    As people have images: EXIF orientation applied (phone photos upright; ``exif_rotate=False``
+    keeps the stored pixels), 16-bit grayscale scaled to 8 bits (not clipped), CMYK and
+    palette converted, transparency composited onto ``BACKGROUND``, the first frame of an
+    animation. Raises ImageError naming the file; a decompression bomb is refused from its
+    header, before any pixel is decoded.
+    """
+    name = source if isinstance(source, (str, Path)) else "<image bytes>"
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            image.seek(0)
+            if exif_rotate:
+                image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{path}: cannot decode the image ({exc.__class__.__name__}); "
+        raise ImageError(f"{name}: no such image file") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name}: refused, {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"{name}: cannot decode the image ({exc.__class__.__name__}); "
                          "check that it is a readable JPEG/PNG/WebP/BMP") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit grey: 65535 -> 255
+        grey = np.asarray(image, dtype=np.float32)
+        if image.mode != "I" or grey.max() > 255:  # 32-bit "I" holding 8-bit values stays as is
+            grey = grey / 257.0
+        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "RGB" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 @dataclass(frozen=True)

@@ -54,3 +54,79 @@ def test_corrupt_image_names_the_file(tmp_path):
         load_image(bad)
     with pytest.raises(ImageError, match="no such image"):
         load_image(tmp_path / "missing.png")
+
+
+# ---------------------------------------------------------------- images as people have them
+
+def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    """A 16-bit PNG once came out nearly white (values above 255 clipped)."""
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "depth.png")
+    pixels = np.asarray(load_image(tmp_path / "depth.png"))
+    assert pixels.shape == (64, 64, 3) and (pixels[..., 0] == pixels[..., 2]).all()
+    np.testing.assert_allclose(pixels[..., 0], ramp / 257.0, atol=0.51)
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    Image.new("CMYK", (32, 32), (0, 255, 255, 0)).save(tmp_path / "print.jpg")  # pure red ink
+    red, green, blue = np.asarray(load_image(tmp_path / "print.jpg")).reshape(-1, 3).mean(0)
+    assert red > 200 and green < 60 and blue < 60
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P"])
+def test_transparency_is_composited_onto_white(mode, tmp_path):
+    image = Image.new("RGBA", (20, 10), (0, 0, 255, 255))
+    image.paste((0, 0, 0, 0), (0, 0, 10, 10))  # left half fully transparent (black underneath)
+    if mode == "P":
+        image = image.convert("P", palette=Image.Palette.ADAPTIVE)
+        image.info["transparency"] = image.getpixel((0, 0))
+    image.save(tmp_path / "logo.png", **({"transparency": image.info["transparency"]} if mode == "P" else {}))
+    pixels = np.asarray(load_image(tmp_path / "logo.png"))
+    assert (pixels[:, :10] == 255).all() and (pixels[:, 10:] == (0, 0, 255)).all()
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".webp"])
+def test_animation_gives_its_first_frame(suffix, tmp_path):
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / f"a{suffix}", save_all=True, append_images=frames[1:], duration=100, loop=0,
+                   **({"lossless": True} if suffix == ".webp" else {}))
+    red, _, blue = np.asarray(load_image(tmp_path / f"a{suffix}")).reshape(-1, 3).mean(0)
+    assert red > 200 and blue < 60
+
+
+def test_exif_orientation_makes_phone_photos_upright(tmp_path):
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 20, 20))  # blue on the left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    image.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright = load_image(tmp_path / "phone.jpg")
+    raw = load_image(tmp_path / "phone.jpg", exif_rotate=False)
+    assert raw.size == (40, 20) and upright.size == (20, 40)
+    assert np.asarray(upright)[5, 10, 2] > 200  # stored left (blue) is displayed on top
+
+
+def test_decompression_bomb_is_refused_from_its_header(tmp_path):
+    import struct
+    import time
+    import zlib
+    Image.new("1", (8, 8)).save(tmp_path / "small.png")
+    data = bytearray((tmp_path / "small.png").read_bytes())
+    ihdr = struct.pack(">II", 40_000, 40_000) + bytes(data[24:29])  # 1.6 gigapixels claimed
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    (tmp_path / "bomb.png").write_bytes(bytes(data))
+    start = time.perf_counter()
+    with pytest.raises(ImageError, match=r"bomb\.png: refused.*exceeds limit"):
+        load_image(tmp_path / "bomb.png")
+    assert time.perf_counter() - start < 2  # nothing decoded
+
+
+def test_encoded_bytes_and_file_objects_are_images(tmp_path):
+    import io
+    Image.new("RGB", (30, 20), (1, 2, 3)).save(tmp_path / "x.png")
+    data = (tmp_path / "x.png").read_bytes()
+    for source in (data, io.BytesIO(data)):
+        assert np.asarray(load_image(source)).reshape(-1, 3).tolist()[0] == [1, 2, 3]
+    with pytest.raises(ImageError, match="<image bytes>: cannot decode"):
+        load_image(b"not an image")
