@@ -409,38 +409,62 @@ def infer_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastervit-infer", formatter_class=_formatter,
         epilog="examples:\n  fastervit-infer cat.jpg dog.png --model engines/faster_vit_0_224_fp16.engine\n"
-               "  fastervit-infer photos/*.jpg --model export/faster_vit_0_224_fp32.onnx --topk 1 --json",
-        description="Classify images with an engine or ONNX file (preprocessing from its sidecar/metadata).")
-    parser.add_argument("images", nargs="+", type=Path, help="image files")
+               "  fastervit-infer photos/ --model export/faster_vit_0_224_fp32.onnx --topk 1 --json",
+        description="Classify images with an engine or ONNX file (preprocessing from its sidecar/metadata). "
+                    "Images are decoded on a thread pool, the next batch while the model runs this one.")
+    parser.add_argument("images", nargs="+", type=Path, help="image files, or folders (read recursively)")
     parser.add_argument("--model", type=Path, required=True, help=".engine or .onnx")
     parser.add_argument("--topk", type=_positive, default=5, help="classes shown per image")
+    parser.add_argument("--no-exif-rotate", action="store_true",
+                        help="keep the stored pixels; by default EXIF orientation is applied (phone photos upright)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
 def _infer(args: argparse.Namespace) -> int:
     import json
+    from concurrent.futures import ThreadPoolExecutor
 
-    from .preprocess import ImageError, load_image
+    import numpy as np
+
+    from .preprocess import IMAGE_SUFFIXES, ImageError, load_image
     from .runtime import load
+    from .runtime.inputs import DECODE_THREADS
     model = load(args.model)
-    images, failed = [], 0
-    for path in args.images:
+    paths = [found for path in args.images for found in
+             (sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path])]
+
+    def decode(path: Path):
         try:
-            images.append((path, load_image(path)))
+            return model.preprocess(load_image(path, exif_rotate=not args.no_exif_rotate))
         except ImageError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            failed += 1
-    results = model.predict([image for _, image in images], topk=args.topk) if images else []
+            return exc
+
+    failed, rows = 0, []
+    chunks = [paths[i:i + model.max_batch] for i in range(0, len(paths), model.max_batch)]
+    with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="fastervit-decode") as decoders:
+        pending = [decoders.submit(decode, p) for p in chunks[0]] if chunks else []
+        for index, chunk in enumerate(chunks):
+            decoded = [future.result() for future in pending]
+            if index + 1 < len(chunks):  # decode the next batch while this one runs
+                pending = [decoders.submit(decode, p) for p in chunks[index + 1]]
+            good = [(path, x) for path, x in zip(chunk, decoded) if not isinstance(x, ImageError)]
+            for error in (x for x in decoded if isinstance(x, ImageError)):
+                print(f"error: {error}", file=sys.stderr)
+                failed += 1
+            if good:
+                tops = model.predict(np.stack([x for _, x in good]), topk=args.topk)
+                rows += [(path, top) for (path, _), top in zip(good, tops)]
     if args.json:
-        print(json.dumps([{"image": str(path), "top": [p.__dict__ for p in top]}
-                          for (path, _), top in zip(images, results)], indent=2))
+        print(json.dumps([{"image": str(path), "top": [p.__dict__ for p in top]} for path, top in rows], indent=2))
     else:
-        for (path, _), top in zip(images, results):
+        for path, top in rows:
             print(path)
             for rank, p in enumerate(top, 1):
                 print(f"  {rank}. {p.probability:7.2%}  {p.name}  ({p.index})")
-    return EXIT_ERROR if failed else 0
+    if not paths:
+        print("error: no images found in the given folders", file=sys.stderr)
+    return EXIT_ERROR if failed or not paths else 0
 
 
 def infer_main(argv: Sequence[str] | None = None) -> int:

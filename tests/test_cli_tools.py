@@ -88,3 +88,20 @@ def test_export_builds_the_engine_and_inspect_reads_it(tmp_path, capsys):
     assert inspect_main([str(engine), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["precision"] == "fp16" and info["inputs"][0]["profile"]["max"] == [32, 3, 128, 128]
+
+
+def test_infer_a_folder_in_batches_keeps_order_and_reports_bad_files(digits_onnx, digit_images, tmp_path, capsys):
+    import shutil
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    names = []
+    for i in range(11):  # more than the ONNX's largest batch: several pipelined batches
+        target = folder / ("sub" if i % 2 else "") / f"{i:02d}.png"
+        shutil.copy(digit_images[i % len(digit_images)], target)
+        names.append(target)
+    (folder / "05x.png").write_bytes(b"broken")
+    code = infer_main([str(folder), "--model", str(digits_onnx), "--json"])
+    out, err = capsys.readouterr()
+    rows = json.loads(out)
+    assert code == 1 and "05x.png: cannot decode" in err
+    assert [r["image"] for r in rows] == sorted(map(str, names))

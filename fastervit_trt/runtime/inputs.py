@@ -1,12 +1,16 @@
 """Turn what a service receives into one model batch, without importing torch.
 
-Accepted, alone or in a list: image file paths, PIL images, uint8 HWC (or NHWC) arrays
-(decoded images, RGB), float32 CHW / NCHW arrays (already preprocessed), and torch tensors
-(float NCHW preprocessed, on the CPU or a CUDA device).
+Accepted, alone or in a list: image file paths, encoded image bytes or binary file objects,
+PIL images, uint8 HWC (or NHWC) arrays (decoded images, RGB), float32 CHW / NCHW arrays
+(already preprocessed), and torch tensors (float NCHW preprocessed, on the CPU or a CUDA
+device). Lists of encoded images are decoded on a thread pool (Pillow releases the GIL).
 """
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +33,17 @@ def is_cuda_tensor(value: Any) -> bool:
     return is_torch_tensor(value) and value.is_cuda
 
 
-def _one(item: Any, preprocess: Preprocess) -> np.ndarray:
+def is_encoded(item: Any) -> bool:
+    """A path, encoded bytes or a binary file object: an image still to decode."""
+    return isinstance(item, (str, Path, bytes, bytearray, memoryview, io.IOBase))
+
+
+def _one(item: Any, preprocess: Preprocess, exif_rotate: bool = True) -> np.ndarray:
     """One input -> (3, H, W) float32."""
-    if isinstance(item, (str, Path)):
-        return preprocess(load_image(item))
+    if isinstance(item, (bytearray, memoryview)):
+        item = bytes(item)
+    if is_encoded(item):
+        return preprocess(load_image(item, exif_rotate))
     if isinstance(item, Image.Image):
         return preprocess(item)
     if is_torch_tensor(item):
@@ -49,7 +60,21 @@ def _one(item: Any, preprocess: Preprocess) -> np.ndarray:
                      "a uint8 HWC array or a preprocessed float array")
 
 
-def to_batch(inputs: Any, preprocess: Preprocess) -> np.ndarray | Any:
+DECODE_THREADS = min(8, os.cpu_count() or 1)
+_decoders: ThreadPoolExecutor | None = None
+
+
+def _decode_all(items: Sequence[Any], preprocess: Preprocess, exif_rotate: bool) -> np.ndarray:
+    """Decode and preprocess ``items`` in parallel (order kept)."""
+    global _decoders
+    if len(items) == 1 or DECODE_THREADS == 1:
+        return np.stack([_one(item, preprocess, exif_rotate) for item in items])
+    if _decoders is None:
+        _decoders = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="fastervit-decode")
+    return np.stack(list(_decoders.map(lambda item: _one(item, preprocess, exif_rotate), items)))
+
+
+def to_batch(inputs: Any, preprocess: Preprocess, exif_rotate: bool = True) -> np.ndarray | Any:
     """A float32 (N, 3, H, W) batch; a CUDA torch batch of the right shape is returned as is."""
     expected = (3, *preprocess.input_size)
     if is_cuda_tensor(inputs) and inputs.ndim == 4 and tuple(inputs.shape[1:]) == expected:
@@ -64,9 +89,9 @@ def to_batch(inputs: Any, preprocess: Preprocess) -> np.ndarray | Any:
         if inputs.ndim == 4 and inputs.dtype == np.uint8:
             return np.stack([_one(image, preprocess) for image in inputs])
         return _one(inputs, preprocess)[None]
-    if isinstance(inputs, (str, Path, Image.Image)):
-        return _one(inputs, preprocess)[None]
+    if is_encoded(inputs) or isinstance(inputs, Image.Image):
+        return _one(inputs, preprocess, exif_rotate)[None]
     if isinstance(inputs, Sequence) and len(inputs) > 0:
-        return np.stack([_one(item, preprocess) for item in inputs])
+        return _decode_all(inputs, preprocess, exif_rotate)
     raise InputError("no input given" if isinstance(inputs, Sequence) else
                      f"cannot use a {type(inputs).__name__} as model input")

@@ -12,6 +12,7 @@ bounded pool of execution contexts.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from ..artifacts import sha256
 from ..errors import FasterViTTRTError
 from ..preprocess import Preprocess
 from ..sidecar import read_sidecar, rebuild_command, sidecar_path
-from .inputs import to_batch
+from .inputs import is_encoded, to_batch
 from .labels import class_names
 
 log = logging.getLogger(__name__)
@@ -47,21 +48,39 @@ class InferenceModel:
 
     def __init__(self, backend, preprocess: Preprocess, names: list[str], source: Path) -> None:
         self.backend, self.preprocess, self.names, self.source = backend, preprocess, names, source
+        self.exif_rotate = True  # False: decode images with their stored pixel orientation
 
     @property
     def max_batch(self) -> int:
         return int(self.backend.max_batch)
 
     def logits(self, inputs: Any) -> np.ndarray:
-        """Raw logits (N, classes) for any accepted input (see ``runtime.inputs``)."""
-        batch = to_batch(inputs, self.preprocess)
+        """Raw logits (N, classes) for any accepted input (see ``runtime.inputs``). A list of
+        encoded images longer than the largest batch is decoded batch by batch, the next
+        batch decoding while the engine runs this one."""
         step = self.max_batch
         try:
-            parts = [self.backend.infer(batch[i:i + step]) for i in range(0, len(batch), step)]
+            if isinstance(inputs, list) and len(inputs) > step and all(map(is_encoded, inputs)):
+                parts = self._pipelined(inputs, step)
+            else:
+                batch = to_batch(inputs, self.preprocess, self.exif_rotate)
+                parts = [self.backend.infer(batch[i:i + step]) for i in range(0, len(batch), step)]
         except MemoryError:
             raise FasterViTTRTError(f"{self.source}: a batch of {min(len(batch), step)} does not fit in "
                                     "memory; pass fewer inputs per call") from None
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _pipelined(self, items: list, step: int) -> list[np.ndarray]:
+        chunks = [items[i:i + step] for i in range(0, len(items), step)]
+        parts = []
+        with ThreadPoolExecutor(1, thread_name_prefix="fastervit-prefetch") as prefetch:
+            pending = prefetch.submit(to_batch, chunks[0], self.preprocess, self.exif_rotate)
+            for following in [*chunks[1:], None]:
+                batch = pending.result()
+                if following is not None:
+                    pending = prefetch.submit(to_batch, following, self.preprocess, self.exif_rotate)
+                parts.append(self.backend.infer(batch))
+        return parts
 
     def predict(self, inputs: Any, topk: int = 5) -> list[list[Prediction]]:
         """The ``topk`` classes of each input, most probable first."""

@@ -218,3 +218,19 @@ def test_cuda_graph_replay_matches_plain_launches(engine):
 def test_cuda_graphs_are_for_engines(digits_onnx):
     with pytest.raises(FasterViTTRTError, match="CUDA graphs apply to TensorRT engines"):
         load(digits_onnx, cuda_graphs=True)
+
+
+def test_encoded_images_are_decoded_in_parallel_and_pipelined(digits_onnx):
+    """Bytes, file objects and paths give the logits of their decoded arrays; a list longer
+    than the largest batch goes through the prefetching path with the same result."""
+    import io
+    from fastervit_trt.preprocess import load_image
+    with load(digits_onnx) as model:
+        data = [p.read_bytes() for p in PHOTOS[:3]]
+        expected = model.logits(np.stack([model.preprocess(load_image(p)) for p in PHOTOS[:3]]))
+        np.testing.assert_allclose(model.logits(data), expected, rtol=1e-6)
+        np.testing.assert_allclose(model.logits([io.BytesIO(d) for d in data]), expected, rtol=1e-6)
+        np.testing.assert_allclose(model.logits(data[0]), expected[:1], rtol=1e-6)
+        many = [PHOTOS[i % len(PHOTOS)] for i in range(model.max_batch * 2 + 3)]
+        whole = model.logits(np.stack([model.preprocess(load_image(p)) for p in many]))
+        np.testing.assert_allclose(model.logits(many), whole, rtol=1e-5, atol=1e-6)
