@@ -40,6 +40,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 FP32_TOLERANCE = 1e-4  # max |diff| <= tolerance x max |logit|
 FP16_MIN_COSINE = 0.999
 EVAL_CHUNK = 4  # inputs per forward pass when checking a graph: memory independent of their number
+QDQ_CHUNK = EVAL_CHUNK // 2  # Q/DQ graphs run unfused hold each quantized tensor twice more
 
 
 class ValidationError(FasterViTTRTError):
@@ -269,9 +270,10 @@ def graph_summary(model: onnx.ModelProto) -> dict:
             "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))}
 
 
-def ort_logits(model: Path | bytes, inputs: InputSet, optimize: bool = True) -> np.ndarray:
+def ort_logits(model: Path | bytes, inputs: InputSet, optimize: bool = True,
+               chunk: int = EVAL_CHUNK) -> np.ndarray:
     """Run an ONNX file (or serialized model) with ONNX Runtime on the CPU (float32 in and out),
-    ``EVAL_CHUNK`` inputs at a time so that memory does not grow with the number of inputs.
+    ``chunk`` inputs at a time so that memory does not grow with the number of inputs.
 
     ``optimize=False`` disables graph optimizations: Q/DQ graphs then compute plain
     quantize/dequantize arithmetic, the closest CPU estimate of what TensorRT computes
@@ -280,8 +282,8 @@ def ort_logits(model: Path | bytes, inputs: InputSet, optimize: bool = True) -> 
     session = cpu_session(model, optimize)
     feed = session.get_inputs()[0]
     dtype = np.float16 if feed.type == "tensor(float16)" else np.float32
-    return np.concatenate([session.run(None, {feed.name: inputs[i:i + EVAL_CHUNK].astype(dtype)})[0]
-                           for i in range(0, len(inputs), EVAL_CHUNK)]).astype(np.float32)
+    return np.concatenate([session.run(None, {feed.name: inputs[i:i + chunk].astype(dtype)})[0]
+                           for i in range(0, len(inputs), chunk)]).astype(np.float32)
 
 
 def validate(reference: np.ndarray, path: Path, inputs: np.ndarray, precision: str) -> dict:
