@@ -160,6 +160,10 @@ def export_parser() -> argparse.ArgumentParser:
                              "validate.py without --use-ema) or state_dict_ema")
     parser.add_argument("--resolution", type=_positive, nargs=2, metavar=("H", "W"),
                         help="input size; the variant's own when omitted")
+    parser.add_argument("--exact-preprocess", action="store_true",
+                        help="decode every JPEG in full, bitwise as timm (calibration and, through the "
+                             "recorded setting, inference); default: JPEGs of at least twice the resize "
+                             "size decode at a reduced scale, several times faster")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=d.precision,
                         help="fp16: float16 graph with FP32 islands for TensorRT's strong typing")
     parser.add_argument("--batch", type=_batch_profile, default=",".join(map(str, d.batch)), metavar="MIN,OPT,MAX",
@@ -218,7 +222,7 @@ def _export(args: argparse.Namespace) -> int:
                                 resolution=tuple(args.resolution) if args.resolution else None,
                                 precision=args.precision, batch=args.batch, opset=args.opset,
                                 output_dir=args.output_dir or ExportOptions.output_dir,
-                                io_dtype=args.io_dtype,
+                                io_dtype=args.io_dtype, exact_preprocess=args.exact_preprocess,
                                 force=args.force, seed=args.seed)
         calib = CalibrationOptions(data=args.calib_data, images=args.calib_images,
                                    batch=args.calib_batch, method=args.calib_method,
@@ -415,6 +419,9 @@ def infer_parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", type=Path, help="image files, or folders (read recursively)")
     parser.add_argument("--model", type=Path, required=True, help=".engine or .onnx")
     parser.add_argument("--topk", type=_positive, default=5, help="classes shown per image")
+    parser.add_argument("--exact-preprocess", action="store_true",
+                        help="decode every JPEG in full (bitwise timm) even where the model was exported "
+                             "with reduced-scale JPEG decoding")
     parser.add_argument("--no-exif-rotate", action="store_true",
                         help="keep the stored pixels; by default EXIF orientation is applied (phone photos upright)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -427,16 +434,19 @@ def _infer(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .preprocess import IMAGE_SUFFIXES, ImageError, load_image
+    from dataclasses import replace
+
+    from .preprocess import IMAGE_SUFFIXES, ImageError
     from .runtime import load
     from .runtime.inputs import DECODE_THREADS
     model = load(args.model)
+    preprocess = replace(model.preprocess, jpeg_draft=False) if args.exact_preprocess else model.preprocess
     paths = [found for path in args.images for found in
              (sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path])]
 
     def decode(path: Path):
         try:
-            return model.preprocess(load_image(path, exif_rotate=not args.no_exif_rotate))
+            return preprocess.load(path, exif_rotate=not args.no_exif_rotate)
         except ImageError as exc:
             return exc
 

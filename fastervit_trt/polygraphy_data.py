@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 # absolute imports: Polygraphy loads this file as a script, outside its package
-from fastervit_trt.preprocess import IMAGE_SUFFIXES, SAMPLE_IMAGES, Preprocess, load_image
+from fastervit_trt.preprocess import IMAGE_SUFFIXES, SAMPLE_IMAGES, Preprocess
 
 
 def model_preprocess(model: Path) -> tuple[Preprocess, str, np.dtype]:
@@ -52,4 +52,4 @@ def load_data() -> Iterator[dict[str, np.ndarray]]:
     feeds = int(os.environ.get("FASTERVIT_FEEDS", str(max(1, len(images) // batch))))
     for feed in range(feeds):
         chosen = [images[(feed * batch + i) % len(images)] for i in range(batch)]
-        yield {name: np.stack([preprocess(load_image(path)) for path in chosen]).astype(dtype)}
+        yield {name: np.stack([preprocess.load(path) for path in chosen]).astype(dtype)}

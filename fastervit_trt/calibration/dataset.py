@@ -182,7 +182,8 @@ class CalibrationData:
         """Decode image ``position``; one that fails is replaced by the next usable file."""
         while True:
             try:
-                return load_image(self._images[position].path)
+                reduce = self.preprocess.draft_size if self.preprocess.jpeg_draft else None
+                return load_image(self._images[position].path, reduce_to=reduce)
             except ImageError as exc:
                 self._skip(self._images[position].path, str(exc))
                 replacement = self._next_image()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -102,14 +102,15 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
     cache_path = calib.cache_path(options)
     reuse = cache_path.is_file() and not calib.recalibrate
     variant = preflight(options, () if cache_path.is_file() else (cache_path, record_path(cache_path)))
-    settings = {"model": variant.name, "resolution": list(variant.arch.resolution), **calib.record()}
+    settings = {"model": variant.name, "resolution": list(variant.arch.resolution), **calib.record(),
+                "jpeg_draft": not options.exact_preprocess}
     changed = _changed_settings(cache_path, settings) if reuse else None
     if changed:
         raise CalibrationCacheError(f"{cache_path}: calibrated with other settings ({changed}); pass the "
                                     "same flags to reuse it, or --recalibrate to replace it")
     budget = calib.accuracy_budget is not None
     steps = Steps(7 + (calib.sensitivity or budget) + budget, stream)
-    preprocess = Preprocess.from_config(variant.eval)
+    preprocess = replace(Preprocess.from_config(variant.eval), jpeg_draft=not options.exact_preprocess)
     with scratch(options.output_dir) as store:
         heldout, heldout_kind = _heldout_inputs(calib, preprocess, store.folder / "heldout.npy")
         traced = trace_model(options, steps, store, probes={"heldout": heldout})

@@ -63,6 +63,7 @@ class ExportOptions:
     force: bool = False
     seed: int = 0
     validation_batch: int = 4
+    exact_preprocess: bool = False  # True: decode every JPEG in full (bitwise timm); recorded
     external_data_threshold: int = PROTOBUF_LIMIT  # bytes above which weights go to <file>.data
 
     def __post_init__(self) -> None:
@@ -314,7 +315,8 @@ def export_metadata(traced: Traced, options: ExportOptions, kept_fp32: list[str]
         "random_init": options.checkpoint is None,
         "seed": options.seed,
         "arch": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(variant.arch).items()},
-        "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(variant.eval).items()},
+        "preprocess": {**{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(variant.eval).items()},
+                       "jpeg_draft": not options.exact_preprocess},
         "input": {"name": "input", "shape": ["batch", variant.arch.in_chans, *variant.arch.resolution]},
         "output": {"name": "logits", "shape": ["batch", variant.arch.num_classes]},
         "batch_profile": list(options.batch),

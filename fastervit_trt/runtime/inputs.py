@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import FasterViTTRTError
-from ..preprocess import Preprocess, load_image
+from ..preprocess import Preprocess
 
 
 class InputError(FasterViTTRTError):
@@ -43,7 +43,7 @@ def _one(item: Any, preprocess: Preprocess, exif_rotate: bool = True) -> np.ndar
     if isinstance(item, (bytearray, memoryview)):
         item = bytes(item)
     if is_encoded(item):
-        return preprocess(load_image(item, exif_rotate))
+        return preprocess.load(item, exif_rotate)
     if isinstance(item, Image.Image):
         return preprocess(item)
     if is_torch_tensor(item):

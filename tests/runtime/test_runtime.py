@@ -36,17 +36,22 @@ def model(digits_onnx):
 
 
 def test_every_input_type_gives_the_same_logits(model):
+    """Decoded inputs agree with each other; encoded ones (paths, bytes) with the model's own
+    decoding (reduced-scale JPEG decoding as recorded at export)."""
     image = load_image(PHOTOS[0])
     chw = model.preprocess(image)
     reference = model.logits(np.stack([chw]))
+    encoded = model.logits(model.preprocess.load(PHOTOS[0])[None])
     hwc = np.asarray(image)
-    for value in (PHOTOS[0], str(PHOTOS[0]), image, hwc, hwc[None], chw, [chw], torch.from_numpy(chw[None]),
-                  [PHOTOS[0]], [image]):
+    for value, expected in [(PHOTOS[0], encoded), (str(PHOTOS[0]), encoded), (PHOTOS[0].read_bytes(), encoded),
+                            ([PHOTOS[0]], encoded), (image, reference), (hwc, reference), (hwc[None], reference),
+                            (chw, reference), ([chw], reference), (torch.from_numpy(chw[None]), reference),
+                            ([image], reference)]:
         got = model.logits(value)
         assert got.shape == (1, 10)
-        assert np.allclose(got, reference, atol=1e-5), type(value)
+        assert np.allclose(got, expected, atol=1e-5), type(value)
     mixed = model.logits([PHOTOS[0], image, hwc, chw])
-    assert np.allclose(mixed, np.repeat(reference, 4, axis=0), atol=1e-5)
+    assert np.allclose(mixed, np.concatenate([encoded, *[reference] * 3]), atol=1e-5)
 
 
 def test_batches_above_the_profile_are_split_and_rejoined(model, monkeypatch):
@@ -224,13 +229,12 @@ def test_encoded_images_are_decoded_in_parallel_and_pipelined(digits_onnx):
     """Bytes, file objects and paths give the logits of their decoded arrays; a list longer
     than the largest batch goes through the prefetching path with the same result."""
     import io
-    from fastervit_trt.preprocess import load_image
     with load(digits_onnx) as model:
         data = [p.read_bytes() for p in PHOTOS[:3]]
-        expected = model.logits(np.stack([model.preprocess(load_image(p)) for p in PHOTOS[:3]]))
+        expected = model.logits(np.stack([model.preprocess.load(p) for p in PHOTOS[:3]]))
         np.testing.assert_allclose(model.logits(data), expected, rtol=1e-6)
         np.testing.assert_allclose(model.logits([io.BytesIO(d) for d in data]), expected, rtol=1e-6)
         np.testing.assert_allclose(model.logits(data[0]), expected[:1], rtol=1e-6)
         many = [PHOTOS[i % len(PHOTOS)] for i in range(model.max_batch * 2 + 3)]
-        whole = model.logits(np.stack([model.preprocess(load_image(p)) for p in many]))
+        whole = model.logits(np.stack([model.preprocess.load(p) for p in many]))
         np.testing.assert_allclose(model.logits(many), whole, rtol=1e-5, atol=1e-6)
