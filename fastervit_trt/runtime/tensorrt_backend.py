@@ -83,6 +83,9 @@ class TensorRTBackend:
         self.input_name, self.output_name = inputs[0], outputs[0]
         self.input_dtype = numpy_dtype(trt, engine.get_tensor_dtype(self.input_name), str(path))
         self.output_dtype = numpy_dtype(trt, engine.get_tensor_dtype(self.output_name), str(path))
+        if self.output_dtype.kind != "f":  # e.g. an ArgMax label: not logits to rank
+            raise FasterViTTRTError(f"{path}: output {self.output_name!r} is {self.output_dtype}, not float "
+                                    "logits; the runtime serves classifiers that output class scores")
         min_shape, _, max_shape = engine.get_tensor_profile_shape(self.input_name, 0)
         self.min_batch, self.max_batch = int(min_shape[0]), int(max_shape[0])
         self.input_shape = tuple(max_shape[1:])

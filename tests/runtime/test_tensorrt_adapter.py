@@ -128,7 +128,7 @@ class _FakeEngineWorld:
     """Just enough of TensorRT (and CUDA memory) to drive TensorRTBackend on the CPU: the
     context computes per-image sums as "logits" and records what the backend asked of it."""
 
-    def __init__(self, low: int, high: int):
+    def __init__(self, low: int, high: int, output: str = "float32"):
         world = self
         self.calls, self.events = [], []
 
@@ -156,7 +156,7 @@ class _FakeEngineWorld:
                 return "in" if name == "input" else "out"
 
             def get_tensor_dtype(self, name):
-                return "float32"
+                return output if name == "logits" else "float32"
 
             def get_tensor_profile_shape(self, name, index):
                 return (low, 3, 2, 2), (high, 3, 2, 2), (high, 3, 2, 2)
@@ -187,7 +187,7 @@ class _FakeEngineWorld:
         logger = type("Logger", (), {"ERROR": 0, "__init__": lambda self, level=0: None})
         self.trt = types.SimpleNamespace(Logger=logger, Runtime=Runtime, __version__="10.0",
                                          TensorIOMode=types.SimpleNamespace(INPUT="in"),
-                                         nptype=lambda dtype: np.float32)
+                                         nptype=lambda dtype: np.dtype(dtype).type)
 
     def cuda(self):
         world = self
@@ -243,3 +243,14 @@ def test_rebuild_hint_keeps_every_build_input():
     for flag, value in [("--precision", "int8"), ("--backend", "tensorrt"), ("--calib-cache", "c.cache"),
                         ("--calib-data", "photos dir"), ("--timing-cache", "t.cache"), ("--batch", "1,8,32")]:
         assert argv[argv.index(flag) + 1] == value
+
+
+def test_an_engine_with_integer_output_is_not_served_as_logits(tmp_path, monkeypatch):
+    """An ArgMax (int64) output was once printed as "class 0 100.00 %"."""
+    from fastervit_trt.runtime import tensorrt_backend
+    world = _FakeEngineWorld(1, 8, output="int64")
+    monkeypatch.setattr(tensorrt_backend, "import_tensorrt", lambda flavour=None: world.trt)
+    monkeypatch.setattr(tensorrt_backend, "open_cuda", world.cuda)
+    (tmp_path / "m.engine").write_bytes(b"engine")
+    with pytest.raises(FasterViTTRTError, match="m.engine: output 'logits' is int64, not float logits"):
+        TensorRTBackend(tmp_path / "m.engine")
