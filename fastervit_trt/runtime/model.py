@@ -54,13 +54,21 @@ class InferenceModel:
     def max_batch(self) -> int:
         return int(self.backend.max_batch)
 
-    def logits(self, inputs: Any) -> np.ndarray:
+    def logits(self, inputs: Any, decode: str = "cpu") -> np.ndarray:
         """Raw logits (N, classes) for any accepted input (see ``runtime.inputs``). A list of
         encoded images longer than the largest batch is decoded batch by batch, the next
-        batch decoding while the engine runs this one."""
+        batch decoding while the engine runs this one. ``decode="gpu"``: encoded JPEGs are
+        decoded, resized and normalised on the GPU and read there by the engine."""
         step = self.max_batch
+        if decode not in ("cpu", "gpu"):
+            raise ValueError(f"decode must be 'cpu' or 'gpu', not {decode!r}")
         try:
-            if isinstance(inputs, list) and len(inputs) > step and all(map(is_encoded, inputs)):
+            if decode == "gpu":
+                from .gpu_decode import decode_on_gpu
+                items = inputs if isinstance(inputs, list) else [inputs]
+                parts = [self.backend.infer(decode_on_gpu(items[i:i + step], self.preprocess, self.exif_rotate))
+                         for i in range(0, len(items), step)]
+            elif isinstance(inputs, list) and len(inputs) > step and all(map(is_encoded, inputs)):
                 parts = self._pipelined(inputs, step)
             else:
                 batch = to_batch(inputs, self.preprocess, self.exif_rotate)
@@ -82,9 +90,9 @@ class InferenceModel:
                 parts.append(self.backend.infer(batch))
         return parts
 
-    def predict(self, inputs: Any, topk: int = 5) -> list[list[Prediction]]:
+    def predict(self, inputs: Any, topk: int = 5, decode: str = "cpu") -> list[list[Prediction]]:
         """The ``topk`` classes of each input, most probable first."""
-        logits = self.logits(inputs).astype(np.float64)
+        logits = self.logits(inputs, decode).astype(np.float64)
         probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         top = np.argsort(-probabilities, axis=1, kind="stable")[:, :topk]

@@ -238,3 +238,25 @@ def test_encoded_images_are_decoded_in_parallel_and_pipelined(digits_onnx):
         many = [PHOTOS[i % len(PHOTOS)] for i in range(model.max_batch * 2 + 3)]
         whole = model.logits(np.stack([model.preprocess.load(p) for p in many]))
         np.testing.assert_allclose(model.logits(many), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_gpu_decoding_without_a_gpu_says_so(digits_onnx):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with load(digits_onnx) as model, pytest.raises(FasterViTTRTError, match="decode='gpu' needs a CUDA GPU"):
+        model.logits([PHOTOS[0]], decode="gpu")
+
+
+@pytest.mark.gpu
+def test_gpu_decoding_matches_the_cpu_path(digits_onnx):
+    """nvJPEG decode + antialiased resize on the GPU: close to Pillow's path, not bitwise."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU")
+    from fastervit_trt.runtime.gpu_decode import decode_on_gpu
+    with load(digits_onnx) as model:
+        cpu = np.stack([model.preprocess.load(p) for p in PHOTOS[:4]])
+        gpu = decode_on_gpu(list(PHOTOS[:4]), model.preprocess)
+        assert gpu.is_cuda and gpu.shape == cpu.shape
+        a, b = model.logits(cpu), model.logits(list(PHOTOS[:4]), decode="gpu")
+        cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert cosine.min() > 0.999
