@@ -598,6 +598,10 @@ def triton_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kind", choices=("gpu", "cpu"), help="instance kind (default: gpu for engines, cpu for ONNX)")
     parser.add_argument("--max-queue-delay-us", type=_number(int, 0), default=d.max_queue_delay_us,
                         help="dynamic batching: how long a request may wait for others")
+    parser.add_argument("--image-bytes", action="store_true",
+                        help="also write <name>_preprocess (Python backend: decodes image bytes with the "
+                             "model's preprocessing) and the ensemble <name>_bytes, so clients send JPEG/PNG "
+                             "bytes and get logits")
     parser.add_argument("--force", action="store_true", help="overwrite an existing model folder")
     return parser
 
@@ -606,12 +610,16 @@ def _triton(args: argparse.Namespace) -> int:
     from .triton import TritonOptions, write_model_repository
     try:
         options = TritonOptions(name=args.name, instances=args.instances, kind=args.kind,
-                                max_queue_delay_us=args.max_queue_delay_us, force=args.force)
+                                max_queue_delay_us=args.max_queue_delay_us, image_bytes=args.image_bytes,
+                                force=args.force)
     except ValueError as exc:
         raise FasterViTTRTError(str(exc)) from None
     folder = write_model_repository(args.model, args.repo, options)
     model_file = next(p for p in (folder / "1").iterdir() if p.suffix in (".plan", ".onnx"))
     print(f"wrote {folder / 'config.pbtxt'} and {model_file}")
+    if args.image_bytes:
+        print(f"wrote {folder.with_name(folder.name + '_preprocess')} and {folder.with_name(folder.name + '_bytes')} "
+              "(send encoded images to the _bytes ensemble; the server's Python needs pip install fastervit-trt)")
     print(f"serve: {shlex.join(['tritonserver', '--model-repository', str(args.repo)])}")
     return 0
 

@@ -36,6 +36,7 @@ class TritonOptions:
     instances: int = 1
     kind: str | None = None  # "gpu" / "cpu"; default: gpu for engines, cpu for ONNX
     max_queue_delay_us: int = 100
+    image_bytes: bool = False  # also a Python-backend preprocessing model and an ensemble taking bytes
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -85,15 +86,16 @@ def _describe(model_path: Path) -> dict:
             "preprocess": sidecar.get("preprocess") or {}, "model": sidecar.get("model")}
 
 
+def _tensor(entry: tuple[str, str, list[int]]) -> str:
+    tensor_name, dtype, dims = entry
+    data_type = _TRITON_TYPES.get(dtype, dtype)
+    return f'  {{\n    name: "{tensor_name}"\n    data_type: {data_type}\n    dims: [ {", ".join(map(str, dims))} ]\n  }}'
+
+
 def model_config(name: str, info: dict, options: TritonOptions) -> str:
     """The config.pbtxt text (Triton's ModelConfig in protobuf text format)."""
     low, opt, high = info["batch"]
     kind = options.kind or ("gpu" if info["platform"] == "tensorrt_plan" else "cpu")
-
-    def tensor(entry: tuple[str, str, list[int]]) -> str:
-        tensor_name, dtype, dims = entry
-        return (f'  {{\n    name: "{tensor_name}"\n    data_type: {_TRITON_TYPES[dtype]}\n'
-                f'    dims: [ {", ".join(map(str, dims))} ]\n  }}')
 
     parameters = "".join(
         f'parameters {{\n  key: "preprocess.{key}"\n  value: {{ string_value: {json.dumps(json.dumps(value))} }}\n}}\n'
@@ -101,7 +103,7 @@ def model_config(name: str, info: dict, options: TritonOptions) -> str:
     if info["model"]:
         parameters = f'parameters {{\n  key: "fastervit.model"\n  value: {{ string_value: "{info["model"]}" }}\n}}\n' + parameters
     return (f'name: "{name}"\nplatform: "{info["platform"]}"\nmax_batch_size: {high}\n'
-            f"input [\n{tensor(info['input'])}\n]\noutput [\n{tensor(info['output'])}\n]\n"
+            f"input [\n{_tensor(info['input'])}\n]\noutput [\n{_tensor(info['output'])}\n]\n"
             f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(map(str, sorted({opt, high})))} ]\n"
             f"  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}\n"
             f"instance_group [\n  {{\n    count: {options.instances}\n    kind: KIND_{kind.upper()}\n  }}\n]\n"
@@ -128,11 +130,42 @@ def write_model_repository(model_path: Path, repo: Path, options: TritonOptions 
     copies = [(model_path, target)]
     if model_path.suffix == ".onnx" and external.is_file():  # referenced by its original name
         copies.append((external, target.parent / external.name))
-    check_writable([folder / "config.pbtxt", *(dst for _, dst in copies)], options.force)
+    extra = bytes_models(name, info, options) if options.image_bytes else {}
+    check_writable([folder / "config.pbtxt", *(dst for _, dst in copies),
+                    *(repo / relative for relative in extra)], options.force)
     for src, dst in copies:  # the model first, the config last: Triton never sees a config without it
         copy_atomic(src, dst)
     write_bytes(folder / "config.pbtxt", model_config(name, info, options).encode())
+    for relative, text in extra.items():  # model.py before each config.pbtxt (sorted)
+        write_bytes(repo / relative, text.encode())
     return folder
+
+
+def bytes_models(name: str, info: dict, options: TritonOptions) -> dict[str, str]:
+    """Files (relative to the repository) of ``<name>_preprocess``, a Python-backend model that
+    decodes image bytes with the toolkit's preprocessing, and ``<name>_bytes``, the ensemble
+    that feeds it to the classifier: clients send encoded images, get logits."""
+    _, _, high = info["batch"]
+    input_name, input_dtype, input_dims = info["input"]
+    output_name = info["output"][0]
+    image = ("image", "TYPE_STRING", [1])
+    preprocess = (f'name: "{name}_preprocess"\nbackend: "python"\nmax_batch_size: {high}\n'
+                  f"input [\n{_tensor(image)}\n]\noutput [\n{_tensor(info['input'])}\n]\n"
+                  f"instance_group [\n  {{\n    count: {options.instances}\n    kind: KIND_CPU\n  }}\n]\n"
+                  f'parameters {{\n  key: "preprocess"\n  value: {{ string_value: '
+                  f"{json.dumps(json.dumps(info['preprocess']))} }}\n}}\n")
+    ensemble = (f'name: "{name}_bytes"\nplatform: "ensemble"\nmax_batch_size: {high}\n'
+                f"input [\n{_tensor(image)}\n]\noutput [\n{_tensor(info['output'])}\n]\n"
+                f"ensemble_scheduling {{\n  step [\n"
+                f'    {{\n      model_name: "{name}_preprocess"\n      model_version: -1\n'
+                f'      input_map {{ key: "image" value: "image" }}\n'
+                f'      output_map {{ key: "{input_name}" value: "preprocessed" }}\n    }},\n'
+                f'    {{\n      model_name: "{name}"\n      model_version: -1\n'
+                f'      input_map {{ key: "{input_name}" value: "preprocessed" }}\n'
+                f'      output_map {{ key: "{output_name}" value: "{output_name}" }}\n    }}\n  ]\n}}\n')
+    code = (Path(__file__).parent / "triton_preprocess.py").read_text()
+    return {f"{name}_preprocess/1/model.py": code, f"{name}_preprocess/config.pbtxt": preprocess,
+            f"{name}_bytes/1/.keep": "", f"{name}_bytes/config.pbtxt": ensemble}
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
@@ -144,7 +177,8 @@ def copy_atomic(src: Path, dst: Path) -> None:
 def serve_pytriton(model, name: str, max_queue_delay_us: int = 500, http_port: int = 0, grpc_port: int = 0,
                    metrics_port: int = 0):
     """A started PyTriton server (loopback) serving ``model`` (a runtime InferenceModel) with
-    dynamic batching; use it as a context manager or call ``.stop()``."""
+    dynamic batching, as ``name`` (preprocessed float input) and ``<name>_bytes`` (encoded
+    images in); use it as a context manager or call ``.stop()``."""
     import numpy as np
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
@@ -160,12 +194,22 @@ def serve_pytriton(model, name: str, max_queue_delay_us: int = 500, http_port: i
         (batch_input,) = inputs.values()
         return {"logits": model.logits(batch_input.astype(np.float32, copy=False))}
 
+    @batch
+    def infer_bytes(image):
+        return {"logits": model.logits([bytes(item) for item in image.reshape(-1)])}
+
     height, width = model.preprocess.input_size
     triton = Triton(config=TritonConfig(http_address="127.0.0.1", grpc_address="127.0.0.1",
                                         http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                                         exit_on_error=True, log_verbose=0))
     triton.bind(model_name=name, infer_func=infer,
                 inputs=[Tensor(name="input", dtype=np.float32, shape=(3, height, width))],
+                outputs=[Tensor(name="logits", dtype=np.float32, shape=(len(model.names),))],
+                config=ModelConfig(max_batch_size=model.max_batch,
+                                   batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)),
+                strict=True)
+    triton.bind(model_name=f"{name}_bytes", infer_func=infer_bytes,  # encoded JPEG/PNG in, logits out
+                inputs=[Tensor(name="image", dtype=np.bytes_, shape=(1,))],
                 outputs=[Tensor(name="logits", dtype=np.float32, shape=(len(model.names),))],
                 config=ModelConfig(max_batch_size=model.max_batch,
                                    batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)),

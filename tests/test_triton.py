@@ -128,7 +128,55 @@ def test_served_for_real_over_http_and_grpc(digits_onnx, digits_folders):
         assert len(answers) == len(indices)
         for index, logits in answers.items():
             assert np.allclose(logits, expected[index:index + 1 + index % 3], atol=1e-5)
+        # encoded images as bytes (TYPE_STRING / BYTES): the same logits as the runtime gives them
+        encoded = np.array([[p.read_bytes()] for p in images[:3]], dtype=np.object_)
+        tensor = grpc_client.InferInput("image", encoded.shape, "BYTES")
+        tensor.set_data_from_numpy(encoded)
+        served = grpc.infer("digits_bytes", [tensor]).as_numpy("logits")
+        assert np.allclose(served, model.logits([p.read_bytes() for p in images[:3]]), atol=1e-5)
         http.close()
         grpc.close()
     finally:
         triton.stop()
+
+
+def test_image_bytes_ensemble_parses_and_its_python_model_preprocesses(digits_onnx, tmp_path, monkeypatch):
+    """--image-bytes: a Python-backend model decoding bytes and an ensemble feeding the
+    classifier, checked against Triton's schema; the model.py run with a stand-in for
+    Triton's pb_utils gives the runtime's own preprocessing."""
+    import importlib.util
+    import json
+    import sys
+    import types
+    repo = tmp_path / "models"
+    write_model_repository(digits_onnx, repo, TritonOptions(name="digits", image_bytes=True))
+    pre, ensemble = parse_config(repo / "digits_preprocess" / "config.pbtxt"), parse_config(repo / "digits_bytes" / "config.pbtxt")
+    assert pre.backend == "python" and pre.input[0].data_type == 13  # TYPE_STRING
+    assert list(pre.output[0].dims) == [3, 128, 128] and pre.output[0].name == "input"
+    assert ensemble.platform == "ensemble" and [s.model_name for s in ensemble.ensemble_scheduling.step] == \
+        ["digits_preprocess", "digits"]
+    assert ensemble.output[0].name == "logits" and (repo / "digits_bytes" / "1").is_dir()
+
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, array
+
+        def as_numpy(self):
+            return self.array
+    fake = types.SimpleNamespace(Tensor=Tensor, InferenceResponse=lambda tensors=(), error=None: (tensors, error),
+                                 TritonError=str, get_input_tensor_by_name=lambda request, name: request[name])
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
+    spec = importlib.util.spec_from_file_location("digits_model_py", repo / "digits_preprocess" / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from google.protobuf import json_format
+    backend = module.TritonPythonModel()
+    backend.initialize({"model_config": json.dumps(json_format.MessageToDict(
+        pre, preserving_proto_field_name=True))})
+    photos = sorted((Path(__file__).parents[1] / "calibration").glob("*.jpg"))[:2]
+    request = {"image": Tensor("image", np.array([[p.read_bytes()] for p in photos], dtype=np.object_))}
+    ((tensors, error), (_, bad_error)) = backend.execute([request, {"image": Tensor("image", np.array([[b"x"]], dtype=np.object_))}])
+    model = load(digits_onnx)
+    assert error is None and tensors[0].name == "input"
+    np.testing.assert_array_equal(tensors[0].array, np.stack([model.preprocess.load(p) for p in photos]))
+    assert "cannot decode" in bad_error

@@ -99,7 +99,7 @@ def test_large_folder_decodes_only_the_images_used(tmp_path, monkeypatch):
             Image.new("RGB", (40, 30), (label * 10, i * 8, 0)).save(folder / f"{i:03d}.jpg")
     decoded, opened = [], []
     real_load, real_open = dataset.load_image, dataset._openable
-    monkeypatch.setattr(dataset, "load_image", lambda path: decoded.append(path) or real_load(path))
+    monkeypatch.setattr(dataset, "load_image", lambda path, **kw: decoded.append(path) or real_load(path, **kw))
     monkeypatch.setattr(dataset, "_openable", lambda path: opened.append(path) or real_open(path))
     data = CalibrationData(tmp_path, PRE, 16)
     assert data.disjoint and len(opened) == 16 and decoded == []
