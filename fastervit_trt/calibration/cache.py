@@ -42,7 +42,7 @@ def installed_trt_version() -> tuple[int, int, int]:
         import tensorrt
         major, minor, patch = (int(v) for v in tensorrt.__version__.split(".")[:3])
         return major, minor, patch
-    except (ImportError, ValueError):
+    except (ImportError, ValueError, AttributeError):  # AttributeError: a stubs-only package
         return DEFAULT_TRT_VERSION
 
 

@@ -118,10 +118,15 @@ def test_a_stubs_only_tensorrt_package_is_not_taken_for_tensorrt(tmp_path, monke
     (tmp_path / "tensorrt").mkdir()
     (tmp_path / "tensorrt" / "__init__.pyi").write_text("def nptype(t): ...\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
-    assert import_tensorrt("tensorrt") is None
-    with pytest.raises(EngineBuildError, match="no TensorRT is installed"):
-        load_tensorrt("tensorrt")
+    real = sys.modules.pop("tensorrt", None)
+    try:
+        assert import_tensorrt("tensorrt") is None
+        with pytest.raises(EngineBuildError, match="no TensorRT is installed"):
+            load_tensorrt("tensorrt")
+    finally:  # the stubs' namespace module must not outlive the test
+        sys.modules.pop("tensorrt", None)
+        if real is not None:
+            sys.modules["tensorrt"] = real
 
 
 class _FakeEngineWorld:
