@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..artifacts import write_bytes
 from ..errors import FasterViTTRTError
+from ..runtime.tensorrt_backend import import_tensorrt
 
 # calibration method -> TensorRT calibrator name in the header
 ALGORITHMS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration",
@@ -38,11 +39,13 @@ def version_number(major: int, minor: int, patch: int) -> int:
 
 def installed_trt_version() -> tuple[int, int, int]:
     """The installed TensorRT's version (TensorRT-RTX does not read these caches), else the default."""
+    tensorrt = import_tensorrt("tensorrt")
+    if tensorrt is None:
+        return DEFAULT_TRT_VERSION
     try:
-        import tensorrt
         major, minor, patch = (int(v) for v in tensorrt.__version__.split(".")[:3])
         return major, minor, patch
-    except (ImportError, ValueError, AttributeError):  # AttributeError: a stubs-only package
+    except ValueError:
         return DEFAULT_TRT_VERSION
 
 

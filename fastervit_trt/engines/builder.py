@@ -10,7 +10,6 @@ export command that puts the precision into the ONNX instead.
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import logging
 import signal
 import sys
@@ -25,14 +24,13 @@ from typing import TYPE_CHECKING, TextIO
 
 from ..artifacts import check_writable, paths_of, sha256, write_bytes, write_json
 from ..errors import FasterViTTRTError
+from ..runtime.tensorrt_backend import TENSORRT_MODULES, import_tensorrt
 from ..sidecar import SCHEMA_VERSION, export_command, read_metadata, read_sidecar, sidecar_path
 
 if TYPE_CHECKING:  # tensorrt-stubs: the objects below are checked against TensorRT's API (mypy)
     import tensorrt as trt_api
 
 log = logging.getLogger(__name__)
-
-BACKENDS = {"tensorrt": ("tensorrt",), "tensorrt-rtx": ("tensorrt_rtx", "tensorrt_rtx_bindings")}
 
 
 class EngineBuildError(FasterViTTRTError):
@@ -61,16 +59,12 @@ class BuildConfig:
 
 def load_tensorrt(backend: str = "auto") -> tuple[str, ModuleType]:
     """Import the requested TensorRT flavour; (flavour name, module)."""
-    if backend not in BACKENDS and backend != "auto":
+    if backend not in TENSORRT_MODULES and backend != "auto":
         raise EngineBuildError(f"unknown backend {backend!r}; choose tensorrt or tensorrt-rtx")
-    for name in (list(BACKENDS) if backend == "auto" else [backend]):
-        for module in BACKENDS[name]:
-            try:
-                loaded = importlib.import_module(module)
-            except ImportError:
-                continue
-            if hasattr(loaded, "__version__"):  # not a stubs-only namespace package
-                return name, loaded
+    for name in (list(TENSORRT_MODULES) if backend == "auto" else [backend]):
+        module = import_tensorrt(name)
+        if module is not None:
+            return name, module
     raise EngineBuildError(
         "no TensorRT is installed; pip install 'fastervit-trt[tensorrt]' (TensorRT) or "
         "'fastervit-trt[tensorrt-rtx]' (TensorRT-RTX, builds without a GPU)")

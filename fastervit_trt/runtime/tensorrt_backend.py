@@ -21,11 +21,15 @@ from .cuda import TorchCuda, open_cuda
 if TYPE_CHECKING:  # tensorrt-stubs: the objects below are checked against TensorRT's API (mypy)
     import tensorrt as trt_api
 
+# flavour -> the module names its Python bindings install under, in order of preference
+TENSORRT_MODULES = {"tensorrt": ("tensorrt",), "tensorrt-rtx": ("tensorrt_rtx", "tensorrt_rtx_bindings")}
+
+
 def import_tensorrt(flavour: str | None = None):
-    """The TensorRT module that runs engines of ``flavour`` (any installed if None)."""
-    names = {"tensorrt": ["tensorrt"], "tensorrt-rtx": ["tensorrt_rtx", "tensorrt_rtx_bindings"]}
-    candidates = names.get(flavour) if flavour else names["tensorrt"] + names["tensorrt-rtx"]
-    for module in candidates or []:
+    """The TensorRT module of ``flavour`` (any installed if None), or None; a stubs-only
+    ``tensorrt`` package (tensorrt-stubs) does not count."""
+    candidates = TENSORRT_MODULES.get(flavour, ()) if flavour else sum(TENSORRT_MODULES.values(), ())
+    for module in candidates:
         try:
             loaded = __import__(module)
         except ImportError:
