@@ -59,7 +59,7 @@ class InferenceModel:
         encoded images longer than the largest batch is decoded batch by batch, the next
         batch decoding while the engine runs this one. ``decode="gpu"``: encoded JPEGs are
         decoded, resized and normalised on the GPU and read there by the engine."""
-        step = self.max_batch
+        step, batch = self.max_batch, None
         if decode not in ("cpu", "gpu"):
             raise ValueError(f"decode must be 'cpu' or 'gpu', not {decode!r}")
         try:
@@ -74,7 +74,8 @@ class InferenceModel:
                 batch = to_batch(inputs, self.preprocess, self.exif_rotate)
                 parts = [self.backend.infer(batch[i:i + step]) for i in range(0, len(batch), step)]
         except MemoryError:
-            raise FasterViTTRTError(f"{self.source}: a batch of {min(len(batch), step)} does not fit in "
+            size = step if batch is None else min(len(batch), step)  # batch: the one-shot path's
+            raise FasterViTTRTError(f"{self.source}: a batch of {size} does not fit in "
                                     "memory; pass fewer inputs per call") from None
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 

@@ -260,3 +260,14 @@ def test_gpu_decoding_matches_the_cpu_path(digits_onnx):
         a, b = model.logits(cpu), model.logits(list(PHOTOS[:4]), decode="gpu")
         cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         assert cosine.min() > 0.999
+
+
+def test_out_of_memory_is_one_clear_error_on_every_path(digits_onnx, monkeypatch):
+    """The pipelined path once turned MemoryError into a NameError."""
+    with load(digits_onnx) as model:
+        def no_memory(batch):
+            raise MemoryError
+        monkeypatch.setattr(model.backend, "infer", no_memory)
+        for inputs in ([PHOTOS[0]], [PHOTOS[0]] * (model.max_batch + 1)):
+            with pytest.raises(FasterViTTRTError, match="does not fit in memory"):
+                model.logits(inputs)
