@@ -145,16 +145,16 @@ class TensorRTBackend:
                 continue
 
     def _run(self, batch, run_as: int) -> np.ndarray:
-        count = len(batch)
         slot = self._acquire()
         try:
             with self.cuda.active():
-                return self._execute(slot, batch, count, run_as)
+                return self._execute(slot, batch, run_as)
         finally:
             if not self.closed:
                 self.pool.put(slot)
 
-    def _execute(self, slot: dict, batch, count: int, run_as: int) -> np.ndarray:
+    def _execute(self, slot: dict, batch, run_as: int) -> np.ndarray:
+        count = len(batch)
         context: trt_api.IExecutionContext = slot["context"]
         if not context.set_input_shape(self.input_name, (run_as, *self.input_shape)):
             raise FasterViTTRTError(f"{self.path}: TensorRT refused batch {run_as} (the engine's profile "
@@ -180,10 +180,14 @@ class TensorRTBackend:
         context.set_tensor_address(self.output_name, slot["out_ptr"])
         if self.cuda_graphs:
             self._replay(context, slot, run_as)
-        elif not context.execute_async_v3(slot["handle"]):
-            raise FasterViTTRTError(f"{self.path}: TensorRT failed to run the engine (see its log)")
+        else:
+            self._enqueue(context, slot)
         self.cuda.download(slot["host_out"], slot["device_out"], count, slot["stream"])
         return slot["host_out"][:count].astype(np.float32)
+
+    def _enqueue(self, context: trt_api.IExecutionContext, slot: dict) -> None:
+        if not context.execute_async_v3(slot["handle"]):
+            raise FasterViTTRTError(f"{self.path}: TensorRT failed to run the engine (see its log)")
 
     def _replay(self, context: trt_api.IExecutionContext, slot: dict, run_as: int) -> None:
         """Launch the CUDA graph of this context at batch ``run_as``, captured on first use
@@ -193,8 +197,7 @@ class TensorRTBackend:
         torch, stream = self.cuda.torch, slot["stream"]
         graph = slot["graphs"].get(run_as)
         if graph is None:
-            if not context.execute_async_v3(slot["handle"]):
-                raise FasterViTTRTError(f"{self.path}: TensorRT failed to run the engine (see its log)")
+            self._enqueue(context, slot)
             stream.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):  # other slots keep running
