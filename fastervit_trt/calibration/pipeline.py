@@ -194,8 +194,8 @@ def _accuracy(pytorch_logits: np.ndarray, evaluator: Evaluator, int8_path: Path,
     """INT8 vs FP32 logits: ONNX Runtime plain Q/DQ arithmetic (the TensorRT estimate) and
     with its CPU int8 kernels; the FP16 base graph; and the FP32 graph against PyTorch."""
     inputs, reference = evaluator.inputs, evaluator.reference
-    plain = compare(reference, ort_logits(int8_path, inputs, optimize=False, chunk=QDQ_CHUNK))
-    kernels = compare(reference, ort_logits(int8_path, inputs, optimize=True, chunk=QDQ_CHUNK))
+    plain = compare(reference, ort_logits(int8_path, inputs, optimize=False, images=QDQ_CHUNK))
+    kernels = compare(reference, ort_logits(int8_path, inputs, optimize=True, images=QDQ_CHUNK))
     fp32_vs_pytorch = compare(pytorch_logits, reference)  # ``reference`` is the FP32 graph's logits
     fp16_text = (f"; FP16 vs FP32: mean cosine {fp16['mean_cosine']:.5f}, top-1 agreement "
                  f"{fp16['top1_agreement'] / 100:.1%}" if fp16 else "")

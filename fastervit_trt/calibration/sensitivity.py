@@ -46,7 +46,7 @@ class Evaluator:
     def measure(self, model: onnx.ModelProto) -> dict:
         """Logit cosine and top-1 agreement (%) of ``model`` against the FP32 reference."""
         source = self.store.save_view(model, "measured.onnx") if self.store else model.SerializeToString()
-        logits = ort_logits(source, self.inputs, optimize=False, chunk=QDQ_CHUNK)
+        logits = ort_logits(source, self.inputs, optimize=False, images=QDQ_CHUNK)
         report = compare(self.reference, logits)
         return {"mean_cosine": report.mean_cosine, "top1_agreement": 100.0 * report.top1_agreement}
 

@@ -134,13 +134,13 @@ def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.Nod
 
 
 def find_fp16_overflows(model: onnx.ModelProto, inputs: np.ndarray, weights: WeightFile | None = None,
-                        margin: float = 0.5) -> list[str]:
+                        chunk: int | None = None, margin: float = 0.5) -> list[str]:
     """Nodes of the FP32 ``model`` whose outputs exceed ``margin`` x the FP16 range on ``inputs``.
 
     The extremes are computed inside the graph (``ReduceMax`` and ``ReduceMin`` of each
     tensor, the only outputs), so ONNX Runtime frees every activation as usual: the check
-    needs no more memory than one inference of the batch. With ``weights`` the probe graph is
-    saved beside them (external weights cannot travel as bytes).
+    needs no more memory than one inference of ``chunk`` inputs (default: all at once). With
+    ``weights`` the probe graph is saved beside them (external weights cannot travel as bytes).
     """
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -158,7 +158,10 @@ def find_fp16_overflows(model: onnx.ModelProto, inputs: np.ndarray, weights: Wei
     del probe.graph.output[:]
     probe.graph.output.extend(helper.make_tensor_value_info(o, _FLOAT, []) for o in outputs)
     session = cpu_session(weights.save_view(probe, "fp16_probe.onnx") if weights else probe.SerializeToString())
-    values = session.run(outputs, {session.get_inputs()[0].name: inputs})
+    feed, chunk = session.get_inputs()[0].name, chunk or len(inputs)
     names = list(dict.fromkeys(producer))  # the order the reductions were added in
-    extremes = np.abs(np.asarray(values, dtype=np.float64)).reshape(len(names), 2).max(axis=1)
+    extremes = np.zeros(len(names))
+    for start in range(0, len(inputs), chunk):
+        values = session.run(outputs, {feed: inputs[start:start + chunk]})
+        extremes = np.maximum(extremes, np.abs(np.asarray(values, dtype=np.float64)).reshape(len(names), 2).max(axis=1))
     return sorted({producer[name] for name, value in zip(names, extremes) if value > margin * FP16_MAX})

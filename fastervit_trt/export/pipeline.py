@@ -41,6 +41,7 @@ FP32_TOLERANCE = 1e-4  # max |diff| <= tolerance x max |logit|
 FP16_MIN_COSINE = 0.999
 EVAL_CHUNK = 4  # inputs per forward pass when checking a graph: memory independent of their number
 QDQ_CHUNK = EVAL_CHUNK // 2  # Q/DQ graphs run unfused hold each quantized tensor twice more
+EVAL_PIXELS = 384 * 384  # above this, fewer inputs per pass (window attention grows faster than pixels)
 
 
 class ValidationError(FasterViTTRTError):
@@ -132,7 +133,7 @@ def export_model(options: ExportOptions, stream: TextIO | None = None) -> Export
         graph, kept_fp32 = traced.graph, []
         if options.precision == "fp16":
             with steps.step("converting to strongly typed FP16"):
-                kept_fp32 = find_fp16_overflows(graph, traced.inputs, weights)
+                kept_fp32 = find_fp16_overflows(graph, traced.inputs, weights, eval_chunk(traced.inputs))
                 graph = convert_to_fp16(graph, keep_fp32=kept_fp32, io_dtype=options.io_dtype,
                                         weights=weights)
         metadata = export_metadata(traced, options, kept_fp32)
@@ -171,12 +172,21 @@ def trace_model(options: ExportOptions, steps: Steps, weights: WeightFile,
     return Traced(variant, checkpoint, graph, inputs, input_kind, validation, references)
 
 
+def eval_chunk(inputs: InputSet, images: int = EVAL_CHUNK) -> int:
+    """Inputs per forward pass: ``images`` up to ``EVAL_PIXELS`` each, proportionally fewer
+    (at least one) for larger ones (four 576x960 inputs through FasterViT-4-21K-512's
+    32x32 windows hold 2 GB of attention)."""
+    height, width = inputs[:1].shape[-2:]
+    return max(1, min(images, images * EVAL_PIXELS // (height * width)))
+
+
 def _logits(model: FasterViT, inputs: InputSet) -> np.ndarray:
-    """PyTorch's logits, ``EVAL_CHUNK`` inputs at a time (32 held-out images at 768x768 at
-    once need tens of GB)."""
+    """PyTorch's logits, a few inputs at a time (32 held-out images at 768x768 at once need
+    tens of GB)."""
+    chunk = eval_chunk(inputs)
     with torch.no_grad():
-        return np.concatenate([model(torch.from_numpy(inputs[i:i + EVAL_CHUNK])).numpy()
-                               for i in range(0, len(inputs), EVAL_CHUNK)])
+        return np.concatenate([model(torch.from_numpy(inputs[i:i + chunk])).numpy()
+                               for i in range(0, len(inputs), chunk)])
 
 
 def write_onnx(graph: onnx.ModelProto, metadata: dict, path: Path, weights: WeightFile,
@@ -272,9 +282,9 @@ def graph_summary(model: onnx.ModelProto) -> dict:
 
 
 def ort_logits(model: Path | bytes, inputs: InputSet, optimize: bool = True,
-               chunk: int = EVAL_CHUNK) -> np.ndarray:
+               images: int = EVAL_CHUNK) -> np.ndarray:
     """Run an ONNX file (or serialized model) with ONNX Runtime on the CPU (float32 in and out),
-    ``chunk`` inputs at a time so that memory does not grow with the number of inputs.
+    ``eval_chunk(inputs, images)`` at a time so that memory does not grow with their number.
 
     ``optimize=False`` disables graph optimizations: Q/DQ graphs then compute plain
     quantize/dequantize arithmetic, the closest CPU estimate of what TensorRT computes
@@ -283,6 +293,7 @@ def ort_logits(model: Path | bytes, inputs: InputSet, optimize: bool = True,
     session = cpu_session(model, optimize)
     feed = session.get_inputs()[0]
     dtype = np.float16 if feed.type == "tensor(float16)" else np.float32
+    chunk = eval_chunk(inputs, images)
     return np.concatenate([session.run(None, {feed.name: inputs[i:i + chunk].astype(dtype)})[0]
                            for i in range(0, len(inputs), chunk)]).astype(np.float32)
 

@@ -27,5 +27,7 @@ def test_range_check_flags_the_nodes_beyond_half_the_fp16_range(tmp_path):
     assert expected == ["big", "negated", "relu"]
     assert find_fp16_overflows(model, x) == expected
     assert find_fp16_overflows(model, x, WeightFile(tmp_path)) == expected  # the file-backed probe
+    # one input per pass, "relu" overflowing only in the first: running maxima, not the last pass
+    assert find_fp16_overflows(model, x, chunk=1) == expected
     assert find_fp16_overflows(model, x / 10) == []
     onnx.checker.check_model(model)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 GB = 1e9
@@ -117,3 +118,12 @@ def test_inline_weights_are_streamed_into_a_file_every_reader_parses_as_one_mode
     whole.graph.initializer[0].CopyFrom(numpy_helper.from_array(w1.T.copy(), "w1"))
     assert streamed.SerializeToString() == whole.SerializeToString()
     onnx.checker.check_model(str(tmp_path / "inline.onnx"), full_check=True)
+
+
+def test_graph_checks_pass_fewer_inputs_at_a_time_as_inputs_grow():
+    """Four 224x224 inputs per pass, fewer above 384x384, never none."""
+    from fastervit_trt.export.pipeline import eval_chunk
+    chunks = {size: eval_chunk(np.zeros((8, 3, *size), np.float32)) for size in
+              [(224, 224), (384, 384), (512, 512), (576, 960), (800, 1216)]}
+    assert chunks == {(224, 224): 4, (384, 384): 4, (512, 512): 2, (576, 960): 1, (800, 1216): 1}
+    assert eval_chunk(np.zeros((8, 3, 224, 224), np.float32), images=2) == 2
