@@ -31,6 +31,7 @@ def inspect_onnx(path: Path) -> dict:
         "model": metadata.get("model"),
         "precision": metadata.get("precision"),
         "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        "input": _input_line(model, metadata),
         "nodes": len(model.graph.node),
         "qdq_nodes": ops["QuantizeLinear"] + ops["DequantizeLinear"],
         "float16_weight_share": round(weight_bytes["float16"] / total, 4),
@@ -53,6 +54,16 @@ def inspect_onnx(path: Path) -> dict:
             info["most_sensitive_layers"] = [f"{r['layer']} (cosine {r['mean_cosine']:.6f})"
                                              for r in data["sensitivity"][:5]]
     return info
+
+
+def _input_line(model, metadata: dict) -> str:
+    """``input: uint8 [batch, 224, 224, 3] (uint8 NHWC RGB, resized and cropped; ...)``."""
+    import onnx
+    graph_input = model.graph.input[0]
+    dtype = onnx.TensorProto.DataType.Name(graph_input.type.tensor_type.elem_type).lower()
+    shape = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+    described = (metadata.get("input") or {}).get("format")
+    return f"{graph_input.name}: {dtype} {shape}" + (f" ({described})" if described else "")
 
 
 def inspect_engine(path: Path) -> dict:

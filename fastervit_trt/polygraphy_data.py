@@ -32,7 +32,8 @@ def model_preprocess(model: Path) -> tuple[Preprocess, str, np.dtype]:
     else:
         info = read_sidecar(model) or {}
         entry = (info.get("inputs") or [{}])[0]
-        name, dtype = entry.get("name", "input"), np.dtype(np.float16 if entry.get("dtype") == "half" else np.float32)
+        dtypes = {"half": np.float16, "uint8": np.uint8}
+        name, dtype = entry.get("name", "input"), np.dtype(dtypes.get(entry.get("dtype"), np.float32))
     if not info.get("preprocess"):
         raise SystemExit(f"{model}: no fastervit-trt preprocessing recorded; export it with fastervit-export")
     return Preprocess.from_config(info["preprocess"]), name, np.dtype(dtype)

@@ -83,9 +83,15 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+INPUT_FORMATS = {"float": "float32 NCHW, normalised with the model's mean and std",
+                 "uint8": "uint8 NHWC RGB, resized and cropped; the graph normalises it"}
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """The eval transform of one model; call it on a PIL image to get a (3, H, W) array."""
+    """The eval transform of one model; call it on a PIL image to get the model's input: a
+    normalised float32 (3, H, W) array, or with ``input_format="uint8"`` the resized, cropped
+    uint8 (H, W, 3) image (a graph exported with ``--input uint8`` normalises it itself)."""
 
     input_size: tuple[int, int]
     crop_pct: float = 0.875
@@ -94,6 +100,20 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     jpeg_draft: bool = False  # decode large JPEGs at a reduced scale (False: bitwise timm)
+    input_format: str = "float"  # or "uint8"
+
+    def __post_init__(self) -> None:
+        if self.input_format not in INPUT_FORMATS:
+            raise ValueError(f"input_format must be one of {', '.join(INPUT_FORMATS)}, not {self.input_format!r}")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """One input's shape: (3, H, W) floats or (H, W, 3) uint8."""
+        return (3, *self.input_size) if self.input_format == "float" else (*self.input_size, 3)
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(np.float32 if self.input_format == "float" else np.uint8)
 
     @classmethod
     def from_config(cls, config: Mapping | object) -> Preprocess:
@@ -101,7 +121,8 @@ class Preprocess:
         get = config.get if isinstance(config, Mapping) else lambda k: getattr(config, k, None)
         return cls(input_size=tuple(get("input_size")), crop_pct=float(get("crop_pct")),
                    crop_mode=get("crop_mode"), interpolation=get("interpolation"),
-                   mean=tuple(get("mean")), std=tuple(get("std")), jpeg_draft=bool(get("jpeg_draft")))
+                   mean=tuple(get("mean")), std=tuple(get("std")), jpeg_draft=bool(get("jpeg_draft")),
+                   input_format=get("input_format") or "float")
 
     def draft_size(self, width: int, height: int) -> tuple[int, int]:
         """The smallest size a JPEG of ``width`` x ``height`` may be decoded at: twice what the
@@ -140,9 +161,15 @@ class Preprocess:
         return image.crop((left, top, left + crop_w, top + crop_h))
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        pixels = np.asarray(self.resize_and_crop(image.convert("RGB")), dtype=np.float32) / np.float32(255)
+        pixels = np.asarray(self.resize_and_crop(image.convert("RGB")))
+        return pixels if self.input_format == "uint8" else self.normalize(pixels)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (..., H, W, 3) images -> normalised float32 (..., 3, H, W) inputs: what a
+        ``--input uint8`` graph computes from them."""
+        pixels = pixels.astype(np.float32) / np.float32(255)
         pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+        return np.ascontiguousarray(np.moveaxis(pixels, -1, -3))
 
 
 def sample_inputs(preprocess: Preprocess, count: int) -> np.ndarray | None:

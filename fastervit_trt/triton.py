@@ -27,7 +27,7 @@ from .sidecar import read_metadata
 
 _NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
 _TRITON_TYPES = {"float": "TYPE_FP32", "float32": "TYPE_FP32", "half": "TYPE_FP16", "float16": "TYPE_FP16",
-                 "int8": "TYPE_INT8", "int32": "TYPE_INT32"}
+                 "int8": "TYPE_INT8", "int32": "TYPE_INT32", "uint8": "TYPE_UINT8"}
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def _describe(model_path: Path) -> dict:
                                     "needs a symbolic batch axis and fixed C, H, W: re-export with fastervit-export")
         if dtype(graph_out) not in _TRITON_TYPES or dtype(graph_in) not in _TRITON_TYPES:
             raise FasterViTTRTError(f"{model_path}: input/output types {dtype(graph_in)}/{dtype(graph_out)}; "
-                                    "the toolkit serves float image classifiers")
+                                    "the toolkit serves image classifiers with float or uint8 input and float output")
         return {"platform": "onnxruntime_onnx", "file": "model.onnx", "batch": meta.get("batch_profile", [1, 8, 32]),
                 "input": (graph_in.name, dtype(graph_in), dims(graph_in)),
                 "output": (graph_out.name, dtype(graph_out), dims(graph_out)),
@@ -86,10 +86,17 @@ def _describe(model_path: Path) -> dict:
             "preprocess": sidecar.get("preprocess") or {}, "model": sidecar.get("model")}
 
 
-def _tensor(entry: tuple[str, str, list[int]]) -> str:
+def _tensor(entry: tuple[str, str, list[int]], layout: str | None = None) -> str:
+    """One ModelInput/ModelOutput; ``layout`` (NCHW or NHWC) becomes the input's ``format``."""
     tensor_name, dtype, dims = entry
     data_type = _TRITON_TYPES.get(dtype, dtype)
-    return f'  {{\n    name: "{tensor_name}"\n    data_type: {data_type}\n    dims: [ {", ".join(map(str, dims))} ]\n  }}'
+    fmt = f"\n    format: FORMAT_{layout}" if layout else ""
+    return f'  {{\n    name: "{tensor_name}"\n    data_type: {data_type}{fmt}\n    dims: [ {", ".join(map(str, dims))} ]\n  }}'
+
+
+def _layout(info: dict) -> str:
+    """The classifier input's layout: NHWC uint8 images (``--input uint8``) or NCHW floats."""
+    return "NHWC" if info["preprocess"].get("input_format") == "uint8" else "NCHW"
 
 
 def model_config(name: str, info: dict, options: TritonOptions) -> str:
@@ -103,7 +110,7 @@ def model_config(name: str, info: dict, options: TritonOptions) -> str:
     if info["model"]:
         parameters = f'parameters {{\n  key: "fastervit.model"\n  value: {{ string_value: "{info["model"]}" }}\n}}\n' + parameters
     return (f'name: "{name}"\nplatform: "{info["platform"]}"\nmax_batch_size: {high}\n'
-            f"input [\n{_tensor(info['input'])}\n]\noutput [\n{_tensor(info['output'])}\n]\n"
+            f"input [\n{_tensor(info['input'], _layout(info))}\n]\noutput [\n{_tensor(info['output'])}\n]\n"
             f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(map(str, sorted({opt, high})))} ]\n"
             f"  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}\n"
             f"instance_group [\n  {{\n    count: {options.instances}\n    kind: KIND_{kind.upper()}\n  }}\n]\n"
@@ -177,8 +184,9 @@ def copy_atomic(src: Path, dst: Path) -> None:
 def serve_pytriton(model, name: str, max_queue_delay_us: int = 500, http_port: int = 0, grpc_port: int = 0,
                    metrics_port: int = 0):
     """A started PyTriton server (loopback) serving ``model`` (a runtime InferenceModel) with
-    dynamic batching, as ``name`` (preprocessed float input) and ``<name>_bytes`` (encoded
-    images in); use it as a context manager or call ``.stop()``."""
+    dynamic batching, as ``name`` (the model's own input: preprocessed floats, or uint8 crops
+    for a ``--input uint8`` model) and ``<name>_bytes`` (encoded images in); use it as a
+    context manager or call ``.stop()``."""
     import numpy as np
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
@@ -190,20 +198,19 @@ def serve_pytriton(model, name: str, max_queue_delay_us: int = 500, http_port: i
         os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{os.environ.get('LD_LIBRARY_PATH', '')}".rstrip(":")
 
     @batch
-    def infer(**inputs):
+    def infer(**inputs):  # the input tensor as the engine takes it
         (batch_input,) = inputs.values()
-        return {"logits": model.logits(batch_input.astype(np.float32, copy=False))}
+        return {"logits": model.run(batch_input)}
 
     @batch
     def infer_bytes(image):
         return {"logits": model.logits([bytes(item) for item in image.reshape(-1)])}
 
-    height, width = model.preprocess.input_size
     triton = Triton(config=TritonConfig(http_address="127.0.0.1", grpc_address="127.0.0.1",
                                         http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                                         exit_on_error=True, log_verbose=0))
     triton.bind(model_name=name, infer_func=infer,
-                inputs=[Tensor(name="input", dtype=np.float32, shape=(3, height, width))],
+                inputs=[Tensor(name="input", dtype=model.preprocess.input_dtype, shape=model.preprocess.input_shape)],
                 outputs=[Tensor(name="logits", dtype=np.float32, shape=(len(model.names),))],
                 config=ModelConfig(max_batch_size=model.max_batch,
                                    batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)),

@@ -1,4 +1,5 @@
-"""Triton Python-backend model: encoded image bytes -> the classifier's preprocessed input.
+"""Triton Python-backend model: encoded image bytes -> the classifier's input (preprocessed
+floats, or the uint8 crops a ``--input uint8`` model normalises itself).
 
 ``fastervit-triton ... --image-bytes`` copies this file as ``<name>_preprocess/1/model.py``;
 the ensemble ``<name>_bytes`` chains it with the classifier, so clients send JPEG/PNG bytes
@@ -28,7 +29,7 @@ class TritonPythonModel:
         self.preprocess = Preprocess.from_config(json.loads(config["parameters"]["preprocess"]["string_value"]))
         output = config["output"][0]
         self.output_name = output["name"]
-        self.output_dtype = np.float16 if output["data_type"] == "TYPE_FP16" else np.float32
+        self.output_dtype = {"TYPE_FP16": np.float16, "TYPE_UINT8": np.uint8}.get(output["data_type"], np.float32)
 
     def execute(self, requests: list) -> list:
         responses = []

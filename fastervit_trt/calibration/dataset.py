@@ -144,18 +144,19 @@ class CalibrationData:
             array = np.load(self.source, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise CalibrationDataError(f"{self.source}: not a readable .npy array ({exc})") from None
-        if array.dtype not in (np.float32, np.float16, np.float64):
+        expected, wanted = self.preprocess.input_shape, self.preprocess.input_dtype
+        what = "uint8 images (resized and cropped, NHWC)" if wanted == np.uint8 else \
+            "preprocessed float32 inputs (normalised with the model's mean and std, NCHW)"
+        if array.dtype != wanted and (wanted == np.uint8 or array.dtype not in (np.float16, np.float64)):
             raise CalibrationDataError(
-                f"{self.source}: holds {array.dtype} values, but --calib-data FILE.npy must be "
-                "preprocessed float32 inputs (normalised with the model's mean and std, NCHW); "
+                f"{self.source}: holds {array.dtype} values, but --calib-data FILE.npy must be {what}; "
                 "pass the image folder instead and the toolkit preprocesses it")
-        if array.dtype != np.float32:
+        if array.dtype != wanted:
             log.warning("%s: %s inputs converted to float32", self.source, array.dtype)
-        expected = (3, *self.preprocess.input_size)
         if array.ndim != 4 or tuple(array.shape[1:]) != expected:
             raise CalibrationDataError(
-                f"{self.source}: expected preprocessed inputs of shape (N, {', '.join(map(str, expected))}), "
-                f"found {array.shape}")
+                f"{self.source}: expected preprocessed inputs of shape (N, {', '.join(map(str, expected))}) "
+                f"({what}), found {array.shape}")
         if len(array) < self.count:
             log.warning("%s: %d inputs available, %d requested; using %d", self.source,
                         len(array), self.count, len(array))
@@ -166,9 +167,9 @@ class CalibrationData:
         return self.count
 
     def sample(self, index: int) -> np.ndarray:
-        """The ``index``-th preprocessed input, (3, H, W) float32; deterministic."""
+        """The ``index``-th preprocessed input (``Preprocess.input_shape``); deterministic."""
         if self._array is not None:
-            return np.asarray(self._array[index], dtype=np.float32)
+            return np.asarray(self._array[index], dtype=self.preprocess.input_dtype)
         if self.disjoint:
             return self.preprocess(self._decode(index))
         position, round_ = index % len(self._images), index // len(self._images)
@@ -203,19 +204,21 @@ class CalibrationData:
 
 
 class StoredInputs:
-    """Preprocessed inputs in a ``.npy`` file, read a slice at a time: held-out inputs at high
-    resolution (32 at 800x1216 are 373 MB) cost the slice in use, not the whole set. Reads
-    go through the file (no memory map), so pages read once do not stay in the process."""
+    """Preprocessed inputs (float32, or uint8 images) in a ``.npy`` file, read a slice at a
+    time: held-out inputs at high resolution (32 at 800x1216 are 373 MB) cost the slice in
+    use, not the whole set. Reads go through the file (no memory map), so pages read once do
+    not stay in the process."""
 
     def __init__(self, path: Path, samples: Iterator[np.ndarray], count: int) -> None:
         self.path, self.count = Path(path), count
         with open(self.path, "wb") as fh:
             for index, sample in enumerate(samples):
-                sample = np.ascontiguousarray(sample, dtype=np.float32)
+                sample = np.ascontiguousarray(sample, dtype=np.float32 if sample.dtype.kind == "f" else None)
                 if index == 0:
-                    self.sample_shape = sample.shape
-                    np.lib.format.write_array_header_2_0(
-                        fh, {"descr": "<f4", "fortran_order": False, "shape": (count, *sample.shape)})
+                    self.sample_shape, self.dtype = sample.shape, sample.dtype
+                    np.lib.format.write_array_header_2_0(fh, {
+                        "descr": np.lib.format.dtype_to_descr(sample.dtype), "fortran_order": False,
+                        "shape": (count, *sample.shape)})
                     self.offset = fh.tell()
                 fh.write(sample.tobytes())
         self.per_sample = int(np.prod(self.sample_shape))
@@ -229,6 +232,6 @@ class StoredInputs:
             raise IndexError("StoredInputs takes contiguous slices")
         count = max(stop - start, 0)
         with open(self.path, "rb") as fh:
-            fh.seek(self.offset + start * self.per_sample * 4)
-            flat = np.fromfile(fh, dtype=np.float32, count=count * self.per_sample)
+            fh.seek(self.offset + start * self.per_sample * self.dtype.itemsize)
+            flat = np.fromfile(fh, dtype=self.dtype, count=count * self.per_sample)
         return flat.reshape(count, *self.sample_shape)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -103,14 +103,14 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
     reuse = cache_path.is_file() and not calib.recalibrate
     variant = preflight(options, () if cache_path.is_file() else (cache_path, record_path(cache_path)))
     settings = {"model": variant.name, "resolution": list(variant.arch.resolution), **calib.record(),
-                "jpeg_draft": not options.exact_preprocess}
+                "jpeg_draft": not options.exact_preprocess, "input_format": options.input_format}
     changed = _changed_settings(cache_path, settings) if reuse else None
     if changed:
         raise CalibrationCacheError(f"{cache_path}: calibrated with other settings ({changed}); pass the "
                                     "same flags to reuse it, or --recalibrate to replace it")
     budget = calib.accuracy_budget is not None
     steps = Steps(7 + (calib.sensitivity or budget) + budget, stream)
-    preprocess = replace(Preprocess.from_config(variant.eval), jpeg_draft=not options.exact_preprocess)
+    preprocess = options.preprocess(variant)
     with scratch(options.output_dir) as store:
         heldout, heldout_kind = _heldout_inputs(calib, preprocess, store.folder / "heldout.npy")
         traced = trace_model(options, steps, store, probes={"heldout": heldout})
@@ -183,7 +183,8 @@ def _heldout_inputs(calib: CalibrationOptions, preprocess: Preprocess, path: Pat
     source = calib.data if calib.data.is_dir() else DEFAULT_DATA
     if not source.exists():
         rng = np.random.default_rng(0)
-        samples = (rng.standard_normal((3, *preprocess.input_size), dtype=np.float32) for _ in range(calib.heldout))
+        samples = (rng.integers(0, 256, preprocess.input_shape, dtype=np.uint8) if preprocess.input_format == "uint8"
+                   else rng.standard_normal(preprocess.input_shape, dtype=np.float32) for _ in range(calib.heldout))
         return StoredInputs(path, samples, calib.heldout), "seeded random inputs"
     data = CalibrationData(source, preprocess, calib.heldout, split="heldout")
     return StoredInputs(path, (data.sample(i) for i in range(len(data))), len(data)), data.describe()

@@ -256,7 +256,9 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
         "arch": facts["metadata"].get("arch"),
         "preprocess": facts["metadata"].get("preprocess"),
         "label_set": (facts["metadata"].get("preprocess") or {}).get("label_set"),
-        "inputs": [_io(network.get_input(i), trt, config.batch) for i in range(network.num_inputs)],
+        "inputs": [{**_io(network.get_input(i), trt, config.batch),
+                    **({"format": fmt} if (fmt := (facts["metadata"].get("input") or {}).get("format")) else {})}
+                   for i in range(network.num_inputs)],
         "outputs": [_io(network.get_output(i), trt, None) for i in range(network.num_outputs)],
         "tensorrt": {"flavour": flavour, "version": trt.__version__},
         "build": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()

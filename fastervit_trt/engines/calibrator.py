@@ -53,7 +53,8 @@ def make_calibrator(trt: ModuleType, facts: dict, config: BuildConfig):
             bases[method].__init__(self)
             self.batches = iter(data.batches(batch)) if data is not None else iter(())
             self.error: Exception | None = None
-            self.buffer, self.pointer = cuda.device((batch, *facts["dims"][1:]), np.dtype(np.float32))
+            self.dtype = data.preprocess.input_dtype if data is not None else np.dtype(np.float32)
+            self.buffer, self.pointer = cuda.device((batch, *facts["dims"][1:]), self.dtype)
             self.stream, _ = cuda.stream()
 
         def get_batch_size(self) -> int:
@@ -65,7 +66,7 @@ def make_calibrator(trt: ModuleType, facts: dict, config: BuildConfig):
                 if inputs is None:
                     return None
                 with cuda.active():
-                    cuda.upload(self.buffer, np.ascontiguousarray(inputs, dtype=np.float32), self.stream)
+                    cuda.upload(self.buffer, np.ascontiguousarray(inputs, dtype=self.dtype), self.stream)
                     self.stream.synchronize()
                 return [self.pointer]
             except Exception as exc:  # TensorRT would print it and report "calibration failed"

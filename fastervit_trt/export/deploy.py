@@ -20,7 +20,6 @@ import copy
 
 import torch
 from torch import Tensor, nn
-
 from torch.nn import functional as F
 
 from ..models.fastervit import (AttentionStage, FasterViT, HATBlock, RelativePositionBias,
@@ -28,8 +27,9 @@ from ..models.fastervit import (AttentionStage, FasterViT, HATBlock, RelativePos
 
 
 class GatheredBias(nn.Module):
-    """A frozen ``RelativePositionBias``: its (heads, offsets + 1) table, evaluated once, read
-    through a (tokens, tokens) ``index``; the extra last entry is the carrier tokens' zero."""
+    """A frozen ``RelativePositionBias``: its (1, heads, offsets + 1) table, evaluated once,
+    read through a (tokens, tokens) ``index`` (one Gather, no reshape); the extra last entry is
+    the carrier tokens' zero."""
 
     def __init__(self, table: Tensor, index: Tensor) -> None:
         super().__init__()
@@ -40,15 +40,35 @@ class GatheredBias(nn.Module):
     def freeze(cls, source: RelativePositionBias, indices: dict[tuple[int, int], Tensor]) -> "GatheredBias":
         """``source`` as a table and an index (one index per window geometry, shared)."""
         table = 16 * torch.sigmoid(source.cpb_mlp(source.offsets)).t()
-        table = F.pad(table, (0, 1))
+        table = F.pad(table, (0, 1)).unsqueeze(0)
         key = (source.side, source.tokens)
         if key not in indices:
             lead = source.tokens - source.side**2
-            indices[key] = F.pad(source.index, (lead, 0, lead, 0), value=table.shape[1] - 1).to(torch.int32)
+            indices[key] = F.pad(source.index, (lead, 0, lead, 0), value=table.shape[-1] - 1).to(torch.int32)
         return cls(table.contiguous(), indices[key])
 
     def forward(self) -> Tensor:
-        return self.table[:, self.index].unsqueeze(0)
+        return self.table[:, :, self.index]
+
+
+class ImageInput(nn.Module):
+    """``model`` fed resized, cropped uint8 images (N, H, W, C) as decoded: the graph
+    normalises them with the float32 operations of ``Preprocess.normalize``, in its order
+    (divide by 255, subtract the mean, divide by the std, channels first)."""
+
+    def __init__(self, model: FasterViT, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    @property
+    def variant(self):
+        return self.model.variant
+
+    def forward(self, images: Tensor) -> Tensor:
+        pixels = (images.float() / 255 - self.mean) / self.std
+        return self.model(pixels.permute(0, 3, 1, 2))
 
 
 class AddConstant(nn.Module):

@@ -20,6 +20,7 @@ import torch
 
 from .. import __version__
 from ..models import FasterViT
+from .deploy import ImageInput
 from .weights import WeightFile, tensor_bytes
 from ..sidecar import METADATA_KEY, read_metadata  # noqa: F401  (read_metadata: public here too)
 
@@ -32,11 +33,13 @@ IR_VERSION = 8
 PROTOBUF_LIMIT = 2**31 - 1
 
 
-def trace_to_onnx(model: FasterViT, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """Trace ``model`` (already in deploy form) to ONNX with a symbolic batch axis; its
-    parameters and buffers are graph inputs (``attach_weights`` makes them initializers)."""
-    height, width = model.variant.arch.resolution
-    example = torch.zeros(1, model.variant.arch.in_chans, height, width)
+def trace_to_onnx(model: FasterViT | ImageInput, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Trace ``model`` (already in deploy form; a float NCHW input, or uint8 NHWC images for
+    an ``ImageInput``) to ONNX with a symbolic batch axis; its parameters and buffers are
+    graph inputs (``attach_weights`` makes them initializers)."""
+    (height, width), channels = model.variant.arch.resolution, model.variant.arch.in_chans
+    example = torch.zeros(1, height, width, channels, dtype=torch.uint8) if isinstance(model, ImageInput) \
+        else torch.zeros(1, channels, height, width)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         path = Path(tmp) / "traced.onnx"
@@ -48,11 +51,49 @@ def trace_to_onnx(model: FasterViT, opset: int = DEFAULT_OPSET) -> onnx.ModelPro
 
 
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold constants and drop no-op nodes (onnxslim), keeping the opset's own ops."""
+    """Fold constants and drop no-op nodes (onnxslim), keeping the opset's own ops; nodes
+    that compute from weights alone then run right before their first reader."""
     import onnxslim
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return onnxslim.slim(model, no_shape_infer=model_bytes(model) > PROTOBUF_LIMIT)
+        return sink_weight_nodes(onnxslim.slim(model, no_shape_infer=model_bytes(model) > PROTOBUF_LIMIT))
+
+
+def sink_weight_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Reorder ``model``'s nodes (in place) so that each node not reached from the image input
+    (the attention-bias Gathers) comes right before its first reader. Sorting hoists them
+    all to the top, and ONNX Runtime runs nodes in that order: at 768x768 every bias of a
+    stage would be alive at once (4 GB)."""
+    graph = model.graph
+    dynamic = {INPUT_NAME}
+    for node in graph.node:
+        if dynamic.intersection(node.input):
+            dynamic.update(node.output)
+    producer = {o: n for n in graph.node if not dynamic.intersection(n.output) for o in n.output}
+    ordered: list[onnx.NodeProto] = []
+    placed: set[int] = set()
+
+    def place(name: str) -> None:
+        node = producer.get(name)
+        if node is None or id(node) in placed:
+            return
+        placed.add(id(node))
+        for source in node.input:
+            place(source)
+        ordered.append(node)
+
+    for node in graph.node:
+        if dynamic.intersection(node.output):
+            for source in node.input:
+                place(source)
+            ordered.append(node)
+    for output in graph.output:
+        place(output.name)
+    assert len(ordered) == len(graph.node), "every node is placed once"
+    ordered = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return model
 
 
 def attach_weights(graph: onnx.ModelProto, model: torch.nn.Module, weights: WeightFile) -> onnx.ModelProto:

@@ -12,7 +12,7 @@ import logging
 import os
 import platform
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, TextIO
 
@@ -25,10 +25,11 @@ from ..artifacts import check_writable, paths_of, sha256, write_json
 from ..compare import compare
 from ..errors import FasterViTTRTError
 from ..models import FasterViT, Variant, check_arch, create_model, read_checkpoint
-from ..preprocess import Preprocess, sample_inputs
+from ..preprocess import INPUT_FORMATS, Preprocess, sample_inputs
 from ..progress import Steps
-from .deploy import prepare_for_export
+from .deploy import ImageInput, prepare_for_export
 from .fp16 import convert_to_fp16, find_fp16_overflows
+from ..runtime.onnxruntime_backend import ORT_DTYPES
 from .ort_cpu import cpu_session, release_memory
 from .onnx_export import (DEFAULT_OPSET, PROTOBUF_LIMIT, attach_weights, finalize, model_bytes,
                           simplify, trace_to_onnx)
@@ -65,19 +66,29 @@ class ExportOptions:
     seed: int = 0
     validation_batch: int = 4
     exact_preprocess: bool = False  # True: decode every JPEG in full (bitwise timm); recorded
+    input_format: str = "float"  # "uint8": the graph takes uint8 NHWC crops and normalises them
     external_data_threshold: int = PROTOBUF_LIMIT  # bytes above which weights go to <file>.data
 
     def __post_init__(self) -> None:
         paths_of(self, "checkpoint", "output_dir")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.input_format not in INPUT_FORMATS:
+            raise ValueError(f"input format must be one of {', '.join(INPUT_FORMATS)}, not {self.input_format!r}")
         low, opt, high = self.batch
         if not 1 <= low <= opt <= high:
             raise ValueError(f"batch profile must satisfy 1 <= MIN <= OPT <= MAX, got {low},{opt},{high}")
 
+    def preprocess(self, variant: Variant) -> Preprocess:
+        """``variant``'s eval transform as this export's graph takes it."""
+        return replace(Preprocess.from_config(variant.eval), jpeg_draft=not self.exact_preprocess,
+                       input_format=self.input_format)
+
     @property
     def onnx_path(self) -> Path:
-        return self.output_dir / f"{self.model}_{self.precision}.onnx"
+        """``<model>_<precision>.onnx``; ``..._uint8in.onnx`` for a uint8-image input."""
+        suffix = "_uint8in" if self.input_format == "uint8" else ""
+        return self.output_dir / f"{self.model}_{self.precision}{suffix}.onnx"
 
     @property
     def report_path(self) -> Path:
@@ -136,6 +147,7 @@ def export_model(options: ExportOptions, stream: TextIO | None = None) -> Export
                 kept_fp32 = find_fp16_overflows(graph, traced.inputs, weights, eval_chunk(traced.inputs))
                 graph = convert_to_fp16(graph, keep_fp32=kept_fp32, io_dtype=options.io_dtype,
                                         weights=weights)
+                release_memory()  # the probe session's buffers, before validation runs its own
         metadata = export_metadata(traced, options, kept_fp32)
         staged_onnx = weights.folder / options.onnx_path.name
         with steps.step(f"writing {options.onnx_path}"):
@@ -159,28 +171,31 @@ def trace_model(options: ExportOptions, steps: Steps, weights: WeightFile,
     transformed in place and freed, so at most one copy of the weights is ever in memory."""
     with steps.step(f"building {options.model}"):
         model = _build(options)
+        preprocess = options.preprocess(model.variant)
+        network = model if preprocess.input_format == "float" else \
+            ImageInput(model, preprocess.mean, preprocess.std)
         inputs, input_kind = validation_inputs(model, options)
-        references = {name: _logits(model, x) for name, x in {"validation": inputs, **(probes or {})}.items()}
+        references = {name: _logits(network, x) for name, x in {"validation": inputs, **(probes or {})}.items()}
     variant, checkpoint = model.variant, model.checkpoint
     with steps.step("folding BatchNorm, layer scale and position bias"):
-        model = prepare_for_export(model, inplace=True)
+        prepare_for_export(model, inplace=True)
     with steps.step(f"tracing to ONNX (opset {options.opset}) and simplifying"):
-        graph = attach_weights(simplify(trace_to_onnx(model, options.opset)), model, weights)
-        del model
+        graph = attach_weights(simplify(trace_to_onnx(network, options.opset)), network, weights)
+        del model, network
         release_memory()
     validation = references.pop("validation")
     return Traced(variant, checkpoint, graph, inputs, input_kind, validation, references)
 
 
 def eval_chunk(inputs: InputSet, images: int = EVAL_CHUNK) -> int:
-    """Inputs per forward pass: ``images`` up to ``EVAL_PIXELS`` each, proportionally fewer
-    (at least one) for larger ones (four 576x960 inputs through FasterViT-4-21K-512's
-    32x32 windows hold 2 GB of attention)."""
-    height, width = inputs[:1].shape[-2:]
-    return max(1, min(images, images * EVAL_PIXELS // (height * width)))
+    """Inputs per forward pass: ``images`` up to ``EVAL_PIXELS`` RGB pixels each,
+    proportionally fewer (at least one) for larger ones (four 576x960 inputs through
+    FasterViT-4-21K-512's 32x32 windows hold 2 GB of attention)."""
+    values = inputs[:1].size  # NCHW or NHWC alike
+    return max(1, min(images, images * 3 * EVAL_PIXELS // values))
 
 
-def _logits(model: FasterViT, inputs: InputSet) -> np.ndarray:
+def _logits(model: FasterViT | ImageInput, inputs: InputSet) -> np.ndarray:
     """PyTorch's logits, a few inputs at a time (32 held-out images at 768x768 at once need
     tens of GB)."""
     chunk = eval_chunk(inputs)
@@ -259,12 +274,15 @@ def _build(options: ExportOptions) -> FasterViT:
 def validation_inputs(model: FasterViT, options: ExportOptions) -> tuple[np.ndarray, str]:
     """The shipped sample photos through the model's own preprocessing when present (and the
     model takes RGB images), else seeded random inputs; with a description for the report."""
-    arch = model.variant.arch
+    arch, preprocess = model.variant.arch, options.preprocess(model.variant)
     if arch.in_chans == 3:
-        photos = sample_inputs(Preprocess.from_config(model.variant.eval), options.validation_batch)
+        photos = sample_inputs(preprocess, options.validation_batch)
         if photos is not None:
             return photos, "shipped sample photos"
     rng = np.random.default_rng(options.seed)
+    if preprocess.input_format == "uint8":
+        shape = (options.validation_batch, *arch.resolution, arch.in_chans)
+        return rng.integers(0, 256, shape, dtype=np.uint8), "seeded random images"
     shape = (options.validation_batch, arch.in_chans, *arch.resolution)
     return rng.standard_normal(shape, dtype=np.float32), "seeded random inputs"
 
@@ -283,7 +301,8 @@ def graph_summary(model: onnx.ModelProto) -> dict:
 
 def ort_logits(model: Path | bytes, inputs: InputSet, optimize: bool = True,
                images: int = EVAL_CHUNK) -> np.ndarray:
-    """Run an ONNX file (or serialized model) with ONNX Runtime on the CPU (float32 in and out),
+    """Run an ONNX file (or serialized model) with ONNX Runtime on the CPU (inputs as the
+    graph's input type, float32 logits out),
     ``eval_chunk(inputs, images)`` at a time so that memory does not grow with their number.
 
     ``optimize=False`` disables graph optimizations: Q/DQ graphs then compute plain
@@ -292,7 +311,7 @@ def ort_logits(model: Path | bytes, inputs: InputSet, optimize: bool = True,
     """
     session = cpu_session(model, optimize)
     feed = session.get_inputs()[0]
-    dtype = np.float16 if feed.type == "tensor(float16)" else np.float32
+    dtype = ORT_DTYPES.get(feed.type, np.float32)
     chunk = eval_chunk(inputs, images)
     return np.concatenate([session.run(None, {feed.name: inputs[i:i + chunk].astype(dtype)})[0]
                            for i in range(0, len(inputs), chunk)]).astype(np.float32)
@@ -327,8 +346,10 @@ def export_metadata(traced: Traced, options: ExportOptions, kept_fp32: list[str]
         "seed": options.seed,
         "arch": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(variant.arch).items()},
         "preprocess": {**{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(variant.eval).items()},
-                       "jpeg_draft": not options.exact_preprocess},
-        "input": {"name": "input", "shape": ["batch", variant.arch.in_chans, *variant.arch.resolution]},
+                       "jpeg_draft": not options.exact_preprocess, "input_format": options.input_format},
+        "input": {"name": "input", "format": INPUT_FORMATS[options.input_format],
+                  "shape": ["batch", *variant.arch.resolution, variant.arch.in_chans] if options.input_format == "uint8"
+                  else ["batch", variant.arch.in_chans, *variant.arch.resolution]},
         "output": {"name": "logits", "shape": ["batch", variant.arch.num_classes]},
         "batch_profile": list(options.batch),
         "fp32_nodes_for_range": kept_fp32,

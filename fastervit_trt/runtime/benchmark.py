@@ -7,16 +7,18 @@ from collections.abc import Callable
 import numpy as np
 
 
-def benchmark(runners: dict[str, Callable[[np.ndarray], np.ndarray]], input_size: tuple[int, int],
-              batches: list[int], iters: int = 50, warmup: int = 5) -> list[dict]:
-    """One row per (runner, batch): p50/p90/p99 latency in ms and images per second.
+def benchmark(runners: dict[str, Callable[[np.ndarray], np.ndarray]], input_shape: tuple[int, ...],
+              batches: list[int], iters: int = 50, warmup: int = 5, dtype: np.dtype = np.dtype(np.float32)) -> list[dict]:
+    """One row per (runner, batch): p50/p90/p99 latency in ms and images per second, on
+    seeded random inputs of ``input_shape`` (one input) and ``dtype`` (float32 or uint8).
 
     Runners take turns call by call, so machine noise hits them alike.
     """
     rows = []
     rng = np.random.default_rng(0)
     for batch in batches:
-        x = rng.standard_normal((batch, 3, *input_size), dtype=np.float32)
+        x = rng.integers(0, 256, (batch, *input_shape), dtype=np.uint8) if dtype == np.uint8 else \
+            rng.standard_normal((batch, *input_shape), dtype=np.float32)
         for run in runners.values():
             for _ in range(warmup):
                 run(x)

@@ -1,7 +1,7 @@
 """JPEG batches decoded, resized and normalised on the GPU (nvJPEG through torchvision).
 
-``decode_on_gpu(items, preprocess)`` returns a float32 CUDA tensor (N, 3, H, W) that the
-TensorRT backend reads in place: no decoded image ever crosses to the host. Resizing is
+``decode_on_gpu(items, preprocess)`` returns a float32 CUDA tensor (N, 3, H, W) (uint8
+(N, H, W, 3) crops for a ``--input uint8`` model) that the TensorRT backend reads in place: no decoded image ever crosses to the host. Resizing is
 torchvision's antialiased resize with the model's interpolation, a close match of Pillow's
 (not bitwise: the exact path stays on the CPU). Files that are not JPEGs are decoded on the
 CPU and uploaded. torch and torchvision are imported on first use.
@@ -28,7 +28,7 @@ def _read(item: Any) -> bytes:
 
 
 def decode_on_gpu(items: list, preprocess: Preprocess, exif_rotate: bool = True):
-    """(N, 3, H, W) float32 CUDA tensor of ``items`` through ``preprocess``'s transform."""
+    """A CUDA batch of ``items`` through ``preprocess``'s transform, in its input format."""
     import torch
     import torchvision.transforms.v2.functional as F
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -57,5 +57,6 @@ def decode_on_gpu(items: list, preprocess: Preprocess, exif_rotate: bool = True)
                          interpolation=F.InterpolationMode(preprocess.interpolation))
         top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))
         image = image[:, top:top + crop_h, left:left + crop_w].round().clamp(0, 255)  # as 8-bit pixels
-        batch.append((image / 255.0 - mean) / std)
+        batch.append(image.to(torch.uint8).permute(1, 2, 0) if preprocess.input_format == "uint8"
+                     else (image / 255.0 - mean) / std)
     return torch.stack(batch).contiguous()

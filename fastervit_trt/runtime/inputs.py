@@ -4,6 +4,9 @@ Accepted, alone or in a list: image file paths, encoded image bytes or binary fi
 PIL images, uint8 HWC (or NHWC) arrays (decoded images, RGB), float32 CHW / NCHW arrays
 (already preprocessed), and torch tensors (float NCHW preprocessed, on the CPU or a CUDA
 device). Lists of encoded images are decoded on a thread pool (Pillow releases the GIL).
+A model exported with ``--input uint8`` takes the resized, cropped uint8 (H, W, 3) images
+instead of floats (a CUDA uint8 NHWC batch of that size goes to it as is); preprocessed
+floats are refused there.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ def is_encoded(item: Any) -> bool:
 
 
 def _one(item: Any, preprocess: Preprocess, exif_rotate: bool = True) -> np.ndarray:
-    """One input -> (3, H, W) float32."""
+    """One input -> the model's input (``preprocess.input_shape``)."""
     if isinstance(item, (bytearray, memoryview)):
         item = bytes(item)
     if is_encoded(item):
@@ -51,13 +54,20 @@ def _one(item: Any, preprocess: Preprocess, exif_rotate: bool = True) -> np.ndar
     if isinstance(item, np.ndarray):
         if item.dtype == np.uint8 and item.ndim == 3 and item.shape[-1] in (1, 3, 4):
             return preprocess(Image.fromarray(item.squeeze(-1) if item.shape[-1] == 1 else item))
-        if item.dtype.kind == "f" and item.shape == (3, *preprocess.input_size):
+        if item.dtype.kind == "f" and preprocess.input_format == "uint8":
+            raise _floats_refused(item.shape)
+        if item.dtype.kind == "f" and item.shape == preprocess.input_shape:
             return item.astype(np.float32, copy=False)
         raise InputError(f"array of shape {item.shape} and dtype {item.dtype} is neither a uint8 HWC "
                          f"image nor a preprocessed float (3, {preprocess.input_size[0]}, "
                          f"{preprocess.input_size[1]}) input")
     raise InputError(f"cannot use a {type(item).__name__} as an image; pass a path, a PIL image, "
                      "a uint8 HWC array or a preprocessed float array")
+
+
+def _floats_refused(shape: tuple) -> InputError:
+    return InputError(f"float array of shape {shape}: this model was exported with --input uint8 and "
+                      "normalises images itself; pass images (paths, bytes, PIL or uint8 arrays)")
 
 
 DECODE_THREADS = min(8, os.cpu_count() or 1)
@@ -75,13 +85,16 @@ def _decode_all(items: Sequence[Any], preprocess: Preprocess, exif_rotate: bool)
 
 
 def to_batch(inputs: Any, preprocess: Preprocess, exif_rotate: bool = True) -> np.ndarray | Any:
-    """A float32 (N, 3, H, W) batch; a CUDA torch batch of the right shape is returned as is."""
-    expected = (3, *preprocess.input_size)
+    """A batch of the model's input: float32 (N, 3, H, W), or uint8 (N, H, W, 3) for a
+    ``--input uint8`` model; a CUDA torch batch of that shape is returned as is."""
+    expected = preprocess.input_shape
     if is_cuda_tensor(inputs) and inputs.ndim == 4 and tuple(inputs.shape[1:]) == expected:
         return inputs
     if is_torch_tensor(inputs):
         inputs = inputs.detach().cpu().numpy()
     if isinstance(inputs, np.ndarray):
+        if inputs.dtype.kind == "f" and preprocess.input_format == "uint8":
+            raise _floats_refused(inputs.shape)
         if inputs.ndim == 4 and inputs.dtype.kind == "f":
             if tuple(inputs.shape[1:]) != expected:
                 raise InputError(f"batch of shape {inputs.shape}; the model takes (N, {', '.join(map(str, expected))})")

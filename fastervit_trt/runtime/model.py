@@ -91,9 +91,21 @@ class InferenceModel:
                 parts.append(self.backend.infer(batch))
         return parts
 
+    def run(self, batch: Any) -> np.ndarray:
+        """Logits of a batch already in the model's input format (``preprocess`` outputs
+        stacked: float32 NCHW, or uint8 NHWC crops for a ``--input uint8`` model); nothing
+        is resized or normalised."""
+        step = self.max_batch
+        parts = [self.backend.infer(batch[i:i + step]) for i in range(0, len(batch), step)]
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
     def predict(self, inputs: Any, topk: int = 5, decode: str = "cpu") -> list[list[Prediction]]:
         """The ``topk`` classes of each input, most probable first."""
-        logits = self.logits(inputs, decode).astype(np.float64)
+        return self.top(self.logits(inputs, decode), topk)
+
+    def top(self, logits: np.ndarray, topk: int = 5) -> list[list[Prediction]]:
+        """The ``topk`` classes of each row of ``logits``, most probable first."""
+        logits = logits.astype(np.float64)
         probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         top = np.argsort(-probabilities, axis=1, kind="stable")[:, :topk]
@@ -139,8 +151,10 @@ def load(path: str | Path, providers: list[str] | None = None, contexts: int = 2
         backend = TensorRTBackend(path, (info.get("tensorrt") or {}).get("flavour"), contexts,
                                   version_compat=bool((info.get("build") or {}).get("version_compat")),
                                   cuda_graphs=cuda_graphs)
-    preprocess = Preprocess.from_config(info.get("preprocess") or
-                                        {**_DEFAULT_PREPROCESS, "input_size": backend.input_shape[1:]})
+    images = np.dtype(backend.input_dtype) == np.uint8  # an NHWC image input
+    preprocess = Preprocess.from_config(info.get("preprocess") or {
+        **_DEFAULT_PREPROCESS, "input_size": backend.input_shape[:2] if images else backend.input_shape[1:],
+        "input_format": "uint8" if images else "float"})
     label_set = (info.get("preprocess") or {}).get("label_set") or info.get("label_set")
     return InferenceModel(backend, preprocess, class_names(label_set, int(backend.num_classes)), path)
 

@@ -10,6 +10,7 @@ from ..errors import FasterViTTRTError
 from ..sidecar import METADATA_KEY
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 
 
 class OnnxRuntimeBackend:
@@ -29,7 +30,7 @@ class OnnxRuntimeBackend:
         feed, fetch = self.session.get_inputs()[0], self.session.get_outputs()[0]
         _check_classifier(path, self.session.get_inputs(), fetch)
         self.input_name, self.output_name = feed.name, fetch.name
-        self.input_dtype = np.float16 if feed.type == "tensor(float16)" else np.float32
+        self.input_dtype = np.dtype(ORT_DTYPES[feed.type])
         self.input_shape = tuple(feed.shape[1:])
         self.num_classes = fetch.shape[-1]
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
@@ -53,8 +54,9 @@ class OnnxRuntimeBackend:
 
 
 def _check_classifier(path: Path, inputs: list, output) -> None:
-    """What the runtime needs of an ONNX file: one float (N, C, H, W) input with known C, H, W
-    and a float (N, classes) output; anything else gets one line saying so."""
+    """What the runtime needs of an ONNX file: one float (N, C, H, W) input (or uint8
+    (N, H, W, C) images) with known dimensions and a float (N, classes) output; anything else
+    gets one line saying so."""
     feed = inputs[0]
     shape = list(feed.shape or [])
     if len(inputs) != 1 or len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
@@ -62,8 +64,9 @@ def _check_classifier(path: Path, inputs: list, output) -> None:
             f"{path}: input {feed.name!r} has shape {shape or 'unknown'} ({len(inputs)} inputs); the toolkit "
             "runs image classifiers with one (N, C, H, W) input of fixed C, H, W: re-export with "
             "fastervit-export, or with static spatial dimensions")
-    if feed.type not in ("tensor(float)", "tensor(float16)"):
-        raise FasterViTTRTError(f"{path}: input {feed.name!r} is {feed.type}; the toolkit feeds float images")
+    if feed.type not in ORT_DTYPES:
+        raise FasterViTTRTError(f"{path}: input {feed.name!r} is {feed.type}; the toolkit feeds float "
+                                "inputs or uint8 images")
     if output.type not in ("tensor(float)", "tensor(float16)") or len(output.shape or []) != 2:
         raise FasterViTTRTError(
             f"{path}: output {output.name!r} is {output.type} of shape {output.shape}; the toolkit needs float "

@@ -122,12 +122,16 @@ class TensorRTBackend:
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def _check_tensor(self, tensor):
-        """A CUDA torch tensor on this engine's device, as the engine's input dtype (floats only:
-        an integer tensor is raw pixels, not preprocessed input)."""
+        """A CUDA torch tensor on this engine's device, as the engine's input dtype (floats for
+        a float engine: an integer tensor is raw pixels, not preprocessed input; uint8 images
+        for a ``--input uint8`` engine)."""
         torch = self.cuda.torch if isinstance(self.cuda, TorchCuda) else None
         if torch is None or not isinstance(tensor, torch.Tensor) or tensor.device.type != "cuda":
             raise FasterViTTRTError(f"{self.path}: inputs must be a NumPy array or a CUDA torch tensor")
-        if not tensor.is_floating_point():
+        if self.input_dtype == np.uint8 and tensor.dtype != torch.uint8:
+            raise FasterViTTRTError(f"{self.path}: the engine takes uint8 (N, H, W, 3) images, not a "
+                                    f"{tensor.dtype} tensor (it normalises them itself)")
+        if self.input_dtype != np.uint8 and not tensor.is_floating_point():
             raise FasterViTTRTError(f"{self.path}: a {tensor.dtype} CUDA tensor is raw data; pass "
                                     "preprocessed float inputs (runtime.Preprocess)")
         if tensor.device.index not in (None, torch.cuda.current_device()):
