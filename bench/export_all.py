@@ -86,7 +86,14 @@ def export_one(model: str, precision: str, folder: Path, resolution: tuple[int, 
             "nodes": report.get("onnx", {}).get("nodes"),
             "onnx_bytes": report.get("onnx", {}).get("bytes"),
             "passed": error is None and report.get("validation", {}).get("passed", True),
-            "verdict": verdict}
+            "verdict": verdict, "commit": commit()}
+
+
+def commit() -> str:
+    """The code that measured a row (rows from different commits can share a table)."""
+    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                           cwd=Path(__file__).parent)
+    return found.stdout.strip() or "unknown"
 
 
 def check_bounds(rows: list[dict]) -> None:
@@ -108,14 +115,14 @@ def check_bounds(rows: list[dict]) -> None:
 def table(rows: list[dict]) -> str:
     check_bounds(rows)
     lines = ["| model | res | precision | params (M) | FP32 weights (GB) | export s | peak RSS (GB) | "
-             "peak / weights | memory bound | nodes | validation |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "peak / weights | memory bound | nodes | validation | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['resolution'][0]}x{r['resolution'][1]} | {r['precision']} | "
                      f"{r['parameters'] / 1e6:.1f} | {r['fp32_weight_bytes'] / GB:.2f} | {r['seconds']:.0f} | "
                      f"{r['peak_rss_bytes'] / GB:.2f} | {r['peak_over_weights']:.2f} | "
                      f"{'yes' if r['within_bound'] else 'NO'}: {r['bound']} | {r['nodes']} | "
-                     f"{'pass' if r['passed'] else 'FAIL'}: {r['verdict'][:90]} |")
+                     f"{'pass' if r['passed'] else 'FAIL'}: {r['verdict'][:90]} | {r.get('commit', '?')} |")
     return "\n".join(lines)
 
 
