@@ -3,9 +3,11 @@
 
 The shipped photos are re-encoded here at four sizes (12 MP phone JPEGs 4032x3024, 1080p
 JPEGs, 640x480 JPEGs and PNGs) and preprocessed for faster_vit_0_224 (bicubic, crop 0.875)
-by three paths on the same files in one run, with 1 and 2 threads:
+by four paths on the same files in one run, with 1 and 2 threads:
   exact   - Preprocess with a full decode (bitwise timm's eval transform)
   reduced - Preprocess with reduced-scale JPEG decoding (the export default)
+  uint8   - reduced, stopping at the uint8 crop (what a ``--input uint8`` engine is sent:
+            the normalisation runs inside the engine)
   timm    - timm's own eval transform (torchvision) on a Pillow decode, the reference
 Then the accuracy cost of reduced decoding on the 12 MP JPEGs: the largest difference of the
 normalised inputs, and the logit cosine with the exact path (faster_vit_0_224, random
@@ -100,6 +102,7 @@ def main() -> int:
         args.images, args.repeats = 2, 1
     exact = Preprocess.from_config(get_variant("faster_vit_0_224").eval)
     paths = {"exact": exact.load, "reduced": replace(exact, jpeg_draft=True).load,
+             "uint8": replace(exact, jpeg_draft=True, input_format="uint8").load,
              "timm": timm_path("faster_vit_0_224")}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,13 +115,14 @@ def main() -> int:
                 rows.append(row)
         cost = accuracy_cost(files["12 MP JPEG"])
     print("\nimages per second per core (decode + resize + crop + normalise), faster_vit_0_224 transform")
-    print(f"{'files':14s} {'threads':>7s} {'exact':>8s} {'reduced':>8s} {'timm':>8s} {'reduced/exact':>14s}")
+    print(f"{'files':14s} {'threads':>7s} {'exact':>8s} {'reduced':>8s} {'uint8':>8s} {'timm':>8s} {'reduced/exact':>14s}")
     for row in rows:
-        print(f"{row['files']:14s} {row['threads']:7d} {row['exact']:8.1f} {row['reduced']:8.1f} {row['timm']:8.1f} "
-              f"{row['reduced'] / row['exact']:13.2f}x")
+        print(f"{row['files']:14s} {row['threads']:7d} {row['exact']:8.1f} {row['reduced']:8.1f} {row['uint8']:8.1f} "
+              f"{row['timm']:8.1f} {row['reduced'] / row['exact']:13.2f}x")
     for label in files:
         one, two = (next(r for r in rows if r["files"] == label and r["threads"] == t) for t in (1, 2))
-        print(f"  {label}: 2 threads give {2 * two['reduced'] / one['reduced']:.2f}x the throughput of 1 (reduced)")
+        print(f"  {label}: 2 threads give {2 * two['reduced'] / one['reduced']:.2f}x the throughput of 1 "
+              f"(reduced), {2 * two['uint8'] / one['uint8']:.2f}x (uint8)")
     for name, c in cost.items():
         print(f"reduced vs exact on 12 MP JPEGs, {name}: max |input diff| {c['max_input_diff']:.3f} "
               f"(mean {c['mean_input_diff']:.4f}), min logit cosine {c['min_logit_cosine']:.5f}, "
