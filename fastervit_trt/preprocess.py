@@ -56,8 +56,9 @@ def load_image(source: ImageSource, exif_rotate: bool = True,
             image.seek(0)
             if reduce_to is not None and image.format == "JPEG":
                 image.draft("RGB", reduce_to(*image.size))
+            image.load()  # decoded while the file is open; the steps below copy only if they must
             if exif_rotate:
-                image = ImageOps.exif_transpose(image)
+                ImageOps.exif_transpose(image, in_place=True)
             return _to_rgb(image)
     except FileNotFoundError:
         raise ImageError(f"{name}: no such image file") from None
@@ -80,7 +81,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 INPUT_FORMATS = {"float": "float32 NCHW, normalised with the model's mean and std",
@@ -161,7 +162,7 @@ class Preprocess:
         return image.crop((left, top, left + crop_w, top + crop_h))
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        pixels = np.asarray(self.resize_and_crop(image.convert("RGB")))
+        pixels = np.asarray(self.resize_and_crop(image if image.mode == "RGB" else image.convert("RGB")))
         return pixels if self.input_format == "uint8" else self.normalize(pixels)
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
