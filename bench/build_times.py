@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fastervit_trt.calibration.pipeline import CalibrationOptions, export_int8
+from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
 from fastervit_trt.engines import BuildConfig, build_engine, load_tensorrt
 from fastervit_trt.export.pipeline import ExportOptions, export_model
 
@@ -39,7 +39,7 @@ def main() -> int:
         tmp = Path(tmp)
         graphs = {p: export_model(ExportOptions(model=args.model, precision=p, output_dir=tmp)).onnx_path
                   for p in ("fp32", "fp16")}
-        graphs["int8"] = export_int8(ExportOptions(model=args.model, precision="int8", output_dir=tmp),
+        graphs["int8"] = export_quantized(ExportOptions(model=args.model, precision="int8", output_dir=tmp),
                                      CalibrationOptions(images=args.calib_images)).onnx_path
         for level in args.levels:
             for precision, onnx_path in graphs.items():

@@ -25,7 +25,7 @@ import numpy as np
 
 from fastervit_trt.calibration.collect import collect_histograms
 from fastervit_trt.calibration.dataset import DEFAULT_DATA, CalibrationData
-from fastervit_trt.calibration.pipeline import CalibrationOptions, export_int8
+from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
 from fastervit_trt.calibration.qdq import quant_targets
 from fastervit_trt.calibration.ranges import compute_amax
 from fastervit_trt.export.pipeline import ExportOptions, export_model
@@ -90,7 +90,7 @@ def main() -> int:
         calibration_s = time.perf_counter() - start
 
         start = time.perf_counter()
-        int8 = export_int8(ExportOptions(model=args.model, precision="int8", output_dir=tmp / "int8"),
+        int8 = export_quantized(ExportOptions(model=args.model, precision="int8", output_dir=tmp / "int8"),
                            CalibrationOptions(images=args.int8_images))
         whole_int8_s = time.perf_counter() - start
 

@@ -54,7 +54,7 @@ def plan(patterns: list[str], precisions: list[str]) -> list[tuple[str, str]]:
 
 def export_one(model: str, precision: str, folder: Path, resolution: tuple[int, int] | None = None) -> dict:
     """Run inside the child process: one export, its numbers and this process's peak RSS."""
-    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_int8
+    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
     from fastervit_trt.export.pipeline import ExportOptions, export_model
     from fastervit_trt.models import create_model
     import torch
@@ -69,7 +69,7 @@ def export_one(model: str, precision: str, folder: Path, resolution: tuple[int, 
     error = None
     try:
         if precision == "int8":
-            result = export_int8(options, CalibrationOptions(images=64))
+            result = export_quantized(options, CalibrationOptions(images=64))
         else:
             result = export_model(options)
         report = result.report

@@ -96,13 +96,13 @@ def make_runner(contender: str, name: str, resolution, tmp: Path, device: str):
 
 
 def _export(name: str, resolution, tmp: Path, precision: str) -> Path:
-    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_int8
+    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
     from fastervit_trt.export.pipeline import ExportOptions, export_model
     options = ExportOptions(model=name, resolution=resolution, precision=precision, batch=(1, 32, 128),
                             output_dir=tmp / name, force=True)
     path = options.onnx_path
     if not path.is_file():
-        result = export_int8(options, CalibrationOptions(images=64), None) if precision == "int8" \
+        result = export_quantized(options, CalibrationOptions(images=64), None) if precision == "int8" \
             else export_model(options, None)
         path = result.onnx_path
     return path

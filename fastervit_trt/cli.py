@@ -135,6 +135,7 @@ examples:
   fastervit-export --precision fp16 --io-dtype fp16 --output-dir /models --force
   fastervit-export --precision fp16 --input uint8          # the engine takes uint8 NHWC crops
   fastervit-export --precision int8                        # calibrate on the shipped photos
+  fastervit-export --precision fp8                         # FP8 E4M3 Q/DQ (compute capability 8.9+)
   fastervit-export --precision int8 --calib-data ~/imagenet/val --calib-images 512 --calib-method percentile
   fastervit-export --precision int8 --calib-cache export/faster_vit_0_224_int8.cache   # reuse scales
 """
@@ -165,8 +166,9 @@ def export_parser() -> argparse.ArgumentParser:
                         help="decode every JPEG in full, bitwise as timm (calibration and, through the "
                              "recorded setting, inference); default: JPEGs of at least twice the resize "
                              "size decode at a reduced scale, several times faster")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=d.precision,
-                        help="fp16: float16 graph with FP32 islands for TensorRT's strong typing")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8", "fp8"), default=d.precision,
+                        help="fp16: float16 graph with FP32 islands for TensorRT's strong typing; "
+                             "int8 / fp8: calibrated Q/DQ (FP8 E4M3: Ada, Hopper, Blackwell GPUs)")
     parser.add_argument("--input", choices=("float", "uint8"), default=d.input_format, dest="input_format",
                         help="float: normalised float NCHW input; uint8: the resized, cropped uint8 "
                              "NHWC image, cast and normalised inside the graph (4x fewer bytes to the "
@@ -183,7 +185,7 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=_number(int, 0), default=d.seed, help="seed of random weights and inputs")
     from .calibration.pipeline import PERCENTILE_RANGE, CalibrationOptions
     c = CalibrationOptions()
-    calib = parser.add_argument_group("INT8 calibration (--precision int8)")
+    calib = parser.add_argument_group("INT8 / FP8 calibration (--precision int8 or fp8)")
     calib.add_argument("--calib-data", type=Path, default=c.data, metavar="DIR|FILE.npy",
                        help="image folder (read recursively) or preprocessed NCHW float32 .npy")
     calib.add_argument("--calib-images", type=_positive, default=c.images, metavar="N",
@@ -196,7 +198,7 @@ def export_parser() -> argparse.ArgumentParser:
                        help="with --calib-method percentile")
     calib.add_argument("--calib-cache", type=Path, metavar="PATH",
                        help="TensorRT calibration cache; reused when it exists (default: "
-                            "<output-dir>/<model>_int8.cache)")
+                            "<output-dir>/<model>_<precision>.cache)")
     calib.add_argument("--recalibrate", action="store_true", help="ignore an existing cache")
     calib.add_argument("--qdq-base", choices=("fp16", "fp32"), default=c.qdq_base,
                        help="float type of the layers left unquantized")
@@ -220,7 +222,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .calibration.pipeline import CalibrationOptions, export_int8
+    from .calibration.pipeline import CalibrationOptions, export_quantized
     from .export.pipeline import ExportOptions, export_model
     try:
         options = ExportOptions(model=args.model, checkpoint=args.checkpoint, weights=args.weights,
@@ -241,8 +243,8 @@ def _export(args: argparse.Namespace) -> int:
     engine_dir = args.engine_dir or args.output_dir or Path("engines")
     engine = None if args.no_engine else _planned_engine(options.onnx_path, engine_dir)
     _preflight_outputs(engine, args.triton_repo, options.onnx_path, args.force)
-    if options.precision == "int8":
-        result = export_int8(options, calib, stream)
+    if options.precision in ("int8", "fp8"):
+        result = export_quantized(options, calib, stream)
     else:
         result = export_model(options, stream)
     print(export_summary(result.report, result.report_path))
@@ -295,12 +297,13 @@ def _engine_after_export(onnx_path: Path, engine: Path, batch: tuple[int, int, i
 
 def sensitivity_table(report: dict, rows: int = 15) -> str:
     """The most INT8-sensitive layers, and the mixed-precision choice when a budget was set."""
-    lines = [f"\nINT8 sensitivity (only that layer quantized, vs FP32; {len(report['sensitivity'])} layers, "
+    name = report["precision"].upper()
+    lines = [f"\n{name} sensitivity (only that layer quantized, vs FP32; {len(report['sensitivity'])} layers, "
              f"most sensitive first):", f"  {'cosine':>9s} {'top-1 %':>8s}  layer"]
     lines += [f"  {r['mean_cosine']:9.6f} {r['top1_agreement']:8.2f}  {r['layer']}" for r in report["sensitivity"][:rows]]
     mixed = report.get("mixed_precision")
     if mixed:
-        lines.append(f"mixed precision: {mixed['int8_layers']} of {mixed['layers']} layers stay INT8, "
+        lines.append(f"mixed precision: {mixed['int8_layers']} of {mixed['layers']} layers stay {name}, "
                      f"{len(mixed['excluded'])} left in FP16; top-1 agreement {mixed['top1_agreement']:.2f} % "
                      f"(budget: drop <= {mixed['budget_points']} points)")
     return "\n".join(lines)
@@ -325,7 +328,7 @@ def export_summary(report: dict, report_path: Path) -> str:
                  f"nodes, opset {onnx_info['opset']}, batch {low}..{high})"),
         ("report", str(report_path)),
         *([("validation", report["validation"]["verdict"])] if "validation" in report else []),
-        *([("int8 cache", f"{report['quantization']['cache']}  ("
+        *([("cache", f"{report['quantization']['cache']}  ("
                           f"{'reused' if report['quantization']['cache_reused'] else report['quantization']['method']})"),
            ("accuracy", report["accuracy"]["summary"])] if "quantization" in report else []),
         ("time", f"{sum(report['seconds'].values()):.1f} s"),

@@ -10,7 +10,8 @@ from .sidecar import read_metadata
 
 
 def inspect_onnx(path: Path) -> dict:
-    """Op histogram, Q/DQ count, float16 share of the weights, external data, metadata, report."""
+    """Op histogram, Q/DQ count, float16 and FP8 shares of the weights, external data,
+    metadata, report."""
     import onnx
     model = onnx.load(str(path), load_external_data=False)
     ops = Counter(node.op_type for node in model.graph.node)
@@ -35,6 +36,7 @@ def inspect_onnx(path: Path) -> dict:
         "nodes": len(model.graph.node),
         "qdq_nodes": ops["QuantizeLinear"] + ops["DequantizeLinear"],
         "float16_weight_share": round(weight_bytes["float16"] / total, 4),
+        "fp8_weight_share": round(weight_bytes["float8e4m3fn"] / total, 4),
         "weights_mb": {k: round(v / 1e6, 2) for k, v in weight_bytes.items()},
         "external_data_mb": round(external / 1e6, 2),
         "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),

@@ -83,10 +83,10 @@ def test_resolution_the_reference_cannot_run_names_the_nearest_valid_ones(model,
 def test_float64_npy_is_converted_and_held_out_inputs_are_independent(tmp_path, monkeypatch, capsys):
     """A float64 array calibrates (converted, with a warning); the accuracy figures come from the
     shipped photos, not from the array itself, so a badly scaled array cannot hide."""
-    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_int8
+    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
     from fastervit_trt.export.pipeline import ExportOptions
     np.save(tmp_path / "inputs.npy", np.random.default_rng(0).standard_normal((16, 3, 128, 128)))
-    result = export_int8(ExportOptions(model="faster_vit_digits", precision="int8", output_dir=str(tmp_path / "out")),
+    result = export_quantized(ExportOptions(model="faster_vit_digits", precision="int8", output_dir=str(tmp_path / "out")),
                          CalibrationOptions(data=str(tmp_path / "inputs.npy"), images=16, batch=8,
                                             cache=str(tmp_path / "c.cache")))
     assert (tmp_path / "c.cache").is_file()
@@ -369,10 +369,10 @@ def test_recorded_io_dtype_is_the_graphs(tmp_path):
 def test_progress_in_a_log_is_plain_lines(tmp_path):
     """Progress bars wrote carriage returns into non-terminal logs."""
     import io
-    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_int8
+    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
     from fastervit_trt.export.pipeline import ExportOptions
     log = io.StringIO()
-    export_int8(ExportOptions(model="faster_vit_digits", precision="int8", output_dir=tmp_path),
+    export_quantized(ExportOptions(model="faster_vit_digits", precision="int8", output_dir=tmp_path),
                 CalibrationOptions(images=16, batch=4), stream=log)
     text = log.getvalue()
     assert "\r" not in text and "calibrating: 16/16 img" in text and "[1/7] building faster_vit_digits" in text

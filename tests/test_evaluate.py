@@ -16,12 +16,12 @@ PHOTOS = sorted((Path(__file__).parents[1] / "calibration").glob("*.*g"))
 
 @pytest.fixture(scope="module")
 def digits_models(tmp_path_factory, digits_folders):
-    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_int8
+    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
     from fastervit_trt.export.pipeline import ExportOptions, export_model
     out = tmp_path_factory.mktemp("eval")
     common = dict(model="faster_vit_digits", checkpoint=CHECKPOINT)
     fp32 = export_model(ExportOptions(precision="fp32", output_dir=out, **common)).onnx_path
-    int8 = export_int8(ExportOptions(precision="int8", output_dir=out, **common),
+    int8 = export_quantized(ExportOptions(precision="int8", output_dir=out, **common),
                        CalibrationOptions(data=digits_folders["train"], images=128)).onnx_path
     return fp32, int8
 

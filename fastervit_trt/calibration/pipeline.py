@@ -1,12 +1,15 @@
-"""INT8 export: FP32 graph -> calibration (or a reused cache) -> Q/DQ ONNX + TensorRT cache.
+"""INT8 and FP8 export: FP32 graph -> calibration (or a reused cache) -> Q/DQ ONNX + cache.
 
-``export_int8(ExportOptions(precision="int8", ...), CalibrationOptions(...))`` writes
-- ``<model>_int8.onnx``: explicit quantization (Q/DQ) over the FP16 graph, so the layers
-  left unquantized run in FP16 under TensorRT's strong typing (``qdq_base="fp32"`` puts
-  the Q/DQ over the FP32 graph instead, for accuracy debugging and ONNX Runtime on CPU);
-- ``<model>_int8.cache``: the activation scales as a TensorRT calibration cache, reused
-  on the next run (checked against the graph before any image is read);
-- ``<model>_int8.report.json``: the report, with the INT8-vs-FP32 accuracy on held-out inputs.
+``export_quantized(ExportOptions(precision="int8" | "fp8", ...), CalibrationOptions(...))`` writes
+- ``<model>_<precision>.onnx``: explicit quantization (Q/DQ; int8, or FP8 E4M3 with scales
+  amax / 448) over the FP16 graph, so the layers left unquantized run in FP16 under
+  TensorRT's strong typing (``qdq_base="fp32"`` puts the Q/DQ over the FP32 graph instead,
+  for accuracy debugging and ONNX Runtime on CPU);
+- ``<model>_<precision>.cache``: the activation ranges as a TensorRT calibration cache
+  (amax / 127, TensorRT's format), reused on the next run (checked against the graph
+  before any image is read);
+- ``<model>_<precision>.report.json``: the report, with the accuracy against FP32 on
+  held-out inputs.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from ..progress import Steps
 from .cache import CalibrationCache, CalibrationCacheError, installed_trt_version, version_number
 from .collect import collect_histograms
 from .dataset import DEFAULT_DATA, CalibrationData, StoredInputs
-from .qdq import QDQ_MIN_OPSET, quant_targets, scale_of, to_opset
+from .qdq import FP8_MIN_OPSET, QDQ_MIN_OPSET, QMAX, quant_targets, scale_of, to_opset
 from .ranges import METHODS, compute_amax
 from .sensitivity import Evaluator, layer_sensitivity, mixed_precision
 
@@ -96,9 +99,13 @@ def _changed_settings(cache: Path, settings: dict) -> str | None:
     return ", ".join(changed) or None
 
 
-def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationOptions(),
-                stream: TextIO | None = None) -> ExportResult:
-    """Export ``options.model`` as a calibrated INT8 Q/DQ ONNX plus its calibration cache."""
+def export_quantized(options: ExportOptions, calib: CalibrationOptions = CalibrationOptions(),
+                     stream: TextIO | None = None) -> ExportResult:
+    """Export ``options.model`` as a calibrated INT8 or FP8 (``options.precision``) Q/DQ ONNX
+    plus its calibration cache."""
+    if options.precision not in QMAX:
+        raise ValueError(f"export_quantized exports int8 or fp8, not {options.precision!r}")
+    fmt = options.precision
     cache_path = calib.cache_path(options)
     reuse = cache_path.is_file() and not calib.recalibrate
     variant = preflight(options, () if cache_path.is_file() else (cache_path, record_path(cache_path)))
@@ -132,12 +139,12 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
                 cache = CalibrationCache({name: float(scale_of(a)) for name, a in amax.items()},
                                          calib.method, version_number(*installed_trt_version()))
                 release_memory()  # the calibration sessions' buffers, before the next inference
-        base = fp32
+        base = fp32 if fmt == "int8" else to_opset(fp32, FP8_MIN_OPSET)
         if calib.qdq_base == "fp16":
-            base = convert_to_fp16(to_opset(fp32, QDQ_MIN_OPSET[TensorProto.FLOAT16]),
+            base = convert_to_fp16(to_opset(base, QDQ_MIN_OPSET[TensorProto.FLOAT16]),
                                    io_dtype=options.io_dtype, weights=store)
         evaluator = Evaluator(base, targets, cache.amax, store.arrays(fp32), heldout,
-                              ort_logits(fp32_path, heldout), store)
+                              ort_logits(fp32_path, heldout), store, fmt)
         sections: dict = {}
         excluded: set[str] = set()
         if calib.sensitivity or calib.accuracy_budget is not None:
@@ -153,7 +160,7 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
             quantized = evaluator.quantized(skip=excluded)
         metadata = export_metadata(traced, options, [])
         metadata["quantization"] = {
-            "method": calib.method, "qdq_base": calib.qdq_base, "layers": len(targets) - len(excluded),
+            "format": fmt, "method": calib.method, "qdq_base": calib.qdq_base, "layers": len(targets) - len(excluded),
             "layers_left_in_float": sorted(excluded), "activation_tensors": len(activations),
             "qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node),
             "cache": str(cache_path), "cache_reused": reuse, "calibration_inputs": images_seen,
@@ -164,7 +171,7 @@ def export_int8(options: ExportOptions, calib: CalibrationOptions = CalibrationO
         with steps.step(f"writing {options.onnx_path}"):
             summary, view = write_onnx(quantized, metadata, staged_onnx, store, options.external_data_threshold)
             del quantized
-        with steps.step("measuring INT8 against FP32 on held-out inputs"):
+        with steps.step(f"measuring {fmt.upper()} against FP32 on held-out inputs"):
             accuracy = _accuracy(traced.probe_references["heldout"], evaluator, view, heldout_kind,
                                  evaluator.measure(base) if calib.qdq_base == "fp16" else None)
         if not reuse:  # only now: an interrupted run leaves no cache without its model
@@ -190,22 +197,25 @@ def _heldout_inputs(calib: CalibrationOptions, preprocess: Preprocess, path: Pat
     return StoredInputs(path, (data.sample(i) for i in range(len(data))), len(data)), data.describe()
 
 
-def _accuracy(pytorch_logits: np.ndarray, evaluator: Evaluator, int8_path: Path, kind: str,
+def _accuracy(pytorch_logits: np.ndarray, evaluator: Evaluator, path: Path, kind: str,
               fp16: dict | None) -> dict:
-    """INT8 vs FP32 logits: ONNX Runtime plain Q/DQ arithmetic (the TensorRT estimate) and
-    with its CPU int8 kernels; the FP16 base graph; and the FP32 graph against PyTorch."""
-    inputs, reference = evaluator.inputs, evaluator.reference
-    plain = compare(reference, ort_logits(int8_path, inputs, optimize=False, images=QDQ_CHUNK))
-    kernels = compare(reference, ort_logits(int8_path, inputs, optimize=True, images=QDQ_CHUNK))
+    """Quantized vs FP32 logits: ONNX Runtime plain Q/DQ arithmetic (the TensorRT estimate)
+    and, for INT8, with its CPU int8 kernels (it has none for FP8); the FP16 base graph; and
+    the FP32 graph against PyTorch."""
+    inputs, reference, name = evaluator.inputs, evaluator.reference, evaluator.fmt.upper()
+    plain = compare(reference, ort_logits(path, inputs, optimize=False, images=QDQ_CHUNK))
+    kernels = compare(reference, ort_logits(path, inputs, optimize=True, images=QDQ_CHUNK)) \
+        if evaluator.fmt == "int8" else None
     fp32_vs_pytorch = compare(pytorch_logits, reference)  # ``reference`` is the FP32 graph's logits
+    kernels_text = f"; with ONNX Runtime's CPU int8 kernels: mean cosine {kernels.mean_cosine:.5f}" \
+        if kernels else ""
     fp16_text = (f"; FP16 vs FP32: mean cosine {fp16['mean_cosine']:.5f}, top-1 agreement "
                  f"{fp16['top1_agreement'] / 100:.1%}" if fp16 else "")
-    return {"inputs": kind, "count": len(inputs),
-            "int8_vs_fp32_qdq_arithmetic": plain.as_dict(),
-            "int8_vs_fp32_ort_int8_kernels": kernels.as_dict(),
+    return {"inputs": kind, "count": len(inputs), "format": evaluator.fmt,
+            "quantized_vs_fp32_qdq_arithmetic": plain.as_dict(),
+            "quantized_vs_fp32_ort_int8_kernels": kernels.as_dict() if kernels else None,
             "fp16_vs_fp32": fp16,
             "fp32_vs_pytorch": fp32_vs_pytorch.as_dict(),
-            "summary": (f"INT8 vs FP32 on {len(inputs)} {kind}: mean cosine {plain.mean_cosine:.5f} "
-                        f"(min {plain.min_cosine:.5f}), top-1 agreement {plain.top1_agreement:.1%}; "
-                        f"with ONNX Runtime's CPU int8 kernels: mean cosine {kernels.mean_cosine:.5f}"
-                        + fp16_text)}
+            "summary": (f"{name} vs FP32 on {len(inputs)} {kind}: mean cosine {plain.mean_cosine:.5f} "
+                        f"(min {plain.min_cosine:.5f}), top-1 agreement {plain.top1_agreement:.1%}"
+                        + kernels_text + fp16_text)}

@@ -1,11 +1,12 @@
 """Explicit quantization: where Q/DQ pairs go, and inserting them with calibrated scales.
 
 Placement follows TensorRT's fusion rules: the inputs of Conv, MatMul-with-weights and
-Gemm are quantized (activations per tensor, weights per output channel, symmetric int8,
-zero point 0); bias is not quantized; LayerNorm, Softmax, GELU, residual adds and the
-attention matrix products stay in the graph's float type. A tensor read by several
-quantized layers gets one shared Q/DQ pair. Weights are stored as int8 initializers
-followed by a DequantizeLinear, so the file shrinks and the scales are explicit.
+Gemm are quantized (activations per tensor, weights per output channel, symmetric, zero
+point 0; int8, or FP8 E4M3 for the FP8 export); bias is not quantized; LayerNorm, Softmax,
+GELU, residual adds and the attention matrix products stay in the graph's float type. A
+tensor read by several quantized layers gets one shared Q/DQ pair. Weights are stored
+quantized (int8 or FLOAT8E4M3FN initializers) followed by a DequantizeLinear, so the file
+shrinks and the scales are explicit.
 
 Q/DQ over a float16 graph needs opset 19 (QuantizeLinear takes float16 from 19 on);
 ``to_opset`` raises the graph's opset when needed.
@@ -22,7 +23,8 @@ from onnx import TensorProto, helper, numpy_helper
 from ..export.weights import WeightFile
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
-QDQ_MIN_OPSET = {TensorProto.FLOAT: 13, TensorProto.FLOAT16: 19}
+QDQ_MIN_OPSET = {TensorProto.FLOAT: 13, TensorProto.FLOAT16: 19}  # by the float type quantized
+FP8_MIN_OPSET = 19  # FLOAT8E4M3FN Q/DQ
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,40 @@ def quant_targets(model: onnx.ModelProto, exclude: frozenset[str] = frozenset())
     return targets
 
 
-def scale_of(amax: float | np.ndarray) -> np.ndarray:
-    """Symmetric int8 scale amax/127; an all-zero range gets scale 1 (any value is exact)."""
+# the largest magnitude of each quantized format: a tensor's scale is amax / QMAX
+QMAX = {"int8": 127.0, "fp8": 448.0}  # fp8: E4M3 (FLOAT8E4M3FN)
+
+
+def scale_of(amax: float | np.ndarray, fmt: str = "int8") -> np.ndarray:
+    """Symmetric scale amax / QMAX[fmt]; an all-zero range gets scale 1 (any value is exact)."""
     amax = np.asarray(amax, np.float64)
-    return np.where(amax > 0, amax / 127.0, 1.0)
+    return np.where(amax > 0, amax / QMAX[fmt], 1.0)
+
+
+def quantize(values: np.ndarray, scales: np.ndarray, fmt: str) -> np.ndarray:
+    """``values / scales`` in ``fmt``, saturated: int8 rounded half to even as QuantizeLinear
+    does, E4M3 rounded to nearest (ml_dtypes, as ONNX Runtime and TensorRT)."""
+    scaled = values / scales
+    if fmt == "int8":
+        return np.clip(np.round(scaled), -127, 127).astype(np.int8)
+    import ml_dtypes
+    return np.clip(scaled, -QMAX["fp8"], QMAX["fp8"]).astype(ml_dtypes.float8_e4m3fn)
+
+
+def stored_scale(scales: np.ndarray, dtype: type) -> np.ndarray:
+    """``scales`` in the graph's float type; in float16 at least its smallest normal number
+    (6.1e-5): a subnormal scale keeps few significant bits (FP8 scales of weights below 0.03
+    would), and a larger scale only moves such a channel's values down the FP8 grid."""
+    if dtype == np.float16:
+        scales = np.maximum(scales, np.finfo(np.float16).tiny)
+    return np.asarray(scales).astype(dtype)
+
+
+def zeros(fmt: str, count: int | None = None) -> np.ndarray:
+    """Zero points in ``fmt`` (a scalar, or ``count`` of them)."""
+    import ml_dtypes
+    dtype = np.int8 if fmt == "int8" else ml_dtypes.float8_e4m3fn
+    return np.zeros(() if count is None else (count,), dtype)
 
 
 def weight_amax(weight: np.ndarray, axis: int) -> np.ndarray:
@@ -98,14 +130,15 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
 
 def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_amax: dict[str, float],
                fp32_weights: Mapping[str, np.ndarray], types: dict[str, int] | None = None,
-               store: WeightFile | None = None) -> onnx.ModelProto:
-    """A copy of ``model`` (float32 or float16 graph) with Q/DQ on every target.
+               store: WeightFile | None = None, fmt: str = "int8") -> onnx.ModelProto:
+    """A copy of ``model`` (float32 or float16 graph) with Q/DQ on every target, in ``fmt``
+    (``int8``, or ``fp8``: FLOAT8E4M3FN, weights stored as such).
 
     ``activation_amax`` is keyed by the activation names of the FP32 graph; in a float16
     graph a target may read a ``<name>_fp16`` cast of it, which is what gets quantized.
     ``fp32_weights`` holds the FP32 weights the per-channel scales are computed from;
     ``types`` (from ``tensor_types(model)``) saves a shape inference when inserting repeatedly;
-    with ``store`` the int8 weights are stored there instead of inline.
+    with ``store`` the quantized weights are stored there instead of inline.
     """
     elem_type = types or tensor_types(model)
     quantized = onnx.ModelProto()
@@ -113,7 +146,7 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_am
     graph = quantized.graph
     nodes = {node.name: node for node in graph.node}
     zero_point = "qdq_zero_point"
-    graph.initializer.append(numpy_helper.from_array(np.array(0, np.int8), zero_point))
+    graph.initializer.append(numpy_helper.from_array(zeros(fmt), zero_point))
     shared: dict[str, str] = {}
     new_nodes: dict[str, list[onnx.NodeProto]] = {}  # inserted before the named node
 
@@ -125,7 +158,7 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_am
         if source not in shared:
             scale_name = f"{source}_scale"
             graph.initializer.append(numpy_helper.from_array(
-                scale_of(activation_amax[target.activation]).astype(np_float), scale_name))
+                stored_scale(scale_of(activation_amax[target.activation], fmt), np_float), scale_name))
             q, dq = f"{source}_quantized", f"{source}_dequantized"
             new_nodes.setdefault(node.name, []).extend([
                 helper.make_node("QuantizeLinear", [source, scale_name, zero_point], [q], name=f"{source}_Q"),
@@ -136,16 +169,16 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_am
 
         weight_name = node.input[1]
         fp32 = fp32_weights[target.weight]
-        scales = scale_of(weight_amax(fp32, target.axis))
+        scales = stored_scale(scale_of(weight_amax(fp32, target.axis), fmt), np_float)
         shape = [1] * fp32.ndim
         shape[target.axis] = -1
-        int8 = np.clip(np.round(fp32 / scales.reshape(shape)), -127, 127).astype(np.int8)
-        graph.initializer.append(store.add(f"{weight_name}_int8", int8) if store
-                                 else numpy_helper.from_array(int8, f"{weight_name}_int8"))
+        stored, stored_name = quantize(fp32, scales.astype(np.float64).reshape(shape), fmt), f"{weight_name}_{fmt}"
+        graph.initializer.append(store.add(stored_name, stored) if store
+                                 else numpy_helper.from_array(stored, stored_name))
         graph.initializer.append(numpy_helper.from_array(scales.astype(np_float), f"{weight_name}_wscale"))
-        graph.initializer.append(numpy_helper.from_array(np.zeros(len(scales), np.int8), f"{weight_name}_wzero"))
+        graph.initializer.append(numpy_helper.from_array(zeros(fmt, len(scales)), f"{weight_name}_wzero"))
         new_nodes.setdefault(node.name, []).append(helper.make_node(
-            "DequantizeLinear", [f"{weight_name}_int8", f"{weight_name}_wscale", f"{weight_name}_wzero"],
+            "DequantizeLinear", [stored_name, f"{weight_name}_wscale", f"{weight_name}_wzero"],
             [f"{weight_name}_dequantized"], axis=target.axis, name=f"{weight_name}_DQ"))
         node.input[1] = f"{weight_name}_dequantized"
 

@@ -35,13 +35,14 @@ class Evaluator:
     inputs: InputSet
     reference: np.ndarray
     store: WeightFile | None = None  # where the graphs' external weights live
+    fmt: str = "int8"  # or "fp8"
 
     def __post_init__(self) -> None:
         self.types = tensor_types(self.base)  # once, not per variant
 
     def quantized(self, skip: set[str] = frozenset(), only: set[str] | None = None) -> onnx.ModelProto:
         chosen = [t for t in self.targets if t.node not in skip and (only is None or t.node in only)]
-        return insert_qdq(self.base, chosen, self.amax, self.weights, self.types, self.store)
+        return insert_qdq(self.base, chosen, self.amax, self.weights, self.types, self.store, self.fmt)
 
     def measure(self, model: onnx.ModelProto) -> dict:
         """Logit cosine and top-1 agreement (%) of ``model`` against the FP32 reference."""

@@ -37,7 +37,7 @@ from .weights import WeightFile, scratch, tensor_bytes
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 FP32_TOLERANCE = 1e-4  # max |diff| <= tolerance x max |logit|
 FP16_MIN_COSINE = 0.999
 EVAL_CHUNK = 4  # inputs per forward pass when checking a graph: memory independent of their number
@@ -134,9 +134,9 @@ class Traced:
 
 def export_model(options: ExportOptions, stream: TextIO | None = None) -> ExportResult:
     """Run the whole FP32 / FP16 export; progress goes to ``stream`` (None: silent)."""
-    if options.precision == "int8":
-        raise FasterViTTRTError("int8 export runs through fastervit_trt.calibration.pipeline."
-                                "export_int8 (or fastervit-export --precision int8)")
+    if options.precision in ("int8", "fp8"):
+        raise FasterViTTRTError(f"{options.precision} export runs through fastervit_trt.calibration.pipeline."
+                                f"export_quantized (or fastervit-export --precision {options.precision})")
     preflight(options)
     steps = Steps(6 if options.precision == "fp16" else 5, stream)
     with scratch(options.output_dir) as weights:

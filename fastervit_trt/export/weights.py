@@ -51,7 +51,7 @@ class WeightFile:
         offset = _aligned(self._end)
         with open(self.path, "r+b") as fh:
             fh.seek(offset)
-            fh.write(memoryview(array).cast("B"))
+            fh.write(array.view(np.uint8).data)  # raw bytes, whatever the dtype (FP8 has no buffer format)
         self._end = offset + array.nbytes
         _refer(tensor, SCRATCH_NAME, offset, array.nbytes)
         return tensor

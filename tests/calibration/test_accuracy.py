@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fastervit_trt.calibration.dataset import find_images
-from fastervit_trt.calibration.pipeline import CalibrationOptions, export_int8
+from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
 from fastervit_trt.export.pipeline import ExportOptions, export_model, ort_logits
 from fastervit_trt.models import create_model
 from fastervit_trt.preprocess import Preprocess, load_image
@@ -36,7 +36,7 @@ def exports(tmp_path_factory, digits_folders):
     common = dict(model="faster_vit_digits", checkpoint=CHECKPOINT, batch=(1, 8, 32))
     results = {p: export_model(ExportOptions(precision=p, output_dir=out / p, **common)) for p in ("fp32", "fp16")}
     for method in ("entropy", "minmax"):
-        results[f"int8_{method}"] = export_int8(
+        results[f"int8_{method}"] = export_quantized(
             ExportOptions(precision="int8", output_dir=out / method, **common),
             CalibrationOptions(data=digits_folders["train"], images=256, method=method))
     return results

@@ -17,9 +17,9 @@ def test_int8_report_and_accuracy(int8_export):
     assert quant["method"] == "entropy" and quant["qdq_base"] == "fp16" and not quant["cache_reused"]
     assert quant["calibration_inputs"] == 64 and quant["layers"] > 80
     accuracy = report["accuracy"]
-    plain = accuracy["int8_vs_fp32_qdq_arithmetic"]
+    plain = accuracy["quantized_vs_fp32_qdq_arithmetic"]
     assert plain["mean_cosine"] >= 0.999, accuracy["summary"]  # ModelOpt reaches 0.9992 here
-    assert 0 <= accuracy["int8_vs_fp32_ort_int8_kernels"]["mean_cosine"] <= 1
+    assert 0 <= accuracy["quantized_vs_fp32_ort_int8_kernels"]["mean_cosine"] <= 1
     assert accuracy["fp32_vs_pytorch"]["relative_diff"] <= 1e-4
 
 

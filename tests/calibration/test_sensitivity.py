@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from fastervit_trt.calibration.cache import CalibrationCache
 from fastervit_trt.calibration.dataset import CalibrationData
-from fastervit_trt.calibration.pipeline import CalibrationOptions, export_int8
+from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
 from fastervit_trt.calibration.qdq import QDQ_MIN_OPSET, quant_targets, to_opset
 from fastervit_trt.calibration.sensitivity import Evaluator, fewest_exclusions, mixed_precision
 from fastervit_trt.cli import inspect_main
@@ -35,7 +35,7 @@ def test_bisection_finds_the_smallest_count():
 def mixed(tmp_path_factory, digits_folders):
     """Percentile-99 scales clip enough to cost accuracy; the budget must recover it."""
     out = tmp_path_factory.mktemp("mixed")
-    return export_int8(
+    return export_quantized(
         ExportOptions(model="faster_vit_digits", checkpoint=CHECKPOINT, precision="int8", output_dir=out),
         CalibrationOptions(data=digits_folders["train"], images=256, method="percentile", percentile=99.0,
                            heldout=256, accuracy_budget=BUDGET))
@@ -56,7 +56,7 @@ def test_budget_met_with_fewer_layers_left_out_than_graph_order(mixed):
     quant = report["quantization"]
     assert quant["layers"] == result["int8_layers"] == 31 - len(result["excluded"])
     assert sorted(quant["layers_left_in_float"]) == sorted(result["excluded"])
-    assert 100.0 - report["accuracy"]["int8_vs_fp32_qdq_arithmetic"]["top1_agreement"] * 100 <= BUDGET
+    assert 100.0 - report["accuracy"]["quantized_vs_fp32_qdq_arithmetic"]["top1_agreement"] * 100 <= BUDGET
 
     # the naive choice: leave layers out in graph order, same search, same evaluator
     evaluator = _evaluator(mixed)

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from fastervit_trt.calibration.pipeline import CalibrationOptions, export_int8
+from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
 from fastervit_trt.compare import compare
 from fastervit_trt.export.pipeline import ExportOptions, export_model, ort_logits
 from fastervit_trt.inspect import inspect_onnx
@@ -33,7 +33,7 @@ def digits(tmp_path_factory, digits_folders):
                              input_format=input_format, batch=(1, 4, 16), output_dir=out)
     paths = {(p, "uint8"): export_model(options(p, "uint8")).onnx_path for p in ("fp32", "fp16")}
     paths["fp32", "float"] = export_model(options("fp32", "float")).onnx_path
-    paths["int8", "uint8"] = export_int8(options("int8", "uint8"), CalibrationOptions(
+    paths["int8", "uint8"] = export_quantized(options("int8", "uint8"), CalibrationOptions(
         data=digits_folders["train"], images=64, batch=16, heldout=16)).onnx_path
     return paths
 

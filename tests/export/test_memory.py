@@ -17,13 +17,13 @@ GB = 1e9
 _CHILD = textwrap.dedent("""
     import json, resource, sys
     from pathlib import Path
-    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_int8
+    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
     from fastervit_trt.export.pipeline import ExportOptions, export_model
     model, precision, out, resolution = sys.argv[1], sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4])
     options = ExportOptions(model=model, precision=precision, output_dir=out, force=True,
                             resolution=tuple(resolution) if resolution else None)
     if precision == "int8":
-        export_int8(options, CalibrationOptions(images=16, heldout=8))
+        export_quantized(options, CalibrationOptions(images=16, heldout=8))
     else:
         export_model(options)
     print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
