@@ -44,7 +44,7 @@ def test_attention_bias_is_a_small_table_reproducing_the_bias_exactly():
     attentions = [m for m in model.modules() if isinstance(m, WindowAttention)]
     with torch.no_grad():
         expected = [a.pos_emb_funct() for a in attentions]
-    deployed = prepare_for_export(model, inplace=True)
+    prepare_for_export(model, inplace=True)  # the attentions listed above are frozen in place
     assert any(bool((e[0, :, :, 0] == 0).all()) for e in expected)  # some with carrier tokens
     for attn, bias in zip(attentions, expected):
         torch.testing.assert_close(attn.pos_emb_funct(), bias, rtol=1e-6, atol=0)
