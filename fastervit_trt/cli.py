@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import re
 import shlex
 import sys
 import warnings
@@ -356,6 +357,7 @@ BUILD_EXAMPLES = """\
 examples:
   fastervit-build export/faster_vit_0_224_fp16.onnx                 # -> engines/faster_vit_0_224_fp16.engine + .json
   fastervit-build export/faster_vit_0_224_int8.onnx --batch 1,16,64 --opt-level 5
+  fastervit-build export/faster_vit_0_224_fp8.onnx --compute-capability 8.9,12.0   # TensorRT-RTX targets
   fastervit-build export/faster_vit_0_224_fp32.onnx --timing-cache engines/timing.cache
   fastervit-build export/faster_vit_0_224_fp32.onnx --precision int8 --calib-cache export/faster_vit_0_224_int8.cache   # TensorRT 10 implicit INT8
 """
@@ -383,11 +385,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TensorRT timing cache: loaded if present, saved after the build")
     parser.add_argument("--hardware-compat", action="store_true", help="run on any Ampere+ GPU")
     parser.add_argument("--version-compat", action="store_true", help="run on later TensorRT versions")
+    parser.add_argument("--compute-capability", type=_capabilities, default=(), metavar="CC[,CC...]",
+                        help="TensorRT-RTX targets, e.g. 8.9,12.0 (default: TensorRT-RTX's own; FP8: every "
+                             "target from 8.9 on); TensorRT proper builds for the GPU it runs on")
     parser.add_argument("--calib-cache", type=Path, metavar="PATH", help="TensorRT 10 implicit INT8 scales")
     parser.add_argument("--calib-data", type=Path, metavar="DIR", help="TensorRT 10 implicit INT8 images")
     parser.add_argument("--force", action="store_true", help="overwrite an existing engine")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
+
+
+def _capabilities(text: str) -> tuple[str, ...]:
+    """``8.9,12.0`` -> ("8.9", "12.0"); each MAJOR.MINOR."""
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not parts or not all(re.fullmatch(r"\d+\.\d+", p) for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected compute capabilities like 8.9 or 8.9,12.0")
+    return parts
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -402,7 +415,8 @@ def _build(args: argparse.Namespace) -> int:
                          workspace_mib=args.workspace, opt_level=args.opt_level,
                          timing_cache=args.timing_cache, hardware_compat=args.hardware_compat,
                          version_compat=args.version_compat, calib_cache=args.calib_cache,
-                         calib_data=args.calib_data, force=args.force)
+                         calib_data=args.calib_data, compute_capabilities=args.compute_capability,
+                         force=args.force)
     stream = None if args.quiet else sys.stderr
     sidecar = build_engine(args.onnx, output, config, stream)
     trt = sidecar["tensorrt"]

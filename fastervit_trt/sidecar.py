@@ -65,6 +65,8 @@ def rebuild_command(sidecar: dict, engine: Path | None = None) -> str:
     for flag in ("hardware_compat", "version_compat"):
         if build.get(flag):
             parts.append(f"--{flag.replace('_', '-')}")
+    if build.get("compute_capabilities"):
+        parts += ["--compute-capability", ",".join(build["compute_capabilities"])]
     return shlex.join(parts + ["--force"])
 
 

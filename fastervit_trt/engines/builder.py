@@ -51,10 +51,46 @@ class BuildConfig:
     version_compat: bool = False
     calib_cache: Path | None = None  # TensorRT 10 implicit INT8
     calib_data: Path | None = None
+    compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets ("8.9", "12.0"); (): its default
     force: bool = False
 
     def __post_init__(self) -> None:
         paths_of(self, "timing_cache", "calib_cache", "calib_data")
+
+
+# TensorRT-RTX's build targets by compute capability; FP8 tensor cores from 8.9 (Ada) on
+RTX_TARGETS = {"7.5": "SM75", "8.0": "SM80", "8.6": "SM86", "8.9": "SM89", "12.0": "SM120", "12.1": "SM121"}
+FP8_MIN_CAPABILITY = (8, 9)
+FP8_GPUS = "Ada: L4, L40S, RTX 40xx; Hopper: H100, H200; Blackwell: B200, RTX 50xx"
+
+
+def _capability(text: str) -> tuple[int, int]:
+    major, _, minor = text.partition(".")
+    return int(major), int(minor or 0)
+
+
+def build_targets(onnx_path: Path, flavour: str, precision: str, wanted: tuple[str, ...]) -> tuple[str, ...]:
+    """The compute capabilities an engine is built for: TensorRT-RTX's ``wanted`` targets (an
+    FP8 graph defaults to every FP8-capable one); TensorRT proper builds for its own GPU. An
+    FP8 engine for a GPU below 8.9 is refused before any work."""
+    if wanted and flavour != "tensorrt-rtx":
+        raise EngineBuildError(f"--compute-capability chooses TensorRT-RTX targets; {flavour} builds for "
+                               "the GPU it runs on (build on that GPU, or use --backend tensorrt-rtx)")
+    unknown = [c for c in wanted if c not in RTX_TARGETS]
+    if unknown:
+        raise EngineBuildError(f"compute capability {unknown[0]} is not a TensorRT-RTX target; choose from "
+                               f"{', '.join(RTX_TARGETS)}")
+    if precision != "fp8":
+        return wanted
+    here = _device(flavour).get("compute_capability")
+    targets = wanted or (tuple(c for c in RTX_TARGETS if _capability(c) >= FP8_MIN_CAPABILITY)
+                         if flavour == "tensorrt-rtx" else ((here,) if here else ()))
+    too_old = [c for c in targets if _capability(c) < FP8_MIN_CAPABILITY]
+    if too_old:
+        raise EngineBuildError(f"{onnx_path}: FP8 needs compute capability 8.9 or newer ({FP8_GPUS}); "
+                               f"{', '.join(too_old)} cannot run it: build for those GPUs from an fp16 or "
+                               "int8 export")
+    return targets
 
 
 def load_tensorrt(backend: str = "auto") -> tuple[str, ModuleType]:
@@ -193,6 +229,7 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
             f"{onnx_path}: the graph is {facts['precision']}; {flavour} {trt.__version__} takes precision "
             f"from the ONNX, so export it as {precision} instead: "
             f"{export_command(facts['metadata'], precision)}")
+    targets = build_targets(onnx_path, flavour, precision, config.compute_capabilities)
 
     logger = trt.Logger(trt.Logger.ERROR)
     builder: trt_api.Builder = trt.Builder(logger)
@@ -214,6 +251,10 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
         builder_config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     if config.version_compat:
         builder_config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if flavour == "tensorrt-rtx" and targets:
+        builder_config.num_compute_capabilities = len(targets)
+        for index, target in enumerate(targets):
+            builder_config.set_compute_capability(getattr(trt.ComputeCapability, RTX_TARGETS[target]), index)
     calibrator = None
     if implicit:
         builder_config.set_flag(trt.BuilderFlag.FP16)
@@ -264,7 +305,7 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
         "build": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
                      if k not in ("force", "backend")},
                   "precision": precision, "strongly_typed": not implicit, "seconds": round(seconds, 2),
-                  "phases": monitor.phases},
+                  "phases": monitor.phases, "compute_capabilities": list(targets)},
         "device": _device(flavour),
         "onnx": {"path": str(onnx_path.resolve()), "sha256": sha256(onnx_path)},  # rebuild hints work anywhere
         "calibration_cache": ({"path": str(calib_cache), "sha256": sha256(Path(calib_cache))}

@@ -185,6 +185,11 @@ def verify_engine(path: Path, check_device: bool = True) -> dict:
             f"{rebuild_command(sidecar, path)}")
     wanted = sidecar.get("device", {}).get("compute_capability")
     present = _compute_capability()
+    targets = sidecar.get("build", {}).get("compute_capabilities") or []
+    if built.get("flavour") == "tensorrt-rtx" and targets and present and present not in targets:
+        raise EngineMismatchError(
+            f"{path}: built by TensorRT-RTX for compute capabilities {', '.join(targets)}; this GPU is "
+            f"{present}; rebuild for it: {rebuild_command(sidecar, path)} (with --compute-capability {present})")
     portable = sidecar.get("build", {}).get("hardware_compat") or built.get("flavour") == "tensorrt-rtx"
     if wanted and present and wanted != present and not portable:  # RTX engines JIT for their targets
         raise EngineMismatchError(

@@ -102,7 +102,19 @@ def test_fp8_export_of_the_trained_fixture(digits_fp8, digits_folders):
 
 
 @requires_tensorrt
-def test_tensorrt_builds_the_fp8_graph(digits_fp8, tmp_path):
-    from fastervit_trt.engines import BuildConfig, build_engine
-    sidecar = build_engine(digits_fp8[1].onnx_path, tmp_path / "fp8.engine", BuildConfig(batch=(1, 4, 16)))
-    assert sidecar["precision"] == "fp8" and (tmp_path / "fp8.engine").stat().st_size > 0
+def test_tensorrt_rtx_builds_the_fp8_graph_for_fp8_gpus_only(digits_fp8, tmp_path):
+    from fastervit_trt.engines import BuildConfig, EngineBuildError, build_engine
+    onnx_path = digits_fp8[1].onnx_path
+    default = build_engine(onnx_path, tmp_path / "all.engine", BuildConfig(batch=(1, 4, 16)))
+    assert default["precision"] == "fp8" and default["build"]["compute_capabilities"] == ["8.9", "12.0", "12.1"]
+    chosen = build_engine(onnx_path, tmp_path / "two.engine",
+                          BuildConfig(batch=(1, 4, 16), compute_capabilities=("8.9", "12.0")))
+    assert chosen["build"]["compute_capabilities"] == ["8.9", "12.0"]
+    from fastervit_trt.sidecar import rebuild_command
+    assert "--compute-capability 8.9,12.0" in rebuild_command(chosen)
+    with pytest.raises(EngineBuildError, match=r"FP8 needs compute capability 8\.9 or newer \(Ada: L4.*Hopper: H100"
+                                               r".*\); 8\.6 cannot run it"):
+        build_engine(onnx_path, tmp_path / "old.engine", BuildConfig(batch=(1, 4, 16), compute_capabilities=("8.6", "8.9")))
+    with pytest.raises(EngineBuildError, match=r"compute capability 9\.0 is not a TensorRT-RTX target"):
+        build_engine(onnx_path, tmp_path / "h100.engine", BuildConfig(batch=(1, 4, 16), compute_capabilities=("9.0",)))
+    assert not (tmp_path / "old.engine").exists() and not (tmp_path / "h100.engine").exists()

@@ -186,6 +186,21 @@ def test_tensorrt_rtx_engines_run_on_other_capabilities(engine, monkeypatch):
     assert runtime_model.verify_engine(engine)["tensorrt"]["flavour"] == "tensorrt-rtx"
 
 
+def test_tensorrt_rtx_engines_are_refused_outside_their_recorded_targets(engine, monkeypatch):
+    """Built with --compute-capability 8.9,12.0: portable across those, refused elsewhere."""
+    from fastervit_trt.runtime import model as runtime_model
+    sidecar = json.loads(engine.with_suffix(".json").read_text())
+    sidecar["build"]["compute_capabilities"] = ["8.9", "12.0"]
+    write_json(engine.with_suffix(".json"), sidecar)
+    for present in ("8.9", "12.0"):
+        monkeypatch.setattr(runtime_model, "_compute_capability", lambda: present)
+        assert runtime_model.verify_engine(engine)["build"]["compute_capabilities"] == ["8.9", "12.0"]
+    monkeypatch.setattr(runtime_model, "_compute_capability", lambda: "8.6")
+    with pytest.raises(EngineMismatchError, match=r"for compute capabilities 8\.9, 12\.0; this GPU is 8\.6; "
+                                                  r"rebuild .*--compute-capability 8\.9,12\.0"):
+        load(engine)
+
+
 def test_engine_without_gpu_or_sidecar_fails_clearly_and_the_process_goes_on(engine, digits_onnx, caplog):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
