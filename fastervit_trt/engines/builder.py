@@ -252,9 +252,11 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
     if config.version_compat:
         builder_config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if flavour == "tensorrt-rtx" and targets:
-        builder_config.num_compute_capabilities = len(targets)
+        # TensorRT-RTX's own API (not in TensorRT 10's stubs)
+        builder_config.num_compute_capabilities = len(targets)  # type: ignore[attr-defined]
         for index, target in enumerate(targets):
-            builder_config.set_compute_capability(getattr(trt.ComputeCapability, RTX_TARGETS[target]), index)
+            builder_config.set_compute_capability(  # type: ignore[attr-defined]
+                getattr(trt.ComputeCapability, RTX_TARGETS[target]), index)
     calibrator = None
     if implicit:
         builder_config.set_flag(trt.BuilderFlag.FP16)
