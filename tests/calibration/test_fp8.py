@@ -118,3 +118,14 @@ def test_tensorrt_rtx_builds_the_fp8_graph_for_fp8_gpus_only(digits_fp8, tmp_pat
     with pytest.raises(EngineBuildError, match=r"compute capability 9\.0 is not a TensorRT-RTX target"):
         build_engine(onnx_path, tmp_path / "h100.engine", BuildConfig(batch=(1, 4, 16), compute_capabilities=("9.0",)))
     assert not (tmp_path / "old.engine").exists() and not (tmp_path / "h100.engine").exists()
+
+
+def test_fastervit_eval_compares_fp8_with_fp32(digits_fp8, digits_folders, capsys):
+    import json
+    from fastervit_trt.cli import eval_main
+    fp32, fp8 = digits_fp8
+    assert eval_main(["--data", str(digits_folders["heldout"]), "--model", str(fp8.onnx_path),
+                      "--model", str(fp32.onnx_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    top1 = {Path(name).stem: row["top1"] for name, row in report["models"].items()}
+    assert top1["faster_vit_digits_fp32"] > 99 and abs(top1["faster_vit_digits_fp8"] - top1["faster_vit_digits_fp32"]) <= 0.3
