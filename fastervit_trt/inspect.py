@@ -13,6 +13,8 @@ def inspect_onnx(path: Path) -> dict:
     """Op histogram, Q/DQ count, float16 and FP8 shares of the weights, external data,
     metadata, report."""
     import onnx
+
+    from .calibration.qdq import lone_quantizers
     model = onnx.load(str(path), load_external_data=False)
     ops = Counter(node.op_type for node in model.graph.node)
     weight_bytes: Counter = Counter()
@@ -35,6 +37,7 @@ def inspect_onnx(path: Path) -> dict:
         "input": _input_line(model, metadata),
         "nodes": len(model.graph.node),
         "qdq_nodes": ops["QuantizeLinear"] + ops["DequantizeLinear"],
+        "lone_quantizers": len(lone_quantizers(model)),
         "float16_weight_share": round(weight_bytes["float16"] / total, 4),
         "fp8_weight_share": round(weight_bytes["float8e4m3fn"] / total, 4),
         "weights_mb": {k: round(v / 1e6, 2) for k, v in weight_bytes.items()},

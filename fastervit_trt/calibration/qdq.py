@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..export.weights import WeightFile
+if TYPE_CHECKING:  # importing the export package pulls in torch; inspect reads Q/DQ graphs without it
+    from ..export.weights import WeightFile
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 QDQ_MIN_OPSET = {TensorProto.FLOAT: 13, TensorProto.FLOAT16: 19}  # by the float type quantized
@@ -60,6 +62,24 @@ def quant_targets(model: onnx.ModelProto, exclude: frozenset[str] = frozenset())
 
 # the largest magnitude of each quantized format: a tensor's scale is amax / QMAX
 QMAX = {"int8": 127.0, "fp8": 448.0}  # fp8: E4M3 (FLOAT8E4M3FN)
+
+
+def lone_quantizers(model: onnx.ModelProto) -> list[str]:
+    """QuantizeLinear nodes whose dequantized output reaches an op other than the quantized
+    ones (Conv, MatMul, Gemm): TensorRT would run such a quantize on its own, with nothing to
+    fuse it into (its "Q/DQ layer placement" guidance). The toolkit's graphs have none."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    lone = []
+    for node in (n for n in model.graph.node if n.op_type == "QuantizeLinear"):
+        dequantized = [o for q in node.output for dq in readers.get(q, []) if dq.op_type == "DequantizeLinear"
+                       for o in dq.output]
+        consumers = [reader.op_type for o in dequantized for reader in readers.get(o, [])]
+        if not consumers or any(op not in QUANTIZED_OPS for op in consumers):
+            lone.append(node.name)
+    return lone
 
 
 def scale_of(amax: float | np.ndarray, fmt: str = "int8") -> np.ndarray:

@@ -37,6 +37,8 @@ def test_int8_graph_structure(int8_export):
             assert produced_by[node.input[0]] == produced_by[node.input[1]] == "DequantizeLinear"
             assert len(node.input) < 3 or produced_by.get(node.input[2]) != "DequantizeLinear"
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [19]
+    from fastervit_trt.calibration.qdq import lone_quantizers
+    assert lone_quantizers(model) == []  # every Q/DQ pair feeds a Conv, MatMul or Gemm TensorRT fuses it into
     int8_weights = sum(len(t.raw_data) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8)
     assert int8_weights > 0.9 * sum(len(t.raw_data) for t in model.graph.initializer)
     x = np.zeros((2, 3, 224, 224), np.float32)

@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from fastervit_trt.calibration.qdq import insert_qdq, quant_targets, scale_of, to_opset
+from fastervit_trt.calibration.qdq import insert_qdq, lone_quantizers, quant_targets, scale_of, to_opset
 from fastervit_trt.export.fp16 import convert_to_fp16
 
 RNG = np.random.default_rng(0)
@@ -91,3 +91,14 @@ def test_qdq_over_fp16_graph_uses_opset_19_and_half_scales():
 
 def test_zero_range_gets_a_harmless_scale():
     assert scale_of(0.0) == 1.0 and np.allclose(scale_of(np.array([0.0, 12.7])), [1.0, 0.1])
+
+
+def test_a_quantize_whose_value_reaches_a_float_op_is_reported_as_lone():
+    """TensorRT fuses a Q/DQ pair into the Conv/MatMul/Gemm that reads it; one that also (or
+    only) feeds another op would run as a lone quantize."""
+    model = _graph()
+    quantized = insert_qdq(model, quant_targets(model), {"h": 3.0}, {"W1": W1, "W2": W2})
+    assert lone_quantizers(quantized) == []  # the toolkit's placement
+    transpose = next(n for n in quantized.graph.node if n.name == "t")
+    transpose.input[0] = "h_dequantized"  # the dequantized LayerNorm output now also feeds a Transpose
+    assert lone_quantizers(quantized) == ["h_Q"]
