@@ -72,7 +72,7 @@ class InferenceModel:
                 parts = self._pipelined(inputs, step)
             else:
                 batch = to_batch(inputs, self.preprocess, self.exif_rotate)
-                parts = [self.backend.infer(batch[i:i + step]) for i in range(0, len(batch), step)]
+                parts = [self.run(batch)]
         except MemoryError:
             size = step if batch is None else min(len(batch), step)  # batch: the one-shot path's
             raise FasterViTTRTError(f"{self.source}: a batch of {size} does not fit in "
