@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..models.fastervit import (AttentionStage, FasterViT, HATBlock, RelativePositionBias,
+from ..models.fastervit import (AttentionStage, Backbone, FasterViT, HATBlock, RelativePositionBias,
                                 TokenPositionMLP, WindowAttention)
 
 
@@ -56,7 +56,7 @@ class ImageInput(nn.Module):
     normalises them with the float32 operations of ``Preprocess.normalize``, in its order
     (divide by 255, subtract the mean, divide by the std, channels first)."""
 
-    def __init__(self, model: FasterViT, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(self, model: FasterViT | Backbone, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.model = model
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
@@ -65,6 +65,10 @@ class ImageInput(nn.Module):
     @property
     def variant(self):
         return self.model.variant
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.model.output_names
 
     def forward(self, images: Tensor) -> Tensor:
         pixels = (images.float() / 255 - self.mean) / self.std
@@ -80,6 +84,20 @@ class AddConstant(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.value
+
+
+class ChannelAffine(nn.Module):
+    """A frozen eval-mode BatchNorm2d with nothing to fold into: ``x * scale + shift`` per
+    channel (a Mul and an Add, which TensorRT fuses into one scale layer)."""
+
+    def __init__(self, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        self.register_buffer("scale", scale.detach().view(-1, 1, 1).clone())
+        self.register_buffer("shift", (bn.bias - bn.running_mean * scale).detach().view(-1, 1, 1).clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.shift
 
 
 class TransposedLinear(nn.Module):
@@ -185,3 +203,13 @@ def prepare_for_export(model: FasterViT, inplace: bool = False) -> FasterViT:
     for param in deployed.parameters():
         param.requires_grad_(False)
     return deployed
+
+
+@torch.no_grad()
+def prepare_backbone(backbone: Backbone) -> Backbone:
+    """``backbone`` in deploy form, in place: its model as ``prepare_for_export`` leaves it,
+    each output BatchNorm a per-channel affine."""
+    prepare_for_export(backbone.model, inplace=True)  # its norm leaves the model; ours keeps it
+    backbone.norms = nn.ModuleList(ChannelAffine(norm) if isinstance(norm, nn.BatchNorm2d) else norm
+                                   for norm in backbone.norms)
+    return backbone

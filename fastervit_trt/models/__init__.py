@@ -16,9 +16,9 @@ import torch
 from ..errors import CheckpointError, ResolutionError
 from .checkpoint import Checkpoint, load_into, mismatch, read_checkpoint
 from .configs import REGISTRY, ArchConfig, EvalConfig, Variant, get_variant, list_models
-from .fastervit import FasterViT, check_resolution, nearest_resolutions, stage_geometry
+from .fastervit import Backbone, FasterViT, check_resolution, nearest_resolutions, stage_geometry
 
-__all__ = ["ArchConfig", "Checkpoint", "EvalConfig", "FasterViT", "Variant", "check_arch",
+__all__ = ["ArchConfig", "Backbone", "Checkpoint", "EvalConfig", "FasterViT", "Variant", "check_arch",
            "check_resolution", "create_model", "get_variant", "list_models", "nearest_resolutions",
            "read_checkpoint", "stage_geometry"]
 

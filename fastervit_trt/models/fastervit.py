@@ -450,10 +450,14 @@ class ConvStage(nn.Module):
         self.blocks = nn.ModuleList(ConvBlock(dim, rate) for rate in drop_path_rates)
         self.downsample = Downsample(dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def body(self, x: Tensor) -> Tensor:
+        """The stage's own output, before downsampling (what detection heads read)."""
         for block in self.blocks:
             x = block(x)
-        return self.downsample(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.downsample(self.body(x))
 
 
 class AttentionStage(nn.Module):
@@ -489,7 +493,8 @@ class AttentionStage(nn.Module):
         x = x.reshape(-1, gh, gw, w, w, c).permute(0, 5, 1, 3, 2, 4)
         return x.reshape(-1, c, gh * w, gw * w)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def body(self, x: Tensor) -> Tensor:
+        """The stage's own output, before downsampling (what detection heads read)."""
         x = self._pad(x)
         ct = self.global_tokenizer(x) if self.geometry.carriers else None
         x = self._partition(x)
@@ -499,6 +504,10 @@ class AttentionStage(nn.Module):
         (h, w), (hp, wp) = self.geometry.size, self.geometry.padded
         if (hp, wp) != (h, w):
             x = x[:, :, :h, :w]
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.body(x)
         return x if self.downsample is None else self.downsample(x)
 
 
@@ -536,6 +545,46 @@ class FasterViT(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.forward_features(x).mean(dim=(2, 3)))
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["logits"]
+
+    def stage_outputs(self, x: Tensor, stages: tuple[int, ...]) -> list[Tensor]:
+        """(B, 3, H, W) image -> the outputs of ``stages`` (1-4, ascending), each taken before
+        its stage's downsampling (strides 4, 8, 16, 32), as the official detection backbones
+        take them; stages after the last one asked for are not computed."""
+        x, outputs = self.patch_embed(x), []
+        for stage, level in enumerate(self.levels[:max(stages)], start=1):
+            x = level.body(x)
+            if stage in stages:
+                outputs.append(x)
+            if level.downsample is not None and stage < max(stages):
+                x = level.downsample(x)
+        return outputs
+
+
+class Backbone(nn.Module):
+    """FasterViT without its head, for detection: the outputs of the selected ``stages``
+    (NCHW), optionally each through its level's BatchNorm as the official detection backbones
+    add it (``norm0``..``norm2`` for stages 1-3, the classifier's own ``norm`` for stage 4)."""
+
+    def __init__(self, model: FasterViT, stages: tuple[int, ...], norm: bool = False) -> None:
+        super().__init__()
+        self.model, self.stages, self.normalized = model, tuple(sorted(stages)), norm
+        self.variant = getattr(model, "variant", None)
+        dims = [model.arch.dim * 2**i for i in range(len(model.levels))]
+        self.norms = nn.ModuleList(
+            (model.norm if stage == len(dims) else nn.BatchNorm2d(dims[stage - 1])) if norm else nn.Identity()
+            for stage in self.stages)
+        self.train(model.training)  # the new norms follow the model (eval: running statistics)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [f"stage{stage}" for stage in self.stages]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return tuple(norm(y) for norm, y in zip(self.norms, self.model.stage_outputs(x, self.stages)))
 
 
 def _init_weights(module: nn.Module) -> None:
