@@ -42,6 +42,16 @@ def _batch_profile(text: str) -> tuple[int, int, int]:
     return values
 
 
+def _stages(text: str) -> tuple[int, ...]:
+    try:
+        stages = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        stages = ()
+    if not stages or not set(stages) <= {1, 2, 3, 4} or len(set(stages)) != len(stages):
+        raise argparse.ArgumentTypeError(f"expected distinct stages among 1,2,3,4 (e.g. 2,3,4), got {text!r}")
+    return tuple(sorted(stages))
+
+
 def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False):
     """An argparse type: a ``kind`` number in [low, high] (``low_open``: above low), the valid
     range in the message."""
@@ -139,6 +149,8 @@ examples:
   fastervit-export --precision fp8                         # FP8 E4M3 Q/DQ (compute capability 8.9+)
   fastervit-export --precision int8 --calib-data ~/imagenet/val --calib-images 512 --calib-method percentile
   fastervit-export --precision int8 --calib-cache export/faster_vit_0_224_int8.cache   # reuse scales
+  fastervit-export --model faster_vit_2_any_res --resolution 800 1216 --features      # detection backbone
+  fastervit-export --model faster_vit_0_any_res --resolution 1024 1024 --features 2,3,4 --feature-norm
 """
 
 
@@ -170,6 +182,14 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8", "fp8"), default=d.precision,
                         help="fp16: float16 graph with FP32 islands for TensorRT's strong typing; "
                              "int8 / fp8: calibrated Q/DQ (FP8 E4M3: Ada, Hopper, Blackwell GPUs)")
+    parser.add_argument("--features", type=_stages, nargs="?", const=(1, 2, 3, 4), default=(), metavar="STAGES",
+                        help="export the backbone for detection: no head, one NCHW output per stage "
+                             "(stage1..stage4, strides 4..32, each taken before its downsampling); "
+                             "STAGES picks some, e.g. 2,3,4 (default: all four)")
+    parser.add_argument("--feature-norm", action="store_true",
+                        help="each feature map through its level's BatchNorm, as the official detection "
+                             "backbones add it (stage 4: the trained classifier norm; stages 1-3: "
+                             "BatchNorm at its initial statistics, which detection training then learns)")
     parser.add_argument("--input", choices=("float", "uint8"), default=d.input_format, dest="input_format",
                         help="float: normalised float NCHW input; uint8: the resized, cropped uint8 "
                              "NHWC image, cast and normalised inside the graph (4x fewer bytes to the "
@@ -231,7 +251,8 @@ def _export(args: argparse.Namespace) -> int:
                                 precision=args.precision, batch=args.batch, opset=args.opset,
                                 output_dir=args.output_dir or ExportOptions.output_dir,
                                 io_dtype=args.io_dtype, exact_preprocess=args.exact_preprocess,
-                                input_format=args.input_format, force=args.force, seed=args.seed)
+                                input_format=args.input_format, force=args.force, seed=args.seed,
+                                features=args.features, feature_norm=args.feature_norm)
         calib = CalibrationOptions(data=args.calib_data, images=args.calib_images,
                                    batch=args.calib_batch, method=args.calib_method,
                                    percentile=args.calib_percentile, cache=args.calib_cache,
@@ -301,7 +322,8 @@ def sensitivity_table(report: dict, rows: int = 15) -> str:
     name = report["precision"].upper()
     lines = [f"\n{name} sensitivity (only that layer quantized, vs FP32; {len(report['sensitivity'])} layers, "
              f"most sensitive first):", f"  {'cosine':>9s} {'top-1 %':>8s}  layer"]
-    lines += [f"  {r['mean_cosine']:9.6f} {r['top1_agreement']:8.2f}  {r['layer']}" for r in report["sensitivity"][:rows]]
+    top1 = lambda r: f"{r['top1_agreement']:8.2f}" if r["top1_agreement"] is not None else f"{'-':>8s}"  # backbones: none
+    lines += [f"  {r['mean_cosine']:9.6f} {top1(r)}  {r['layer']}" for r in report["sensitivity"][:rows]]
     mixed = report.get("mixed_precision")
     if mixed:
         lines.append(f"mixed precision: {mixed['int8_layers']} of {mixed['layers']} layers stay {name}, "
@@ -325,6 +347,7 @@ def export_summary(report: dict, report_path: Path) -> str:
     rows = [
         ("model", f"{report['model']}  {height}x{width}  weights: {weights}"),
         ("input", f"{report['input']['name']} ({'x'.join(map(str, shape))}): {report['input'].get('format', 'float32 NCHW')}"),
+        ("outputs", ", ".join(f"{o['name']} ({'x'.join(map(str, o['shape']))})" for o in report["outputs"])),
         ("onnx", f"{onnx_info['path']}  ({onnx_info['bytes'] / 1e6:.1f} MB, {onnx_info['nodes']} "
                  f"nodes, opset {onnx_info['opset']}, batch {low}..{high})"),
         ("report", str(report_path)),
@@ -538,19 +561,24 @@ def _bench(args: argparse.Namespace) -> int:
     from .runtime import load
     from .runtime.benchmark import benchmark
     model = load(args.model, cuda_graphs=args.cuda_graph)
-    runners = {str(args.model.name) + (" (CUDA graph)" if args.cuda_graph else ""): model.run}
+    run = model.features if model.is_backbone else model.run  # a backbone: every feature map
+    runners = {str(args.model.name) + (" (CUDA graph)" if args.cuda_graph else ""): run}
     preprocess = model.preprocess
     if args.torch_model:
         import torch
 
-        from .models import create_model
-        eager = create_model(args.torch_model, checkpoint=args.checkpoint)
+        from .models import Backbone, create_model
+        eager = create_model(args.torch_model, checkpoint=args.checkpoint, resolution=preprocess.input_size)
+        if model.is_backbone:  # the same stages (and norms) as the exported backbone
+            config = model.feature_config or {}
+            stages = config.get("stages") or [int(name.removeprefix("stage")) for name in model.output_shapes]
+            eager = Backbone(eager, tuple(stages), bool(config.get("norm"))).eval()
 
         def torch_run(batch):
             if batch.dtype == np.uint8:  # what a --input uint8 graph computes first
                 batch = preprocess.normalize(batch)
             with torch.inference_mode():
-                return eager(torch.from_numpy(batch)).numpy()
+                return eager(torch.from_numpy(batch))
         runners[f"pytorch eager ({args.torch_model})"] = torch_run
     rows = benchmark(runners, preprocess.input_shape, args.batch, args.iters, args.warmup, preprocess.input_dtype)
     if args.json:

@@ -40,3 +40,23 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Comparison:
         min_cosine=float(cosine.min()),
         top1_agreement=float((ref.argmax(axis=1) == cand.argmax(axis=1)).mean()),
     )
+
+
+def flatten(outputs: list[np.ndarray]) -> np.ndarray:
+    """A model's outputs as one (N, total) array: one row per input, its outputs end to end
+    (a classifier's logits unchanged)."""
+    if len(outputs) == 1:
+        return outputs[0].reshape(len(outputs[0]), -1)
+    return np.concatenate([o.reshape(len(o), -1) for o in outputs], axis=1)
+
+
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray, sizes: dict[str, int]) -> dict[str, Comparison]:
+    """``compare`` per named output of two ``flatten``-ed batches (``sizes``: each output's
+    values per input, in order)."""
+    result, start = {}, 0
+    for name, size in sizes.items():
+        result[name] = compare(reference[:, start:start + size], candidate[:, start:start + size])
+        start += size
+    if start != reference.shape[1]:
+        raise ValueError(f"outputs of {start} values per input do not cover rows of {reference.shape[1]}")
+    return result

@@ -23,11 +23,12 @@ import numpy as np
 from onnx import TensorProto
 
 from ..artifacts import paths_of, write_json
-from ..compare import compare
+from ..compare import compare, compare_outputs
+from ..errors import FasterViTTRTError
 from ..export.fp16 import convert_to_fp16
 from ..export.ort_cpu import release_memory
-from ..export.pipeline import (QDQ_CHUNK, ExportOptions, ExportResult, export_metadata, ort_logits, preflight,
-                               publish_onnx, trace_model, write_onnx, write_report)
+from ..export.pipeline import (QDQ_CHUNK, ExportOptions, ExportResult, export_metadata, ort_logits, output_sizes,
+                               preflight, publish_onnx, trace_model, write_onnx, write_report)
 from ..export.weights import scratch
 from ..preprocess import Preprocess
 from ..progress import Steps
@@ -106,6 +107,9 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
     if options.precision not in QMAX:
         raise ValueError(f"export_quantized exports int8 or fp8, not {options.precision!r}")
     fmt = options.precision
+    if options.features and calib.accuracy_budget is not None:
+        raise FasterViTTRTError("--accuracy-budget is a top-1 agreement drop: a backbone has no classes; rank its "
+                         "layers by feature cosine with --sensitivity instead")
     cache_path = calib.cache_path(options)
     reuse = cache_path.is_file() and not calib.recalibrate
     variant = preflight(options, () if cache_path.is_file() else (cache_path, record_path(cache_path)))
@@ -144,7 +148,7 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
             base = convert_to_fp16(to_opset(base, QDQ_MIN_OPSET[TensorProto.FLOAT16]),
                                    io_dtype=options.io_dtype, weights=store)
         evaluator = Evaluator(base, targets, cache.amax, store.arrays(fp32), heldout,
-                              ort_logits(fp32_path, heldout), store, fmt)
+                              ort_logits(fp32_path, heldout), store, fmt, output_sizes(fp32))
         sections: dict = {}
         excluded: set[str] = set()
         if calib.sensitivity or calib.accuracy_budget is not None:
@@ -199,23 +203,30 @@ def _heldout_inputs(calib: CalibrationOptions, preprocess: Preprocess, path: Pat
 
 def _accuracy(pytorch_logits: np.ndarray, evaluator: Evaluator, path: Path, kind: str,
               fp16: dict | None) -> dict:
-    """Quantized vs FP32 logits: ONNX Runtime plain Q/DQ arithmetic (the TensorRT estimate)
-    and, for INT8, with its CPU int8 kernels (it has none for FP8); the FP16 base graph; and
-    the FP32 graph against PyTorch."""
+    """Quantized vs FP32 outputs: ONNX Runtime plain Q/DQ arithmetic (the TensorRT estimate)
+    and, for INT8 logits, with its CPU int8 kernels (it has none for FP8); the FP16 base
+    graph; and the FP32 graph against PyTorch. A backbone's feature maps are compared one by
+    one (cosine; they have no top-1)."""
     inputs, reference, name = evaluator.inputs, evaluator.reference, evaluator.fmt.upper()
-    plain = compare(reference, ort_logits(path, inputs, optimize=False, images=QDQ_CHUNK))
+    quantized = ort_logits(path, inputs, optimize=False, images=QDQ_CHUNK)
+    fp32_vs_pytorch = compare(pytorch_logits, reference)  # ``reference`` is the FP32 graph's outputs
+    fp16_cosine = f"; FP16 vs FP32: mean cosine {fp16['mean_cosine']:.5f}" if fp16 else ""
+    record = {"inputs": kind, "count": len(inputs), "format": evaluator.fmt, "fp16_vs_fp32": fp16,
+              "fp32_vs_pytorch": fp32_vs_pytorch.as_dict()}
+    if evaluator.sizes and list(evaluator.sizes) != ["logits"]:
+        each = compare_outputs(reference, quantized, evaluator.sizes)
+        return {**record, "quantized_vs_fp32_qdq_arithmetic": {n: c.as_dict() for n, c in each.items()},
+                "summary": (f"{name} vs FP32 on {len(inputs)} {kind}, mean cosine per feature map: "
+                            + ", ".join(f"{n} {c.mean_cosine:.5f}" for n, c in each.items())
+                            + f" (min {min(c.min_cosine for c in each.values()):.5f})" + fp16_cosine)}
+    plain = compare(reference, quantized)
     kernels = compare(reference, ort_logits(path, inputs, optimize=True, images=QDQ_CHUNK)) \
         if evaluator.fmt == "int8" else None
-    fp32_vs_pytorch = compare(pytorch_logits, reference)  # ``reference`` is the FP32 graph's logits
     kernels_text = f"; with ONNX Runtime's CPU int8 kernels: mean cosine {kernels.mean_cosine:.5f}" \
         if kernels else ""
-    fp16_text = (f"; FP16 vs FP32: mean cosine {fp16['mean_cosine']:.5f}, top-1 agreement "
-                 f"{fp16['top1_agreement'] / 100:.1%}" if fp16 else "")
-    return {"inputs": kind, "count": len(inputs), "format": evaluator.fmt,
-            "quantized_vs_fp32_qdq_arithmetic": plain.as_dict(),
+    fp16_text = f"{fp16_cosine}, top-1 agreement {fp16['top1_agreement'] / 100:.1%}" if fp16 else ""
+    return {**record, "quantized_vs_fp32_qdq_arithmetic": plain.as_dict(),
             "quantized_vs_fp32_ort_int8_kernels": kernels.as_dict() if kernels else None,
-            "fp16_vs_fp32": fp16,
-            "fp32_vs_pytorch": fp32_vs_pytorch.as_dict(),
             "summary": (f"{name} vs FP32 on {len(inputs)} {kind}: mean cosine {plain.mean_cosine:.5f} "
                         f"(min {plain.min_cosine:.5f}), top-1 agreement {plain.top1_agreement:.1%}"
                         + kernels_text + fp16_text)}

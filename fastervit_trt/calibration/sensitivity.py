@@ -17,7 +17,7 @@ from typing import TextIO
 import numpy as np
 import onnx
 
-from ..compare import compare
+from ..compare import compare, compare_outputs
 from ..export.pipeline import QDQ_CHUNK, InputSet, ort_logits
 from ..export.weights import WeightFile
 from ..progress import Bar
@@ -36,6 +36,7 @@ class Evaluator:
     reference: np.ndarray
     store: WeightFile | None = None  # where the graphs' external weights live
     fmt: str = "int8"  # or "fp8"
+    sizes: dict[str, int] | None = None  # values per input of each output (default: logits only)
 
     def __post_init__(self) -> None:
         self.types = tensor_types(self.base)  # once, not per variant
@@ -45,11 +46,15 @@ class Evaluator:
         return insert_qdq(self.base, chosen, self.amax, self.weights, self.types, self.store, self.fmt)
 
     def measure(self, model: onnx.ModelProto) -> dict:
-        """Logit cosine and top-1 agreement (%) of ``model`` against the FP32 reference."""
+        """Mean cosine (of the worst output: a backbone's feature maps each count) and, for
+        logits, top-1 agreement (%) of ``model`` against the FP32 reference."""
         source = self.store.save_view(model, "measured.onnx") if self.store else model.SerializeToString()
-        logits = ort_logits(source, self.inputs, optimize=False, images=QDQ_CHUNK)
-        report = compare(self.reference, logits)
-        return {"mean_cosine": report.mean_cosine, "top1_agreement": 100.0 * report.top1_agreement}
+        outputs = ort_logits(source, self.inputs, optimize=False, images=QDQ_CHUNK)
+        if not self.sizes or list(self.sizes) == ["logits"]:
+            report = compare(self.reference, outputs)
+            return {"mean_cosine": report.mean_cosine, "top1_agreement": 100.0 * report.top1_agreement}
+        each = compare_outputs(self.reference, outputs, self.sizes)
+        return {"mean_cosine": min(c.mean_cosine for c in each.values()), "top1_agreement": None}
 
 
 def layer_sensitivity(evaluator: Evaluator, stream: TextIO | None = sys.stderr) -> list[dict]:

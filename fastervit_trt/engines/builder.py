@@ -299,10 +299,12 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
         "arch": facts["metadata"].get("arch"),
         "preprocess": facts["metadata"].get("preprocess"),
         "label_set": (facts["metadata"].get("preprocess") or {}).get("label_set"),
+        "features": facts["metadata"].get("features"),  # a backbone's stages, norm and strides
         "inputs": [{**_io(network.get_input(i), trt, config.batch),
                     **({"format": fmt} if (fmt := (facts["metadata"].get("input") or {}).get("format")) else {})}
                    for i in range(network.num_inputs)],
-        "outputs": [_io(network.get_output(i), trt, None) for i in range(network.num_outputs)],
+        "outputs": [{**_io(network.get_output(i), trt, None), **_stride(network.get_output(i).name, facts["metadata"])}
+                    for i in range(network.num_outputs)],
         "tensorrt": {"flavour": flavour, "version": trt.__version__},
         "build": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
                      if k not in ("force", "backend")},
@@ -344,6 +346,12 @@ def _io(tensor: trt_api.ITensor, trt: ModuleType, batch: tuple[int, int, int] | 
     if batch is not None:
         entry["profile"] = {k: [b, *shape[1:]] for k, b in zip(("min", "opt", "max"), batch)}
     return entry
+
+
+def _stride(output: str, metadata: dict) -> dict:
+    """``{"stride": 8}`` for a backbone's feature map (input pixels per output pixel)."""
+    strides = (metadata.get("features") or {}).get("strides") or {}
+    return {"stride": strides[output]} if output in strides else {}
 
 
 def _device(flavour: str) -> dict:

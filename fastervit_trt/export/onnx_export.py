@@ -19,12 +19,12 @@ import onnx
 import torch
 
 from .. import __version__
-from ..models import FasterViT
+from ..models import Backbone, FasterViT
 from .deploy import ImageInput
 from .weights import WeightFile, tensor_bytes
 from ..sidecar import METADATA_KEY, read_metadata  # noqa: F401  (read_metadata: public here too)
 
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+INPUT_NAME = "input"
 BATCH_DIM = "batch"
 DEFAULT_OPSET = 17
 # IR version 8 is the one paired with opset 17; newer onnx releases write higher versions
@@ -33,20 +33,22 @@ IR_VERSION = 8
 PROTOBUF_LIMIT = 2**31 - 1
 
 
-def trace_to_onnx(model: FasterViT | ImageInput, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+def trace_to_onnx(model: FasterViT | Backbone | ImageInput, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """Trace ``model`` (already in deploy form; a float NCHW input, or uint8 NHWC images for
-    an ``ImageInput``) to ONNX with a symbolic batch axis; its parameters and buffers are
-    graph inputs (``attach_weights`` makes them initializers)."""
+    an ``ImageInput``) to ONNX with a symbolic batch axis and its ``output_names`` (``logits``,
+    or a backbone's ``stage1``..``stage4``); its parameters and buffers are graph inputs
+    (``attach_weights`` makes them initializers)."""
     (height, width), channels = model.variant.arch.resolution, model.variant.arch.in_chans
     example = torch.zeros(1, height, width, channels, dtype=torch.uint8) if isinstance(model, ImageInput) \
         else torch.zeros(1, channels, height, width)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         path = Path(tmp) / "traced.onnx"
+        outputs = model.output_names
         torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], opset_version=opset, dynamo=False,
+                          output_names=outputs, opset_version=opset, dynamo=False,
                           do_constant_folding=True, export_params=False,
-                          dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}})
+                          dynamic_axes={name: {0: BATCH_DIM} for name in [INPUT_NAME, *outputs]})
         return onnx.load(str(path))
 
 

@@ -22,12 +22,12 @@ import torch
 
 from .. import __version__
 from ..artifacts import check_writable, paths_of, sha256, write_json
-from ..compare import compare
+from ..compare import Comparison, compare, compare_outputs, flatten
 from ..errors import FasterViTTRTError
-from ..models import FasterViT, Variant, check_arch, create_model, read_checkpoint
+from ..models import Backbone, FasterViT, Variant, check_arch, create_model, read_checkpoint
 from ..preprocess import INPUT_FORMATS, Preprocess, sample_inputs
 from ..progress import Steps
-from .deploy import ImageInput, prepare_for_export
+from .deploy import ImageInput, prepare_backbone, prepare_for_export
 from .fp16 import convert_to_fp16, find_fp16_overflows
 from ..runtime.onnxruntime_backend import ORT_DTYPES
 from .ort_cpu import cpu_session, release_memory
@@ -38,6 +38,7 @@ from .weights import WeightFile, scratch, tensor_bytes
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+STAGES = (1, 2, 3, 4)
 FP32_TOLERANCE = 1e-4  # max |diff| <= tolerance x max |logit|
 FP16_MIN_COSINE = 0.999
 EVAL_CHUNK = 4  # inputs per forward pass when checking a graph: memory independent of their number
@@ -67,6 +68,8 @@ class ExportOptions:
     validation_batch: int = 4
     exact_preprocess: bool = False  # True: decode every JPEG in full (bitwise timm); recorded
     input_format: str = "float"  # "uint8": the graph takes uint8 NHWC crops and normalises them
+    features: tuple[int, ...] = ()  # stages whose outputs the graph returns instead of logits
+    feature_norm: bool = False  # each feature map through its level norm (official detection)
     external_data_threshold: int = PROTOBUF_LIMIT  # bytes above which weights go to <file>.data
 
     def __post_init__(self) -> None:
@@ -78,6 +81,11 @@ class ExportOptions:
         low, opt, high = self.batch
         if not 1 <= low <= opt <= high:
             raise ValueError(f"batch profile must satisfy 1 <= MIN <= OPT <= MAX, got {low},{opt},{high}")
+        if not set(self.features) <= set(STAGES) or len(set(self.features)) != len(self.features):
+            raise ValueError(f"feature stages must be distinct stages of {STAGES}, not {list(self.features)}")
+        if self.feature_norm and not self.features:
+            raise ValueError("--feature-norm normalises feature maps: pass --features too")
+        object.__setattr__(self, "features", tuple(sorted(self.features)))
 
     def preprocess(self, variant: Variant) -> Preprocess:
         """``variant``'s eval transform as this export's graph takes it."""
@@ -86,8 +94,9 @@ class ExportOptions:
 
     @property
     def onnx_path(self) -> Path:
-        """``<model>_<precision>.onnx``; ``..._uint8in.onnx`` for a uint8-image input."""
-        suffix = "_uint8in" if self.input_format == "uint8" else ""
+        """``<model>_<precision>.onnx``; ``..._features`` for a backbone's feature maps,
+        ``..._uint8in`` for a uint8-image input."""
+        suffix = ("_features" if self.features else "") + ("_uint8in" if self.input_format == "uint8" else "")
         return self.output_dir / f"{self.model}_{self.precision}{suffix}.onnx"
 
     @property
@@ -121,7 +130,8 @@ class InputSet(Protocol):
 class Traced:
     """What the model stage hands on: the weightless FP32 graph (weights in a ``WeightFile``),
     and PyTorch's logits on the validation inputs (and any ``probes``), computed before the
-    PyTorch model was freed."""
+    PyTorch model was freed. Outputs are ``flatten``-ed: a backbone's feature maps as one
+    row per input."""
 
     variant: Variant
     checkpoint: dict | None
@@ -141,7 +151,7 @@ def export_model(options: ExportOptions, stream: TextIO | None = None) -> Export
     steps = Steps(6 if options.precision == "fp16" else 5, stream)
     with scratch(options.output_dir) as weights:
         traced = trace_model(options, steps, weights)
-        graph, kept_fp32 = traced.graph, []
+        graph, kept_fp32, sizes = traced.graph, [], output_sizes(traced.graph)
         if options.precision == "fp16":
             with steps.step("converting to strongly typed FP16"):
                 kept_fp32 = find_fp16_overflows(graph, traced.inputs, weights, eval_chunk(traced.inputs))
@@ -154,7 +164,7 @@ def export_model(options: ExportOptions, stream: TextIO | None = None) -> Export
             summary, view = write_onnx(graph, metadata, staged_onnx, weights, options.external_data_threshold)
             del graph
         with steps.step("validating with ONNX Runtime against PyTorch"):
-            validation = validate(traced.reference, view, traced.inputs, options.precision)
+            validation = validate(traced.reference, view, traced.inputs, options.precision, sizes)
             validation["inputs"] = traced.input_kind
         publish_onnx(staged_onnx, options.onnx_path)
     report = write_report(options, metadata, summary, steps, validation=validation)
@@ -172,16 +182,20 @@ def trace_model(options: ExportOptions, steps: Steps, weights: WeightFile,
     with steps.step(f"building {options.model}"):
         model = _build(options)
         preprocess = options.preprocess(model.variant)
-        network = model if preprocess.input_format == "float" else \
-            ImageInput(model, preprocess.mean, preprocess.std)
+        core = Backbone(model, options.features, options.feature_norm) if options.features else model
+        network = core if preprocess.input_format == "float" else \
+            ImageInput(core, preprocess.mean, preprocess.std)
         inputs, input_kind = validation_inputs(model, options)
         references = {name: _logits(network, x) for name, x in {"validation": inputs, **(probes or {})}.items()}
     variant, checkpoint = model.variant, model.checkpoint
     with steps.step("folding BatchNorm, layer scale and position bias"):
-        prepare_for_export(model, inplace=True)
+        if isinstance(core, Backbone):
+            prepare_backbone(core)
+        else:
+            prepare_for_export(model, inplace=True)
     with steps.step(f"tracing to ONNX (opset {options.opset}) and simplifying"):
         graph = attach_weights(simplify(trace_to_onnx(network, options.opset)), network, weights)
-        del model, network
+        del model, core, network
         release_memory()
     validation = references.pop("validation")
     return Traced(variant, checkpoint, graph, inputs, input_kind, validation, references)
@@ -195,13 +209,16 @@ def eval_chunk(inputs: InputSet, images: int = EVAL_CHUNK) -> int:
     return max(1, min(images, images * 3 * EVAL_PIXELS // values))
 
 
-def _logits(model: FasterViT | ImageInput, inputs: InputSet) -> np.ndarray:
-    """PyTorch's logits, a few inputs at a time (32 held-out images at 768x768 at once need
-    tens of GB)."""
+def _logits(model: FasterViT | Backbone | ImageInput, inputs: InputSet) -> np.ndarray:
+    """PyTorch's (``flatten``-ed) outputs, a few inputs at a time (32 held-out images at
+    768x768 at once need tens of GB)."""
     chunk = eval_chunk(inputs)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        outputs = model(torch.from_numpy(batch))
+        return flatten([o.numpy() for o in (outputs if isinstance(outputs, tuple) else (outputs,))])
     with torch.no_grad():
-        return np.concatenate([model(torch.from_numpy(inputs[i:i + chunk])).numpy()
-                               for i in range(0, len(inputs), chunk)])
+        return np.concatenate([run(inputs[i:i + chunk]) for i in range(0, len(inputs), chunk)])
 
 
 def write_onnx(graph: onnx.ModelProto, metadata: dict, path: Path, weights: WeightFile,
@@ -211,8 +228,11 @@ def write_onnx(graph: onnx.ModelProto, metadata: dict, path: Path, weights: Weig
     the same graph on the scratch weights (what validation runs: memory-mapped weights cost
     one copy, where reading an inline 1.5 GB file costs three). The metadata's I/O dtypes
     are read from the graph itself, so they cannot disagree with it."""
-    for key, value in (("input", graph.graph.input[0]), ("output", graph.graph.output[0])):
-        metadata[key]["dtype"] = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
+    dtype = lambda value: onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
+    metadata["input"]["dtype"] = dtype(graph.graph.input[0])
+    metadata["outputs"] = [{"name": value.name, "dtype": dtype(value),
+                            "shape": ["batch", *(d.dim_value for d in value.type.tensor_type.shape.dim[1:])]}
+                           for value in graph.graph.output]
     graph = finalize(graph, metadata)
     view = weights.save_view(graph, "final.onnx")
     onnx.checker.check_model(str(view), full_check=True)
@@ -302,7 +322,7 @@ def graph_summary(model: onnx.ModelProto) -> dict:
 def ort_logits(model: Path | bytes, inputs: InputSet, optimize: bool = True,
                images: int = EVAL_CHUNK) -> np.ndarray:
     """Run an ONNX file (or serialized model) with ONNX Runtime on the CPU (inputs as the
-    graph's input type, float32 logits out),
+    graph's input type, float32 logits out; several outputs ``flatten``-ed),
     ``eval_chunk(inputs, images)`` at a time so that memory does not grow with their number.
 
     ``optimize=False`` disables graph optimizations: Q/DQ graphs then compute plain
@@ -313,25 +333,43 @@ def ort_logits(model: Path | bytes, inputs: InputSet, optimize: bool = True,
     feed = session.get_inputs()[0]
     dtype = ORT_DTYPES.get(feed.type, np.float32)
     chunk = eval_chunk(inputs, images)
-    return np.concatenate([session.run(None, {feed.name: inputs[i:i + chunk].astype(dtype)})[0]
+    return np.concatenate([flatten(session.run(None, {feed.name: inputs[i:i + chunk].astype(dtype)}))
                            for i in range(0, len(inputs), chunk)]).astype(np.float32)
 
 
-def validate(reference: np.ndarray, path: Path, inputs: np.ndarray, precision: str) -> dict:
-    """Compare ONNX Runtime with PyTorch's logits ``reference`` on ``inputs``, at the full
-    batch and at batch 1."""
-    full = compare(reference, ort_logits(path, inputs))
-    single = compare(reference[:1], ort_logits(path, inputs[:1]))
-    if precision == "fp32":
-        passed = max(full.relative_diff, single.relative_diff) <= FP32_TOLERANCE
-        rule = f"max|diff| <= {FP32_TOLERANCE} x max|logit|"
-    else:
-        passed = min(full.min_cosine, single.min_cosine) >= FP16_MIN_COSINE
-        rule = f"cosine >= {FP16_MIN_COSINE}"
-    verdict = (f"{precision} ONNX {'matches' if passed else 'does NOT match'} PyTorch "
-               f"({rule}; max|diff| {full.max_abs_diff:.3g}, relative {full.relative_diff:.3g}, "
-               f"min cosine {full.min_cosine:.6f})")
-    return {"passed": passed, "rule": rule, "verdict": verdict, "batch": len(inputs), "full_batch": full.as_dict(), "batch_1": single.as_dict()}
+def output_sizes(graph: onnx.ModelProto) -> dict[str, int]:
+    """Values per input of each graph output, in order (what ``flatten`` puts end to end)."""
+    return {o.name: int(np.prod([d.dim_value for d in o.type.tensor_type.shape.dim[1:]]))
+            for o in graph.graph.output}
+
+
+def validate(reference: np.ndarray, path: Path, inputs: np.ndarray, precision: str,
+             sizes: dict[str, int]) -> dict:
+    """Compare ONNX Runtime with PyTorch's outputs ``reference`` on ``inputs``, at the full
+    batch and at batch 1; each output (``sizes``) on its own: a feature map must pass on
+    its own scale."""
+    onnx_full, onnx_single = ort_logits(path, inputs), ort_logits(path, inputs[:1])
+    full = compare_outputs(reference, onnx_full, sizes)
+    single = compare_outputs(reference[:1], onnx_single, sizes)
+    comparisons = [*full.values(), *single.values()]
+
+    def passes(c: Comparison) -> bool:
+        return c.relative_diff <= FP32_TOLERANCE if precision == "fp32" else c.min_cosine >= FP16_MIN_COSINE
+    passed = all(map(passes, comparisons))
+    noun = "logit" if list(sizes) == ["logits"] else "output"
+    rule = f"max|diff| <= {FP32_TOLERANCE} x max|{noun}|" if precision == "fp32" else f"cosine >= {FP16_MIN_COSINE}"
+    worst_relative = max(c.relative_diff for c in comparisons)
+    worst_cosine = min(c.min_cosine for c in comparisons)
+    each = "" if len(sizes) == 1 else f" per output ({', '.join(sizes)})"
+    verdict = (f"{precision} ONNX {'matches' if passed else 'does NOT match'} PyTorch{each} "
+               f"({rule}; max|diff| {max(c.max_abs_diff for c in comparisons):.3g}, relative "
+               f"{worst_relative:.3g}, min cosine {worst_cosine:.6f})")
+    result = {"passed": passed, "rule": rule, "verdict": verdict, "batch": len(inputs),
+              "full_batch": compare(reference, onnx_full).as_dict(), "batch_1": compare(reference[:1], onnx_single).as_dict()}
+    if len(sizes) > 1:
+        result["outputs"] = {name: {"full_batch": full[name].as_dict(), "batch_1": single[name].as_dict()}
+                             for name in sizes}
+    return result
 
 
 def export_metadata(traced: Traced, options: ExportOptions, kept_fp32: list[str]) -> dict:
@@ -350,7 +388,9 @@ def export_metadata(traced: Traced, options: ExportOptions, kept_fp32: list[str]
         "input": {"name": "input", "format": INPUT_FORMATS[options.input_format],
                   "shape": ["batch", *variant.arch.resolution, variant.arch.in_chans] if options.input_format == "uint8"
                   else ["batch", variant.arch.in_chans, *variant.arch.resolution]},
-        "output": {"name": "logits", "shape": ["batch", variant.arch.num_classes]},
+        "features": {"stages": list(options.features), "norm": options.feature_norm,
+                     "strides": {f"stage{stage}": 2 ** (stage + 1) for stage in options.features},
+                     "taken": "each stage's output before its downsampling"} if options.features else None,
         "batch_profile": list(options.batch),
         "fp32_nodes_for_range": kept_fp32,
     }
