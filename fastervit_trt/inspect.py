@@ -35,6 +35,7 @@ def inspect_onnx(path: Path) -> dict:
         "precision": metadata.get("precision"),
         "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
         "input": _input_line(model, metadata),
+        "outputs": _output_lines(model, metadata),
         "nodes": len(model.graph.node),
         "qdq_nodes": ops["QuantizeLinear"] + ops["DequantizeLinear"],
         "lone_quantizers": len(lone_quantizers(model)),
@@ -69,6 +70,18 @@ def _input_line(model, metadata: dict) -> str:
     shape = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
     described = (metadata.get("input") or {}).get("format")
     return f"{graph_input.name}: {dtype} {shape}" + (f" ({described})" if described else "")
+
+
+def _output_lines(model, metadata: dict) -> list[str]:
+    """``stage2: float32 ['batch', 128, 28, 28] (stride 8)`` per output."""
+    import onnx
+    strides = (metadata.get("features") or {}).get("strides") or {}
+    lines = []
+    for output in model.graph.output:
+        dtype = onnx.TensorProto.DataType.Name(output.type.tensor_type.elem_type).lower()
+        shape = [d.dim_param or d.dim_value for d in output.type.tensor_type.shape.dim]
+        lines.append(f"{output.name}: {dtype} {shape}" + (f" (stride {strides[output.name]})" if output.name in strides else ""))
+    return lines
 
 
 def inspect_engine(path: Path) -> dict:

@@ -57,7 +57,7 @@ def _describe(model_path: Path) -> dict:
         import onnx
         model = onnx.load(str(model_path), load_external_data=False)
         meta = read_metadata(model)
-        graph_in, graph_out = model.graph.input[0], model.graph.output[0]
+        graph_in, graph_outs = model.graph.input[0], list(model.graph.output)
         dtype = lambda v: onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()
         dims = lambda v: [d.dim_value for d in v.type.tensor_type.shape.dim[1:]]
         axes = list(graph_in.type.tensor_type.shape.dim)
@@ -65,24 +65,25 @@ def _describe(model_path: Path) -> dict:
             shape = [d.dim_param or d.dim_value for d in axes] or "unknown"
             raise FasterViTTRTError(f"{model_path}: input {graph_in.name!r} has shape {shape}; Triton's batching "
                                     "needs a symbolic batch axis and fixed C, H, W: re-export with fastervit-export")
-        if dtype(graph_out) not in _TRITON_TYPES or dtype(graph_in) not in _TRITON_TYPES:
-            raise FasterViTTRTError(f"{model_path}: input/output types {dtype(graph_in)}/{dtype(graph_out)}; "
-                                    "the toolkit serves image classifiers with float or uint8 input and float output")
+        if any(dtype(v) not in _TRITON_TYPES for v in (graph_in, *graph_outs)):
+            raise FasterViTTRTError(f"{model_path}: input/output types {dtype(graph_in)}/"
+                                    f"{','.join(dtype(v) for v in graph_outs)}; the toolkit serves image "
+                                    "models with float or uint8 input and float outputs")
         return {"platform": "onnxruntime_onnx", "file": "model.onnx", "batch": meta.get("batch_profile", [1, 8, 32]),
                 "input": (graph_in.name, dtype(graph_in), dims(graph_in)),
-                "output": (graph_out.name, dtype(graph_out), dims(graph_out)),
+                "outputs": [(v.name, dtype(v), dims(v)) for v in graph_outs],
                 "preprocess": meta.get("preprocess") or {}, "model": meta.get("model")}
     from .runtime.model import verify_engine
     sidecar = verify_engine(model_path, check_device=False)  # sha256 and TensorRT version, as load() does
     if not sidecar:
         raise FasterViTTRTError(f"{model_path}: no sidecar; Triton's config needs the engine's profile "
                                 "and I/O: rebuild it with fastervit-build")
-    (io_in,), (io_out,) = sidecar["inputs"], sidecar["outputs"]
+    (io_in,) = sidecar["inputs"]
     profile = io_in["profile"]
     return {"platform": "tensorrt_plan", "file": "model.plan",
             "batch": [profile["min"][0], profile["opt"][0], profile["max"][0]],
             "input": (io_in["name"], io_in["dtype"], io_in["shape"][1:]),
-            "output": (io_out["name"], io_out["dtype"], io_out["shape"][1:]),
+            "outputs": [(o["name"], o["dtype"], o["shape"][1:]) for o in sidecar["outputs"]],
             "preprocess": sidecar.get("preprocess") or {}, "model": sidecar.get("model")}
 
 
@@ -92,6 +93,11 @@ def _tensor(entry: tuple[str, str, list[int]], layout: str | None = None) -> str
     data_type = _TRITON_TYPES.get(dtype, dtype)
     fmt = f"\n    format: FORMAT_{layout}" if layout else ""
     return f'  {{\n    name: "{tensor_name}"\n    data_type: {data_type}{fmt}\n    dims: [ {", ".join(map(str, dims))} ]\n  }}'
+
+
+def _tensors(entries: list[tuple[str, str, list[int]]]) -> str:
+    """Several ModelOutputs (a backbone's feature maps), comma-separated as the text format wants."""
+    return ",\n".join(_tensor(entry) for entry in entries)
 
 
 def _layout(info: dict) -> str:
@@ -110,7 +116,7 @@ def model_config(name: str, info: dict, options: TritonOptions) -> str:
     if info["model"]:
         parameters = f'parameters {{\n  key: "fastervit.model"\n  value: {{ string_value: "{info["model"]}" }}\n}}\n' + parameters
     return (f'name: "{name}"\nplatform: "{info["platform"]}"\nmax_batch_size: {high}\n'
-            f"input [\n{_tensor(info['input'], _layout(info))}\n]\noutput [\n{_tensor(info['output'])}\n]\n"
+            f"input [\n{_tensor(info['input'], _layout(info))}\n]\noutput [\n{_tensors(info['outputs'])}\n]\n"
             f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(map(str, sorted({opt, high})))} ]\n"
             f"  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}\n"
             f"instance_group [\n  {{\n    count: {options.instances}\n    kind: KIND_{kind.upper()}\n  }}\n]\n"
@@ -151,10 +157,10 @@ def write_model_repository(model_path: Path, repo: Path, options: TritonOptions 
 def bytes_models(name: str, info: dict, options: TritonOptions) -> dict[str, str]:
     """Files (relative to the repository) of ``<name>_preprocess``, a Python-backend model that
     decodes image bytes with the toolkit's preprocessing, and ``<name>_bytes``, the ensemble
-    that feeds it to the classifier: clients send encoded images, get logits."""
+    that feeds it to the model: clients send encoded images, get its outputs (logits, or a
+    backbone's feature maps)."""
     _, _, high = info["batch"]
     input_name, input_dtype, input_dims = info["input"]
-    output_name = info["output"][0]
     image = ("image", "TYPE_STRING", [1])
     preprocess = (f'name: "{name}_preprocess"\nbackend: "python"\nmax_batch_size: {high}\n'
                   f"input [\n{_tensor(image)}\n]\noutput [\n{_tensor(info['input'])}\n]\n"
@@ -162,14 +168,15 @@ def bytes_models(name: str, info: dict, options: TritonOptions) -> dict[str, str
                   f'parameters {{\n  key: "preprocess"\n  value: {{ string_value: '
                   f"{json.dumps(json.dumps(info['preprocess']))} }}\n}}\n")
     ensemble = (f'name: "{name}_bytes"\nplatform: "ensemble"\nmax_batch_size: {high}\n'
-                f"input [\n{_tensor(image)}\n]\noutput [\n{_tensor(info['output'])}\n]\n"
+                f"input [\n{_tensor(image)}\n]\noutput [\n{_tensors(info['outputs'])}\n]\n"
                 f"ensemble_scheduling {{\n  step [\n"
                 f'    {{\n      model_name: "{name}_preprocess"\n      model_version: -1\n'
                 f'      input_map {{ key: "image" value: "image" }}\n'
                 f'      output_map {{ key: "{input_name}" value: "preprocessed" }}\n    }},\n'
                 f'    {{\n      model_name: "{name}"\n      model_version: -1\n'
                 f'      input_map {{ key: "{input_name}" value: "preprocessed" }}\n'
-                f'      output_map {{ key: "{output_name}" value: "{output_name}" }}\n    }}\n  ]\n}}\n')
+                + "".join(f'      output_map {{ key: "{output}" value: "{output}" }}\n' for output, _, _ in info["outputs"])
+                + "    }\n  ]\n}\n")
     code = (Path(__file__).parent / "triton_preprocess.py").read_text()
     return {f"{name}_preprocess/1/model.py": code, f"{name}_preprocess/config.pbtxt": preprocess,
             f"{name}_bytes/1/.keep": "", f"{name}_bytes/config.pbtxt": ensemble}
@@ -187,6 +194,9 @@ def serve_pytriton(model, name: str, max_queue_delay_us: int = 500, http_port: i
     dynamic batching, as ``name`` (the model's own input: preprocessed floats, or uint8 crops
     for a ``--input uint8`` model) and ``<name>_bytes`` (encoded images in); use it as a
     context manager or call ``.stop()``."""
+    if model.is_backbone:
+        raise FasterViTTRTError(f"{model.source}: PyTriton serving here is for classifiers; serve a backbone "
+                                "with Triton itself: fastervit-triton writes its config with every feature map")
     import numpy as np
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor

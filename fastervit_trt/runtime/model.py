@@ -46,13 +46,37 @@ class Prediction:
 class InferenceModel:
     """A loaded model: backend + its preprocessing and class names."""
 
-    def __init__(self, backend, preprocess: Preprocess, names: list[str], source: Path) -> None:
+    def __init__(self, backend, preprocess: Preprocess, names: list[str], source: Path,
+                 feature_config: dict | None = None) -> None:
         self.backend, self.preprocess, self.names, self.source = backend, preprocess, names, source
+        self.feature_config = feature_config  # a backbone's export record: stages, norm, strides
         self.exif_rotate = True  # False: decode images with their stored pixel orientation
 
     @property
     def max_batch(self) -> int:
         return int(self.backend.max_batch)
+
+    @property
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each output's shape per input: ``{"logits": (classes,)}``, or a backbone's
+        ``{"stage1": (C, H, W), ...}``."""
+        return dict(self.backend.output_shapes)
+
+    @property
+    def is_backbone(self) -> bool:
+        """Whether the model outputs feature maps (``--features``) rather than logits."""
+        return any(len(shape) == 3 for shape in self.backend.output_shapes.values())
+
+    def features(self, inputs: Any) -> dict[str, np.ndarray]:
+        """A backbone's feature maps ``{"stage1": (N, C, H, W), ...}`` for any accepted input
+        (see ``runtime.inputs``), ``max_batch`` inputs per engine call."""
+        if not self.is_backbone:
+            raise FasterViTTRTError(f"{self.source}: a classifier (logits out); features() needs a backbone "
+                                    "exported with fastervit-export --features")
+        batch, step = to_batch(inputs, self.preprocess, self.exif_rotate), self.max_batch
+        parts = [self.backend.infer_all(batch[i:i + step]) for i in range(0, len(batch), step)]
+        return {name: np.concatenate([p[name] for p in parts]) if len(parts) > 1 else parts[0][name]
+                for name in self.backend.output_names}
 
     def logits(self, inputs: Any, decode: str = "cpu") -> np.ndarray:
         """Raw logits (N, classes) for any accepted input (see ``runtime.inputs``). A list of
@@ -60,6 +84,9 @@ class InferenceModel:
         batch decoding while the engine runs this one. ``decode="gpu"``: encoded JPEGs are
         decoded, resized and normalised on the GPU and read there by the engine."""
         step, batch = self.max_batch, None
+        if self.is_backbone:
+            raise FasterViTTRTError(f"{self.source}: a backbone (feature maps {', '.join(self.output_shapes)} "
+                                    "out), not a classifier; call features()")
         if decode not in ("cpu", "gpu"):
             raise ValueError(f"decode must be 'cpu' or 'gpu', not {decode!r}")
         try:
@@ -156,7 +183,9 @@ def load(path: str | Path, providers: list[str] | None = None, contexts: int = 2
         **_DEFAULT_PREPROCESS, "input_size": backend.input_shape[:2] if images else backend.input_shape[1:],
         "input_format": "uint8" if images else "float"})
     label_set = (info.get("preprocess") or {}).get("label_set") or info.get("label_set")
-    return InferenceModel(backend, preprocess, class_names(label_set, int(backend.num_classes)), path)
+    classes = next(iter(backend.output_shapes.values()))
+    names = [] if len(classes) != 1 else class_names(label_set, int(classes[0]))  # a backbone has none
+    return InferenceModel(backend, preprocess, names, path, info.get("features"))
 
 
 def verify_engine(path: Path, check_device: bool = True) -> dict:

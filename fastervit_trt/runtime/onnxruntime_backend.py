@@ -29,12 +29,12 @@ class OnnxRuntimeBackend:
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise FasterViTTRTError(f"{path}: ONNX Runtime cannot load the model "
                                     f"({str(exc).splitlines()[0][:200]}); re-export it") from None
-        feed, fetch = self.session.get_inputs()[0], self.session.get_outputs()[0]
-        _check_classifier(path, self.session.get_inputs(), fetch)
-        self.input_name, self.output_name = feed.name, fetch.name
+        feed, fetches = self.session.get_inputs()[0], self.session.get_outputs()
+        _check_io(path, self.session.get_inputs(), fetches)
+        self.input_name, self.output_names = feed.name, [f.name for f in fetches]
         self.input_dtype = np.dtype(ORT_DTYPES[feed.type])
         self.input_shape = tuple(feed.shape[1:])
-        self.num_classes = fetch.shape[-1]
+        self.output_shapes = {f.name: tuple(f.shape[1:]) for f in fetches}
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         self.metadata = json.loads(raw) if raw else {}
         # a fixed batch axis (another tool's export) runs exactly that many inputs per call
@@ -43,13 +43,18 @@ class OnnxRuntimeBackend:
         self.providers = self.session.get_providers()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        """The first output (a classifier's logits) of ``infer_all``."""
+        return self.infer_all(batch)[self.output_names[0]]
+
+    def infer_all(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output, float32, of one batch (at most ``max_batch`` inputs)."""
         if not isinstance(batch, np.ndarray):  # a CUDA tensor: ONNX Runtime takes host arrays here
             batch = batch.detach().cpu().numpy()
         count = len(batch)
         if self.fixed_batch and count < self.fixed_batch:  # pad to the fixed size, slice the result
             batch = np.concatenate([batch, np.zeros((self.fixed_batch - count, *batch.shape[1:]), batch.dtype)])
-        feed = {self.input_name: batch.astype(self.input_dtype, copy=False)}
-        return self.session.run([self.output_name], feed)[0][:count].astype(np.float32, copy=False)
+        outputs = self.session.run(self.output_names, {self.input_name: batch.astype(self.input_dtype, copy=False)})
+        return {name: value[:count].astype(np.float32, copy=False) for name, value in zip(self.output_names, outputs)}
 
     def close(self) -> None:
         self.session = None
@@ -62,10 +67,10 @@ def _has_fp8(path: Path) -> bool:
     return any(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in model.graph.initializer)
 
 
-def _check_classifier(path: Path, inputs: list, output) -> None:
+def _check_io(path: Path, inputs: list, outputs: list) -> None:
     """What the runtime needs of an ONNX file: one float (N, C, H, W) input (or uint8
-    (N, H, W, C) images) with known dimensions and a float (N, classes) output; anything else
-    gets one line saying so."""
+    (N, H, W, C) images) with known dimensions, and float outputs: one (N, classes) (a
+    classifier) or (N, C, H, W) feature maps (a backbone); anything else gets one line saying so."""
     feed = inputs[0]
     shape = list(feed.shape or [])
     if len(inputs) != 1 or len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
@@ -76,7 +81,11 @@ def _check_classifier(path: Path, inputs: list, output) -> None:
     if feed.type not in ORT_DTYPES:
         raise FasterViTTRTError(f"{path}: input {feed.name!r} is {feed.type}; the toolkit feeds float "
                                 "inputs or uint8 images")
-    if output.type not in ("tensor(float)", "tensor(float16)") or len(output.shape or []) != 2:
-        raise FasterViTTRTError(
-            f"{path}: output {output.name!r} is {output.type} of shape {output.shape}; the toolkit needs float "
-            "logits of shape (N, classes) (an ArgMax or class-id output cannot give probabilities)")
+    ranks = {len(output.shape or []) for output in outputs}
+    for output in outputs:
+        if output.type not in ("tensor(float)", "tensor(float16)") or ranks not in ({2}, {4}) \
+                or (len(outputs) > 1 and ranks != {4}):
+            raise FasterViTTRTError(
+                f"{path}: output {output.name!r} is {output.type} of shape {output.shape}; the toolkit needs "
+                "float logits of shape (N, classes) (an ArgMax or class-id output cannot give "
+                "probabilities) or float (N, C, H, W) feature maps")

@@ -83,17 +83,17 @@ class TensorRTBackend:
         self.engine: trt_api.ICudaEngine | None = engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if n not in inputs]
-        self.input_name, self.output_name = inputs[0], outputs[0]
+        self.input_name, self.output_names = inputs[0], [n for n in names if n not in inputs]
         self.input_dtype = numpy_dtype(trt, engine.get_tensor_dtype(self.input_name), str(path))
-        self.output_dtype = numpy_dtype(trt, engine.get_tensor_dtype(self.output_name), str(path))
-        if self.output_dtype.kind != "f":  # e.g. an ArgMax label: not logits to rank
-            raise FasterViTTRTError(f"{path}: output {self.output_name!r} is {self.output_dtype}, not float "
-                                    "logits; the runtime serves classifiers that output class scores")
+        self.output_dtypes = {n: numpy_dtype(trt, engine.get_tensor_dtype(n), str(path)) for n in self.output_names}
+        for name, dtype in self.output_dtypes.items():
+            if dtype.kind != "f":  # e.g. an ArgMax label: not scores or features
+                raise FasterViTTRTError(f"{path}: output {name!r} is {dtype}, not float; the runtime "
+                                        "serves classifiers (logits) and backbones (feature maps)")
         min_shape, _, max_shape = engine.get_tensor_profile_shape(self.input_name, 0)
         self.min_batch, self.max_batch = int(min_shape[0]), int(max_shape[0])
         self.input_shape = tuple(max_shape[1:])
-        self.num_classes = engine.get_tensor_shape(self.output_name)[-1]
+        self.output_shapes = {n: tuple(engine.get_tensor_shape(n))[1:] for n in self.output_names}
         self.path, self.closed = Path(path), False
         self.pool: queue.Queue = queue.Queue()
         with self.cuda.active():
@@ -103,23 +103,29 @@ class TensorRTBackend:
     def _context(self, engine: trt_api.ICudaEngine) -> dict:
         context = engine.create_execution_context()
         stream, handle = self.cuda.stream()
-        in_shape, out_shape = (self.max_batch, *self.input_shape), (self.max_batch, self.num_classes)
+        in_shape = (self.max_batch, *self.input_shape)
         device_in, in_ptr = self.cuda.device(in_shape, self.input_dtype)
-        device_out, out_ptr = self.cuda.device(out_shape, self.output_dtype)
+        outputs = {}  # name -> (device buffer, its address, pinned host buffer)
+        for name in self.output_names:
+            shape, dtype = (self.max_batch, *self.output_shapes[name]), self.output_dtypes[name]
+            outputs[name] = (*self.cuda.device(shape, dtype), self.cuda.pinned(shape, dtype))
         return {"context": context, "stream": stream, "handle": handle, "device_in": device_in,
-                "in_ptr": in_ptr, "device_out": device_out, "out_ptr": out_ptr,
-                "host_in": self.cuda.pinned(in_shape, self.input_dtype),
-                "host_out": self.cuda.pinned(out_shape, self.output_dtype), "graphs": {}}
+                "in_ptr": in_ptr, "outputs": outputs, "host_in": self.cuda.pinned(in_shape, self.input_dtype),
+                "graphs": {}}
 
     def infer(self, batch) -> np.ndarray:
-        """Logits (N, classes) for a NumPy batch or a CUDA torch tensor of any N: split at the
-        profile's MAX, a remainder below its MIN padded up (and the padding dropped)."""
+        """The first output (a classifier's logits, (N, classes)) of ``infer_all``."""
+        return self.infer_all(batch)[self.output_names[0]]
+
+    def infer_all(self, batch) -> dict[str, np.ndarray]:
+        """Every output, float32, for a NumPy batch or a CUDA torch tensor of any N: split at
+        the profile's MAX, a remainder below its MIN padded up (and the padding dropped)."""
         if not isinstance(batch, np.ndarray):
             batch = self._check_tensor(batch)
-        parts = []
-        for start, stop, run_as in batch_plan(len(batch), self.min_batch, self.max_batch):
-            parts.append(self._run(batch[start:stop], run_as))
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+        parts = [self._run(batch[start:stop], run_as)
+                 for start, stop, run_as in batch_plan(len(batch), self.min_batch, self.max_batch)]
+        return {name: np.concatenate([p[name] for p in parts]) if len(parts) > 1 else parts[0][name]
+                for name in self.output_names}
 
     def _check_tensor(self, tensor):
         """A CUDA torch tensor on this engine's device, as the engine's input dtype (floats for
@@ -148,7 +154,7 @@ class TensorRTBackend:
             except queue.Empty:
                 continue
 
-    def _run(self, batch, run_as: int) -> np.ndarray:
+    def _run(self, batch, run_as: int) -> dict[str, np.ndarray]:
         slot = self._acquire()
         try:
             with self.cuda.active():
@@ -157,7 +163,7 @@ class TensorRTBackend:
             if not self.closed:
                 self.pool.put(slot)
 
-    def _execute(self, slot: dict, batch, run_as: int) -> np.ndarray:
+    def _execute(self, slot: dict, batch, run_as: int) -> dict[str, np.ndarray]:
         count = len(batch)
         context: trt_api.IExecutionContext = slot["context"]
         if not context.set_input_shape(self.input_name, (run_as, *self.input_shape)):
@@ -181,13 +187,17 @@ class TensorRTBackend:
                 context.set_tensor_address(self.input_name, slot["in_ptr"])
             else:
                 context.set_tensor_address(self.input_name, batch.data_ptr())
-        context.set_tensor_address(self.output_name, slot["out_ptr"])
+        for name, (_, pointer, _) in slot["outputs"].items():
+            context.set_tensor_address(name, pointer)
         if self.cuda_graphs:
             self._replay(context, slot, run_as)
         else:
             self._enqueue(context, slot)
-        self.cuda.download(slot["host_out"], slot["device_out"], count, slot["stream"])
-        return slot["host_out"][:count].astype(np.float32)
+        results = {}
+        for name, (device, _, host) in slot["outputs"].items():
+            self.cuda.download(host, device, count, slot["stream"])
+            results[name] = host[:count].astype(np.float32)  # a copy: the slot's buffer is reused
+        return results
 
     def _enqueue(self, context: trt_api.IExecutionContext, slot: dict) -> None:
         if not context.execute_async_v3(slot["handle"]):

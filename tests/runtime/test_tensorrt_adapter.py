@@ -131,43 +131,53 @@ def test_a_stubs_only_tensorrt_package_is_not_taken_for_tensorrt(tmp_path, monke
 
 class _FakeEngineWorld:
     """Just enough of TensorRT (and CUDA memory) to drive TensorRTBackend on the CPU: the
-    context computes per-image sums as "logits" and records what the backend asked of it."""
+    context writes each image's sum times k into every value of its k-th output (``outputs``:
+    name -> shape per image; default one (1,) "logits"), at the addresses the backend set,
+    and records what the backend asked of it."""
 
-    def __init__(self, low: int, high: int, output: str = "float32"):
+    def __init__(self, low: int, high: int, output: str = "float32", outputs: dict | None = None):
         world = self
-        self.calls, self.events = [], []
+        self.calls, self.events, self.buffers = [], [], {}
+        outputs = outputs or {"logits": (1,)}
+        names = ["input", *outputs]
 
         class Context:
+            def __init__(self):
+                self.addresses = {}
+
             def set_input_shape(self, name, shape):
                 self.shape = shape
                 return low <= shape[0] <= high
 
             def set_tensor_address(self, name, pointer):
-                pass
+                self.addresses[name] = pointer
 
             def execute_async_v3(self, handle):
-                world.calls.append(self.shape[0])
-                inputs = world.device_in[: self.shape[0]]
-                world.device_out[: self.shape[0]] = inputs.reshape(len(inputs), -1).sum(1, keepdims=True)
+                count = self.shape[0]
+                world.calls.append(count)
+                inputs = world.buffers[self.addresses["input"]][:count]
+                sums = inputs.reshape(count, -1).sum(1)
+                for k, (name, shape) in enumerate(outputs.items(), start=1):
+                    world.buffers[self.addresses[name]][:count] = (k * sums).reshape(-1, *[1] * len(shape))
                 return True
 
         class Engine:
-            num_io_tensors = 2
+            num_io_tensors = len(names)
 
             def get_tensor_name(self, i):
-                return ("input", "logits")[i]
+                return names[i]
 
             def get_tensor_mode(self, name):
                 return "in" if name == "input" else "out"
 
             def get_tensor_dtype(self, name):
-                return output if name == "logits" else "float32"
+                return "float32" if name == "input" else output
 
             def get_tensor_profile_shape(self, name, index):
                 return (low, 3, 2, 2), (high, 3, 2, 2), (high, 3, 2, 2)
 
             def get_tensor_shape(self, name):
-                return (-1, 1)
+                return (-1, *outputs[name])
 
             def create_execution_context(self):
                 return Context()
@@ -200,11 +210,8 @@ class _FakeEngineWorld:
 
         def device(shape, dtype):
             buffer = np.zeros(shape, dtype)
-            if len(shape) == 4:
-                world.device_in = buffer
-            else:
-                world.device_out = buffer
-            return buffer, 0
+            world.buffers[len(world.buffers) + 1] = buffer  # its "address"
+            return buffer, len(world.buffers)
         fake.device = device
         fake.pinned = lambda shape, dtype: np.zeros(shape, dtype)
         fake.download = lambda host, device, count, stream: host.__setitem__(slice(0, count), device[:count])
@@ -223,6 +230,29 @@ def test_backend_pads_to_the_profile_minimum_and_drops_the_padding(low, high, co
     logits = backend.infer(x)
     assert world.calls == calls and logits.shape == (count, 1)
     np.testing.assert_allclose(logits[:, 0], x.reshape(count, -1).sum(1), rtol=1e-6)
+
+
+def test_backend_returns_every_output_of_a_backbone_engine(tmp_path, monkeypatch):
+    """Feature-map engines: one buffer per output, each read back in full, split batches
+    joined per output, and results that later calls do not overwrite."""
+    from fastervit_trt.runtime import tensorrt_backend
+    shapes = {"stage2": (4, 3, 3), "stage3": (8, 2, 2), "stage4": (16, 1, 1)}
+    world = _FakeEngineWorld(2, 4, outputs=shapes)
+    monkeypatch.setattr(tensorrt_backend, "import_tensorrt", lambda flavour=None: world.trt)
+    monkeypatch.setattr(tensorrt_backend, "open_cuda", world.cuda)
+    (tmp_path / "m.engine").write_bytes(b"engine")
+    backend = TensorRTBackend(tmp_path / "m.engine", contexts=1)
+    assert backend.output_names == list(shapes) and backend.output_shapes == shapes
+    x = np.random.default_rng(0).standard_normal((5, 3, 2, 2)).astype(np.float32)
+    outputs = backend.infer_all(x)
+    assert world.calls == [4, 2]  # split at MAX, the remainder padded to MIN
+    backend.infer_all(-x)  # reuses the same buffers
+    sums = x.reshape(5, -1).sum(1)
+    for k, (name, shape) in enumerate(shapes.items(), start=1):
+        assert outputs[name].shape == (5, *shape) and outputs[name].dtype == np.float32
+        np.testing.assert_allclose(outputs[name], np.broadcast_to((k * sums).reshape(5, 1, 1, 1), (5, *shape)),
+                                   rtol=1e-6)
+    np.testing.assert_array_equal(backend.infer(x), outputs["stage2"])  # infer: the first output
 
 
 def test_version_compatible_engines_get_host_code_allowed_before_deserializing(tmp_path, monkeypatch):
@@ -257,5 +287,5 @@ def test_an_engine_with_integer_output_is_not_served_as_logits(tmp_path, monkeyp
     monkeypatch.setattr(tensorrt_backend, "import_tensorrt", lambda flavour=None: world.trt)
     monkeypatch.setattr(tensorrt_backend, "open_cuda", world.cuda)
     (tmp_path / "m.engine").write_bytes(b"engine")
-    with pytest.raises(FasterViTTRTError, match="m.engine: output 'logits' is int64, not float logits"):
+    with pytest.raises(FasterViTTRTError, match="m.engine: output 'logits' is int64, not float"):
         TensorRTBackend(tmp_path / "m.engine")
