@@ -87,3 +87,9 @@ def test_service_path_smoke(tmp_path):
     assert all(r[path] > 0 for r in result["rows"] for path in ("before", "exact", "reduced", "uint8", "timm"))
     assert result["reduced_decoding_cost"]["faster_vit_digits"]["min_logit_cosine"] > 0.99
     assert "reduced/before" in child.stdout
+
+
+def test_backbone_smoke(tmp_path):
+    _run("backbone.py", "--smoke", "--json", str(tmp_path / "b.json"), cwd=tmp_path)
+    (row,) = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert row["nodes"] > 0 and row["engine_bytes"] > 0 and row["ort_cpu_ms"] > 0 and row["eager_ms"] > 0
