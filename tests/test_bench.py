@@ -75,7 +75,8 @@ def test_gpu_suite_smoke_runs_what_it_can_and_says_what_it_skipped(tmp_path):
     ran = {r["contender"] for r in result["rows"]}
     skipped = {s["contender"]: s["reason"] for s in result["skipped"]}
     assert "eager" in ran and ran.isdisjoint(skipped) and ran | set(skipped) >= {"eager", "amp", "trt-fp16", "trt-fp8"}
-    assert "FP8 export is not implemented" in skipped["trt-fp8"]
+    if "trt-fp8" in skipped:  # no TensorRT or no GPU here: said, not an FP8 gap
+        assert "FP8" not in skipped["trt-fp8"] and skipped["trt-fp8"] == skipped["trt-fp16"]
     if not torch.cuda.is_available():
         assert "needs a CUDA GPU" in skipped["amp"] and "skipped amp" in child.stdout
 
@@ -90,6 +91,8 @@ def test_service_path_smoke(tmp_path):
 
 
 def test_backbone_smoke(tmp_path):
+    if not has_tensorrt():
+        pytest.skip("no TensorRT / TensorRT-RTX installed")
     _run("backbone.py", "--smoke", "--json", str(tmp_path / "b.json"), cwd=tmp_path)
     (row,) = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert row["nodes"] > 0 and row["engine_bytes"] > 0 and row["ort_cpu_ms"] > 0 and row["eager_ms"] > 0
