@@ -199,3 +199,16 @@ def test_bench_times_a_backbone_against_pytorch_eager(int8_features, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [row["model"] for row in rows] == [int8_features.onnx_path.name, "pytorch eager (faster_vit_0_224)"]
     assert all(row["p50_ms"] > 0 for row in rows)
+
+
+@requires_tensorrt
+def test_fp8_backbone_exports_and_builds(tmp_path):
+    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+    from fastervit_trt.engines import BuildConfig, build_engine
+    result = export_quantized(ExportOptions(precision="fp8", features=(3, 4), batch=(1, 1, 1), output_dir=tmp_path),
+                              CalibrationOptions(images=8, heldout=4))
+    per_output = result.report["accuracy"]["quantized_vs_fp32_qdq_arithmetic"]
+    assert set(per_output) == {"stage3", "stage4"} and all(c["mean_cosine"] >= 0.99 for c in per_output.values())
+    sidecar = build_engine(result.onnx_path, tmp_path / "fp8.engine", BuildConfig(batch=(1, 1, 1)))
+    assert [o["name"] for o in sidecar["outputs"]] == ["stage3", "stage4"]
+    assert sidecar["build"]["compute_capabilities"] and all(float(c) >= 8.9 for c in sidecar["build"]["compute_capabilities"])
