@@ -36,6 +36,8 @@ USAGE = [
     ("build", ["x.onnx", "--workspace", "-1"], "--workspace: -1 is out of range (valid: at least 1)"),
     ("build", ["x.onnx", "--compute-capability", "sm89"], "expected compute capabilities like 8.9 or 8.9,12.0"),
     ("export", ["--precision", "fp4"], "invalid choice: 'fp4'"),
+    ("export", ["--features", "0,5"], "--features: expected distinct stages among 1,2,3,4"),
+    ("export", ["--features", "2,2"], "--features: expected distinct stages among 1,2,3,4"),
     ("bench", ["--model", "x.onnx", "--batch", "0"], "--batch: expected positive batch sizes"),
     ("bench", ["--model", "x.onnx", "--iters", "0"], "--iters: 0 is out of range"),
     ("infer", ["x.jpg", "--model", "m.onnx", "--topk", "-2"], "--topk: -2 is out of range"),

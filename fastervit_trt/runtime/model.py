@@ -84,9 +84,7 @@ class InferenceModel:
         batch decoding while the engine runs this one. ``decode="gpu"``: encoded JPEGs are
         decoded, resized and normalised on the GPU and read there by the engine."""
         step, batch = self.max_batch, None
-        if self.is_backbone:
-            raise FasterViTTRTError(f"{self.source}: a backbone (feature maps {', '.join(self.output_shapes)} "
-                                    "out), not a classifier; call features()")
+        self._require_classifier()
         if decode not in ("cpu", "gpu"):
             raise ValueError(f"decode must be 'cpu' or 'gpu', not {decode!r}")
         try:
@@ -122,9 +120,15 @@ class InferenceModel:
         """Logits of a batch already in the model's input format (``preprocess`` outputs
         stacked: float32 NCHW, or uint8 NHWC crops for a ``--input uint8`` model); nothing
         is resized or normalised."""
+        self._require_classifier()
         step = self.max_batch
         parts = [self.backend.infer(batch[i:i + step]) for i in range(0, len(batch), step)]
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _require_classifier(self) -> None:
+        if self.is_backbone:
+            raise FasterViTTRTError(f"{self.source}: a backbone (feature maps {', '.join(self.output_shapes)} "
+                                    "out), not a classifier; call features()")
 
     def predict(self, inputs: Any, topk: int = 5, decode: str = "cpu") -> list[list[Prediction]]:
         """The ``topk`` classes of each input, most probable first."""
