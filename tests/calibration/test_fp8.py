@@ -101,6 +101,17 @@ def test_fp8_export_of_the_trained_fixture(digits_fp8, digits_folders):
     assert report.mean_cosine >= 0.99, report
 
 
+def test_an_fp8_file_from_another_tool_also_runs_unoptimized(digits_fp8, digits_folders, tmp_path):
+    """The runtime learns FP8 from the toolkit's metadata; a file without it is scanned."""
+    _, fp8 = digits_fp8
+    foreign = onnx.load(str(fp8.onnx_path))
+    del foreign.metadata_props[:]
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    ours = load(fp8.onnx_path)
+    batch = np.stack([ours.preprocess.load(p) for p in sorted(Path(digits_folders["heldout"]).rglob("*.png"))[:32]])
+    np.testing.assert_allclose(load(tmp_path / "foreign.onnx").run(batch), ours.run(batch), rtol=1e-5, atol=1e-5)
+
+
 @requires_tensorrt
 def test_tensorrt_rtx_builds_the_fp8_graph_for_fp8_gpus_only(digits_fp8, tmp_path):
     from fastervit_trt.engines import BuildConfig, EngineBuildError, build_engine
