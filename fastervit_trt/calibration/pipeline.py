@@ -108,8 +108,8 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
         raise ValueError(f"export_quantized exports int8 or fp8, not {options.precision!r}")
     fmt = options.precision
     if options.features and calib.accuracy_budget is not None:
-        raise FasterViTTRTError("--accuracy-budget is a top-1 agreement drop: a backbone has no classes; rank its "
-                         "layers by feature cosine with --sensitivity instead")
+        raise FasterViTTRTError("--accuracy-budget is a top-1 agreement drop: a backbone has no classes; "
+                                "rank its layers by feature cosine with --sensitivity instead")
     cache_path = calib.cache_path(options)
     reuse = cache_path.is_file() and not calib.recalibrate
     variant = preflight(options, () if cache_path.is_file() else (cache_path, record_path(cache_path)))
@@ -213,7 +213,7 @@ def _accuracy(pytorch_logits: np.ndarray, evaluator: Evaluator, path: Path, kind
     fp16_cosine = f"; FP16 vs FP32: mean cosine {fp16['mean_cosine']:.5f}" if fp16 else ""
     record = {"inputs": kind, "count": len(inputs), "format": evaluator.fmt, "fp16_vs_fp32": fp16,
               "fp32_vs_pytorch": fp32_vs_pytorch.as_dict()}
-    if evaluator.sizes and list(evaluator.sizes) != ["logits"]:
+    if evaluator.feature_maps:
         each = compare_outputs(reference, quantized, evaluator.sizes)
         return {**record, "quantized_vs_fp32_qdq_arithmetic": {n: c.as_dict() for n, c in each.items()},
                 "summary": (f"{name} vs FP32 on {len(inputs)} {kind}, mean cosine per feature map: "

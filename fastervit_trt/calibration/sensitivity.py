@@ -41,6 +41,11 @@ class Evaluator:
     def __post_init__(self) -> None:
         self.types = tensor_types(self.base)  # once, not per variant
 
+    @property
+    def feature_maps(self) -> bool:
+        """Whether the outputs are a backbone's feature maps (compared one by one, no top-1)."""
+        return bool(self.sizes) and list(self.sizes) != ["logits"]
+
     def quantized(self, skip: set[str] = frozenset(), only: set[str] | None = None) -> onnx.ModelProto:
         chosen = [t for t in self.targets if t.node not in skip and (only is None or t.node in only)]
         return insert_qdq(self.base, chosen, self.amax, self.weights, self.types, self.store, self.fmt)
@@ -50,11 +55,11 @@ class Evaluator:
         logits, top-1 agreement (%) of ``model`` against the FP32 reference."""
         source = self.store.save_view(model, "measured.onnx") if self.store else model.SerializeToString()
         outputs = ort_logits(source, self.inputs, optimize=False, images=QDQ_CHUNK)
-        if not self.sizes or list(self.sizes) == ["logits"]:
-            report = compare(self.reference, outputs)
-            return {"mean_cosine": report.mean_cosine, "top1_agreement": 100.0 * report.top1_agreement}
-        each = compare_outputs(self.reference, outputs, self.sizes)
-        return {"mean_cosine": min(c.mean_cosine for c in each.values()), "top1_agreement": None}
+        if self.feature_maps:
+            each = compare_outputs(self.reference, outputs, self.sizes)
+            return {"mean_cosine": min(c.mean_cosine for c in each.values()), "top1_agreement": None}
+        report = compare(self.reference, outputs)
+        return {"mean_cosine": report.mean_cosine, "top1_agreement": 100.0 * report.top1_agreement}
 
 
 def layer_sensitivity(evaluator: Evaluator, stream: TextIO | None = sys.stderr) -> list[dict]:

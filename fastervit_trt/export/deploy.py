@@ -92,9 +92,9 @@ class ChannelAffine(nn.Module):
 
     def __init__(self, bn: nn.BatchNorm2d) -> None:
         super().__init__()
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        self.register_buffer("scale", scale.detach().view(-1, 1, 1).clone())
-        self.register_buffer("shift", (bn.bias - bn.running_mean * scale).detach().view(-1, 1, 1).clone())
+        scale, shift = batchnorm_affine(bn)
+        self.register_buffer("scale", scale.view(-1, 1, 1).clone())
+        self.register_buffer("shift", shift.view(-1, 1, 1).clone())
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale + self.shift
@@ -122,9 +122,15 @@ def _transpose_linears(module: nn.Module) -> None:
             _transpose_linears(child)
 
 
+def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """(scale, shift) per channel with ``bn(x) == x * scale + shift`` in eval mode."""
+    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+    return scale, (bn.bias - bn.running_mean * scale).detach()
+
+
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A convolution computing ``bn(conv(x))`` in eval mode."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    scale, _ = batchnorm_affine(bn)
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                       conv.padding, conv.dilation, conv.groups, bias=True)
     fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
@@ -135,8 +141,7 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 def _fold_batchnorm_into_head(head: nn.Linear, bn: nn.BatchNorm2d) -> None:
     """Make ``head(mean(x))`` compute ``head(mean(bn(x)))``."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    shift = bn.bias - bn.running_mean * scale
+    scale, shift = batchnorm_affine(bn)
     head.bias.add_(head.weight @ shift)
     head.weight.mul_(scale)
 

@@ -571,7 +571,7 @@ class Backbone(nn.Module):
 
     def __init__(self, model: FasterViT, stages: tuple[int, ...], norm: bool = False) -> None:
         super().__init__()
-        self.model, self.stages, self.normalized = model, tuple(sorted(stages)), norm
+        self.model, self.stages = model, tuple(sorted(stages))
         self.variant = getattr(model, "variant", None)
         dims = [model.arch.dim * 2**i for i in range(len(model.levels))]
         self.norms = nn.ModuleList(
