@@ -25,6 +25,7 @@ from ..preprocess import Preprocess
 from ..sidecar import read_sidecar, rebuild_command, sidecar_path
 from .inputs import is_encoded, to_batch
 from .labels import class_names
+from .tensorrt_backend import join_parts  # imports no TensorRT (only numpy)
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,7 @@ class InferenceModel:
         if not self.is_backbone:
             raise FasterViTTRTError(f"{self.source}: a classifier (logits out); features() needs a backbone "
                                     "exported with fastervit-export --features")
-        batch, step = to_batch(inputs, self.preprocess, self.exif_rotate), self.max_batch
-        parts = [self.backend.infer_all(batch[i:i + step]) for i in range(0, len(batch), step)]
-        return {name: np.concatenate([p[name] for p in parts]) if len(parts) > 1 else parts[0][name]
-                for name in self.backend.output_names}
+        return self._in_steps(to_batch(inputs, self.preprocess, self.exif_rotate))
 
     def logits(self, inputs: Any, decode: str = "cpu") -> np.ndarray:
         """Raw logits (N, classes) for any accepted input (see ``runtime.inputs``). A list of
@@ -121,9 +119,12 @@ class InferenceModel:
         stacked: float32 NCHW, or uint8 NHWC crops for a ``--input uint8`` model); nothing
         is resized or normalised."""
         self._require_classifier()
+        return self._in_steps(batch)[self.backend.output_names[0]]
+
+    def _in_steps(self, batch: Any) -> dict[str, np.ndarray]:
+        """Every output of ``batch``, ``max_batch`` inputs per backend call, joined."""
         step = self.max_batch
-        parts = [self.backend.infer(batch[i:i + step]) for i in range(0, len(batch), step)]
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return join_parts([self.backend.infer_all(batch[i:i + step]) for i in range(0, len(batch), step)])
 
     def _require_classifier(self) -> None:
         if self.is_backbone:

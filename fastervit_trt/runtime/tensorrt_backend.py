@@ -55,6 +55,12 @@ def batch_plan(count: int, low: int, high: int) -> list[tuple[int, int, int]]:
             for start in range(0, count, high)]
 
 
+def join_parts(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The outputs of consecutive slices of one batch (as ``batch_plan`` cuts it), joined per output."""
+    return {name: np.concatenate([p[name] for p in parts]) if len(parts) > 1 else parts[0][name]
+            for name in parts[0]}
+
+
 class TensorRTBackend:
     """A deserialized engine with a pool of ``contexts`` execution contexts."""
 
@@ -122,10 +128,8 @@ class TensorRTBackend:
         the profile's MAX, a remainder below its MIN padded up (and the padding dropped)."""
         if not isinstance(batch, np.ndarray):
             batch = self._check_tensor(batch)
-        parts = [self._run(batch[start:stop], run_as)
-                 for start, stop, run_as in batch_plan(len(batch), self.min_batch, self.max_batch)]
-        return {name: np.concatenate([p[name] for p in parts]) if len(parts) > 1 else parts[0][name]
-                for name in self.output_names}
+        return join_parts([self._run(batch[start:stop], run_as)
+                           for start, stop, run_as in batch_plan(len(batch), self.min_batch, self.max_batch)])
 
     def _check_tensor(self, tensor):
         """A CUDA torch tensor on this engine's device, as the engine's input dtype (floats for

@@ -58,8 +58,8 @@ def test_batches_above_the_profile_are_split_and_rejoined(model, monkeypatch):
     inputs = np.stack([model.preprocess(load_image(p)) for p in PHOTOS] * 2)  # 8+ images
     singles = np.concatenate([model.logits(x[None]) for x in inputs])
     sizes = []
-    real = model.backend.infer
-    monkeypatch.setattr(model.backend, "infer", lambda b: sizes.append(len(b)) or real(b))
+    real = model.backend.infer_all  # every backend call of the model goes through it
+    monkeypatch.setattr(model.backend, "infer_all", lambda b: sizes.append(len(b)) or real(b))
     joined = model.logits(inputs)
     assert model.max_batch == 4 and max(sizes) == 4 and sum(sizes) == len(inputs)
     assert np.allclose(joined, singles, atol=1e-5)
@@ -282,7 +282,7 @@ def test_out_of_memory_is_one_clear_error_on_every_path(digits_onnx, monkeypatch
     with load(digits_onnx) as model:
         def no_memory(batch):
             raise MemoryError
-        monkeypatch.setattr(model.backend, "infer", no_memory)
+        monkeypatch.setattr(model.backend, "infer_all", no_memory)  # infer() reads through it too
         for inputs in ([PHOTOS[0]], [PHOTOS[0]] * (model.max_batch + 1)):
             with pytest.raises(FasterViTTRTError, match="does not fit in memory"):
                 model.logits(inputs)
