@@ -2,16 +2,20 @@
 
 Only the histograms are kept between batches, never the activations, so memory does not
 grow with the number of images. The requested activations never exceed
-``ACTIVATION_BUDGET``: a batch whose outputs would is run in smaller chunks (at high
-resolutions, one image at a time), and only if one image's outputs exceed it are the
-tensors split into groups, one pass over the data each. So memory stays near that of one
-inference whatever the resolution. Tensor names are the ONNX names, which are the
-TensorRT network's tensor names too.
+``ACTIVATION_BUDGET``: the graph is cut, in node order, into segments whose requested
+activations for one image fit it, and each batch flows through the segments one after the
+other (one ONNX Runtime session each, holding only its own weights), passing on only the
+tensors later segments read. So every image goes through the network once, whatever the
+resolution, and memory stays near that of one inference (a batch whose outputs would
+exceed the budget runs in smaller chunks: at high resolutions, one image at a time).
+Tensor names are the ONNX names, which are the TensorRT network's tensor names too.
 """
 from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -27,56 +31,106 @@ from .ranges import Histogram
 ACTIVATION_BUDGET = 1 << 27  # bytes of requested activations alive at once
 
 
-def _session_with_outputs(model: onnx.ModelProto, folder: Path, tensors: list[str], index: int):
-    """A session whose outputs are ``tensors``; the graph is saved in ``folder`` beside the
-    external weights it refers to."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in tensors)
-    path = folder / f"calibration_{index}.onnx"
-    path.write_bytes(probe.SerializeToString())
+@dataclass
+class Segment:
+    """Consecutive nodes of the graph, run as one session."""
+
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    requested: list[str] = field(default_factory=list)  # activations it produces that are histogrammed
+    bytes_per_image: int = 0  # float32 bytes of ``requested`` for one image
+    inputs: list[str] = field(default_factory=list)  # what it reads from earlier segments or the graph input
+    outputs: list[str] = field(default_factory=list)  # ``requested`` + what later segments read
+    types: dict[str, int] = field(default_factory=dict)  # element type of each input and output
+
+
+def _unique(names: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def split_graph(model: onnx.ModelProto, tensors: list[str], budget: int = ACTIVATION_BUDGET) -> list[Segment]:
+    """The nodes ``tensors`` depend on, cut in graph order into segments whose requested
+    activations for one image fit ``budget`` bytes (a larger tensor gets a segment of its own).
+    Requested graph inputs are not produced by any segment: histogram them from the feed."""
+    graph = model.graph
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    known = {v.name: v.type.tensor_type for v in [*inferred.value_info, *inferred.input]}
+    produced = {out for node in graph.node for out in node.output}
+    unknown = set(tensors) - produced - {i.name for i in graph.input}
+    if unknown:
+        raise ValueError(f"calibration tensors not in the graph: {', '.join(sorted(unknown))}")
+
+    def size(name: str) -> int:
+        return 4 * math.prod(d.dim_value or 1 for d in list(known[name].shape.dim)[1:]) if name in known else 4
+
+    needed, nodes = set(tensors), []  # the ancestors of ``tensors`` only: no head after the last one
+    for node in reversed(graph.node):
+        if needed.intersection(node.output):
+            nodes.append(node)
+            needed.update(node.input)
+    requested = set(tensors)
+    segments = [Segment()]
+    for node in reversed(nodes):
+        mine = [out for out in node.output if out in requested]
+        extra = sum(size(out) for out in mine)
+        if mine and segments[-1].requested and segments[-1].bytes_per_image + extra > budget:
+            segments.append(Segment())
+        segment = segments[-1]
+        segment.nodes.append(node)
+        segment.requested += mine
+        segment.bytes_per_image += extra
+    weights = {init.name for init in graph.initializer}
+    for index, segment in enumerate(segments):
+        made = {out for node in segment.nodes for out in node.output}
+        segment.inputs = _unique(i for node in segment.nodes for i in node.input if i not in made and i not in weights)
+        later = {i for other in segments[index + 1:] for node in other.nodes for i in node.input}
+        segment.outputs = _unique([*segment.requested, *(out for node in segment.nodes for out in node.output
+                                                           if out in later)])
+        segment.types = {n: known[n].elem_type if n in known else TensorProto.FLOAT
+                         for n in [*segment.inputs, *segment.outputs]}
+    return [segment for segment in segments if segment.nodes]
+
+
+def _session(model: onnx.ModelProto, segment: Segment, path: Path):
+    """A session running ``segment``; saved at ``path``, beside the external weights it refers to."""
+    used = {i for node in segment.nodes for i in node.input}
+    graph = helper.make_graph(
+        segment.nodes, f"{model.graph.name}_segment",
+        [helper.make_tensor_value_info(n, segment.types[n], None) for n in segment.inputs],
+        [helper.make_tensor_value_info(n, segment.types[n], None) for n in segment.outputs],
+        [init for init in model.graph.initializer if init.name in used])
+    part = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    part.functions.extend(model.functions)
+    path.write_bytes(part.SerializeToString())
     return cpu_session(path)
 
 
-def output_groups(model: onnx.ModelProto, tensors: list[str],
-                  budget: int = ACTIVATION_BUDGET) -> list[tuple[list[str], int]]:
-    """``tensors`` split, in order, into groups whose float32 activations for one image fit
-    ``budget`` bytes (a larger tensor gets a group of its own), each with its bytes per image."""
-    inferred = onnx.shape_inference.infer_shapes(model).graph
-    dims = {v.name: v.type.tensor_type.shape.dim for v in [*inferred.value_info, *inferred.input]}
-
-    def size(name: str) -> int:
-        return 4 * math.prod(d.dim_value or 1 for d in list(dims.get(name, []))[1:])
-
-    groups: list[tuple[list[str], int]] = [([], 0)]
-    for name in tensors:
-        names, used = groups[-1]
-        if names and used + size(name) > budget:
-            groups.append(([], 0))
-            names, used = groups[-1]
-        names.append(name)
-        groups[-1] = (names, used + size(name))
-    return groups
-
-
 def collect_histograms(model_path: Path, tensors: list[str], data: CalibrationData, batch_size: int,
-                       stream: TextIO | None = sys.stderr) -> tuple[dict[str, Histogram], int]:
+                       stream: TextIO | None = sys.stderr,
+                       budget: int = ACTIVATION_BUDGET) -> tuple[dict[str, Histogram], int]:
     """Histograms of |x| for ``tensors`` over ``data``; returns (histograms, images seen)."""
     model = onnx.load(str(model_path), load_external_data=False)
-    groups = output_groups(model, tensors)
+    (graph_input,) = [i.name for i in model.graph.input if i.name not in {w.name for w in model.graph.initializer}]
+    segments = split_graph(model, tensors, budget)
+    sessions = [_session(model, segment, model_path.parent / f"calibration_{index}.onnx")
+                for index, segment in enumerate(segments)]
+    del model
+    kept_after = [{i for later in segments[index + 1:] for i in later.inputs} for index in range(len(segments))]
     histograms = {name: Histogram() for name in tensors}
+    chunk = max(1, min(batch_size, budget // max(1, max(s.bytes_per_image for s in segments))))
     total = len(data) // batch_size * batch_size  # exact batches: the remainder is dropped
-    with Bar(total * len(groups), "calibrating", "img", stream) as bar:
-        for index, (group, per_image) in enumerate(groups):
-            session = _session_with_outputs(model, model_path.parent, group, index)
-            input_name = session.get_inputs()[0].name
-            chunk = max(1, min(batch_size, ACTIVATION_BUDGET // max(per_image, 1)))
-            for batch in data.batches(batch_size):
-                for start in range(0, len(batch), chunk):
-                    for name, value in zip(group, session.run(group, {input_name: batch[start:start + chunk]})):
-                        histograms[name].update(np.asarray(value))
-                bar.update(len(batch))
-            del session
-            release_memory()
+    with Bar(total, "calibrating", "img", stream) as bar:
+        for batch in data.batches(batch_size):
+            for start in range(0, len(batch), chunk):
+                values = {graph_input: batch[start:start + chunk]}
+                if graph_input in histograms:
+                    histograms[graph_input].update(values[graph_input])
+                for segment, session, keep in zip(segments, sessions, kept_after):
+                    values.update(zip(segment.outputs, session.run(segment.outputs,
+                                                                   {n: values[n] for n in segment.inputs})))
+                    for name in segment.requested:
+                        histograms[name].update(np.asarray(values[name]))
+                    values = {n: v for n, v in values.items() if n in keep}
+            bar.update(len(batch))
+    del sessions
+    release_memory()
     return histograms, total
