@@ -39,7 +39,8 @@ class Segment:
     requested: list[str] = field(default_factory=list)  # activations it produces that are histogrammed
     bytes_per_image: int = 0  # float32 bytes of ``requested`` for one image
     inputs: list[str] = field(default_factory=list)  # what it reads from earlier segments or the graph input
-    outputs: list[str] = field(default_factory=list)  # ``requested`` + what later segments read
+    outputs: list[str] = field(default_factory=list)  # ``requested`` + what it makes that ``carried`` holds
+    carried: set[str] = field(default_factory=set)  # what later segments read: kept alive after this one
     types: dict[str, int] = field(default_factory=dict)  # element type of each input and output
 
 
@@ -54,20 +55,20 @@ def split_graph(model: onnx.ModelProto, tensors: list[str], budget: int = ACTIVA
     graph = model.graph
     inferred = onnx.shape_inference.infer_shapes(model).graph
     known = {v.name: v.type.tensor_type for v in [*inferred.value_info, *inferred.input]}
+    requested = set(tensors)
     produced = {out for node in graph.node for out in node.output}
-    unknown = set(tensors) - produced - {i.name for i in graph.input}
+    unknown = requested - produced - {i.name for i in graph.input}
     if unknown:
         raise ValueError(f"calibration tensors not in the graph: {', '.join(sorted(unknown))}")
 
     def size(name: str) -> int:
         return 4 * math.prod(d.dim_value or 1 for d in list(known[name].shape.dim)[1:]) if name in known else 4
 
-    needed, nodes = set(tensors), []  # the ancestors of ``tensors`` only: no head after the last one
+    needed, nodes = set(requested), []  # the ancestors of ``tensors`` only: no head after the last one
     for node in reversed(graph.node):
         if needed.intersection(node.output):
             nodes.append(node)
             needed.update(node.input)
-    requested = set(tensors)
     segments = [Segment()]
     for node in reversed(nodes):
         mine = [out for out in node.output if out in requested]
@@ -79,12 +80,15 @@ def split_graph(model: onnx.ModelProto, tensors: list[str], budget: int = ACTIVA
         segment.requested += mine
         segment.bytes_per_image += extra
     weights = {init.name for init in graph.initializer}
-    for index, segment in enumerate(segments):
+    for segment in segments:
         made = {out for node in segment.nodes for out in node.output}
         segment.inputs = _unique(i for node in segment.nodes for i in node.input if i not in made and i not in weights)
-        later = {i for other in segments[index + 1:] for node in other.nodes for i in node.input}
+    read_later: set[str] = set()
+    for segment in reversed(segments):
+        segment.carried = set(read_later)
         segment.outputs = _unique([*segment.requested, *(out for node in segment.nodes for out in node.output
-                                                           if out in later)])
+                                                           if out in read_later)])
+        read_later.update(segment.inputs)
         segment.types = {n: known[n].elem_type if n in known else TensorProto.FLOAT
                          for n in [*segment.inputs, *segment.outputs]}
     return [segment for segment in segments if segment.nodes]
@@ -114,7 +118,6 @@ def collect_histograms(model_path: Path, tensors: list[str], data: CalibrationDa
     sessions = [_session(model, segment, model_path.parent / f"calibration_{index}.onnx")
                 for index, segment in enumerate(segments)]
     del model
-    kept_after = [{i for later in segments[index + 1:] for i in later.inputs} for index in range(len(segments))]
     histograms = {name: Histogram() for name in tensors}
     chunk = max(1, min(batch_size, budget // max(1, max(s.bytes_per_image for s in segments))))
     total = len(data) // batch_size * batch_size  # exact batches: the remainder is dropped
@@ -124,12 +127,12 @@ def collect_histograms(model_path: Path, tensors: list[str], data: CalibrationDa
                 values = {graph_input: batch[start:start + chunk]}
                 if graph_input in histograms:
                     histograms[graph_input].update(values[graph_input])
-                for segment, session, keep in zip(segments, sessions, kept_after):
+                for segment, session in zip(segments, sessions):
                     values.update(zip(segment.outputs, session.run(segment.outputs,
                                                                    {n: values[n] for n in segment.inputs})))
                     for name in segment.requested:
                         histograms[name].update(np.asarray(values[name]))
-                    values = {n: v for n, v in values.items() if n in keep}
+                    values = {n: v for n, v in values.items() if n in segment.carried}
             bar.update(len(batch))
     del sessions
     release_memory()

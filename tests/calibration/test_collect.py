@@ -43,10 +43,11 @@ def test_segments_cover_the_requested_tensors_in_graph_order_within_budget(fp32_
     assert positions == sorted(positions)  # consecutive cuts of the graph, each node once
     for segment in segments:
         assert segment.bytes_per_image <= budget or len(segment.requested) == 1
-    for earlier, later in zip(segments, segments[1:]):  # a segment reads only what earlier ones pass on
-        passed = {t for s in segments[:segments.index(later)] for t in s.outputs} | {"input"}
-        weights = {w.name for w in model.graph.initializer}
+    weights = {w.name for w in model.graph.initializer}
+    for index, later in enumerate(segments[1:], 1):  # a segment reads only what earlier ones pass on
+        passed = {t for s in segments[:index] for t in s.outputs} | {"input"}
         assert set(later.inputs) <= passed and not set(later.inputs) & weights
+        assert set(later.inputs) <= segments[index - 1].carried  # kept alive until it runs
     head = {n.name for n in model.graph.node} - {n.name for s in segments for n in s.nodes}
     assert head  # nodes after the last quantized input (the logits' Gemm/Add) are not run
 
