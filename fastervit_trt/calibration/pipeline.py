@@ -176,8 +176,10 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
             summary, view = write_onnx(quantized, metadata, staged_onnx, store, options.external_data_threshold)
             del quantized
         with steps.step(f"measuring {fmt.upper()} against FP32 on held-out inputs"):
+            fp16 = calib.qdq_base == "fp16"
             accuracy = _accuracy(traced.probe_references["heldout"], evaluator, view, heldout_kind,
-                                 evaluator.measure(base) if calib.qdq_base == "fp16" else None)
+                                 evaluator.measure(base) if fp16 else None,
+                                 int8_kernels=fmt == "int8" and not fp16)
         if not reuse:  # only now: an interrupted run leaves no cache without its model
             cache.write(cache_path)
             write_json(record_path(cache_path), {**settings, "inputs_seen": images_seen})
@@ -202,11 +204,12 @@ def _heldout_inputs(calib: CalibrationOptions, preprocess: Preprocess, path: Pat
 
 
 def _accuracy(pytorch_logits: np.ndarray, evaluator: Evaluator, path: Path, kind: str,
-              fp16: dict | None) -> dict:
+              fp16: dict | None, int8_kernels: bool) -> dict:
     """Quantized vs FP32 outputs: ONNX Runtime plain Q/DQ arithmetic (the TensorRT estimate)
-    and, for INT8 logits, with its CPU int8 kernels (it has none for FP8); the FP16 base
-    graph; and the FP32 graph against PyTorch. A backbone's feature maps are compared one by
-    one (cosine; they have no top-1)."""
+    and, with ``int8_kernels`` (INT8 logits over an FP32 base: ONNX Runtime fuses no int8
+    kernels over FP16 or for FP8), its CPU int8 kernels; the FP16 base graph; and the FP32
+    graph against PyTorch. A backbone's feature maps are compared one by one (cosine; they
+    have no top-1)."""
     inputs, reference, name = evaluator.inputs, evaluator.reference, evaluator.fmt.upper()
     quantized = ort_logits(path, inputs, optimize=False, images=QDQ_CHUNK)
     fp32_vs_pytorch = compare(pytorch_logits, reference)  # ``reference`` is the FP32 graph's outputs
@@ -221,7 +224,7 @@ def _accuracy(pytorch_logits: np.ndarray, evaluator: Evaluator, path: Path, kind
                             + f" (min {min(c.min_cosine for c in each.values()):.5f})" + fp16_cosine)}
     plain = compare(reference, quantized)
     kernels = compare(reference, ort_logits(path, inputs, optimize=True, images=QDQ_CHUNK)) \
-        if evaluator.fmt == "int8" else None
+        if int8_kernels else None
     kernels_text = f"; with ONNX Runtime's CPU int8 kernels: mean cosine {kernels.mean_cosine:.5f}" \
         if kernels else ""
     fp16_text = f"{fp16_cosine}, top-1 agreement {fp16['top1_agreement'] / 100:.1%}" if fp16 else ""
