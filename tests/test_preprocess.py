@@ -130,3 +130,24 @@ def test_encoded_bytes_and_file_objects_are_images(tmp_path):
         assert np.asarray(load_image(source)).reshape(-1, 3).tolist()[0] == [1, 2, 3]
     with pytest.raises(ImageError, match="<image bytes>: cannot decode"):
         load_image(b"not an image")
+
+
+@pytest.mark.parametrize("name, size", [
+    ("faster_vit_0_224", None), ("faster_vit_4_21k_768", None), ("faster_vit_0_any_res", (576, 960)),
+])
+def test_fast_path_resizes_the_crop_within_two_levels(name, size, monkeypatch):
+    """``jpeg_draft`` resizes only the region the crop keeps (upscaling too, squash too):
+    within two levels of the full resize then crop (Pillow's float32 box corners)."""
+    from dataclasses import replace
+    exact = replace(Preprocess.from_config(get_variant(name).eval), input_format="uint8")
+    exact = replace(exact, input_size=size) if size else exact
+    fast = replace(exact, jpeg_draft=True)
+    resized, real = [], Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, to, *a, **k: resized.append(to) or real(self, to, *a, **k))
+    for path in PHOTOS:
+        image = load_image(path)
+        full = exact.resize_size(*image.size)
+        got, expected = fast(image).astype(int), exact(image).astype(int)
+        assert got.shape == expected.shape == (*exact.input_size, 3)
+        assert np.abs(got - expected).max() <= 2, path.name
+        assert resized[-1] == full and full not in resized[-3:-1]  # exact resizes it all, fast only the crop
