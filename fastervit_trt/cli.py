@@ -176,9 +176,10 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resolution", type=_positive, nargs=2, metavar=("H", "W"),
                         help="input size; the variant's own when omitted")
     parser.add_argument("--exact-preprocess", action="store_true",
-                        help="decode every JPEG in full, bitwise as timm (calibration and, through the "
-                             "recorded setting, inference); default: JPEGs of at least twice the resize "
-                             "size decode at a reduced scale, several times faster")
+                        help="decode every JPEG in full and resize the whole image, bitwise as timm "
+                             "(calibration and, through the recorded setting, inference); default: JPEGs of "
+                             "at least twice the resize size decode at a reduced scale and only the crop is "
+                             "resized, several times faster")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8", "fp8"), default=d.precision,
                         help="fp16: float16 graph with FP32 islands for TensorRT's strong typing; "
                              "int8 / fp8: calibrated Q/DQ (FP8 E4M3: Ada, Hopper, Blackwell GPUs)")
@@ -467,8 +468,8 @@ def infer_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, required=True, help=".engine or .onnx")
     parser.add_argument("--topk", type=_positive, default=5, help="classes shown per image")
     parser.add_argument("--exact-preprocess", action="store_true",
-                        help="decode every JPEG in full (bitwise timm) even where the model was exported "
-                             "with reduced-scale JPEG decoding")
+                        help="decode every JPEG in full and resize the whole image (bitwise timm) even "
+                             "where the model was exported with the fast path")
     parser.add_argument("--no-exif-rotate", action="store_true",
                         help="keep the stored pixels; by default EXIF orientation is applied (phone photos upright)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
