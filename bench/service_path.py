@@ -104,7 +104,8 @@ def accuracy_cost(files: list[Path]) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=13, help="files per size")
+    parser.add_argument("--images", type=int, default=26,
+                        help="files per size (even: with 13, two threads wait on the 13th)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=Path("bench/results/service_path.json"))
     parser.add_argument("--smoke", action="store_true", help="2 files per size, one pass: checks the script")
