@@ -147,8 +147,10 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
         if calib.qdq_base == "fp16":
             base = convert_to_fp16(to_opset(base, QDQ_MIN_OPSET[TensorProto.FLOAT16]),
                                    io_dtype=options.io_dtype, weights=store)
+        reference = ort_logits(fp32_path, heldout)
+        release_memory()  # that session's freed buffers, before the quantized graphs run
         evaluator = Evaluator(base, targets, cache.amax, store.arrays(fp32), heldout,
-                              ort_logits(fp32_path, heldout), store, fmt, output_sizes(fp32))
+                              reference, store, fmt, output_sizes(fp32))
         sections: dict = {}
         excluded: set[str] = set()
         if calib.sensitivity or calib.accuracy_budget is not None:

@@ -158,7 +158,7 @@ def find_fp16_overflows(model: onnx.ModelProto, inputs: np.ndarray, weights: Wei
     del probe.graph.output[:]
     probe.graph.output.extend(helper.make_tensor_value_info(o, _FLOAT, []) for o in outputs)
     session = cpu_session(weights.save_view(probe, "fp16_probe.onnx") if weights else probe.SerializeToString(),
-                          optimize=False)
+                          probe=True)
     feed, chunk = session.get_inputs()[0].name, chunk or len(inputs)
     names = list(dict.fromkeys(producer))  # the order the reductions were added in
     extremes = np.zeros(len(names))
