@@ -85,7 +85,8 @@ def rates(run, files: list[Path], repeats: int, min_seconds: float) -> dict[int,
                 start = time.perf_counter()
                 list(pool.map(run, files))
                 took = time.perf_counter() - start
-                best[threads], spent = max(best[threads], len(files) / took / threads), spent + took
+                best[threads] = max(best[threads], len(files) / took / threads)
+                spent += took
             passes += 1
     return best
 

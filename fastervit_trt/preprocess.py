@@ -161,11 +161,11 @@ class Preprocess:
         size = self.resize_size(*image.size)
         crop_h, crop_w = self.input_size
         top, left = int(round((size[1] - crop_h) / 2.0)), int(round((size[0] - crop_w) / 2.0))
-        resample = _RESAMPLE[self.interpolation]
-        if size == image.size or not self.jpeg_draft:
-            if size != image.size:
-                image = image.resize(size, resample)
-            return image.crop((left, top, left + crop_w, top + crop_h))
+        crop, resample = (left, top, left + crop_w, top + crop_h), _RESAMPLE[self.interpolation]
+        if size == image.size:
+            return image.crop(crop)
+        if not self.jpeg_draft:
+            return image.resize(size, resample).crop(crop)
         scale_x, scale_y = image.width / size[0], image.height / size[1]
         columns = image.resize((crop_w, image.height), resample,
                                box=(left * scale_x, 0, (left + crop_w) * scale_x, image.height))
