@@ -31,6 +31,7 @@ from .deploy import ImageInput, prepare_backbone, prepare_for_export
 from .fp16 import convert_to_fp16, find_fp16_overflows
 from ..runtime.onnxruntime_backend import ORT_DTYPES
 from .ort_cpu import cpu_session, release_memory
+from .segments import WEIGHT_BUDGET, SegmentedGraph
 from .onnx_export import (DEFAULT_OPSET, PROTOBUF_LIMIT, attach_weights, finalize, model_bytes,
                           simplify, trace_to_onnx)
 from .weights import WeightFile, scratch, tensor_bytes
@@ -327,14 +328,21 @@ def ort_logits(model: Path | bytes, inputs: InputSet, optimize: bool = True,
 
     ``optimize=False`` disables graph optimizations: Q/DQ graphs then compute plain
     quantize/dequantize arithmetic, the closest CPU estimate of what TensorRT computes
-    (ONNX Runtime's fused CPU int8 kernels lose fidelity of their own).
+    (ONNX Runtime's fused CPU int8 kernels lose fidelity of their own). A file then runs
+    in segments when its weights exceed ``WEIGHT_BUDGET``.
     """
-    session = cpu_session(model, optimize)
+    session = SegmentedGraph(model, weight_budget=WEIGHT_BUDGET, optimize=False) \
+        if not optimize and isinstance(model, Path) and _weight_bytes(model) > WEIGHT_BUDGET \
+        else cpu_session(model, optimize)
     feed = session.get_inputs()[0]
     dtype = ORT_DTYPES.get(feed.type, np.float32)
     chunk = eval_chunk(inputs, images)
     return np.concatenate([flatten(session.run(None, {feed.name: inputs[i:i + chunk].astype(dtype)}))
                            for i in range(0, len(inputs), chunk)]).astype(np.float32)
+
+
+def _weight_bytes(path: Path) -> int:
+    return sum(map(tensor_bytes, onnx.load(str(path), load_external_data=False).graph.initializer))
 
 
 def output_sizes(graph: onnx.ModelProto) -> dict[str, int]:
