@@ -3,11 +3,12 @@
 Only the histograms are kept between batches, never the activations, so memory does not
 grow with the number of images. The requested activations never exceed
 ``ACTIVATION_BUDGET``: the graph is cut, in node order, into segments whose requested
-activations for one image fit it, and each batch flows through the segments one after the
-other (each in an ONNX Runtime session of its own, mapping in only its own weights: see
-``export/segments.py``), passing on only the tensors later segments read. So every image goes through the network once, whatever the
-resolution, and memory stays near that of one inference (a batch whose outputs would
-exceed the budget runs in smaller chunks: at high resolutions, one image at a time).
+activations for one image fit it (and whose weights fit ``export/segments.py``'s budget),
+and each batch flows through the segments one after the other, each in an ONNX Runtime
+session of its own that maps in only its own weights, passing on only the tensors later
+segments read. So every image goes through the network once, whatever the resolution, and
+memory stays near that of one inference (a batch whose outputs would exceed the budget
+runs in smaller chunks: at high resolutions, one image at a time).
 Tensor names are the ONNX names, which are the TensorRT network's tensor names too.
 """
 from __future__ import annotations

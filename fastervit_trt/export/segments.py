@@ -76,8 +76,11 @@ def split_graph(model: onnx.ModelProto, tensors: list[str], budget: int | None =
         extra = sum(size(out) for out in mine)
         heavy = sum(weights.get(name, 0) for name in set(node.input))
         current = segments[-1]
-        if (budget is not None and mine and current.requested and current.bytes_per_image + extra > budget) or \
-                (weight_budget is not None and heavy and current.nodes and current.weight_bytes + heavy > weight_budget):
+        too_many_outputs = budget is not None and mine and current.requested \
+            and current.bytes_per_image + extra > budget
+        too_heavy = weight_budget is not None and heavy and current.nodes \
+            and current.weight_bytes + heavy > weight_budget
+        if too_many_outputs or too_heavy:
             segments.append(Segment())
         segment = segments[-1]
         segment.nodes.append(node)
