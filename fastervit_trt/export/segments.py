@@ -132,7 +132,7 @@ class SegmentedGraph:
         for index, segment in enumerate(self.segments):
             session = self._session(index)
             values.update(zip(segment.outputs, session.run(segment.outputs, {n: values[n] for n in segment.inputs})))
-            del session
+            del session  # closed (its weights unmapped) before the caller works on the values
             yield segment, values
             values = {n: v for n, v in values.items() if n in segment.carried}
 

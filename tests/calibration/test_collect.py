@@ -7,9 +7,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from fastervit_trt.calibration.collect import collect_histograms
-from fastervit_trt.export.segments import split_graph
 from fastervit_trt.calibration.qdq import quant_targets
 from fastervit_trt.export.ort_cpu import cpu_session
+from fastervit_trt.export.segments import split_graph
 
 
 class Arrays:
