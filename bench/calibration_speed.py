@@ -26,7 +26,7 @@ import numpy as np
 from fastervit_trt.calibration.collect import collect_histograms
 from fastervit_trt.calibration.dataset import DEFAULT_DATA, CalibrationData
 from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
-from fastervit_trt.calibration.qdq import quant_targets
+from fastervit_trt.calibration.qdq import placement
 from fastervit_trt.calibration.ranges import compute_amax
 from fastervit_trt.export.pipeline import ExportOptions, export_model
 from fastervit_trt.models import get_variant
@@ -79,8 +79,7 @@ def main() -> int:
         tmp = Path(tmp)
         fp32 = export_model(ExportOptions(model=args.model, precision="fp32", output_dir=tmp / "fp32"))
         import onnx
-        targets = quant_targets(onnx.load(str(fp32.onnx_path)))
-        activations = sorted({t.activation for t in targets})
+        activations = placement(onnx.load(str(fp32.onnx_path)), "int8").activations
 
         session = ort_session(fp32.onnx_path, args.threads)
         inference_s = len(inputs) / throughput(session, inputs, args.batch)

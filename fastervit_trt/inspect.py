@@ -51,6 +51,12 @@ def inspect_onnx(path: Path) -> dict:
         for section in ("validation", "accuracy"):
             if section in data:
                 info[section] = data[section].get("verdict") or data[section].get("summary")
+        if "quantization" in data:
+            quant = data["quantization"]
+            kept = quant.get("kept_in_float_by_default", [])
+            info["quantized_layers"] = (f"{quant['layers']} layers {quant['format'].upper()}, "
+                                        f"{quant.get('residual_inputs', 0)} residual inputs; left in float by default: "
+                                        + (", ".join(kept) or "none"))
         if "mixed_precision" in data:
             mixed = data["mixed_precision"]
             info["mixed_precision"] = (f"{mixed['int8_layers']} of {mixed['layers']} layers INT8, "

@@ -35,7 +35,7 @@ from ..progress import Steps
 from .cache import CalibrationCache, CalibrationCacheError, installed_trt_version, version_number
 from .collect import collect_histograms
 from .dataset import DEFAULT_DATA, CalibrationData, StoredInputs
-from .qdq import FP8_MIN_OPSET, QDQ_MIN_OPSET, QMAX, quant_targets, scale_of, to_opset
+from .qdq import FP8_MIN_OPSET, QDQ_MIN_OPSET, QMAX, placement, scale_of, to_opset
 from .ranges import METHODS, compute_amax
 from .sensitivity import Evaluator, layer_sensitivity, mixed_precision
 
@@ -126,8 +126,8 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
         heldout, heldout_kind = _heldout_inputs(calib, preprocess, store.folder / "heldout.npy")
         traced = trace_model(options, steps, store, probes={"heldout": heldout})
         fp32 = traced.graph
-        targets = quant_targets(fp32)
-        activations = sorted({t.activation for t in targets})
+        placed = placement(fp32, fmt)
+        targets, activations = placed.targets, placed.activations
         fp32_path = store.save_view(fp32, "fp32.onnx")
         if reuse:
             with steps.step(f"reusing calibration cache {cache_path}"):
@@ -150,7 +150,7 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
         reference = ort_logits(fp32_path, heldout)
         release_memory()  # that session's freed buffers, before the quantized graphs run
         evaluator = Evaluator(base, targets, cache.amax, store.arrays(fp32), heldout,
-                              reference, store, fmt, output_sizes(fp32))
+                              reference, store, fmt, output_sizes(fp32), placed.residuals)
         sections: dict = {}
         excluded: set[str] = set()
         if calib.sensitivity or calib.accuracy_budget is not None:
@@ -167,7 +167,8 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
         metadata = export_metadata(traced, options, [])
         metadata["quantization"] = {
             "format": fmt, "method": calib.method, "qdq_base": calib.qdq_base, "layers": len(targets) - len(excluded),
-            "layers_left_in_float": sorted(excluded), "activation_tensors": len(activations),
+            "layers_left_in_float": sorted(excluded), "kept_in_float_by_default": placed.kept,
+            "residual_inputs": sum(r.conv not in excluded for r in placed.residuals), "activation_tensors": len(activations),
             "qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node),
             "cache": str(cache_path), "cache_reused": reuse, "calibration_inputs": images_seen,
             "calibration_data": None if reuse else str(calib.data),

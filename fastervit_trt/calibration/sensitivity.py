@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TextIO
 
 import numpy as np
@@ -21,7 +21,7 @@ from ..compare import compare, compare_outputs
 from ..export.pipeline import QDQ_CHUNK, InputSet, ort_logits
 from ..export.weights import WeightFile
 from ..progress import Bar
-from .qdq import QuantTarget, insert_qdq, tensor_types
+from .qdq import QuantTarget, ResidualInput, insert_qdq, tensor_types
 
 
 @dataclass
@@ -37,6 +37,7 @@ class Evaluator:
     store: WeightFile | None = None  # where the graphs' external weights live
     fmt: str = "int8"  # or "fp8"
     sizes: dict[str, int] | None = None  # values per input of each output (default: logits only)
+    residuals: list[ResidualInput] = field(default_factory=list)  # quantized with their Conv
 
     def __post_init__(self) -> None:
         self.types = tensor_types(self.base)  # once, not per variant
@@ -48,7 +49,8 @@ class Evaluator:
 
     def quantized(self, skip: set[str] = frozenset(), only: set[str] | None = None) -> onnx.ModelProto:
         chosen = [t for t in self.targets if t.node not in skip and (only is None or t.node in only)]
-        return insert_qdq(self.base, chosen, self.amax, self.weights, self.types, self.store, self.fmt)
+        return insert_qdq(self.base, chosen, self.amax, self.weights, self.types, self.store, self.fmt,
+                          self.residuals)
 
     def measure(self, model: onnx.ModelProto) -> dict:
         """Mean cosine (of the worst output: a backbone's feature maps each count) and, for

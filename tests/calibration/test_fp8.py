@@ -81,10 +81,16 @@ def test_fp8_export_of_the_trained_fixture(digits_fp8, digits_folders):
     layers = fp8.report["quantization"]["layers"]
     assert fp8.report["quantization"]["format"] == "fp8" and layers > 10
     assert ops["DequantizeLinear"] == ops["QuantizeLinear"] + layers
+    kept = fp8.report["quantization"]["kept_in_float_by_default"]  # the layers in series stay in FP16
+    assert "/head/Gemm" in kept and any("patch_embed" in k for k in kept) and any("downsample" in k for k in kept)
+    assert all(("patch_embed" in k) or ("downsample" in k) or k == "/head/Gemm" for k in kept), kept
+    assert fp8.report["quantization"]["residual_inputs"] == 0
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [19]
     info = inspect_onnx(fp8.onnx_path)
     assert info["precision"] == "fp8" and info["qdq_nodes"] == ops["QuantizeLinear"] + ops["DequantizeLinear"]
     assert info["fp8_weight_share"] > 0.5
+    assert info["quantized_layers"].startswith(f"{layers} layers FP8, 0 residual inputs; left in float by default: ")
+    assert "/head/Gemm" in info["quantized_layers"]
     accuracy = fp8.report["accuracy"]
     assert accuracy["format"] == "fp8" and accuracy["quantized_vs_fp32_ort_int8_kernels"] is None
     assert accuracy["summary"].startswith("FP8 vs FP32")

@@ -61,7 +61,14 @@ def test_int8_graph_structure(int8_export):
             assert len(node.input) < 3 or produced_by.get(node.input[2]) != "DequantizeLinear"
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [19]
     from fastervit_trt.calibration.qdq import lone_quantizers
-    assert lone_quantizers(model) == []  # every Q/DQ pair feeds a Conv, MatMul or Gemm TensorRT fuses it into
+    assert lone_quantizers(model) == []  # every Q/DQ pair feeds a layer TensorRT fuses it into
+    quant = int8_export.report["quantization"]
+    assert quant["kept_in_float_by_default"] == ["/head/Gemm"] and quant["residual_inputs"] == 5
+    nodes = {n.name: n for n in model.graph.node}
+    assert produced_by[nodes["/head/Gemm"].input[0]] != "DequantizeLinear"  # the classifier stays in FP16
+    for block in ("levels.0/blocks.0", "levels.0/blocks.1", "levels.1/blocks.0", "levels.1/blocks.1", "levels.1/blocks.2"):
+        add, conv1 = nodes[f"/{block}/Add"], nodes[f"/{block}/conv1/Conv"]
+        assert conv1.input[0] in add.input  # the residual shares conv1's Q/DQ pair
     int8_weights = sum(len(t.raw_data) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8)
     assert int8_weights > 0.9 * sum(len(t.raw_data) for t in model.graph.initializer)
     x = np.zeros((2, 3, 224, 224), np.float32)

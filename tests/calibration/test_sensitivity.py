@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from fastervit_trt.calibration.cache import CalibrationCache
 from fastervit_trt.calibration.dataset import CalibrationData
 from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
-from fastervit_trt.calibration.qdq import QDQ_MIN_OPSET, quant_targets, to_opset
+from fastervit_trt.calibration.qdq import QDQ_MIN_OPSET, placement, to_opset
 from fastervit_trt.calibration.sensitivity import Evaluator, fewest_exclusions, mixed_precision
 from fastervit_trt.cli import inspect_main
 from fastervit_trt.export.fp16 import convert_to_fp16
@@ -43,7 +43,8 @@ def mixed(tmp_path_factory, digits_folders):
 
 def test_sensitivity_table(mixed):
     rows = mixed.report["sensitivity"]
-    assert len(rows) == 31 and len({r["layer"] for r in rows}) == 31
+    assert len(rows) == 30 and len({r["layer"] for r in rows}) == 30  # 31 layers, the head kept in FP16
+    assert mixed.report["quantization"]["kept_in_float_by_default"] == ["/head/Gemm"]
     cosines = [r["mean_cosine"] for r in rows]
     assert cosines == sorted(cosines) and cosines[0] < cosines[-1] <= 1.0
 
@@ -54,7 +55,7 @@ def test_budget_met_with_fewer_layers_left_out_than_graph_order(mixed):
     assert 100.0 - result["top1_agreement"] <= BUDGET
     assert result["search"][0]["top1_drop"] > BUDGET  # all-INT8 missed the budget: the search had work
     quant = report["quantization"]
-    assert quant["layers"] == result["int8_layers"] == 31 - len(result["excluded"])
+    assert quant["layers"] == result["int8_layers"] == 30 - len(result["excluded"])
     assert sorted(quant["layers_left_in_float"]) == sorted(result["excluded"])
     assert 100.0 - report["accuracy"]["quantized_vs_fp32_qdq_arithmetic"]["top1_agreement"] * 100 <= BUDGET
 
@@ -74,10 +75,11 @@ def _evaluator(mixed) -> Evaluator:
     held = CalibrationData(source, Preprocess.from_config(get_variant("faster_vit_digits").eval), 256,
                            split="heldout")
     x = np.stack([held.sample(i) for i in range(len(held))])
+    placed = placement(model, "int8")
     return Evaluator(convert_to_fp16(to_opset(model, QDQ_MIN_OPSET[onnx.TensorProto.FLOAT16])),
-                     quant_targets(model), CalibrationCache.read(Path(report["quantization"]["cache"])).amax,
+                     placed.targets, CalibrationCache.read(Path(report["quantization"]["cache"])).amax,
                      {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}, x,
-                     ort_logits(fp32.onnx_path, x))
+                     ort_logits(fp32.onnx_path, x), residuals=placed.residuals)
 
 
 def test_inspect_prints_the_accuracy_section(mixed, capsys):

@@ -1,6 +1,8 @@
 """Every exported graph is parsed and built by NVIDIA's own builder (TensorRT-RTX on the CPU)."""
 from __future__ import annotations
 
+import re
+
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -37,3 +39,65 @@ def test_parser_error_names_the_node(tmp_path):
     with pytest.raises(EngineBuildError, match=r"bad\.onnx: .*cannot parse.*the_bad_node.*NoSuchOp"):
         build_engine(path, tmp_path / "bad.engine", BuildConfig(batch=(1, 1, 1)))
     assert not (tmp_path / "bad.engine").exists()
+
+
+def _built_kernels(path) -> list[tuple[str, list[tuple[str, str]]]]:
+    """TensorRT-RTX's kernels for the ONNX file ``path`` (strongly typed, batch 1) and their
+    inputs, as its detailed build log lists them: [(kernel, [(input, datatype), ...])]."""
+    from fastervit_trt.engines import load_tensorrt
+    _, trt = load_tensorrt("tensorrt-rtx")
+
+    class Recorder(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.lines: list[str] = []
+
+        def log(self, severity, message) -> None:
+            self.lines.append(message)
+
+    logger = Recorder()
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    assert trt.OnnxParser(network, logger).parse_from_file(str(path))
+    config = builder.create_builder_config()
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    profile = builder.create_optimization_profile()
+    for tensor in (network.get_input(i) for i in range(network.num_inputs)):
+        shape = [1 if d == -1 else d for d in tensor.shape]
+        profile.set_shape(tensor.name, shape, shape, shape)
+    config.add_optimization_profile(profile)
+    assert builder.build_serialized_network(network, config)
+    listing = re.finditer(r"Name: (\S+), LayerType: \S+, Inputs: \[(.*?)\], (?:Constants|Outputs)", "\n".join(logger.lines))
+    return [(m.group(1), re.findall(r"Name: (\S+?),.*?Datatype: (\w+)", m.group(2))) for m in listing]
+
+
+def test_residual_add_reads_the_int8_tensor_its_conv_block_already_has(tmp_path):
+    """TensorRT's Q/DQ placement rule, proven on TensorRT-RTX's own build: with the residual
+    input quantized, the kernel holding conv2's epilogue and the Add reads the residual in
+    INT8 (the tensor conv1 reads); without, it reads a float copy kept for it."""
+    from fastervit_trt.calibration.qdq import insert_qdq, placement, to_opset
+    from tests.calibration.test_qdq import AMAX, WEIGHTS, _residual_graph
+    model = to_opset(_residual_graph(), 19)
+    placed = placement(model, "int8")
+
+    def add_kernel_inputs(residuals) -> list[str]:
+        onnx.save(insert_qdq(model, placed.targets, AMAX, WEIGHTS, residuals=residuals), str(tmp_path / "m.onnx"))
+        kernels = _built_kernels(tmp_path / "m.onnx")
+        names = [name for name, _ in kernels]
+        after_conv2 = kernels[next(i for i, name in enumerate(names) if name.startswith("conv2")) + 1]
+        assert "Add" in after_conv2[0], names
+        return sorted(datatype for _, datatype in after_conv2[1])
+
+    assert add_kernel_inputs([]) == ["Float", "Float"]
+    assert add_kernel_inputs(placed.residuals) == ["Float", "Int8"]
+
+
+def test_faster_vit_0_int8_build_reads_every_conv_block_residual_in_int8(int8_export):
+    """The same on faster_vit_0_224 INT8: each of the 5 ConvBlocks' residual Adds (levels 0
+    and 1) is fused into a kernel that reads the block input as the INT8 tensor conv1 reads."""
+    kernels = _built_kernels(int8_export.onnx_path)
+    residual_reads = sorted(re.search(r"/levels\.\d/blocks\.\d/", name).group(0) for kernel, inputs in kernels
+                            if "Add" in kernel for name, datatype in inputs
+                            if datatype == "Int8" and "/conv1/" in name)
+    assert residual_reads == ["/levels.0/blocks.0/", "/levels.0/blocks.1/", "/levels.1/blocks.0/",
+                              "/levels.1/blocks.1/", "/levels.1/blocks.2/"], kernels
