@@ -35,7 +35,8 @@ def test_build_times_smoke(tmp_path):
         pytest.skip("no TensorRT / TensorRT-RTX installed")
     _run("build_times.py", "--smoke", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
-    assert [r["precision"] for r in rows] == ["fp32", "fp16", "int8"] and all(r["seconds"] > 0 for r in rows)
+    assert [r["precision"] for r in rows] == ["fp32", "fp16", "int8", "fp8"] and all(r["seconds"] > 0 for r in rows)
+    assert all(r["export_s"] > 0 for r in rows)
 
 
 def test_calibration_speed_smoke(tmp_path):
