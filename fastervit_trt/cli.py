@@ -182,7 +182,9 @@ def export_parser() -> argparse.ArgumentParser:
                              "resized, several times faster")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8", "fp8"), default=d.precision,
                         help="fp16: float16 graph with FP32 islands for TensorRT's strong typing; "
-                             "int8 / fp8: calibrated Q/DQ (FP8 E4M3: Ada, Hopper, Blackwell GPUs)")
+                             "int8 / fp8: calibrated Q/DQ (FP8 E4M3: Ada, Hopper, Blackwell GPUs); the "
+                             "classifier head stays FP16, and for FP8 also the stem and downsampling "
+                             "convolutions (every path runs through them)")
     parser.add_argument("--features", type=_stages, nargs="?", const=(1, 2, 3, 4), default=(), metavar="STAGES",
                         help="export the backbone for detection: no head, one NCHW output per stage "
                              "(stage1..stage4, strides 4..32, each taken before its downsampling); "
