@@ -226,6 +226,10 @@ def export_parser() -> argparse.ArgumentParser:
     calib.add_argument("--recalibrate", action="store_true", help="ignore an existing cache")
     calib.add_argument("--qdq-base", choices=("fp16", "fp32"), default=c.qdq_base,
                        help="float type of the layers left unquantized")
+    calib.add_argument("--residual-qdq", choices=("auto", "on", "off"), default=c.residual_qdq,
+                       help="INT8: quantize the residual input of each Add after a quantized Conv so "
+                            "TensorRT reads it in INT8 in the fused epilogue; auto: on for classifiers, "
+                            "off for --features (the feature maps are that residual stream)")
     calib.add_argument("--calib-heldout", type=_positive, default=c.heldout, metavar="N",
                        help="held-out inputs for the accuracy figures, sensitivity and budget")
     calib.add_argument("--sensitivity", action="store_true",
@@ -261,7 +265,7 @@ def _export(args: argparse.Namespace) -> int:
                                    percentile=args.calib_percentile, cache=args.calib_cache,
                                    recalibrate=args.recalibrate, qdq_base=args.qdq_base,
                                    heldout=args.calib_heldout, sensitivity=args.sensitivity,
-                                   accuracy_budget=args.accuracy_budget)
+                                   accuracy_budget=args.accuracy_budget, residual_qdq=args.residual_qdq)
     except ValueError as exc:
         raise FasterViTTRTError(str(exc)) from None
     stream = None if args.quiet else sys.stderr

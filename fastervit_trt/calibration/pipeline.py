@@ -60,6 +60,7 @@ class CalibrationOptions:
     heldout: int = 32
     sensitivity: bool = False  # rank layers by the degradation each alone causes
     accuracy_budget: float | None = None  # max top-1 agreement drop vs FP32, in points
+    residual_qdq: str = "auto"  # INT8 residual inputs: on, off, auto (on unless exporting features)
 
     def __post_init__(self) -> None:
         paths_of(self, "data", "cache")
@@ -70,6 +71,8 @@ class CalibrationOptions:
         if not PERCENTILE_RANGE[0] < self.percentile <= PERCENTILE_RANGE[1]:
             raise ValueError(f"--calib-percentile must be above {PERCENTILE_RANGE[0]:g} and at most "
                              f"{PERCENTILE_RANGE[1]:g} (the share of |x| values kept in range), not {self.percentile:g}")
+        if self.residual_qdq not in ("auto", "on", "off"):
+            raise ValueError(f"--residual-qdq must be auto, on or off, not {self.residual_qdq!r}")
         if self.heldout < 1:
             raise ValueError(f"--calib-heldout must be at least 1, not {self.heldout}")
         if self.images < 1 or self.batch < 1:
@@ -107,6 +110,9 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
     if options.precision not in QMAX:
         raise ValueError(f"export_quantized exports int8 or fp8, not {options.precision!r}")
     fmt = options.precision
+    if fmt == "fp8" and calib.residual_qdq == "on":
+        raise FasterViTTRTError("--residual-qdq on is for INT8: FP8 keeps residual inputs in FP16 (in E4M3 "
+                                "they cost accuracy); drop the flag")
     if options.features and calib.accuracy_budget is not None:
         raise FasterViTTRTError("--accuracy-budget is a top-1 agreement drop: a backbone has no classes; "
                                 "rank its layers by feature cosine with --sensitivity instead")
@@ -126,7 +132,8 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
         heldout, heldout_kind = _heldout_inputs(calib, preprocess, store.folder / "heldout.npy")
         traced = trace_model(options, steps, store, probes={"heldout": heldout})
         fp32 = traced.graph
-        placed = placement(fp32, fmt)
+        placed = placement(fp32, fmt, residuals=calib.residual_qdq == "on"
+                           or (calib.residual_qdq == "auto" and not options.features))
         targets, activations = placed.targets, placed.activations
         fp32_path = store.save_view(fp32, "fp32.onnx")
         if reuse:

@@ -154,14 +154,14 @@ class Placement:
         return sorted({t.activation for t in self.targets} | {r.activation for r in self.residuals})
 
 
-def placement(model: onnx.ModelProto, fmt: str) -> Placement:
+def placement(model: onnx.ModelProto, fmt: str, residuals: bool = True) -> Placement:
     """The default placement in ``model`` (the FP32 graph) for ``fmt``. Residual inputs are
-    quantized for INT8 only: TensorRT's residual fusion is INT8 guidance, and in E4M3 the
-    quantized residual cost FasterViT-0 0.00011 of logit cosine."""
+    quantized with ``residuals`` and for INT8 only: TensorRT's residual fusion is INT8
+    guidance, and in E4M3 the quantized residual cost FasterViT-0 0.00011 of logit cosine."""
     candidates = quant_targets(model)
     kept = kept_in_float(model, candidates, fmt)
     targets = [t for t in candidates if t.node not in kept]
-    return Placement(targets, residual_inputs(model, targets) if fmt == "int8" else [], kept)
+    return Placement(targets, residual_inputs(model, targets) if fmt == "int8" and residuals else [], kept)
 
 
 # the largest magnitude of each quantized format: a tensor's scale is amax / QMAX

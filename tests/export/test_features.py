@@ -152,6 +152,26 @@ def test_int8_features_report_cosine_per_feature_map(int8_features):
     assert all(0.99 <= c["mean_cosine"] <= 1 for c in per_output.values()), per_output
     assert "stage2" in accuracy["summary"] and "top-1" not in accuracy["summary"]
     assert int8_features.report["quantization"]["qdq_nodes"] > 0
+    assert int8_features.report["quantization"]["residual_inputs"] == 0  # auto: off for a backbone
+
+
+def test_residual_qdq_on_a_backbone_is_a_choice_that_costs_feature_accuracy(int8_features, tmp_path):
+    """The feature maps are the residual stream: quantizing its inputs (TensorRT's fusion
+    rule, on for classifiers) puts INT8 rounding into them undiluted."""
+    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+    on = export_quantized(ExportOptions(precision="int8", features=(2, 3, 4), batch=(1, 1, 2), output_dir=tmp_path),
+                          CalibrationOptions(images=16, heldout=8, residual_qdq="on"))
+    assert on.report["quantization"]["residual_inputs"] == 5
+    cosines = {name: report["quantized_vs_fp32_qdq_arithmetic"]["stage2"]["mean_cosine"]
+               for name, report in (("off", int8_features.report["accuracy"]), ("on", on.report["accuracy"]))}
+    assert cosines["on"] < cosines["off"], cosines
+
+
+def test_residual_qdq_on_is_refused_for_fp8(tmp_path):
+    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+    with pytest.raises(FasterViTTRTError, match="--residual-qdq on is for INT8"):
+        export_quantized(ExportOptions(precision="fp8", output_dir=tmp_path), CalibrationOptions(residual_qdq="on"))
+    assert not any(tmp_path.iterdir())
 
 
 def test_accuracy_budget_needs_classes(tmp_path):
