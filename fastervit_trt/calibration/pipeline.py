@@ -80,6 +80,10 @@ class CalibrationOptions:
         if self.accuracy_budget is not None and not 0 <= self.accuracy_budget <= 100:
             raise ValueError("--accuracy-budget is a top-1 agreement drop in points, between 0 and 100")
 
+    def quantizes_residuals(self, features: bool) -> bool:
+        """Whether INT8 residual inputs get Q/DQ: ``auto`` for a classifier, not a backbone."""
+        return self.residual_qdq == "on" or (self.residual_qdq == "auto" and not features)
+
     def cache_path(self, options: ExportOptions) -> Path:
         return self.cache or options.onnx_path.with_suffix(".cache")
 
@@ -132,8 +136,7 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
         heldout, heldout_kind = _heldout_inputs(calib, preprocess, store.folder / "heldout.npy")
         traced = trace_model(options, steps, store, probes={"heldout": heldout})
         fp32 = traced.graph
-        placed = placement(fp32, fmt, residuals=calib.residual_qdq == "on"
-                           or (calib.residual_qdq == "auto" and not options.features))
+        placed = placement(fp32, fmt, residuals=calib.quantizes_residuals(bool(options.features)))
         targets, activations = placed.targets, placed.activations
         fp32_path = store.save_view(fp32, "fp32.onnx")
         if reuse:
@@ -175,7 +178,8 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
         metadata["quantization"] = {
             "format": fmt, "method": calib.method, "qdq_base": calib.qdq_base, "layers": len(targets) - len(excluded),
             "layers_left_in_float": sorted(excluded), "kept_in_float_by_default": placed.kept,
-            "residual_inputs": sum(r.conv not in excluded for r in placed.residuals), "activation_tensors": len(activations),
+            "residual_inputs": sum(r.conv not in excluded for r in placed.residuals),
+            "activation_tensors": len(activations),
             "qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node),
             "cache": str(cache_path), "cache_reused": reuse, "calibration_inputs": images_seen,
             "calibration_data": None if reuse else str(calib.data),

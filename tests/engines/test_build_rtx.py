@@ -67,7 +67,8 @@ def _built_kernels(path) -> list[tuple[str, list[tuple[str, str]]]]:
         profile.set_shape(tensor.name, shape, shape, shape)
     config.add_optimization_profile(profile)
     assert builder.build_serialized_network(network, config)
-    listing = re.finditer(r"Name: (\S+), LayerType: \S+, Inputs: \[(.*?)\], (?:Constants|Outputs)", "\n".join(logger.lines))
+    layer = r"Name: (\S+), LayerType: \S+, Inputs: \[(.*?)\], (?:Constants|Outputs)"
+    listing = re.finditer(layer, "\n".join(logger.lines))
     return [(m.group(1), re.findall(r"Name: (\S+?),.*?Datatype: (\w+)", m.group(2))) for m in listing]
 
 
