@@ -97,3 +97,12 @@ def test_backbone_smoke(tmp_path):
     _run("backbone.py", "--smoke", "--json", str(tmp_path / "b.json"), cwd=tmp_path)
     (row,) = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert row["nodes"] > 0 and row["engine_bytes"] > 0 and row["ort_cpu_ms"] > 0 and row["eager_ms"] > 0
+
+
+def test_precision_accuracy_table(tmp_path):
+    _run("precision_accuracy.py", "--calib-images", "16", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
+    tables = json.loads((tmp_path / "r.json").read_text())
+    assert len(tables) == 2
+    for rows in tables.values():
+        assert list(rows) == ["fp32", "fp16", "int8", "fp8"] and rows["fp32"]["mean_cosine"] == 1.0
+        assert all(0.99 < row["mean_cosine"] <= 1.0 + 1e-6 for row in rows.values()), rows

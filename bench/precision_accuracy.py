@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""FP32 / FP16 / INT8 entropy / FP8 accuracy on the same held-out inputs (the README's table).
+
+faster_vit_0_224 with random weights: each quantized export's report, 64 calibration inputs
+from the shipped photos, 32 held-out crops (ONNX Runtime Q/DQ arithmetic against the FP32
+graph). faster_vit_digits, the trained test fixture (needs the repository's tests/ and
+scikit-learn, as the test extras install): calibrated on 256 training scans, top-1 and
+logit cosine against FP32 on the 360 held-out scans. Accuracy, not time: one run suffices.
+
+  python bench/precision_accuracy.py
+  python bench/precision_accuracy.py --json /tmp/precision.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+from fastervit_trt.compare import compare
+from fastervit_trt.export.pipeline import ExportOptions, export_model, ort_logits
+
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def random_init(folder: Path, calib_images: int) -> dict:
+    """{precision: (mean cosine vs FP32, top-1 agreement %)} from the quantized exports' reports."""
+    rows = {"fp32": (1.0, 100.0)}
+    for precision in ("int8", "fp8"):
+        accuracy = export_quantized(ExportOptions(precision=precision, output_dir=folder),
+                                    CalibrationOptions(images=calib_images)).report["accuracy"]
+        plain = accuracy["quantized_vs_fp32_qdq_arithmetic"]
+        rows[precision] = (plain["mean_cosine"], 100.0 * plain["top1_agreement"])
+        rows["fp16"] = (accuracy["fp16_vs_fp32"]["mean_cosine"], accuracy["fp16_vs_fp32"]["top1_agreement"])
+    return rows
+
+
+def digits(folder: Path) -> dict:
+    """{precision: (mean cosine vs FP32, top-1 %)} of the trained fixture on its held-out scans."""
+    sys.path.insert(0, str(ROOT))
+    from tests.fixtures.digits import split_named, write_folder
+    from fastervit_trt.runtime import load
+    data = {name: write_folder(folder / name, *arrays) for name, arrays in split_named().items()}
+    common = dict(model="faster_vit_digits", checkpoint=ROOT / "tests" / "fixtures" / "faster_vit_digits.pth",
+                  batch=(1, 8, 32))
+    paths = {p: export_model(ExportOptions(precision=p, output_dir=folder / p, **common)).onnx_path
+             for p in ("fp32", "fp16")}
+    for p in ("int8", "fp8"):
+        paths[p] = export_quantized(ExportOptions(precision=p, output_dir=folder / p, **common),
+                                    CalibrationOptions(data=data["train"], images=256)).onnx_path
+    scans = sorted(data["heldout"].rglob("*.png"))
+    labels = np.array([int(p.parent.name) for p in scans])
+    inputs = np.stack([load(paths["fp32"]).preprocess.load(p) for p in scans])
+    logits = {p: ort_logits(path, inputs, optimize=p in ("fp32", "fp16")) for p, path in paths.items()}
+    return {p: (compare(logits["fp32"], out).mean_cosine, 100.0 * float((out.argmax(1) == labels).mean()))
+            for p, out in logits.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calib-images", type=int, default=64)
+    parser.add_argument("--json", type=Path, default=Path("bench/results/precision_accuracy.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tables = {"faster_vit_0_224 (random init), 32 held-out crops: cosine (top-1 agreement %)":
+                  random_init(Path(tmp) / "fv0", args.calib_images),
+                  "faster_vit_digits (trained), 360 held-out scans: cosine (top-1 %)": digits(Path(tmp) / "digits")}
+    print(f"\n{'':84s}" + "".join(f"{p.upper():>21s}" for p in PRECISIONS))
+    for title, rows in tables.items():
+        print(f"{title:84s}" + "".join(f"{rows[p][0]:>12.5f} ({rows[p][1]:6.2f})" for p in PRECISIONS))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({title: {p: {"mean_cosine": rows[p][0], "top1": rows[p][1]} for p in PRECISIONS}
+                                     for title, rows in tables.items()}, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
