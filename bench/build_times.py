@@ -37,7 +37,8 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        exports = {p: export_model(ExportOptions(model=args.model, precision=p, output_dir=tmp)) for p in ("fp32", "fp16")}
+        exports = {p: export_model(ExportOptions(model=args.model, precision=p, output_dir=tmp))
+                   for p in ("fp32", "fp16")}
         for p in ("int8", "fp8"):
             exports[p] = export_quantized(ExportOptions(model=args.model, precision=p, output_dir=tmp),
                                           CalibrationOptions(images=args.calib_images))
@@ -48,7 +49,8 @@ def main() -> int:
                 sidecar = build_engine(onnx_path, tmp / f"{precision}_{level}.engine",
                                        BuildConfig(batch=batch, opt_level=level, force=True))
                 rows.append({"precision": precision, "export_s": export_s[precision], "opt_level": level,
-                             "seconds": sidecar["build"]["seconds"], "engine_mb": round(sidecar["engine"]["bytes"] / 1e6, 1)})
+                             "seconds": sidecar["build"]["seconds"],
+                             "engine_mb": round(sidecar["engine"]["bytes"] / 1e6, 1)})
     print(f"\n{args.model}: {flavour} {trt.__version__} build times (batch profile {args.batch})")
     print(f"{'precision':>9s} {'export s':>9s} {'opt level':>9s} {'build s':>8s} {'engine MB':>10s}")
     for row in rows:

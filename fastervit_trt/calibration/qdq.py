@@ -73,6 +73,15 @@ def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return readers
 
 
+def _fused_conv(add: onnx.NodeProto, residual: int, producer: dict[str, onnx.NodeProto],
+                readers: dict[str, list[onnx.NodeProto]]) -> onnx.NodeProto | None:
+    """The Conv TensorRT fuses ``add`` into when input ``residual`` is the residual: the
+    producer of the other input, if it is a Conv that only this Add reads."""
+    name = add.input[1 - residual]
+    conv = producer.get(name)
+    return conv if conv is not None and conv.op_type == "Conv" and len(readers[name]) == 1 else None
+
+
 @dataclass(frozen=True)
 class ResidualInput:
     """The residual input of an Add fed by a quantized Conv (``conv``): input ``index`` of
@@ -85,20 +94,18 @@ class ResidualInput:
 
 
 def residual_inputs(model: onnx.ModelProto, targets: list[QuantTarget]) -> list[ResidualInput]:
-    """Adds that TensorRT fuses into a quantized Conv before them, and their other (residual)
-    input. The fused Conv is the one whose output only this Add reads; the residual is the
-    other input, an activation."""
+    """Adds that TensorRT fuses into a quantized Conv before them (``_fused_conv``), and
+    their other (residual) input, an activation."""
     convs = {t.node for t in targets}
     producer = {o: n for n in model.graph.node for o in n.output}
     readers = _readers(model)
     weights = {t.name for t in model.graph.initializer}
     found = []
     for node in (n for n in model.graph.node if n.op_type == "Add" and len(n.input) == 2):
-        for index, name in enumerate(node.input):
-            conv, residual = producer.get(name), node.input[1 - index]
-            if (conv is not None and conv.op_type == "Conv" and conv.name in convs and len(readers[name]) == 1
-                    and residual not in weights):
-                found.append(ResidualInput(node.name, 1 - index, residual, conv.name))
+        for residual in (1, 0):
+            conv = _fused_conv(node, residual, producer, readers)
+            if conv is not None and conv.name in convs and node.input[residual] not in weights:
+                found.append(ResidualInput(node.name, residual, node.input[residual], conv.name))
                 break
     return found
 
@@ -184,8 +191,11 @@ def lone_quantizers(model: onnx.ModelProto) -> list[str]:
         """Whether TensorRT fuses the Q/DQ pair of ``value`` into ``reader``."""
         if reader.op_type in QUANTIZED_OPS:
             return True
-        convs = [producer[i] for i in reader.input if i != value and i in producer and len(readers[i]) == 1]
-        return reader.op_type == "Add" and any(c.op_type == "Conv" and dequantized(c.input[0]) for c in convs)
+        if reader.op_type != "Add" or len(reader.input) != 2:
+            return False
+        convs = (_fused_conv(reader, index, producer, readers) for index, name in enumerate(reader.input)
+                 if name == value)
+        return any(conv is not None and dequantized(conv.input[0]) for conv in convs)
 
     lone = []
     for node in (n for n in model.graph.node if n.op_type == "QuantizeLinear"):
@@ -287,14 +297,16 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_am
     shared: dict[str, str] = {}
     new_nodes: dict[str, list[onnx.NodeProto]] = {}  # inserted before the named node
 
+    def np_float(name: str) -> type:
+        return np.float16 if elem_type[name] == TensorProto.FLOAT16 else np.float32
+
     def quantize_input(node: onnx.NodeProto, index: int, activation: str) -> None:
         """Input ``index`` of ``node`` through the (shared) Q/DQ pair of its tensor."""
         source = node.input[index]
         if source not in shared:
-            np_float = np.float16 if elem_type[source] == TensorProto.FLOAT16 else np.float32
             scale_name = f"{source}_scale"
             graph.initializer.append(numpy_helper.from_array(
-                stored_scale(scale_of(activation_amax[activation], fmt), np_float), scale_name))
+                stored_scale(scale_of(activation_amax[activation], fmt), np_float(source)), scale_name))
             q, dq = f"{source}_quantized", f"{source}_dequantized"
             new_nodes.setdefault(node.name, []).extend([
                 helper.make_node("QuantizeLinear", [source, scale_name, zero_point], [q], name=f"{source}_Q"),
@@ -305,17 +317,17 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_am
 
     for target in targets:
         node = nodes[target.node]
-        np_float = np.float16 if elem_type[node.input[0]] == TensorProto.FLOAT16 else np.float32
+        float_type = np_float(node.input[0])  # before the input is renamed to its dequantized value
         quantize_input(node, 0, target.activation)
         weight_name = node.input[1]
         fp32 = fp32_weights[target.weight]
-        scales = stored_scale(scale_of(weight_amax(fp32, target.axis), fmt), np_float)
+        scales = stored_scale(scale_of(weight_amax(fp32, target.axis), fmt), float_type)
         shape = [1] * fp32.ndim
         shape[target.axis] = -1
         stored, stored_name = quantize(fp32, scales.astype(np.float64).reshape(shape), fmt), f"{weight_name}_{fmt}"
         graph.initializer.append(store.add(stored_name, stored) if store
                                  else numpy_helper.from_array(stored, stored_name))
-        graph.initializer.append(numpy_helper.from_array(scales.astype(np_float), f"{weight_name}_wscale"))
+        graph.initializer.append(numpy_helper.from_array(scales.astype(float_type), f"{weight_name}_wscale"))
         graph.initializer.append(numpy_helper.from_array(zeros(fmt, len(scales)), f"{weight_name}_wzero"))
         new_nodes.setdefault(node.name, []).append(helper.make_node(
             "DequantizeLinear", [stored_name, f"{weight_name}_wscale", f"{weight_name}_wzero"],
