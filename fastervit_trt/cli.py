@@ -230,6 +230,10 @@ def export_parser() -> argparse.ArgumentParser:
                        help="INT8: quantize the residual input of each Add after a quantized Conv so "
                             "TensorRT reads it in INT8 in the fused epilogue; auto: on for classifiers, "
                             "off for --features (the feature maps are that residual stream)")
+    calib.add_argument("--bias-correction", choices=("on", "off"), default="on" if c.bias_correction else "off",
+                       help="subtract from each quantized layer's bias the mean output shift its weight "
+                            "rounding causes (from the calibration inputs' channel means, kept beside the "
+                            "cache as <cache>.means.npz)")
     calib.add_argument("--calib-heldout", type=_positive, default=c.heldout, metavar="N",
                        help="held-out inputs for the accuracy figures, sensitivity and budget")
     calib.add_argument("--sensitivity", action="store_true",
@@ -265,7 +269,8 @@ def _export(args: argparse.Namespace) -> int:
                                    percentile=args.calib_percentile, cache=args.calib_cache,
                                    recalibrate=args.recalibrate, qdq_base=args.qdq_base,
                                    heldout=args.calib_heldout, sensitivity=args.sensitivity,
-                                   accuracy_budget=args.accuracy_budget, residual_qdq=args.residual_qdq)
+                                   accuracy_budget=args.accuracy_budget, residual_qdq=args.residual_qdq,
+                                   bias_correction=args.bias_correction == "on")
     except ValueError as exc:
         raise FasterViTTRTError(str(exc)) from None
     stream = None if args.quiet else sys.stderr

@@ -7,14 +7,18 @@
   for accuracy debugging and ONNX Runtime on CPU);
 - ``<model>_<precision>.cache``: the activation ranges as a TensorRT calibration cache
   (amax / 127, TensorRT's format), reused on the next run (checked against the graph
-  before any image is read);
+  before any image is read), with ``<cache>.json`` (the settings it was made with) and
+  ``<cache>.means.npz`` (the quantized layers' per-channel input means, for bias correction:
+  NumPy arrays ``names``, ``sizes`` and ``means``, the means of each name in turn);
 - ``<model>_<precision>.report.json``: the report, with the accuracy against FP32 on
   held-out inputs.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -22,7 +26,7 @@ from typing import TextIO
 import numpy as np
 from onnx import TensorProto
 
-from ..artifacts import paths_of, write_json
+from ..artifacts import paths_of, write_bytes, write_json
 from ..compare import compare, compare_outputs
 from ..errors import FasterViTTRTError
 from ..export.fp16 import convert_to_fp16
@@ -33,9 +37,9 @@ from ..export.weights import scratch
 from ..preprocess import Preprocess
 from ..progress import Steps
 from .cache import CalibrationCache, CalibrationCacheError, installed_trt_version, version_number
-from .collect import collect_histograms
+from .collect import ChannelMeans, collect_histograms
 from .dataset import DEFAULT_DATA, CalibrationData, StoredInputs
-from .qdq import FP8_MIN_OPSET, QDQ_MIN_OPSET, QMAX, placement, scale_of, to_opset
+from .qdq import FP8_MIN_OPSET, QDQ_MIN_OPSET, QMAX, input_channel_axes, placement, scale_of, to_opset
 from .ranges import METHODS, compute_amax
 from .sensitivity import Evaluator, layer_sensitivity, mixed_precision
 
@@ -61,6 +65,7 @@ class CalibrationOptions:
     sensitivity: bool = False  # rank layers by the degradation each alone causes
     accuracy_budget: float | None = None  # max top-1 agreement drop vs FP32, in points
     residual_qdq: str = "auto"  # INT8 residual inputs: on, off, auto (on unless exporting features)
+    bias_correction: bool = True  # biases absorb the mean output shift of weight rounding
 
     def __post_init__(self) -> None:
         paths_of(self, "data", "cache")
@@ -97,6 +102,30 @@ def record_path(cache: Path) -> Path:
     return cache.with_name(cache.name + ".json")
 
 
+def means_path(cache: Path) -> Path:
+    return cache.with_name(cache.name + ".means.npz")
+
+
+def write_means(path: Path, means: dict[str, np.ndarray]) -> None:
+    names = sorted(means)
+    buffer = io.BytesIO()
+    np.savez(buffer, names=np.array(names), sizes=np.array([means[n].size for n in names], np.int64),
+             means=np.concatenate([means[n].ravel() for n in names]) if names else np.zeros(0))
+    write_bytes(path, buffer.getvalue())
+
+
+def read_means(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as stored:
+            names, sizes, values = stored["names"], stored["sizes"], stored["means"]
+        if len(names) != len(sizes) or int(sizes.sum()) != values.size:
+            raise ValueError("names, sizes and means do not match")
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise CalibrationCacheError(f"{path}: not a channel-means file of this toolkit ({exc}); delete it "
+                                    "and pass --recalibrate, or --bias-correction off") from None
+    return dict(zip((str(n) for n in names), np.split(values, np.cumsum(sizes)[:-1])))
+
+
 def _changed_settings(cache: Path, settings: dict) -> str | None:
     """How ``settings`` differ from those recorded beside ``cache`` (None: same, or no record)."""
     try:
@@ -122,7 +151,8 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
                                 "rank its layers by feature cosine with --sensitivity instead")
     cache_path = calib.cache_path(options)
     reuse = cache_path.is_file() and not calib.recalibrate
-    variant = preflight(options, () if cache_path.is_file() else (cache_path, record_path(cache_path)))
+    variant = preflight(options, () if cache_path.is_file()
+                        else (cache_path, record_path(cache_path), means_path(cache_path)))
     settings = {"model": variant.name, "resolution": list(variant.arch.resolution), **calib.record(),
                 "jpeg_draft": not options.exact_preprocess, "input_format": options.input_format}
     changed = _changed_settings(cache_path, settings) if reuse else None
@@ -139,16 +169,24 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
         placed = placement(fp32, fmt, residuals=calib.quantizes_residuals(bool(options.features)))
         targets, activations = placed.targets, placed.activations
         fp32_path = store.save_view(fp32, "fp32.onnx")
+        means: dict[str, np.ndarray] | None = None
         if reuse:
             with steps.step(f"reusing calibration cache {cache_path}"):
                 cache = CalibrationCache.read(cache_path)
                 graph_tensors = {t for n in fp32.graph.node for t in n.output} | {i.name for i in fp32.graph.input}
                 cache.check(calib.method, activations, graph_tensors, cache_path)
                 images_seen = 0
+                if means_path(cache_path).is_file():
+                    means = read_means(means_path(cache_path))
+                elif calib.bias_correction:
+                    log.warning("bias correction %s", _bias_correction(calib, None, cache_path))
         else:
             with steps.step(f"calibrating ({calib.method}) on {calib.images} inputs from {calib.data}"):
                 data = CalibrationData(calib.data, preprocess, calib.images)
-                histograms, images_seen = collect_histograms(fp32_path, activations, data, calib.batch, stream)
+                channels = ChannelMeans(input_channel_axes(fp32, targets))
+                histograms, images_seen = collect_histograms(fp32_path, activations, data, calib.batch, stream,
+                                                             means=channels)
+                means = channels.means()
                 amax = {name: compute_amax(h, calib.method, calib.percentile) for name, h in histograms.items()}
                 cache = CalibrationCache({name: float(scale_of(a)) for name, a in amax.items()},
                                          calib.method, version_number(*installed_trt_version()))
@@ -159,8 +197,9 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
                                    io_dtype=options.io_dtype, weights=store)
         reference = ort_logits(fp32_path, heldout)
         release_memory()  # that session's freed buffers, before the quantized graphs run
+        corrected = means if calib.bias_correction else None
         evaluator = Evaluator(base, targets, cache.amax, store.arrays(fp32), heldout,
-                              reference, store, fmt, output_sizes(fp32), placed.residuals)
+                              reference, store, fmt, output_sizes(fp32), placed.residuals, corrected)
         sections: dict = {}
         excluded: set[str] = set()
         if calib.sensitivity or calib.accuracy_budget is not None:
@@ -179,6 +218,7 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
             "format": fmt, "method": calib.method, "qdq_base": calib.qdq_base, "layers": len(targets) - len(excluded),
             "layers_left_in_float": sorted(excluded), "kept_in_float_by_default": placed.kept,
             "residual_inputs": sum(r.conv not in excluded for r in placed.residuals),
+            "bias_correction": _bias_correction(calib, corrected, cache_path),
             "activation_tensors": len(activations),
             "qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node),
             "cache": str(cache_path), "cache_reused": reuse, "calibration_inputs": images_seen,
@@ -195,11 +235,22 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
                                  evaluator.measure(base) if fp16 else None,
                                  int8_kernels=fmt == "int8" and not fp16)
         if not reuse:  # only now: an interrupted run leaves no cache without its model
+            write_means(means_path(cache_path), means or {})
             cache.write(cache_path)
             write_json(record_path(cache_path), {**settings, "inputs_seen": images_seen})
         publish_onnx(staged_onnx, options.onnx_path)
     report = write_report(options, metadata, summary, steps, accuracy=accuracy, **sections)
     return ExportResult(options.onnx_path, options.report_path, report)
+
+
+def _bias_correction(calib: CalibrationOptions, means: dict[str, np.ndarray] | None, cache: Path) -> str:
+    """What the report says of bias correction."""
+    if not calib.bias_correction:
+        return "off (--bias-correction off)"
+    if means is None:
+        return (f"off: the reused cache has no {means_path(cache).name} (made before bias correction, or by "
+                "another tool); --recalibrate measures the means")
+    return "on"
 
 
 def _heldout_inputs(calib: CalibrationOptions, preprocess: Preprocess, path: Path) -> tuple[StoredInputs, str]:

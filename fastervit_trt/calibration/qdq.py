@@ -12,6 +12,13 @@ and for FP8 every layer in series with the whole network too (``placement``). We
 stored quantized (int8 or FLOAT8E4M3FN initializers) followed by a DequantizeLinear, so
 the file shrinks and the scales are explicit.
 
+Weight rounding shifts each layer's mean output (E[dW x], dW the rounding error): with the
+layer inputs' per-channel means from calibration, ``insert_qdq`` subtracts that shift from
+the layer's float bias ("bias correction", Nagel et al. 2019, "Data-Free Quantization Through
+Weight Equalization and Bias Correction"). Global average pooling averages input-dependent
+rounding noise away but not this shift, so it is most of what weight rounding costs the
+logits: FasterViT-0 FP8 0.99894 -> 0.99964 logit cosine, INT8 0.99979 -> 0.99988.
+
 Q/DQ over a float16 graph needs opset 19 (QuantizeLinear takes float16 from 19 on);
 ``to_opset`` raises the graph's opset when needed.
 """
@@ -245,6 +252,32 @@ def weight_amax(weight: np.ndarray, axis: int) -> np.ndarray:
     return np.abs(weight.astype(np.float64)).max(axis=reduce)
 
 
+def input_channel_axes(model: onnx.ModelProto, targets: list[QuantTarget]) -> dict[str, int]:
+    """The channel axis of each target's activation input: 1 for a Conv (NCHW), the last
+    for a MatMul or Gemm."""
+    ops = {n.name: n.op_type for n in model.graph.node}
+    return {t.activation: 1 if ops[t.node] == "Conv" else -1 for t in targets}
+
+
+def mean_shift(node: onnx.NodeProto, weight_error: np.ndarray, axis: int,
+               input_mean: np.ndarray) -> np.ndarray | None:
+    """E[dW x] per output channel of ``node`` (Conv, MatMul or Gemm) for weight error
+    ``weight_error`` (output-channel axis ``axis``) and per-channel input mean ``input_mean``;
+    a Conv's padded border is taken at the mean too. None where the shapes do not match (a
+    batched MatMul weight, or means of another layout)."""
+    if node.op_type == "Conv":
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        out_channels, group_inputs = weight_error.shape[:2]
+        if input_mean.size != groups * group_inputs or out_channels % groups:
+            return None
+        summed = weight_error.reshape(groups, out_channels // groups, group_inputs, -1).sum(-1)
+        return np.einsum("goc,gc->go", summed, input_mean.reshape(groups, group_inputs)).reshape(-1)
+    if weight_error.ndim != 2:
+        return None
+    inputs = weight_error.T if axis == 0 else weight_error  # (in, out)
+    return input_mean @ inputs if input_mean.size == inputs.shape[0] else None
+
+
 def to_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     """``model`` at (at least) ``opset`` via ONNX's version converter."""
     current = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
@@ -276,10 +309,12 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
 def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_amax: dict[str, float],
                fp32_weights: Mapping[str, np.ndarray], types: dict[str, int] | None = None,
                store: WeightFile | None = None, fmt: str = "int8",
-               residuals: Sequence[ResidualInput] = ()) -> onnx.ModelProto:
+               residuals: Sequence[ResidualInput] = (),
+               input_means: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """A copy of ``model`` (float32 or float16 graph) with Q/DQ on every target, in ``fmt``
     (``int8``, or ``fp8``: FLOAT8E4M3FN, weights stored as such), and on the ``residuals``
-    whose Conv is among the targets.
+    whose Conv is among the targets. With ``input_means`` (per-channel means of the targets'
+    activations, by FP32 name) each target's bias absorbs its weight rounding's mean shift.
 
     ``activation_amax`` is keyed by the activation names of the FP32 graph; in a float16
     graph a target may read a ``<name>_fp16`` cast of it, which is what gets quantized.
@@ -292,6 +327,8 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_am
     quantized.CopyFrom(model)
     graph = quantized.graph
     nodes = {node.name: node for node in graph.node}
+    initializers = {t.name: t for t in graph.initializer}
+    readers = _readers(quantized)
     zero_point = "qdq_zero_point"
     graph.initializer.append(numpy_helper.from_array(zeros(fmt), zero_point))
     shared: dict[str, str] = {}
@@ -333,6 +370,11 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_am
             "DequantizeLinear", [stored_name, f"{weight_name}_wscale", f"{weight_name}_wzero"],
             [f"{weight_name}_dequantized"], axis=target.axis, name=f"{weight_name}_DQ"))
         node.input[1] = f"{weight_name}_dequantized"
+        mean = (input_means or {}).get(target.activation)
+        shift = None if mean is None else mean_shift(
+            node, stored.astype(np.float64) * scales.astype(np.float64).reshape(shape) - fp32, target.axis, mean)
+        if shift is not None:
+            _subtract_from_bias(graph, node, shift, float_type, initializers, readers, store, new_nodes)
 
     chosen = {t.node for t in targets}
     for residual in residuals:
@@ -343,6 +385,7 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_am
     for node in graph.node:
         ordered.extend(new_nodes.get(node.name, []))
         ordered.append(node)
+        ordered.extend(new_nodes.get(f"after {node.name}", []))
     del graph.node[:]
     graph.node.extend(ordered)
     used = {name for node in graph.node for name in node.input}
@@ -351,3 +394,37 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_am
     graph.initializer.extend(kept)
     del graph.value_info[:]
     return quantized
+
+
+def _subtract_from_bias(graph: onnx.GraphProto, node: onnx.NodeProto, shift: np.ndarray, float_type: type,
+                        initializers: dict[str, onnx.TensorProto], readers: dict[str, list[onnx.NodeProto]],
+                        store: WeightFile | None, new_nodes: dict[str, list[onnx.NodeProto]]) -> None:
+    """Subtract ``shift`` (per output channel) from ``node``'s bias: a Conv's or Gemm's bias
+    input, or the 1-D constant of the Add that alone reads a MatMul; in a new initializer
+    (the old one may be shared). A layer without such a bias gets one (a Conv or Gemm input)
+    or an Add after it."""
+    bias_of = None
+    if node.op_type in ("Conv", "Gemm"):
+        bias_of, index = node, 2
+    else:
+        add = readers.get(node.output[0], [])
+        if len(add) == 1 and add[0].op_type == "Add":
+            constant = [i for i, name in enumerate(add[0].input) if name in initializers
+                        and list(initializers[name].dims) == [shift.size]]
+            if constant:
+                bias_of, index = add[0], constant[0]
+    name = f"{node.name}_bias_corrected"
+    if bias_of is not None and index < len(bias_of.input) and bias_of.input[index]:
+        tensor = initializers[bias_of.input[index]]
+        bias = store.read(tensor) if store else numpy_helper.to_array(tensor)
+        graph.initializer.append(numpy_helper.from_array((bias.astype(np.float64) - shift).astype(bias.dtype), name))
+        bias_of.input[index] = name
+    elif bias_of is node:
+        graph.initializer.append(numpy_helper.from_array((-shift).astype(float_type), name))
+        node.input.extend([""] * (index - len(node.input)) + [name])
+    else:
+        graph.initializer.append(numpy_helper.from_array((-shift).astype(float_type), name))
+        output = node.output[0]
+        node.output[0] = f"{output}_uncorrected"
+        new_nodes.setdefault(f"after {node.name}", []).append(
+            helper.make_node("Add", [node.output[0], name], [output], name=f"{node.name}_bias_correction"))

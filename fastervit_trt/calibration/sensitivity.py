@@ -38,6 +38,7 @@ class Evaluator:
     fmt: str = "int8"  # or "fp8"
     sizes: dict[str, int] | None = None  # values per input of each output (default: logits only)
     residuals: list[ResidualInput] = field(default_factory=list)  # quantized with their Conv
+    input_means: dict[str, np.ndarray] | None = None  # for bias correction (None: none)
 
     def __post_init__(self) -> None:
         self.types = tensor_types(self.base)  # once, not per variant
@@ -50,7 +51,7 @@ class Evaluator:
     def quantized(self, skip: set[str] = frozenset(), only: set[str] | None = None) -> onnx.ModelProto:
         chosen = [t for t in self.targets if t.node not in skip and (only is None or t.node in only)]
         return insert_qdq(self.base, chosen, self.amax, self.weights, self.types, self.store, self.fmt,
-                          self.residuals)
+                          self.residuals, self.input_means)
 
     def measure(self, model: onnx.ModelProto) -> dict:
         """Mean cosine (of the worst output: a backbone's feature maps each count) and, for

@@ -6,8 +6,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from fastervit_trt.calibration.collect import collect_histograms
-from fastervit_trt.calibration.qdq import quant_targets
+from fastervit_trt.calibration.collect import ChannelMeans, collect_histograms
+from fastervit_trt.calibration.qdq import input_channel_axes, quant_targets
 from fastervit_trt.export.ort_cpu import cpu_session
 from fastervit_trt.export.segments import split_graph
 
@@ -56,8 +56,10 @@ def test_segments_cover_the_requested_tensors_in_graph_order_within_budget(fp32_
 def test_segmented_histograms_match_one_session_over_the_whole_graph(fp32_graph, tmp_path):
     path, model, tensors = fp32_graph
     inputs = np.random.default_rng(0).standard_normal((6, 3, 224, 224)).astype(np.float32)
-    histograms, seen = collect_histograms(path, tensors, Arrays(inputs), batch_size=3, stream=None, budget=1 << 22)
-    assert seen == 6
+    means = ChannelMeans(input_channel_axes(model, quant_targets(model)))
+    histograms, seen = collect_histograms(path, tensors, Arrays(inputs), batch_size=3, stream=None, budget=1 << 22,
+                                          means=means)
+    assert seen == 6 and set(means.means()) == set(tensors)
 
     whole = onnx.load(str(path), load_external_data=False)  # the reference: every tensor a graph output
     del whole.graph.output[:]
@@ -69,3 +71,6 @@ def test_segmented_histograms_match_one_session_over_the_whole_graph(fp32_graph,
         amax = float(np.abs(values[name]).max())
         assert histograms[name].amax == pytest.approx(amax, rel=1e-4, abs=1e-6), name
         assert histograms[name].counts.sum() == values[name].size, name
+        channels = (0, 2, 3) if means.axes[name] == 1 else tuple(range(values[name].ndim - 1))
+        np.testing.assert_allclose(means.means()[name], values[name].astype(np.float64).mean(axis=channels),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)

@@ -64,6 +64,8 @@ def test_int8_graph_structure(int8_export):
     assert lone_quantizers(model) == []  # every Q/DQ pair feeds a layer TensorRT fuses it into
     quant = int8_export.report["quantization"]
     assert quant["kept_in_float_by_default"] == ["/head/Gemm"] and quant["residual_inputs"] == 5
+    assert quant["bias_correction"] == "on"  # every quantized layer's bias absorbs its rounding's mean shift
+    assert sum(t.name.endswith("_bias_corrected") for t in model.graph.initializer) == layers
     nodes = {n.name: n for n in model.graph.node}
     assert produced_by[nodes["/head/Gemm"].input[0]] != "DequantizeLinear"  # the classifier stays in FP16
     for block in ("levels.0/blocks.0", "levels.0/blocks.1", "levels.1/blocks.0", "levels.1/blocks.1", "levels.1/blocks.2"):
@@ -96,8 +98,9 @@ def test_existing_cache_is_reused_without_reading_images(int8_export, tmp_path, 
     assert code == 0 and "reused" in out
     reused = onnx.load(str(tmp_path / "faster_vit_0_224_int8.onnx"))
     first = onnx.load(str(int8_export.onnx_path))
-    scales = lambda m: {t.name: t.raw_data for t in m.graph.initializer if t.name.endswith("_scale")}
-    assert scales(reused) == scales(first)
+    for suffix in ("_scale", "_bias_corrected"):  # the scales, and the biases from the kept channel means
+        kept = lambda m: {t.name: t.raw_data for t in m.graph.initializer if t.name.endswith(suffix)}
+        assert kept(reused) and kept(reused) == kept(first)
 
 
 def _digits_int8(folder, *argv) -> dict:
@@ -128,6 +131,24 @@ def test_recalibrate_replaces_the_cache_it_names_without_force(tmp_path, capsys)
     _digits_int8(tmp_path / "a", "--calib-cache", str(cache))
     again = _digits_int8(tmp_path / "b", "--calib-cache", str(cache), "--recalibrate")
     assert not again["cache_reused"] and again["calibration_inputs"] == 16
+
+
+def test_bias_correction_needs_the_means_kept_beside_the_cache(tmp_path, capsys, caplog):
+    cache = tmp_path / "digits.cache"
+    assert _digits_int8(tmp_path / "a", "--calib-cache", str(cache))["bias_correction"] == "on"
+    means = cache.with_name("digits.cache.means.npz")
+    assert _digits_int8(tmp_path / "b", "--calib-cache", str(cache))["bias_correction"] == "on"
+    off = _digits_int8(tmp_path / "c", "--calib-cache", str(cache), "--bias-correction", "off")
+    assert off["bias_correction"] == "off (--bias-correction off)"
+    model = onnx.load(str(tmp_path / "c" / "faster_vit_digits_int8.onnx"))
+    assert not [t for t in model.graph.initializer if t.name.endswith("_bias_corrected")]
+    means.write_bytes(b"not an npz")
+    line = _fails(capsys, tmp_path, "--calib-cache", str(cache), "--calib-images", "16", "--no-engine")
+    assert str(means) in line and "--recalibrate" in line
+    means.unlink()  # a cache made before bias correction, or by another tool
+    without = _digits_int8(tmp_path / "d", "--calib-cache", str(cache))["bias_correction"]
+    assert without.startswith("off: the reused cache has no digits.cache.means.npz")
+    assert f"bias correction {without}" in caplog.text
 
 
 def _fails(capsys, tmp_path, *argv) -> str:
