@@ -253,10 +253,15 @@ def weight_amax(weight: np.ndarray, axis: int) -> np.ndarray:
 
 
 def input_channel_axes(model: onnx.ModelProto, targets: list[QuantTarget]) -> dict[str, int]:
-    """The channel axis of each target's activation input: 1 for a Conv (NCHW), the last
-    for a MatMul or Gemm."""
-    ops = {n.name: n.op_type for n in model.graph.node}
-    return {t.activation: 1 if ops[t.node] == "Conv" else -1 for t in targets}
+    """The channel axis of each target's activation input: 1 for a Conv (NCHW), 0 for a
+    Gemm with transA, else the last."""
+    nodes = {n.name: n for n in model.graph.node}
+
+    def axis(node: onnx.NodeProto) -> int:
+        if node.op_type == "Conv":
+            return 1
+        return 0 if any(a.name == "transA" and a.i for a in node.attribute) else -1
+    return {t.activation: axis(nodes[t.node]) for t in targets}
 
 
 def mean_shift(node: onnx.NodeProto, weight_error: np.ndarray, axis: int,
@@ -275,7 +280,8 @@ def mean_shift(node: onnx.NodeProto, weight_error: np.ndarray, axis: int,
     if weight_error.ndim != 2:
         return None
     inputs = weight_error.T if axis == 0 else weight_error  # (in, out)
-    return input_mean @ inputs if input_mean.size == inputs.shape[0] else None
+    alpha = next((a.f for a in node.attribute if a.name == "alpha"), 1.0)  # a Gemm's A B factor
+    return alpha * (input_mean @ inputs) if input_mean.size == inputs.shape[0] else None
 
 
 def to_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
@@ -396,35 +402,45 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_am
     return quantized
 
 
+def _bias_slot(node: onnx.NodeProto, channels: int, initializers: dict[str, onnx.TensorProto],
+               readers: dict[str, list[onnx.NodeProto]]) -> tuple[onnx.NodeProto, int] | None:
+    """Where ``node``'s bias constant goes: (node, input index) of a Conv's bias or a Gemm's
+    C (beta 1), present as an initializer or absent, or of the 1-D constant of the Add that
+    alone reads a MatMul; None when there is no such place."""
+    if node.op_type in ("Conv", "Gemm"):
+        beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0)
+        absent = len(node.input) < 3 or not node.input[2]
+        return (node, 2) if beta == 1.0 and (absent or node.input[2] in initializers) else None
+    add = readers.get(node.output[0], [])
+    if len(add) != 1 or add[0].op_type != "Add":
+        return None
+    constant = [i for i, name in enumerate(add[0].input)
+                if name in initializers and list(initializers[name].dims) == [channels]]
+    return (add[0], constant[0]) if constant else None
+
+
 def _subtract_from_bias(graph: onnx.GraphProto, node: onnx.NodeProto, shift: np.ndarray, float_type: type,
                         initializers: dict[str, onnx.TensorProto], readers: dict[str, list[onnx.NodeProto]],
                         store: WeightFile | None, new_nodes: dict[str, list[onnx.NodeProto]]) -> None:
-    """Subtract ``shift`` (per output channel) from ``node``'s bias: a Conv's or Gemm's bias
-    input, or the 1-D constant of the Add that alone reads a MatMul; in a new initializer
-    (the old one may be shared). A layer without such a bias gets one (a Conv or Gemm input)
-    or an Add after it."""
-    bias_of = None
-    if node.op_type in ("Conv", "Gemm"):
-        bias_of, index = node, 2
-    else:
-        add = readers.get(node.output[0], [])
-        if len(add) == 1 and add[0].op_type == "Add":
-            constant = [i for i, name in enumerate(add[0].input) if name in initializers
-                        and list(initializers[name].dims) == [shift.size]]
-            if constant:
-                bias_of, index = add[0], constant[0]
+    """Subtract ``shift`` (per output channel) from ``node``'s bias (``_bias_slot``), in a new
+    initializer (the old one may be shared); a layer with no bias slot gets an Add after it."""
     name = f"{node.name}_bias_corrected"
-    if bias_of is not None and index < len(bias_of.input) and bias_of.input[index]:
-        tensor = initializers[bias_of.input[index]]
-        bias = store.read(tensor) if store else numpy_helper.to_array(tensor)
-        graph.initializer.append(numpy_helper.from_array((bias.astype(np.float64) - shift).astype(bias.dtype), name))
-        bias_of.input[index] = name
-    elif bias_of is node:
-        graph.initializer.append(numpy_helper.from_array((-shift).astype(float_type), name))
-        node.input.extend([""] * (index - len(node.input)) + [name])
-    else:
+    slot = _bias_slot(node, shift.size, initializers, readers)
+    if slot is None:
         graph.initializer.append(numpy_helper.from_array((-shift).astype(float_type), name))
         output = node.output[0]
         node.output[0] = f"{output}_uncorrected"
         new_nodes.setdefault(f"after {node.name}", []).append(
             helper.make_node("Add", [node.output[0], name], [output], name=f"{node.name}_bias_correction"))
+        return
+    owner, index = slot
+    if index < len(owner.input) and owner.input[index]:
+        tensor = initializers[owner.input[index]]
+        bias = store.read(tensor) if store else numpy_helper.to_array(tensor)
+        corrected = (bias.astype(np.float64) - shift).astype(bias.dtype)
+    else:
+        corrected = (-shift).astype(float_type)
+        owner.input.extend([""] * (index - len(owner.input)))
+        owner.input.append("")
+    graph.initializer.append(numpy_helper.from_array(corrected, name))
+    owner.input[index] = name

@@ -128,3 +128,19 @@ def test_layers_without_a_bias_get_one_and_the_fp16_graph_keeps_its_types():
     assert all(np.isfinite(o).all() for o in _run(quantized, x))
     unchanged = insert_qdq(model, quant_targets(_graph()), {"x": 6.0, "p": 6.0, "f": 6.0}, WEIGHTS, fmt="fp8")
     assert not [t for t in unchanged.graph.initializer if t.name.endswith("_bias_corrected")]
+
+
+def test_a_scaled_gemm_is_corrected_after_it():
+    """Gemm with alpha 2 and beta 0.5 over a C: the shift is scaled by alpha and added after
+    the Gemm (C is scaled by beta, so it cannot absorb it exactly)."""
+    model = _graph()
+    gemm = next(n for n in model.graph.node if n.name == "gemm")
+    gemm.input.append("bc")
+    gemm.attribute.extend([helper.make_attribute("alpha", 2.0), helper.make_attribute("beta", 0.5)])
+    means = _means(model, _inputs(256))
+    quantized = _quantized(model, "fp8", means)
+    nodes = {n.name: n for n in quantized.graph.node}
+    assert nodes["gemm"].input[2] == "bc" and nodes["gemm_bias_correction"].output == ["gm"]
+    x = _inputs(256)
+    reference, plain, corrected = (_run(m, x)[-1] for m in (model, _quantized(model, "fp8", None), quantized))
+    assert np.linalg.norm((corrected - reference).mean(0)) < 0.3 * np.linalg.norm((plain - reference).mean(0))
