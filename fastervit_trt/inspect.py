@@ -56,7 +56,8 @@ def inspect_onnx(path: Path) -> dict:
             kept = quant.get("kept_in_float_by_default", [])
             info["quantized_layers"] = (f"{quant['layers']} layers {quant['format'].upper()}, "
                                         f"{quant.get('residual_inputs', 0)} residual inputs; "
-                                        f"left in float by default: {', '.join(kept) or 'none'}")
+                                        f"left in float by default: {', '.join(kept) or 'none'}; "
+                                        f"bias correction {quant.get('bias_correction', 'off')}")
         if "mixed_precision" in data:
             mixed = data["mixed_precision"]
             info["mixed_precision"] = (f"{mixed['int8_layers']} of {mixed['layers']} layers INT8, "

@@ -90,7 +90,7 @@ def test_fp8_export_of_the_trained_fixture(digits_fp8, digits_folders):
     assert info["precision"] == "fp8" and info["qdq_nodes"] == ops["QuantizeLinear"] + ops["DequantizeLinear"]
     assert info["fp8_weight_share"] > 0.5
     assert info["quantized_layers"].startswith(f"{layers} layers FP8, 0 residual inputs; left in float by default: ")
-    assert "/head/Gemm" in info["quantized_layers"]
+    assert "/head/Gemm" in info["quantized_layers"] and info["quantized_layers"].endswith("; bias correction on")
     accuracy = fp8.report["accuracy"]
     assert accuracy["format"] == "fp8" and accuracy["quantized_vs_fp32_ort_int8_kernels"] is None
     assert accuracy["summary"].startswith("FP8 vs FP32")
