@@ -41,9 +41,10 @@ class ChannelMeans:
     counts: dict[str, int] = field(default_factory=dict)
 
     def update(self, name: str, values: np.ndarray) -> None:
-        channels = np.moveaxis(values, self.axes[name], -1).reshape(-1, values.shape[self.axes[name]])
-        self.sums[name] = self.sums.get(name, 0.0) + channels.sum(axis=0, dtype=np.float64)
-        self.counts[name] = self.counts.get(name, 0) + channels.shape[0]
+        channel = self.axes[name] % values.ndim
+        others = tuple(i for i in range(values.ndim) if i != channel)  # reduced in place: no copy
+        self.sums[name] = self.sums.get(name, 0.0) + values.sum(axis=others, dtype=np.float64)
+        self.counts[name] = self.counts.get(name, 0) + values.size // values.shape[channel]
 
     def means(self) -> dict[str, np.ndarray]:
         return {name: total / self.counts[name] for name, total in self.sums.items()}
