@@ -176,9 +176,9 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
                 graph_tensors = {t for n in fp32.graph.node for t in n.output} | {i.name for i in fp32.graph.input}
                 cache.check(calib.method, activations, graph_tensors, cache_path)
                 images_seen = 0
-                if means_path(cache_path).is_file():
+                if calib.bias_correction and means_path(cache_path).is_file():
                     means = read_means(means_path(cache_path))
-                elif calib.bias_correction:
+                elif calib.bias_correction:  # made before bias correction, or by another tool
                     log.warning("bias correction %s", _bias_correction(calib, None, cache_path))
         else:
             with steps.step(f"calibrating ({calib.method}) on {calib.images} inputs from {calib.data}"):

@@ -145,6 +145,8 @@ def test_bias_correction_needs_the_means_kept_beside_the_cache(tmp_path, capsys,
     means.write_bytes(b"not an npz")
     line = _fails(capsys, tmp_path, "--calib-cache", str(cache), "--calib-images", "16", "--no-engine")
     assert str(means) in line and "--recalibrate" in line
+    ignored = _digits_int8(tmp_path / "e", "--calib-cache", str(cache), "--bias-correction", "off")
+    assert ignored["bias_correction"] == "off (--bias-correction off)"  # the flag the message offers works
     means.unlink()  # a cache made before bias correction, or by another tool
     without = _digits_int8(tmp_path / "d", "--calib-cache", str(cache))["bias_correction"]
     assert without.startswith("off: the reused cache has no digits.cache.means.npz")
