@@ -339,6 +339,7 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_am
     graph.initializer.append(numpy_helper.from_array(zeros(fmt), zero_point))
     shared: dict[str, str] = {}
     new_nodes: dict[str, list[onnx.NodeProto]] = {}  # inserted before the named node
+    after_nodes: dict[str, list[onnx.NodeProto]] = {}  # inserted after it
 
     def np_float(name: str) -> type:
         return np.float16 if elem_type[name] == TensorProto.FLOAT16 else np.float32
@@ -380,7 +381,7 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_am
         shift = None if mean is None else mean_shift(
             node, stored.astype(np.float64) * scales.astype(np.float64).reshape(shape) - fp32, target.axis, mean)
         if shift is not None:
-            _subtract_from_bias(graph, node, shift, float_type, initializers, readers, store, new_nodes)
+            _subtract_from_bias(graph, node, shift, float_type, initializers, readers, store, after_nodes)
 
     chosen = {t.node for t in targets}
     for residual in residuals:
@@ -391,7 +392,7 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_am
     for node in graph.node:
         ordered.extend(new_nodes.get(node.name, []))
         ordered.append(node)
-        ordered.extend(new_nodes.get(f"after {node.name}", []))
+        ordered.extend(after_nodes.get(node.name, []))
     del graph.node[:]
     graph.node.extend(ordered)
     used = {name for node in graph.node for name in node.input}
@@ -421,7 +422,7 @@ def _bias_slot(node: onnx.NodeProto, channels: int, initializers: dict[str, onnx
 
 def _subtract_from_bias(graph: onnx.GraphProto, node: onnx.NodeProto, shift: np.ndarray, float_type: type,
                         initializers: dict[str, onnx.TensorProto], readers: dict[str, list[onnx.NodeProto]],
-                        store: WeightFile | None, new_nodes: dict[str, list[onnx.NodeProto]]) -> None:
+                        store: WeightFile | None, after_nodes: dict[str, list[onnx.NodeProto]]) -> None:
     """Subtract ``shift`` (per output channel) from ``node``'s bias (``_bias_slot``), in a new
     initializer (the old one may be shared); a layer with no bias slot gets an Add after it."""
     name = f"{node.name}_bias_corrected"
@@ -430,7 +431,7 @@ def _subtract_from_bias(graph: onnx.GraphProto, node: onnx.NodeProto, shift: np.
         graph.initializer.append(numpy_helper.from_array((-shift).astype(float_type), name))
         output = node.output[0]
         node.output[0] = f"{output}_uncorrected"
-        new_nodes.setdefault(f"after {node.name}", []).append(
+        after_nodes.setdefault(node.name, []).append(
             helper.make_node("Add", [node.output[0], name], [output], name=f"{node.name}_bias_correction"))
         return
     owner, index = slot
@@ -438,9 +439,8 @@ def _subtract_from_bias(graph: onnx.GraphProto, node: onnx.NodeProto, shift: np.
         tensor = initializers[owner.input[index]]
         bias = store.read(tensor) if store else numpy_helper.to_array(tensor)
         corrected = (bias.astype(np.float64) - shift).astype(bias.dtype)
-    else:
+    else:  # no bias, or an empty optional input in its place
         corrected = (-shift).astype(float_type)
-        owner.input.extend([""] * (index - len(owner.input)))
-        owner.input.append("")
+        owner.input.extend([""] * (index + 1 - len(owner.input)))
     graph.initializer.append(numpy_helper.from_array(corrected, name))
     owner.input[index] = name

@@ -144,3 +144,13 @@ def test_a_scaled_gemm_is_corrected_after_it():
     x = _inputs(256)
     reference, plain, corrected = (_run(m, x)[-1] for m in (model, _quantized(model, "fp8", None), quantized))
     assert np.linalg.norm((corrected - reference).mean(0)) < 0.3 * np.linalg.norm((plain - reference).mean(0))
+
+
+def test_an_empty_optional_bias_input_takes_the_correction_in_place():
+    model = _graph()
+    grouped = next(n for n in model.graph.node if n.name == "grouped")
+    grouped.input.append("")  # an absent optional input written as an empty name
+    quantized = _quantized(model, "fp8", _means(model, _inputs(64)))
+    onnx.checker.check_model(quantized, full_check=True)
+    assert list(next(n for n in quantized.graph.node if n.name == "grouped").input) == [
+        "x_dequantized", "Wg_dequantized", "grouped_bias_corrected"]
