@@ -50,6 +50,11 @@ class QuantTarget:
     axis: int
 
 
+def _attribute(node: onnx.NodeProto, name: str, default: int | float) -> int | float:
+    """``node``'s int or float attribute ``name``, or ``default`` where it is not set."""
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
 def quant_targets(model: onnx.ModelProto, exclude: frozenset[str] = frozenset()) -> list[QuantTarget]:
     """Conv / MatMul / Gemm nodes whose second input is a weight initializer."""
     weights = {t.name: t for t in model.graph.initializer}
@@ -63,8 +68,7 @@ def quant_targets(model: onnx.ModelProto, exclude: frozenset[str] = frozenset())
         if node.op_type == "Conv":
             axis = 0
         elif node.op_type == "Gemm":
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            axis = 0 if trans_b else 1
+            axis = 0 if _attribute(node, "transB", 0) else 1
         else:
             axis = len(weights[weight].dims) - 1
         targets.append(QuantTarget(node.name, activation, weight, axis))
@@ -260,7 +264,7 @@ def input_channel_axes(model: onnx.ModelProto, targets: list[QuantTarget]) -> di
     def axis(node: onnx.NodeProto) -> int:
         if node.op_type == "Conv":
             return 1
-        return 0 if any(a.name == "transA" and a.i for a in node.attribute) else -1
+        return 0 if _attribute(node, "transA", 0) else -1
     return {t.activation: axis(nodes[t.node]) for t in targets}
 
 
@@ -271,7 +275,7 @@ def mean_shift(node: onnx.NodeProto, weight_error: np.ndarray, axis: int,
     a Conv's padded border is taken at the mean too. None where the shapes do not match (a
     batched MatMul weight, or means of another layout)."""
     if node.op_type == "Conv":
-        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        groups = int(_attribute(node, "group", 1))
         out_channels, group_inputs = weight_error.shape[:2]
         if input_mean.size != groups * group_inputs or out_channels % groups:
             return None
@@ -280,7 +284,7 @@ def mean_shift(node: onnx.NodeProto, weight_error: np.ndarray, axis: int,
     if weight_error.ndim != 2:
         return None
     inputs = weight_error.T if axis == 0 else weight_error  # (in, out)
-    alpha = next((a.f for a in node.attribute if a.name == "alpha"), 1.0)  # a Gemm's A B factor
+    alpha = _attribute(node, "alpha", 1.0)  # a Gemm's A B factor
     return alpha * (input_mean @ inputs) if input_mean.size == inputs.shape[0] else None
 
 
@@ -409,7 +413,7 @@ def _bias_slot(node: onnx.NodeProto, channels: int, initializers: dict[str, onnx
     C (beta 1), present as an initializer or absent, or of the 1-D constant of the Add that
     alone reads a MatMul; None when there is no such place."""
     if node.op_type in ("Conv", "Gemm"):
-        beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0)
+        beta = _attribute(node, "beta", 1.0)
         absent = len(node.input) < 3 or not node.input[2]
         return (node, 2) if beta == 1.0 and (absent or node.input[2] in initializers) else None
     add = readers.get(node.output[0], [])

@@ -20,6 +20,7 @@ WEIGHTS = {"Wc": RNG.standard_normal((6, 4, 3, 3)), "Wg": RNG.standard_normal((6
            "M1": RNG.standard_normal((4, 6)), "M2": RNG.standard_normal((4, 6)), "G": RNG.standard_normal((6, 4))}
 WEIGHTS = {name: w.astype(np.float32) for name, w in WEIGHTS.items()}
 BIASES = {"bc": RNG.standard_normal(6).astype(np.float32), "B1": RNG.standard_normal(6).astype(np.float32)}
+AMAX = {"x": 6.0, "p": 6.0, "f": 6.0}  # the activation ranges the Q/DQ pairs get
 OUTPUTS = {"c": ["n", 6, 3, 3], "g": ["n", 6, 5, 5], "m1": ["n", 5, 5, 6], "m2": ["n", 5, 5, 6], "gm": ["rows", 6]}
 
 
@@ -56,8 +57,7 @@ def _means(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _quantized(model: onnx.ModelProto, fmt: str, means: dict | None) -> onnx.ModelProto:
-    amax = {"x": 6.0, "p": 6.0, "f": 6.0}
-    return insert_qdq(model, quant_targets(_graph()), amax, WEIGHTS, fmt=fmt, input_means=means)
+    return insert_qdq(model, quant_targets(_graph()), AMAX, WEIGHTS, fmt=fmt, input_means=means)
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
@@ -112,7 +112,7 @@ def test_correction_removes_the_mean_output_error_on_other_inputs():
 def test_layers_without_a_bias_get_one_and_the_fp16_graph_keeps_its_types():
     model = convert_to_fp16(to_opset(_graph(), 19))
     means = _means(_graph(), _inputs(64))
-    quantized = insert_qdq(model, quant_targets(_graph()), {"x": 6.0, "p": 6.0, "f": 6.0}, WEIGHTS, fmt="fp8", input_means=means)
+    quantized = insert_qdq(model, quant_targets(_graph()), AMAX, WEIGHTS, fmt="fp8", input_means=means)
     onnx.checker.check_model(quantized, full_check=True)
     nodes = {n.name: n for n in quantized.graph.node}
     assert nodes["grouped"].input[2] == "grouped_bias_corrected" and nodes["gemm"].input[2] == "gemm_bias_corrected"
@@ -126,7 +126,7 @@ def test_layers_without_a_bias_get_one_and_the_fp16_graph_keeps_its_types():
     assert {types[n] for n in types if n.endswith("_bias_corrected")} == {TensorProto.FLOAT16}
     x = _inputs(8)
     assert all(np.isfinite(o).all() for o in _run(quantized, x))
-    unchanged = insert_qdq(model, quant_targets(_graph()), {"x": 6.0, "p": 6.0, "f": 6.0}, WEIGHTS, fmt="fp8")
+    unchanged = insert_qdq(model, quant_targets(_graph()), AMAX, WEIGHTS, fmt="fp8")
     assert not [t for t in unchanged.graph.initializer if t.name.endswith("_bias_corrected")]
 
 
