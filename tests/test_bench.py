@@ -102,6 +102,9 @@ def test_backbone_smoke(tmp_path):
 def test_precision_accuracy_table(tmp_path):
     _run("precision_accuracy.py", "--calib-images", "16", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
     tables = json.loads((tmp_path / "r.json").read_text())
+    spread = tables.pop("faster_vit_0_224 fp8 sensitivity")
+    assert spread["layers"] > 0 and 0 < spread["max_layer_cost"] <= spread["sum_of_layer_costs"]
+    assert spread["whole_graph_cost"] > 0
     assert len(tables) == 2
     for rows in tables.values():
         assert list(rows) == ["fp32", "fp16", "int8", "fp8", "int8_no_bias_correction", "fp8_no_bias_correction"]
