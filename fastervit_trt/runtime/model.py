@@ -52,6 +52,7 @@ class InferenceModel:
         self.backend, self.preprocess, self.names, self.source = backend, preprocess, names, source
         self.feature_config = feature_config  # a backbone's export record: stages, norm, strides
         self.exif_rotate = True  # False: decode images with their stored pixel orientation
+        self._decoder: Any = None  # decode="gpu"'s GpuDecoder
 
     @property
     def max_batch(self) -> int:
@@ -87,9 +88,9 @@ class InferenceModel:
             raise ValueError(f"decode must be 'cpu' or 'gpu', not {decode!r}")
         try:
             if decode == "gpu":
-                from .gpu_decode import decode_on_gpu
                 items = inputs if isinstance(inputs, list) else [inputs]
-                parts = [self.backend.infer(decode_on_gpu(items[i:i + step], self.preprocess, self.exif_rotate))
+                decoder = self._gpu_decoder()
+                parts = [self.backend.infer(decoder(items[i:i + step], self.exif_rotate))
                          for i in range(0, len(items), step)]
             elif isinstance(inputs, list) and len(inputs) > step and all(map(is_encoded, inputs)):
                 parts = self._pipelined(inputs, step)
@@ -101,6 +102,14 @@ class InferenceModel:
             raise FasterViTTRTError(f"{self.source}: a batch of {size} does not fit in "
                                     "memory; pass fewer inputs per call") from None
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _gpu_decoder(self):
+        """The model's GPU decoder, made on first use, on the engine's device."""
+        if self._decoder is None:
+            from .gpu_decode import GpuDecoder
+            device = getattr(self.backend, "device", None)
+            self._decoder = GpuDecoder(self.preprocess, "cuda" if device is None else f"cuda:{device}")
+        return self._decoder
 
     def _pipelined(self, items: list, step: int) -> list[np.ndarray]:
         chunks = [items[i:i + step] for i in range(0, len(items), step)]
@@ -155,9 +164,12 @@ class InferenceModel:
 
 
 def load(path: str | Path, providers: list[str] | None = None, contexts: int = 2,
-         cuda_graphs: bool = False) -> InferenceModel:
-    """Load an ``.engine`` (TensorRT, with its sidecar) or ``.onnx`` (ONNX Runtime);
-    ``cuda_graphs`` replays each batch shape's captured CUDA graph (engines only)."""
+         cuda_graphs: bool = False, device: int | None = None) -> InferenceModel:
+    """Load an ``.engine`` (TensorRT, with its sidecar) or ``.onnx`` (ONNX Runtime).
+
+    Engines: ``contexts`` execution contexts serve concurrent calls; ``cuda_graphs`` replays
+    CUDA graphs captured at fixed batch sizes (see ``tensorrt_backend``); ``device`` is the
+    CUDA device index (None: the current one), kept for every later call from any thread."""
     path = Path(path)
     if not path.is_file():
         raise FasterViTTRTError(f"{path}: no such model file")
@@ -178,11 +190,11 @@ def load(path: str | Path, providers: list[str] | None = None, contexts: int = 2
         if not info:
             log.warning("%s: no fastervit-trt metadata; assuming ImageNet preprocessing", path)
     else:
-        info = verify_engine(path)
+        info = verify_engine(path, device=device)
         from .tensorrt_backend import TensorRTBackend
         backend = TensorRTBackend(path, (info.get("tensorrt") or {}).get("flavour"), contexts,
                                   version_compat=bool((info.get("build") or {}).get("version_compat")),
-                                  cuda_graphs=cuda_graphs)
+                                  cuda_graphs=cuda_graphs, device=device)
     images = np.dtype(backend.input_dtype) == np.uint8  # an NHWC image input
     preprocess = Preprocess.from_config(info.get("preprocess") or {
         **_DEFAULT_PREPROCESS, "input_size": backend.input_shape[:2] if images else backend.input_shape[1:],
@@ -193,11 +205,12 @@ def load(path: str | Path, providers: list[str] | None = None, contexts: int = 2
     return InferenceModel(backend, preprocess, names, path, info.get("features"))
 
 
-def verify_engine(path: Path, check_device: bool = True) -> dict:
+def verify_engine(path: Path, check_device: bool = True, device: int | None = None) -> dict:
     """Check ``path`` against its sidecar before any GPU work; returns the sidecar (or {}).
 
     ``check_device=False`` skips what only matters where the engine runs (the installed
-    TensorRT and this machine's GPU), for commands that only copy or describe it."""
+    TensorRT and GPU ``device``, None: the current one), for commands that only copy or
+    describe it."""
     sidecar = read_sidecar(path)
     if sidecar is None:
         log.warning("%s: no sidecar %s; loading with shapes from the engine and ImageNet "
@@ -218,7 +231,7 @@ def verify_engine(path: Path, check_device: bool = True) -> dict:
             f"installed; engines only load in the TensorRT version that built them. Rebuild: "
             f"{rebuild_command(sidecar, path)}")
     wanted = sidecar.get("device", {}).get("compute_capability")
-    present = _compute_capability()
+    present = _compute_capability(device)
     targets = sidecar.get("build", {}).get("compute_capabilities") or []
     if built.get("flavour") == "tensorrt-rtx" and targets and present and present not in targets:
         raise EngineMismatchError(
@@ -232,11 +245,11 @@ def verify_engine(path: Path, check_device: bool = True) -> dict:
     return sidecar
 
 
-def _compute_capability() -> str | None:
+def _compute_capability(device: int | None = None) -> str | None:
     try:
         import torch
         if torch.cuda.is_available():
-            return "{}.{}".format(*torch.cuda.get_device_capability())
+            return "{}.{}".format(*torch.cuda.get_device_capability(device))
     except ImportError:
         pass
     return None

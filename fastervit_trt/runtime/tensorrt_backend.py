@@ -1,14 +1,35 @@
 """TensorRT engine backend.
 
-Per execution context: one CUDA stream, device buffers for the profile's largest batch and
-pinned host buffers, allocated once and reused; ``execute_async_v3``. A bounded pool of
-contexts serves concurrent callers. Device memory comes from ``runtime.cuda`` (torch when
-it sees a GPU, CUDA torch tensors then read in place; else pycuda); nothing is imported
-until an engine is loaded.
+Execution contexts live in a bounded pool; each has its own CUDA stream and its own device
+and pinned host buffers, made on first use (a context only ever fed CUDA tensors, read in
+place, gets no input buffer). One engine call: set the batch shape, bind every address
+(TensorRT answers each with a bool; a refusal is an error), ``execute_async_v3``, queue
+the output copies, then one synchronize of the context's stream. Device memory comes from
+``runtime.cuda`` (torch when it sees a GPU, else pycuda) on the device the model was loaded
+on; nothing is imported until an engine is loaded.
+
+CUDA graphs (``cuda_graphs=True``): a graph replays the kernels of the shape it was
+captured at, and TensorRT needs a new capture after any change of input shape (developer
+guide; NVIDIA/TensorRT#3798), so no context that has a graph ever changes shape. Each
+captured batch size has contexts of its own, made on first use: the powers of two from the
+profile's MIN to its MAX, and MAX itself (1, 2, 4, 8, 16, 32 on a 1..32 profile); a call
+runs at the smallest of them that holds it, zero-padded. Such a context is given only the
+activation memory its size needs (``USER_MANAGED``, sized by
+``update_device_memory_size_for_shapes``) and I/O buffers of its size, so at most
+``contexts`` contexts per size hold sum(sizes) rows in all: under 2x a plain pool's memory
+when MAX is a power of two, under 3x otherwise. A context's first call is an ordinary
+launch (TensorRT finishes deferred set-up there) and its launch is then captured on its
+own stream, as ``trtexec --useCudaGraph`` does; a capture that fails (``execute_async_v3``
+returns False inside it, or CUDA invalidates it) is ended and dropped, warned about once,
+and that context runs uncaptured from then on. TensorRT-RTX captures and replays per shape
+by itself where its bindings have ``CudaGraphStrategy`` (set on the runtime config); older
+RTX bindings are asked ``is_stream_capturable`` before a capture.
 """
 from __future__ import annotations
 
-import queue
+import logging
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -16,10 +37,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import FasterViTTRTError
-from .cuda import TorchCuda, open_cuda
+from .cuda import ALIGNMENT, PyCuda, open_cuda
 
 if TYPE_CHECKING:  # tensorrt-stubs: the objects below are checked against TensorRT's API (mypy)
     import tensorrt as trt_api
+
+log = logging.getLogger(__name__)
 
 # flavour -> the module names its Python bindings install under, in order of preference
 TENSORRT_MODULES = {"tensorrt": ("tensorrt",), "tensorrt-rtx": ("tensorrt_rtx", "tensorrt_rtx_bindings")}
@@ -48,11 +71,23 @@ def numpy_dtype(trt: ModuleType, dtype: Any, what: str) -> np.dtype:
                                 "model with float32 or float16 input and output") from None
 
 
-def batch_plan(count: int, low: int, high: int) -> list[tuple[int, int, int]]:
+def graph_sizes(low: int, high: int) -> tuple[int, ...]:
+    """The batch sizes CUDA graphs are captured at on a profile of ``low..high``: the powers
+    of two between them, and both ends."""
+    powers = {1 << k for k in range(high.bit_length()) if low <= 1 << k <= high}
+    return tuple(sorted(powers | {low, high}))
+
+
+def batch_plan(count: int, low: int, high: int, sizes: tuple[int, ...] | None = None) -> list[tuple[int, int, int]]:
     """How ``count`` inputs run on a profile of batch ``low..high``: (start, stop, run_as) per
-    engine call, at most ``high`` each; a last part smaller than ``low`` is padded up to it."""
-    return [(start, min(start + high, count), max(min(high, count - start), low))
-            for start in range(0, count, high)]
+    engine call, at most ``high`` each; a part smaller than ``low`` is padded up to it, or
+    with ``sizes`` (captured graphs) every part to the smallest of them that holds it."""
+    plan = []
+    for start in range(0, count, high):
+        rows = min(high, count - start)
+        run_as = max(rows, low) if sizes is None else min(s for s in sizes if s >= rows)
+        plan.append((start, start + rows, run_as))
+    return plan
 
 
 def join_parts(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -61,21 +96,41 @@ def join_parts(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
             for name in parts[0]}
 
 
+@dataclass
+class _Slot:
+    """One execution context with its stream and buffers of ``rows`` rows."""
+
+    context: Any
+    stream: Any
+    handle: int
+    rows: int
+    graphed: bool  # a CUDA-graph context: fixed at batch ``rows``, reads only its own input buffer
+    shape: int | None = None  # the batch the context is set to
+    memory: Any = None  # user-managed activation memory, alive as long as the context
+    device_in: tuple[Any, int] | None = None  # (buffer, address), made on the first host input
+    host_in: np.ndarray | None = None
+    outputs: dict[str, tuple[Any, int, np.ndarray]] = field(default_factory=dict)  # device, address, pinned host
+    graph: Any = None
+    tried_capture: bool = False
+
+
 class TensorRTBackend:
-    """A deserialized engine with a pool of ``contexts`` execution contexts."""
+    """A deserialized engine with up to ``contexts`` execution contexts (per captured batch
+    size with ``cuda_graphs``) on CUDA device ``device`` (None: the current one)."""
 
     def __init__(self, path: Path, flavour: str | None = None, contexts: int = 2,
-                 version_compat: bool = False, cuda_graphs: bool = False) -> None:
+                 version_compat: bool = False, cuda_graphs: bool = False, device: int | None = None) -> None:
         trt = import_tensorrt(flavour)
         if trt is None:
             raise FasterViTTRTError(f"{path}: no {flavour or 'TensorRT'} Python package to run the "
                                     "engine; pip install 'fastervit-trt[tensorrt]', or load the .onnx "
                                     "with ONNX Runtime instead")
-        self.cuda = open_cuda()
-        if cuda_graphs and not isinstance(self.cuda, TorchCuda):
+        self.trt, self.path, self.contexts = trt, Path(path), contexts
+        self.cuda = open_cuda(device)
+        native_graphs = cuda_graphs and hasattr(trt, "CudaGraphStrategy")  # TensorRT-RTX captures for itself
+        if cuda_graphs and not native_graphs and not self.cuda.can_capture:
             raise FasterViTTRTError(f"{path}: CUDA graphs need PyTorch with CUDA (pycuda cannot capture "
                                     "TensorRT's launches); install torch or drop --cuda-graph")
-        self.cuda_graphs = cuda_graphs
         logger = trt.Logger(trt.Logger.ERROR)
         self.runtime: trt_api.Runtime = trt.Runtime(logger)
         if version_compat:  # such engines carry their own lean runtime: let it load (as Polygraphy does)
@@ -100,24 +155,45 @@ class TensorRTBackend:
         self.min_batch, self.max_batch = int(min_shape[0]), int(max_shape[0])
         self.input_shape = tuple(max_shape[1:])
         self.output_shapes = {n: tuple(engine.get_tensor_shape(n))[1:] for n in self.output_names}
-        self.path, self.closed = Path(path), False
-        self.pool: queue.Queue = queue.Queue()
-        with self.cuda.active():
-            for _ in range(contexts):
-                self.pool.put(self._context(engine))
+        self.runtime_config: trt_api.IRuntimeConfig | None = None
+        if native_graphs:  # TensorRT-RTX's own API (not in TensorRT 10's stubs)
+            config = engine.create_runtime_config()
+            config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            self.runtime_config = config
+        # None: every call on a context of MAX rows; else the CUDA-graph sizes, contexts of their own
+        self.sizes = graph_sizes(self.min_batch, self.max_batch) if cuda_graphs and not native_graphs else None
+        self.closed, self.warned = False, False
+        self.lock = threading.Condition()
+        self.idle: dict[int, list[_Slot]] = {rows: [] for rows in self.sizes or (self.max_batch,)}
+        self.made = dict.fromkeys(self.idle, 0)
+        if self.sizes is None:  # the plain pool is made at load
+            self.idle[self.max_batch] = [self._slot(self.max_batch) for _ in range(contexts)]
+            self.made[self.max_batch] = contexts
 
-    def _context(self, engine: trt_api.ICudaEngine) -> dict:
-        context = engine.create_execution_context()
-        stream, handle = self.cuda.stream()
-        in_shape = (self.max_batch, *self.input_shape)
-        device_in, in_ptr = self.cuda.device(in_shape, self.input_dtype)
-        outputs = {}  # name -> (device buffer, its address, pinned host buffer)
-        for name in self.output_names:
-            shape, dtype = (self.max_batch, *self.output_shapes[name]), self.output_dtypes[name]
-            outputs[name] = (*self.cuda.device(shape, dtype), self.cuda.pinned(shape, dtype))
-        return {"context": context, "stream": stream, "handle": handle, "device_in": device_in,
-                "in_ptr": in_ptr, "outputs": outputs, "host_in": self.cuda.pinned(in_shape, self.input_dtype),
-                "graphs": {}}
+    @property
+    def device(self) -> int:
+        """The CUDA device index the engine runs on."""
+        return self.cuda.index
+
+    def _slot(self, rows: int) -> _Slot:
+        assert self.engine is not None
+        with self.cuda.active():
+            stream, handle = self.cuda.stream()
+            if self.sizes is None:
+                context = (self.engine.create_execution_context(self.runtime_config) if self.runtime_config
+                           else self.engine.create_execution_context())
+                slot = _Slot(context, stream, handle, rows, graphed=False)
+            else:  # fixed at ``rows`` for life, with the activation memory that batch needs
+                context = self.engine.create_execution_context(self.trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+                slot = _Slot(context, stream, handle, rows, graphed=True)
+                self._set_batch(slot, rows)
+                size = context.update_device_memory_size_for_shapes()
+                slot.memory, address = self.cuda.device((size,), np.dtype(np.uint8))
+                context.set_device_memory(address, size)
+            for name in self.output_names:
+                shape, dtype = (rows, *self.output_shapes[name]), self.output_dtypes[name]
+                slot.outputs[name] = (*self.cuda.device(shape, dtype), self.cuda.pinned(shape, dtype))
+        return slot
 
     def infer(self, batch) -> np.ndarray:
         """The first output (a classifier's logits, (N, classes)) of ``infer_all``."""
@@ -125,108 +201,147 @@ class TensorRTBackend:
 
     def infer_all(self, batch) -> dict[str, np.ndarray]:
         """Every output, float32, for a NumPy batch or a CUDA torch tensor of any N: split at
-        the profile's MAX, a remainder below its MIN padded up (and the padding dropped)."""
+        the profile's MAX, a part below its MIN (or a captured size) padded up, the padding dropped."""
         if not isinstance(batch, np.ndarray):
             batch = self._check_tensor(batch)
-        return join_parts([self._run(batch[start:stop], run_as)
-                           for start, stop, run_as in batch_plan(len(batch), self.min_batch, self.max_batch)])
+        plan = batch_plan(len(batch), self.min_batch, self.max_batch, self.sizes)
+        return join_parts([self._run(batch[start:stop], run_as) for start, stop, run_as in plan])
 
     def _check_tensor(self, tensor):
         """A CUDA torch tensor on this engine's device, as the engine's input dtype (floats for
         a float engine: an integer tensor is raw pixels, not preprocessed input; uint8 images
         for a ``--input uint8`` engine)."""
-        torch = self.cuda.torch if isinstance(self.cuda, TorchCuda) else None
-        if torch is None or not isinstance(tensor, torch.Tensor) or tensor.device.type != "cuda":
+        torch = getattr(self.cuda, "torch", None)
+        if torch is None or not isinstance(tensor, torch.Tensor) or tensor.device.type != self.cuda.device_type:
             raise FasterViTTRTError(f"{self.path}: inputs must be a NumPy array or a CUDA torch tensor")
+        if tensor.device.index not in (None, self.device):
+            raise FasterViTTRTError(f"{self.path}: the tensor is on {tensor.device}, the engine on "
+                                    f"cuda:{self.device}; move it with .to('cuda:{self.device}')")
         if self.input_dtype == np.uint8 and tensor.dtype != torch.uint8:
             raise FasterViTTRTError(f"{self.path}: the engine takes uint8 (N, H, W, 3) images, not a "
                                     f"{tensor.dtype} tensor (it normalises them itself)")
         if self.input_dtype != np.uint8 and not tensor.is_floating_point():
             raise FasterViTTRTError(f"{self.path}: a {tensor.dtype} CUDA tensor is raw data; pass "
                                     "preprocessed float inputs (runtime.Preprocess)")
-        if tensor.device.index not in (None, torch.cuda.current_device()):
-            raise FasterViTTRTError(f"{self.path}: the tensor is on {tensor.device}, the engine on "
-                                    f"cuda:{torch.cuda.current_device()}")
         return tensor.to(dtype=getattr(torch, self.input_dtype.name)).contiguous()
 
-    def _acquire(self) -> dict:
-        while True:
-            if self.closed:
-                raise FasterViTTRTError(f"{self.path}: the model is closed; load it again")
-            try:
-                return self.pool.get(timeout=0.1)
-            except queue.Empty:
-                continue
-
     def _run(self, batch, run_as: int) -> dict[str, np.ndarray]:
-        slot = self._acquire()
+        rows = run_as if self.sizes else self.max_batch
+        slot = self._acquire(rows)
         try:
             with self.cuda.active():
                 return self._execute(slot, batch, run_as)
         finally:
-            if not self.closed:
-                self.pool.put(slot)
+            with self.lock:  # closed checked and the slot returned at once: close() cannot miss it
+                if not self.closed:
+                    self.idle[rows].append(slot)
+                    self.lock.notify()
 
-    def _execute(self, slot: dict, batch, run_as: int) -> dict[str, np.ndarray]:
+    def _acquire(self, rows: int) -> _Slot:
+        """An idle context of ``rows`` rows, a new one while fewer than ``contexts`` exist, or
+        the next one returned."""
+        with self.lock:
+            while True:
+                if self.closed:
+                    raise FasterViTTRTError(f"{self.path}: the model is closed; load it again")
+                if self.idle[rows]:
+                    return self.idle[rows].pop()
+                if self.made[rows] < self.contexts:
+                    self.made[rows] += 1
+                    break
+                self.lock.wait()
+        try:
+            return self._slot(rows)
+        except BaseException:
+            with self.lock:
+                self.made[rows] -= 1
+                self.lock.notify()
+            raise
+
+    def _set_batch(self, slot: _Slot, run_as: int) -> None:
+        if slot.shape != run_as:
+            if not slot.context.set_input_shape(self.input_name, (run_as, *self.input_shape)):
+                raise FasterViTTRTError(f"{self.path}: TensorRT refused batch {run_as} (the engine's profile "
+                                        f"takes {self.min_batch} to {self.max_batch})")
+            slot.shape = run_as
+
+    def _bind(self, slot: _Slot, name: str, address: int) -> None:
+        if not slot.context.set_tensor_address(name, address):
+            raise FasterViTTRTError(f"{self.path}: TensorRT refused the address {address:#x} of tensor {name!r} "
+                                    "(see its log); report this with the engine's sidecar")
+
+    def _input_buffer(self, slot: _Slot) -> tuple[Any, int]:
+        if slot.device_in is None:
+            shape = (slot.rows, *self.input_shape)
+            slot.device_in = self.cuda.device(shape, self.input_dtype)
+            slot.host_in = self.cuda.pinned(shape, self.input_dtype)
+        return slot.device_in
+
+    def _execute(self, slot: _Slot, batch, run_as: int) -> dict[str, np.ndarray]:
         count = len(batch)
-        context: trt_api.IExecutionContext = slot["context"]
-        if not context.set_input_shape(self.input_name, (run_as, *self.input_shape)):
-            raise FasterViTTRTError(f"{self.path}: TensorRT refused batch {run_as} (the engine's profile "
-                                    f"takes {self.min_batch} to {self.max_batch})")
+        self._set_batch(slot, run_as)
         if isinstance(batch, np.ndarray):
-            host = slot["host_in"][:run_as]
+            device, address = self._input_buffer(slot)
+            assert slot.host_in is not None
+            host = slot.host_in[:run_as]
             host[:count] = batch
             host[count:] = 0
-            self.cuda.upload(slot["device_in"], host, slot["stream"])
-            context.set_tensor_address(self.input_name, slot["in_ptr"])
-        else:  # a CUDA torch tensor: read in place (padded on the GPU when below the profile's MIN)
-            assert isinstance(self.cuda, TorchCuda)  # _check_tensor admitted it
-            torch = self.cuda.torch
-            if run_as > count:
-                batch = torch.cat([batch, batch.new_zeros((run_as - count, *batch.shape[1:]))])
-            slot["stream"].wait_stream(torch.cuda.current_stream())
-            if self.cuda_graphs:  # a captured graph reads its own buffer: copy in, on the GPU
-                with torch.cuda.stream(slot["stream"]):
-                    slot["device_in"][:run_as].copy_(batch, non_blocking=True)
-                context.set_tensor_address(self.input_name, slot["in_ptr"])
-            else:
-                context.set_tensor_address(self.input_name, batch.data_ptr())
-        for name, (_, pointer, _) in slot["outputs"].items():
-            context.set_tensor_address(name, pointer)
-        if self.cuda_graphs:
-            self._replay(context, slot, run_as)
-        else:
-            self._enqueue(context, slot)
-        results = {}
-        for name, (device, _, host) in slot["outputs"].items():
-            self.cuda.download(host, device, count, slot["stream"])
-            results[name] = host[:count].astype(np.float32)  # a copy: the slot's buffer is reused
-        return results
+            self.cuda.upload(device, host, slot.stream)
+        else:  # a CUDA torch tensor, made on the caller's stream
+            assert not isinstance(self.cuda, PyCuda)  # _check_tensor admitted it: torch's
+            self.cuda.wait_current(slot.stream)
+            if slot.graphed:  # a graph reads the buffer it was captured with: copy in, on the GPU
+                device, address = self._input_buffer(slot)
+                self.cuda.copy_rows(device, batch, run_as, slot.stream)
+            else:  # read in place where TensorRT can: padded below the profile's MIN, aligned
+                if run_as > count:
+                    batch = self.cuda.padded(batch, run_as)
+                elif self.cuda.address(batch) % ALIGNMENT:  # a view with a storage offset
+                    batch = self.cuda.copy(batch)
+                address = self.cuda.address(batch)
+        self._bind(slot, self.input_name, address)
+        for name, (_, pointer, _) in slot.outputs.items():
+            self._bind(slot, name, pointer)
+        self._launch(slot)
+        for name, (device, _, host) in slot.outputs.items():
+            self.cuda.download(host, device, count, slot.stream)
+        self.cuda.synchronize(slot.stream)  # once, for every output (``batch`` is alive until here)
+        return {name: host[:count].astype(np.float32) for name, (_, _, host) in slot.outputs.items()}
 
-    def _enqueue(self, context: trt_api.IExecutionContext, slot: dict) -> None:
-        if not context.execute_async_v3(slot["handle"]):
+    def _launch(self, slot: _Slot) -> None:
+        if slot.graph is not None:
+            assert not isinstance(self.cuda, PyCuda)  # graphs are captured with torch only
+            self.cuda.replay(slot.graph, slot.stream)
+            return
+        if not slot.context.execute_async_v3(slot.handle):
             raise FasterViTTRTError(f"{self.path}: TensorRT failed to run the engine (see its log)")
+        if slot.graphed and not slot.tried_capture:  # the ordinary first run is queued: capture after it
+            slot.tried_capture = True
+            slot.graph = self._capture(slot)
 
-    def _replay(self, context: trt_api.IExecutionContext, slot: dict, run_as: int) -> None:
-        """Launch the CUDA graph of this context at batch ``run_as``, captured on first use
-        after one ordinary run (TensorRT defers some work to its first enqueue), as
-        ``trtexec --useCudaGraph`` does."""
-        assert isinstance(self.cuda, TorchCuda)
-        torch, stream = self.cuda.torch, slot["stream"]
-        graph = slot["graphs"].get(run_as)
-        if graph is None:
-            self._enqueue(context, slot)
-            stream.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):  # other slots keep running
-                context.execute_async_v3(slot["handle"])
-            slot["graphs"][run_as] = graph
-        with torch.cuda.stream(stream):
-            graph.replay()
+    def _capture(self, slot: _Slot) -> Any | None:
+        """The context's launch captured as a CUDA graph, or None (warned once) where it cannot be."""
+        capturable = getattr(slot.context, "is_stream_capturable", None)  # TensorRT-RTX's own question
+        if capturable is not None and not capturable(slot.handle):
+            why = "TensorRT-RTX says the stream cannot be captured"
+        else:
+            assert not isinstance(self.cuda, PyCuda)  # cuda_graphs needs torch (checked at load)
+            self.cuda.synchronize(slot.stream)  # the first run finished before capturing, as trtexec does
+            graph = self.cuda.capture(slot.stream, lambda: slot.context.execute_async_v3(slot.handle))
+            if graph is not None:
+                return graph
+            why = "the capture failed"
+        if not self.warned:
+            self.warned = True
+            log.warning("%s: no CUDA graph at batch %d (%s); those calls run as ordinary launches",
+                        self.path, slot.rows, why)
+        return None
 
     def close(self) -> None:
         """Release the contexts; calls in flight finish, later ones get a clear error."""
-        self.closed = True
-        while not self.pool.empty():
-            self.pool.get()
+        with self.lock:
+            self.closed = True
+            for idle in self.idle.values():
+                idle.clear()
+            self.lock.notify_all()
         self.engine = None

@@ -171,7 +171,7 @@ def test_engine_for_another_gpu(engine, monkeypatch):
     sidecar["device"] = {"gpu": "NVIDIA A100", "compute_capability": "8.0"}
     sidecar["tensorrt"]["flavour"] = "tensorrt"  # TensorRT proper: engines are per GPU
     write_json(engine.with_suffix(".json"), sidecar)
-    monkeypatch.setattr(runtime_model, "_compute_capability", lambda: "9.0")
+    monkeypatch.setattr(runtime_model, "_compute_capability", lambda device=None: "9.0")
     with pytest.raises(EngineMismatchError, match=r"compute capability 8\.0 \(NVIDIA A100\), this GPU is 9\.0"):
         load(engine)
 
@@ -182,7 +182,7 @@ def test_tensorrt_rtx_engines_run_on_other_capabilities(engine, monkeypatch):
     sidecar = json.loads(engine.with_suffix(".json").read_text())
     sidecar["device"] = {"gpu": "NVIDIA RTX 4090", "compute_capability": "8.9"}
     write_json(engine.with_suffix(".json"), sidecar)
-    monkeypatch.setattr(runtime_model, "_compute_capability", lambda: "12.0")
+    monkeypatch.setattr(runtime_model, "_compute_capability", lambda device=None: "12.0")
     assert runtime_model.verify_engine(engine)["tensorrt"]["flavour"] == "tensorrt-rtx"
 
 
@@ -193,9 +193,9 @@ def test_tensorrt_rtx_engines_are_refused_outside_their_recorded_targets(engine,
     sidecar["build"]["compute_capabilities"] = ["8.9", "12.0"]
     write_json(engine.with_suffix(".json"), sidecar)
     for present in ("8.9", "12.0"):
-        monkeypatch.setattr(runtime_model, "_compute_capability", lambda: present)
+        monkeypatch.setattr(runtime_model, "_compute_capability", lambda device=None: present)
         assert runtime_model.verify_engine(engine)["build"]["compute_capabilities"] == ["8.9", "12.0"]
-    monkeypatch.setattr(runtime_model, "_compute_capability", lambda: "8.6")
+    monkeypatch.setattr(runtime_model, "_compute_capability", lambda device=None: "8.6")
     with pytest.raises(EngineMismatchError, match=r"for compute capabilities 8\.9, 12\.0; this GPU is 8\.6; "
                                                   r"rebuild .*--compute-capability 8\.9,12\.0"):
         load(engine)
@@ -267,10 +267,10 @@ def test_gpu_decoding_matches_the_cpu_path(digits_onnx):
     """nvJPEG decode + antialiased resize on the GPU: close to Pillow's path, not bitwise."""
     if not torch.cuda.is_available():
         pytest.skip("needs an NVIDIA GPU")
-    from fastervit_trt.runtime.gpu_decode import decode_on_gpu
+    from fastervit_trt.runtime.gpu_decode import GpuDecoder
     with load(digits_onnx) as model:
         cpu = np.stack([model.preprocess.load(p) for p in PHOTOS[:4]])
-        gpu = decode_on_gpu(list(PHOTOS[:4]), model.preprocess)
+        gpu = GpuDecoder(model.preprocess)(list(PHOTOS[:4]))
         assert gpu.is_cuda and gpu.shape == cpu.shape
         a, b = model.logits(cpu), model.logits(list(PHOTOS[:4]), decode="gpu")
         cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)

@@ -1,15 +1,20 @@
-"""The TensorRT adapter's logic that runs without a GPU: batch planning against the profile,
-dtype mapping through TensorRT's own ``nptype``, the closed state, and the legacy INT8
-calibrator (batch size from the profile's OPT, errors kept instead of swallowed)."""
+"""The TensorRT adapter driven on the CPU through a stand-in TensorRT and CUDA as strict as
+the real ones (tests/stand_in_tensorrt.py): batch planning against the profile, CUDA graphs
+per captured size, asynchronous copies, refused addresses, the device, the pool's closed
+state; dtype mapping through TensorRT's own ``nptype``; and the legacy INT8 calibrator."""
 from __future__ import annotations
 
-import types
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 
 from fastervit_trt.errors import FasterViTTRTError
-from fastervit_trt.runtime.tensorrt_backend import TensorRTBackend, batch_plan, numpy_dtype
+from fastervit_trt.runtime.tensorrt_backend import TensorRTBackend, batch_plan, graph_sizes, numpy_dtype
+from tests import stand_in_tensorrt as stand_in
 
 
 @pytest.mark.parametrize("count,low,high,plan", [
@@ -22,6 +27,16 @@ from fastervit_trt.runtime.tensorrt_backend import TensorRTBackend, batch_plan, 
 def test_batch_plan_respects_the_profile(count, low, high, plan):
     assert batch_plan(count, low, high) == plan
     assert all(low <= run_as <= high and run_as >= stop - start for start, stop, run_as in plan)
+
+
+@pytest.mark.parametrize("low,high,sizes", [(1, 32, (1, 2, 4, 8, 16, 32)), (4, 8, (4, 8)),
+                                            (1, 48, (1, 2, 4, 8, 16, 32, 48)), (3, 3, (3,)), (3, 20, (3, 4, 8, 16, 20))])
+def test_graphs_are_captured_at_powers_of_two_and_the_profile_ends(low, high, sizes):
+    assert graph_sizes(low, high) == sizes
+    assert sum(sizes) < 3 * high and (high & (high - 1) or sum(sizes) < 2 * high)  # the memory bound stated
+    plan = batch_plan(70, low, high, sizes)
+    assert all(run_as in sizes and run_as >= stop - start for start, stop, run_as in plan)
+    assert batch_plan(70, 1, 32, graph_sizes(1, 32)) == [(0, 32, 32), (32, 64, 32), (64, 70, 8)]
 
 
 def test_io_dtypes_come_from_tensorrt_itself():
@@ -37,77 +52,280 @@ def test_io_dtypes_come_from_tensorrt_itself():
         numpy_dtype(trt, trt.bfloat16, "m.engine")
 
 
-def test_a_closed_model_refuses_calls_instead_of_hanging():
-    import queue
-    backend = object.__new__(TensorRTBackend)  # the state close() leaves, without a GPU
-    backend.path, backend.pool, backend.closed = "m.engine", queue.Queue(), False
-    backend.min_batch, backend.max_batch, backend.engine = 1, 8, object()
+def _backend(tmp_path, monkeypatch, low=1, high=8, contexts=1, cuda_graphs=False, device=None,
+             version_compat=False, **world_options):
+    """A TensorRTBackend over the stand-in, and the stand-in's record of what it was asked."""
+    from fastervit_trt.runtime import tensorrt_backend
+    world = stand_in.tensorrt(low, high, **world_options)
+    monkeypatch.setattr(tensorrt_backend, "import_tensorrt", lambda flavour=None: world.trt)
+    monkeypatch.setattr(tensorrt_backend, "open_cuda", world.open_cuda)
+    path = tmp_path / "m.engine"
+    path.write_bytes(b"engine")
+    return TensorRTBackend(path, contexts=contexts, cuda_graphs=cuda_graphs, device=device,
+                           version_compat=version_compat), world
+
+
+def _images(count, seed=0):
+    return np.random.default_rng(seed).standard_normal((count, 3, 2, 2)).astype(np.float32)
+
+
+def _sums(x):
+    return x.reshape(len(x), -1).sum(1)
+
+
+@pytest.mark.parametrize("low,high,count,calls", [(4, 8, 1, [4]), (4, 8, 10, [8, 4]), (1, 8, 3, [3])])
+def test_backend_pads_to_the_profile_minimum_and_drops_the_padding(low, high, count, calls, tmp_path, monkeypatch):
+    backend, world = _backend(tmp_path, monkeypatch, low, high)
+    x = _images(count)
+    logits = backend.infer(x)
+    assert world.calls == calls and logits.shape == (count, 1)
+    np.testing.assert_allclose(logits[:, 0], _sums(x), rtol=1e-6)
+
+
+def test_backend_returns_every_output_of_a_backbone_engine(tmp_path, monkeypatch):
+    """Feature-map engines: one buffer per output, each read back in full, split batches
+    joined per output, and results that later calls do not overwrite."""
+    shapes = {"stage2": (4, 3, 3), "stage3": (8, 2, 2), "stage4": (16, 1, 1)}
+    backend, world = _backend(tmp_path, monkeypatch, 2, 4, outputs=shapes)
+    assert backend.output_names == list(shapes) and backend.output_shapes == shapes
+    x = _images(5)
+    outputs = backend.infer_all(x)
+    assert world.calls == [4, 2]  # split at MAX, the remainder padded to MIN
+    backend.infer_all(-x)  # reuses the same buffers
+    for k, (name, shape) in enumerate(shapes.items(), start=1):
+        assert outputs[name].shape == (5, *shape) and outputs[name].dtype == np.float32
+        np.testing.assert_allclose(outputs[name], np.broadcast_to((k * _sums(x)).reshape(5, 1, 1, 1), (5, *shape)),
+                                   rtol=1e-6)
+    np.testing.assert_array_equal(backend.infer(x), outputs["stage2"])  # infer: the first output
+
+
+def test_one_stream_synchronize_per_engine_call_whatever_the_outputs(tmp_path, monkeypatch):
+    """Outputs appear only once the stream is synchronized; that happens once per engine
+    call, not once per output (a backbone has four)."""
+    shapes = {f"stage{i}": (2, 1, 1) for i in range(1, 5)}
+    backend, world = _backend(tmp_path, monkeypatch, 1, 4, outputs=shapes)
+    world.cuda.log.clear()
+    outputs = backend.infer_all(_images(7))
+    assert world.calls == [4, 3] and world.cuda.log.count(("sync",)) == 2
+    np.testing.assert_allclose(outputs["stage4"][:, 0, 0, 0], 4 * _sums(_images(7)), rtol=1e-6)
+
+
+def test_cuda_graphs_never_replay_a_graph_captured_at_another_shape(tmp_path, monkeypatch):
+    """70 images on a 1..32 profile run as 32, 32 and 6 (padded to 8); calls of every size in
+    turn through one context per size: the stand-in fails any replay on a context whose
+    shape moved since its capture, and every answer is checked."""
+    backend, world = _backend(tmp_path, monkeypatch, 1, 32, cuda_graphs=True)
+    for count in (70, 6, 32, 1, 17, 70, 3, 6, 32, 1):
+        x = _images(count, seed=count)
+        np.testing.assert_allclose(backend.infer(x)[:, 0], _sums(x), rtol=1e-5)
+    assert set(world.calls) <= set(graph_sizes(1, 32))
+    assert ("replay",) in world.cuda.log
+    assert all(len(set(c.history)) == 1 for c in world.contexts)  # never reshaped
+    shapes = sorted(c.shape[0] for c in world.contexts)
+    assert shapes == [1, 4, 8, 32]  # one context per size used: 1, 3->4, 6->8, 17->32, 32, 70->32+32+8
+
+
+def test_cuda_graph_contexts_get_the_memory_of_their_size_only(tmp_path, monkeypatch):
+    """USER_MANAGED contexts sized by update_device_memory_size_for_shapes: the graphs of a
+    1..32 profile cost sum(1, 2, 4, 8, 16, 32) = 63 rows of activations, under 2x MAX."""
+    backend, world = _backend(tmp_path, monkeypatch, 1, 32, cuda_graphs=True)
+    for count in graph_sizes(1, 32):
+        backend.infer(_images(count))
+    assert all(c.allocation == "user managed" for c in world.contexts)
+    assert sorted(c.memory[1] // 1024 for c in world.contexts) == [1, 2, 4, 8, 16, 32]
+    assert sum(c.memory[1] for c in world.contexts) < 2 * 1024 * 32
+
+
+def test_a_failed_capture_is_dropped_warned_once_and_runs_uncaptured(tmp_path, monkeypatch, caplog):
+    backend, world = _backend(tmp_path, monkeypatch, 1, 8, cuda_graphs=True)
+    world.cuda.fail_capture = True
+    with caplog.at_level(logging.WARNING):
+        for count in (3, 3, 8, 1, 3, 8):
+            x = _images(count, seed=count)
+            np.testing.assert_allclose(backend.infer(x)[:, 0], _sums(x), rtol=1e-5)
+    assert ("replay",) not in world.cuda.log
+    assert world.cuda.log.count(("capture",)) == 3  # once per size (4, 8, 1), never again
+    warnings = [r for r in caplog.records if "no CUDA graph" in r.message]
+    assert len(warnings) == 1 and "the capture failed" in warnings[0].message
+
+
+def test_tensorrt_rtx_captures_for_itself_where_its_bindings_can(tmp_path, monkeypatch):
+    """RTX's CudaGraphStrategy on the runtime config: its contexts capture per shape; the
+    toolkit captures nothing and runs the ordinary plan."""
+    backend, world = _backend(tmp_path, monkeypatch, 1, 8, cuda_graphs=True, contexts=2, rtx_graphs=True)
+    x = _images(3)
+    np.testing.assert_allclose(backend.infer(x)[:, 0], _sums(x), rtol=1e-6)
+    assert world.calls == [3] and ("capture",) not in world.cuda.log
+    assert len(world.contexts) == 2
+    assert all(c.config.cuda_graph_strategy == "whole graph capture" for c in world.contexts)
+
+
+def test_a_stream_tensorrt_rtx_cannot_capture_is_not_captured(tmp_path, monkeypatch, caplog):
+    backend, world = _backend(tmp_path, monkeypatch, 1, 8, cuda_graphs=True, capturable=False)
+    with caplog.at_level(logging.WARNING):
+        for count in (2, 2, 5):
+            x = _images(count)
+            np.testing.assert_allclose(backend.infer(x)[:, 0], _sums(x), rtol=1e-6)
+    assert ("capture",) not in world.cuda.log
+    assert [r.message for r in caplog.records if "no CUDA graph" in r.message][0].endswith(
+        "(TensorRT-RTX says the stream cannot be captured); those calls run as ordinary launches")
+
+
+def test_a_refused_tensor_address_is_an_error(tmp_path, monkeypatch):
+    backend, _ = _backend(tmp_path, monkeypatch, refuse=("logits",))
+    with pytest.raises(FasterViTTRTError, match=r"m.engine: TensorRT refused the address 0x[0-9a-f]+ of tensor 'logits'"):
+        backend.infer(_images(2))
+
+
+def test_tensors_are_read_in_place_when_aligned_and_copied_when_not(tmp_path, monkeypatch):
+    """A view with a storage offset is not 256-byte aligned: TensorRT refuses its address,
+    so it is copied first; an aligned tensor is read where it lies (no input buffer made)."""
+    backend, world = _backend(tmp_path, monkeypatch, 1, 8, contexts=2)
+    base = torch.from_numpy(world.cuda.alloc((6, 3, 2, 2), np.float32))
+    base[:] = torch.from_numpy(_images(6))
+    input_bytes = 8 * 3 * 2 * 2 * 4  # a MAX-batch input buffer
+    world.cuda.log.clear()
+    np.testing.assert_allclose(backend.infer(base)[:, 0], _sums(base.numpy()), rtol=1e-6)
+    view = base[1:]  # 48 bytes into the allocation
+    assert view.data_ptr() % 256
+    np.testing.assert_allclose(backend.infer(view)[:, 0], _sums(view.numpy()), rtol=1e-6)
+    assert ("alloc", input_bytes) not in world.cuda.log  # no context made an input buffer
+    backend.infer(_images(2))  # a NumPy batch: one context gets one, then
+    assert world.cuda.log.count(("alloc", input_bytes)) == 1
+
+
+def test_calls_run_on_the_device_the_model_was_loaded_on(tmp_path, monkeypatch):
+    backend, world = _backend(tmp_path, monkeypatch, device=1)
+    worker = threading.Thread(target=backend.infer, args=(_images(2),))  # a thread whose current device is 0
+    worker.start()
+    worker.join(10)
+    backend.infer(_images(3))
+    assert backend.device == 1 and [e for e in world.events if e[0] == "device"] == [("device", 1)] * 2
+
+
+def test_torch_cuda_makes_its_device_current_around_every_call(monkeypatch):
+    from fastervit_trt.runtime import cuda
+    entered = []
+
+    class Device:
+        def __init__(self, index):
+            self.index = index
+
+        def __enter__(self):
+            entered.append(self.index)
+
+        def __exit__(self, *exc):
+            return False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", Device)
+    helper = cuda.TorchCuda(1)
+    with helper.active():
+        pass
+    assert helper.index == 1 and entered == [1]
+    assert cuda.TorchCuda().index == 0  # None: the current device when loaded
+
+
+def test_torch_capture_begins_and_ends_on_the_stream_and_drops_a_failed_graph(monkeypatch):
+    """No torch.cuda.graph (a device-wide synchronize and cache flush per capture); the
+    capture is ended whatever the launch does, and a failed one gives no graph."""
+    from fastervit_trt.runtime import cuda
+    events = []
+
+    class Graph:
+        def capture_begin(self, capture_error_mode="global"):
+            events.append(("begin", capture_error_mode))
+
+        def capture_end(self):
+            events.append(("end",))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: events.append(("on", stream)) or _Null())
+    for forbidden in ("synchronize", "empty_cache", "graph"):
+        monkeypatch.setattr(torch.cuda, forbidden, lambda *a, **k: pytest.fail("device-wide call"))
+    helper = cuda.TorchCuda()
+    assert isinstance(helper.capture("s1", lambda: True), Graph)
+    assert helper.capture("s1", lambda: False) is None
+    with pytest.raises(OSError):
+        helper.capture("s1", lambda: (_ for _ in ()).throw(OSError("launch broke")))
+    assert events == [("on", "s1"), ("begin", "thread_local"), ("end",)] * 3
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_close_cannot_leak_a_context_in_flight(tmp_path, monkeypatch):
+    """close() racing a call that is returning its context: the check of ``closed`` and the
+    return to the pool are one step under the lock, so the context never lands in a closed pool."""
+    backend, _ = _backend(tmp_path, monkeypatch)
+
+    class Racing(list):
+        def append(self, slot):  # the call returns its context: close() now
+            closer = threading.Thread(target=backend.close)
+            closer.start()
+            closer.join(0.3)  # blocked on the lock, as it must be
+            super().append(slot)
+            self.closer = closer
+    pool = Racing(backend.idle[backend.max_batch])
+    backend.idle[backend.max_batch] = pool
+    backend.infer(_images(2))
+    pool.closer.join(10)
+    assert backend.closed and list(pool) == []
+    with pytest.raises(FasterViTTRTError, match="m.engine: the model is closed"):
+        backend.infer(_images(1))
+
+
+def test_a_closed_model_refuses_calls_instead_of_hanging(tmp_path, monkeypatch):
+    backend, _ = _backend(tmp_path, monkeypatch)
     backend.close()
     with pytest.raises(FasterViTTRTError, match="m.engine: the model is closed"):
-        backend.infer(np.zeros((2, 3, 8, 8), np.float32))
+        backend.infer(np.zeros((2, 3, 2, 2), np.float32))
 
 
-class _FakeCuda:
-    """Host memory standing in for device memory, to drive the calibrator on the CPU."""
-
-    def __init__(self):
-        self.uploads = []
-
-    def active(self):
-        import contextlib
-        return contextlib.nullcontext()
-
-    def device(self, shape, dtype):
-        return np.zeros(shape, dtype), 1234
-
-    def stream(self):
-        return types.SimpleNamespace(synchronize=lambda: None), 0
-
-    def upload(self, device, host, stream):
-        device[: len(host)] = host
-        self.uploads.append(host.shape)
+def test_concurrent_callers_share_the_bounded_pool(tmp_path, monkeypatch):
+    backend, world = _backend(tmp_path, monkeypatch, 1, 4, contexts=2, cuda_graphs=True)
+    inputs = [_images(1 + i % 7, seed=i) for i in range(24)]
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(backend.infer, inputs))
+    for x, logits in zip(inputs, results):
+        np.testing.assert_allclose(logits[:, 0], _sums(x), rtol=1e-5)
+    per_size = {}
+    for context in world.contexts:
+        per_size[context.shape[0]] = per_size.get(context.shape[0], 0) + 1
+    assert set(per_size) <= {1, 2, 4} and max(per_size.values()) <= 2
 
 
-def _calibrator(monkeypatch, tmp_path, batch, metadata):
-    from fastervit_trt.engines import BuildConfig, calibrator
-    fake = _FakeCuda()
-    monkeypatch.setattr(calibrator, "open_cuda", lambda: fake)
-    trt = types.SimpleNamespace(IInt8EntropyCalibrator2=type("Entropy", (), {"__init__": lambda self: None}),
-                                IInt8MinMaxCalibrator=type("MinMax", (), {"__init__": lambda self: None}))
-    facts = {"path": tmp_path / "m.onnx", "dims": [-1, 3, 128, 128], "metadata": metadata}
-    from fastervit_trt.calibration.dataset import DEFAULT_DATA
-    config = BuildConfig(batch=batch, calib_data=DEFAULT_DATA)
-    return calibrator.make_calibrator(trt, facts, config), fake
+def test_version_compatible_engines_get_host_code_allowed_before_deserializing(tmp_path, monkeypatch):
+    _, world = _backend(tmp_path, monkeypatch, version_compat=True)
+    TensorRTBackend(tmp_path / "m.engine")
+    assert [e for e in world.events if e[0] != "device"] == [("host code allowed", True), ("deserialize", True),
+                                                             ("deserialize", False)]
 
 
-def test_legacy_calibrator_feeds_batches_of_the_profiles_opt(monkeypatch, tmp_path):
-    """TensorRT 10 calibrates at OPT: a buffer of 8 with --batch 1,16,32 was overrun."""
-    preprocess = {"input_size": [128, 128], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear",
-                  "crop_pct": 1.0, "crop_mode": "squash"}
-    calibrator, fake = _calibrator(monkeypatch, tmp_path, (1, 16, 32), {"preprocess": preprocess})
-    assert calibrator.get_batch_size() == 16
-    fed = 0
-    while calibrator.get_batch(["input"]) is not None:
-        fed += 1
-    assert fed >= 1 and set(fake.uploads) == {(16, 3, 128, 128)} and calibrator.error is None
+def test_rebuild_hint_keeps_every_build_input():
+    """The hint once rebuilt an implicit-INT8 engine as FP32 and dropped its data and caches."""
+    import shlex
+    from fastervit_trt.sidecar import rebuild_command
+    sidecar = {"precision": "int8", "tensorrt": {"flavour": "tensorrt"},
+               "onnx": {"path": "/m/x.onnx"}, "engine": {"path": "/e/x.engine"},
+               "build": {"batch": [1, 8, 32], "strongly_typed": False, "calib_cache": "c.cache",
+                         "calib_data": "photos dir", "timing_cache": "t.cache"}}
+    argv = shlex.split(rebuild_command(sidecar))
+    for flag, value in [("--precision", "int8"), ("--backend", "tensorrt"), ("--calib-cache", "c.cache"),
+                        ("--calib-data", "photos dir"), ("--timing-cache", "t.cache"), ("--batch", "1,8,32")]:
+        assert argv[argv.index(flag) + 1] == value
 
 
-def test_legacy_calibrator_keeps_errors_tensorrt_would_swallow(monkeypatch, tmp_path):
-    preprocess = {"input_size": [128, 128], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear",
-                  "crop_pct": 1.0, "crop_mode": "squash"}
-    calibrator, _ = _calibrator(monkeypatch, tmp_path, (1, 4, 8), {"preprocess": preprocess})
-
-    def broken():
-        raise OSError("disk gone")
-        yield
-    calibrator.batches = broken()
-    assert calibrator.get_batch(["input"]) is None and "disk gone" in str(calibrator.error)
-
-
-def test_legacy_calibrator_needs_toolkit_metadata_for_images(monkeypatch, tmp_path):
-    from fastervit_trt.engines import EngineBuildError
-    with pytest.raises(EngineBuildError, match="m.onnx: has no fastervit-trt metadata"):
-        _calibrator(monkeypatch, tmp_path, (1, 8, 32), {})
+def test_an_engine_with_integer_output_is_not_served_as_logits(tmp_path, monkeypatch):
+    """An ArgMax (int64) output was once printed as "class 0 100.00 %"."""
+    with pytest.raises(FasterViTTRTError, match="m.engine: output 'logits' is int64, not float"):
+        _backend(tmp_path, monkeypatch, output_dtype="int64")
 
 
 def test_a_stubs_only_tensorrt_package_is_not_taken_for_tensorrt(tmp_path, monkeypatch):
@@ -127,165 +345,3 @@ def test_a_stubs_only_tensorrt_package_is_not_taken_for_tensorrt(tmp_path, monke
         sys.modules.pop("tensorrt", None)
         if real is not None:
             sys.modules["tensorrt"] = real
-
-
-class _FakeEngineWorld:
-    """Just enough of TensorRT (and CUDA memory) to drive TensorRTBackend on the CPU: the
-    context writes each image's sum times k into every value of its k-th output (``outputs``:
-    name -> shape per image; default one (1,) "logits"), at the addresses the backend set,
-    and records what the backend asked of it."""
-
-    def __init__(self, low: int, high: int, output: str = "float32", outputs: dict | None = None):
-        world = self
-        self.calls, self.events, self.buffers = [], [], {}
-        outputs = outputs or {"logits": (1,)}
-        names = ["input", *outputs]
-
-        class Context:
-            def __init__(self):
-                self.addresses = {}
-
-            def set_input_shape(self, name, shape):
-                self.shape = shape
-                return low <= shape[0] <= high
-
-            def set_tensor_address(self, name, pointer):
-                self.addresses[name] = pointer
-
-            def execute_async_v3(self, handle):
-                count = self.shape[0]
-                world.calls.append(count)
-                inputs = world.buffers[self.addresses["input"]][:count]
-                sums = inputs.reshape(count, -1).sum(1)
-                for k, (name, shape) in enumerate(outputs.items(), start=1):
-                    world.buffers[self.addresses[name]][:count] = (k * sums).reshape(-1, *[1] * len(shape))
-                return True
-
-        class Engine:
-            num_io_tensors = len(names)
-
-            def get_tensor_name(self, i):
-                return names[i]
-
-            def get_tensor_mode(self, name):
-                return "in" if name == "input" else "out"
-
-            def get_tensor_dtype(self, name):
-                return "float32" if name == "input" else output
-
-            def get_tensor_profile_shape(self, name, index):
-                return (low, 3, 2, 2), (high, 3, 2, 2), (high, 3, 2, 2)
-
-            def get_tensor_shape(self, name):
-                return (-1, *outputs[name])
-
-            def create_execution_context(self):
-                return Context()
-
-        class Runtime:
-            def __init__(self, logger):
-                self._host_code = False
-
-            @property
-            def engine_host_code_allowed(self):
-                return self._host_code
-
-            @engine_host_code_allowed.setter
-            def engine_host_code_allowed(self, value):
-                world.events.append(("host code allowed", value))
-                self._host_code = value
-
-            def deserialize_cuda_engine(self, data):
-                world.events.append(("deserialize", self._host_code))
-                return Engine()
-
-        logger = type("Logger", (), {"ERROR": 0, "__init__": lambda self, level=0: None})
-        self.trt = types.SimpleNamespace(Logger=logger, Runtime=Runtime, __version__="10.0",
-                                         TensorIOMode=types.SimpleNamespace(INPUT="in"),
-                                         nptype=lambda dtype: np.dtype(dtype).type)
-
-    def cuda(self):
-        world = self
-        fake = _FakeCuda()
-
-        def device(shape, dtype):
-            buffer = np.zeros(shape, dtype)
-            world.buffers[len(world.buffers) + 1] = buffer  # its "address"
-            return buffer, len(world.buffers)
-        fake.device = device
-        fake.pinned = lambda shape, dtype: np.zeros(shape, dtype)
-        fake.download = lambda host, device, count, stream: host.__setitem__(slice(0, count), device[:count])
-        return fake
-
-
-@pytest.mark.parametrize("low,high,count,calls", [(4, 8, 1, [4]), (4, 8, 10, [8, 4]), (1, 8, 3, [3])])
-def test_backend_pads_to_the_profile_minimum_and_drops_the_padding(low, high, count, calls, tmp_path, monkeypatch):
-    from fastervit_trt.runtime import tensorrt_backend
-    world = _FakeEngineWorld(low, high)
-    monkeypatch.setattr(tensorrt_backend, "import_tensorrt", lambda flavour=None: world.trt)
-    monkeypatch.setattr(tensorrt_backend, "open_cuda", world.cuda)
-    (tmp_path / "m.engine").write_bytes(b"engine")
-    backend = TensorRTBackend(tmp_path / "m.engine", contexts=1)
-    x = np.random.default_rng(0).standard_normal((count, 3, 2, 2)).astype(np.float32)
-    logits = backend.infer(x)
-    assert world.calls == calls and logits.shape == (count, 1)
-    np.testing.assert_allclose(logits[:, 0], x.reshape(count, -1).sum(1), rtol=1e-6)
-
-
-def test_backend_returns_every_output_of_a_backbone_engine(tmp_path, monkeypatch):
-    """Feature-map engines: one buffer per output, each read back in full, split batches
-    joined per output, and results that later calls do not overwrite."""
-    from fastervit_trt.runtime import tensorrt_backend
-    shapes = {"stage2": (4, 3, 3), "stage3": (8, 2, 2), "stage4": (16, 1, 1)}
-    world = _FakeEngineWorld(2, 4, outputs=shapes)
-    monkeypatch.setattr(tensorrt_backend, "import_tensorrt", lambda flavour=None: world.trt)
-    monkeypatch.setattr(tensorrt_backend, "open_cuda", world.cuda)
-    (tmp_path / "m.engine").write_bytes(b"engine")
-    backend = TensorRTBackend(tmp_path / "m.engine", contexts=1)
-    assert backend.output_names == list(shapes) and backend.output_shapes == shapes
-    x = np.random.default_rng(0).standard_normal((5, 3, 2, 2)).astype(np.float32)
-    outputs = backend.infer_all(x)
-    assert world.calls == [4, 2]  # split at MAX, the remainder padded to MIN
-    backend.infer_all(-x)  # reuses the same buffers
-    sums = x.reshape(5, -1).sum(1)
-    for k, (name, shape) in enumerate(shapes.items(), start=1):
-        assert outputs[name].shape == (5, *shape) and outputs[name].dtype == np.float32
-        np.testing.assert_allclose(outputs[name], np.broadcast_to((k * sums).reshape(5, 1, 1, 1), (5, *shape)),
-                                   rtol=1e-6)
-    np.testing.assert_array_equal(backend.infer(x), outputs["stage2"])  # infer: the first output
-
-
-def test_version_compatible_engines_get_host_code_allowed_before_deserializing(tmp_path, monkeypatch):
-    from fastervit_trt.runtime import tensorrt_backend
-    world = _FakeEngineWorld(1, 8)
-    monkeypatch.setattr(tensorrt_backend, "import_tensorrt", lambda flavour=None: world.trt)
-    monkeypatch.setattr(tensorrt_backend, "open_cuda", world.cuda)
-    (tmp_path / "m.engine").write_bytes(b"engine")
-    TensorRTBackend(tmp_path / "m.engine", version_compat=True)
-    TensorRTBackend(tmp_path / "m.engine")
-    assert world.events == [("host code allowed", True), ("deserialize", True), ("deserialize", False)]
-
-
-def test_rebuild_hint_keeps_every_build_input():
-    """The hint once rebuilt an implicit-INT8 engine as FP32 and dropped its data and caches."""
-    import shlex
-    from fastervit_trt.sidecar import rebuild_command
-    sidecar = {"precision": "int8", "tensorrt": {"flavour": "tensorrt"},
-               "onnx": {"path": "/m/x.onnx"}, "engine": {"path": "/e/x.engine"},
-               "build": {"batch": [1, 8, 32], "strongly_typed": False, "calib_cache": "c.cache",
-                         "calib_data": "photos dir", "timing_cache": "t.cache"}}
-    argv = shlex.split(rebuild_command(sidecar))
-    for flag, value in [("--precision", "int8"), ("--backend", "tensorrt"), ("--calib-cache", "c.cache"),
-                        ("--calib-data", "photos dir"), ("--timing-cache", "t.cache"), ("--batch", "1,8,32")]:
-        assert argv[argv.index(flag) + 1] == value
-
-
-def test_an_engine_with_integer_output_is_not_served_as_logits(tmp_path, monkeypatch):
-    """An ArgMax (int64) output was once printed as "class 0 100.00 %"."""
-    from fastervit_trt.runtime import tensorrt_backend
-    world = _FakeEngineWorld(1, 8, output="int64")
-    monkeypatch.setattr(tensorrt_backend, "import_tensorrt", lambda flavour=None: world.trt)
-    monkeypatch.setattr(tensorrt_backend, "open_cuda", world.cuda)
-    (tmp_path / "m.engine").write_bytes(b"engine")
-    with pytest.raises(FasterViTTRTError, match="m.engine: output 'logits' is int64, not float"):
-        TensorRTBackend(tmp_path / "m.engine")
