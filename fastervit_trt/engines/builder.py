@@ -281,11 +281,11 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
     seconds = time.perf_counter() - start
     if monitor.interrupted:
         raise KeyboardInterrupt
+    if calibrator is not None and calibrator.error is not None:  # why the build failed, if it did
+        raise calibrator.error
     if serialized is None:
         raise EngineBuildError(f"{onnx_path}: {flavour} failed to build an engine (the builder's "
                                "errors are printed above)")
-    if calibrator is not None and calibrator.error is not None:
-        raise calibrator.error
     timing = builder_config.get_timing_cache() if timing_cache else None  # None: nothing to save
     write_bytes(engine_path, bytes(serialized))
     calib_cache = config.calib_cache or (facts["metadata"].get("quantization") or {}).get("cache")
@@ -332,10 +332,10 @@ def _load_timing_cache(trt: ModuleType, flavour: str, builder_config: trt_api.IB
               f"{path} is left untouched", file=stream or sys.stderr)
         return False
     data = Path(path).read_bytes() if Path(path).is_file() else b""
-    cache = builder_config.create_timing_cache(data)
-    if not builder_config.set_timing_cache(cache, ignore_mismatch=False):
-        print(f"note: {path} was made by another GPU or TensorRT version; building without it "
-              "(a new timing cache replaces it)", file=stream or sys.stderr)
+    cache = builder_config.create_timing_cache(data)  # None where TensorRT cannot read the bytes
+    if cache is None or not builder_config.set_timing_cache(cache, ignore_mismatch=False):
+        print(f"note: {path} was made by another GPU or TensorRT version (or is damaged); building "
+              "without it (a new timing cache replaces it)", file=stream or sys.stderr)
         builder_config.set_timing_cache(builder_config.create_timing_cache(b""), ignore_mismatch=False)
     return True
 

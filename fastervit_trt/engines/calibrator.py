@@ -67,7 +67,7 @@ def make_calibrator(trt: ModuleType, facts: dict, config: BuildConfig):
                     return None
                 with cuda.active():
                     cuda.upload(self.buffer, np.ascontiguousarray(inputs, dtype=self.dtype), self.stream)
-                    self.stream.synchronize()
+                    cuda.synchronize(self.stream)  # TensorRT reads the buffer once get_batch returns
                 return [self.pointer]
             except Exception as exc:  # TensorRT would print it and report "calibration failed"
                 self.error = exc
@@ -77,7 +77,7 @@ def make_calibrator(trt: ModuleType, facts: dict, config: BuildConfig):
             return cache_path.read_bytes() if cache_path and cache_path.is_file() else None
 
         def write_calibration_cache(self, cache) -> None:
-            if cache_path is not None:
+            if cache_path is not None:  # ``cache``: a memoryview of TensorRT's buffer, valid during the call
                 write_bytes(cache_path, bytes(cache))
 
     return Calibrator()
