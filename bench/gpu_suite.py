@@ -24,6 +24,8 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,18 @@ class Skip(Exception):
     """A contender this machine cannot run; the message says why."""
 
 
-def _torch_runner(model, device: str, amp: bool, channels_last: bool):
+@dataclass
+class Contender:
+    """What one contender runs: ``run(x)``, on "torch" or "numpy" inputs; ``engine``: the
+    (engine, onnx) pair to check for parity; ``close`` frees what it holds on the GPU."""
+
+    run: Callable
+    kind: str
+    engine: tuple[Path, Path] | None = None
+    close: Callable[[], None] = lambda: None
+
+
+def _torch_contender(model, device: str, amp: bool, channels_last: bool) -> Contender:
     import torch
     model = model.to(device).eval()
     if channels_last:
@@ -48,7 +61,12 @@ def _torch_runner(model, device: str, amp: bool, channels_last: bool):
         if device == "cuda":
             torch.cuda.synchronize()
         return out
-    return run
+
+    def close() -> None:  # the weights leave the GPU before the next contender loads
+        model.to("cpu")
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return Contender(run, "torch", close=close)
 
 
 def _need_cuda(what: str) -> None:
@@ -57,26 +75,26 @@ def _need_cuda(what: str) -> None:
         raise Skip(f"{what} needs a CUDA GPU (torch sees none)")
 
 
-def make_runner(contender: str, name: str, resolution, tmp: Path, device: str):
-    """(runner, input kind "torch" or "numpy", engine path or None) for ``contender``."""
+def make_contender(contender: str, name: str, resolution, tmp: Path, device: str) -> Contender:
+    """What ``contender`` runs for model ``name``."""
     from fastervit_trt.models import create_model
     from fastervit_trt.models.parity import official_model, randomize_
     if contender == "eager":
-        return _torch_runner(create_model(name, resolution=resolution), device, False, False), "torch", None
+        return _torch_contender(create_model(name, resolution=resolution), device, False, False)
     if contender in ("amp", "compile"):
         _need_cuda("AMP FP16")
         model = create_model(name, resolution=resolution)
         if contender == "compile":
             import torch
             model = torch.compile(model)
-        return _torch_runner(model, device, True, True), "torch", None
+        return _torch_contender(model, device, True, True)
     if contender == "official-amp":
         _need_cuda("AMP FP16")
         try:
             official = randomize_(official_model(name, resolution))
         except Exception as exc:  # not an official variant name, or the package is absent
             raise Skip(f"no official model for {name}: {exc}") from None
-        return _torch_runner(official, device, True, True), "torch", None
+        return _torch_contender(official, device, True, True)
     if contender == "ort-cuda":
         import onnxruntime as ort
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -84,13 +102,13 @@ def make_runner(contender: str, name: str, resolution, tmp: Path, device: str):
         session = ort.InferenceSession(str(_export(name, resolution, tmp, "fp32")),
                                        providers=["CUDAExecutionProvider"])
         feed = session.get_inputs()[0].name
-        return (lambda x: session.run(None, {feed: x})[0]), "numpy", None
+        return Contender(lambda x: session.run(None, {feed: x})[0], "numpy")
     precision = contender.split("-")[1]
     from fastervit_trt.runtime.tensorrt_backend import import_tensorrt
     if import_tensorrt("tensorrt") is None:
         raise Skip("TensorRT is not installed (pip install 'fastervit-trt[tensorrt]')")
     _need_cuda("a TensorRT engine")
-    return _engine_runner(_export(name, resolution, tmp, precision))
+    return _engine_contender(_export(name, resolution, tmp, precision))
 
 
 def _export(name: str, resolution, tmp: Path, precision: str) -> Path:
@@ -106,7 +124,7 @@ def _export(name: str, resolution, tmp: Path, precision: str) -> Path:
     return path
 
 
-def _engine_runner(onnx_path: Path):
+def _engine_contender(onnx_path: Path) -> Contender:
     from fastervit_trt.engines import BuildConfig, EngineBuildError, build_engine
     engine = onnx_path.with_suffix(".engine")
     try:
@@ -115,7 +133,7 @@ def _engine_runner(onnx_path: Path):
         raise Skip(f"engine build failed: {exc}") from None
     from fastervit_trt.runtime import load
     model = load(engine)
-    return model.logits, "numpy", (engine, onnx_path)
+    return Contender(model.logits, "numpy", (engine, onnx_path), model.close)
 
 
 def polygraphy_parity(engine: Path, onnx_path: Path) -> dict:
@@ -148,6 +166,22 @@ def time_runner(run, x, iters: int, warmup: int) -> dict:
             "img_per_s": float(len(x) / np.median(samples))}
 
 
+def measure(measured: Contender, contender: str, name: str, resolution, batches: list[int], iters: int,
+            warmup: int, device: str) -> list[dict]:
+    """One row per batch size: ``measured`` timed on seeded random inputs."""
+    import torch
+    size = resolution or (224, 224)
+    rows = []
+    for batch in batches:
+        x = np.random.default_rng(0).standard_normal((batch, 3, *size), dtype=np.float32)
+        feed = torch.from_numpy(x).to(device) if measured.kind == "torch" else x
+        if measured.kind == "torch" and contender != "eager":
+            feed = feed.contiguous(memory_format=torch.channels_last)
+        rows.append({"model": name if resolution is None else f"{name} {size[0]}x{size[1]}",
+                     "contender": contender, "batch": batch, **time_runner(measured.run, feed, iters, warmup)})
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| model | contender | batch | p50 ms | p99 ms | img/s |", "|---|---|---:|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['contender']} | {r['batch']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
@@ -176,20 +210,16 @@ def main() -> int:
             for contender in args.contenders:
                 print(f"{name} {contender} ...", file=sys.stderr, flush=True)
                 try:
-                    run, kind, engine = make_runner(contender, name, resolution, Path(tmp), device)
+                    measured = make_contender(contender, name, resolution, Path(tmp), device)
                 except Skip as why:
                     skipped.append({"model": name, "contender": contender, "reason": str(why)})
                     continue
-                if engine is not None:
-                    parity.append({"model": name, "contender": contender, **polygraphy_parity(*engine)})
-                size = resolution or (224, 224)
-                for batch in args.batch:
-                    x = np.random.default_rng(0).standard_normal((batch, 3, *size), dtype=np.float32)
-                    feed = torch.from_numpy(x).to(device) if kind == "torch" else x
-                    if kind == "torch" and contender != "eager":
-                        feed = feed.contiguous(memory_format=torch.channels_last)
-                    rows.append({"model": name if resolution is None else f"{name} {size[0]}x{size[1]}",
-                                 "contender": contender, "batch": batch, **time_runner(run, feed, args.iters, warmup)})
+                try:
+                    if measured.engine is not None:
+                        parity.append({"model": name, "contender": contender, **polygraphy_parity(*measured.engine)})
+                    rows += measure(measured, contender, name, resolution, args.batch, args.iters, warmup, device)
+                finally:  # one contender on the GPU at a time
+                    measured.close()
     print(f"\n{gpu or 'no GPU: CPU only'}, {datetime.date.today()}\n")
     print(table(rows))
     for skip in skipped:

@@ -557,9 +557,11 @@ def bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=_positive, default=50, help="timed calls per batch size")
     parser.add_argument("--warmup", type=_number(int, 0), default=5)
     parser.add_argument("--cuda-graph", action="store_true",
-                        help="engines: capture each batch shape's launch as a CUDA graph and replay it "
-                             "(as trtexec --useCudaGraph)")
-    parser.add_argument("--torch-model", metavar="NAME", help="also time PyTorch eager of this variant")
+                        help="engines: replay CUDA graphs captured at fixed batch sizes (powers of two up "
+                             "to the profile's MAX, each with its own context; a batch runs padded to the "
+                             "next one), as trtexec --useCudaGraph")
+    parser.add_argument("--torch-model", metavar="NAME", help="also time PyTorch eager FP32 of this variant "
+                        "(on the GPU when torch sees one, else the CPU; the row names the device)")
     parser.add_argument("--checkpoint", type=Path, help="weights for --torch-model")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
@@ -586,12 +588,18 @@ def _bench(args: argparse.Namespace) -> int:
             stages = config.get("stages") or [int(name.removeprefix("stage")) for name in model.output_shapes]
             eager = Backbone(eager, tuple(stages), bool(config.get("norm"))).eval()
 
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # like with like: the GPU when there is one
+        eager = eager.to(device)
+
         def torch_run(batch):
             if batch.dtype == np.uint8:  # what a --input uint8 graph computes first
                 batch = preprocess.normalize(batch)
-            with torch.inference_mode():
-                return eager(torch.from_numpy(batch))
-        runners[f"pytorch eager ({args.torch_model})"] = torch_run
+            with torch.inference_mode():  # from the host, as the engine is fed
+                out = eager(torch.from_numpy(batch).to(device))
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return out
+        runners[f"pytorch eager {device} ({args.torch_model})"] = torch_run
     rows = benchmark(runners, preprocess.input_shape, args.batch, args.iters, args.warmup, preprocess.input_dtype)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -82,6 +82,27 @@ def test_gpu_suite_smoke_runs_what_it_can_and_says_what_it_skipped(tmp_path):
         assert "needs a CUDA GPU" in skipped["amp"] and "skipped amp" in child.stdout
 
 
+def test_gpu_suite_closes_each_contender_once_measured(tmp_path, monkeypatch):
+    """Engines and models leave the GPU before the next contender loads (they were kept to the end)."""
+    spec = importlib.util.spec_from_file_location("gpu_suite", ROOT / "bench" / "gpu_suite.py")
+    suite = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_suite", suite)
+    spec.loader.exec_module(suite)
+    log = []
+
+    def make(contender, name, resolution, tmp, device):
+        log.append(("make", contender))
+        return suite.Contender(lambda x: log.append(("run", contender)), "numpy",
+                               close=lambda: log.append(("close", contender)))
+    monkeypatch.setattr(suite, "make_contender", make)
+    monkeypatch.setattr(sys, "argv", ["gpu_suite.py", "--smoke", "--contenders", "eager", "ort-cuda",
+                                      "--json", str(tmp_path / "r.json")])
+    assert suite.main() == 0
+    assert [event for event in log if event[0] != "run"] == [("make", "eager"), ("close", "eager"),
+                                                             ("make", "ort-cuda"), ("close", "ort-cuda")]
+    assert ("run", "ort-cuda") in log
+
+
 def test_service_path_smoke(tmp_path):
     child = _run("service_path.py", "--smoke", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
     result = json.loads((tmp_path / "r.json").read_text())

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastervit_trt.cli import bench_main, export_main, infer_main, inspect_main
 from tests.conftest import has_tensorrt
@@ -60,7 +61,9 @@ def test_bench_reports_percentiles_against_pytorch(digits_onnx, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert code == 0 and len(rows) == 4 and {r["batch"] for r in rows} == {1, 4}
     assert all(0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["img_per_s"] > 0 for r in rows)
-    assert any(r["model"].startswith("pytorch eager") for r in rows)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # PyTorch where the engine would run
+    assert [r["model"] for r in rows if r["model"].startswith("pytorch eager")] == \
+        [f"pytorch eager {device} (faster_vit_digits)"] * 2
 
 
 def test_inspect_onnx(digits_onnx, capsys):
