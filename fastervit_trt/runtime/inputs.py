@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,7 +42,7 @@ def is_encoded(item: Any) -> bool:
     return isinstance(item, (str, Path, bytes, bytearray, memoryview, io.IOBase))
 
 
-def _one(item: Any, preprocess: Preprocess, exif_rotate: bool = True) -> np.ndarray:
+def to_input(item: Any, preprocess: Preprocess, exif_rotate: bool = True) -> np.ndarray:
     """One input -> the model's input (``preprocess.input_shape``)."""
     if isinstance(item, (bytearray, memoryview)):
         item = bytes(item)
@@ -72,16 +73,23 @@ def _floats_refused(shape: tuple) -> InputError:
 
 DECODE_THREADS = min(8, os.cpu_count() or 1)
 _decoders: ThreadPoolExecutor | None = None
+_decoders_made = threading.Lock()
+
+
+def decoders() -> ThreadPoolExecutor:
+    """The process's image-decoding threads (``DECODE_THREADS``), made on first use."""
+    global _decoders
+    with _decoders_made:
+        if _decoders is None:
+            _decoders = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="fastervit-decode")
+    return _decoders
 
 
 def _decode_all(items: Sequence[Any], preprocess: Preprocess, exif_rotate: bool) -> np.ndarray:
     """Decode and preprocess ``items`` in parallel (order kept)."""
-    global _decoders
     if len(items) == 1 or DECODE_THREADS == 1:
-        return np.stack([_one(item, preprocess, exif_rotate) for item in items])
-    if _decoders is None:
-        _decoders = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="fastervit-decode")
-    return np.stack(list(_decoders.map(lambda item: _one(item, preprocess, exif_rotate), items)))
+        return np.stack([to_input(item, preprocess, exif_rotate) for item in items])
+    return np.stack(list(decoders().map(lambda item: to_input(item, preprocess, exif_rotate), items)))
 
 
 def to_batch(inputs: Any, preprocess: Preprocess, exif_rotate: bool = True) -> np.ndarray | Any:
@@ -100,10 +108,10 @@ def to_batch(inputs: Any, preprocess: Preprocess, exif_rotate: bool = True) -> n
                 raise InputError(f"batch of shape {inputs.shape}; the model takes (N, {', '.join(map(str, expected))})")
             return np.ascontiguousarray(inputs, dtype=np.float32)
         if inputs.ndim == 4 and inputs.dtype == np.uint8:
-            return np.stack([_one(image, preprocess) for image in inputs])
-        return _one(inputs, preprocess)[None]
+            return np.stack([to_input(image, preprocess) for image in inputs])
+        return to_input(inputs, preprocess)[None]
     if is_encoded(inputs) or isinstance(inputs, Image.Image):
-        return _one(inputs, preprocess, exif_rotate)[None]
+        return to_input(inputs, preprocess, exif_rotate)[None]
     if isinstance(inputs, Sequence) and len(inputs) > 0:
         return _decode_all(inputs, preprocess, exif_rotate)
     raise InputError("no input given" if isinstance(inputs, Sequence) else

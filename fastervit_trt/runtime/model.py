@@ -75,7 +75,7 @@ class InferenceModel:
         if not self.is_backbone:
             raise FasterViTTRTError(f"{self.source}: a classifier (logits out); features() needs a backbone "
                                     "exported with fastervit-export --features")
-        return self._in_steps(to_batch(inputs, self.preprocess, self.exif_rotate))
+        return self.outputs(to_batch(inputs, self.preprocess, self.exif_rotate))
 
     def logits(self, inputs: Any, decode: str = "cpu") -> np.ndarray:
         """Raw logits (N, classes) for any accepted input (see ``runtime.inputs``). A list of
@@ -128,10 +128,11 @@ class InferenceModel:
         stacked: float32 NCHW, or uint8 NHWC crops for a ``--input uint8`` model); nothing
         is resized or normalised."""
         self._require_classifier()
-        return self._in_steps(batch)[self.backend.output_names[0]]
+        return self.outputs(batch)[self.backend.output_names[0]]
 
-    def _in_steps(self, batch: Any) -> dict[str, np.ndarray]:
-        """Every output of ``batch``, ``max_batch`` inputs per backend call, joined."""
+    def outputs(self, batch: Any) -> dict[str, np.ndarray]:
+        """Every output of a batch already in the model's input format (as ``run`` takes it),
+        ``max_batch`` inputs per backend call, joined."""
         step = self.max_batch
         return join_parts([self.backend.infer_all(batch[i:i + step]) for i in range(0, len(batch), step)])
 
@@ -152,6 +153,13 @@ class InferenceModel:
         top = np.argsort(-probabilities, axis=1, kind="stable")[:, :topk]
         return [[Prediction(int(i), self.names[i], float(p[i])) for i in row]
                 for row, p in zip(top, probabilities)]
+
+    def batcher(self, **options: Any):
+        """A dynamic batcher over this model (``max_batch``, ``max_delay_ms``, ``max_queue``,
+        ``timeout_s``): concurrent ``submit``/``predict`` calls from any threads coalesced
+        into engine calls; see ``runtime.batcher``."""
+        from .batcher import Batcher
+        return Batcher(self, **options)
 
     def close(self) -> None:
         self.backend.close()
