@@ -10,7 +10,9 @@ Models: faster_vit_0_224 and faster_vit_0_any_res at 512x512. Every engine is co
 its ONNX on the shipped photos by Polygraphy's Comparator (TensorRT vs ONNX Runtime runners,
 fed by fastervit_trt/polygraphy_data.py). PyTorch contenders time CUDA tensors already on
 the GPU; ONNX Runtime and TensorRT ones take NumPy batches (host-to-device copy included).
-Prints a table of p50/p99 latency and img/s, writes JSON and Markdown.
+Prints a table of p50/p99 latency and img/s, writes JSON and Markdown. Each engine is also
+served to 1, 8 and 32 concurrent clients sending single JPEGs, one call per request against
+the dynamic batcher (``fastervit_trt.runtime.benchmark.serving``, as bench/serving.py).
 
   python bench/gpu_suite.py                          # the whole suite (a GPU machine)
   python bench/gpu_suite.py --contenders eager amp official-amp --batch 128
@@ -47,6 +49,7 @@ class Contender:
     kind: str
     engine: tuple[Path, Path] | None = None
     close: Callable[[], None] = lambda: None
+    model: object = None  # an engine's runtime model: also measured under concurrent clients
 
 
 def _torch_contender(model, device: str, amp: bool, channels_last: bool) -> Contender:
@@ -133,7 +136,7 @@ def _engine_contender(onnx_path: Path) -> Contender:
         raise Skip(f"engine build failed: {exc}") from None
     from fastervit_trt.runtime import load
     model = load(engine)
-    return Contender(model.logits, "numpy", (engine, onnx_path), model.close)
+    return Contender(model.logits, "numpy", (engine, onnx_path), model.close, model)
 
 
 def polygraphy_parity(engine: Path, onnx_path: Path) -> dict:
@@ -194,6 +197,9 @@ def main() -> int:
     parser.add_argument("--contenders", nargs="+", default=CONTENDERS, choices=CONTENDERS)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--serving-seconds", type=float, default=5.0,
+                        help="engines: per cell of the concurrent-clients run (1, 8, 32 clients sending one "
+                             "JPEG each, direct calls vs the dynamic batcher, as bench/serving.py)")
     parser.add_argument("--json", type=Path, default=Path("bench/results/gpu_suite.json"))
     parser.add_argument("--smoke", action="store_true",
                         help="faster_vit_0_any_res at 64x64, batch 1 and 2, 2 iterations: checks the script")
@@ -202,9 +208,11 @@ def main() -> int:
     models, warmup = MODELS, 5
     if args.smoke:
         models, args.batch, args.iters, warmup = [("faster_vit_0_any_res", (64, 64))], [1, 2], 2, 1
+        args.serving_seconds = 0.5
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gpu = torch.cuda.get_device_name() if device == "cuda" else None
-    rows, skipped, parity = [], [], []
+    from fastervit_trt.runtime.benchmark import sample_jpegs, serving
+    rows, skipped, parity, served, jpegs = [], [], [], [], sample_jpegs(26)
     with tempfile.TemporaryDirectory() as tmp:
         for name, resolution in models:
             for contender in args.contenders:
@@ -218,10 +226,17 @@ def main() -> int:
                     if measured.engine is not None:
                         parity.append({"model": name, "contender": contender, **polygraphy_parity(*measured.engine)})
                     rows += measure(measured, contender, name, resolution, args.batch, args.iters, warmup, device)
+                    if measured.model is not None:
+                        served += [{"model": name, "contender": contender, **row} for row in
+                                   serving(measured.model, jpegs, [1, 8, 32], args.serving_seconds, progress=sys.stderr)]
                 finally:  # one contender on the GPU at a time
                     measured.close()
     print(f"\n{gpu or 'no GPU: CPU only'}, {datetime.date.today()}\n")
     print(table(rows))
+    for row in served:
+        print(f"serving {row['contender']} ({row['model']}), {row['clients']} clients: direct "
+              f"{row['direct']['req_per_s']:.1f} req/s, batcher {row['batcher']['req_per_s']:.1f} req/s, "
+              f"mean batch {row['mean_batch']:.1f}, p50 {row['direct']['p50_ms']:.1f} -> {row['batcher']['p50_ms']:.1f} ms")
     for skip in skipped:
         print(f"skipped {skip['contender']} ({skip['model']}): {skip['reason']}")
     for check in parity:
@@ -229,7 +244,7 @@ def main() -> int:
               f"(Polygraphy, tolerance {check['tolerance']})")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"device": gpu or "cpu", "date": str(datetime.date.today()), "rows": rows,
-                                     "skipped": skipped, "parity": parity}, indent=2) + "\n")
+                                     "serving": served, "skipped": skipped, "parity": parity}, indent=2) + "\n")
     args.json.with_suffix(".md").write_text(table(rows) + "\n")
     print(f"wrote {args.json}")
     return 0 if all(c["passed"] for c in parity) else 1

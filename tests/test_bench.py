@@ -88,12 +88,17 @@ def test_gpu_suite_closes_each_contender_once_measured(tmp_path, monkeypatch):
     suite = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "gpu_suite", suite)
     spec.loader.exec_module(suite)
+    from fastervit_trt.export.pipeline import ExportOptions, export_model
+    from fastervit_trt.runtime import load
+    served = load(export_model(ExportOptions(model="faster_vit_digits", precision="fp32", batch=(1, 4, 8),
+                                             output_dir=tmp_path)).onnx_path)  # plays an engine's model
     log = []
 
     def make(contender, name, resolution, tmp, device):
         log.append(("make", contender))
         return suite.Contender(lambda x: log.append(("run", contender)), "numpy",
-                               close=lambda: log.append(("close", contender)))
+                               close=lambda: log.append(("close", contender)),
+                               model=served if contender == "ort-cuda" else None)
     monkeypatch.setattr(suite, "make_contender", make)
     monkeypatch.setattr(sys, "argv", ["gpu_suite.py", "--smoke", "--contenders", "eager", "ort-cuda",
                                       "--json", str(tmp_path / "r.json")])
@@ -101,6 +106,19 @@ def test_gpu_suite_closes_each_contender_once_measured(tmp_path, monkeypatch):
     assert [event for event in log if event[0] != "run"] == [("make", "eager"), ("close", "eager"),
                                                              ("make", "ort-cuda"), ("close", "ort-cuda")]
     assert ("run", "ort-cuda") in log
+    serving = json.loads((tmp_path / "r.json").read_text())["serving"]  # engines are served to clients too
+    assert [(r["contender"], r["clients"]) for r in serving] == [("ort-cuda", 1), ("ort-cuda", 8), ("ort-cuda", 32)]
+    assert all(r["batcher"]["requests"] > 0 and r["mean_batch"] >= 1 for r in serving)
+
+
+def test_serving_smoke(tmp_path):
+    child = _run("serving.py", "--smoke", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert [r["clients"] for r in result["rows"]] == [1, 4]
+    for row in result["rows"]:
+        assert row["direct"]["requests"] > 0 and row["batcher"]["requests"] > 0
+        assert 1 <= row["mean_batch"] <= row["clients"] and row["engine_calls"] > 0
+    assert set(result["checks"].values()) <= {True, False} and "| clients | direct req/s" in child.stdout
 
 
 def test_service_path_smoke(tmp_path):

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""A service's load: C concurrent clients, each sending one JPEG at a time, for a fixed time.
+
+Same model and images in one run, two ways of answering them:
+  direct   - one model call per request (``model.predict(jpeg)``), what a service built on
+             ``load()`` alone does
+  batcher  - ``model.batcher(max_delay_ms=...)``: concurrent requests coalesced into one call
+Clients 1, 8 and 32 (closed loop: a client sends its next request when its last is
+answered), 640x480 JPEGs re-encoded from the shipped photos, faster_vit_0_224 FP32 ONNX
+(random weights, batch profile 1,8,32) on ONNX Runtime. Prints requests/s, p50/p99 latency
+and the batcher's mean formed batch, the checks below, and writes JSON:
+  - at 32 clients the batcher's requests/s is at least direct's;
+  - its mean batch is at least 0.7 x min(clients, max batch) at every client count;
+  - at 1 client its p50 is at most direct's + max_delay_ms + 2 ms.
+
+  python bench/serving.py
+  python bench/serving.py --seconds 20 --clients 1 8 32 64
+  python bench/serving.py --smoke --json /tmp/s.json      # seconds: the trained digits model
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from fastervit_trt.export.pipeline import ExportOptions, export_model
+from fastervit_trt.runtime import load
+from fastervit_trt.runtime.benchmark import sample_jpegs, serving
+
+FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "faster_vit_digits.pth"
+
+
+def checks(rows: list[dict], max_batch: int, max_delay_ms: float) -> dict[str, bool]:
+    by_clients = {row["clients"]: row for row in rows}
+    result = {f"mean batch >= 0.7 x min({c}, {max_batch})": r["mean_batch"] >= 0.7 * min(c, max_batch)
+              for c, r in by_clients.items()}
+    most = by_clients[max(by_clients)]
+    result[f"batcher req/s >= direct at {max(by_clients)} clients"] = \
+        most["batcher"]["req_per_s"] >= most["direct"]["req_per_s"]
+    if 1 in by_clients:
+        one = by_clients[1]
+        result[f"p50 at 1 client <= direct + {max_delay_ms:g} + 2 ms"] = \
+            one["batcher"]["p50_ms"] <= one["direct"]["p50_ms"] + max_delay_ms + 2
+    return result
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| clients | direct req/s | batcher req/s | batcher / direct | direct p50 ms | batcher p50 ms | "
+             "direct p99 ms | batcher p99 ms | mean batch |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        d, b = r["direct"], r["batcher"]
+        lines.append(f"| {r['clients']} | {d['req_per_s']:.1f} | {b['req_per_s']:.1f} | "
+                     f"{b['req_per_s'] / d['req_per_s']:.2f}x | {d['p50_ms']:.1f} | {b['p50_ms']:.1f} | "
+                     f"{d['p99_ms']:.1f} | {b['p99_ms']:.1f} | {r['mean_batch']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--seconds", type=float, default=10.0, help="per cell")
+    parser.add_argument("--max-delay-ms", type=float, default=2.0)
+    parser.add_argument("--max-batch", type=int, help="the batcher's largest batch (default: the engine's)")
+    parser.add_argument("--json", type=Path, default=Path("bench/results/serving.json"))
+    parser.add_argument("--smoke", action="store_true", help="the digits model, clients 1 and 4, 1 s a cell")
+    args = parser.parse_args()
+    name, checkpoint, images = "faster_vit_0_224", None, sample_jpegs(26)
+    if args.smoke:
+        name, checkpoint, args.clients, args.seconds = "faster_vit_digits", FIXTURE, [1, 4], 1.0
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_model(ExportOptions(model=name, checkpoint=checkpoint, precision="fp32", batch=(1, 8, 32),
+                                               output_dir=Path(tmp)), None).onnx_path
+        with load(onnx_path) as model:
+            model.predict(images[:2])  # warm up the session
+            rows = serving(model, images, args.clients, args.seconds, args.max_delay_ms, args.max_batch, sys.stderr)
+            max_batch = args.max_batch or model.max_batch
+    verdicts = checks(rows, max_batch, args.max_delay_ms)
+    print(f"\n{name} FP32 ONNX Runtime (CPU), {args.seconds:g} s per cell, max_delay_ms {args.max_delay_ms:g}, "
+          f"{datetime.date.today()}\n")
+    print(table(rows))
+    for check, passed in verdicts.items():
+        print(f"{'pass' if passed else 'FAIL'}: {check}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"model": name, "backend": "onnxruntime-cpu", "seconds": args.seconds,
+                                     "max_delay_ms": args.max_delay_ms, "max_batch": max_batch,
+                                     "date": str(datetime.date.today()), "rows": rows, "checks": verdicts},
+                                    indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
