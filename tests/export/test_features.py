@@ -217,7 +217,8 @@ def test_bench_times_a_backbone_against_pytorch_eager(int8_features, capsys):
     assert bench_main(["--model", str(int8_features.onnx_path), "--torch-model", "faster_vit_0_224",
                        "--batch", "1", "--iters", "2", "--warmup", "0", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [row["model"] for row in rows] == [int8_features.onnx_path.name, "pytorch eager (faster_vit_0_224)"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the row names where PyTorch ran
+    assert [row["model"] for row in rows] == [int8_features.onnx_path.name, f"pytorch eager {device} (faster_vit_0_224)"]
     assert all(row["p50_ms"] > 0 for row in rows)
 
 
