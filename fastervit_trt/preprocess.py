@@ -85,14 +85,16 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 INPUT_FORMATS = {"float": "float32 NCHW, normalised with the model's mean and std",
-                 "uint8": "uint8 NHWC RGB, resized and cropped; the graph normalises it"}
+                 "uint8": "uint8 NHWC RGB, resized and cropped; the graph normalises it",
+                 "pixels": "float32 NCHW RGB pixels 0..255, resized and cropped; the graph normalises them"}
 
 
 @dataclass(frozen=True)
 class Preprocess:
     """The eval transform of one model; call it on a PIL image to get the model's input: a
-    normalised float32 (3, H, W) array, or with ``input_format="uint8"`` the resized, cropped
-    uint8 (H, W, 3) image (a graph exported with ``--input uint8`` normalises it itself)."""
+    normalised float32 (3, H, W) array; with ``input_format="uint8"`` the resized, cropped
+    uint8 (H, W, 3) image, with ``"pixels"`` its float32 (3, H, W) pixel values 0..255 (graphs
+    exported with ``--input uint8`` / ``--input pixels`` normalise them themselves)."""
 
     input_size: tuple[int, int]
     crop_pct: float = 0.875
@@ -101,7 +103,7 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     jpeg_draft: bool = False  # fast: large JPEGs decoded at a reduced scale, only the crop resized (False: bitwise timm)
-    input_format: str = "float"  # or "uint8"
+    input_format: str = "float"  # or "uint8", "pixels"
 
     def __post_init__(self) -> None:
         if self.input_format not in INPUT_FORMATS:
@@ -109,12 +111,12 @@ class Preprocess:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        """One input's shape: (3, H, W) floats or (H, W, 3) uint8."""
-        return (3, *self.input_size) if self.input_format == "float" else (*self.input_size, 3)
+        """One input's shape: (3, H, W) floats or pixels, or (H, W, 3) uint8."""
+        return (*self.input_size, 3) if self.input_format == "uint8" else (3, *self.input_size)
 
     @property
     def input_dtype(self) -> np.dtype:
-        return np.dtype(np.float32 if self.input_format == "float" else np.uint8)
+        return np.dtype(np.uint8 if self.input_format == "uint8" else np.float32)
 
     @classmethod
     def from_config(cls, config: Mapping | object) -> Preprocess:
@@ -173,11 +175,19 @@ class Preprocess:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         pixels = np.asarray(self.resize_and_crop(image if image.mode == "RGB" else image.convert("RGB")))
+        if self.input_format == "pixels":
+            return np.ascontiguousarray(np.moveaxis(pixels, -1, -3), dtype=np.float32)
         return pixels if self.input_format == "uint8" else self.normalize(pixels)
 
+    def normalized(self, batch: np.ndarray) -> np.ndarray:
+        """A batch in this input format as normalised float32 NCHW (what the graph computes first)."""
+        if self.input_format == "float":
+            return batch
+        return self.normalize(batch if self.input_format == "uint8" else np.moveaxis(batch, -3, -1))
+
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 (..., H, W, 3) images -> normalised float32 (..., 3, H, W) inputs: what a
-        ``--input uint8`` graph computes from them."""
+        """(..., H, W, 3) pixel values 0..255 -> normalised float32 (..., 3, H, W) inputs: what a
+        ``--input uint8`` (or ``pixels``) graph computes from them."""
         pixels = pixels.astype(np.float32) / np.float32(255)
         pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(np.moveaxis(pixels, -1, -3))

@@ -261,8 +261,9 @@ def _heldout_inputs(calib: CalibrationOptions, preprocess: Preprocess, path: Pat
     source = calib.data if calib.data.is_dir() else DEFAULT_DATA
     if not source.exists():
         rng = np.random.default_rng(0)
-        samples = (rng.integers(0, 256, preprocess.input_shape, dtype=np.uint8) if preprocess.input_format == "uint8"
-                   else rng.standard_normal(preprocess.input_shape, dtype=np.float32) for _ in range(calib.heldout))
+        samples = (rng.integers(0, 256, preprocess.input_shape, dtype=np.uint8).astype(preprocess.input_dtype)
+                   if preprocess.input_format != "float" else rng.standard_normal(preprocess.input_shape, dtype=np.float32)
+                   for _ in range(calib.heldout))
         return StoredInputs(path, samples, calib.heldout), "seeded random inputs"
     data = CalibrationData(source, preprocess, calib.heldout, split="heldout")
     return StoredInputs(path, (data.sample(i) for i in range(len(data))), len(data)), data.describe()

@@ -52,15 +52,18 @@ class GatheredBias(nn.Module):
 
 
 class ImageInput(nn.Module):
-    """``model`` fed resized, cropped uint8 images (N, H, W, C) as decoded: the graph
-    normalises them with the float32 operations of ``Preprocess.normalize``, in its order
-    (divide by 255, subtract the mean, divide by the std, channels first)."""
+    """``model`` fed resized, cropped images as decoded: uint8 (N, H, W, C), or with
+    ``channels_first`` float32 pixel values 0..255 (N, C, H, W). The graph normalises them
+    with the float32 operations of ``Preprocess.normalize``, in its order (divide by 255,
+    subtract the mean, divide by the std; then channels first)."""
 
-    def __init__(self, model: FasterViT | Backbone, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(self, model: FasterViT | Backbone, mean: tuple[float, ...], std: tuple[float, ...],
+                 channels_first: bool = False) -> None:
         super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+        self.model, self.channels_first = model, channels_first
+        shape = (-1, 1, 1) if channels_first else (-1,)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape))
 
     @property
     def variant(self):
@@ -72,7 +75,27 @@ class ImageInput(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         pixels = (images.float() / 255 - self.mean) / self.std
-        return self.model(pixels.permute(0, 3, 1, 2))
+        return self.model(pixels if self.channels_first else pixels.permute(0, 3, 1, 2))
+
+
+class Probabilities(nn.Module):
+    """A classifier answering softmax probabilities (output ``probabilities``) instead of
+    logits, for consumers that read probabilities (DeepStream nvinfer's classifier parser)."""
+
+    def __init__(self, model: FasterViT) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def variant(self):
+        return self.model.variant
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["probabilities"]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.softmax(self.model(x), dim=-1)
 
 
 class AddConstant(nn.Module):

@@ -34,12 +34,13 @@ PROTOBUF_LIMIT = 2**31 - 1
 
 
 def trace_to_onnx(model: FasterViT | Backbone | ImageInput, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """Trace ``model`` (already in deploy form; a float NCHW input, or uint8 NHWC images for
-    an ``ImageInput``) to ONNX with a symbolic batch axis and its ``output_names`` (``logits``,
+    """Trace ``model`` (already in deploy form; a float NCHW input, or an ``ImageInput``'s
+    uint8 NHWC images or float NCHW pixels) to ONNX with a symbolic batch axis and its ``output_names`` (``logits``,
     or a backbone's ``stage1``..``stage4``); its parameters and buffers are graph inputs
     (``attach_weights`` makes them initializers)."""
     (height, width), channels = model.variant.arch.resolution, model.variant.arch.in_chans
-    example = torch.zeros(1, height, width, channels, dtype=torch.uint8) if isinstance(model, ImageInput) \
+    nhwc = isinstance(model, ImageInput) and not model.channels_first
+    example = torch.zeros(1, height, width, channels, dtype=torch.uint8) if nhwc \
         else torch.zeros(1, channels, height, width)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice

@@ -27,7 +27,7 @@ from ..errors import FasterViTTRTError
 from ..models import Backbone, FasterViT, Variant, check_arch, create_model, read_checkpoint
 from ..preprocess import INPUT_FORMATS, Preprocess, sample_inputs
 from ..progress import Steps
-from .deploy import ImageInput, prepare_backbone, prepare_for_export
+from .deploy import ImageInput, Probabilities, prepare_backbone, prepare_for_export
 from .fp16 import convert_to_fp16, find_fp16_overflows
 from ..runtime.onnxruntime_backend import ORT_DTYPES
 from .ort_cpu import cpu_session, release_memory
@@ -68,8 +68,9 @@ class ExportOptions:
     seed: int = 0
     validation_batch: int = 4
     exact_preprocess: bool = False  # True: decode every JPEG in full (bitwise timm); recorded
-    input_format: str = "float"  # "uint8": the graph takes uint8 NHWC crops and normalises them
+    input_format: str = "float"  # "uint8" / "pixels": the graph takes uint8 NHWC / float NCHW 0..255 crops
     features: tuple[int, ...] = ()  # stages whose outputs the graph returns instead of logits
+    softmax: bool = False  # a classifier's output as probabilities (``probabilities``), not logits
     feature_norm: bool = False  # each feature map through its level norm (official detection)
     external_data_threshold: int = PROTOBUF_LIMIT  # bytes above which weights go to <file>.data
 
@@ -86,6 +87,8 @@ class ExportOptions:
             raise ValueError(f"feature stages must be distinct stages of {STAGES}, not {list(self.features)}")
         if self.feature_norm and not self.features:
             raise ValueError("--feature-norm normalises feature maps: pass --features too")
+        if self.softmax and self.features:
+            raise ValueError("--softmax turns a classifier's logits into probabilities; a backbone (--features) has none")
         object.__setattr__(self, "features", tuple(sorted(self.features)))
 
     def preprocess(self, variant: Variant) -> Preprocess:
@@ -96,8 +99,9 @@ class ExportOptions:
     @property
     def onnx_path(self) -> Path:
         """``<model>_<precision>.onnx``; ``..._features`` for a backbone's feature maps,
-        ``..._uint8in`` for a uint8-image input."""
-        suffix = ("_features" if self.features else "") + ("_uint8in" if self.input_format == "uint8" else "")
+        ``..._uint8in`` / ``..._pixelsin`` for a uint8-image / float-pixel input."""
+        suffix = ("_features" if self.features else "") + ("_softmax" if self.softmax else "") + \
+            ("" if self.input_format == "float" else f"_{self.input_format}in")
         return self.output_dir / f"{self.model}_{self.precision}{suffix}.onnx"
 
     @property
@@ -183,9 +187,10 @@ def trace_model(options: ExportOptions, steps: Steps, weights: WeightFile,
     with steps.step(f"building {options.model}"):
         model = _build(options)
         preprocess = options.preprocess(model.variant)
-        core = Backbone(model, options.features, options.feature_norm) if options.features else model
+        core = Backbone(model, options.features, options.feature_norm) if options.features else \
+            Probabilities(model) if options.softmax else model
         network = core if preprocess.input_format == "float" else \
-            ImageInput(core, preprocess.mean, preprocess.std)
+            ImageInput(core, preprocess.mean, preprocess.std, channels_first=preprocess.input_format == "pixels")
         inputs, input_kind = validation_inputs(model, options)
         references = {name: _logits(network, x) for name, x in {"validation": inputs, **(probes or {})}.items()}
     variant, checkpoint = model.variant, model.checkpoint
@@ -301,9 +306,10 @@ def validation_inputs(model: FasterViT, options: ExportOptions) -> tuple[np.ndar
         if photos is not None:
             return photos, "shipped sample photos"
     rng = np.random.default_rng(options.seed)
-    if preprocess.input_format == "uint8":
-        shape = (options.validation_batch, *arch.resolution, arch.in_chans)
-        return rng.integers(0, 256, shape, dtype=np.uint8), "seeded random images"
+    if preprocess.input_format != "float":
+        shape = (options.validation_batch, *preprocess.input_shape)
+        images = rng.integers(0, 256, shape, dtype=np.uint8)
+        return images.astype(preprocess.input_dtype), "seeded random images"
     shape = (options.validation_batch, arch.in_chans, *arch.resolution)
     return rng.standard_normal(shape, dtype=np.float32), "seeded random inputs"
 
@@ -399,6 +405,7 @@ def export_metadata(traced: Traced, options: ExportOptions, kept_fp32: list[str]
         "features": {"stages": list(options.features), "norm": options.feature_norm,
                      "strides": {f"stage{stage}": 2 ** (stage + 1) for stage in options.features},
                      "taken": "each stage's output before its downsampling"} if options.features else None,
+        "output": "probabilities" if options.softmax else None,
         "batch_profile": list(options.batch),
         "fp32_nodes_for_range": kept_fp32,
     }

@@ -100,4 +100,4 @@ class GpuDecoder:
         image = image[:, top:top + crop_h, left:left + crop_w].round().clamp(0, 255)  # as 8-bit pixels
         if preprocess.input_format == "uint8":
             return image.to(self.torch.uint8).permute(1, 2, 0).contiguous()
-        return (image / 255.0 - self.mean) / self.std
+        return image if preprocess.input_format == "pixels" else (image / 255.0 - self.mean) / self.std

@@ -146,10 +146,14 @@ class InferenceModel:
         return self.top(self.logits(inputs, decode), topk)
 
     def top(self, logits: np.ndarray, topk: int = 5) -> list[list[Prediction]]:
-        """The ``topk`` classes of each row of ``logits``, most probable first."""
+        """The ``topk`` classes of each row of ``logits`` (a ``--softmax`` model's rows are
+        probabilities already), most probable first."""
         logits = logits.astype(np.float64)
-        probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        if self.backend.output_names[0] == "probabilities":
+            probabilities = logits
+        else:
+            probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probabilities /= probabilities.sum(axis=1, keepdims=True)
         top = np.argsort(-probabilities, axis=1, kind="stable")[:, :topk]
         return [[Prediction(int(i), self.names[i], float(p[i])) for i in row]
                 for row, p in zip(top, probabilities)]
