@@ -146,6 +146,7 @@ examples:
   fastervit-export --model faster_vit_0_any_res --resolution 800 1216 --batch 1,2,4
   fastervit-export --precision fp16 --io-dtype fp16 --output-dir /models --force
   fastervit-export --precision fp16 --input uint8          # the engine takes uint8 NHWC crops
+  fastervit-export --precision int8 --input pixels         # float 0..255 NCHW pixels (DeepStream nvinfer)
   fastervit-export --precision int8                        # calibrate on the shipped photos
   fastervit-export --precision fp8                         # FP8 E4M3 Q/DQ (compute capability 8.9+)
   fastervit-export --precision int8 --calib-data ~/imagenet/val --calib-images 512 --calib-method percentile
@@ -194,10 +195,17 @@ def export_parser() -> argparse.ArgumentParser:
                         help="each feature map through its level's BatchNorm, as the official detection "
                              "backbones add it (stage 4: the trained classifier norm; stages 1-3: "
                              "BatchNorm at its initial statistics, which detection training then learns)")
-    parser.add_argument("--input", choices=("float", "uint8"), default=d.input_format, dest="input_format",
+    parser.add_argument("--input", choices=("float", "uint8", "pixels"), default=d.input_format, dest="input_format",
                         help="float: normalised float NCHW input; uint8: the resized, cropped uint8 "
                              "NHWC image, cast and normalised inside the graph (4x fewer bytes to the "
-                             "GPU, no float math on the CPU); writes <model>_<precision>_uint8in.onnx")
+                             "GPU, no float math on the CPU; writes <model>_<precision>_uint8in.onnx); "
+                             "pixels: the crop as float NCHW pixel values 0..255, normalised per channel "
+                             "inside the graph, as DeepStream's nvinfer sends them with net-scale-factor 1 "
+                             "(writes ..._pixelsin.onnx; see fastervit-deepstream)")
+    parser.add_argument("--softmax", action="store_true",
+                        help="a classifier's output as softmax probabilities ('probabilities') instead of "
+                             "logits, as DeepStream's nvinfer classifier parser reads them; writes "
+                             "<model>_<precision>_softmax.onnx")
     parser.add_argument("--batch", type=_batch_profile, default=",".join(map(str, d.batch)), metavar="MIN,OPT,MAX",
                         help="batch sizes of the engine's optimization profile")
     parser.add_argument("--opset", type=_number(int, MIN_OPSET, MAX_OPSET), default=d.opset,
@@ -264,7 +272,7 @@ def _export(args: argparse.Namespace) -> int:
                                 output_dir=args.output_dir or ExportOptions.output_dir,
                                 io_dtype=args.io_dtype, exact_preprocess=args.exact_preprocess,
                                 input_format=args.input_format, force=args.force, seed=args.seed,
-                                features=args.features, feature_norm=args.feature_norm)
+                                features=args.features, feature_norm=args.feature_norm, softmax=args.softmax)
         calib = CalibrationOptions(data=args.calib_data, images=args.calib_images,
                                    batch=args.calib_batch, method=args.calib_method,
                                    percentile=args.calib_percentile, cache=args.calib_cache,
@@ -593,8 +601,7 @@ def _bench(args: argparse.Namespace) -> int:
         eager = eager.to(device)
 
         def torch_run(batch):
-            if batch.dtype == np.uint8:  # what a --input uint8 graph computes first
-                batch = preprocess.normalize(batch)
+            batch = preprocess.normalized(batch)  # what a --input uint8 / pixels graph computes first
             with torch.inference_mode():  # from the host, as the engine is fed
                 out = eager(torch.from_numpy(batch).to(device))
             if device == "cuda":
@@ -755,6 +762,55 @@ def _eval(args: argparse.Namespace) -> int:
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
     return _run(_eval, eval_parser, argv)
+
+
+# ---------------------------------------------------------------- fastervit-deepstream
+
+def deepstream_parser() -> argparse.ArgumentParser:
+    from .deepstream import PROCESS_MODES, DeepStreamOptions
+    d = DeepStreamOptions()
+    parser = argparse.ArgumentParser(
+        prog="fastervit-deepstream", formatter_class=_formatter,
+        epilog="examples:\n"
+               "  fastervit-export --model faster_vit_4_21k_384 --checkpoint w.pth.tar --precision int8 "
+               "--input pixels --softmax\n"
+               "  fastervit-deepstream engines/faster_vit_4_21k_384_int8_softmax_pixelsin.engine --out ds\n"
+               "  fastervit-deepstream export/faster_vit_4_21k_384_int8_softmax_pixelsin.onnx --out ds "
+               "--process-mode secondary --operate-on-gie-id 1",
+        description="Write a DeepStream nvinfer classifier config ([property] key file) and labels file for an "
+                    "export made with --input pixels --softmax (or its engine): every value from the export's "
+                    "metadata, net-scale-factor 1 and zero offsets because the graph normalises per channel "
+                    "itself. Refuses, in one line, a model whose preprocessing nvinfer cannot reproduce.")
+    parser.add_argument("model", type=Path, help=".onnx export or .engine (with its sidecar)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the config and labels")
+    parser.add_argument("--process-mode", choices=tuple(PROCESS_MODES), default=d.process_mode,
+                        help="primary: whole frames; secondary: the objects of another nvinfer (a detector)")
+    parser.add_argument("--threshold", type=_number(float, 0, 1), default=d.threshold,
+                        help="classifier-threshold: the least probability at which a label is attached")
+    parser.add_argument("--gie-unique-id", type=_positive, default=d.gie_unique_id)
+    parser.add_argument("--operate-on-gie-id", type=_positive, default=d.operate_on_gie_id,
+                        help="secondary mode: the gie-unique-id of the detector whose objects are classified")
+    parser.add_argument("--gpu-id", type=_number(int, 0), default=d.gpu_id)
+    parser.add_argument("--force", action="store_true", help="overwrite existing files")
+    return parser
+
+
+def _deepstream(args: argparse.Namespace) -> int:
+    from .deepstream import DeepStreamOptions, launch_example, write_deepstream
+    try:
+        options = DeepStreamOptions(process_mode=args.process_mode, threshold=args.threshold,
+                                    gie_unique_id=args.gie_unique_id, operate_on_gie_id=args.operate_on_gie_id,
+                                    gpu_id=args.gpu_id, force=args.force)
+    except ValueError as exc:
+        raise FasterViTTRTError(str(exc)) from None
+    config, labels = write_deepstream(args.model, args.out, options)
+    print(f"wrote {config} and {labels}")
+    print(f"run: {launch_example(config)}")
+    return 0
+
+
+def deepstream_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_deepstream, deepstream_parser, argv)
 
 
 # ---------------------------------------------------------------- fastervit-serve

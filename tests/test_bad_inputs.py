@@ -45,6 +45,12 @@ USAGE = [
     ("eval", ["--data", "d", "--model", "m.onnx", "--limit", "-5"], "--limit: -5 is out of range"),
     ("triton", ["m.onnx", "--repo", "r", "--instances", "0"], "--instances: 0 is out of range"),
     ("triton", ["m.onnx", "--repo", "r", "--max-queue-delay-us", "-5"], "--max-queue-delay-us"),
+    ("serve", ["--model", "m.onnx", "--port", "70000"], "--port: 70000 is out of range (valid: 0 to 65535)"),
+    ("serve", ["--model", "m.onnx", "--max-queue", "0"], "--max-queue: 0 is out of range"),
+    ("serve", ["--model", "m.onnx", "--timeout-s", "0"], "--timeout-s: 0 is out of range (valid: above 0)"),
+    ("serve", ["--model", "m.onnx", "--max-delay-ms", "-1"], "--max-delay-ms: -1 is out of range"),
+    ("deepstream", ["m.onnx", "--out", "d", "--threshold", "2"], "--threshold: 2 is out of range (valid: 0 to 1)"),
+    ("deepstream", ["m.onnx", "--out", "d", "--process-mode", "tertiary"], "invalid choice: 'tertiary'"),
 ]
 
 
@@ -217,6 +223,19 @@ def _one_error(code, err, *fragments, left=()):
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
     assert all(f in lines[0] for f in fragments), lines[0]
+
+
+@pytest.mark.parametrize("command,argv,fragment", [
+    ("serve", ["--model", "missing.onnx"], "missing.onnx: no such model file"),
+    ("serve", ["--model", "w.pth"], "w.pth: expected an .engine/.plan or .onnx model"),
+    ("deepstream", ["missing.onnx", "--out", "ds"], "missing.onnx: no such model file"),
+    ("deepstream", ["w.pth", "--out", "ds"], "w.pth: expected an .onnx export or an .engine with its sidecar"),
+])
+def test_serve_and_deepstream_refuse_a_model_they_cannot_read(command, argv, fragment, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w.pth").write_bytes(b"weights")
+    code = getattr(cli, f"{command}_main")(argv)
+    _one_error(code, capsys.readouterr().err, fragment, left=_left(tmp_path, tmp_path / "w.pth"))
 
 
 def test_fixed_batch_onnx_runs_one_image_at_a_time(tmp_path, capsys):

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("export", "build", "infer", "bench", "inspect", "triton", "eval", "serve")
+COMMANDS = ("export", "build", "infer", "bench", "inspect", "triton", "eval", "serve", "deepstream")
 
 
 def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
