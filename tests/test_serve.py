@@ -18,6 +18,7 @@ from fastervit_trt.export.pipeline import ExportOptions, export_model
 from fastervit_trt.runtime import load
 from fastervit_trt.runtime.inputs import to_input
 from fastervit_trt.serve import ServeOptions, create_app
+from tests.runtime.test_batcher import _Held
 
 CHECKPOINT = Path(__file__).parent / "fixtures" / "faster_vit_digits.pth"
 PHOTOS = sorted(p for p in (Path(__file__).parents[1] / "calibration").iterdir() if p.suffix in (".jpg", ".png"))
@@ -122,19 +123,6 @@ def test_refusals_are_one_line_with_the_right_status(model):
     assert empty.status_code == 400 and "empty body" in empty.json()["error"]
     for reason, count in [("bad_image", 1), ("too_large", 1), ("unsupported_type", 1), ("bad_request", 2)]:
         assert f'fastervit_errors_total{{reason="{reason}"}} {count}.0' in metrics
-
-
-class _Held:
-    """Holds the model's engine calls until released."""
-
-    def __init__(self, model, monkeypatch):
-        self.entered, self.release, real = threading.Event(), threading.Event(), model.outputs
-
-        def held(batch):
-            self.entered.set()
-            assert self.release.wait(30)
-            return real(batch)
-        monkeypatch.setattr(model, "outputs", held)
 
 
 def test_overload_is_503_with_retry_after_and_nothing_is_lost(model, monkeypatch):
