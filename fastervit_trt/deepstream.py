@@ -112,9 +112,9 @@ def _check(model_path: Path, info: dict) -> dict:
     return preprocess
 
 
-def nvinfer_config(model_path: Path, labels: Path, options: DeepStreamOptions = DeepStreamOptions()) -> str:
-    """The ``[property]`` key file nvinfer reads for ``model_path`` (an export or its engine)."""
-    info = describe(model_path)
+def nvinfer_config(model_path: Path, info: dict, labels: Path, options: DeepStreamOptions = DeepStreamOptions()) -> str:
+    """The ``[property]`` key file nvinfer reads for ``model_path`` (an export or its engine,
+    as ``describe`` read it)."""
     preprocess = _check(Path(model_path), info)
     metadata = info["metadata"]
     height, width = preprocess["input_size"]
@@ -148,9 +148,8 @@ def nvinfer_config(model_path: Path, labels: Path, options: DeepStreamOptions = 
     return header + "[property]\n" + "".join(f"{key}={value}\n" for key, value in keys.items())
 
 
-def labels_file(model_path: Path) -> str:
+def labels_file(model_path: Path, info: dict) -> str:
     """nvinfer's classifier labels: one line, the class names in output order, ';'-separated."""
-    info = describe(model_path)
     metadata = info["metadata"]
     label_set = (metadata.get("preprocess") or {}).get("label_set") or metadata.get("label_set")
     names = class_names(label_set, int(metadata["arch"]["num_classes"]))
@@ -164,7 +163,8 @@ def write_deepstream(model_path: Path, out: Path, options: DeepStreamOptions = D
     model_path, out = Path(model_path), Path(out)
     name = model_path.stem + ("_secondary" if options.process_mode == "secondary" else "")
     config, labels = out / f"config_infer_{name}.txt", out / f"labels_{model_path.stem}.txt"
-    text, names = nvinfer_config(model_path, labels, options), labels_file(model_path).encode()  # refusals first
+    info = describe(model_path)
+    text, names = nvinfer_config(model_path, info, labels, options), labels_file(model_path, info).encode()  # refusals first
     same_labels = labels.is_file() and labels.read_bytes() == names  # a primary and a secondary config share it
     check_writable([config] if same_labels else [config, labels], options.force)
     write_bytes(labels, names)

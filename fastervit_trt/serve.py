@@ -104,8 +104,7 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
         try:
             batcher = state["batcher"]
             if batcher is None:
-                raise _Refusal(503, "the service is shutting down; retry on another instance",
-                               {"Retry-After": str(options.retry_after_s)})
+                raise _busy("the service is shutting down; retry on another instance", options)
             kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
             topk = _topk(request.query_params.get("topk"), options.topk)
             if kind != "application/json" and kind not in IMAGE_TYPES:
@@ -163,6 +162,11 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
 _REASONS = {413: "too_large", 415: "unsupported_type", 503: "overloaded"}
 
 
+def _busy(message: str, options: ServeOptions) -> _Refusal:
+    """503 with ``Retry-After``: the request may succeed if sent again shortly."""
+    return _Refusal(503, message, {"Retry-After": str(options.retry_after_s)})
+
+
 def top_k(model: InferenceModel, logits, topk: int) -> list[dict]:
     """The JSON form of ``model.top`` for one row of logits."""
     return [asdict(p) for p in model.top(logits[None], topk)[0]]
@@ -213,13 +217,13 @@ async def _answers(batcher: Batcher, images: list[bytes], options: ServeOptions)
     except Overloaded as exc:
         for future in futures:
             future.cancel()
-        raise _Refusal(503, str(exc), {"Retry-After": str(options.retry_after_s)}) from None
+        raise _busy(str(exc), options) from None
     answers: list = []
     for future in futures:
         try:
             answers.append(await asyncio.wrap_future(future))
         except RequestTimeout as exc:
-            raise _Refusal(503, str(exc), {"Retry-After": str(options.retry_after_s)}) from None
+            raise _busy(str(exc), options) from None
         except FasterViTTRTError as exc:  # an image the model's preprocessing cannot decode
             answers.append(exc)
     return answers
