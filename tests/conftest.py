@@ -72,6 +72,18 @@ def int8_export(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def digits_batch8_onnx(tmp_path_factory):
+    """The trained digits model as FP32 ONNX with a batch profile of 1,4,8 (what the batcher
+    and the HTTP service are tested on)."""
+    from pathlib import Path
+
+    from fastervit_trt.export.pipeline import ExportOptions, export_model
+    checkpoint = Path(__file__).parent / "fixtures" / "faster_vit_digits.pth"
+    return export_model(ExportOptions(model="faster_vit_digits", checkpoint=checkpoint, precision="fp32",
+                                      batch=(1, 4, 8), output_dir=tmp_path_factory.mktemp("digits8"))).onnx_path
+
+
+@pytest.fixture(scope="session")
 def digits_folders(tmp_path_factory):
     """scikit-learn digits written as labelled PNG folders: {"train": dir, "heldout": dir}."""
     from tests.fixtures.digits import split_named, write_folder

@@ -14,23 +14,18 @@ import numpy as np
 import pytest
 import uvicorn
 
-from fastervit_trt.export.pipeline import ExportOptions, export_model
 from fastervit_trt.runtime import load
 from fastervit_trt.runtime.inputs import to_input
 from fastervit_trt.serve import ServeOptions, create_app
 from tests.runtime.test_batcher import _Held
 
-CHECKPOINT = Path(__file__).parent / "fixtures" / "faster_vit_digits.pth"
 PHOTOS = sorted(p for p in (Path(__file__).parents[1] / "calibration").iterdir() if p.suffix in (".jpg", ".png"))
 TYPES = {".jpg": "image/jpeg", ".png": "image/png"}
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("serve")
-    path = export_model(ExportOptions(model="faster_vit_digits", checkpoint=CHECKPOINT, precision="fp32",
-                                      batch=(1, 4, 8), output_dir=out)).onnx_path
-    with load(path) as loaded:
+def model(digits_batch8_onnx):
+    with load(digits_batch8_onnx) as loaded:
         yield loaded
 
 

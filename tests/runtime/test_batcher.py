@@ -10,22 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastervit_trt.export.pipeline import ExportOptions, export_model
 from fastervit_trt.preprocess import ImageError, Preprocess
 from fastervit_trt.runtime import load
 from fastervit_trt.runtime.batcher import BatcherClosed, Overloaded, RequestTimeout
 from fastervit_trt.runtime.model import InferenceModel
 
-CHECKPOINT = Path(__file__).parents[1] / "fixtures" / "faster_vit_digits.pth"
 PHOTOS = sorted(p for p in (Path(__file__).parents[2] / "calibration").iterdir() if p.suffix in (".jpg", ".png"))
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("batcher")
-    onnx_path = export_model(ExportOptions(model="faster_vit_digits", checkpoint=CHECKPOINT, precision="fp32",
-                                           batch=(1, 4, 8), output_dir=out)).onnx_path
-    with load(onnx_path) as loaded:
+def model(digits_batch8_onnx):
+    with load(digits_batch8_onnx) as loaded:
         yield loaded
 
 
