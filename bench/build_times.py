@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
 from fastervit_trt.engines import BuildConfig, build_engine, load_tensorrt
 from fastervit_trt.export.pipeline import ExportOptions, export_model
 

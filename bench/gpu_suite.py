@@ -107,7 +107,7 @@ def make_contender(contender: str, name: str, resolution, tmp: Path, device: str
         feed = session.get_inputs()[0].name
         return Contender(lambda x: session.run(None, {feed: x})[0], "numpy")
     precision = contender.split("-")[1]
-    from fastervit_trt.runtime.tensorrt_backend import import_tensorrt
+    from fastervit_trt.tensorrt_import import import_tensorrt
     if import_tensorrt("tensorrt") is None:
         raise Skip("TensorRT is not installed (pip install 'fastervit-trt[tensorrt]')")
     _need_cuda("a TensorRT engine")
@@ -115,7 +115,7 @@ def make_contender(contender: str, name: str, resolution, tmp: Path, device: str
 
 
 def _export(name: str, resolution, tmp: Path, precision: str) -> Path:
-    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     from fastervit_trt.export.pipeline import ExportOptions, export_model
     options = ExportOptions(model=name, resolution=resolution, precision=precision, batch=(1, 32, 128),
                             output_dir=tmp / name, force=True)

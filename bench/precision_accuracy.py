@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
 from fastervit_trt.compare import compare
-from fastervit_trt.export.pipeline import ExportOptions, export_model, ort_logits
+from fastervit_trt.export.ort_eval import ort_logits
+from fastervit_trt.export.pipeline import ExportOptions, export_model
 
 QUANTIZED = {"int8": ("int8", True), "fp8": ("fp8", True),
              "int8_no_bias_correction": ("int8", False), "fp8_no_bias_correction": ("fp8", False)}

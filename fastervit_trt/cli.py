@@ -216,7 +216,7 @@ def export_parser() -> argparse.ArgumentParser:
                         help=f"where the .onnx and its .report.json go (default: {d.output_dir}); "
                              "engines go there too unless --engine-dir is given")
     parser.add_argument("--seed", type=_number(int, 0), default=d.seed, help="seed of random weights and inputs")
-    from .calibration.pipeline import PERCENTILE_RANGE, CalibrationOptions
+    from .calibration.options import PERCENTILE_RANGE, CalibrationOptions
     c = CalibrationOptions()
     calib = parser.add_argument_group("INT8 / FP8 calibration (--precision int8 or fp8)")
     calib.add_argument("--calib-data", type=Path, default=c.data, metavar="DIR|FILE.npy",
@@ -263,7 +263,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .calibration.pipeline import CalibrationOptions, export_quantized
+    from .calibration.options import CalibrationOptions
     from .export.pipeline import ExportOptions, export_model
     try:
         options = ExportOptions(model=args.model, checkpoint=args.checkpoint, weights=args.weights,
@@ -286,10 +286,7 @@ def _export(args: argparse.Namespace) -> int:
     engine_dir = args.engine_dir or args.output_dir or Path("engines")
     engine = None if args.no_engine else _planned_engine(options.onnx_path, engine_dir)
     _preflight_outputs(engine, args.triton_repo, options.onnx_path, args.force)
-    if options.precision in ("int8", "fp8"):
-        result = export_quantized(options, calib, stream)
-    else:
-        result = export_model(options, stream)
+    result = export_model(options, stream, calib if options.precision in ("int8", "fp8") else None)
     print(export_summary(result.report, result.report_path))
     if "sensitivity" in result.report:
         print(sensitivity_table(result.report))

@@ -99,7 +99,7 @@ def inspect_engine(path: Path) -> dict:
             "precision": sidecar.get("precision"), "tensorrt": sidecar.get("tensorrt"),
             "device": sidecar.get("device"), "build": sidecar.get("build"),
             "inputs": sidecar.get("inputs"), "outputs": sidecar.get("outputs")}
-    from .runtime.tensorrt_backend import import_tensorrt
+    from .tensorrt_import import import_tensorrt
     trt = import_tensorrt((sidecar.get("tensorrt") or {}).get("flavour"))
     engine = None
     if trt is not None:

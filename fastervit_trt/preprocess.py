@@ -23,6 +23,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import FasterViTTRTError
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the RGB statistics every official FasterViT was trained with
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # the photos shipped with the toolkit (calibration/ in a source checkout)
 SAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "calibration"
@@ -100,8 +103,8 @@ class Preprocess:
     crop_pct: float = 0.875
     crop_mode: str = "center"
     interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     jpeg_draft: bool = False  # fast: large JPEGs decoded at a reduced scale, only the crop resized (False: bitwise timm)
     input_format: str = "float"  # or "uint8", "pixels"
 

@@ -8,11 +8,15 @@ TensorRT version against it before deserializing.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import shlex
 from pathlib import Path
 
+from .artifacts import sha256
+
 SCHEMA_VERSION = 1
+DEFAULT_BATCH_PROFILE = (1, 8, 32)  # MIN, OPT, MAX of an engine profile when none is given
 METADATA_KEY = "fastervit_trt"  # the ONNX metadata_props entry holding the toolkit's JSON
 
 
@@ -45,13 +49,38 @@ def read_sidecar(engine: Path) -> dict | None:
     return data
 
 
+def engine_sidecar(metadata: dict, precision: str, inputs: list[dict], outputs: list[dict], tensorrt: dict,
+                   build: dict, device: dict, onnx_path: Path, engine_path: Path, calib_cache: Path | None) -> dict:
+    """The sidecar of a just-written engine: the export's ``metadata`` (model, preprocessing,
+    labels, features), the network's I/O, the TensorRT that built it with the ``build``
+    settings, the GPU, and the files it came from and is (by sha256)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": metadata.get("model"),
+        "precision": precision,
+        "arch": metadata.get("arch"),
+        "preprocess": metadata.get("preprocess"),
+        "label_set": (metadata.get("preprocess") or {}).get("label_set"),
+        "features": metadata.get("features"),  # a backbone's stages, norm and strides
+        "inputs": inputs,
+        "outputs": outputs,
+        "tensorrt": tensorrt,
+        "build": build,
+        "device": device,
+        "onnx": {"path": str(onnx_path.resolve()), "sha256": sha256(onnx_path)},  # rebuild hints work anywhere
+        "calibration_cache": {"path": str(calib_cache), "sha256": sha256(calib_cache)} if calib_cache else None,
+        "engine": {"path": str(engine_path), "sha256": sha256(engine_path), "bytes": engine_path.stat().st_size},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def rebuild_command(sidecar: dict, engine: Path | None = None) -> str:
     """The fastervit-build command line, shell-quoted, that rebuilds the engine described by
     ``sidecar`` at ``engine`` (default: where it was built) with the options it was built with."""
     build = sidecar.get("build", {})
     parts = ["fastervit-build", sidecar.get("onnx", {}).get("path", "<model.onnx>"),
              "--output", str(engine or sidecar.get("engine", {}).get("path", "<model.engine>")),
-             "--batch", ",".join(str(b) for b in build.get("batch", (1, 8, 32)))]
+             "--batch", ",".join(str(b) for b in build.get("batch", DEFAULT_BATCH_PROFILE))]
     flavour = (sidecar.get("tensorrt") or {}).get("flavour")
     if flavour:
         parts += ["--backend", flavour]

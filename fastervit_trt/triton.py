@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .artifacts import check_writable, staged, write_bytes
 from .errors import FasterViTTRTError
-from .sidecar import read_metadata
+from .sidecar import DEFAULT_BATCH_PROFILE, read_metadata
 
 _NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
 _TRITON_TYPES = {"float": "TYPE_FP32", "float32": "TYPE_FP32", "half": "TYPE_FP16", "float16": "TYPE_FP16",
@@ -69,7 +69,7 @@ def _describe(model_path: Path) -> dict:
             raise FasterViTTRTError(f"{model_path}: input/output types {dtype(graph_in)}/"
                                     f"{','.join(dtype(v) for v in graph_outs)}; the toolkit serves image "
                                     "models with float or uint8 input and float outputs")
-        return {"platform": "onnxruntime_onnx", "file": "model.onnx", "batch": meta.get("batch_profile", [1, 8, 32]),
+        return {"platform": "onnxruntime_onnx", "file": "model.onnx", "batch": meta.get("batch_profile", list(DEFAULT_BATCH_PROFILE)),
                 "input": (graph_in.name, dtype(graph_in), dims(graph_in)),
                 "outputs": [(v.name, dtype(v), dims(v)) for v in graph_outs],
                 "preprocess": meta.get("preprocess") or {}, "model": meta.get("model")}

@@ -65,7 +65,7 @@ def exported(tmp_path_factory, realistic_checkpoint):
 @pytest.fixture(scope="session")
 def int8_export(tmp_path_factory):
     """faster_vit_0_224 (random init) exported to INT8 with 64 calibration inputs."""
-    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     from fastervit_trt.export.pipeline import ExportOptions
     out = tmp_path_factory.mktemp("int8")
     return export_quantized(ExportOptions(precision="int8", output_dir=out), CalibrationOptions(images=64))

@@ -93,7 +93,7 @@ def test_resolution_the_reference_cannot_run_names_the_nearest_valid_ones(model,
 def test_float64_npy_is_converted_and_held_out_inputs_are_independent(tmp_path, monkeypatch, capsys):
     """A float64 array calibrates (converted, with a warning); the accuracy figures come from the
     shipped photos, not from the array itself, so a badly scaled array cannot hide."""
-    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     from fastervit_trt.export.pipeline import ExportOptions
     np.save(tmp_path / "inputs.npy", np.random.default_rng(0).standard_normal((16, 3, 128, 128)))
     result = export_quantized(ExportOptions(model="faster_vit_digits", precision="int8", output_dir=str(tmp_path / "out")),
@@ -104,7 +104,7 @@ def test_float64_npy_is_converted_and_held_out_inputs_are_independent(tmp_path, 
 
 
 def test_python_api_takes_str_paths(tmp_path):
-    from fastervit_trt.calibration.pipeline import CalibrationOptions
+    from fastervit_trt.calibration.options import CalibrationOptions
     from fastervit_trt.engines import BuildConfig
     from fastervit_trt.export.pipeline import ExportOptions
     from pathlib import Path
@@ -125,7 +125,7 @@ def _visible(folder):
 def test_ctrl_c_at_the_last_steps_leaves_nothing_new(precision, stage, tmp_path, monkeypatch, capsys):
     """Ctrl-C during validation (or the last INT8 step) once left an unvalidated ONNX and a
     cache without a report, and the next run refused "already exists"."""
-    from fastervit_trt.calibration import pipeline as int8_pipeline
+    from fastervit_trt.export import quantized as int8_pipeline
     from fastervit_trt.export import pipeline
 
     def interrupt(*args, **kwargs):
@@ -392,7 +392,7 @@ def test_recorded_io_dtype_is_the_graphs(tmp_path):
 def test_progress_in_a_log_is_plain_lines(tmp_path):
     """Progress bars wrote carriage returns into non-terminal logs."""
     import io
-    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     from fastervit_trt.export.pipeline import ExportOptions
     log = io.StringIO()
     export_quantized(ExportOptions(model="faster_vit_digits", precision="int8", output_dir=tmp_path),

@@ -81,7 +81,7 @@ def test_existing_output_needs_force(capsys, tmp_path):
 
 def test_validation_failure_exits_non_zero(capsys, tmp_path, monkeypatch):
     """A graph that does not reproduce PyTorch fails the command (files kept for inspection)."""
-    from fastervit_trt.export import pipeline
+    from fastervit_trt.export import stages as pipeline
     real_attach = pipeline.attach_weights
 
     def corrupt(graph, model, weights):  # the classifier's weights negated on their way to ONNX

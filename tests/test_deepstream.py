@@ -13,12 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
 from fastervit_trt.cli import deepstream_main
 from fastervit_trt.compare import compare
 from fastervit_trt.deepstream import SCALING_FILTERS, DeepStreamOptions, write_deepstream
 from fastervit_trt.errors import FasterViTTRTError
-from fastervit_trt.export.pipeline import ExportOptions, export_model, ort_logits
+from fastervit_trt.export.ort_eval import ort_logits
+from fastervit_trt.export.pipeline import ExportOptions, export_model
 from fastervit_trt.preprocess import Preprocess, load_image, sample_inputs
 from fastervit_trt.runtime.labels import class_names
 from fastervit_trt.sidecar import read_metadata

@@ -16,7 +16,7 @@ PHOTOS = sorted((Path(__file__).parents[1] / "calibration").glob("*.*g"))
 
 @pytest.fixture(scope="module")
 def digits_models(tmp_path_factory, digits_folders):
-    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     from fastervit_trt.export.pipeline import ExportOptions, export_model
     out = tmp_path_factory.mktemp("eval")
     common = dict(model="faster_vit_digits", checkpoint=CHECKPOINT)

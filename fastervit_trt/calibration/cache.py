@@ -11,14 +11,19 @@ pattern of the scale (amax / 127). Tensor names are the ONNX tensor names.
 """
 from __future__ import annotations
 
+import io
+import json
 import re
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..artifacts import write_bytes
 from ..errors import FasterViTTRTError
-from ..runtime.tensorrt_backend import import_tensorrt
+from ..tensorrt_import import import_tensorrt
 
 # calibration method -> TensorRT calibrator name in the header
 ALGORITHMS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration",
@@ -117,3 +122,37 @@ class CalibrationCache:
             raise CalibrationCacheError(
                 f"{source}: cache does not match this graph: {problem}; it was made for another "
                 "model or resolution. Delete it or pass another --calib-cache to recalibrate")
+
+
+def record_path(cache: Path) -> Path:
+    return cache.with_name(cache.name + ".json")
+
+def means_path(cache: Path) -> Path:
+    return cache.with_name(cache.name + ".means.npz")
+
+def write_means(path: Path, means: dict[str, np.ndarray]) -> None:
+    names = sorted(means)
+    buffer = io.BytesIO()
+    np.savez(buffer, names=np.array(names), sizes=np.array([means[n].size for n in names], np.int64),
+             means=np.concatenate([means[n].ravel() for n in names]) if names else np.zeros(0))
+    write_bytes(path, buffer.getvalue())
+
+def read_means(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as stored:
+            names, sizes, values = stored["names"], stored["sizes"], stored["means"]
+        if len(names) != len(sizes) or int(sizes.sum()) != values.size:
+            raise ValueError("names, sizes and means do not match")
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise CalibrationCacheError(f"{path}: not a channel-means file of this toolkit ({exc}); delete it "
+                                    "and pass --recalibrate, or --bias-correction off") from None
+    return dict(zip((str(n) for n in names), np.split(values, np.cumsum(sizes)[:-1])))
+
+def changed_settings(cache: Path, settings: dict) -> str | None:
+    """How ``settings`` differ from those recorded beside ``cache`` (None: same, or no record)."""
+    try:
+        made = json.loads(record_path(cache).read_text())
+    except (OSError, ValueError):
+        return None
+    changed = [f"{key} {made.get(key)!r} -> {value!r}" for key, value in settings.items() if made.get(key) != value]
+    return ", ".join(changed) or None

@@ -21,7 +21,13 @@ import numpy as np
 from PIL import Image
 
 from ..errors import FasterViTTRTError
-from ..preprocess import IMAGE_SUFFIXES, SAMPLE_IMAGES, ImageError, Preprocess, load_image
+from ..preprocess import (
+    IMAGE_SUFFIXES,
+    SAMPLE_IMAGES,
+    ImageError,
+    Preprocess,
+    load_image,
+)
 
 log = logging.getLogger(__name__)
 

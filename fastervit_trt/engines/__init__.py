@@ -1,4 +1,5 @@
 """Engine stage: ONNX -> TensorRT / TensorRT-RTX engine."""
-from .builder import BuildConfig, EngineBuildError, build_engine, load_tensorrt
+from .builder import build_engine
+from .config import BuildConfig, EngineBuildError, load_tensorrt
 
 __all__ = ["BuildConfig", "EngineBuildError", "build_engine", "load_tensorrt"]

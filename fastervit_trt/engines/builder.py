@@ -9,7 +9,6 @@ export command that puts the precision into the ONNX instead.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import signal
 import sys
@@ -20,48 +19,30 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from ..artifacts import check_writable, paths_of, sha256, write_bytes, write_json
-from ..errors import FasterViTTRTError
-from ..runtime.tensorrt_backend import TENSORRT_MODULES, import_tensorrt
-from ..sidecar import SCHEMA_VERSION, export_command, read_metadata, read_sidecar, sidecar_path
+from ..artifacts import check_writable, write_bytes, write_json
+from ..sidecar import (
+    engine_sidecar,
+    export_command,
+    read_metadata,
+    read_sidecar,
+    sidecar_path,
+)
+from .calibrator import make_calibrator
+from .config import (
+    FP8_GPUS,
+    FP8_MIN_CAPABILITY,
+    RTX_TARGETS,
+    BuildConfig,
+    EngineBuildError,
+    load_tensorrt,
+)
 
 if TYPE_CHECKING:  # tensorrt-stubs: the objects below are checked against TensorRT's API (mypy)
     import tensorrt as trt_api
 
 log = logging.getLogger(__name__)
-
-
-class EngineBuildError(FasterViTTRTError):
-    """The ONNX file could not be parsed or built into an engine."""
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """Builder settings; the batch profile is (min, opt, max)."""
-
-    batch: tuple[int, int, int] = (1, 8, 32)
-    backend: str = "auto"  # "tensorrt", "tensorrt-rtx" or "auto" (TensorRT first)
-    precision: str | None = None  # None: the ONNX's own; fp16/int8 on an FP32 graph: TensorRT 10 only
-    workspace_mib: int | None = None
-    opt_level: int | None = None  # builder optimization level 0..5 (TensorRT's default: 3)
-    timing_cache: Path | None = None
-    hardware_compat: bool = False  # Ampere+ hardware compatibility
-    version_compat: bool = False
-    calib_cache: Path | None = None  # TensorRT 10 implicit INT8
-    calib_data: Path | None = None
-    compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets ("8.9", "12.0"); (): its default
-    force: bool = False
-
-    def __post_init__(self) -> None:
-        paths_of(self, "timing_cache", "calib_cache", "calib_data")
-
-
-# TensorRT-RTX's build targets by compute capability; FP8 tensor cores from 8.9 (Ada) on
-RTX_TARGETS = {"7.5": "SM75", "8.0": "SM80", "8.6": "SM86", "8.9": "SM89", "12.0": "SM120", "12.1": "SM121"}
-FP8_MIN_CAPABILITY = (8, 9)
-FP8_GPUS = "Ada: L4, L40S, RTX 40xx; Hopper: H100, H200; Blackwell: B200, RTX 50xx"
 
 
 def _capability(text: str) -> tuple[int, int]:
@@ -91,19 +72,6 @@ def build_targets(onnx_path: Path, flavour: str, precision: str, wanted: tuple[s
                                f"{', '.join(too_old)} cannot run it: build for those GPUs from an fp16 or "
                                "int8 export")
     return targets
-
-
-def load_tensorrt(backend: str = "auto") -> tuple[str, ModuleType]:
-    """Import the requested TensorRT flavour; (flavour name, module)."""
-    if backend not in TENSORRT_MODULES and backend != "auto":
-        raise EngineBuildError(f"unknown backend {backend!r}; choose tensorrt or tensorrt-rtx")
-    for name in (list(TENSORRT_MODULES) if backend == "auto" else [backend]):
-        module = import_tensorrt(name)
-        if module is not None:
-            return name, module
-    raise EngineBuildError(
-        "no TensorRT is installed; pip install 'fastervit-trt[tensorrt]' (TensorRT) or "
-        "'fastervit-trt[tensorrt-rtx]' (TensorRT-RTX, builds without a GPU)")
 
 
 def _major(trt: ModuleType) -> int:
@@ -207,13 +175,52 @@ def check_engine_path(engine_path: Path, onnx_path: Path) -> None:
                                f"(its sidecar goes beside it as <name>.json); e.g. --output {example}")
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What the checks before any TensorRT work decided."""
+
+    onnx_path: Path
+    engine_path: Path
+    facts: dict
+    flavour: str
+    trt: ModuleType
+    precision: str
+    implicit: bool  # precision from builder flags (TensorRT 10 on an FP32 graph), not from the ONNX
+    targets: tuple[str, ...]
+
+
+@dataclass
+class _Parsed:
+    """The network and the objects that own its weights (the parser must outlive the build)."""
+
+    builder: trt_api.Builder
+    network: trt_api.INetworkDefinition
+    parser: trt_api.OnnxParser
+
+
+@dataclass
+class _Configured:
+    builder_config: trt_api.IBuilderConfig
+    monitor: Any
+    calibrator: Any = None
+    timing_cache: bool = False  # a timing cache is attached and saved after the build
+
+
 def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = BuildConfig(),
                  stream: TextIO | None = None) -> dict:
     """Parse ``onnx_path``, build with ``config``, write ``engine_path`` and its sidecar atomically.
 
     Returns the sidecar's content.
     """
-    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    plan = _plan(Path(onnx_path), Path(engine_path), config)
+    parsed = _parse(plan)
+    configured = _configure(plan, parsed, config, stream)
+    serialized, seconds = _build(plan, parsed, configured)
+    return _write(plan, parsed, configured, config, serialized, seconds)
+
+
+def _plan(onnx_path: Path, engine_path: Path, config: BuildConfig) -> _Plan:
+    """Every check that needs no TensorRT work: paths, outputs, profile, flavour, precision, targets."""
     if not onnx_path.is_file():
         raise EngineBuildError(f"{onnx_path}: no such ONNX file; export it first with fastervit-export")
     check_engine_path(engine_path, onnx_path)
@@ -230,19 +237,30 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
             f"from the ONNX, so export it as {precision} instead: "
             f"{export_command(facts['metadata'], precision)}")
     targets = build_targets(onnx_path, flavour, precision, config.compute_capabilities)
+    return _Plan(onnx_path, engine_path, facts, flavour, trt, precision, implicit, targets)
 
+
+def _parse(plan: _Plan) -> _Parsed:
+    """The ONNX file as a (strongly typed, unless ``implicit``) TensorRT network."""
+    trt = plan.trt
     logger = trt.Logger(trt.Logger.ERROR)
     builder: trt_api.Builder = trt.Builder(logger)
     flags = 0
-    if not implicit and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+    if not plan.implicit and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser: trt_api.OnnxParser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse_from_file(str(plan.onnx_path)):
         details = "; ".join(parser_errors(parser)) or "unknown parser error"
-        raise EngineBuildError(f"{onnx_path}: {flavour} cannot parse the graph: {details}")
+        raise EngineBuildError(f"{plan.onnx_path}: {plan.flavour} cannot parse the graph: {details}")
+    return _Parsed(builder, network, parser)
 
-    builder_config = builder.create_builder_config()
+
+def _configure(plan: _Plan, parsed: _Parsed, config: BuildConfig, stream: TextIO | None) -> _Configured:
+    """The builder config: memory, level, compatibility, targets, implicit precision, profile,
+    timing cache and progress monitor."""
+    trt = plan.trt
+    builder_config = parsed.builder.create_builder_config()
     if config.workspace_mib:
         builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mib << 20)
     if config.opt_level is not None:
@@ -251,74 +269,74 @@ def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = Build
         builder_config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     if config.version_compat:
         builder_config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-    if flavour == "tensorrt-rtx" and targets:
+    if plan.flavour == "tensorrt-rtx" and plan.targets:
         # TensorRT-RTX's own API (not in TensorRT 10's stubs)
-        builder_config.num_compute_capabilities = len(targets)  # type: ignore[attr-defined]
-        for index, target in enumerate(targets):
+        builder_config.num_compute_capabilities = len(plan.targets)  # type: ignore[attr-defined]
+        for index, target in enumerate(plan.targets):
             builder_config.set_compute_capability(  # type: ignore[attr-defined]
                 getattr(trt.ComputeCapability, RTX_TARGETS[target]), index)
     calibrator = None
-    if implicit:
+    if plan.implicit:
         builder_config.set_flag(trt.BuilderFlag.FP16)
-        if precision == "int8":
-            from .calibrator import make_calibrator
+        if plan.precision == "int8":
             builder_config.set_flag(trt.BuilderFlag.INT8)
-            calibrator = make_calibrator(trt, facts, config)
+            calibrator = make_calibrator(trt, plan.onnx_path, plan.facts["dims"],
+                                         plan.facts["metadata"].get("preprocess"), config.batch[1],
+                                         config.calib_cache, config.calib_data)
             builder_config.int8_calibrator = calibrator
-    profile = builder.create_optimization_profile()
-    dims = facts["dims"]
-    profile.set_shape(facts["input"], *[trt.Dims((b, *dims[1:])) for b in config.batch])
+    profile = parsed.builder.create_optimization_profile()
+    dims = plan.facts["dims"]
+    profile.set_shape(plan.facts["input"], *[trt.Dims((b, *dims[1:])) for b in config.batch])
     builder_config.add_optimization_profile(profile)
     if calibrator is not None:
         builder_config.set_calibration_profile(profile)
-    timing_cache = _load_timing_cache(trt, flavour, builder_config, config.timing_cache, stream)
+    timing_cache = _load_timing_cache(trt, plan.flavour, builder_config, config.timing_cache, stream)
     monitor = _progress_monitor(trt, stream)
     builder_config.progress_monitor = monitor
+    return _Configured(builder_config, monitor, calibrator, timing_cache)
 
+
+def _build(plan: _Plan, parsed: _Parsed, configured: _Configured) -> tuple[bytes, float]:
+    """The serialized engine and the seconds it took; Ctrl-C cancels, a calibrator's error is raised."""
     start = time.perf_counter()
-    with _cancel_on_interrupt(monitor):
-        serialized = builder.build_serialized_network(network, builder_config)
+    with _cancel_on_interrupt(configured.monitor):
+        serialized = parsed.builder.build_serialized_network(parsed.network, configured.builder_config)
     seconds = time.perf_counter() - start
-    if monitor.interrupted:
+    if configured.monitor.interrupted:
         raise KeyboardInterrupt
+    calibrator = configured.calibrator
     if calibrator is not None and calibrator.error is not None:  # why the build failed, if it did
         raise calibrator.error
     if serialized is None:
-        raise EngineBuildError(f"{onnx_path}: {flavour} failed to build an engine (the builder's "
+        raise EngineBuildError(f"{plan.onnx_path}: {plan.flavour} failed to build an engine (the builder's "
                                "errors are printed above)")
-    timing = builder_config.get_timing_cache() if timing_cache else None  # None: nothing to save
-    write_bytes(engine_path, bytes(serialized))
-    calib_cache = config.calib_cache or (facts["metadata"].get("quantization") or {}).get("cache")
+    return bytes(serialized), seconds
+
+
+def _write(plan: _Plan, parsed: _Parsed, configured: _Configured, config: BuildConfig, serialized: bytes,
+           seconds: float) -> dict:
+    """The engine, the timing cache and the sidecar, each written atomically; the sidecar as read back."""
+    trt, network, metadata = plan.trt, parsed.network, plan.facts["metadata"]
+    timing = configured.builder_config.get_timing_cache() if configured.timing_cache else None
+    write_bytes(plan.engine_path, serialized)
     if timing is not None and config.timing_cache is not None:
         write_bytes(config.timing_cache, bytes(timing.serialize()))
-
-    sidecar = {
-        "schema_version": SCHEMA_VERSION,
-        "model": facts["metadata"].get("model"),
-        "precision": precision,
-        "arch": facts["metadata"].get("arch"),
-        "preprocess": facts["metadata"].get("preprocess"),
-        "label_set": (facts["metadata"].get("preprocess") or {}).get("label_set"),
-        "features": facts["metadata"].get("features"),  # a backbone's stages, norm and strides
-        "inputs": [{**_io(network.get_input(i), trt, config.batch),
-                    **({"format": fmt} if (fmt := (facts["metadata"].get("input") or {}).get("format")) else {})}
-                   for i in range(network.num_inputs)],
-        "outputs": [{**_io(network.get_output(i), trt, None), **_stride(network.get_output(i).name, facts["metadata"])}
-                    for i in range(network.num_outputs)],
-        "tensorrt": {"flavour": flavour, "version": trt.__version__},
-        "build": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-                     if k not in ("force", "backend")},
-                  "precision": precision, "strongly_typed": not implicit, "seconds": round(seconds, 2),
-                  "phases": monitor.phases, "compute_capabilities": list(targets)},
-        "device": _device(flavour),
-        "onnx": {"path": str(onnx_path.resolve()), "sha256": sha256(onnx_path)},  # rebuild hints work anywhere
-        "calibration_cache": ({"path": str(calib_cache), "sha256": sha256(Path(calib_cache))}
-                              if calib_cache and Path(calib_cache).is_file() and implicit else None),
-        "engine": {"path": str(engine_path), "sha256": sha256(engine_path), "bytes": engine_path.stat().st_size},
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_json(sidecar_path(engine_path), sidecar)
-    return read_sidecar(engine_path) or sidecar  # as written: what every later reader sees
+    input_format = (metadata.get("input") or {}).get("format")
+    inputs = [{**_io(network.get_input(i), trt, config.batch), **({"format": input_format} if input_format else {})}
+              for i in range(network.num_inputs)]
+    outputs = [{**_io(network.get_output(i), trt, None), **_stride(network.get_output(i).name, metadata)}
+               for i in range(network.num_outputs)]
+    settings = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
+                   if k not in ("force", "backend")},
+                "precision": plan.precision, "strongly_typed": not plan.implicit, "seconds": round(seconds, 2),
+                "phases": configured.monitor.phases, "compute_capabilities": list(plan.targets)}
+    calib_cache = config.calib_cache or (metadata.get("quantization") or {}).get("cache")
+    used_cache = Path(calib_cache) if calib_cache and Path(calib_cache).is_file() and plan.implicit else None
+    sidecar = engine_sidecar(metadata, plan.precision, inputs, outputs,
+                             {"flavour": plan.flavour, "version": trt.__version__}, settings,
+                             _device(plan.flavour), plan.onnx_path, plan.engine_path, used_cache)
+    write_json(sidecar_path(plan.engine_path), sidecar)
+    return read_sidecar(plan.engine_path) or sidecar  # as written: what every later reader sees
 
 
 def _load_timing_cache(trt: ModuleType, flavour: str, builder_config: trt_api.IBuilderConfig, path: Path | None,

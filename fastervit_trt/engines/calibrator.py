@@ -19,31 +19,32 @@ from ..calibration.cache import CalibrationCache
 from ..calibration.dataset import CalibrationData
 from ..preprocess import Preprocess
 from ..runtime.cuda import open_cuda
-from .builder import BuildConfig, EngineBuildError
+from .config import EngineBuildError
 
 
-def make_calibrator(trt: ModuleType, facts: dict, config: BuildConfig):
-    """A TensorRT calibrator matching the cache's (or entropy's) method.
+def make_calibrator(trt: ModuleType, onnx_path: Path, dims: list[int], preprocess: dict | None, batch: int,
+                    calib_cache: Path | None, calib_data: Path | None):
+    """A TensorRT calibrator for the graph ``onnx_path`` (input ``dims``, the toolkit's
+    ``preprocess`` record) matching the cache's (or entropy's) method, feeding ``calib_data``
+    or reading ``calib_cache``.
 
     TensorRT calibrates at the OPT shape of the calibration profile (``get_batch_size`` is
-    ignored since TensorRT 10), so batches, device buffer and reported size all come from
-    the profile's OPT batch. An error inside ``get_batch`` would be printed and swallowed by
+    ignored since TensorRT 10), so ``batch`` is the profile's OPT batch: batches, device
+    buffer and reported size all come from it. An error inside ``get_batch`` would be printed and swallowed by
     TensorRT: it is kept in ``error`` and raised by the builder once the build returns.
     """
-    cache_path = Path(config.calib_cache) if config.calib_cache else None
+    cache_path = Path(calib_cache) if calib_cache else None
     method = CalibrationCache.read(cache_path).method if cache_path and cache_path.is_file() else "entropy"
     bases = {"entropy": trt.IInt8EntropyCalibrator2, "minmax": trt.IInt8MinMaxCalibrator}
     if method not in bases:
         raise EngineBuildError(f"{cache_path}: {method} scales have no TensorRT calibrator class; use "
                                "the Q/DQ ONNX from fastervit-export --precision int8 instead")
-    batch = config.batch[1]
     data = None
-    if config.calib_data is not None:
-        preprocess = facts["metadata"].get("preprocess")
+    if calib_data is not None:
         if not preprocess:
-            raise EngineBuildError(f"{facts['path']}: has no fastervit-trt metadata, so its preprocessing "
+            raise EngineBuildError(f"{onnx_path}: has no fastervit-trt metadata, so its preprocessing "
                                    "is unknown; calibrate with --calib-cache, or export with fastervit-export")
-        data = CalibrationData(config.calib_data, Preprocess.from_config(preprocess), max(256, batch))
+        data = CalibrationData(calib_data, Preprocess.from_config(preprocess), max(256, batch))
     elif cache_path is None or not cache_path.is_file():
         raise EngineBuildError("implicit INT8 needs --calib-cache (an existing cache) or --calib-data")
     cuda = open_cuda()
@@ -54,7 +55,7 @@ def make_calibrator(trt: ModuleType, facts: dict, config: BuildConfig):
             self.batches = iter(data.batches(batch)) if data is not None else iter(())
             self.error: Exception | None = None
             self.dtype = data.preprocess.input_dtype if data is not None else np.dtype(np.float32)
-            self.buffer, self.pointer = cuda.device((batch, *facts["dims"][1:]), self.dtype)
+            self.buffer, self.pointer = cuda.device((batch, *dims[1:]), self.dtype)
             self.stream, _ = cuda.stream()
 
         def get_batch_size(self) -> int:

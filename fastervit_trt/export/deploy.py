@@ -22,8 +22,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..models.fastervit import (AttentionStage, Backbone, FasterViT, HATBlock, RelativePositionBias,
-                                TokenPositionMLP, WindowAttention)
+from ..models.fastervit import (
+    AttentionStage,
+    Backbone,
+    FasterViT,
+    HATBlock,
+    RelativePositionBias,
+    TokenPositionMLP,
+    WindowAttention,
+)
 
 
 class GatheredBias(nn.Module):

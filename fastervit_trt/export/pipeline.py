@@ -1,157 +1,47 @@
-"""The export pipeline: model -> deploy form -> ONNX (FP32 / FP16) -> validation -> files.
+"""The export pipeline: model -> deploy form -> ONNX -> validation -> files.
 
 ``export_model(ExportOptions(...))`` is the Python twin of ``fastervit-export``: it writes
-``<output_dir>/<model>_<precision>.onnx`` and a JSON report beside it, and raises
-``ValidationError`` (after writing both, so they can be inspected) when the ONNX graph
-does not reproduce PyTorch within tolerance.
+``<output_dir>/<model>_<precision>.onnx`` and a JSON report beside it. FP32 and FP16 are
+validated against PyTorch here, and ``ValidationError`` is raised (after writing both, so
+they can be inspected) when the ONNX graph does not reproduce PyTorch within tolerance;
+INT8 and FP8 go through ``quantized.export_quantized`` (calibration, Q/DQ, accuracy).
 """
 from __future__ import annotations
 
-import datetime as _dt
-import logging
-import os
-import platform
-from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from typing import Protocol, TextIO
+from typing import TextIO
 
-import numpy as np
-import onnx
-import torch
-
-from .. import __version__
-from ..artifacts import check_writable, paths_of, sha256, write_json
-from ..compare import Comparison, compare, compare_outputs, flatten
+from ..calibration.options import CalibrationOptions
 from ..errors import FasterViTTRTError
-from ..models import Backbone, FasterViT, Variant, check_arch, create_model, read_checkpoint
-from ..preprocess import INPUT_FORMATS, Preprocess, sample_inputs
 from ..progress import Steps
-from .deploy import ImageInput, Probabilities, prepare_backbone, prepare_for_export
 from .fp16 import convert_to_fp16, find_fp16_overflows
-from ..runtime.onnxruntime_backend import ORT_DTYPES
-from .ort_cpu import cpu_session, release_memory
-from .segments import WEIGHT_BUDGET, SegmentedGraph
-from .onnx_export import (DEFAULT_OPSET, PROTOBUF_LIMIT, attach_weights, finalize, model_bytes,
-                          simplify, trace_to_onnx)
-from .weights import WeightFile, scratch, tensor_bytes
+from .ort_cpu import release_memory
+from .ort_eval import eval_chunk, output_sizes
+from .quantized import export_quantized
+from .stages import (
+    ExportOptions,
+    ExportResult,
+    ValidationError,
+    export_metadata,
+    preflight,
+    publish_onnx,
+    trace_model,
+    validate,
+    write_onnx,
+    write_report,
+)
+from .weights import scratch
 
-log = logging.getLogger(__name__)
-
-PRECISIONS = ("fp32", "fp16", "int8", "fp8")
-STAGES = (1, 2, 3, 4)
-FP32_TOLERANCE = 1e-4  # max |diff| <= tolerance x max |logit|
-FP16_MIN_COSINE = 0.999
-EVAL_CHUNK = 4  # inputs per forward pass when checking a graph: memory independent of their number
-QDQ_CHUNK = EVAL_CHUNK // 2  # Q/DQ graphs run unfused hold each quantized tensor twice more
-EVAL_PIXELS = 384 * 384  # above this, fewer inputs per pass (window attention grows faster than pixels)
-
-
-class ValidationError(FasterViTTRTError):
-    """The exported graph does not reproduce PyTorch within tolerance."""
+__all__ = ["CalibrationOptions", "ExportOptions", "ExportResult", "ValidationError", "export_model"]
 
 
-@dataclass(frozen=True)
-class ExportOptions:
-    """Everything one export needs; defaults match ``fastervit-export``'s."""
-
-    model: str = "faster_vit_0_224"
-    checkpoint: Path | None = None
-    weights: str = "model"  # of a training checkpoint: "model" (state_dict) or "ema"
-    resolution: tuple[int, int] | None = None
-    precision: str = "fp16"
-    batch: tuple[int, int, int] = (1, 8, 32)  # min, opt, max of the engine profile
-    opset: int = DEFAULT_OPSET
-    output_dir: Path = Path("export")
-    io_dtype: str = "fp32"
-    force: bool = False
-    seed: int = 0
-    validation_batch: int = 4
-    exact_preprocess: bool = False  # True: decode every JPEG in full (bitwise timm); recorded
-    input_format: str = "float"  # "uint8" / "pixels": the graph takes uint8 NHWC / float NCHW 0..255 crops
-    features: tuple[int, ...] = ()  # stages whose outputs the graph returns instead of logits
-    softmax: bool = False  # a classifier's output as probabilities (``probabilities``), not logits
-    feature_norm: bool = False  # each feature map through its level norm (official detection)
-    external_data_threshold: int = PROTOBUF_LIMIT  # bytes above which weights go to <file>.data
-
-    def __post_init__(self) -> None:
-        paths_of(self, "checkpoint", "output_dir")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        if self.input_format not in INPUT_FORMATS:
-            raise ValueError(f"input format must be one of {', '.join(INPUT_FORMATS)}, not {self.input_format!r}")
-        low, opt, high = self.batch
-        if not 1 <= low <= opt <= high:
-            raise ValueError(f"batch profile must satisfy 1 <= MIN <= OPT <= MAX, got {low},{opt},{high}")
-        if not set(self.features) <= set(STAGES) or len(set(self.features)) != len(self.features):
-            raise ValueError(f"feature stages must be distinct stages of {STAGES}, not {list(self.features)}")
-        if self.feature_norm and not self.features:
-            raise ValueError("--feature-norm normalises feature maps: pass --features too")
-        if self.softmax and self.features:
-            raise ValueError("--softmax turns a classifier's logits into probabilities; a backbone (--features) has none")
-        object.__setattr__(self, "features", tuple(sorted(self.features)))
-
-    def preprocess(self, variant: Variant) -> Preprocess:
-        """``variant``'s eval transform as this export's graph takes it."""
-        return replace(Preprocess.from_config(variant.eval), jpeg_draft=not self.exact_preprocess,
-                       input_format=self.input_format)
-
-    @property
-    def onnx_path(self) -> Path:
-        """``<model>_<precision>.onnx``; ``..._features`` for a backbone's feature maps,
-        ``..._uint8in`` / ``..._pixelsin`` for a uint8-image / float-pixel input."""
-        suffix = ("_features" if self.features else "") + ("_softmax" if self.softmax else "") + \
-            ("" if self.input_format == "float" else f"_{self.input_format}in")
-        return self.output_dir / f"{self.model}_{self.precision}{suffix}.onnx"
-
-    @property
-    def report_path(self) -> Path:
-        """``<model>_<precision>.report.json``: never the name of an engine's sidecar, even
-        when engines are written to the same folder."""
-        return report_path(self.onnx_path)
-
-
-def report_path(onnx_path: Path) -> Path:
-    """Where the export report of ``onnx_path`` lives."""
-    return onnx_path.with_name(f"{onnx_path.stem}.report.json")
-
-
-@dataclass
-class ExportResult:
-    onnx_path: Path
-    report_path: Path
-    report: dict = field(default_factory=dict)
-
-
-class InputSet(Protocol):
-    """N inputs sliced into NumPy batches: an array, or inputs kept on disk (StoredInputs)."""
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, index: slice) -> np.ndarray: ...
-
-
-@dataclass
-class Traced:
-    """What the model stage hands on: the weightless FP32 graph (weights in a ``WeightFile``),
-    and PyTorch's logits on the validation inputs (and any ``probes``), computed before the
-    PyTorch model was freed. Outputs are ``flatten``-ed: a backbone's feature maps as one
-    row per input."""
-
-    variant: Variant
-    checkpoint: dict | None
-    graph: onnx.ModelProto
-    inputs: np.ndarray
-    input_kind: str
-    reference: np.ndarray
-    probe_references: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def export_model(options: ExportOptions, stream: TextIO | None = None) -> ExportResult:
-    """Run the whole FP32 / FP16 export; progress goes to ``stream`` (None: silent)."""
+def export_model(options: ExportOptions, stream: TextIO | None = None,
+                 calibration: CalibrationOptions | None = None) -> ExportResult:
+    """Run the whole export at ``options.precision``; progress goes to ``stream`` (None:
+    silent). INT8 and FP8 are calibrated as ``calibration`` says (default settings if None)."""
     if options.precision in ("int8", "fp8"):
-        raise FasterViTTRTError(f"{options.precision} export runs through fastervit_trt.calibration.pipeline."
-                                f"export_quantized (or fastervit-export --precision {options.precision})")
+        return export_quantized(options, calibration or CalibrationOptions(), stream)
+    if calibration is not None:
+        raise FasterViTTRTError(f"calibration settings apply to int8 / fp8 exports, not {options.precision}")
     preflight(options)
     steps = Steps(6 if options.precision == "fp16" else 5, stream)
     with scratch(options.output_dir) as weights:
@@ -177,235 +67,3 @@ def export_model(options: ExportOptions, stream: TextIO | None = None) -> Export
         raise ValidationError(f"{options.onnx_path}: {validation['verdict']}; see "
                               f"{options.report_path}")
     return ExportResult(options.onnx_path, options.report_path, report)
-
-
-def trace_model(options: ExportOptions, steps: Steps, weights: WeightFile,
-                probes: dict[str, InputSet] | None = None) -> Traced:
-    """The first three steps of every export: the eval model, PyTorch's reference logits,
-    and the simplified FP32 graph whose weights go to ``weights``. The PyTorch model is
-    transformed in place and freed, so at most one copy of the weights is ever in memory."""
-    with steps.step(f"building {options.model}"):
-        model = _build(options)
-        preprocess = options.preprocess(model.variant)
-        core = Backbone(model, options.features, options.feature_norm) if options.features else \
-            Probabilities(model) if options.softmax else model
-        network = core if preprocess.input_format == "float" else \
-            ImageInput(core, preprocess.mean, preprocess.std, channels_first=preprocess.input_format == "pixels")
-        inputs, input_kind = validation_inputs(model, options)
-        references = {name: _logits(network, x) for name, x in {"validation": inputs, **(probes or {})}.items()}
-    variant, checkpoint = model.variant, model.checkpoint
-    with steps.step("folding BatchNorm, layer scale and position bias"):
-        if isinstance(core, Backbone):
-            prepare_backbone(core)
-        else:
-            prepare_for_export(model, inplace=True)
-    with steps.step(f"tracing to ONNX (opset {options.opset}) and simplifying"):
-        graph = attach_weights(simplify(trace_to_onnx(network, options.opset)), network, weights)
-        del model, core, network
-        release_memory()
-    validation = references.pop("validation")
-    return Traced(variant, checkpoint, graph, inputs, input_kind, validation, references)
-
-
-def eval_chunk(inputs: InputSet, images: int = EVAL_CHUNK) -> int:
-    """Inputs per forward pass: ``images`` up to ``EVAL_PIXELS`` RGB pixels each,
-    proportionally fewer (at least one) for larger ones (four 576x960 inputs through
-    FasterViT-4-21K-512's 32x32 windows hold 2 GB of attention)."""
-    values = inputs[:1].size  # NCHW or NHWC alike
-    return max(1, min(images, images * 3 * EVAL_PIXELS // values))
-
-
-def _logits(model: FasterViT | Backbone | ImageInput, inputs: InputSet) -> np.ndarray:
-    """PyTorch's (``flatten``-ed) outputs, a few inputs at a time (32 held-out images at
-    768x768 at once need tens of GB)."""
-    chunk = eval_chunk(inputs)
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        outputs = model(torch.from_numpy(batch))
-        return flatten([o.numpy() for o in (outputs if isinstance(outputs, tuple) else (outputs,))])
-    with torch.no_grad():
-        return np.concatenate([run(inputs[i:i + chunk]) for i in range(0, len(inputs), chunk)])
-
-
-def write_onnx(graph: onnx.ModelProto, metadata: dict, path: Path, weights: WeightFile,
-               external_threshold: int = PROTOBUF_LIMIT) -> tuple[dict, Path]:
-    """Finalize, check and save ``graph`` to ``path`` (its weights in ``<path>.data`` above
-    ``external_threshold``); returns its graph summary and a view of
-    the same graph on the scratch weights (what validation runs: memory-mapped weights cost
-    one copy, where reading an inline 1.5 GB file costs three). The metadata's I/O dtypes
-    are read from the graph itself, so they cannot disagree with it."""
-    dtype = lambda value: onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
-    metadata["input"]["dtype"] = dtype(graph.graph.input[0])
-    metadata["outputs"] = [{"name": value.name, "dtype": dtype(value),
-                            "shape": ["batch", *(d.dim_value for d in value.type.tensor_type.shape.dim[1:])]}
-                           for value in graph.graph.output]
-    graph = finalize(graph, metadata)
-    view = weights.save_view(graph, "final.onnx")
-    onnx.checker.check_model(str(view), full_check=True)
-    # ``path`` is in the scratch folder: ``publish_onnx`` is what makes it appear, whole
-    weights.save(graph, path, external=model_bytes(graph) > external_threshold)
-    return graph_summary(graph), view
-
-
-def publish_onnx(staged: Path, path: Path) -> None:
-    """Move a finished, validated ONNX file (and its ``.data``) from the scratch folder into
-    place: an export interrupted before this point leaves nothing new on disk. The old
-    ``.onnx`` goes first, so an old file never stands beside new weights."""
-    data, final_data = (p.with_name(p.name + ".data") for p in (staged, path))
-    path.unlink(missing_ok=True)
-    if data.exists():
-        os.replace(data, final_data)
-    else:
-        final_data.unlink(missing_ok=True)  # stale weights of an older export
-    os.replace(staged, path)
-
-
-def write_report(options: ExportOptions, metadata: dict, summary: dict, steps: Steps, **sections) -> dict:
-    """The JSON report beside the ONNX file: metadata, graph facts, timings, ``sections``."""
-    report = {
-        **metadata,
-        "onnx": {"path": str(options.onnx_path), "sha256": sha256(options.onnx_path),
-                 "bytes": options.onnx_path.stat().st_size, **summary},
-        **sections,
-        "seconds": steps.seconds,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"python": platform.python_version(), "torch": torch.__version__,
-                 "onnx": onnx.__version__},
-    }
-    write_json(options.report_path, report)
-    return report
-
-
-def preflight(options: ExportOptions, extra_outputs: tuple[Path, ...] = ()) -> Variant:
-    """Cheap checks before any work: model name, resolution, checkpoint, outputs; returns
-    the variant at the requested resolution."""
-    with torch.device("meta"):  # builds the shapes only: validates the resolution in ms
-        variant = create_model(options.model, resolution=options.resolution).variant
-    if options.checkpoint is not None:  # memory-mapped: reads the pickle, not the weights
-        check_arch(read_checkpoint(options.checkpoint, options.weights), options.model)
-    check_writable([options.onnx_path, options.onnx_path.with_name(options.onnx_path.name + ".data"),
-                    options.report_path, *extra_outputs], options.force)
-    if options.checkpoint is None:
-        log.warning("no checkpoint given: %s gets RANDOM weights (seed %d); the files test the "
-                    "pipeline and are useless for predictions", options.model, options.seed)
-    return variant
-
-
-def _build(options: ExportOptions) -> FasterViT:
-    torch.manual_seed(options.seed)
-    return create_model(options.model, checkpoint=options.checkpoint, resolution=options.resolution,
-                        weights=options.weights)
-
-
-def validation_inputs(model: FasterViT, options: ExportOptions) -> tuple[np.ndarray, str]:
-    """The shipped sample photos through the model's own preprocessing when present (and the
-    model takes RGB images), else seeded random inputs; with a description for the report."""
-    arch, preprocess = model.variant.arch, options.preprocess(model.variant)
-    if arch.in_chans == 3:
-        photos = sample_inputs(preprocess, options.validation_batch)
-        if photos is not None:
-            return photos, "shipped sample photos"
-    rng = np.random.default_rng(options.seed)
-    if preprocess.input_format != "float":
-        shape = (options.validation_batch, *preprocess.input_shape)
-        images = rng.integers(0, 256, shape, dtype=np.uint8)
-        return images.astype(preprocess.input_dtype), "seeded random images"
-    shape = (options.validation_batch, arch.in_chans, *arch.resolution)
-    return rng.standard_normal(shape, dtype=np.float32), "seeded random inputs"
-
-
-def graph_summary(model: onnx.ModelProto) -> dict:
-    """Node count, op histogram, dtypes: what the graph-quality checks and inspect read."""
-    ops = Counter(node.op_type for node in model.graph.node)
-    dtype_bytes = Counter()
-    for tensor in model.graph.initializer:
-        name = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
-        dtype_bytes[name] += tensor_bytes(tensor)
-    return {"nodes": len(model.graph.node), "ops": dict(sorted(ops.items())),
-            "initializer_bytes": dict(dtype_bytes),
-            "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))}
-
-
-def ort_logits(model: Path | bytes, inputs: InputSet, optimize: bool = True,
-               images: int = EVAL_CHUNK) -> np.ndarray:
-    """Run an ONNX file (or serialized model) with ONNX Runtime on the CPU (inputs as the
-    graph's input type, float32 logits out; several outputs ``flatten``-ed),
-    ``eval_chunk(inputs, images)`` at a time so that memory does not grow with their number.
-
-    ``optimize=False`` disables graph optimizations: Q/DQ graphs then compute plain
-    quantize/dequantize arithmetic, the closest CPU estimate of what TensorRT computes
-    (ONNX Runtime's fused CPU int8 kernels lose fidelity of their own). A file then runs
-    in segments when its weights exceed ``WEIGHT_BUDGET``.
-    """
-    session = SegmentedGraph(model, weight_budget=WEIGHT_BUDGET, optimize=False) \
-        if not optimize and isinstance(model, Path) and _weight_bytes(model) > WEIGHT_BUDGET \
-        else cpu_session(model, optimize)
-    feed = session.get_inputs()[0]
-    dtype = ORT_DTYPES.get(feed.type, np.float32)
-    chunk = eval_chunk(inputs, images)
-    return np.concatenate([flatten(session.run(None, {feed.name: inputs[i:i + chunk].astype(dtype)}))
-                           for i in range(0, len(inputs), chunk)]).astype(np.float32)
-
-
-def _weight_bytes(path: Path) -> int:
-    return sum(map(tensor_bytes, onnx.load(str(path), load_external_data=False).graph.initializer))
-
-
-def output_sizes(graph: onnx.ModelProto) -> dict[str, int]:
-    """Values per input of each graph output, in order (what ``flatten`` puts end to end)."""
-    return {o.name: int(np.prod([d.dim_value for d in o.type.tensor_type.shape.dim[1:]]))
-            for o in graph.graph.output}
-
-
-def validate(reference: np.ndarray, path: Path, inputs: np.ndarray, precision: str,
-             sizes: dict[str, int]) -> dict:
-    """Compare ONNX Runtime with PyTorch's outputs ``reference`` on ``inputs``, at the full
-    batch and at batch 1; each output (``sizes``) on its own: a feature map must pass on
-    its own scale."""
-    onnx_full, onnx_single = ort_logits(path, inputs), ort_logits(path, inputs[:1])
-    full = compare_outputs(reference, onnx_full, sizes)
-    single = compare_outputs(reference[:1], onnx_single, sizes)
-    comparisons = [*full.values(), *single.values()]
-
-    def passes(c: Comparison) -> bool:
-        return c.relative_diff <= FP32_TOLERANCE if precision == "fp32" else c.min_cosine >= FP16_MIN_COSINE
-    passed = all(map(passes, comparisons))
-    noun = "logit" if list(sizes) == ["logits"] else "output"
-    rule = f"max|diff| <= {FP32_TOLERANCE} x max|{noun}|" if precision == "fp32" else f"cosine >= {FP16_MIN_COSINE}"
-    worst_relative = max(c.relative_diff for c in comparisons)
-    worst_cosine = min(c.min_cosine for c in comparisons)
-    each = "" if len(sizes) == 1 else f" per output ({', '.join(sizes)})"
-    verdict = (f"{precision} ONNX {'matches' if passed else 'does NOT match'} PyTorch{each} "
-               f"({rule}; max|diff| {max(c.max_abs_diff for c in comparisons):.3g}, relative "
-               f"{worst_relative:.3g}, min cosine {worst_cosine:.6f})")
-    result = {"passed": passed, "rule": rule, "verdict": verdict, "batch": len(inputs),
-              "full_batch": compare(reference, onnx_full).as_dict(), "batch_1": compare(reference[:1], onnx_single).as_dict()}
-    if len(sizes) > 1:
-        result["outputs"] = {name: {"full_batch": full[name].as_dict(), "batch_1": single[name].as_dict()}
-                             for name in sizes}
-    return result
-
-
-def export_metadata(traced: Traced, options: ExportOptions, kept_fp32: list[str]) -> dict:
-    variant = traced.variant
-    return {
-        "model": variant.name,
-        "precision": options.precision,
-        "toolkit": f"fastervit-trt {__version__}",
-        "checkpoint": str(options.checkpoint) if options.checkpoint else None,
-        "weights": traced.checkpoint,
-        "random_init": options.checkpoint is None,
-        "seed": options.seed,
-        "arch": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(variant.arch).items()},
-        "preprocess": {**{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(variant.eval).items()},
-                       "jpeg_draft": not options.exact_preprocess, "input_format": options.input_format},
-        "input": {"name": "input", "format": INPUT_FORMATS[options.input_format],
-                  "shape": ["batch", *variant.arch.resolution, variant.arch.in_chans] if options.input_format == "uint8"
-                  else ["batch", variant.arch.in_chans, *variant.arch.resolution]},
-        "features": {"stages": list(options.features), "norm": options.feature_norm,
-                     "strides": {f"stage{stage}": 2 ** (stage + 1) for stage in options.features},
-                     "taken": "each stage's output before its downsampling"} if options.features else None,
-        "output": "probabilities" if options.softmax else None,
-        "batch_profile": list(options.batch),
-        "fp32_nodes_for_range": kept_fp32,
-    }

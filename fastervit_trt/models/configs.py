@@ -11,9 +11,7 @@ from dataclasses import dataclass, field, replace
 from fnmatch import fnmatch
 
 from ..errors import UnknownModelError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ bounded pool of execution contexts.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,16 +21,17 @@ import numpy as np
 
 from ..artifacts import sha256
 from ..errors import FasterViTTRTError
-from ..preprocess import Preprocess
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ..sidecar import read_sidecar, rebuild_command, sidecar_path
-from .inputs import is_encoded, to_batch
+from .backend import Backend, join_parts
+from .inputs import is_encoded, to_batch, to_input
 from .labels import class_names
-from .tensorrt_backend import join_parts  # imports no TensorRT (only numpy)
+from .pipelined import decode_ahead
 
 log = logging.getLogger(__name__)
 
 _DEFAULT_PREPROCESS = {"crop_pct": 0.875, "crop_mode": "center", "interpolation": "bicubic",
-                       "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+                       "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 
 
 class EngineMismatchError(FasterViTTRTError):
@@ -47,7 +48,7 @@ class Prediction:
 class InferenceModel:
     """A loaded model: backend + its preprocessing and class names."""
 
-    def __init__(self, backend, preprocess: Preprocess, names: list[str], source: Path,
+    def __init__(self, backend: Backend, preprocess: Preprocess, names: list[str], source: Path,
                  feature_config: dict | None = None) -> None:
         self.backend, self.preprocess, self.names, self.source = backend, preprocess, names, source
         self.feature_config = feature_config  # a backbone's export record: stages, norm, strides
@@ -93,7 +94,7 @@ class InferenceModel:
                 parts = [self.backend.infer(decoder(items[i:i + step], self.exif_rotate))
                          for i in range(0, len(items), step)]
             elif isinstance(inputs, list) and len(inputs) > step and all(map(is_encoded, inputs)):
-                parts = self._pipelined(inputs, step)
+                parts = [np.stack([self._raise(row) for row in self.logits_each(inputs)])]
             else:
                 batch = to_batch(inputs, self.preprocess, self.exif_rotate)
                 parts = [self.run(batch)]
@@ -111,17 +112,19 @@ class InferenceModel:
             self._decoder = GpuDecoder(self.preprocess, "cuda" if device is None else f"cuda:{device}")
         return self._decoder
 
-    def _pipelined(self, items: list, step: int) -> list[np.ndarray]:
-        chunks = [items[i:i + step] for i in range(0, len(items), step)]
-        parts = []
-        with ThreadPoolExecutor(1, thread_name_prefix="fastervit-prefetch") as prefetch:
-            pending = prefetch.submit(to_batch, chunks[0], self.preprocess, self.exif_rotate)
-            for following in [*chunks[1:], None]:
-                batch = pending.result()
-                if following is not None:
-                    pending = prefetch.submit(to_batch, following, self.preprocess, self.exif_rotate)
-                parts.append(self.backend.infer(batch))
-        return parts
+    def logits_each(self, items: Sequence[Any]) -> Iterator[np.ndarray | FasterViTTRTError]:
+        """Per encoded image of ``items`` (paths, bytes, file objects), in order: its logits
+        row, or the error that decoding it raised (``ImageError``: one bad file does not end
+        the run). The next batch decodes while the engine runs this one."""
+        self._require_classifier()
+        return decode_ahead(items, lambda item: to_input(item, self.preprocess, self.exif_rotate), self.run,
+                            self.max_batch)
+
+    @staticmethod
+    def _raise(row: np.ndarray | FasterViTTRTError) -> np.ndarray:
+        if isinstance(row, FasterViTTRTError):
+            raise row
+        return row
 
     def run(self, batch: Any) -> np.ndarray:
         """Logits of a batch already in the model's input format (``preprocess`` outputs
@@ -235,7 +238,7 @@ def verify_engine(path: Path, check_device: bool = True, device: int | None = No
     if not check_device:
         return sidecar
     built = sidecar.get("tensorrt", {})
-    from .tensorrt_backend import import_tensorrt
+    from ..tensorrt_import import import_tensorrt
     trt = import_tensorrt(built.get("flavour"))
     if trt is not None and trt.__version__ != built.get("version") and not sidecar.get("build", {}).get("version_compat"):
         raise EngineMismatchError(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FasterViTTRTError
-from ..sidecar import METADATA_KEY
+from ..sidecar import DEFAULT_BATCH_PROFILE, METADATA_KEY
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
@@ -35,7 +35,7 @@ class OnnxRuntimeBackend:
         self.output_shapes = {f.name: tuple(f.shape[1:]) for f in fetches}
         # a fixed batch axis (another tool's export) runs exactly that many inputs per call
         self.fixed_batch = feed.shape[0] if isinstance(feed.shape[0], int) else None
-        self.max_batch = self.fixed_batch or (self.metadata.get("batch_profile") or [1, 8, 32])[-1]
+        self.max_batch = self.fixed_batch or (self.metadata.get("batch_profile") or DEFAULT_BATCH_PROFILE)[-1]
         self.providers = self.session.get_providers()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

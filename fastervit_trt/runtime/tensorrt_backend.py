@@ -37,30 +37,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import FasterViTTRTError
+from ..tensorrt_import import import_tensorrt
+from .backend import join_parts
 from .cuda import ALIGNMENT, PyCuda, open_cuda
 
 if TYPE_CHECKING:  # tensorrt-stubs: the objects below are checked against TensorRT's API (mypy)
     import tensorrt as trt_api
 
 log = logging.getLogger(__name__)
-
-# flavour -> the module names its Python bindings install under, in order of preference
-TENSORRT_MODULES = {"tensorrt": ("tensorrt",), "tensorrt-rtx": ("tensorrt_rtx", "tensorrt_rtx_bindings")}
-
-
-def import_tensorrt(flavour: str | None = None):
-    """The TensorRT module of ``flavour`` (any installed if None), or None; a stubs-only
-    ``tensorrt`` package (tensorrt-stubs) does not count."""
-    candidates = TENSORRT_MODULES.get(flavour, ()) if flavour else sum(TENSORRT_MODULES.values(), ())
-    for module in candidates:
-        try:
-            loaded = __import__(module)
-        except ImportError:
-            continue
-        if hasattr(loaded, "__version__"):  # not a stubs-only namespace package
-            return loaded
-    return None
-
 
 def numpy_dtype(trt: ModuleType, dtype: Any, what: str) -> np.dtype:
     """The NumPy dtype of a TensorRT I/O tensor (``trt.nptype``); BF16/FP8/FP4 have none."""
@@ -88,12 +72,6 @@ def batch_plan(count: int, low: int, high: int, sizes: tuple[int, ...] | None = 
         run_as = max(rows, low) if sizes is None else min(s for s in sizes if s >= rows)
         plan.append((start, start + rows, run_as))
     return plan
-
-
-def join_parts(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The outputs of consecutive slices of one batch (as ``batch_plan`` cuts it), joined per output."""
-    return {name: np.concatenate([p[name] for p in parts]) if len(parts) > 1 else parts[0][name]
-            for name in parts[0]}
 
 
 @dataclass

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
-from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
 from fastervit_trt.calibration.qdq import insert_qdq, quant_targets, to_opset
 from fastervit_trt.compare import compare
 from fastervit_trt.export.pipeline import ExportOptions, export_model

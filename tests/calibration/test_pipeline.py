@@ -9,7 +9,7 @@ import onnx
 
 from fastervit_trt.calibration.cache import CalibrationCache
 from fastervit_trt.cli import export_main
-from fastervit_trt.export.pipeline import ort_logits
+from fastervit_trt.export.ort_eval import ort_logits
 
 
 def test_int8_report_and_accuracy(int8_export):
@@ -89,7 +89,7 @@ def test_cache_written_in_tensorrt_format(int8_export):
 
 
 def test_existing_cache_is_reused_without_reading_images(int8_export, tmp_path, capsys, monkeypatch):
-    from fastervit_trt.calibration import pipeline
+    from fastervit_trt.export import quantized as pipeline
     cache = int8_export.onnx_path.with_suffix(".cache")
     monkeypatch.setattr(pipeline, "collect_histograms", None)  # calibrating would now crash
     code = export_main(["--precision", "int8", "--output-dir", str(tmp_path), "--calib-cache", str(cache),

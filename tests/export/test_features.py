@@ -139,7 +139,7 @@ def test_bad_feature_options_are_refused():
 
 @pytest.fixture(scope="module")
 def int8_features(tmp_path_factory):
-    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     folder = tmp_path_factory.mktemp("int8-features")
     return export_quantized(ExportOptions(precision="int8", features=(2, 3, 4), batch=(1, 1, 2), output_dir=folder),
                             CalibrationOptions(images=16, heldout=8))
@@ -158,7 +158,7 @@ def test_int8_features_report_cosine_per_feature_map(int8_features):
 def test_residual_qdq_on_a_backbone_is_a_choice_that_costs_feature_accuracy(int8_features, tmp_path):
     """The feature maps are the residual stream: quantizing its inputs (TensorRT's fusion
     rule, on for classifiers) puts INT8 rounding into them undiluted."""
-    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     on = export_quantized(ExportOptions(precision="int8", features=(2, 3, 4), batch=(1, 1, 2), output_dir=tmp_path),
                           CalibrationOptions(images=16, heldout=8, residual_qdq="on"))
     assert on.report["quantization"]["residual_inputs"] == 5
@@ -168,14 +168,14 @@ def test_residual_qdq_on_a_backbone_is_a_choice_that_costs_feature_accuracy(int8
 
 
 def test_residual_qdq_on_is_refused_for_fp8(tmp_path):
-    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     with pytest.raises(FasterViTTRTError, match="--residual-qdq on is for INT8"):
         export_quantized(ExportOptions(precision="fp8", output_dir=tmp_path), CalibrationOptions(residual_qdq="on"))
     assert not any(tmp_path.iterdir())
 
 
 def test_accuracy_budget_needs_classes(tmp_path):
-    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     with pytest.raises(FasterViTTRTError, match="backbone has no classes"):
         export_quantized(ExportOptions(precision="int8", features=(4,), output_dir=tmp_path),
                          CalibrationOptions(accuracy_budget=1.0))
@@ -224,7 +224,7 @@ def test_bench_times_a_backbone_against_pytorch_eager(int8_features, capsys):
 
 @requires_tensorrt
 def test_fp8_backbone_exports_and_builds(tmp_path):
-    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     from fastervit_trt.engines import BuildConfig, build_engine
     result = export_quantized(ExportOptions(precision="fp8", features=(3, 4), batch=(1, 1, 1), output_dir=tmp_path),
                               CalibrationOptions(images=8, heldout=4))

@@ -17,7 +17,7 @@ GB = 1e9
 _CHILD = textwrap.dedent("""
     import json, resource, sys
     from pathlib import Path
-    from fastervit_trt.calibration.pipeline import CalibrationOptions, export_quantized
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     from fastervit_trt.export.pipeline import ExportOptions, export_model
     model, precision, out, resolution = sys.argv[1], sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4])
     options = ExportOptions(model=model, precision=precision, output_dir=out, force=True,
@@ -122,7 +122,7 @@ def test_inline_weights_are_streamed_into_a_file_every_reader_parses_as_one_mode
 
 def test_graph_checks_pass_fewer_inputs_at_a_time_as_inputs_grow():
     """Four 224x224 inputs per pass, fewer above 384x384, never none."""
-    from fastervit_trt.export.pipeline import eval_chunk
+    from fastervit_trt.export.ort_eval import eval_chunk
     chunks = {size: eval_chunk(np.zeros((8, 3, *size), np.float32)) for size in
               [(224, 224), (384, 384), (512, 512), (576, 960), (800, 1216)]}
     assert chunks == {(224, 224): 4, (384, 384): 4, (512, 512): 2, (576, 960): 1, (800, 1216): 1}

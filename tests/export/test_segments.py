@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-import fastervit_trt.export.pipeline as pipeline
+import fastervit_trt.export.ort_eval as pipeline
 from fastervit_trt.compare import compare
 from fastervit_trt.export.ort_cpu import cpu_session
 from fastervit_trt.export.segments import SegmentedGraph

@@ -332,7 +332,7 @@ def test_a_stubs_only_tensorrt_package_is_not_taken_for_tensorrt(tmp_path, monke
     """tensorrt-stubs installs a `tensorrt` folder of .pyi files: importable, but no TensorRT."""
     import sys
     from fastervit_trt.engines import EngineBuildError, load_tensorrt
-    from fastervit_trt.runtime.tensorrt_backend import import_tensorrt
+    from fastervit_trt.tensorrt_import import import_tensorrt
     (tmp_path / "tensorrt").mkdir()
     (tmp_path / "tensorrt" / "__init__.pyi").write_text("def nptype(t): ...\n")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -1,6 +1,7 @@
 """INT8 and FP8 export: FP32 graph -> calibration (or a reused cache) -> Q/DQ ONNX + cache.
 
-``export_quantized(ExportOptions(precision="int8" | "fp8", ...), CalibrationOptions(...))`` writes
+``export_quantized(ExportOptions(precision="int8" | "fp8", ...), CalibrationOptions(...))`` (or
+``export_model`` with the same arguments) writes
 - ``<model>_<precision>.onnx``: explicit quantization (Q/DQ; int8, or FP8 E4M3 with scales
   amax / 448) over the FP16 graph, so the layers left unquantized run in FP16 under
   TensorRT's strong typing (``qdq_base="fp32"`` puts the Q/DQ over the FP32 graph instead,
@@ -15,125 +16,59 @@
 """
 from __future__ import annotations
 
-import io
-import json
 import logging
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 from onnx import TensorProto
 
-from ..artifacts import paths_of, write_bytes, write_json
+from ..artifacts import write_json
+from ..calibration.cache import (
+    CalibrationCache,
+    CalibrationCacheError,
+    changed_settings,
+    installed_trt_version,
+    means_path,
+    read_means,
+    record_path,
+    version_number,
+    write_means,
+)
+from ..calibration.collect import ChannelMeans, collect_histograms
+from ..calibration.dataset import DEFAULT_DATA, CalibrationData, StoredInputs
+from ..calibration.options import CalibrationOptions
+from ..calibration.qdq import (
+    FP8_MIN_OPSET,
+    QDQ_MIN_OPSET,
+    QMAX,
+    input_channel_axes,
+    placement,
+    scale_of,
+    to_opset,
+)
+from ..calibration.ranges import compute_amax
+from ..calibration.sensitivity import Evaluator, layer_sensitivity, mixed_precision
 from ..compare import compare, compare_outputs
 from ..errors import FasterViTTRTError
-from ..export.fp16 import convert_to_fp16
-from ..export.ort_cpu import release_memory
-from ..export.pipeline import (QDQ_CHUNK, ExportOptions, ExportResult, export_metadata, ort_logits, output_sizes,
-                               preflight, publish_onnx, trace_model, write_onnx, write_report)
-from ..export.weights import scratch
 from ..preprocess import Preprocess
 from ..progress import Steps
-from .cache import CalibrationCache, CalibrationCacheError, installed_trt_version, version_number
-from .collect import ChannelMeans, collect_histograms
-from .dataset import DEFAULT_DATA, CalibrationData, StoredInputs
-from .qdq import FP8_MIN_OPSET, QDQ_MIN_OPSET, QMAX, input_channel_axes, placement, scale_of, to_opset
-from .ranges import METHODS, compute_amax
-from .sensitivity import Evaluator, layer_sensitivity, mixed_precision
+from .fp16 import convert_to_fp16
+from .ort_cpu import release_memory
+from .ort_eval import QDQ_CHUNK, ort_logits, output_sizes
+from .stages import (
+    ExportOptions,
+    ExportResult,
+    export_metadata,
+    preflight,
+    publish_onnx,
+    trace_model,
+    write_onnx,
+    write_report,
+)
+from .weights import scratch
 
 log = logging.getLogger(__name__)
-
-
-PERCENTILE_RANGE = (50.0, 100.0)  # exclusive, inclusive
-
-
-@dataclass(frozen=True)
-class CalibrationOptions:
-    """How INT8 scales are obtained; defaults match ``fastervit-export --precision int8``."""
-
-    data: Path = DEFAULT_DATA
-    images: int = 256
-    batch: int = 8
-    method: str = "entropy"
-    percentile: float = 99.99
-    cache: Path | None = None  # default: <output_dir>/<model>_int8.cache
-    recalibrate: bool = False  # ignore an existing cache
-    qdq_base: str = "fp16"
-    heldout: int = 32
-    sensitivity: bool = False  # rank layers by the degradation each alone causes
-    accuracy_budget: float | None = None  # max top-1 agreement drop vs FP32, in points
-    residual_qdq: str = "auto"  # INT8 residual inputs: on, off, auto (on unless exporting features)
-    bias_correction: bool = True  # biases absorb the mean output shift of weight rounding
-
-    def __post_init__(self) -> None:
-        paths_of(self, "data", "cache")
-        if self.method not in METHODS:
-            raise ValueError(f"calibration method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if self.qdq_base not in ("fp16", "fp32"):
-            raise ValueError(f"qdq_base must be fp16 or fp32, not {self.qdq_base!r}")
-        if not PERCENTILE_RANGE[0] < self.percentile <= PERCENTILE_RANGE[1]:
-            raise ValueError(f"--calib-percentile must be above {PERCENTILE_RANGE[0]:g} and at most "
-                             f"{PERCENTILE_RANGE[1]:g} (the share of |x| values kept in range), not {self.percentile:g}")
-        if self.residual_qdq not in ("auto", "on", "off"):
-            raise ValueError(f"--residual-qdq must be auto, on or off, not {self.residual_qdq!r}")
-        if self.heldout < 1:
-            raise ValueError(f"--calib-heldout must be at least 1, not {self.heldout}")
-        if self.images < 1 or self.batch < 1:
-            raise ValueError("--calib-images and --calib-batch must be positive")
-        if self.accuracy_budget is not None and not 0 <= self.accuracy_budget <= 100:
-            raise ValueError("--accuracy-budget is a top-1 agreement drop in points, between 0 and 100")
-
-    def quantizes_residuals(self, features: bool) -> bool:
-        """Whether INT8 residual inputs get Q/DQ: ``auto`` for a classifier, not a backbone."""
-        return self.residual_qdq == "on" or (self.residual_qdq == "auto" and not features)
-
-    def cache_path(self, options: ExportOptions) -> Path:
-        return self.cache or options.onnx_path.with_suffix(".cache")
-
-    def record(self) -> dict:
-        """The flags that decide the scales, as written beside a cache (``<cache>.json``)."""
-        return {"method": self.method, "percentile": self.percentile if self.method == "percentile" else None,
-                "data": str(self.data.resolve()), "images": self.images, "batch": self.batch}
-
-
-def record_path(cache: Path) -> Path:
-    return cache.with_name(cache.name + ".json")
-
-
-def means_path(cache: Path) -> Path:
-    return cache.with_name(cache.name + ".means.npz")
-
-
-def write_means(path: Path, means: dict[str, np.ndarray]) -> None:
-    names = sorted(means)
-    buffer = io.BytesIO()
-    np.savez(buffer, names=np.array(names), sizes=np.array([means[n].size for n in names], np.int64),
-             means=np.concatenate([means[n].ravel() for n in names]) if names else np.zeros(0))
-    write_bytes(path, buffer.getvalue())
-
-
-def read_means(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path) as stored:
-            names, sizes, values = stored["names"], stored["sizes"], stored["means"]
-        if len(names) != len(sizes) or int(sizes.sum()) != values.size:
-            raise ValueError("names, sizes and means do not match")
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise CalibrationCacheError(f"{path}: not a channel-means file of this toolkit ({exc}); delete it "
-                                    "and pass --recalibrate, or --bias-correction off") from None
-    return dict(zip((str(n) for n in names), np.split(values, np.cumsum(sizes)[:-1])))
-
-
-def _changed_settings(cache: Path, settings: dict) -> str | None:
-    """How ``settings`` differ from those recorded beside ``cache`` (None: same, or no record)."""
-    try:
-        made = json.loads(record_path(cache).read_text())
-    except (OSError, ValueError):
-        return None
-    changed = [f"{key} {made.get(key)!r} -> {value!r}" for key, value in settings.items() if made.get(key) != value]
-    return ", ".join(changed) or None
 
 
 def export_quantized(options: ExportOptions, calib: CalibrationOptions = CalibrationOptions(),
@@ -155,7 +90,7 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
                         else (cache_path, record_path(cache_path), means_path(cache_path)))
     settings = {"model": variant.name, "resolution": list(variant.arch.resolution), **calib.record(),
                 "jpeg_draft": not options.exact_preprocess, "input_format": options.input_format}
-    changed = _changed_settings(cache_path, settings) if reuse else None
+    changed = changed_settings(cache_path, settings) if reuse else None
     if changed:
         raise CalibrationCacheError(f"{cache_path}: calibrated with other settings ({changed}); pass the "
                                     "same flags to reuse it, or --recalibrate to replace it")
