@@ -28,8 +28,8 @@ GB = 1e9
 
 def export_one(model: str, precision: str, folder: Path, resolution: tuple[int, int], calib_images: int) -> dict:
     """Run inside the child process: one feature export, its numbers and its peak RSS."""
-    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     from fastervit_trt.export.pipeline import ExportOptions, export_model
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     options = ExportOptions(model=model, precision=precision, output_dir=folder, resolution=resolution,
                             features=(1, 2, 3, 4), batch=(1, 1, 1), force=True)
     start = time.perf_counter()

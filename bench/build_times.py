@@ -15,9 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
 from fastervit_trt.engines import BuildConfig, build_engine, load_tensorrt
 from fastervit_trt.export.pipeline import ExportOptions, export_model
+from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
 
 
 def main() -> int:

@@ -25,10 +25,10 @@ import numpy as np
 
 from fastervit_trt.calibration.collect import collect_histograms
 from fastervit_trt.calibration.dataset import DEFAULT_DATA, CalibrationData
-from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
 from fastervit_trt.calibration.qdq import placement
 from fastervit_trt.calibration.ranges import compute_amax
 from fastervit_trt.export.pipeline import ExportOptions, export_model
+from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
 from fastervit_trt.models import get_variant
 from fastervit_trt.preprocess import Preprocess
 

@@ -54,10 +54,11 @@ def plan(patterns: list[str], precisions: list[str]) -> list[tuple[str, str]]:
 
 def export_one(model: str, precision: str, folder: Path, resolution: tuple[int, int] | None = None) -> dict:
     """Run inside the child process: one export, its numbers and this process's peak RSS."""
-    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
-    from fastervit_trt.export.pipeline import ExportOptions, export_model
-    from fastervit_trt.models import create_model
     import torch
+
+    from fastervit_trt.export.pipeline import ExportOptions, export_model
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
+    from fastervit_trt.models import create_model
     options = ExportOptions(model=model, precision=precision, output_dir=folder,
                             resolution=resolution or RESOLUTION.get(model), force=True)
     with torch.device("meta"):

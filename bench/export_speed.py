@@ -28,7 +28,9 @@ import onnx
 import torch
 
 from fastervit_trt.export.pipeline import ExportOptions, export_model
-from fastervit_trt.models.parity import official_model, randomize_
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.parity: the official model, the oracle
+from tests.parity import official_model, randomize_
 
 
 def export_official(model: torch.nn.Module, path: Path, resolution: tuple[int, int]) -> float:

@@ -81,7 +81,8 @@ def _need_cuda(what: str) -> None:
 def make_contender(contender: str, name: str, resolution, tmp: Path, device: str) -> Contender:
     """What ``contender`` runs for model ``name``."""
     from fastervit_trt.models import create_model
-    from fastervit_trt.models.parity import official_model, randomize_
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.parity: the official model, the oracle
+    from tests.parity import official_model, randomize_
     if contender == "eager":
         return _torch_contender(create_model(name, resolution=resolution), device, False, False)
     if contender in ("amp", "compile"):
@@ -115,8 +116,8 @@ def make_contender(contender: str, name: str, resolution, tmp: Path, device: str
 
 
 def _export(name: str, resolution, tmp: Path, precision: str) -> Path:
-    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     from fastervit_trt.export.pipeline import ExportOptions, export_model
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     options = ExportOptions(model=name, resolution=resolution, precision=precision, batch=(1, 32, 128),
                             output_dir=tmp / name, force=True)
     path = options.onnx_path
@@ -142,9 +143,11 @@ def _engine_contender(onnx_path: Path) -> Contender:
 def polygraphy_parity(engine: Path, onnx_path: Path) -> dict:
     """Polygraphy's Comparator: TensorRT vs ONNX Runtime on the shipped photos."""
     import os
+
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
     from polygraphy.comparator import Comparator, CompareFunc
+
     import fastervit_trt.polygraphy_data as photos
     os.environ["FASTERVIT_MODEL"] = str(onnx_path)
     runners = [TrtRunner(EngineFromBytes(engine.read_bytes())),

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
 from fastervit_trt.compare import compare
 from fastervit_trt.export.ort_eval import ort_logits
 from fastervit_trt.export.pipeline import ExportOptions, export_model
+from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
 
 QUANTIZED = {"int8": ("int8", True), "fp8": ("fp8", True),
              "int8_no_bias_correction": ("int8", False), "fp8_no_bias_correction": ("fp8", False)}
@@ -55,8 +55,8 @@ def random_init(folder: Path, calib_images: int) -> tuple[dict, dict]:
 def digits(folder: Path) -> dict:
     """{precision: (mean cosine vs FP32, top-1 %)} of the trained fixture on its held-out scans."""
     sys.path.insert(0, str(ROOT))
-    from tests.fixtures.digits import split_named, write_folder
     from fastervit_trt.runtime import load
+    from tests.fixtures.digits import split_named, write_folder
     data = {name: write_folder(folder / name, *arrays) for name, arrays in split_named().items()}
     common = dict(model="faster_vit_digits", checkpoint=ROOT / "tests" / "fixtures" / "faster_vit_digits.pth",
                   batch=(1, 8, 32))

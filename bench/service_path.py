@@ -54,7 +54,9 @@ def make_files(folder: Path, count: int) -> dict[str, list[Path]]:
 
 def timm_path(name: str):
     from timm.data import create_transform, resolve_data_config
-    from fastervit_trt.models.parity import official_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.parity: the official model, the oracle
+    from tests.parity import official_model
     transform = create_transform(**resolve_data_config({}, model=official_model(name)))
 
     def run(path: Path) -> np.ndarray:

@@ -19,7 +19,7 @@ class Comparison:
     @property
     def relative_diff(self) -> float:
         """max |diff| / max |reference|: scale-free, what the parity tolerances bound."""
-        return self.max_abs_diff / max(self.max_abs_reference, np.finfo(np.float64).tiny)
+        return self.max_abs_diff / max(self.max_abs_reference, float(np.finfo(np.float64).tiny))
 
     def as_dict(self) -> dict[str, float]:
         return {**asdict(self), "relative_diff": self.relative_diff}

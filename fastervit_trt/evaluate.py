@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -90,7 +90,7 @@ def evaluate(models: dict[str, Callable[[list[Path]], np.ndarray]], samples: lis
                 logits[name].append(run(paths))
                 bar.update(len(paths))
     joined = {name: np.concatenate(parts) for name, parts in logits.items()}
-    report = {"images": len(samples), "models": {}, "pairs": []}
+    report: dict[str, Any] = {"images": len(samples), "models": {}, "pairs": []}
     for name, values in joined.items():
         top5 = np.argsort(-values, axis=1)[:, :5]
         report["models"][name] = {"top1": 100.0 * float((top5[:, 0] == labels).mean()),

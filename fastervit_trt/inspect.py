@@ -107,7 +107,7 @@ def inspect_engine(path: Path) -> dict:
             engine = trt.Runtime(trt.Logger(trt.Logger.INTERNAL_ERROR)).deserialize_cuda_engine(path.read_bytes())
         except Exception:  # no GPU / driver here: the sidecar facts stand alone
             engine = None
-    if engine is None:
+    if trt is None or engine is None:
         info["layers"] = ["(layer list needs TensorRT and a GPU that can deserialize this engine)"]
         return info
     inspector = engine.create_engine_inspector()

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Union
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -37,7 +37,7 @@ class ImageError(FasterViTTRTError):
     """A file that cannot be decoded as an image."""
 
 
-ImageSource = Union[str, Path, bytes, BinaryIO]
+ImageSource = str | Path | bytes | BinaryIO
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white, as viewers show them
 
 
@@ -124,7 +124,7 @@ class Preprocess:
     @classmethod
     def from_config(cls, config: Mapping | object) -> Preprocess:
         """From an ``EvalConfig`` or its dict form (ONNX metadata, engine sidecar)."""
-        get = config.get if isinstance(config, Mapping) else lambda k: getattr(config, k, None)
+        get: Callable[[str], Any] = config.get if isinstance(config, Mapping) else lambda k: getattr(config, k, None)
         return cls(input_size=tuple(get("input_size")), crop_pct=float(get("crop_pct")),
                    crop_mode=get("crop_mode"), interpolation=get("interpolation"),
                    mean=tuple(get("mean")), std=tuple(get("std")), jpeg_draft=bool(get("jpeg_draft")),

@@ -29,6 +29,7 @@ import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
@@ -118,7 +119,7 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
             else:
                 images = [body]
             answers = await _answers(batcher, images, options)
-            results = []
+            results: list[dict[str, Any]] = []
             for answer in answers:
                 if isinstance(answer, FasterViTTRTError):
                     metrics.errors.labels("bad_image").inc()

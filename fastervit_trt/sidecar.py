@@ -102,7 +102,7 @@ def rebuild_command(sidecar: dict, engine: Path | None = None) -> str:
 def export_command(metadata: dict, precision: str) -> str:
     """The fastervit-export command line that re-exports the model an ONNX file's ``metadata``
     describes (its checkpoint, weights and resolution) at ``precision``, shell-quoted."""
-    parts = ["fastervit-export", "--model", metadata.get("model", "NAME")]
+    parts = ["fastervit-export", "--variant", metadata.get("model", "NAME")]
     if metadata.get("checkpoint"):
         parts += ["--checkpoint", metadata["checkpoint"]]
         if (metadata.get("weights") or {}).get("key") in ("state_dict_ema", "model_ema"):

@@ -12,7 +12,7 @@ warnings.filterwarnings("ignore", module="timm")
 @pytest.fixture(scope="session")
 def official_state():
     """Randomised official faster_vit_0_224 weights (the oracle's state dict)."""
-    from fastervit_trt.models.parity import official_model, randomize_
+    from tests.parity import official_model, randomize_
     return randomize_(official_model("faster_vit_0_224"), seed=3).state_dict()
 
 
@@ -65,8 +65,8 @@ def exported(tmp_path_factory, realistic_checkpoint):
 @pytest.fixture(scope="session")
 def int8_export(tmp_path_factory):
     """faster_vit_0_224 (random init) exported to INT8 with 64 calibration inputs."""
-    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     from fastervit_trt.export.pipeline import ExportOptions
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     out = tmp_path_factory.mktemp("int8")
     return export_quantized(ExportOptions(precision="int8", output_dir=out), CalibrationOptions(images=64))
 

@@ -71,7 +71,7 @@ def test_npy_of_raw_pixels_is_refused(dtype, tmp_path, monkeypatch, capsys):
     """A uint8 array of pixels once calibrated a 31 % model with exit 0."""
     monkeypatch.chdir(tmp_path)
     np.save("pixels.npy", np.zeros((16, 3, 128, 128), dtype))
-    code = cli.export_main(["--model", "faster_vit_digits", "--precision", "int8", "--calib-data", "pixels.npy",
+    code = cli.export_main(["--variant", "faster_vit_digits", "--precision", "int8", "--calib-data", "pixels.npy",
                             "--output-dir", "out", "--no-engine", "--quiet"])
     err = capsys.readouterr().err
     record(err, _left(tmp_path, tmp_path / "pixels.npy"))
@@ -93,8 +93,8 @@ def test_resolution_the_reference_cannot_run_names_the_nearest_valid_ones(model,
 def test_float64_npy_is_converted_and_held_out_inputs_are_independent(tmp_path, monkeypatch, capsys):
     """A float64 array calibrates (converted, with a warning); the accuracy figures come from the
     shipped photos, not from the array itself, so a badly scaled array cannot hide."""
-    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     from fastervit_trt.export.pipeline import ExportOptions
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     np.save(tmp_path / "inputs.npy", np.random.default_rng(0).standard_normal((16, 3, 128, 128)))
     result = export_quantized(ExportOptions(model="faster_vit_digits", precision="int8", output_dir=str(tmp_path / "out")),
                          CalibrationOptions(data=str(tmp_path / "inputs.npy"), images=16, batch=8,
@@ -104,10 +104,11 @@ def test_float64_npy_is_converted_and_held_out_inputs_are_independent(tmp_path, 
 
 
 def test_python_api_takes_str_paths(tmp_path):
+    from pathlib import Path
+
     from fastervit_trt.calibration.options import CalibrationOptions
     from fastervit_trt.engines import BuildConfig
     from fastervit_trt.export.pipeline import ExportOptions
-    from pathlib import Path
     options = ExportOptions(output_dir="out", checkpoint="w.pth")
     assert options.onnx_path == Path("out/faster_vit_0_224_fp16.onnx") and options.checkpoint == Path("w.pth")
     calib = CalibrationOptions(data="photos", cache="c.cache")
@@ -125,22 +126,22 @@ def _visible(folder):
 def test_ctrl_c_at_the_last_steps_leaves_nothing_new(precision, stage, tmp_path, monkeypatch, capsys):
     """Ctrl-C during validation (or the last INT8 step) once left an unvalidated ONNX and a
     cache without a report, and the next run refused "already exists"."""
-    from fastervit_trt.export import quantized as int8_pipeline
     from fastervit_trt.export import pipeline
+    from fastervit_trt.export import quantized as int8_pipeline
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
     module = pipeline if stage == "validate" else int8_pipeline
     monkeypatch.setattr(module, stage, interrupt)
     out = tmp_path / "out"
-    code = cli.export_main(["--model", "faster_vit_digits", "--precision", precision, "--calib-images", "16",
+    code = cli.export_main(["--variant", "faster_vit_digits", "--precision", precision, "--calib-images", "16",
                             "--output-dir", str(out), "--no-engine", "--quiet"])
     err = capsys.readouterr().err
     record(err, _left(out) if out.exists() else [])
     assert code == 130 and "interrupted" in err and "Traceback" not in err
     assert _visible(out) == []
     monkeypatch.undo()
-    assert cli.export_main(["--model", "faster_vit_digits", "--precision", precision, "--calib-images", "16",
+    assert cli.export_main(["--variant", "faster_vit_digits", "--precision", precision, "--calib-images", "16",
                             "--output-dir", str(out), "--no-engine", "--quiet"]) == 0
 
 
@@ -162,6 +163,7 @@ def test_ctrl_c_during_an_engine_build_exits_130_without_an_engine(tmp_path, exp
     import subprocess
     import sys
     import time
+
     from tests.conftest import has_tensorrt
     if not has_tensorrt():
         pytest.skip("no TensorRT / TensorRT-RTX installed")
@@ -318,6 +320,7 @@ def test_triton_copy_on_a_full_disk_leaves_nothing_and_reruns(exported, tmp_path
 
 def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
     import errno
+
     from fastervit_trt.export import weights
 
     def full_disk(self, model, path, external):
@@ -325,7 +328,7 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypa
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
     monkeypatch.setattr(weights.WeightFile, "save", full_disk)
     out = tmp_path / "out"
-    code = cli.export_main(["--model", "faster_vit_digits", "--precision", "fp32", "--output-dir", str(out),
+    code = cli.export_main(["--variant", "faster_vit_digits", "--precision", "fp32", "--output-dir", str(out),
                             "--no-engine", "--quiet"])
     _one_error(code, capsys.readouterr().err, "No space left on device", left=_left(out) if out.exists() else [])
     assert [p for p in out.rglob("*")] == []
@@ -376,10 +379,12 @@ def test_rebuild_hint_targets_the_engine_where_it_is(truncated_engine, tmp_path,
 def test_recorded_io_dtype_is_the_graphs(tmp_path):
     """--io-dtype fp16 --qdq-base fp32 once recorded a float16 input the graph does not have."""
     import json
+
     import onnx
+
     from fastervit_trt.sidecar import read_metadata
     out = tmp_path / "out"
-    assert cli.export_main(["--model", "faster_vit_digits", "--precision", "int8", "--io-dtype", "fp16",
+    assert cli.export_main(["--variant", "faster_vit_digits", "--precision", "int8", "--io-dtype", "fp16",
                             "--qdq-base", "fp32", "--calib-images", "16", "--output-dir", str(out),
                             "--no-engine", "--quiet"]) == 0
     model = onnx.load(str(out / "faster_vit_digits_int8.onnx"))
@@ -392,8 +397,9 @@ def test_recorded_io_dtype_is_the_graphs(tmp_path):
 def test_progress_in_a_log_is_plain_lines(tmp_path):
     """Progress bars wrote carriage returns into non-terminal logs."""
     import io
-    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
+
     from fastervit_trt.export.pipeline import ExportOptions
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     log = io.StringIO()
     export_quantized(ExportOptions(model="faster_vit_digits", precision="int8", output_dir=tmp_path),
                 CalibrationOptions(images=16, batch=4), stream=log)

@@ -26,11 +26,11 @@ def test_help_has_examples(capsys):
         export_main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "examples:" in out and "fastervit-export --model" in out and "(default: fp16)" in out
+    assert "examples:" in out and "fastervit-export --variant" in out and "(default: fp16)" in out
 
 
 def test_unknown_model(capsys, tmp_path):
-    code, _, err = _run(capsys, "--model", "faster_vit_9_224", "--output-dir", str(tmp_path))
+    code, _, err = _run(capsys, "--variant", "faster_vit_9_224", "--output-dir", str(tmp_path))
     assert code == 1 and "faster_vit_0_224" in _error_line(err)
     assert list(tmp_path.iterdir()) == []
 
@@ -98,6 +98,7 @@ def test_training_checkpoint_weights_are_reported(capsys, tmp_path, official_sta
     """A timm training checkpoint exports; the summary and report say which tensors were
     loaded from which key, with the run's arch and epoch."""
     import json
+
     from tests.models.test_checkpoint import save_training_checkpoint
     path, _, _ = save_training_checkpoint(tmp_path, official_state, epoch=7)
     out = tmp_path / "out"
@@ -128,7 +129,7 @@ def in_tmp(tmp_path, monkeypatch):
 
 def test_engine_follows_output_dir_and_names_never_collide(capsys, in_tmp):
     from tests.conftest import has_tensorrt
-    code, stdout, err = _run(capsys, "--model", "faster_vit_digits", "--precision", "fp32",
+    code, stdout, err = _run(capsys, "--variant", "faster_vit_digits", "--precision", "fp32",
                              "--output-dir", "X", "--batch", "1,1,2")
     assert code == 0, err
     names = sorted(p.name for p in (in_tmp / "X").iterdir())
@@ -136,7 +137,7 @@ def test_engine_follows_output_dir_and_names_never_collide(capsys, in_tmp):
     if has_tensorrt():  # engine and sidecar beside the ONNX, not in ./engines
         expected = ["faster_vit_digits_fp32.engine", "faster_vit_digits_fp32.json", *expected]
     assert names == sorted(expected) and not (in_tmp / "engines").exists()
-    code, _, err = _run(capsys, "--model", "faster_vit_digits", "--precision", "fp32", "--output-dir", "X",
+    code, _, err = _run(capsys, "--variant", "faster_vit_digits", "--precision", "fp32", "--output-dir", "X",
                         "--engine-dir", "X")
     assert code == 1 and "already exists; pass --force" in _error_line(err) and "[1/" not in err
 
@@ -146,14 +147,14 @@ def test_every_later_output_is_checked_before_any_work(capsys, in_tmp):
     repo = in_tmp / "repo" / "faster_vit_digits_fp32"
     repo.mkdir(parents=True)
     (repo / "config.pbtxt").write_text("name: 'x'\n")
-    code, _, err = _run(capsys, "--model", "faster_vit_digits", "--precision", "fp32", "--output-dir", "X",
+    code, _, err = _run(capsys, "--variant", "faster_vit_digits", "--precision", "fp32", "--output-dir", "X",
                         "--no-engine", "--triton-repo", "repo")
     assert code == 1 and "config.pbtxt: already exists" in _error_line(err) and "[1/" not in err
     assert not (in_tmp / "X").exists() or list((in_tmp / "X").iterdir()) == []
     if has_tensorrt():
         (in_tmp / "E").mkdir()
         (in_tmp / "E" / "faster_vit_digits_fp32.json").write_text("{}")
-        code, _, err = _run(capsys, "--model", "faster_vit_digits", "--precision", "fp32", "--output-dir", "X",
+        code, _, err = _run(capsys, "--variant", "faster_vit_digits", "--precision", "fp32", "--output-dir", "X",
                             "--engine-dir", "E")
         assert code == 1 and "faster_vit_digits_fp32.json: already exists" in _error_line(err)
         assert not (in_tmp / "X").exists() or list((in_tmp / "X").iterdir()) == []

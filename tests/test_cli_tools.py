@@ -56,8 +56,8 @@ def test_infer_missing_model(tmp_path, capsys):
 
 
 def test_bench_reports_percentiles_against_pytorch(digits_onnx, capsys):
-    code = bench_main(["--model", str(digits_onnx), "--batch", "1,4", "--iters", "5", "--warmup", "1",
-                       "--torch-model", "faster_vit_digits", "--checkpoint", str(CHECKPOINT), "--json"])
+    code = bench_main(["--model", str(digits_onnx), "--batch-sizes", "1,4", "--iters", "5", "--warmup", "1",
+                       "--torch-variant", "faster_vit_digits", "--checkpoint", str(CHECKPOINT), "--json"])
     rows = json.loads(capsys.readouterr().out)
     assert code == 0 and len(rows) == 4 and {r["batch"] for r in rows} == {1, 4}
     assert all(0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["img_per_s"] > 0 for r in rows)
@@ -82,7 +82,7 @@ def test_inspect_int8_onnx(int8_export, capsys):
 
 @pytest.mark.skipif(not has_tensorrt(), reason="no TensorRT / TensorRT-RTX installed")
 def test_export_builds_the_engine_and_inspect_reads_it(tmp_path, capsys):
-    code = export_main(["--model", "faster_vit_digits", "--checkpoint", str(CHECKPOINT), "--precision", "fp16",
+    code = export_main(["--variant", "faster_vit_digits", "--checkpoint", str(CHECKPOINT), "--precision", "fp16",
                         "--output-dir", str(tmp_path / "export"), "--engine-dir", str(tmp_path / "engines"),
                         "--quiet"])
     out = capsys.readouterr().out
@@ -108,3 +108,20 @@ def test_infer_a_folder_in_batches_keeps_order_and_reports_bad_files(digits_onnx
     rows = json.loads(out)
     assert code == 1 and "05x.png: cannot decode" in err
     assert [r["image"] for r in rows] == sorted(map(str, names))
+
+
+@pytest.mark.parametrize("command,old,new", [
+    ("export", ["--model", "faster_vit_digits"], {"variant": "faster_vit_digits"}),
+    ("bench", ["--model", "m.onnx", "--batch", "1,4", "--torch-model", "faster_vit_digits"],
+     {"batch_sizes": [1, 4], "torch_variant": "faster_vit_digits"}),
+    ("eval", ["--data", "val", "--torch", "faster_vit_digits", "--batch", "4"],
+     {"torch_variant": "faster_vit_digits", "batch_size": 4}),
+])
+def test_renamed_flags_keep_their_old_spelling_with_a_note(command, old, new, capsys):
+    """--model (a variant name) in export, --batch (a list / an int) in bench and eval, --torch-model and
+    --torch were renamed so one name means one thing; the old spellings parse to the same values."""
+    import importlib
+    args = importlib.import_module(f"fastervit_trt.cli.{command}").parser().parse_args(old)
+    err = capsys.readouterr().err
+    assert {key: getattr(args, key) for key in new} == new
+    assert err.count("note: ") == len(new) and "the old spelling still works" in err

@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
 from fastervit_trt.cli import deepstream_main
 from fastervit_trt.compare import compare
 from fastervit_trt.deepstream import SCALING_FILTERS, DeepStreamOptions, write_deepstream
 from fastervit_trt.errors import FasterViTTRTError
 from fastervit_trt.export.ort_eval import ort_logits
 from fastervit_trt.export.pipeline import ExportOptions, export_model
+from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
 from fastervit_trt.preprocess import Preprocess, load_image, sample_inputs
 from fastervit_trt.runtime.labels import class_names
 from fastervit_trt.sidecar import read_metadata
@@ -170,7 +170,7 @@ def test_models_nvinfer_cannot_preprocess_are_refused_in_one_line(exported, digi
                                                 r"0.875 .* nvinfer cannot crop: .* or preprocess with nvdspreprocess"):
         write_deepstream(centre, out)
     with pytest.raises(FasterViTTRTError, match=r"export it with --input pixels and --softmax \(.*\): fastervit-export "
-                                                r"--model faster_vit_digits .* --precision fp32 --input pixels --softmax"):
+                                                r"--variant faster_vit_digits .* --precision fp32 --input pixels --softmax"):
         write_deepstream(digits["logits"], out)
     with pytest.raises(FasterViTTRTError, match="nvinfer builds an ONNX file with its precision flags and has no FP8"):
         write_deepstream(digits["fp8"], out)

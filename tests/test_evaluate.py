@@ -16,8 +16,8 @@ PHOTOS = sorted((Path(__file__).parents[1] / "calibration").glob("*.*g"))
 
 @pytest.fixture(scope="module")
 def digits_models(tmp_path_factory, digits_folders):
-    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     from fastervit_trt.export.pipeline import ExportOptions, export_model
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     out = tmp_path_factory.mktemp("eval")
     common = dict(model="faster_vit_digits", checkpoint=CHECKPOINT)
     fp32 = export_model(ExportOptions(precision="fp32", output_dir=out, **common)).onnx_path
@@ -29,7 +29,7 @@ def digits_models(tmp_path_factory, digits_folders):
 def test_side_by_side_on_the_heldout_split(digits_models, digits_folders, capsys):
     fp32, int8 = digits_models
     code = eval_main(["--data", str(digits_folders["heldout"]), "--model", str(fp32), "--model", str(int8),
-                      "--torch", "faster_vit_digits", "--checkpoint", str(CHECKPOINT), "--json"])
+                      "--torch-variant", "faster_vit_digits", "--checkpoint", str(CHECKPOINT), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["images"] == 360
     models = report["models"]
@@ -70,7 +70,7 @@ def test_imagenet_synset_folders_and_label_files(tmp_path):
 
 def test_folder_without_classes(tmp_path, capsys):
     shutil.copy(PHOTOS[0], tmp_path / "a.jpg")
-    assert eval_main(["--data", str(tmp_path), "--torch", "faster_vit_digits"]) == 1
+    assert eval_main(["--data", str(tmp_path), "--torch-variant", "faster_vit_digits"]) == 1
     assert "no labelled images" in capsys.readouterr().err
     assert eval_main(["--data", str(tmp_path)]) == 1
     assert "nothing to evaluate" in capsys.readouterr().err

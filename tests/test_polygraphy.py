@@ -15,9 +15,10 @@ import fastervit_trt.polygraphy_data as loader
 def test_polygraphy_run_feeds_preprocessed_photos(tmp_path):
     pytest.importorskip("polygraphy")
     from polygraphy.json import load_json
+
     from fastervit_trt.export.ort_eval import ort_logits
     from fastervit_trt.export.pipeline import ExportOptions, export_model
-    from fastervit_trt.preprocess import SAMPLE_IMAGES, IMAGE_SUFFIXES, Preprocess, load_image
+    from fastervit_trt.preprocess import IMAGE_SUFFIXES, SAMPLE_IMAGES, Preprocess, load_image
     onnx_path = export_model(ExportOptions(model="faster_vit_digits", precision="fp32", output_dir=tmp_path)).onnx_path
     env = {**os.environ, "FASTERVIT_MODEL": str(onnx_path), "FASTERVIT_BATCH": "2", "FASTERVIT_FEEDS": "2"}
     polygraphy = Path(sys.executable).with_name("polygraphy")

@@ -51,7 +51,7 @@ def test_onnx_repository_parses_with_tritons_model_config(digits_onnx, tmp_path)
 
 @pytest.mark.skipif(not has_tensorrt(), reason="no TensorRT / TensorRT-RTX to build an engine")
 def test_engine_repository_via_export(tmp_path, capsys):
-    code = export_main(["--model", "faster_vit_digits", "--checkpoint", str(CHECKPOINT), "--precision", "fp16",
+    code = export_main(["--variant", "faster_vit_digits", "--checkpoint", str(CHECKPOINT), "--precision", "fp16",
                         "--batch", "1,8,32", "--output-dir", str(tmp_path / "export"), "--engine-dir",
                         str(tmp_path / "engines"), "--triton-repo", str(tmp_path / "models"), "--quiet"])
     assert code == 0 and "tritonserver --model-repository" in capsys.readouterr().out

@@ -45,7 +45,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        export = run([str(Path(sys.executable).parent / "fastervit-export"), "--model", "faster_vit_digits",
+        export = run([str(Path(sys.executable).parent / "fastervit-export"), "--variant", "faster_vit_digits",
                       "--precision", "fp32", "--output-dir", str(tmp), "--no-engine", "--batch", "1,1,2",
                       "--quiet"], tmp)
         if export.returncode != 0:

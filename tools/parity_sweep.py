@@ -14,9 +14,12 @@ import gc
 import json
 import sys
 import time
+from pathlib import Path
 
 from fastervit_trt.models import get_variant, list_models
-from fastervit_trt.models.parity import check_parity
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.parity: the official model, the oracle
+from tests.parity import check_parity
 
 TOLERANCE = 1e-4
 

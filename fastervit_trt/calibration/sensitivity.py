@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -46,9 +47,9 @@ class Evaluator:
     @property
     def feature_maps(self) -> bool:
         """Whether the outputs are a backbone's feature maps (compared one by one, no top-1)."""
-        return bool(self.sizes) and list(self.sizes) != ["logits"]
+        return bool(self.sizes) and list(self.sizes or {}) != ["logits"]
 
-    def quantized(self, skip: set[str] = frozenset(), only: set[str] | None = None) -> onnx.ModelProto:
+    def quantized(self, skip: AbstractSet[str] = frozenset(), only: AbstractSet[str] | None = None) -> onnx.ModelProto:
         chosen = [t for t in self.targets if t.node not in skip and (only is None or t.node in only)]
         return insert_qdq(self.base, chosen, self.amax, self.weights, self.types, self.store, self.fmt,
                           self.residuals, self.input_means)
@@ -59,7 +60,7 @@ class Evaluator:
         source = self.store.save_view(model, "measured.onnx") if self.store else model.SerializeToString()
         outputs = ort_logits(source, self.inputs, optimize=False, images=QDQ_CHUNK)
         if self.feature_maps:
-            each = compare_outputs(self.reference, outputs, self.sizes)
+            each = compare_outputs(self.reference, outputs, self.sizes or {})
             return {"mean_cosine": min(c.mean_cosine for c in each.values()), "top1_agreement": None}
         report = compare(self.reference, outputs)
         return {"mean_cosine": report.mean_cosine, "top1_agreement": 100.0 * report.top1_agreement}

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..models.configs import Variant
 from ..models.fastervit import (
     AttentionStage,
     Backbone,
@@ -44,7 +45,7 @@ class GatheredBias(nn.Module):
         self.register_buffer("index", index)
 
     @classmethod
-    def freeze(cls, source: RelativePositionBias, indices: dict[tuple[int, int], Tensor]) -> "GatheredBias":
+    def freeze(cls, source: RelativePositionBias, indices: dict[tuple[int, int], Tensor]) -> GatheredBias:
         """``source`` as a table and an index (one index per window geometry, shared)."""
         table = 16 * torch.sigmoid(source.cpb_mlp(source.offsets)).t()
         table = F.pad(table, (0, 1)).unsqueeze(0)
@@ -64,7 +65,7 @@ class ImageInput(nn.Module):
     with the float32 operations of ``Preprocess.normalize``, in its order (divide by 255,
     subtract the mean, divide by the std; then channels first)."""
 
-    def __init__(self, model: FasterViT | Backbone, mean: tuple[float, ...], std: tuple[float, ...],
+    def __init__(self, model: FasterViT | Backbone | Probabilities, mean: tuple[float, ...], std: tuple[float, ...],
                  channels_first: bool = False) -> None:
         super().__init__()
         self.model, self.channels_first = model, channels_first
@@ -73,7 +74,7 @@ class ImageInput(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape))
 
     @property
-    def variant(self):
+    def variant(self) -> Variant | None:
         return self.model.variant
 
     @property
@@ -103,6 +104,10 @@ class Probabilities(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.softmax(self.model(x), dim=-1)
+
+
+# what ``trace_to_onnx`` traces: a classifier, a backbone, either with softmax or an image input
+Exportable = FasterViT | Backbone | Probabilities | ImageInput
 
 
 class AddConstant(nn.Module):

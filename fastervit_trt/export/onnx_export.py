@@ -19,9 +19,8 @@ import onnx
 import torch
 
 from .. import __version__
-from ..models import Backbone, FasterViT
 from ..sidecar import METADATA_KEY, read_metadata  # noqa: F401  (read_metadata: public here too)
-from .deploy import ImageInput
+from .deploy import Exportable, ImageInput
 from .weights import WeightFile, tensor_bytes
 
 INPUT_NAME = "input"
@@ -33,11 +32,13 @@ IR_VERSION = 8
 PROTOBUF_LIMIT = 2**31 - 1
 
 
-def trace_to_onnx(model: FasterViT | Backbone | ImageInput, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+def trace_to_onnx(model: Exportable, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """Trace ``model`` (already in deploy form; a float NCHW input, or an ``ImageInput``'s
     uint8 NHWC images or float NCHW pixels) to ONNX with a symbolic batch axis and its ``output_names`` (``logits``,
     or a backbone's ``stage1``..``stage4``); its parameters and buffers are graph inputs
     (``attach_weights`` makes them initializers)."""
+    if model.variant is None:
+        raise ValueError("trace_to_onnx needs a model made by create_model (it records the variant's input size)")
     (height, width), channels = model.variant.arch.resolution, model.variant.arch.in_chans
     nhwc = isinstance(model, ImageInput) and not model.channels_first
     example = torch.zeros(1, height, width, channels, dtype=torch.uint8) if nhwc \

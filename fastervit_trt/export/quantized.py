@@ -218,7 +218,7 @@ def _accuracy(pytorch_logits: np.ndarray, evaluator: Evaluator, path: Path, kind
     record = {"inputs": kind, "count": len(inputs), "format": evaluator.fmt, "fp16_vs_fp32": fp16,
               "fp32_vs_pytorch": fp32_vs_pytorch.as_dict()}
     if evaluator.feature_maps:
-        each = compare_outputs(reference, quantized, evaluator.sizes)
+        each = compare_outputs(reference, quantized, evaluator.sizes or {})
         return {**record, "quantized_vs_fp32_qdq_arithmetic": {n: c.as_dict() for n, c in each.items()},
                 "summary": (f"{name} vs FP32 on {len(inputs)} {kind}, mean cosine per feature map: "
                             + ", ".join(f"{n} {c.mean_cosine:.5f}" for n, c in each.items())

@@ -30,7 +30,7 @@ from ..models import (
 from ..preprocess import INPUT_FORMATS, Preprocess, sample_inputs
 from ..progress import Steps
 from ..sidecar import DEFAULT_BATCH_PROFILE
-from .deploy import ImageInput, Probabilities, prepare_backbone, prepare_for_export
+from .deploy import Exportable, ImageInput, Probabilities, prepare_backbone, prepare_for_export
 from .onnx_export import (
     DEFAULT_OPSET,
     PROTOBUF_LIMIT,
@@ -172,7 +172,7 @@ def trace_model(options: ExportOptions, steps: Steps, weights: WeightFile,
     return Traced(variant, checkpoint, graph, inputs, input_kind, validation, references)
 
 
-def _logits(model: FasterViT | Backbone | ImageInput, inputs: InputSet) -> np.ndarray:
+def _logits(model: Exportable, inputs: InputSet) -> np.ndarray:
     """PyTorch's (``flatten``-ed) outputs, a few inputs at a time (32 held-out images at
     768x768 at once need tens of GB)."""
     chunk = eval_chunk(inputs)
@@ -274,7 +274,7 @@ def validation_inputs(model: FasterViT, options: ExportOptions) -> tuple[np.ndar
 def graph_summary(model: onnx.ModelProto) -> dict:
     """Node count, op histogram, dtypes: what the graph-quality checks and inspect read."""
     ops = Counter(node.op_type for node in model.graph.node)
-    dtype_bytes = Counter()
+    dtype_bytes: Counter[str] = Counter()
     for tensor in model.graph.initializer:
         name = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
         dtype_bytes[name] += tensor_bytes(tensor)

@@ -27,10 +27,15 @@ ALIGNMENT = 4096
 _COPY_CHUNK = 1 << 26
 
 
+def _span(info: ExternalDataInfo) -> tuple[int, int]:
+    """(offset, length) of an external tensor; the toolkit writes both for every tensor."""
+    return int(info.offset or 0), int(info.length or 0)
+
+
 def tensor_bytes(tensor: TensorProto) -> int:
     """Size of an initializer's data, whether inline or external."""
     if uses_external_data(tensor):
-        return ExternalDataInfo(tensor).length
+        return int(ExternalDataInfo(tensor).length or 0)
     return len(tensor.raw_data) or tensor.ByteSize()
 
 
@@ -62,9 +67,9 @@ class WeightFile:
             return numpy_helper.to_array(tensor)
         info = ExternalDataInfo(tensor)
         dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        count = info.length // dtype.itemsize
-        return np.fromfile(self.folder / info.location, dtype=dtype, count=count,
-                           offset=info.offset).reshape(tuple(tensor.dims))
+        offset, length = _span(info)
+        return np.fromfile(self.folder / info.location, dtype=dtype, count=length // dtype.itemsize,
+                           offset=offset).reshape(tuple(tensor.dims))
 
     def arrays(self, model: onnx.ModelProto) -> Mapping[str, np.ndarray]:
         """The initializers of ``model`` by name, each read when looked up."""
@@ -90,10 +95,11 @@ class WeightFile:
                 info = ExternalDataInfo(tensor)
                 offset = _aligned(dst.tell())
                 dst.seek(offset)
+                start, length = _span(info)
                 with open(self.folder / info.location, "rb") as src:
-                    src.seek(info.offset)
-                    _copy(src, dst, info.length)
-                _refer(tensor, data_name, offset, info.length)
+                    src.seek(start)
+                    _copy(src, dst, length)
+                _refer(tensor, data_name, offset, length)
         onnx.save_model(out, str(path))
 
     def _save_inline(self, model: onnx.ModelProto, path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -51,7 +52,7 @@ def create_model(name: str, checkpoint: str | Path | None = None,
         loaded = read_checkpoint(checkpoint, weights)
         check_arch(loaded, name)
     model = FasterViT(arch)
-    if loaded is not None:
+    if loaded is not None and checkpoint is not None:
         state = loaded.state
         load_into(model, state, checkpoint, suggest=lambda: _fitting_variant(state, arch),
                   unused=_unused_at_resolution(model, arch))
@@ -71,7 +72,7 @@ def check_arch(checkpoint: Checkpoint, name: str) -> None:
         return
     if _trained_as(checkpoint.arch) != _trained_as(name):
         raise CheckpointError(f"{checkpoint.path}: this checkpoint was trained as {checkpoint.arch!r} "
-                              f"(its 'arch' entry), not {name!r}; pass --model {checkpoint.arch}")
+                              f"(its 'arch' entry), not {name!r}; pass --variant {checkpoint.arch}")
 
 
 def _trained_as(name: str) -> str:
@@ -100,7 +101,7 @@ def _fitting_variant(state: dict[str, torch.Tensor], arch: ArchConfig) -> str | 
     classes = int(head.shape[0]) if head is not None else arch.num_classes
     for name in list_models():
         candidate = get_variant(name).arch
-        options = {"num_classes": classes}
+        options: dict[str, Any] = {"num_classes": classes}
         if candidate.any_res == arch.any_res:
             options["resolution"] = arch.resolution
         try:

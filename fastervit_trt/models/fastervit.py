@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ResolutionError
-from .configs import ArchConfig
+from .configs import ArchConfig, Variant
 
 
 @dataclass(frozen=True)
@@ -514,6 +514,9 @@ class AttentionStage(nn.Module):
 class FasterViT(nn.Module):
     """FasterViT image classifier for one architecture config (fixed input resolution)."""
 
+    variant: Variant  # set by ``create_model``: the registered variant this model is
+    checkpoint: dict | None  # and what was loaded into it (None: random weights)
+
     def __init__(self, arch: ArchConfig) -> None:
         super().__init__()
         self.arch = arch
@@ -572,7 +575,7 @@ class Backbone(nn.Module):
     def __init__(self, model: FasterViT, stages: tuple[int, ...], norm: bool = False) -> None:
         super().__init__()
         self.model, self.stages = model, tuple(sorted(stages))
-        self.variant = getattr(model, "variant", None)
+        self.variant: Variant | None = getattr(model, "variant", None)
         dims = [model.arch.dim * 2**i for i in range(len(model.levels))]
         self.norms = nn.ModuleList(
             (model.norm if stage == len(dims) else nn.BatchNorm2d(dims[stage - 1])) if norm else nn.Identity()

@@ -3,12 +3,12 @@ under closed-loop concurrent clients (a service's load)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 
-def benchmark(runners: dict[str, Callable[[np.ndarray], np.ndarray]], input_shape: tuple[int, ...],
+def benchmark(runners: Mapping[str, Callable[[np.ndarray], object]], input_shape: tuple[int, ...],
               batches: list[int], iters: int = 50, warmup: int = 5, dtype: np.dtype = np.dtype(np.float32)) -> list[dict]:
     """One row per (runner, batch): p50/p90/p99 latency in ms and images per second, on
     seeded random inputs of ``input_shape`` (one input) and ``dtype`` (float32 or uint8).

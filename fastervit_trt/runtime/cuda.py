@@ -14,8 +14,8 @@ place. Nothing here is imported until an engine is loaded or calibrated.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from typing import Any, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 

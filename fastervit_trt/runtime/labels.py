@@ -1,17 +1,17 @@
 """Class names for a label set, shipped with the package (no timm or torch needed)."""
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 _DATA = Path(__file__).resolve().parents[1] / "data"
 
 
-@lru_cache(maxsize=None)
+@cache
 def imagenet_synsets() -> tuple[tuple[str, str], ...]:
     """The 1000 ImageNet-1k (synset, names) pairs in class-index order."""
     lines = (_DATA / "imagenet1k_labels.tsv").read_text().splitlines()
-    return tuple(tuple(line.split("\t", 1)) for line in lines)
+    return tuple((synset, names) for synset, names in (line.split("\t", 1) for line in lines))
 
 
 def class_names(label_set: str | None, num_classes: int) -> list[str]:

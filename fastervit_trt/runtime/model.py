@@ -200,8 +200,9 @@ def load(path: str | Path, providers: list[str] | None = None, contexts: int = 2
         if cuda_graphs:
             raise FasterViTTRTError(f"{path}: CUDA graphs apply to TensorRT engines; pass an .engine")
         from .onnxruntime_backend import OnnxRuntimeBackend
-        backend = OnnxRuntimeBackend(path, providers)
-        info = backend.metadata
+        onnx_backend = OnnxRuntimeBackend(path, providers)
+        info = onnx_backend.metadata
+        backend: Backend = onnx_backend
         if not info:
             log.warning("%s: no fastervit-trt metadata; assuming ImageNet preprocessing", path)
     else:

@@ -281,7 +281,7 @@ class TensorRTBackend:
         for name, (_, pointer, _) in slot.outputs.items():
             self._bind(slot, name, pointer)
         self._launch(slot)
-        for name, (device, _, host) in slot.outputs.items():
+        for device, _, host in slot.outputs.values():
             self.cuda.download(host, device, count, slot.stream)
         self.cuda.synchronize(slot.stream)  # once, for every output (``batch`` is alive until here)
         return {name: host[:count].astype(np.float32) for name, (_, _, host) in slot.outputs.items()}

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fastervit_trt.calibration.cache import (CalibrationCache, CalibrationCacheError,
-                                             version_number)
+from fastervit_trt.calibration.cache import CalibrationCache, CalibrationCacheError, version_number
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "trt8601_entropy.cache"
 

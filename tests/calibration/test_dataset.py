@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastervit_trt.calibration.dataset import (DEFAULT_DATA, CalibrationData, CalibrationDataError,
-                                               find_images)
+from fastervit_trt.calibration.dataset import DEFAULT_DATA, CalibrationData, CalibrationDataError, find_images
 from fastervit_trt.preprocess import Preprocess
 
 PRE = Preprocess((64, 64), crop_pct=0.875, crop_mode="center")

@@ -12,10 +12,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
-from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
 from fastervit_trt.calibration.qdq import insert_qdq, quant_targets, to_opset
 from fastervit_trt.compare import compare
 from fastervit_trt.export.pipeline import ExportOptions, export_model
+from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
 from fastervit_trt.inspect import inspect_onnx
 from fastervit_trt.runtime import load
 from tests.calibration.test_qdq import W1, W2, _graph
@@ -139,6 +139,7 @@ def test_tensorrt_rtx_builds_the_fp8_graph_for_fp8_gpus_only(digits_fp8, tmp_pat
 
 def test_fastervit_eval_compares_fp8_with_fp32(digits_fp8, digits_folders, capsys):
     import json
+
     from fastervit_trt.cli import eval_main
     fp32, fp8 = digits_fp8
     assert eval_main(["--data", str(digits_folders["heldout"]), "--model", str(fp8.onnx_path),

@@ -104,7 +104,7 @@ def test_existing_cache_is_reused_without_reading_images(int8_export, tmp_path, 
 
 
 def _digits_int8(folder, *argv) -> dict:
-    code = export_main(["--model", "faster_vit_digits", "--precision", "int8", "--output-dir", str(folder),
+    code = export_main(["--variant", "faster_vit_digits", "--precision", "int8", "--output-dir", str(folder),
                         "--calib-images", "16", "--quiet", "--no-engine", *argv])
     assert code == 0
     return json.loads((folder / "faster_vit_digits_int8.report.json").read_text())["quantization"]
@@ -155,7 +155,7 @@ def test_bias_correction_needs_the_means_kept_beside_the_cache(tmp_path, capsys,
 
 def _fails(capsys, tmp_path, *argv) -> str:
     out = tmp_path / "out"
-    code = export_main(["--model", "faster_vit_digits", "--precision", "int8", "--output-dir", str(out),
+    code = export_main(["--variant", "faster_vit_digits", "--precision", "int8", "--output-dir", str(out),
                         "--quiet", *argv])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]

@@ -8,8 +8,15 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from fastervit_trt.calibration.qdq import (in_series, insert_qdq, lone_quantizers, placement, quant_targets, scale_of,
-                                          to_opset)
+from fastervit_trt.calibration.qdq import (
+    in_series,
+    insert_qdq,
+    lone_quantizers,
+    placement,
+    quant_targets,
+    scale_of,
+    to_opset,
+)
 from fastervit_trt.export.fp16 import convert_to_fp16
 
 RNG = np.random.default_rng(0)

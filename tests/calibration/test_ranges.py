@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastervit_trt.calibration.ranges import (Histogram, compute_amax, entropy_divergences,
-                                              percentile_amax)
+from fastervit_trt.calibration.ranges import Histogram, compute_amax, entropy_divergences, percentile_amax
 
 from .reference import entropy_amax as reference_entropy_amax
 
@@ -51,8 +50,8 @@ def test_real_activation_tensor(tmp_path):
 
     from fastervit_trt.calibration.dataset import DEFAULT_DATA, CalibrationData
     from fastervit_trt.models import create_model
-    from fastervit_trt.models.parity import randomize_
     from fastervit_trt.preprocess import Preprocess
+    from tests.parity import randomize_
     model = randomize_(create_model("faster_vit_0_224"), seed=4)
     captured = []
     model.levels[0].blocks[0].act1.register_forward_hook(lambda m, i, o: captured.append(o.detach().numpy()))

@@ -70,7 +70,7 @@ def test_precision_comes_from_the_onnx_on_strongly_typed_tensorrt(exported, tmp_
     flavour, trt = load_tensorrt()
     if flavour == "tensorrt" and int(trt.__version__.split(".")[0]) <= 10:
         pytest.skip("TensorRT 10 builds FP32 graphs as FP16 with builder flags")
-    with pytest.raises(EngineBuildError, match=r"fastervit-export --model faster_vit_0_224 --checkpoint \S+"
+    with pytest.raises(EngineBuildError, match=r"fastervit-export --variant faster_vit_0_224 --checkpoint \S+"
                                                r"faster_vit_0_randomized.pth --precision fp16"):
         build_engine(exported("fp32").onnx_path, tmp_path / "e.engine", BuildConfig(precision="fp16"))
     assert not (tmp_path / "e.engine").exists()

@@ -37,7 +37,8 @@ def fp32_onnx(tmp_path):
 @pytest.fixture
 def builder(monkeypatch):
     """TensorRT 10.13 (weak typing: builder flags and calibrator classes), standing in."""
-    from fastervit_trt.engines import builder as builder_module, calibrator
+    from fastervit_trt.engines import builder as builder_module
+    from fastervit_trt.engines import calibrator
     world = stand_in.Builder()
     cuda = stand_in.Cuda()
     monkeypatch.setattr(builder_module, "load_tensorrt", lambda backend="auto": ("tensorrt", world.trt))

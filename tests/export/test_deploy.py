@@ -9,7 +9,7 @@ from fastervit_trt.compare import compare
 from fastervit_trt.export import prepare_for_export
 from fastervit_trt.models import create_model
 from fastervit_trt.models.fastervit import RelativePositionBias, TokenPositionMLP, WindowAttention
-from fastervit_trt.models.parity import randomize_
+from tests.parity import randomize_
 
 
 @pytest.mark.parametrize("name, resolution", [

@@ -18,9 +18,9 @@ from fastervit_trt.compare import compare
 from fastervit_trt.errors import FasterViTTRTError
 from fastervit_trt.export.pipeline import ExportOptions, export_model
 from fastervit_trt.models import Backbone, create_model
-from fastervit_trt.models.parity import official_model, randomize_
 from tests.conftest import requires_tensorrt
 from tests.export.test_onnx_graph import BANNED_OPS
+from tests.parity import official_model, randomize_
 
 TOLERANCE = 1e-4  # max |diff| <= TOLERANCE x max |feature|, per feature map
 
@@ -214,8 +214,8 @@ def test_bench_times_a_backbone_against_pytorch_eager(int8_features, capsys):
     import json
 
     from fastervit_trt.cli import bench_main
-    assert bench_main(["--model", str(int8_features.onnx_path), "--torch-model", "faster_vit_0_224",
-                       "--batch", "1", "--iters", "2", "--warmup", "0", "--json"]) == 0
+    assert bench_main(["--model", str(int8_features.onnx_path), "--torch-variant", "faster_vit_0_224",
+                       "--batch-sizes", "1", "--iters", "2", "--warmup", "0", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the row names where PyTorch ran
     assert [row["model"] for row in rows] == [int8_features.onnx_path.name, f"pytorch eager {device} (faster_vit_0_224)"]
@@ -224,8 +224,8 @@ def test_bench_times_a_backbone_against_pytorch_eager(int8_features, capsys):
 
 @requires_tensorrt
 def test_fp8_backbone_exports_and_builds(tmp_path):
-    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     from fastervit_trt.engines import BuildConfig, build_engine
+    from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     result = export_quantized(ExportOptions(precision="fp8", features=(3, 4), batch=(1, 1, 1), output_dir=tmp_path),
                               CalibrationOptions(images=8, heldout=4))
     per_output = result.report["accuracy"]["quantized_vs_fp32_qdq_arithmetic"]

@@ -40,8 +40,9 @@ def _peak(tmp_path, model: str, precision: str, resolution=None) -> float:
 @pytest.mark.slow
 def test_large_variant_export_stays_within_two_and_a_half_times_its_weights(tmp_path):
     """faster_vit_4_224 (1.7 GB of FP32 weights; 14.5 GB peak before weights streamed to disk)."""
-    from fastervit_trt.models import create_model
     import torch
+
+    from fastervit_trt.models import create_model
     with torch.device("meta"):
         model = create_model("faster_vit_4_224")
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]
@@ -99,6 +100,7 @@ def test_inline_weights_are_streamed_into_a_file_every_reader_parses_as_one_mode
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
+
     from fastervit_trt.export.weights import WeightFile
     rng = np.random.default_rng(0)
     weights = WeightFile(tmp_path)

@@ -8,7 +8,7 @@ import torch
 
 from fastervit_trt.errors import CheckpointError
 from fastervit_trt.models import create_model
-from fastervit_trt.models.parity import official_model, randomize_
+from tests.parity import official_model, randomize_
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_timm_training_checkpoint_loads_model_or_ema_weights(training_checkpoint
 
 def test_checkpoint_trained_as_another_variant_is_refused_before_building(tmp_path, official_state):
     path, _, _ = save_training_checkpoint(tmp_path, official_state, arch="faster_vit_1_224")
-    with pytest.raises(CheckpointError, match=r"trained as 'faster_vit_1_224'.*--model faster_vit_1_224"):
+    with pytest.raises(CheckpointError, match=r"trained as 'faster_vit_1_224'.*--variant faster_vit_1_224"):
         create_model("faster_vit_0_224", checkpoint=path)
 
 

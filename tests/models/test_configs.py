@@ -7,7 +7,7 @@ import torch
 from fastervit_trt.errors import ResolutionError, UnknownModelError
 from fastervit_trt.models import create_model, get_variant, list_models
 from fastervit_trt.models.checkpoint import mismatch
-from fastervit_trt.models.parity import official_model
+from tests.parity import official_model
 
 OFFICIAL_NAMES = [f"faster_vit_{i}_224" for i in range(7)] + [
     f"faster_vit_4_21k_{r}" for r in (224, 384, 512, 768)]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastervit_trt.models.parity import check_parity
+from tests.parity import check_parity
 
 TOLERANCE = 1e-4  # max |diff| <= 1e-4 x max |logit|, float32
 
@@ -30,10 +30,12 @@ def test_logits_match_official(name, resolution):
 def test_accepts_exactly_the_resolutions_the_official_model_runs(size):
     """Refusing a size the reference runs, or tracing one it cannot, are both wrong."""
     from dataclasses import replace
+
     import torch
+
     from fastervit_trt.errors import ResolutionError
     from fastervit_trt.models import check_resolution, get_variant
-    from fastervit_trt.models.parity import official_model
+    from tests.parity import official_model
     try:
         with torch.no_grad():
             official_model("faster_vit_0_any_res", size)(torch.zeros(1, 3, *size))

@@ -311,6 +311,7 @@ def test_version_compatible_engines_get_host_code_allowed_before_deserializing(t
 def test_rebuild_hint_keeps_every_build_input():
     """The hint once rebuilt an implicit-INT8 engine as FP32 and dropped its data and caches."""
     import shlex
+
     from fastervit_trt.sidecar import rebuild_command
     sidecar = {"precision": "int8", "tensorrt": {"flavour": "tensorrt"},
                "onnx": {"path": "/m/x.onnx"}, "engine": {"path": "/e/x.engine"},
@@ -331,6 +332,7 @@ def test_an_engine_with_integer_output_is_not_served_as_logits(tmp_path, monkeyp
 def test_a_stubs_only_tensorrt_package_is_not_taken_for_tensorrt(tmp_path, monkeypatch):
     """tensorrt-stubs installs a `tensorrt` folder of .pyi files: importable, but no TensorRT."""
     import sys
+
     from fastervit_trt.engines import EngineBuildError, load_tensorrt
     from fastervit_trt.tensorrt_import import import_tensorrt
     (tmp_path / "tensorrt").mkdir()

@@ -1,7 +1,8 @@
 """Numerical parity with the official implementation (PyPI ``fastervit``), the oracle.
 
-The official package is a test/tool dependency only (``pip install fastervit-trt[test]``);
-nothing else in the toolkit imports it.
+Test code, kept out of the product package: the official package is a test/tool dependency
+only (``pip install fastervit-trt[test]``), and nothing under ``fastervit_trt/`` imports it.
+Benchmarks and tools reach it as ``tests.parity`` with the repository root on ``sys.path``.
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..compare import Comparison, compare
-from .configs import get_variant
+from fastervit_trt.compare import Comparison, compare
+from fastervit_trt.models import create_model
+from fastervit_trt.models.configs import get_variant
 
 
 def official_model(name: str, resolution: tuple[int, int] | None = None) -> nn.Module:
@@ -59,7 +61,6 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
 def check_parity(name: str, resolution: tuple[int, int] | None = None, batch: int = 2,
                  seed: int = 0) -> Comparison:
     """Logits of ours vs the official model sharing the same random weights (via a file)."""
-    from . import create_model
     official = randomize_(official_model(name, resolution), seed)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.pth"

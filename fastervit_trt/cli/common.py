@@ -1,0 +1,225 @@
+"""What every command shares: argument types and groups, help formatting, renamed flags,
+and the one place that turns errors into one line and an exit code."""
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import re
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import FasterViTTRTError
+from ..sidecar import DEFAULT_BATCH_PROFILE
+
+EXIT_ERROR, EXIT_USAGE = 1, 2
+PROFILE_TEXT = ",".join(map(str, DEFAULT_BATCH_PROFILE))
+
+# the extra that brings each optional module, for the message when it is missing
+_EXTRAS = {"torch": "export", "torchvision": "export", "onnxslim": "export", "safetensors": "export",
+           "onnx": "onnxruntime", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt",
+           "tensorrt_rtx": "tensorrt-rtx", "tensorrt_rtx_bindings": "tensorrt-rtx", "pycuda": "pycuda",
+           "pytriton": "triton", "tritonclient": "triton", "starlette": "serve", "uvicorn": "serve",
+           "prometheus_client": "serve"}
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows the code's defaults (never a hand-written copy of them), examples verbatim."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+# ---------------------------------------------------------------- argument types
+
+def number(kind: type, low: float | None = None, high: float | None = None,
+           low_open: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a ``kind`` number in [low, high] (``low_open``: above low), the valid
+    range in the message."""
+    if low is not None and high is not None:
+        valid = f"{'above ' + format(low, 'g') if low_open else format(low, 'g')}" + (
+            f" and at most {high:g}" if low_open else f" to {high:g}")
+    elif low is not None:
+        valid = f"{'above' if low_open else 'at least'} {low:g}"
+    else:
+        valid = f"at most {high:g}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'} "
+                                             f"(valid: {valid})") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if too_low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text} is out of range (valid: {valid})")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive = number(int, 1)
+
+
+def batch_profile(text: str) -> tuple[int, int, int]:
+    """``1,8,32`` -> (1, 8, 32): MIN <= OPT <= MAX of an engine's optimization profile."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise argparse.ArgumentTypeError(f"expected MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, got {text!r}")
+    return values  # three values, checked above
+
+
+def batch_sizes(text: str) -> list[int]:
+    """``1,8,32`` -> [1, 8, 32]: batch sizes to run one after another."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive batch sizes B1,B2,..., got {text!r}")
+    return values
+
+
+def stages(text: str) -> tuple[int, ...]:
+    """``2,3,4`` -> (2, 3, 4): distinct backbone stages."""
+    try:
+        chosen = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        chosen = ()
+    if not chosen or not set(chosen) <= {1, 2, 3, 4} or len(set(chosen)) != len(chosen):
+        raise argparse.ArgumentTypeError(f"expected distinct stages among 1,2,3,4 (e.g. 2,3,4), got {text!r}")
+    return tuple(sorted(chosen))
+
+
+def capabilities(text: str) -> tuple[str, ...]:
+    """``8.9,12.0`` -> ("8.9", "12.0"); each MAJOR.MINOR."""
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not parts or not all(re.fullmatch(r"\d+\.\d+", p) for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected compute capabilities like 8.9 or 8.9,12.0")
+    return parts
+
+
+# ---------------------------------------------------------------- argument groups
+
+def add_batch_profile(parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: str | None,
+                      help: str) -> None:
+    """``--batch MIN,OPT,MAX``: the engine's optimization profile (export, build)."""
+    parser.add_argument("--batch", type=batch_profile, default=default, metavar="MIN,OPT,MAX", help=help)
+
+
+def add_model_file(parser: argparse.ArgumentParser, help: str = ".engine or .onnx") -> None:
+    """``--model FILE``: the engine or ONNX file a command runs (infer, bench, eval, serve)."""
+    parser.add_argument("--model", type=Path, required=True, metavar="FILE", help=help)
+
+
+def add_torch_variant(parser: argparse.ArgumentParser, what: str, old: str) -> None:
+    """``--torch-variant NAME`` (+ ``--checkpoint``): PyTorch eager of a registered variant
+    beside the files (bench, eval); ``old`` is the flag's former spelling."""
+    parser.add_argument("--torch-variant", metavar="NAME", help=what)
+    renamed(parser, old, "--torch-variant", metavar="NAME")
+    parser.add_argument("--checkpoint", type=Path, help="weights for --torch-variant")
+
+
+def add_calibration_files(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cache_help: str,
+                          data_help: str, data_default: Path | None = None) -> None:
+    """``--calib-cache`` and ``--calib-data``: where INT8 scales come from (export, build)."""
+    parser.add_argument("--calib-data", type=Path, default=data_default, metavar="DIR|FILE.npy", help=data_help)
+    parser.add_argument("--calib-cache", type=Path, metavar="PATH", help=cache_help)
+
+
+def add_json(parser: argparse.ArgumentParser, what: str = "a table") -> None:
+    parser.add_argument("--json", action="store_true", help=f"print JSON instead of {what}")
+
+
+def add_force(parser: argparse.ArgumentParser, what: str = "existing outputs") -> None:
+    parser.add_argument("--force", action="store_true", help=f"overwrite {what}")
+
+
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def progress(args: argparse.Namespace) -> Any:
+    """Where progress lines go: stderr, or nowhere with ``--quiet``."""
+    return None if args.quiet else sys.stderr
+
+
+class _Renamed(argparse.Action):
+    """A flag's former spelling: still parsed into the new flag's value, with a note."""
+
+    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"note: {option_string} is now {self.new} (the old spelling still works, for now)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def renamed(parser: argparse.ArgumentParser, old: str, new: str, **kwargs: Any) -> None:
+    """Accept ``old`` as a hidden, deprecated spelling of the already added ``new``."""
+    dest = new.lstrip("-").replace("-", "_")
+    parser.add_argument(old, dest=dest, action=_Renamed, new=new, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS, **kwargs)
+
+
+# ---------------------------------------------------------------- running a command
+
+def options_or_error(make: Callable[[], Any]) -> Any:
+    """``make()``, with the options' own ``ValueError`` as the command's one-line error."""
+    try:
+        return make()
+    except ValueError as exc:
+        raise FasterViTTRTError(str(exc)) from None
+
+
+def _missing(exc: ModuleNotFoundError, prog: str) -> int:
+    """One line naming the missing module and the install that brings it."""
+    top = (exc.name or "").split(".")[0]
+    if top not in _EXTRAS:
+        raise exc
+    print(f"error: {prog} needs {top}, which this install lacks: "
+          f"pip install 'fastervit-trt[{_EXTRAS[top]}]'", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def run(main: Callable[[argparse.Namespace], int], parser: Callable[[], argparse.ArgumentParser],
+        argv: Sequence[str] | None, prog: str) -> int:
+    """Parse ``argv`` with ``parser()`` and run ``main``; every expected failure is one line
+    on stderr and a non-zero exit."""
+    try:
+        args = parser().parse_args(argv)
+    except ModuleNotFoundError as exc:
+        return _missing(exc, prog)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        return main(args)
+    except ModuleNotFoundError as exc:
+        return _missing(exc, prog)
+    except FasterViTTRTError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into head & co.
+        return 0
+    except OSError as exc:  # a full disk, a vanished folder: what was being written is cleaned up
+        where = exc.filename or "output"
+        hint = ("free some space or choose another output folder" if exc.errno == errno.ENOSPC
+                else "check the path and its permissions")
+        print(f"error: {where}: {exc.strerror or exc}; {hint}", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,66 @@
+"""``fastervit-eval``: top-1 / top-5 of engines, ONNX files and PyTorch side by side."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FasterViTTRTError
+from .common import Formatter, add_json, add_torch_variant, positive, renamed, run
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastervit-eval", formatter_class=Formatter,
+        epilog="examples:\n  fastervit-eval --data ~/imagenet/val --model engines/faster_vit_0_224_int8.engine "
+               "--model export/faster_vit_0_224_fp32.onnx --limit 5000\n"
+               "  fastervit-eval --data digits/heldout --model export/faster_vit_digits_int8.onnx "
+               "--torch-variant faster_vit_digits --checkpoint tests/fixtures/faster_vit_digits.pth --json",
+        description="Top-1 / top-5 accuracy of engines, ONNX files and PyTorch models side by side on a "
+                    "labelled folder (<data>/<class>/<image>), with pairwise top-1 agreement and logit cosine.")
+    parser.add_argument("--data", type=Path, required=True, help="labelled image folder")
+    parser.add_argument("--model", type=Path, action="append", default=[], metavar="FILE",
+                        help=".engine or .onnx (repeatable)")
+    add_torch_variant(parser, "also evaluate PyTorch eager of this variant", old="--torch")
+    parser.add_argument("--labels", type=Path, help="'<folder> <class index>' lines for non-ImageNet folders")
+    parser.add_argument("--limit", type=positive, help="evaluate N images spread evenly over the folder")
+    parser.add_argument("--batch-size", type=positive, default=32, metavar="N", help="images per model call")
+    renamed(parser, "--batch", "--batch-size", type=positive, metavar="N")
+    add_json(parser, "tables")
+    return parser
+
+
+def _eval(args: argparse.Namespace) -> int:
+
+    from ..evaluate import evaluate, labelled_samples, torch_runner
+    from ..runtime import load
+    if not args.model and not args.torch_variant:
+        raise FasterViTTRTError("nothing to evaluate: pass --model FILE and/or --torch-variant NAME")
+    samples = labelled_samples(args.data, args.labels, args.limit)
+    runners: dict[str, Callable[[list[Path]], np.ndarray]] = {str(path): load(path).logits for path in args.model}
+    if args.torch_variant:
+        runners[f"pytorch:{args.torch_variant}"] = torch_runner(args.torch_variant, args.checkpoint)
+    report = evaluate(runners, samples, args.batch_size, None if args.json else sys.stderr)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['images']} images from {args.data}")
+    print(f"{'model':60s} {'top-1 %':>8s} {'top-5 %':>8s}")
+    for name, row in report["models"].items():
+        print(f"{name:60s} {row['top1']:8.2f} {row['top5']:8.2f}")
+    for pair in report["pairs"]:
+        print(f"{pair['a']}  vs  {pair['b']}: top-1 agreement {pair['top1_agreement']:.2f} %, "
+              f"mean cosine {pair['mean_cosine']:.5f}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(_eval, parser, argv, "fastervit-eval")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

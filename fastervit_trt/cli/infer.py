@@ -1,0 +1,71 @@
+"""``fastervit-infer``: classify image files with an engine or ONNX file."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from ..errors import FasterViTTRTError
+from .common import EXIT_ERROR, Formatter, add_json, add_model_file, positive, run
+
+EXAMPLES = """\
+examples:
+  fastervit-infer cat.jpg dog.png --model engines/faster_vit_0_224_fp16.engine
+  fastervit-infer photos/ --model export/faster_vit_0_224_fp32.onnx --topk 1 --json
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastervit-infer", formatter_class=Formatter, epilog=EXAMPLES,
+        description="Classify images with an engine or ONNX file (preprocessing from its sidecar/metadata). "
+                    "Images are decoded on a thread pool, the next batch while the model runs this one.")
+    parser.add_argument("images", nargs="+", type=Path, help="image files, or folders (read recursively)")
+    add_model_file(parser)
+    parser.add_argument("--topk", type=positive, default=5, help="classes shown per image")
+    parser.add_argument("--exact-preprocess", action="store_true",
+                        help="decode every JPEG in full and resize the whole image (bitwise timm) even "
+                             "where the model was exported with the fast path")
+    parser.add_argument("--no-exif-rotate", action="store_true",
+                        help="keep the stored pixels; by default EXIF orientation is applied (phone photos upright)")
+    add_json(parser)
+    return parser
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from ..preprocess import IMAGE_SUFFIXES
+    from ..runtime import load
+    model = load(args.model)
+    if args.exact_preprocess:
+        model.preprocess = replace(model.preprocess, jpeg_draft=False)
+    model.exif_rotate = not args.no_exif_rotate
+    paths = [found for path in args.images for found in
+             (sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path])]
+    failed, rows = 0, []
+    for path, answer in zip(paths, model.logits_each(paths)):
+        if isinstance(answer, FasterViTTRTError):
+            print(f"error: {answer}", file=sys.stderr)
+            failed += 1
+        else:
+            rows.append((path, model.top(answer[None], topk=args.topk)[0]))
+    if args.json:
+        print(json.dumps([{"image": str(path), "top": [p.__dict__ for p in top]} for path, top in rows], indent=2))
+    else:
+        for path, top in rows:
+            print(path)
+            for rank, p in enumerate(top, 1):
+                print(f"  {rank}. {p.probability:7.2%}  {p.name}  ({p.index})")
+    if not paths:
+        print("error: no images found in the given folders", file=sys.stderr)
+    return EXIT_ERROR if failed or not paths else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(_infer, parser, argv, "fastervit-infer")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
