@@ -12,6 +12,7 @@ and writes JSON and Markdown.
   python bench/backbone.py --models faster_vit_0_any_res --precisions fp32 fp16
   python bench/backbone.py --smoke --json /tmp/b.json        # 128x192, FP32, in a minute
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,26 +31,42 @@ def export_one(model: str, precision: str, folder: Path, resolution: tuple[int, 
     """Run inside the child process: one feature export, its numbers and its peak RSS."""
     from fastervit_trt.export.pipeline import ExportOptions, export_model
     from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
-    options = ExportOptions(model=model, precision=precision, output_dir=folder, resolution=resolution,
-                            features=(1, 2, 3, 4), batch=(1, 1, 1), force=True)
+
+    options = ExportOptions(
+        model=model,
+        precision=precision,
+        output_dir=folder,
+        resolution=resolution,
+        features=(1, 2, 3, 4),
+        batch=(1, 1, 1),
+        force=True,
+    )
     start = time.perf_counter()
     if precision in ("int8", "fp8"):
         result = export_quantized(options, CalibrationOptions(images=calib_images, heldout=8))
     else:
         result = export_model(options)
     report = result.report
-    return {"model": model, "precision": precision, "resolution": list(resolution),
-            "onnx": str(result.onnx_path), "export_s": round(time.perf_counter() - start, 1),
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "nodes": report["onnx"]["nodes"], "onnx_bytes": report["onnx"]["bytes"],
-            "verdict": (report.get("validation") or {}).get("verdict") or report["accuracy"]["summary"]}
+    return {
+        "model": model,
+        "precision": precision,
+        "resolution": list(resolution),
+        "onnx": str(result.onnx_path),
+        "export_s": round(time.perf_counter() - start, 1),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "nodes": report["onnx"]["nodes"],
+        "onnx_bytes": report["onnx"]["bytes"],
+        "verdict": (report.get("validation") or {}).get("verdict") or report["accuracy"]["summary"],
+    }
 
 
 def build(row: dict, folder: Path) -> None:
     """A batch-1 TensorRT-RTX engine of the row's graph: build seconds and engine size."""
     from fastervit_trt.engines import BuildConfig, build_engine
-    sidecar = build_engine(Path(row["onnx"]), folder / (Path(row["onnx"]).stem + ".engine"),
-                           BuildConfig(batch=(1, 1, 1), force=True))
+
+    sidecar = build_engine(
+        Path(row["onnx"]), folder / (Path(row["onnx"]).stem + ".engine"), BuildConfig(batch=(1, 1, 1), force=True)
+    )
     row["build_s"], row["engine_bytes"] = sidecar["build"]["seconds"], sidecar["engine"]["bytes"]
     row["compute_capabilities"] = sidecar["build"]["compute_capabilities"]
 
@@ -62,6 +79,7 @@ def time_against_eager(rows: list[dict], iters: int) -> None:
     from fastervit_trt.models import Backbone, create_model
     from fastervit_trt.runtime import load
     from fastervit_trt.runtime.benchmark import benchmark
+
     model, resolution = rows[0]["model"], tuple(rows[0]["resolution"])
     torch.manual_seed(0)
     eager = Backbone(create_model(model, resolution=resolution), (1, 2, 3, 4)).eval()
@@ -69,6 +87,7 @@ def time_against_eager(rows: list[dict], iters: int) -> None:
     def eager_run(batch):
         with torch.inference_mode():
             return eager(torch.from_numpy(batch))
+
     runners = {"eager": eager_run}
     for row in rows:
         runners[row["precision"]] = load(row["onnx"], providers=["CPUExecutionProvider"]).features
@@ -79,14 +98,18 @@ def time_against_eager(rows: list[dict], iters: int) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | res | precision | nodes | export s | export peak RSS (GB) | TensorRT-RTX build s | "
-             "engine MB | ORT CPU ms (batch 1) | PyTorch eager ms | eager / ORT |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | res | precision | nodes | export s | export peak RSS (GB) | TensorRT-RTX build s | "
+        "engine MB | ORT CPU ms (batch 1) | PyTorch eager ms | eager / ORT |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['resolution'][0]}x{r['resolution'][1]} | {r['precision']} | {r['nodes']} | "
-                     f"{r['export_s']:.0f} | {r['peak_rss_bytes'] / GB:.2f} | {r.get('build_s', float('nan')):.1f} | "
-                     f"{r.get('engine_bytes', 0) / 1e6:.1f} | {r.get('ort_cpu_ms', float('nan')):.0f} | "
-                     f"{r.get('eager_ms', float('nan')):.0f} | {r.get('eager_over_ort', float('nan')):.2f} |")
+        lines.append(
+            f"| {r['model']} | {r['resolution'][0]}x{r['resolution'][1]} | {r['precision']} | {r['nodes']} | "
+            f"{r['export_s']:.0f} | {r['peak_rss_bytes'] / GB:.2f} | {r.get('build_s', float('nan')):.1f} | "
+            f"{r.get('engine_bytes', 0) / 1e6:.1f} | {r.get('ort_cpu_ms', float('nan')):.0f} | "
+            f"{r.get('eager_ms', float('nan')):.0f} | {r.get('eager_over_ort', float('nan')):.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -94,8 +117,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["faster_vit_0_any_res", "faster_vit_2_any_res"])
     parser.add_argument("--resolution", type=int, nargs=2, default=[800, 1216], metavar=("H", "W"))
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8", "fp8"],
-                        choices=("fp32", "fp16", "int8", "fp8"))
+    parser.add_argument(
+        "--precisions", nargs="+", default=["fp32", "fp16", "int8", "fp8"], choices=("fp32", "fp16", "int8", "fp8")
+    )
     parser.add_argument("--calib-images", type=int, default=32)
     parser.add_argument("--iters", type=int, default=5, help="timed batch-1 calls per runner")
     parser.add_argument("--json", type=Path, default=Path("bench/results/backbone.json"))
@@ -109,6 +133,7 @@ def main() -> int:
     if args.smoke:
         args.models, args.resolution, args.precisions, args.iters = ["faster_vit_0_any_res"], [128, 192], ["fp32"], 2
     from fastervit_trt.engines import load_tensorrt
+
     flavour, trt = load_tensorrt()
     started, rows = time.perf_counter(), []
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,9 +141,22 @@ def main() -> int:
             model_rows = []
             for precision in args.precisions:
                 print(f"exporting {model} {precision} ...", file=sys.stderr, flush=True)
-                child = subprocess.run([sys.executable, __file__, "--one", model, precision, tmp,
-                                        "--resolution", *map(str, args.resolution),
-                                        "--calib-images", str(args.calib_images)], capture_output=True, text=True)
+                child = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--one",
+                        model,
+                        precision,
+                        tmp,
+                        "--resolution",
+                        *map(str, args.resolution),
+                        "--calib-images",
+                        str(args.calib_images),
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
                 if child.returncode != 0:
                     print(child.stderr[-2000:], file=sys.stderr)
                     return 1
@@ -133,8 +171,10 @@ def main() -> int:
     minutes = (time.perf_counter() - started) / 60
     print(f"\n{len(rows)} exports and builds ({flavour} {trt.__version__}), {minutes:.1f} min")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"builder": f"{flavour} {trt.__version__}", "minutes": round(minutes, 1),
-                                     "rows": rows}, indent=2) + "\n")
+    args.json.write_text(
+        json.dumps({"builder": f"{flavour} {trt.__version__}", "minutes": round(minutes, 1), "rows": rows}, indent=2)
+        + "\n"
+    )
     args.json.with_suffix(".md").write_text(table(rows) + "\n")
     print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
     return 0

@@ -7,6 +7,7 @@ inputs), then builds each at the given optimization levels, interleaving precisi
   python bench/build_times.py --levels 0 3 5
   python bench/build_times.py --smoke --json /tmp/smoke.json   # the 1 M-parameter test model, level 0
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,9 @@ def main() -> int:
     parser.add_argument("--batch", default="1,8,32")
     parser.add_argument("--calib-images", type=int, default=64)
     parser.add_argument("--json", type=Path, default=Path("bench/results/build_times.json"))
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes in seconds (faster_vit_digits, level 0, 16 calibration inputs)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes in seconds (faster_vit_digits, level 0, 16 calibration inputs)"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.model, args.levels, args.batch, args.calib_images = "faster_vit_digits", [0], "1,2,4", 16
@@ -37,25 +39,39 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        exports = {p: export_model(ExportOptions(model=args.model, precision=p, output_dir=tmp))
-                   for p in ("fp32", "fp16")}
+        exports = {
+            p: export_model(ExportOptions(model=args.model, precision=p, output_dir=tmp)) for p in ("fp32", "fp16")
+        }
         for p in ("int8", "fp8"):
-            exports[p] = export_quantized(ExportOptions(model=args.model, precision=p, output_dir=tmp),
-                                          CalibrationOptions(images=args.calib_images))
+            exports[p] = export_quantized(
+                ExportOptions(model=args.model, precision=p, output_dir=tmp),
+                CalibrationOptions(images=args.calib_images),
+            )
         graphs = {p: result.onnx_path for p, result in exports.items()}
         export_s = {p: round(sum(result.report["seconds"].values()), 1) for p, result in exports.items()}
         for level in args.levels:
             for precision, onnx_path in graphs.items():
-                sidecar = build_engine(onnx_path, tmp / f"{precision}_{level}.engine",
-                                       BuildConfig(batch=batch, opt_level=level, force=True))
-                rows.append({"precision": precision, "export_s": export_s[precision], "opt_level": level,
-                             "seconds": sidecar["build"]["seconds"],
-                             "engine_mb": round(sidecar["engine"]["bytes"] / 1e6, 1)})
+                sidecar = build_engine(
+                    onnx_path,
+                    tmp / f"{precision}_{level}.engine",
+                    BuildConfig(batch=batch, opt_level=level, force=True),
+                )
+                rows.append(
+                    {
+                        "precision": precision,
+                        "export_s": export_s[precision],
+                        "opt_level": level,
+                        "seconds": sidecar["build"]["seconds"],
+                        "engine_mb": round(sidecar["engine"]["bytes"] / 1e6, 1),
+                    }
+                )
     print(f"\n{args.model}: {flavour} {trt.__version__} build times (batch profile {args.batch})")
     print(f"{'precision':>9s} {'export s':>9s} {'opt level':>9s} {'build s':>8s} {'engine MB':>10s}")
     for row in rows:
-        print(f"{row['precision']:>9s} {row['export_s']:9.1f} {row['opt_level']:9d} {row['seconds']:8.1f} "
-              f"{row['engine_mb']:10.1f}")
+        print(
+            f"{row['precision']:>9s} {row['export_s']:9.1f} {row['opt_level']:9d} {row['seconds']:8.1f} "
+            f"{row['engine_mb']:10.1f}"
+        )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"builder": f"{flavour} {trt.__version__}", "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.json}")

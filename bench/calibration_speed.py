@@ -11,6 +11,7 @@
 
   python bench/calibration_speed.py                 # faster_vit_0_224, 256 images
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,6 +46,7 @@ class Preloaded(CalibrationData):
 
 def ort_session(path: Path, threads: int):
     import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -55,7 +57,7 @@ def throughput(session, inputs: np.ndarray, batch: int) -> float:
     session.run(None, {name: inputs[:batch]})
     start = time.perf_counter()
     for i in range(0, len(inputs) - batch + 1, batch):
-        session.run(None, {name: inputs[i:i + batch]})
+        session.run(None, {name: inputs[i : i + batch]})
     return (len(inputs) // batch * batch) / (time.perf_counter() - start)
 
 
@@ -67,8 +69,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--int8-images", type=int, default=64, help="calibration inputs of the whole INT8 export")
     parser.add_argument("--json", type=Path, default=Path("bench/results/calibration_speed.json"))
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes in seconds (faster_vit_digits, 16 images)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes in seconds (faster_vit_digits, 16 images)")
     args = parser.parse_args()
     if args.smoke:
         args.model, args.images, args.int8_images = "faster_vit_digits", 16, 16
@@ -79,6 +80,7 @@ def main() -> int:
         tmp = Path(tmp)
         fp32 = export_model(ExportOptions(model=args.model, precision="fp32", output_dir=tmp / "fp32"))
         import onnx
+
         activations = placement(onnx.load(str(fp32.onnx_path)), "int8").activations
 
         session = ort_session(fp32.onnx_path, args.threads)
@@ -89,28 +91,43 @@ def main() -> int:
         calibration_s = time.perf_counter() - start
 
         start = time.perf_counter()
-        int8 = export_quantized(ExportOptions(model=args.model, precision="int8", output_dir=tmp / "int8"),
-                           CalibrationOptions(images=args.int8_images))
+        int8 = export_quantized(
+            ExportOptions(model=args.model, precision="int8", output_dir=tmp / "int8"),
+            CalibrationOptions(images=args.int8_images),
+        )
         whole_int8_s = time.perf_counter() - start
 
-        fp32_rate = throughput(session, inputs[:args.int8_images], args.batch)
-        int8_rate = throughput(ort_session(int8.onnx_path, args.threads), inputs[:args.int8_images], args.batch)
+        fp32_rate = throughput(session, inputs[: args.int8_images], args.batch)
+        int8_rate = throughput(ort_session(int8.onnx_path, args.threads), inputs[: args.int8_images], args.batch)
 
     ratio = calibration_s / inference_s
     print(f"\n{args.model}, {args.images} images, batch {args.batch}, {args.threads} threads")
     print(f"{'plain ORT inference (FP32)':40s} {inference_s:8.1f} s")
-    print(f"{'entropy calibration (' + str(len(amax)) + ' tensors)':40s} {calibration_s:8.1f} s   "
-          f"{ratio:.2f}x inference (target <= 2x)")
-    print(f"{f'whole INT8 export, {args.int8_images} images':40s} {whole_int8_s:8.1f} s   (target <= 60 s; ModelOpt ~290 s)")
+    print(
+        f"{'entropy calibration (' + str(len(amax)) + ' tensors)':40s} {calibration_s:8.1f} s   "
+        f"{ratio:.2f}x inference (target <= 2x)"
+    )
+    print(
+        f"{f'whole INT8 export, {args.int8_images} images':40s} {whole_int8_s:8.1f} s   (target <= 60 s; ModelOpt ~290 s)"
+    )
     print(f"{'ORT CPU throughput FP32':40s} {fp32_rate:8.1f} img/s")
-    print(f"{'ORT CPU throughput INT8 Q/DQ over FP16':40s} {int8_rate:8.1f} img/s   "
-          f"{int8_rate / fp32_rate:.2f}x FP32 (report only)")
-    payload = {"model": args.model, "images": args.images, "batch": args.batch, "threads": args.threads,
-               "inference_seconds": inference_s, "calibration_seconds": calibration_s,
-               "calibration_over_inference": ratio, "whole_int8_export_seconds": whole_int8_s,
-               "whole_int8_export_images": args.int8_images,
-               "ort_img_per_s": {"fp32": fp32_rate, "int8_qdq_fp16": int8_rate},
-               "int8_accuracy": int8.report["accuracy"]["summary"]}
+    print(
+        f"{'ORT CPU throughput INT8 Q/DQ over FP16':40s} {int8_rate:8.1f} img/s   "
+        f"{int8_rate / fp32_rate:.2f}x FP32 (report only)"
+    )
+    payload = {
+        "model": args.model,
+        "images": args.images,
+        "batch": args.batch,
+        "threads": args.threads,
+        "inference_seconds": inference_s,
+        "calibration_seconds": calibration_s,
+        "calibration_over_inference": ratio,
+        "whole_int8_export_seconds": whole_int8_s,
+        "whole_int8_export_images": args.int8_images,
+        "ort_img_per_s": {"fp32": fp32_rate, "int8_qdq_fp16": int8_rate},
+        "int8_accuracy": int8.report["accuracy"]["summary"],
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.json}")

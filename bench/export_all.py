@@ -17,6 +17,7 @@ INT8 within 1.5 x the FP32 export's peak at that resolution.
   python bench/export_all.py --models faster_vit_4_any_res --resolution 800 1216
   python bench/export_all.py --models faster_vit_digits --precisions fp32 --json /tmp/x.json   # smoke
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ GB = 1e9
 
 def default_resolution(model: str) -> tuple[int, int]:
     from fastervit_trt.models import get_variant
+
     return get_variant(model).arch.resolution
 
 
@@ -46,10 +48,15 @@ def bound_bytes(weight_bytes: int) -> float:
 def plan(patterns: list[str], precisions: list[str]) -> list[tuple[str, str]]:
     """(model, precision) jobs; the default run takes the official variants, INT8 for a few."""
     from fastervit_trt.models import list_models
+
     everything = patterns == ["*"]
     names = [n for n in list_models(official_only=everything) if any(fnmatch.fnmatch(n, p) for p in patterns)]
-    return [(name, precision) for name in names for precision in precisions
-            if precision != "int8" or name in INT8_MODELS or not everything]
+    return [
+        (name, precision)
+        for name in names
+        for precision in precisions
+        if precision != "int8" or name in INT8_MODELS or not everything
+    ]
 
 
 def export_one(model: str, precision: str, folder: Path, resolution: tuple[int, int] | None = None) -> dict:
@@ -59,13 +66,16 @@ def export_one(model: str, precision: str, folder: Path, resolution: tuple[int, 
     from fastervit_trt.export.pipeline import ExportOptions, export_model
     from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
     from fastervit_trt.models import create_model
-    options = ExportOptions(model=model, precision=precision, output_dir=folder,
-                            resolution=resolution or RESOLUTION.get(model), force=True)
+
+    options = ExportOptions(
+        model=model, precision=precision, output_dir=folder, resolution=resolution or RESOLUTION.get(model), force=True
+    )
     with torch.device("meta"):
         shapes = create_model(model, resolution=options.resolution)
     parameters = sum(p.numel() for p in shapes.parameters())
-    weight_bytes = sum(t.numel() * t.element_size() for t in [*shapes.parameters(), *shapes.buffers()]
-                       if t.is_floating_point())
+    weight_bytes = sum(
+        t.numel() * t.element_size() for t in [*shapes.parameters(), *shapes.buffers()] if t.is_floating_point()
+    )
     start = time.perf_counter()
     error = None
     try:
@@ -78,22 +88,30 @@ def export_one(model: str, precision: str, folder: Path, resolution: tuple[int, 
         report, error = {}, f"{type(exc).__name__}: {exc}"
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    verdict = error or (report.get("validation", {}).get("verdict")
-                        or report.get("accuracy", {}).get("summary", ""))
-    return {"model": model, "precision": precision, "resolution": list(shapes.variant.arch.resolution),
-            "parameters": parameters, "fp32_weight_bytes": weight_bytes, "seconds": round(seconds, 1),
-            "peak_rss_bytes": peak, "peak_over_weights": round(peak / weight_bytes, 2),
-            "within_bound": peak <= bound_bytes(weight_bytes),
-            "nodes": report.get("onnx", {}).get("nodes"),
-            "onnx_bytes": report.get("onnx", {}).get("bytes"),
-            "passed": error is None and report.get("validation", {}).get("passed", True),
-            "verdict": verdict, "commit": commit()}
+    verdict = error or (report.get("validation", {}).get("verdict") or report.get("accuracy", {}).get("summary", ""))
+    return {
+        "model": model,
+        "precision": precision,
+        "resolution": list(shapes.variant.arch.resolution),
+        "parameters": parameters,
+        "fp32_weight_bytes": weight_bytes,
+        "seconds": round(seconds, 1),
+        "peak_rss_bytes": peak,
+        "peak_over_weights": round(peak / weight_bytes, 2),
+        "within_bound": peak <= bound_bytes(weight_bytes),
+        "nodes": report.get("onnx", {}).get("nodes"),
+        "onnx_bytes": report.get("onnx", {}).get("bytes"),
+        "passed": error is None and report.get("validation", {}).get("passed", True),
+        "verdict": verdict,
+        "commit": commit(),
+    }
 
 
 def commit() -> str:
     """The code that measured a row (rows from different commits can share a table)."""
-    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                           cwd=Path(__file__).parent)
+    found = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    )
     return found.stdout.strip() or "unknown"
 
 
@@ -115,26 +133,39 @@ def check_bounds(rows: list[dict]) -> None:
 
 def table(rows: list[dict]) -> str:
     check_bounds(rows)
-    lines = ["| model | res | precision | params (M) | FP32 weights (GB) | export s | peak RSS (GB) | "
-             "peak / weights | memory bound | nodes | validation | commit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | res | precision | params (M) | FP32 weights (GB) | export s | peak RSS (GB) | "
+        "peak / weights | memory bound | nodes | validation | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['resolution'][0]}x{r['resolution'][1]} | {r['precision']} | "
-                     f"{r['parameters'] / 1e6:.1f} | {r['fp32_weight_bytes'] / GB:.2f} | {r['seconds']:.0f} | "
-                     f"{r['peak_rss_bytes'] / GB:.2f} | {r['peak_over_weights']:.2f} | "
-                     f"{'yes' if r['within_bound'] else 'NO'}: {r['bound']} | {r['nodes']} | "
-                     f"{'pass' if r['passed'] else 'FAIL'}: {r['verdict'][:90]} | {r.get('commit', '?')} |")
+        lines.append(
+            f"| {r['model']} | {r['resolution'][0]}x{r['resolution'][1]} | {r['precision']} | "
+            f"{r['parameters'] / 1e6:.1f} | {r['fp32_weight_bytes'] / GB:.2f} | {r['seconds']:.0f} | "
+            f"{r['peak_rss_bytes'] / GB:.2f} | {r['peak_over_weights']:.2f} | "
+            f"{'yes' if r['within_bound'] else 'NO'}: {r['bound']} | {r['nodes']} | "
+            f"{'pass' if r['passed'] else 'FAIL'}: {r['verdict'][:90]} | {r.get('commit', '?')} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["*"], metavar="PATTERN",
-                        help="registered names or shell patterns (default: every official variant)")
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"],
-                        choices=("fp32", "fp16", "int8"))
-    parser.add_argument("--resolution", type=int, nargs=2, metavar=("H", "W"),
-                        help="export the (any-res) models at this size instead of their default")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["*"],
+        metavar="PATTERN",
+        help="registered names or shell patterns (default: every official variant)",
+    )
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"], choices=("fp32", "fp16", "int8"))
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="export the (any-res) models at this size instead of their default",
+    )
     parser.add_argument("--json", type=Path, default=Path("bench/results/export_all.json"))
     parser.add_argument("--resume", action="store_true", help="keep the passed rows already in --json")
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "PRECISION", "DIR"), help=argparse.SUPPRESS)
@@ -155,14 +186,27 @@ def main() -> int:
         size = ["--resolution", *map(str, args.resolution)] if args.resolution else []
         with tempfile.TemporaryDirectory() as tmp:
             print(f"exporting {model} {precision} ...", file=sys.stderr, flush=True)
-            child = subprocess.run([sys.executable, __file__, "--one", model, precision, tmp, *size],
-                                   capture_output=True, text=True)
+            child = subprocess.run(
+                [sys.executable, __file__, "--one", model, precision, tmp, *size], capture_output=True, text=True
+            )
         if child.returncode != 0:  # killed (out of memory) or crashed: recorded, not fatal
-            rows.append({"model": model, "precision": precision,
-                         "resolution": list(resolution or default_resolution(model)), "parameters": 0,
-                         "fp32_weight_bytes": 1, "seconds": 0, "peak_rss_bytes": 0, "peak_over_weights": 0,
-                         "within_bound": False, "nodes": None, "onnx_bytes": None, "passed": False,
-                         "verdict": f"process exited {child.returncode}: {child.stderr.strip()[-200:]}"})
+            rows.append(
+                {
+                    "model": model,
+                    "precision": precision,
+                    "resolution": list(resolution or default_resolution(model)),
+                    "parameters": 0,
+                    "fp32_weight_bytes": 1,
+                    "seconds": 0,
+                    "peak_rss_bytes": 0,
+                    "peak_over_weights": 0,
+                    "within_bound": False,
+                    "nodes": None,
+                    "onnx_bytes": None,
+                    "passed": False,
+                    "verdict": f"process exited {child.returncode}: {child.stderr.strip()[-200:]}",
+                }
+            )
         else:
             rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
         print(table(rows).splitlines()[-1], file=sys.stderr, flush=True)  # bounds of every row updated
@@ -170,8 +214,10 @@ def main() -> int:
         args.json.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
         args.json.with_suffix(".md").write_text(table(rows) + "\n")
     print(table(rows))
-    print(f"\n{len(rows)} exports, {(time.perf_counter() - started) / 60:.1f} min this run; "
-          f"wrote {args.json} and {args.json.with_suffix('.md')}")
+    print(
+        f"\n{len(rows)} exports, {(time.perf_counter() - started) / 60:.1f} min this run; "
+        f"wrote {args.json} and {args.json.with_suffix('.md')}"
+    )
     return 0 if all(r["passed"] and r["within_bound"] for r in rows) else 1
 
 

@@ -12,6 +12,7 @@ logit cosine against FP32 on the 360 held-out scans. Accuracy, not time: one run
   python bench/precision_accuracy.py
   python bench/precision_accuracy.py --json /tmp/precision.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,12 @@ from fastervit_trt.export.ort_eval import ort_logits
 from fastervit_trt.export.pipeline import ExportOptions, export_model
 from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
 
-QUANTIZED = {"int8": ("int8", True), "fp8": ("fp8", True),
-             "int8_no_bias_correction": ("int8", False), "fp8_no_bias_correction": ("fp8", False)}
+QUANTIZED = {
+    "int8": ("int8", True),
+    "fp8": ("fp8", True),
+    "int8_no_bias_correction": ("int8", False),
+    "fp8_no_bias_correction": ("fp8", False),
+}
 PRECISIONS = ("fp32", "fp16", *QUANTIZED)
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,10 +41,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def random_init(folder: Path, calib_images: int) -> tuple[dict, dict]:
     """{precision: (mean cosine vs FP32, top-1 agreement %)} from the quantized exports' reports,
     and the FP8 export's cosine cost (1 - cosine) per layer quantized alone against the whole's."""
-    reports = {name: export_quantized(ExportOptions(precision=fmt, output_dir=folder / name),
-                                      CalibrationOptions(images=calib_images, bias_correction=corrected,
-                                                         sensitivity=name == "fp8")).report
-               for name, (fmt, corrected) in QUANTIZED.items()}
+    reports = {
+        name: export_quantized(
+            ExportOptions(precision=fmt, output_dir=folder / name),
+            CalibrationOptions(images=calib_images, bias_correction=corrected, sensitivity=name == "fp8"),
+        ).report
+        for name, (fmt, corrected) in QUANTIZED.items()
+    }
     accuracy = {name: report["accuracy"] for name, report in reports.items()}
     fp16 = accuracy["int8"]["fp16_vs_fp32"]  # the FP16 base graph both quantized exports share
     rows = {"fp32": (1.0, 100.0), "fp16": (fp16["mean_cosine"], fp16["top1_agreement"])}
@@ -47,8 +55,12 @@ def random_init(folder: Path, calib_images: int) -> tuple[dict, dict]:
         plain = report["quantized_vs_fp32_qdq_arithmetic"]
         rows[p] = (plain["mean_cosine"], 100.0 * plain["top1_agreement"])
     costs = [1.0 - row["mean_cosine"] for row in reports["fp8"]["sensitivity"]]
-    spread = {"layers": len(costs), "max_layer_cost": max(costs), "sum_of_layer_costs": sum(costs),
-              "whole_graph_cost": 1.0 - rows["fp8"][0]}
+    spread = {
+        "layers": len(costs),
+        "max_layer_cost": max(costs),
+        "sum_of_layer_costs": sum(costs),
+        "whole_graph_cost": 1.0 - rows["fp8"][0],
+    }
     return rows, spread
 
 
@@ -57,21 +69,27 @@ def digits(folder: Path) -> dict:
     sys.path.insert(0, str(ROOT))
     from fastervit_trt.runtime import load
     from tests.fixtures.digits import split_named, write_folder
+
     data = {name: write_folder(folder / name, *arrays) for name, arrays in split_named().items()}
-    common = dict(model="faster_vit_digits", checkpoint=ROOT / "tests" / "fixtures" / "faster_vit_digits.pth",
-                  batch=(1, 8, 32))
-    paths = {p: export_model(ExportOptions(precision=p, output_dir=folder / p, **common)).onnx_path
-             for p in ("fp32", "fp16")}
+    common = dict(
+        model="faster_vit_digits", checkpoint=ROOT / "tests" / "fixtures" / "faster_vit_digits.pth", batch=(1, 8, 32)
+    )
+    paths = {
+        p: export_model(ExportOptions(precision=p, output_dir=folder / p, **common)).onnx_path for p in ("fp32", "fp16")
+    }
     for name, (fmt, corrected) in QUANTIZED.items():
-        paths[name] = export_quantized(ExportOptions(precision=fmt, output_dir=folder / name, **common),
-                                       CalibrationOptions(data=data["train"], images=256,
-                                                          bias_correction=corrected)).onnx_path
+        paths[name] = export_quantized(
+            ExportOptions(precision=fmt, output_dir=folder / name, **common),
+            CalibrationOptions(data=data["train"], images=256, bias_correction=corrected),
+        ).onnx_path
     scans = sorted(data["heldout"].rglob("*.png"))
     labels = np.array([int(p.parent.name) for p in scans])
     inputs = np.stack([load(paths["fp32"]).preprocess.load(p) for p in scans])
     logits = {p: ort_logits(path, inputs, optimize=p in ("fp32", "fp16")) for p, path in paths.items()}
-    return {p: (compare(logits["fp32"], out).mean_cosine, 100.0 * float((out.argmax(1) == labels).mean()))
-            for p, out in logits.items()}
+    return {
+        p: (compare(logits["fp32"], out).mean_cosine, 100.0 * float((out.argmax(1) == labels).mean()))
+        for p, out in logits.items()
+    }
 
 
 def main() -> int:
@@ -81,18 +99,24 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         fv0, spread = random_init(Path(tmp) / "fv0", args.calib_images)
-        tables = {"faster_vit_0_224 (random init), 32 held-out crops: cosine (top-1 agreement %)": fv0,
-                  "faster_vit_digits (trained), 360 held-out scans: cosine (top-1 %)": digits(Path(tmp) / "digits")}
+        tables = {
+            "faster_vit_0_224 (random init), 32 held-out crops: cosine (top-1 agreement %)": fv0,
+            "faster_vit_digits (trained), 360 held-out scans: cosine (top-1 %)": digits(Path(tmp) / "digits"),
+        }
     for title, rows in tables.items():
         print(f"\n{title}")
         for p in PRECISIONS:
             print(f"  {p:24s} {rows[p][0]:.5f} ({rows[p][1]:6.2f})")
-    print(f"\nfaster_vit_0_224 FP8, cosine cost (1 - cosine) of its {spread['layers']} layers, each quantized "
-          f"alone: at most {spread['max_layer_cost']:.6f}, {spread['sum_of_layer_costs']:.5f} together; "
-          f"all quantized at once: {spread['whole_graph_cost']:.5f}")
+    print(
+        f"\nfaster_vit_0_224 FP8, cosine cost (1 - cosine) of its {spread['layers']} layers, each quantized "
+        f"alone: at most {spread['max_layer_cost']:.6f}, {spread['sum_of_layer_costs']:.5f} together; "
+        f"all quantized at once: {spread['whole_graph_cost']:.5f}"
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    results = {title: {p: {"mean_cosine": rows[p][0], "top1": rows[p][1]} for p in PRECISIONS}
-               for title, rows in tables.items()}
+    results = {
+        title: {p: {"mean_cosine": rows[p][0], "top1": rows[p][1]} for p in PRECISIONS}
+        for title, rows in tables.items()
+    }
     args.json.write_text(json.dumps({**results, "faster_vit_0_224 fp8 sensitivity": spread}, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0

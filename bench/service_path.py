@@ -18,6 +18,7 @@ weights, and the trained digits fixture at its own 128x128).
   python bench/service_path.py
   python bench/service_path.py --smoke --json /tmp/s.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,12 @@ from PIL import Image, ImageOps
 from fastervit_trt.models import create_model, get_variant
 from fastervit_trt.preprocess import IMAGE_SUFFIXES, SAMPLE_IMAGES, Preprocess
 
-SIZES = {"12 MP JPEG": ((4032, 3024), "JPEG"), "1080p JPEG": ((1920, 1080), "JPEG"),
-         "640x480 JPEG": ((640, 480), "JPEG"), "640x480 PNG": ((640, 480), "PNG")}
+SIZES = {
+    "12 MP JPEG": ((4032, 3024), "JPEG"),
+    "1080p JPEG": ((1920, 1080), "JPEG"),
+    "640x480 JPEG": ((640, 480), "JPEG"),
+    "640x480 PNG": ((640, 480), "PNG"),
+}
 
 
 def make_files(folder: Path, count: int) -> dict[str, list[Path]]:
@@ -57,20 +62,24 @@ def timm_path(name: str):
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.parity: the official model, the oracle
     from tests.parity import official_model
+
     transform = create_transform(**resolve_data_config({}, model=official_model(name)))
 
     def run(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             return transform(image.convert("RGB")).numpy()
+
     return run
 
 
 def before_path(preprocess: Preprocess):
     """The original decode: full size, EXIF rotation and two RGB conversions as copies."""
+
     def run(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             image.seek(0)
             return preprocess(ImageOps.exif_transpose(image).convert("RGB").convert("RGB"))
+
     return run
 
 
@@ -95,6 +104,7 @@ def rates(run, files: list[Path], repeats: int, min_seconds: float) -> dict[int,
 
 def accuracy_cost(files: list[Path]) -> dict:
     import torch
+
     costs = {}
     for name in ("faster_vit_0_224", "faster_vit_digits"):
         exact = Preprocess.from_config(get_variant(name).eval)
@@ -107,27 +117,37 @@ def accuracy_cost(files: list[Path]) -> dict:
         with torch.inference_mode():
             la, lb = model(torch.from_numpy(a)).numpy(), model(torch.from_numpy(b)).numpy()
         cosine = (la * lb).sum(1) / np.linalg.norm(la, axis=1) / np.linalg.norm(lb, axis=1)
-        costs[name] = {"max_input_diff": float(np.abs(a - b).max()), "mean_input_diff": float(np.abs(a - b).mean()),
-                       "min_logit_cosine": float(cosine.min()), "top1_agreement": float((la.argmax(1) == lb.argmax(1)).mean())}
+        costs[name] = {
+            "max_input_diff": float(np.abs(a - b).max()),
+            "mean_input_diff": float(np.abs(a - b).mean()),
+            "min_logit_cosine": float(cosine.min()),
+            "top1_agreement": float((la.argmax(1) == lb.argmax(1)).mean()),
+        }
     return costs
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=26,
-                        help="files per size (even: with 13, two threads wait on the 13th)")
+    parser.add_argument(
+        "--images", type=int, default=26, help="files per size (even: with 13, two threads wait on the 13th)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=Path("bench/results/service_path.json"))
-    parser.add_argument("--min-seconds", type=float, default=3.0,
-                        help="more passes until each cell has run this long (best pass kept)")
+    parser.add_argument(
+        "--min-seconds", type=float, default=3.0, help="more passes until each cell has run this long (best pass kept)"
+    )
     parser.add_argument("--smoke", action="store_true", help="2 files per size, one pass: checks the script")
     args = parser.parse_args()
     if args.smoke:
         args.images, args.repeats, args.min_seconds = 2, 1, 0.0
     exact = Preprocess.from_config(get_variant("faster_vit_0_224").eval)
-    paths = {"before": before_path(exact), "exact": exact.load, "reduced": replace(exact, jpeg_draft=True).load,
-             "uint8": replace(exact, jpeg_draft=True, input_format="uint8").load,
-             "timm": timm_path("faster_vit_0_224")}
+    paths = {
+        "before": before_path(exact),
+        "exact": exact.load,
+        "reduced": replace(exact, jpeg_draft=True).load,
+        "uint8": replace(exact, jpeg_draft=True, input_format="uint8").load,
+        "timm": timm_path("faster_vit_0_224"),
+    }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         files = make_files(Path(tmp), args.images)
@@ -138,19 +158,27 @@ def main() -> int:
             rows += [one, two]
         cost = accuracy_cost(files["12 MP JPEG"])
     print("\nimages per second per core (decode + resize + crop + normalise), faster_vit_0_224 transform")
-    print(f"{'files':14s} {'threads':>7s} {'before':>8s} {'exact':>8s} {'reduced':>8s} {'uint8':>8s} {'timm':>8s} "
-          f"{'reduced/before':>15s}")
+    print(
+        f"{'files':14s} {'threads':>7s} {'before':>8s} {'exact':>8s} {'reduced':>8s} {'uint8':>8s} {'timm':>8s} "
+        f"{'reduced/before':>15s}"
+    )
     for row in rows:
-        print(f"{row['files']:14s} {row['threads']:7d} {row['before']:8.1f} {row['exact']:8.1f} {row['reduced']:8.1f} "
-              f"{row['uint8']:8.1f} {row['timm']:8.1f} {row['reduced'] / row['before']:14.2f}x")
+        print(
+            f"{row['files']:14s} {row['threads']:7d} {row['before']:8.1f} {row['exact']:8.1f} {row['reduced']:8.1f} "
+            f"{row['uint8']:8.1f} {row['timm']:8.1f} {row['reduced'] / row['before']:14.2f}x"
+        )
     for label in files:
         one, two = (next(r for r in rows if r["files"] == label and r["threads"] == t) for t in (1, 2))
-        print(f"  {label}: 2 threads give {2 * two['reduced'] / one['reduced']:.2f}x the throughput of 1 "
-              f"(reduced), {2 * two['uint8'] / one['uint8']:.2f}x (uint8)")
+        print(
+            f"  {label}: 2 threads give {2 * two['reduced'] / one['reduced']:.2f}x the throughput of 1 "
+            f"(reduced), {2 * two['uint8'] / one['uint8']:.2f}x (uint8)"
+        )
     for name, c in cost.items():
-        print(f"reduced vs exact on 12 MP JPEGs, {name}: max |input diff| {c['max_input_diff']:.3f} "
-              f"(mean {c['mean_input_diff']:.4f}), min logit cosine {c['min_logit_cosine']:.5f}, "
-              f"top-1 agreement {c['top1_agreement']:.0%}")
+        print(
+            f"reduced vs exact on 12 MP JPEGs, {name}: max |input diff| {c['max_input_diff']:.3f} "
+            f"(mean {c['mean_input_diff']:.4f}), min logit cosine {c['min_logit_cosine']:.5f}, "
+            f"top-1 agreement {c['top1_agreement']:.0%}"
+        )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"rows": rows, "reduced_decoding_cost": cost}, indent=2) + "\n")
     print(f"wrote {args.json}")

@@ -17,6 +17,7 @@ and the batcher's mean formed batch, the checks below, and writes JSON:
   python bench/serving.py --seconds 20 --clients 1 8 32 64
   python bench/serving.py --smoke --json /tmp/s.json      # seconds: the trained digits model
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,26 +36,35 @@ FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "faster_v
 
 def checks(rows: list[dict], max_batch: int, max_delay_ms: float) -> dict[str, bool]:
     by_clients = {row["clients"]: row for row in rows}
-    result = {f"mean batch >= 0.7 x min({c}, {max_batch})": r["mean_batch"] >= 0.7 * min(c, max_batch)
-              for c, r in by_clients.items()}
+    result = {
+        f"mean batch >= 0.7 x min({c}, {max_batch})": r["mean_batch"] >= 0.7 * min(c, max_batch)
+        for c, r in by_clients.items()
+    }
     most = by_clients[max(by_clients)]
-    result[f"batcher req/s >= direct at {max(by_clients)} clients"] = \
+    result[f"batcher req/s >= direct at {max(by_clients)} clients"] = (
         most["batcher"]["req_per_s"] >= most["direct"]["req_per_s"]
+    )
     if 1 in by_clients:
         one = by_clients[1]
-        result[f"p50 at 1 client <= direct + {max_delay_ms:g} + 2 ms"] = \
+        result[f"p50 at 1 client <= direct + {max_delay_ms:g} + 2 ms"] = (
             one["batcher"]["p50_ms"] <= one["direct"]["p50_ms"] + max_delay_ms + 2
+        )
     return result
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| clients | direct req/s | batcher req/s | batcher / direct | direct p50 ms | batcher p50 ms | "
-             "direct p99 ms | batcher p99 ms | mean batch |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| clients | direct req/s | batcher req/s | batcher / direct | direct p50 ms | batcher p50 ms | "
+        "direct p99 ms | batcher p99 ms | mean batch |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         d, b = r["direct"], r["batcher"]
-        lines.append(f"| {r['clients']} | {d['req_per_s']:.1f} | {b['req_per_s']:.1f} | "
-                     f"{b['req_per_s'] / d['req_per_s']:.2f}x | {d['p50_ms']:.1f} | {b['p50_ms']:.1f} | "
-                     f"{d['p99_ms']:.1f} | {b['p99_ms']:.1f} | {r['mean_batch']:.1f} |")
+        lines.append(
+            f"| {r['clients']} | {d['req_per_s']:.1f} | {b['req_per_s']:.1f} | "
+            f"{b['req_per_s'] / d['req_per_s']:.2f}x | {d['p50_ms']:.1f} | {b['p50_ms']:.1f} | "
+            f"{d['p99_ms']:.1f} | {b['p99_ms']:.1f} | {r['mean_batch']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -71,23 +81,39 @@ def main() -> int:
     if args.smoke:
         name, checkpoint, args.clients, args.seconds = "faster_vit_digits", FIXTURE, [1, 4], 1.0
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_model(ExportOptions(model=name, checkpoint=checkpoint, precision="fp32", batch=(1, 8, 32),
-                                               output_dir=Path(tmp)), None).onnx_path
+        onnx_path = export_model(
+            ExportOptions(model=name, checkpoint=checkpoint, precision="fp32", batch=(1, 8, 32), output_dir=Path(tmp)),
+            None,
+        ).onnx_path
         with load(onnx_path) as model:
             model.predict(images[:2])  # warm up the session
             rows = serving(model, images, args.clients, args.seconds, args.max_delay_ms, args.max_batch, sys.stderr)
             max_batch = args.max_batch or model.max_batch
     verdicts = checks(rows, max_batch, args.max_delay_ms)
-    print(f"\n{name} FP32 ONNX Runtime (CPU), {args.seconds:g} s per cell, max_delay_ms {args.max_delay_ms:g}, "
-          f"{datetime.date.today()}\n")
+    print(
+        f"\n{name} FP32 ONNX Runtime (CPU), {args.seconds:g} s per cell, max_delay_ms {args.max_delay_ms:g}, "
+        f"{datetime.date.today()}\n"
+    )
     print(table(rows))
     for check, passed in verdicts.items():
         print(f"{'pass' if passed else 'FAIL'}: {check}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"model": name, "backend": "onnxruntime-cpu", "seconds": args.seconds,
-                                     "max_delay_ms": args.max_delay_ms, "max_batch": max_batch,
-                                     "date": str(datetime.date.today()), "rows": rows, "checks": verdicts},
-                                    indent=2) + "\n")
+    args.json.write_text(
+        json.dumps(
+            {
+                "model": name,
+                "backend": "onnxruntime-cpu",
+                "seconds": args.seconds,
+                "max_delay_ms": args.max_delay_ms,
+                "max_batch": max_batch,
+                "date": str(datetime.date.today()),
+                "rows": rows,
+                "checks": verdicts,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {args.json}")
     return 0
 

@@ -7,6 +7,7 @@ threads then call the runtime directly. Prints throughput and p50/p99 latency, w
 
   python bench/triton_load.py --model export/faster_vit_0_224_fp32.onnx
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,7 @@ def _port() -> int:
 
 def run_clients(call, clients: int, requests: int) -> dict:
     """``clients`` threads each making ``requests`` calls; throughput and latency percentiles."""
+
     def client(_):
         times = []
         for _ in range(requests):
@@ -38,13 +40,18 @@ def run_clients(call, clients: int, requests: int) -> dict:
             call()
             times.append(time.perf_counter() - start)
         return times
+
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         latencies = [t for ts in pool.map(client, range(clients)) for t in ts]
     wall = time.perf_counter() - start
     ms = np.asarray(latencies) * 1e3
-    return {"img_per_s": len(latencies) / wall, "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)), "requests": len(latencies)}
+    return {
+        "img_per_s": len(latencies) / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "requests": len(latencies),
+    }
 
 
 def main() -> int:
@@ -59,6 +66,7 @@ def main() -> int:
     if args.smoke:
         args.clients, args.requests = [1], 2
     import tritonclient.grpc as grpc_client
+
     model = load(args.model)
     x = np.random.default_rng(0).standard_normal((1, 3, *model.preprocess.input_size), dtype=np.float32)
     ports = {"http_port": _port(), "grpc_port": _port(), "metrics_port": _port()}
@@ -80,7 +88,9 @@ def main() -> int:
     print(f"\n{args.model.name}: single-image requests, {args.requests} per client")
     print(f"{'path':34s} {'clients':>7s} {'img/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s}")
     for row in rows:
-        print(f"{row['path']:34s} {row['clients']:7d} {row['img_per_s']:8.1f} {row['p50_ms']:8.1f} {row['p99_ms']:8.1f}")
+        print(
+            f"{row['path']:34s} {row['clients']:7d} {row['img_per_s']:8.1f} {row['p50_ms']:8.1f} {row['p99_ms']:8.1f}"
+        )
     for clients in args.clients:
         by = {r["path"]: r for r in rows if r["clients"] == clients}
         ratio = by["triton (gRPC, dynamic batching)"]["img_per_s"] / by["direct in-process"]["img_per_s"]

@@ -1,4 +1,5 @@
 """fastervit-trt: FasterViT -> TensorRT-friendly ONNX -> FP16/INT8 TensorRT engines -> batched runtime."""
+
 from .errors import FasterViTTRTError
 
 __version__ = "0.1.0"

@@ -5,6 +5,7 @@ same folder; the temporary file is renamed over the final one only once complete
 temporary folders carry the writer's process id, so one left by a killed process (out of
 memory, say) is removed by the next writer of the same file.
 """
+
 from __future__ import annotations
 
 import glob
@@ -42,12 +43,12 @@ def check_writable(paths: list[Path], force: bool) -> None:
         existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
         if existing == folder and folder.is_dir():
             if not os.access(folder, os.W_OK | os.X_OK):
-                raise OutputError(f"{folder}: output folder is not writable; choose another with "
-                                  "--output-dir")
+                raise OutputError(f"{folder}: output folder is not writable; choose another with --output-dir")
         elif not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             why = "is a file" if not existing.is_dir() else "is not writable"
-            raise OutputError(f"{folder}: cannot create the output folder ({existing} {why}); "
-                              "choose another with --output-dir")
+            raise OutputError(
+                f"{folder}: cannot create the output folder ({existing} {why}); choose another with --output-dir"
+            )
 
 
 @contextmanager
@@ -68,7 +69,7 @@ def private_folder(parent: Path, prefix: str) -> Path:
     that prefix left by processes that no longer run are removed first."""
     parent.mkdir(parents=True, exist_ok=True)
     for stale in parent.glob(f"{glob.escape(prefix)}*-*"):
-        pid = stale.name[len(prefix):].split("-", 1)[0]
+        pid = stale.name[len(prefix) :].split("-", 1)[0]
         if pid.isdigit() and not _running(int(pid)) and stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
@@ -105,4 +106,3 @@ def sha256(path: Path, chunk: int = 1 << 22) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
-

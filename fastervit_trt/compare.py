@@ -1,4 +1,5 @@
 """One comparison report for two batches of logits, used by every validation in the toolkit."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -55,7 +56,7 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, sizes: dict[st
     values per input, in order)."""
     result, start = {}, 0
     for name, size in sizes.items():
-        result[name] = compare(reference[:, start:start + size], candidate[:, start:start + size])
+        result[name] = compare(reference[:, start : start + size], candidate[:, start : start + size])
         start += size
     if start != reference.shape[1]:
         raise ValueError(f"outputs of {start} values per input do not cover rows of {reference.shape[1]}")

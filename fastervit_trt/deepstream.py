@@ -16,6 +16,7 @@ resize by ``crop_pct`` below 1 (nvinfer cannot crop). The variants whose transfo
 plain resize to the input size (``squash`` at ``crop_pct`` 1.0: faster_vit_4_21k_384 and
 _512, and the digits fixture) run exactly; for the others preprocess with nvdspreprocess.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -55,23 +56,42 @@ def describe(model_path: Path) -> dict:
         raise FasterViTTRTError(f"{model_path}: no such model file; export one with fastervit-export --input pixels")
     if model_path.suffix == ".onnx":
         import onnx
+
         metadata = read_metadata(onnx.load(str(model_path), load_external_data=False))
-        return {"metadata": metadata, "onnx": model_path.resolve(), "engine": None,
-                "batch": (metadata.get("batch_profile") or [1])[-1], "precision": metadata.get("precision")}
+        return {
+            "metadata": metadata,
+            "onnx": model_path.resolve(),
+            "engine": None,
+            "batch": (metadata.get("batch_profile") or [1])[-1],
+            "precision": metadata.get("precision"),
+        }
     if model_path.suffix in (".engine", ".plan"):
         sidecar = read_sidecar(model_path)
         if sidecar is None:
-            raise FasterViTTRTError(f"{model_path}: no sidecar beside the engine, so its preprocessing is unknown; "
-                                    "build it with fastervit-build, or pass the .onnx")
+            raise FasterViTTRTError(
+                f"{model_path}: no sidecar beside the engine, so its preprocessing is unknown; "
+                "build it with fastervit-build, or pass the .onnx"
+            )
         onnx_path = (sidecar.get("onnx") or {}).get("path")
-        metadata = {"preprocess": sidecar.get("preprocess"), "model": sidecar.get("model"), "arch": sidecar.get("arch"),
-                    "features": sidecar.get("features"), "label_set": sidecar.get("label_set"),
-                    "output": "probabilities" if [o["name"] for o in sidecar["outputs"]] == ["probabilities"] else None}
+        metadata = {
+            "preprocess": sidecar.get("preprocess"),
+            "model": sidecar.get("model"),
+            "arch": sidecar.get("arch"),
+            "features": sidecar.get("features"),
+            "label_set": sidecar.get("label_set"),
+            "output": "probabilities" if [o["name"] for o in sidecar["outputs"]] == ["probabilities"] else None,
+        }
         if onnx_path and Path(onnx_path).is_file():  # the export's own record (quantization, input)
             import onnx
+
             metadata = {**read_metadata(onnx.load(onnx_path, load_external_data=False)), **metadata}
-        return {"metadata": metadata, "onnx": Path(onnx_path) if onnx_path else None, "engine": model_path.resolve(),
-                "batch": sidecar["inputs"][0]["profile"]["max"][0], "precision": sidecar.get("precision")}
+        return {
+            "metadata": metadata,
+            "onnx": Path(onnx_path) if onnx_path else None,
+            "engine": model_path.resolve(),
+            "batch": sidecar["inputs"][0]["profile"]["max"][0],
+            "precision": sidecar.get("precision"),
+        }
     raise FasterViTTRTError(f"{model_path}: expected an .onnx export or an .engine with its sidecar")
 
 
@@ -80,11 +100,14 @@ def _check(model_path: Path, info: dict) -> dict:
     metadata = info["metadata"]
     preprocess = metadata.get("preprocess")
     if not preprocess:
-        raise FasterViTTRTError(f"{model_path}: has no fastervit-trt metadata, so its preprocessing is unknown; "
-                                "export it with fastervit-export --input pixels --softmax")
+        raise FasterViTTRTError(
+            f"{model_path}: has no fastervit-trt metadata, so its preprocessing is unknown; "
+            "export it with fastervit-export --input pixels --softmax"
+        )
     if metadata.get("features"):
-        raise FasterViTTRTError(f"{model_path}: a backbone (feature maps out); nvinfer's classifier needs a "
-                                "classifier export")
+        raise FasterViTTRTError(
+            f"{model_path}: a backbone (feature maps out); nvinfer's classifier needs a classifier export"
+        )
     crop_mode, crop_pct = preprocess["crop_mode"], float(preprocess["crop_pct"])
     if crop_mode != "squash" or crop_pct != 1.0:
         height, width = preprocess["input_size"]
@@ -92,23 +115,38 @@ def _check(model_path: Path, info: dict) -> dict:
             f"{model_path}: {metadata.get('model')} is evaluated with a {crop_mode} crop at crop_pct {crop_pct:g} "
             f"(resize by 1/{crop_pct:g}, then the centre {height}x{width}), and nvinfer cannot crop: it scales the "
             f"whole frame or object to {height}x{width}; use a variant whose transform is a plain resize (squash at "
-            "crop_pct 1.0: faster_vit_4_21k_384, faster_vit_4_21k_512), or preprocess with nvdspreprocess")
-    missing = [flag for flag, ok in (("--input pixels", preprocess.get("input_format") == "pixels"),
-                                     ("--softmax", metadata.get("output") == "probabilities")) if not ok]
+            "crop_pct 1.0: faster_vit_4_21k_384, faster_vit_4_21k_512), or preprocess with nvdspreprocess"
+        )
+    missing = [
+        flag
+        for flag, ok in (
+            ("--input pixels", preprocess.get("input_format") == "pixels"),
+            ("--softmax", metadata.get("output") == "probabilities"),
+        )
+        if not ok
+    ]
     if missing:
-        why = {"--input pixels": "nvinfer sends float pixels with one scale for all channels, which cannot be "
-                                 "ImageNet's per-channel normalisation",
-               "--softmax": "nvinfer's classifier parser reads probabilities, not logits"}
+        why = {
+            "--input pixels": "nvinfer sends float pixels with one scale for all channels, which cannot be "
+            "ImageNet's per-channel normalisation",
+            "--softmax": "nvinfer's classifier parser reads probabilities, not logits",
+        }
         command = export_command(metadata, info["precision"] or "fp16")
-        raise FasterViTTRTError(f"{model_path}: export it with {' and '.join(missing)} ({'; '.join(why[m] for m in missing)}): "
-                                f"{command} {' '.join(missing)}")
+        raise FasterViTTRTError(
+            f"{model_path}: export it with {' and '.join(missing)} ({'; '.join(why[m] for m in missing)}): "
+            f"{command} {' '.join(missing)}"
+        )
     if preprocess["interpolation"] not in SCALING_FILTERS:
-        raise FasterViTTRTError(f"{model_path}: interpolation {preprocess['interpolation']!r} has no nvinfer "
-                                f"scaling-filter; choose from {', '.join(SCALING_FILTERS)}")
+        raise FasterViTTRTError(
+            f"{model_path}: interpolation {preprocess['interpolation']!r} has no nvinfer "
+            f"scaling-filter; choose from {', '.join(SCALING_FILTERS)}"
+        )
     if info["precision"] == "fp8" and info["engine"] is None:
-        raise FasterViTTRTError(f"{model_path}: nvinfer builds an ONNX file with its precision flags and has no FP8 "
-                                "mode; build the engine with fastervit-build where DeepStream runs (its TensorRT) "
-                                "and pass the .engine")
+        raise FasterViTTRTError(
+            f"{model_path}: nvinfer builds an ONNX file with its precision flags and has no FP8 "
+            "mode; build the engine with fastervit-build where DeepStream runs (its TensorRT) "
+            "and pass the .engine"
+        )
     return preprocess
 
 
@@ -119,32 +157,36 @@ def nvinfer_config(model_path: Path, info: dict, labels: Path, options: DeepStre
     metadata = info["metadata"]
     height, width = preprocess["input_size"]
     precision = info["precision"]
-    keys = {"gpu-id": options.gpu_id,
-            "net-scale-factor": 1.0,
-            "offsets": "0;0;0",
-            "model-color-format": 0,  # RGB: the toolkit's preprocessing converts every image to RGB
-            **({"onnx-file": info["onnx"]} if info["onnx"] else {}),
-            **({"model-engine-file": info["engine"]} if info["engine"] else {}),
-            "infer-dims": f"3;{height};{width}",
-            "batch-size": info["batch"],
-            # an FP8 engine is strongly typed: its precision is in the engine, FP16 around the FP8 layers
-            "network-mode": NETWORK_MODES["fp16" if precision == "fp8" else precision],
-            "network-type": 1,  # classifier
-            "process-mode": PROCESS_MODES[options.process_mode],
-            "gie-unique-id": options.gie_unique_id,
-            "classifier-threshold": options.threshold,
-            "labelfile-path": labels.resolve(),
-            "output-blob-names": "probabilities",
-            "maintain-aspect-ratio": 0,  # squash: both sides to the input size, as the model's transform
-            "scaling-filter": SCALING_FILTERS[preprocess["interpolation"]],
-            "scaling-compute-hw": 1}  # the GPU's filters (Jetson's VIC has no plain cubic)
+    keys = {
+        "gpu-id": options.gpu_id,
+        "net-scale-factor": 1.0,
+        "offsets": "0;0;0",
+        "model-color-format": 0,  # RGB: the toolkit's preprocessing converts every image to RGB
+        **({"onnx-file": info["onnx"]} if info["onnx"] else {}),
+        **({"model-engine-file": info["engine"]} if info["engine"] else {}),
+        "infer-dims": f"3;{height};{width}",
+        "batch-size": info["batch"],
+        # an FP8 engine is strongly typed: its precision is in the engine, FP16 around the FP8 layers
+        "network-mode": NETWORK_MODES["fp16" if precision == "fp8" else precision],
+        "network-type": 1,  # classifier
+        "process-mode": PROCESS_MODES[options.process_mode],
+        "gie-unique-id": options.gie_unique_id,
+        "classifier-threshold": options.threshold,
+        "labelfile-path": labels.resolve(),
+        "output-blob-names": "probabilities",
+        "maintain-aspect-ratio": 0,  # squash: both sides to the input size, as the model's transform
+        "scaling-filter": SCALING_FILTERS[preprocess["interpolation"]],
+        "scaling-compute-hw": 1,
+    }  # the GPU's filters (Jetson's VIC has no plain cubic)
     cache = (metadata.get("quantization") or {}).get("cache")
     if precision == "int8" and cache and Path(cache).is_file():
         keys["int8-calib-file"] = Path(cache).resolve()
     if options.process_mode == "secondary":
         keys["operate-on-gie-id"] = options.operate_on_gie_id
-    header = (f"# nvinfer classifier config for {metadata.get('model')} ({precision}), written by fastervit-deepstream\n"
-              f"# from {model_path}: input pixels 0..255 normalised inside the graph, probabilities out\n")
+    header = (
+        f"# nvinfer classifier config for {metadata.get('model')} ({precision}), written by fastervit-deepstream\n"
+        f"# from {model_path}: input pixels 0..255 normalised inside the graph, probabilities out\n"
+    )
     return header + "[property]\n" + "".join(f"{key}={value}\n" for key, value in keys.items())
 
 
@@ -158,13 +200,18 @@ def labels_file(model_path: Path, info: dict) -> str:
     return ";".join(names) + "\n"
 
 
-def write_deepstream(model_path: Path, out: Path, options: DeepStreamOptions = DeepStreamOptions()) -> tuple[Path, Path]:
+def write_deepstream(
+    model_path: Path, out: Path, options: DeepStreamOptions = DeepStreamOptions()
+) -> tuple[Path, Path]:
     """Write ``<out>/config_infer_<model>.txt`` and ``<out>/labels_<model>.txt``; both paths."""
     model_path, out = Path(model_path), Path(out)
     name = model_path.stem + ("_secondary" if options.process_mode == "secondary" else "")
     config, labels = out / f"config_infer_{name}.txt", out / f"labels_{model_path.stem}.txt"
     info = describe(model_path)
-    text, names = nvinfer_config(model_path, info, labels, options), labels_file(model_path, info).encode()  # refusals first
+    text, names = (
+        nvinfer_config(model_path, info, labels, options),
+        labels_file(model_path, info).encode(),
+    )  # refusals first
     same_labels = labels.is_file() and labels.read_bytes() == names  # a primary and a secondary config share it
     check_writable([config] if same_labels else [config, labels], options.force)
     write_bytes(labels, names)
@@ -174,6 +221,8 @@ def write_deepstream(model_path: Path, out: Path, options: DeepStreamOptions = D
 
 def launch_example(config: Path) -> str:
     """A gst-launch-1.0 line running ``config`` on an H.264 file (``!`` is GStreamer's link)."""
-    return ("gst-launch-1.0 filesrc location=video.mp4 ! qtdemux ! h264parse ! nvv4l2decoder ! m.sink_0 "
-            "nvstreammux name=m batch-size=1 width=1280 height=720 ! "
-            f"nvinfer config-file-path={shlex.quote(str(config))} ! fakesink")
+    return (
+        "gst-launch-1.0 filesrc location=video.mp4 ! qtdemux ! h264parse ! nvv4l2decoder ! m.sink_0 "
+        "nvstreammux name=m batch-size=1 width=1280 height=720 ! "
+        f"nvinfer config-file-path={shlex.quote(str(config))} ! fakesink"
+    )

@@ -3,6 +3,7 @@
 Only the command-line layer turns these into one line and an exit code; library code
 raises them and never exits.
 """
+
 from __future__ import annotations
 
 

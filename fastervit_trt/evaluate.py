@@ -5,6 +5,7 @@ Folder layout: one sub-folder per class. ImageNet synset names (``n01440764``) m
 ``--labels`` file of ``<folder> <class index>`` lines. Each model preprocesses with its
 own configuration.
 """
+
 from __future__ import annotations
 
 import sys
@@ -38,8 +39,10 @@ def read_label_map(path: Path) -> dict[str, int]:
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise EvaluationError(f"{path}: cannot read the --labels file ({getattr(exc, 'strerror', None) or exc}); "
-                              "it lists '<folder> <class index>' per line") from None
+        raise EvaluationError(
+            f"{path}: cannot read the --labels file ({getattr(exc, 'strerror', None) or exc}); "
+            "it lists '<folder> <class index>' per line"
+        ) from None
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
@@ -69,8 +72,10 @@ def labelled_samples(folder: Path, labels: Path | None = None, limit: int | None
         else:
             samples.append(Sample(item.path, index))
     if unknown:
-        raise EvaluationError(f"{folder}: class folders {', '.join(sorted(unknown)[:5])} are neither ImageNet "
-                              "synsets nor class indices; map them with --labels FILE ('<folder> <index>' lines)")
+        raise EvaluationError(
+            f"{folder}: class folders {', '.join(sorted(unknown)[:5])} are neither ImageNet "
+            "synsets nor class indices; map them with --labels FILE ('<folder> <index>' lines)"
+        )
     if not samples:
         raise EvaluationError(f"{folder}: no labelled images (expected <folder>/<class>/<image>)")
     if limit and limit < len(samples):
@@ -78,14 +83,18 @@ def labelled_samples(folder: Path, labels: Path | None = None, limit: int | None
     return samples
 
 
-def evaluate(models: dict[str, Callable[[list[Path]], np.ndarray]], samples: list[Sample], batch: int = 32,
-             stream: TextIO | None = sys.stderr) -> dict:
+def evaluate(
+    models: dict[str, Callable[[list[Path]], np.ndarray]],
+    samples: list[Sample],
+    batch: int = 32,
+    stream: TextIO | None = sys.stderr,
+) -> dict:
     """Top-1/top-5 per model and pairwise top-1 agreement / logit cosine."""
     labels = np.array([s.label for s in samples])
     logits: dict[str, list[np.ndarray]] = {name: [] for name in models}
     with Bar(len(samples) * len(models), "evaluating", "img", stream) as bar:
         for start in range(0, len(samples), batch):
-            paths = [s.path for s in samples[start:start + batch]]
+            paths = [s.path for s in samples[start : start + batch]]
             for name, run in models.items():
                 logits[name].append(run(paths))
                 bar.update(len(paths))
@@ -93,12 +102,15 @@ def evaluate(models: dict[str, Callable[[list[Path]], np.ndarray]], samples: lis
     report: dict[str, Any] = {"images": len(samples), "models": {}, "pairs": []}
     for name, values in joined.items():
         top5 = np.argsort(-values, axis=1)[:, :5]
-        report["models"][name] = {"top1": 100.0 * float((top5[:, 0] == labels).mean()),
-                                  "top5": 100.0 * float((top5 == labels[:, None]).any(axis=1).mean())}
+        report["models"][name] = {
+            "top1": 100.0 * float((top5[:, 0] == labels).mean()),
+            "top5": 100.0 * float((top5 == labels[:, None]).any(axis=1).mean()),
+        }
     for a, b in combinations(joined, 2):
         pair = compare(joined[a], joined[b])
-        report["pairs"].append({"a": a, "b": b, "top1_agreement": 100.0 * pair.top1_agreement,
-                                "mean_cosine": pair.mean_cosine})
+        report["pairs"].append(
+            {"a": a, "b": b, "top1_agreement": 100.0 * pair.top1_agreement, "mean_cosine": pair.mean_cosine}
+        )
     return report
 
 
@@ -108,6 +120,7 @@ def torch_runner(name: str, checkpoint: Path | None) -> Callable[[list[Path]], n
 
     from .models import create_model
     from .preprocess import Preprocess, load_image
+
     model = create_model(name, checkpoint=checkpoint)
     preprocess = Preprocess.from_config(model.variant.eval)
 
@@ -115,4 +128,5 @@ def torch_runner(name: str, checkpoint: Path | None) -> Callable[[list[Path]], n
         batch = torch.from_numpy(np.stack([preprocess(load_image(p)) for p in paths]))
         with torch.inference_mode():
             return model(batch).numpy()
+
     return run

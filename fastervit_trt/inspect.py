@@ -1,4 +1,5 @@
 """What is inside an exported ONNX file or a built engine (``fastervit-inspect``)."""
+
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ def inspect_onnx(path: Path) -> dict:
     import onnx
 
     from .calibration.qdq import lone_quantizers
+
     model = onnx.load(str(path), load_external_data=False)
     ops = Counter(node.op_type for node in model.graph.node)
     weight_bytes: Counter = Counter()
@@ -54,24 +56,30 @@ def inspect_onnx(path: Path) -> dict:
         if "quantization" in data:
             quant = data["quantization"]
             kept = quant.get("kept_in_float_by_default", [])
-            info["quantized_layers"] = (f"{quant['layers']} layers {quant['format'].upper()}, "
-                                        f"{quant.get('residual_inputs', 0)} residual inputs; "
-                                        f"left in float by default: {', '.join(kept) or 'none'}; "
-                                        f"bias correction {quant.get('bias_correction', 'off')}")
+            info["quantized_layers"] = (
+                f"{quant['layers']} layers {quant['format'].upper()}, "
+                f"{quant.get('residual_inputs', 0)} residual inputs; "
+                f"left in float by default: {', '.join(kept) or 'none'}; "
+                f"bias correction {quant.get('bias_correction', 'off')}"
+            )
         if "mixed_precision" in data:
             mixed = data["mixed_precision"]
-            info["mixed_precision"] = (f"{mixed['int8_layers']} of {mixed['layers']} layers INT8, "
-                                       f"{len(mixed['excluded'])} in float; top-1 agreement "
-                                       f"{mixed['top1_agreement']:.2f} % (budget {mixed['budget_points']} points)")
+            info["mixed_precision"] = (
+                f"{mixed['int8_layers']} of {mixed['layers']} layers INT8, "
+                f"{len(mixed['excluded'])} in float; top-1 agreement "
+                f"{mixed['top1_agreement']:.2f} % (budget {mixed['budget_points']} points)"
+            )
         if "sensitivity" in data:
-            info["most_sensitive_layers"] = [f"{r['layer']} (cosine {r['mean_cosine']:.6f})"
-                                             for r in data["sensitivity"][:5]]
+            info["most_sensitive_layers"] = [
+                f"{r['layer']} (cosine {r['mean_cosine']:.6f})" for r in data["sensitivity"][:5]
+            ]
     return info
 
 
 def _input_line(model, metadata: dict) -> str:
     """``input: uint8 [batch, 224, 224, 3] (uint8 NHWC RGB, resized and cropped; ...)``."""
     import onnx
+
     graph_input = model.graph.input[0]
     dtype = onnx.TensorProto.DataType.Name(graph_input.type.tensor_type.elem_type).lower()
     shape = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
@@ -82,24 +90,36 @@ def _input_line(model, metadata: dict) -> str:
 def _output_lines(model, metadata: dict) -> list[str]:
     """``stage2: float32 ['batch', 128, 28, 28] (stride 8)`` per output."""
     import onnx
+
     strides = (metadata.get("features") or {}).get("strides") or {}
     lines = []
     for output in model.graph.output:
         dtype = onnx.TensorProto.DataType.Name(output.type.tensor_type.elem_type).lower()
         shape = [d.dim_param or d.dim_value for d in output.type.tensor_type.shape.dim]
-        lines.append(f"{output.name}: {dtype} {shape}" + (f" (stride {strides[output.name]})" if output.name in strides else ""))
+        lines.append(
+            f"{output.name}: {dtype} {shape}" + (f" (stride {strides[output.name]})" if output.name in strides else "")
+        )
     return lines
 
 
 def inspect_engine(path: Path) -> dict:
     """The sidecar's facts, and the engine's layers with their precisions when it deserializes here."""
     from .runtime.model import verify_engine
+
     sidecar = verify_engine(path, check_device=False)  # a truncated or replaced engine is refused
-    info = {"file": str(path), "bytes": path.stat().st_size, "model": sidecar.get("model"),
-            "precision": sidecar.get("precision"), "tensorrt": sidecar.get("tensorrt"),
-            "device": sidecar.get("device"), "build": sidecar.get("build"),
-            "inputs": sidecar.get("inputs"), "outputs": sidecar.get("outputs")}
+    info = {
+        "file": str(path),
+        "bytes": path.stat().st_size,
+        "model": sidecar.get("model"),
+        "precision": sidecar.get("precision"),
+        "tensorrt": sidecar.get("tensorrt"),
+        "device": sidecar.get("device"),
+        "build": sidecar.get("build"),
+        "inputs": sidecar.get("inputs"),
+        "outputs": sidecar.get("outputs"),
+    }
     from .tensorrt_import import import_tensorrt
+
     trt = import_tensorrt((sidecar.get("tensorrt") or {}).get("flavour"))
     engine = None
     if trt is not None:
@@ -112,9 +132,12 @@ def inspect_engine(path: Path) -> dict:
         return info
     inspector = engine.create_engine_inspector()
     layers = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))["Layers"]
-    info["layers"] = [layer if isinstance(layer, str) else
-                      f"{layer.get('Name')}  [{layer.get('LayerType')}]  {layer.get('Precision', '')}"
-                      for layer in layers]
+    info["layers"] = [
+        layer
+        if isinstance(layer, str)
+        else f"{layer.get('Name')}  [{layer.get('LayerType')}]  {layer.get('Precision', '')}"
+        for layer in layers
+    ]
     return info
 
 

@@ -8,6 +8,7 @@ Settings come from the environment (Polygraphy calls ``load_data()`` without arg
 ``FASTERVIT_IMAGES`` a folder of images (default: the shipped photos), ``FASTERVIT_BATCH``
 inputs per feed (default 1) and ``FASTERVIT_FEEDS`` how many feeds (default: every image once).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,10 @@ from fastervit_trt.preprocess import IMAGE_SUFFIXES, SAMPLE_IMAGES, Preprocess
 def model_preprocess(model: Path) -> tuple[Preprocess, str, np.dtype]:
     """The preprocessing, input name and input dtype recorded with an .onnx or .engine."""
     from fastervit_trt.sidecar import read_metadata, read_sidecar
+
     if model.suffix == ".onnx":
         import onnx
+
         graph = onnx.load(str(model), load_external_data=False)
         info, feed = read_metadata(graph), graph.graph.input[0]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(feed.type.tensor_type.elem_type)

@@ -9,6 +9,7 @@ crop -> [0, 1] -> normalise by mean/std -> float32 CHW.
   the side with the smaller scale ratio), then a centre crop of ``size``.
 - ``squash``: both sides go to ``floor(size / crop_pct)``, then a centre crop.
 """
+
 from __future__ import annotations
 
 import io
@@ -29,8 +30,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # the photos shipped with the toolkit (calibration/ in a source checkout)
 SAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "calibration"
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-             "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
 
 class ImageError(FasterViTTRTError):
@@ -41,8 +46,9 @@ ImageSource = str | Path | bytes | BinaryIO
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white, as viewers show them
 
 
-def load_image(source: ImageSource, exif_rotate: bool = True,
-               reduce_to: Callable[[int, int], tuple[int, int]] | None = None) -> Image.Image:
+def load_image(
+    source: ImageSource, exif_rotate: bool = True, reduce_to: Callable[[int, int], tuple[int, int]] | None = None
+) -> Image.Image:
     """Decode ``source`` (a path, encoded bytes or a binary file object) as an 8-bit RGB image.
 
     As people have images: EXIF orientation applied (phone photos upright; ``exif_rotate=False``
@@ -68,8 +74,9 @@ def load_image(source: ImageSource, exif_rotate: bool = True,
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name}: refused, {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{name}: cannot decode the image ({exc.__class__.__name__}); "
-                         "check that it is a readable JPEG/PNG/WebP/BMP") from None
+        raise ImageError(
+            f"{name}: cannot decode the image ({exc.__class__.__name__}); check that it is a readable JPEG/PNG/WebP/BMP"
+        ) from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -87,9 +94,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-INPUT_FORMATS = {"float": "float32 NCHW, normalised with the model's mean and std",
-                 "uint8": "uint8 NHWC RGB, resized and cropped; the graph normalises it",
-                 "pixels": "float32 NCHW RGB pixels 0..255, resized and cropped; the graph normalises them"}
+INPUT_FORMATS = {
+    "float": "float32 NCHW, normalised with the model's mean and std",
+    "uint8": "uint8 NHWC RGB, resized and cropped; the graph normalises it",
+    "pixels": "float32 NCHW RGB pixels 0..255, resized and cropped; the graph normalises them",
+}
 
 
 @dataclass(frozen=True)
@@ -105,7 +114,9 @@ class Preprocess:
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    jpeg_draft: bool = False  # fast: large JPEGs decoded at a reduced scale, only the crop resized (False: bitwise timm)
+    jpeg_draft: bool = (
+        False  # fast: large JPEGs decoded at a reduced scale, only the crop resized (False: bitwise timm)
+    )
     input_format: str = "float"  # or "uint8", "pixels"
 
     def __post_init__(self) -> None:
@@ -125,10 +136,16 @@ class Preprocess:
     def from_config(cls, config: Mapping | object) -> Preprocess:
         """From an ``EvalConfig`` or its dict form (ONNX metadata, engine sidecar)."""
         get: Callable[[str], Any] = config.get if isinstance(config, Mapping) else lambda k: getattr(config, k, None)
-        return cls(input_size=tuple(get("input_size")), crop_pct=float(get("crop_pct")),
-                   crop_mode=get("crop_mode"), interpolation=get("interpolation"),
-                   mean=tuple(get("mean")), std=tuple(get("std")), jpeg_draft=bool(get("jpeg_draft")),
-                   input_format=get("input_format") or "float")
+        return cls(
+            input_size=tuple(get("input_size")),
+            crop_pct=float(get("crop_pct")),
+            crop_mode=get("crop_mode"),
+            interpolation=get("interpolation"),
+            mean=tuple(get("mean")),
+            std=tuple(get("std")),
+            jpeg_draft=bool(get("jpeg_draft")),
+            input_format=get("input_format") or "float",
+        )
 
     def draft_size(self, width: int, height: int) -> tuple[int, int]:
         """The smallest size a JPEG of ``width`` x ``height`` may be decoded at: twice what the
@@ -172,8 +189,9 @@ class Preprocess:
         if not self.jpeg_draft:
             return image.resize(size, resample).crop(crop)
         scale_x, scale_y = image.width / size[0], image.height / size[1]
-        columns = image.resize((crop_w, image.height), resample,
-                               box=(left * scale_x, 0, (left + crop_w) * scale_x, image.height))
+        columns = image.resize(
+            (crop_w, image.height), resample, box=(left * scale_x, 0, (left + crop_w) * scale_x, image.height)
+        )
         return columns.resize((crop_w, crop_h), resample, box=(0, top * scale_y, crop_w, (top + crop_h) * scale_y))
 
     def __call__(self, image: Image.Image) -> np.ndarray:
@@ -199,10 +217,16 @@ class Preprocess:
 def sample_inputs(preprocess: Preprocess, count: int) -> np.ndarray | None:
     """``count`` shipped photos (evenly spread, sorted by name) through ``preprocess``;
     None when the photos are not there (an installed package without the source tree)."""
-    photos = sorted(p for p in SAMPLE_IMAGES.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
-        if SAMPLE_IMAGES.is_dir() else []
+    photos = (
+        sorted(p for p in SAMPLE_IMAGES.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if SAMPLE_IMAGES.is_dir()
+        else []
+    )
     if not photos:
         return None
-    chosen = [photos[i * len(photos) // count] for i in range(count)] if count <= len(photos) else \
-        [photos[i % len(photos)] for i in range(count)]
+    chosen = (
+        [photos[i * len(photos) // count] for i in range(count)]
+        if count <= len(photos)
+        else [photos[i % len(photos)] for i in range(count)]
+    )
     return np.stack([preprocess.load(path) for path in chosen])

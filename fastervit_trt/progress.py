@@ -1,4 +1,5 @@
 """Step-by-step progress for long commands: one line per step with its wall time."""
+
 from __future__ import annotations
 
 import sys
@@ -44,6 +45,7 @@ class Bar:
         if stream is not None and getattr(stream, "isatty", lambda: False)():
             try:
                 from tqdm import tqdm
+
                 self._bar = tqdm(total=total, unit=unit, desc=desc, file=stream, dynamic_ncols=True, mininterval=1.0)
             except ImportError:
                 pass

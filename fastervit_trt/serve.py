@@ -20,6 +20,7 @@ the model's own preprocessing and named with its own class names, exactly as
 (SIGTERM, Ctrl-C) stops accepting, lets in-flight requests finish, then runs what the
 batcher still holds before the model is closed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -69,29 +70,41 @@ class _Refusal(Exception):
 class _Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("fastervit_requests", "HTTP requests answered", ["endpoint", "code"],
-                                registry=self.registry)
-        self.errors = Counter("fastervit_errors", "Requests or images refused, by reason", ["reason"],
-                              registry=self.registry)
-        self.latency = Histogram("fastervit_request_seconds", "Time from request to answer", ["endpoint"],
-                                 registry=self.registry)
-        self.batch = Histogram("fastervit_batch_size", "Images per engine call", buckets=BATCH_BUCKETS,
-                               registry=self.registry)
+        self.requests = Counter(
+            "fastervit_requests", "HTTP requests answered", ["endpoint", "code"], registry=self.registry
+        )
+        self.errors = Counter(
+            "fastervit_errors", "Requests or images refused, by reason", ["reason"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "fastervit_request_seconds", "Time from request to answer", ["endpoint"], registry=self.registry
+        )
+        self.batch = Histogram(
+            "fastervit_batch_size", "Images per engine call", buckets=BATCH_BUCKETS, registry=self.registry
+        )
         self.queue = Gauge("fastervit_queue_depth", "Requests waiting to be batched", registry=self.registry)
 
 
 def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) -> Starlette:
     """The ASGI app serving ``model`` (a classifier); the batcher lives as long as the app runs."""
     if model.is_backbone:
-        raise FasterViTTRTError(f"{model.source}: fastervit-serve answers class names; a backbone's feature "
-                                "maps are served by Triton (fastervit-triton)")
+        raise FasterViTTRTError(
+            f"{model.source}: fastervit-serve answers class names; a backbone's feature "
+            "maps are served by Triton (fastervit-triton)"
+        )
     metrics = _Metrics()
     state: dict = {"batcher": None}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        batcher = Batcher(model, options.max_batch, options.max_delay_ms, options.max_queue, options.timeout_s,
-                          observe=metrics.batch.observe)
+        batcher = Batcher(
+            model,
+            options.max_batch,
+            options.max_delay_ms,
+            options.max_queue,
+            options.timeout_s,
+            observe=metrics.batch.observe,
+        )
         metrics.queue.set_function(lambda: batcher.depth)
         state["batcher"] = batcher
         try:
@@ -109,8 +122,11 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
             kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
             topk = _topk(request.query_params.get("topk"), options.topk)
             if kind != "application/json" and kind not in IMAGE_TYPES:
-                raise _Refusal(415, f"content type {kind or 'none'!r}: send the image's bytes "
-                                    f"({', '.join(IMAGE_TYPES[:4])}) or JSON {{\"images\": [base64, ...]}}")
+                raise _Refusal(
+                    415,
+                    f"content type {kind or 'none'!r}: send the image's bytes "
+                    f'({", ".join(IMAGE_TYPES[:4])}) or JSON {{"images": [base64, ...]}}',
+                )
             body = await _body(request, options.max_body_bytes)
             if kind == "application/json":
                 images, topk = _json_images(body, topk)
@@ -140,10 +156,20 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
 
     async def model_info(request: Request) -> Response:
         preprocess = model.preprocess
-        return JSONResponse({"model": model.source.name, "classes": len(model.names), "max_batch": model.max_batch,
-                             "input_size": list(preprocess.input_size), "input_format": preprocess.input_format,
-                             "batching": {"max_batch": options.max_batch or model.max_batch,
-                                          "max_delay_ms": options.max_delay_ms, "max_queue": options.max_queue}})
+        return JSONResponse(
+            {
+                "model": model.source.name,
+                "classes": len(model.names),
+                "max_batch": model.max_batch,
+                "input_size": list(preprocess.input_size),
+                "input_format": preprocess.input_format,
+                "batching": {
+                    "max_batch": options.max_batch or model.max_batch,
+                    "max_delay_ms": options.max_delay_ms,
+                    "max_queue": options.max_queue,
+                },
+            }
+        )
 
     async def live(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
@@ -155,9 +181,16 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
     async def scrape(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[Route("/v1/classify", classify, methods=["POST"]), Route("/v1/model", model_info),
-                             Route("/health/live", live), Route("/health/ready", ready), Route("/metrics", scrape)],
-                     lifespan=lifespan)
+    return Starlette(
+        routes=[
+            Route("/v1/classify", classify, methods=["POST"]),
+            Route("/v1/model", model_info),
+            Route("/health/live", live),
+            Route("/health/ready", ready),
+            Route("/metrics", scrape),
+        ],
+        lifespan=lifespan,
+    )
 
 
 _REASONS = {413: "too_large", 415: "unsupported_type", 503: "overloaded"}

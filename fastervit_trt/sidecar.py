@@ -6,6 +6,7 @@ Never a header inside the engine, so trtexec, Triton and C++ load the engine unt
 The runtime reads it for preprocessing, labels and I/O, and checks the engine's sha256 and
 TensorRT version against it before deserializing.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -38,19 +39,34 @@ def read_sidecar(engine: Path) -> dict | None:
     if not path.is_file():
         return None
     from .errors import FasterViTTRTError
+
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise FasterViTTRTError(f"{path}: unreadable sidecar ({exc}); rebuild the engine or delete "
-                                "the sidecar to load the engine without it") from None
+        raise FasterViTTRTError(
+            f"{path}: unreadable sidecar ({exc}); rebuild the engine or delete "
+            "the sidecar to load the engine without it"
+        ) from None
     if data.get("schema_version") != SCHEMA_VERSION:
-        raise FasterViTTRTError(f"{path}: sidecar schema {data.get('schema_version')} is not "
-                                f"{SCHEMA_VERSION}; rebuild the engine with this toolkit")
+        raise FasterViTTRTError(
+            f"{path}: sidecar schema {data.get('schema_version')} is not "
+            f"{SCHEMA_VERSION}; rebuild the engine with this toolkit"
+        )
     return data
 
 
-def engine_sidecar(metadata: dict, precision: str, inputs: list[dict], outputs: list[dict], tensorrt: dict,
-                   build: dict, device: dict, onnx_path: Path, engine_path: Path, calib_cache: Path | None) -> dict:
+def engine_sidecar(
+    metadata: dict,
+    precision: str,
+    inputs: list[dict],
+    outputs: list[dict],
+    tensorrt: dict,
+    build: dict,
+    device: dict,
+    onnx_path: Path,
+    engine_path: Path,
+    calib_cache: Path | None,
+) -> dict:
     """The sidecar of a just-written engine: the export's ``metadata`` (model, preprocessing,
     labels, features), the network's I/O, the TensorRT that built it with the ``build``
     settings, the GPU, and the files it came from and is (by sha256)."""
@@ -78,17 +94,26 @@ def rebuild_command(sidecar: dict, engine: Path | None = None) -> str:
     """The fastervit-build command line, shell-quoted, that rebuilds the engine described by
     ``sidecar`` at ``engine`` (default: where it was built) with the options it was built with."""
     build = sidecar.get("build", {})
-    parts = ["fastervit-build", sidecar.get("onnx", {}).get("path", "<model.onnx>"),
-             "--output", str(engine or sidecar.get("engine", {}).get("path", "<model.engine>")),
-             "--batch", ",".join(str(b) for b in build.get("batch", DEFAULT_BATCH_PROFILE))]
+    parts = [
+        "fastervit-build",
+        sidecar.get("onnx", {}).get("path", "<model.onnx>"),
+        "--output",
+        str(engine or sidecar.get("engine", {}).get("path", "<model.engine>")),
+        "--batch",
+        ",".join(str(b) for b in build.get("batch", DEFAULT_BATCH_PROFILE)),
+    ]
     flavour = (sidecar.get("tensorrt") or {}).get("flavour")
     if flavour:
         parts += ["--backend", flavour]
     if not build.get("strongly_typed", True):  # precision from builder flags (TensorRT 10)
         parts += ["--precision", sidecar.get("precision", "fp32")]
-    for flag, option in (("workspace_mib", "--workspace"), ("opt_level", "--opt-level"),
-                         ("timing_cache", "--timing-cache"), ("calib_cache", "--calib-cache"),
-                         ("calib_data", "--calib-data")):
+    for flag, option in (
+        ("workspace_mib", "--workspace"),
+        ("opt_level", "--opt-level"),
+        ("timing_cache", "--timing-cache"),
+        ("calib_cache", "--calib-cache"),
+        ("calib_data", "--calib-data"),
+    ):
         if build.get(flag) is not None:
             parts += [option, str(build[flag])]
     for flag in ("hardware_compat", "version_compat"):

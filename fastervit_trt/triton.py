@@ -11,6 +11,7 @@ dynamic batching (preferred sizes: the profile's opt and max), an instance group
 preprocessing as ``parameters`` so clients know what to send. ``serve_pytriton`` binds the
 toolkit's own runtime to a real Triton server (PyTriton) for CPU machines and tests.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,15 @@ from .errors import FasterViTTRTError
 from .sidecar import DEFAULT_BATCH_PROFILE, read_metadata
 
 _NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
-_TRITON_TYPES = {"float": "TYPE_FP32", "float32": "TYPE_FP32", "half": "TYPE_FP16", "float16": "TYPE_FP16",
-                 "int8": "TYPE_INT8", "int32": "TYPE_INT32", "uint8": "TYPE_UINT8"}
+_TRITON_TYPES = {
+    "float": "TYPE_FP32",
+    "float32": "TYPE_FP32",
+    "half": "TYPE_FP16",
+    "float16": "TYPE_FP16",
+    "int8": "TYPE_INT8",
+    "int32": "TYPE_INT32",
+    "uint8": "TYPE_UINT8",
+}
 
 
 @dataclass(frozen=True)
@@ -41,8 +49,10 @@ class TritonOptions:
 
     def __post_init__(self) -> None:
         if self.name is not None and not _NAME.fullmatch(self.name):
-            raise ValueError(f"--name {self.name!r}: a Triton model name is letters, digits, '_', '-' "
-                             "and '.' (not starting with '.'), so it stays a folder inside --repo")
+            raise ValueError(
+                f"--name {self.name!r}: a Triton model name is letters, digits, '_', '-' "
+                "and '.' (not starting with '.'), so it stays a folder inside --repo"
+            )
         if self.instances < 1:
             raise ValueError(f"--instances must be at least 1, not {self.instances}")
         if self.max_queue_delay_us < 0:
@@ -55,6 +65,7 @@ def _describe(model_path: Path) -> dict:
     """Batch profile, I/O and preprocessing of an engine (sidecar) or ONNX (metadata)."""
     if model_path.suffix == ".onnx":
         import onnx
+
         model = onnx.load(str(model_path), load_external_data=False)
         meta = read_metadata(model)
         graph_in, graph_outs = model.graph.input[0], list(model.graph.output)
@@ -63,28 +74,44 @@ def _describe(model_path: Path) -> dict:
         axes = list(graph_in.type.tensor_type.shape.dim)
         if not axes or axes[0].HasField("dim_value") or not all(d.dim_value > 0 for d in axes[1:]):
             shape = [d.dim_param or d.dim_value for d in axes] or "unknown"
-            raise FasterViTTRTError(f"{model_path}: input {graph_in.name!r} has shape {shape}; Triton's batching "
-                                    "needs a symbolic batch axis and fixed C, H, W: re-export with fastervit-export")
+            raise FasterViTTRTError(
+                f"{model_path}: input {graph_in.name!r} has shape {shape}; Triton's batching "
+                "needs a symbolic batch axis and fixed C, H, W: re-export with fastervit-export"
+            )
         if any(dtype(v) not in _TRITON_TYPES for v in (graph_in, *graph_outs)):
-            raise FasterViTTRTError(f"{model_path}: input/output types {dtype(graph_in)}/"
-                                    f"{','.join(dtype(v) for v in graph_outs)}; the toolkit serves image "
-                                    "models with float or uint8 input and float outputs")
-        return {"platform": "onnxruntime_onnx", "file": "model.onnx", "batch": meta.get("batch_profile", list(DEFAULT_BATCH_PROFILE)),
-                "input": (graph_in.name, dtype(graph_in), dims(graph_in)),
-                "outputs": [(v.name, dtype(v), dims(v)) for v in graph_outs],
-                "preprocess": meta.get("preprocess") or {}, "model": meta.get("model")}
+            raise FasterViTTRTError(
+                f"{model_path}: input/output types {dtype(graph_in)}/"
+                f"{','.join(dtype(v) for v in graph_outs)}; the toolkit serves image "
+                "models with float or uint8 input and float outputs"
+            )
+        return {
+            "platform": "onnxruntime_onnx",
+            "file": "model.onnx",
+            "batch": meta.get("batch_profile", list(DEFAULT_BATCH_PROFILE)),
+            "input": (graph_in.name, dtype(graph_in), dims(graph_in)),
+            "outputs": [(v.name, dtype(v), dims(v)) for v in graph_outs],
+            "preprocess": meta.get("preprocess") or {},
+            "model": meta.get("model"),
+        }
     from .runtime.model import verify_engine
+
     sidecar = verify_engine(model_path, check_device=False)  # sha256 and TensorRT version, as load() does
     if not sidecar:
-        raise FasterViTTRTError(f"{model_path}: no sidecar; Triton's config needs the engine's profile "
-                                "and I/O: rebuild it with fastervit-build")
+        raise FasterViTTRTError(
+            f"{model_path}: no sidecar; Triton's config needs the engine's profile "
+            "and I/O: rebuild it with fastervit-build"
+        )
     (io_in,) = sidecar["inputs"]
     profile = io_in["profile"]
-    return {"platform": "tensorrt_plan", "file": "model.plan",
-            "batch": [profile["min"][0], profile["opt"][0], profile["max"][0]],
-            "input": (io_in["name"], io_in["dtype"], io_in["shape"][1:]),
-            "outputs": [(o["name"], o["dtype"], o["shape"][1:]) for o in sidecar["outputs"]],
-            "preprocess": sidecar.get("preprocess") or {}, "model": sidecar.get("model")}
+    return {
+        "platform": "tensorrt_plan",
+        "file": "model.plan",
+        "batch": [profile["min"][0], profile["opt"][0], profile["max"][0]],
+        "input": (io_in["name"], io_in["dtype"], io_in["shape"][1:]),
+        "outputs": [(o["name"], o["dtype"], o["shape"][1:]) for o in sidecar["outputs"]],
+        "preprocess": sidecar.get("preprocess") or {},
+        "model": sidecar.get("model"),
+    }
 
 
 def _tensor(entry: tuple[str, str, list[int]], layout: str | None = None) -> str:
@@ -112,15 +139,20 @@ def model_config(name: str, info: dict, options: TritonOptions) -> str:
 
     parameters = "".join(
         f'parameters {{\n  key: "preprocess.{key}"\n  value: {{ string_value: {json.dumps(json.dumps(value))} }}\n}}\n'
-        for key, value in sorted(info["preprocess"].items()))
+        for key, value in sorted(info["preprocess"].items())
+    )
     if info["model"]:
-        parameters = f'parameters {{\n  key: "fastervit.model"\n  value: {{ string_value: "{info["model"]}" }}\n}}\n' + parameters
-    return (f'name: "{name}"\nplatform: "{info["platform"]}"\nmax_batch_size: {high}\n'
-            f"input [\n{_tensor(info['input'], _layout(info))}\n]\noutput [\n{_tensors(info['outputs'])}\n]\n"
-            f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(map(str, sorted({opt, high})))} ]\n"
-            f"  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}\n"
-            f"instance_group [\n  {{\n    count: {options.instances}\n    kind: KIND_{kind.upper()}\n  }}\n]\n"
-            + parameters)
+        parameters = (
+            f'parameters {{\n  key: "fastervit.model"\n  value: {{ string_value: "{info["model"]}" }}\n}}\n'
+            + parameters
+        )
+    return (
+        f'name: "{name}"\nplatform: "{info["platform"]}"\nmax_batch_size: {high}\n'
+        f"input [\n{_tensor(info['input'], _layout(info))}\n]\noutput [\n{_tensors(info['outputs'])}\n]\n"
+        f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(map(str, sorted({opt, high})))} ]\n"
+        f"  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}\n"
+        f"instance_group [\n  {{\n    count: {options.instances}\n    kind: KIND_{kind.upper()}\n  }}\n]\n" + parameters
+    )
 
 
 def write_model_repository(model_path: Path, repo: Path, options: TritonOptions = TritonOptions()) -> Path:
@@ -132,8 +164,9 @@ def write_model_repository(model_path: Path, repo: Path, options: TritonOptions 
         raise FasterViTTRTError(f"{model_path}: expected an .engine/.plan or .onnx file")
     info = _describe(model_path)
     if info["platform"] == "tensorrt_plan" and options.kind == "cpu":
-        raise FasterViTTRTError(f"{model_path}: a TensorRT plan runs on a GPU only; drop --kind cpu "
-                                "(or serve the .onnx on CPUs)")
+        raise FasterViTTRTError(
+            f"{model_path}: a TensorRT plan runs on a GPU only; drop --kind cpu (or serve the .onnx on CPUs)"
+        )
     name = options.name or model_path.stem
     if not _NAME.fullmatch(name):
         raise FasterViTTRTError(f"{model_path}: {name!r} is not a Triton model name; pass --name")
@@ -144,8 +177,9 @@ def write_model_repository(model_path: Path, repo: Path, options: TritonOptions 
     if model_path.suffix == ".onnx" and external.is_file():  # referenced by its original name
         copies.append((external, target.parent / external.name))
     extra = bytes_models(name, info, options) if options.image_bytes else {}
-    check_writable([folder / "config.pbtxt", *(dst for _, dst in copies),
-                    *(repo / relative for relative in extra)], options.force)
+    check_writable(
+        [folder / "config.pbtxt", *(dst for _, dst in copies), *(repo / relative for relative in extra)], options.force
+    )
     for src, dst in copies:  # the model first, the config last: Triton never sees a config without it
         copy_atomic(src, dst)
     write_bytes(folder / "config.pbtxt", model_config(name, info, options).encode())
@@ -162,24 +196,32 @@ def bytes_models(name: str, info: dict, options: TritonOptions) -> dict[str, str
     _, _, high = info["batch"]
     input_name, input_dtype, input_dims = info["input"]
     image = ("image", "TYPE_STRING", [1])
-    preprocess = (f'name: "{name}_preprocess"\nbackend: "python"\nmax_batch_size: {high}\n'
-                  f"input [\n{_tensor(image)}\n]\noutput [\n{_tensor(info['input'])}\n]\n"
-                  f"instance_group [\n  {{\n    count: {options.instances}\n    kind: KIND_CPU\n  }}\n]\n"
-                  f'parameters {{\n  key: "preprocess"\n  value: {{ string_value: '
-                  f"{json.dumps(json.dumps(info['preprocess']))} }}\n}}\n")
-    ensemble = (f'name: "{name}_bytes"\nplatform: "ensemble"\nmax_batch_size: {high}\n'
-                f"input [\n{_tensor(image)}\n]\noutput [\n{_tensors(info['outputs'])}\n]\n"
-                f"ensemble_scheduling {{\n  step [\n"
-                f'    {{\n      model_name: "{name}_preprocess"\n      model_version: -1\n'
-                f'      input_map {{ key: "image" value: "image" }}\n'
-                f'      output_map {{ key: "{input_name}" value: "preprocessed" }}\n    }},\n'
-                f'    {{\n      model_name: "{name}"\n      model_version: -1\n'
-                f'      input_map {{ key: "{input_name}" value: "preprocessed" }}\n'
-                + "".join(f'      output_map {{ key: "{output}" value: "{output}" }}\n' for output, _, _ in info["outputs"])
-                + "    }\n  ]\n}\n")
+    preprocess = (
+        f'name: "{name}_preprocess"\nbackend: "python"\nmax_batch_size: {high}\n'
+        f"input [\n{_tensor(image)}\n]\noutput [\n{_tensor(info['input'])}\n]\n"
+        f"instance_group [\n  {{\n    count: {options.instances}\n    kind: KIND_CPU\n  }}\n]\n"
+        f'parameters {{\n  key: "preprocess"\n  value: {{ string_value: '
+        f"{json.dumps(json.dumps(info['preprocess']))} }}\n}}\n"
+    )
+    ensemble = (
+        f'name: "{name}_bytes"\nplatform: "ensemble"\nmax_batch_size: {high}\n'
+        f"input [\n{_tensor(image)}\n]\noutput [\n{_tensors(info['outputs'])}\n]\n"
+        f"ensemble_scheduling {{\n  step [\n"
+        f'    {{\n      model_name: "{name}_preprocess"\n      model_version: -1\n'
+        f'      input_map {{ key: "image" value: "image" }}\n'
+        f'      output_map {{ key: "{input_name}" value: "preprocessed" }}\n    }},\n'
+        f'    {{\n      model_name: "{name}"\n      model_version: -1\n'
+        f'      input_map {{ key: "{input_name}" value: "preprocessed" }}\n'
+        + "".join(f'      output_map {{ key: "{output}" value: "{output}" }}\n' for output, _, _ in info["outputs"])
+        + "    }\n  ]\n}\n"
+    )
     code = (Path(__file__).parent / "triton_preprocess.py").read_text()
-    return {f"{name}_preprocess/1/model.py": code, f"{name}_preprocess/config.pbtxt": preprocess,
-            f"{name}_bytes/1/.keep": "", f"{name}_bytes/config.pbtxt": ensemble}
+    return {
+        f"{name}_preprocess/1/model.py": code,
+        f"{name}_preprocess/config.pbtxt": preprocess,
+        f"{name}_bytes/1/.keep": "",
+        f"{name}_bytes/config.pbtxt": ensemble,
+    }
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
@@ -188,15 +230,18 @@ def copy_atomic(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
-def serve_pytriton(model, name: str, max_queue_delay_us: int = 500, http_port: int = 0, grpc_port: int = 0,
-                   metrics_port: int = 0):
+def serve_pytriton(
+    model, name: str, max_queue_delay_us: int = 500, http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0
+):
     """A started PyTriton server (loopback) serving ``model`` (a runtime InferenceModel) with
     dynamic batching, as ``name`` (the model's own input: preprocessed floats, or uint8 crops
     for a ``--input uint8`` model) and ``<name>_bytes`` (encoded images in); use it as a
     context manager or call ``.stop()``."""
     if model.is_backbone:
-        raise FasterViTTRTError(f"{model.source}: PyTriton serving here is for classifiers; serve a backbone "
-                                "with Triton itself: fastervit-triton writes its config with every feature map")
+        raise FasterViTTRTError(
+            f"{model.source}: PyTriton serving here is for classifiers; serve a backbone "
+            "with Triton itself: fastervit-triton writes its config with every feature map"
+        )
     import numpy as np
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
@@ -216,20 +261,36 @@ def serve_pytriton(model, name: str, max_queue_delay_us: int = 500, http_port: i
     def infer_bytes(image):
         return {"logits": model.logits([bytes(item) for item in image.reshape(-1)])}
 
-    triton = Triton(config=TritonConfig(http_address="127.0.0.1", grpc_address="127.0.0.1",
-                                        http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                                        exit_on_error=True, log_verbose=0))
-    triton.bind(model_name=name, infer_func=infer,
-                inputs=[Tensor(name="input", dtype=model.preprocess.input_dtype, shape=model.preprocess.input_shape)],
-                outputs=[Tensor(name="logits", dtype=np.float32, shape=(len(model.names),))],
-                config=ModelConfig(max_batch_size=model.max_batch,
-                                   batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)),
-                strict=True)
-    triton.bind(model_name=f"{name}_bytes", infer_func=infer_bytes,  # encoded JPEG/PNG in, logits out
-                inputs=[Tensor(name="image", dtype=np.bytes_, shape=(1,))],
-                outputs=[Tensor(name="logits", dtype=np.float32, shape=(len(model.names),))],
-                config=ModelConfig(max_batch_size=model.max_batch,
-                                   batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)),
-                strict=True)
+    triton = Triton(
+        config=TritonConfig(
+            http_address="127.0.0.1",
+            grpc_address="127.0.0.1",
+            http_port=http_port,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
+            exit_on_error=True,
+            log_verbose=0,
+        )
+    )
+    triton.bind(
+        model_name=name,
+        infer_func=infer,
+        inputs=[Tensor(name="input", dtype=model.preprocess.input_dtype, shape=model.preprocess.input_shape)],
+        outputs=[Tensor(name="logits", dtype=np.float32, shape=(len(model.names),))],
+        config=ModelConfig(
+            max_batch_size=model.max_batch, batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)
+        ),
+        strict=True,
+    )
+    triton.bind(
+        model_name=f"{name}_bytes",
+        infer_func=infer_bytes,  # encoded JPEG/PNG in, logits out
+        inputs=[Tensor(name="image", dtype=np.bytes_, shape=(1,))],
+        outputs=[Tensor(name="logits", dtype=np.float32, shape=(len(model.names),))],
+        config=ModelConfig(
+            max_batch_size=model.max_batch, batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)
+        ),
+        strict=True,
+    )
     triton.run()
     return triton

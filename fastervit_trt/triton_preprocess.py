@@ -7,6 +7,7 @@ the ensemble ``<name>_bytes`` chains it with the classifier, so clients send JPE
 ``pip install fastervit-trt`` (Pillow and NumPy; no torch). The preprocessing comes from the
 model config's ``preprocess`` parameter, written from the engine's sidecar or ONNX metadata.
 """
+
 from __future__ import annotations
 
 import json

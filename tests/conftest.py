@@ -1,4 +1,5 @@
 """Shared fixtures. Tests mirror the package: tests/models, tests/export, ..."""
+
 from __future__ import annotations
 
 import warnings
@@ -13,6 +14,7 @@ warnings.filterwarnings("ignore", module="timm")
 def official_state():
     """Randomised official faster_vit_0_224 weights (the oracle's state dict)."""
     from tests.parity import official_model, randomize_
+
     return randomize_(official_model("faster_vit_0_224"), seed=3).state_dict()
 
 
@@ -23,6 +25,7 @@ def images_224():
 
 def has_tensorrt() -> bool:
     from fastervit_trt.engines import EngineBuildError, load_tensorrt
+
     try:
         load_tensorrt()
     except EngineBuildError:
@@ -49,6 +52,7 @@ def realistic_checkpoint(tmp_path_factory, official_state):
 def exported(tmp_path_factory, realistic_checkpoint):
     """Export (once per distinct options) from the realistic checkpoint: {options: result}."""
     from fastervit_trt.export.pipeline import ExportOptions, export_model
+
     out = tmp_path_factory.mktemp("export")
     cache = {}
 
@@ -56,9 +60,11 @@ def exported(tmp_path_factory, realistic_checkpoint):
         key = (precision, tuple(sorted(options.items())))
         if key not in cache:
             folder = out / f"{precision}-{len(cache)}"
-            cache[key] = export_model(ExportOptions(precision=precision, output_dir=folder,
-                                                    checkpoint=realistic_checkpoint, **options))
+            cache[key] = export_model(
+                ExportOptions(precision=precision, output_dir=folder, checkpoint=realistic_checkpoint, **options)
+            )
         return cache[key]
+
     return get
 
 
@@ -67,6 +73,7 @@ def int8_export(tmp_path_factory):
     """faster_vit_0_224 (random init) exported to INT8 with 64 calibration inputs."""
     from fastervit_trt.export.pipeline import ExportOptions
     from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
+
     out = tmp_path_factory.mktemp("int8")
     return export_quantized(ExportOptions(precision="int8", output_dir=out), CalibrationOptions(images=64))
 
@@ -78,25 +85,36 @@ def digits_batch8_onnx(tmp_path_factory):
     from pathlib import Path
 
     from fastervit_trt.export.pipeline import ExportOptions, export_model
+
     checkpoint = Path(__file__).parent / "fixtures" / "faster_vit_digits.pth"
-    return export_model(ExportOptions(model="faster_vit_digits", checkpoint=checkpoint, precision="fp32",
-                                      batch=(1, 4, 8), output_dir=tmp_path_factory.mktemp("digits8"))).onnx_path
+    return export_model(
+        ExportOptions(
+            model="faster_vit_digits",
+            checkpoint=checkpoint,
+            precision="fp32",
+            batch=(1, 4, 8),
+            output_dir=tmp_path_factory.mktemp("digits8"),
+        )
+    ).onnx_path
 
 
 @pytest.fixture(scope="session")
 def digits_folders(tmp_path_factory):
     """scikit-learn digits written as labelled PNG folders: {"train": dir, "heldout": dir}."""
     from tests.fixtures.digits import split_named, write_folder
+
     root = tmp_path_factory.mktemp("digits")
-    return {name: write_folder(root / name, images, labels)
-            for name, (images, labels) in split_named().items()}
+    return {name: write_folder(root / name, images, labels) for name, (images, labels) in split_named().items()}
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
     """The bad-input suite's counts: cases tried, tracebacks and files left behind (both must be 0)."""
     import sys
+
     suite = sys.modules.get("tests.test_bad_inputs")
     if suite is not None and suite.TALLY["cases"]:
         tally = suite.TALLY
-        terminalreporter.write_line(f"bad-input suite: {tally['cases']} cases, {tally['tracebacks']} tracebacks, "
-                                    f"{tally['files left behind']} files left behind")
+        terminalreporter.write_line(
+            f"bad-input suite: {tally['cases']} cases, {tally['tracebacks']} tracebacks, "
+            f"{tally['files left behind']} files left behind"
+        )

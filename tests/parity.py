@@ -4,6 +4,7 @@ Test code, kept out of the product package: the official package is a test/tool 
 only (``pip install fastervit-trt[test]``), and nothing under ``fastervit_trt/`` imports it.
 Benchmarks and tools reach it as ``tests.parity`` with the repository root on ``sys.path``.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -27,6 +28,7 @@ def official_model(name: str, resolution: tuple[int, int] | None = None) -> nn.M
     with warnings.catch_warnings():  # the reference emits deprecation noise on import/build
         warnings.simplefilter("ignore")
         from fastervit import create_model as official_create
+
         return official_create(name, **kwargs).eval()
 
 
@@ -53,13 +55,12 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
             tensor.copy_(0.75 + 0.5 * noise)
         else:
             fan_in = tensor[0].numel()
-            tensor.copy_(torch.randn(tensor.shape, generator=gen) * fan_in ** -0.5)
+            tensor.copy_(torch.randn(tensor.shape, generator=gen) * fan_in**-0.5)
     return model
 
 
 @torch.no_grad()
-def check_parity(name: str, resolution: tuple[int, int] | None = None, batch: int = 2,
-                 seed: int = 0) -> Comparison:
+def check_parity(name: str, resolution: tuple[int, int] | None = None, batch: int = 2, seed: int = 0) -> Comparison:
     """Logits of ours vs the official model sharing the same random weights (via a file)."""
     official = randomize_(official_model(name, resolution), seed)
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,6 +21,7 @@ What it holds the code to (each from NVIDIA's bindings or the CUDA semantics the
   bytes that are no timing cache, and ``set_timing_cache(None)`` raises TypeError.
 The engine computes, for output k, k times each image's sum (every value of it).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,6 +56,7 @@ class Cuda:
 
     def __init__(self, index: int | None = None) -> None:
         import torch
+
         self.torch, self.index = torch, 0 if index is None else index
         self.memory: dict[int, np.ndarray] = {}  # start address -> its bytes
         self.streams: dict[int, Stream] = {}
@@ -69,7 +71,7 @@ class Cuda:
         nbytes = max(1, int(np.prod(shape)) * dtype.itemsize)
         raw = np.zeros(nbytes + ALIGN, np.uint8)
         start = -raw.ctypes.data % ALIGN
-        array = raw[start:start + nbytes].view(dtype)[: int(np.prod(shape))].reshape(shape)
+        array = raw[start : start + nbytes].view(dtype)[: int(np.prod(shape))].reshape(shape)
         self.adopt(array)
         self.log.append(("alloc", nbytes))
         return array
@@ -83,7 +85,7 @@ class Cuda:
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         for start, data in self.memory.items():
             if start <= address and address + nbytes <= start + data.nbytes:
-                return data[address - start:address - start + nbytes].view(dtype).reshape(shape)
+                return data[address - start : address - start + nbytes].view(dtype).reshape(shape)
         raise IllegalAddress(f"{address:#x}: {nbytes} bytes nobody allocated")
 
     # the TorchCuda interface
@@ -142,8 +144,13 @@ class Cuda:
 
     def copy_rows(self, device, tensor, rows, stream):
         source = tensor.numpy()
-        self.enqueue(stream, lambda: (device[: len(source)].__setitem__(slice(None), source),
-                                      device[len(source):rows].__setitem__(slice(None), 0)))
+        self.enqueue(
+            stream,
+            lambda: (
+                device[: len(source)].__setitem__(slice(None), source),
+                device[len(source) : rows].__setitem__(slice(None), 0),
+            ),
+        )
 
     def capture(self, stream, launch):
         self.log.append(("capture",))
@@ -169,8 +176,15 @@ class _DataType:
         return f"DataType.{self.name.upper()}"
 
 
-def tensorrt(low: int, high: int, outputs: dict | None = None, output_dtype: str = "float32",
-             rtx_graphs: bool = False, capturable: bool | None = None, refuse: tuple[str, ...] = ()):
+def tensorrt(
+    low: int,
+    high: int,
+    outputs: dict | None = None,
+    output_dtype: str = "float32",
+    rtx_graphs: bool = False,
+    capturable: bool | None = None,
+    refuse: tuple[str, ...] = (),
+):
     """A TensorRT runtime (``world.trt``) and CUDA (``world.open_cuda``) whose engines take (N, 3, 2, 2) float32 inputs on a profile of
     ``low..high``; ``outputs``: name -> shape per image (default one (1,) "logits").
     ``rtx_graphs``: TensorRT-RTX with ``CudaGraphStrategy``; ``capturable``: an RTX context's
@@ -183,9 +197,11 @@ def tensorrt(low: int, high: int, outputs: dict | None = None, output_dtype: str
     def open_cuda(index=None):  # stands in for runtime.cuda.open_cuda
         world.cuda = Cuda(index)
         return world.cuda
+
     world.open_cuda = open_cuda
-    strategies = types.SimpleNamespace(STATIC="static", ON_PROFILE_CHANGE="on profile change",
-                                       USER_MANAGED="user managed")
+    strategies = types.SimpleNamespace(
+        STATIC="static", ON_PROFILE_CHANGE="on profile change", USER_MANAGED="user managed"
+    )
     graph_strategies = types.SimpleNamespace(DISABLED="disabled", WHOLE_GRAPH_CAPTURE="whole graph capture")
 
     class RuntimeConfig:
@@ -234,8 +250,10 @@ def tensorrt(low: int, high: int, outputs: dict | None = None, output_dtype: str
 
             def run():  # what the GPU does when the stream gets there
                 if self.shape != shape:
-                    raise AssertionError(f"a launch recorded at batch {shape[0]} ran on a context now at "
-                                         f"batch {self.shape[0]}: TensorRT needs a new capture")
+                    raise AssertionError(
+                        f"a launch recorded at batch {shape[0]} ran on a context now at "
+                        f"batch {self.shape[0]}: TensorRT needs a new capture"
+                    )
                 count = shape[0]
                 world.calls.append(count)
                 x = world.cuda.view(addresses["input"], shape, np.float32)
@@ -243,6 +261,7 @@ def tensorrt(low: int, high: int, outputs: dict | None = None, output_dtype: str
                 for k, (name, per_image) in enumerate(outputs.items(), start=1):
                     out = world.cuda.view(addresses[name], (count, *per_image), np.dtype(output_dtype))
                     out[:] = (k * sums).reshape(-1, *[1] * len(per_image))
+
             world.cuda.enqueue(world.cuda.streams[handle], run)
             return True
 
@@ -273,6 +292,7 @@ def tensorrt(low: int, high: int, outputs: dict | None = None, output_dtype: str
             return Context(strategy_or_config, None)
 
         if rtx_graphs:
+
             def create_runtime_config(self):
                 return RuntimeConfig()
 
@@ -300,9 +320,14 @@ def tensorrt(low: int, high: int, outputs: dict | None = None, output_dtype: str
             raise TypeError(f"no NumPy type for {dtype}")
         return np.dtype(dtype.name).type
 
-    module = types.SimpleNamespace(Logger=logger, Runtime=Runtime, __version__="10.13.0",
-                                   TensorIOMode=types.SimpleNamespace(INPUT="in"), nptype=nptype,
-                                   ExecutionContextAllocationStrategy=strategies)
+    module = types.SimpleNamespace(
+        Logger=logger,
+        Runtime=Runtime,
+        __version__="10.13.0",
+        TensorIOMode=types.SimpleNamespace(INPUT="in"),
+        nptype=nptype,
+        ExecutionContextAllocationStrategy=strategies,
+    )
     if rtx_graphs:
         module.CudaGraphStrategy, module.IRuntimeConfig = graph_strategies, RuntimeConfig
     world.trt = module
@@ -348,10 +373,12 @@ class Builder:
 
             def parse_from_file(self, path):
                 import onnx
+
                 graph = onnx.load(path, load_external_data=False).graph
 
                 def dims(value):
                     return [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
+
                 self.network.inputs = [Tensor(v.name, dims(v)) for v in graph.input]
                 self.network.outputs = [Tensor(v.name, dims(v)) for v in graph.output]
                 return True
@@ -430,13 +457,18 @@ class Builder:
 
         flag_names = ("FP16", "INT8", "VERSION_COMPATIBLE")
         self.trt = types.SimpleNamespace(
-            __version__="10.13.0", Logger=type("Logger", (), {"ERROR": 0, "__init__": lambda self, level=0: None}),
-            Builder=TrtBuilder, OnnxParser=OnnxParser, IProgressMonitor=ProgressMonitor,
+            __version__="10.13.0",
+            Logger=type("Logger", (), {"ERROR": 0, "__init__": lambda self, level=0: None}),
+            Builder=TrtBuilder,
+            OnnxParser=OnnxParser,
+            IProgressMonitor=ProgressMonitor,
             NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=5),
             BuilderFlag=types.SimpleNamespace(**{n: n for n in flag_names}),
-            MemoryPoolType=types.SimpleNamespace(WORKSPACE="workspace"), Dims=tuple,
+            MemoryPoolType=types.SimpleNamespace(WORKSPACE="workspace"),
+            Dims=tuple,
             IInt8EntropyCalibrator2=type("IInt8EntropyCalibrator2", (Calibrator,), {}),
-            IInt8MinMaxCalibrator=type("IInt8MinMaxCalibrator", (Calibrator,), {}))
+            IInt8MinMaxCalibrator=type("IInt8MinMaxCalibrator", (Calibrator,), {}),
+        )
 
     def calibrate(self, calibrator, config) -> bool:
         """TensorRT 10's calibration: the cache if it has one, else batches until None."""

@@ -1,4 +1,5 @@
 """The one-way imports of docs/architecture.md, checked on the source: a forbidden import fails here."""
+
 from __future__ import annotations
 
 import ast
@@ -25,8 +26,13 @@ def _imports(path: Path) -> list[tuple[str, str]]:
     tree = ast.parse(path.read_text())
     kinds: dict[int, str] = {}
     for node in ast.walk(tree):
-        kind = "lazy" if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else \
-            "typing" if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test) else None
+        kind = (
+            "lazy"
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            else "typing"
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            else None
+        )
         if kind:
             kinds.update({id(child): kinds.get(id(child), kind) for child in ast.walk(node) if child is not node})
     found = []
@@ -71,14 +77,23 @@ def test_the_runtime_needs_no_torch_and_no_exporter():
     """A service installs the runtime without PyTorch: torch is only ever imported lazily, where a
     GPU path uses it when present; the model zoo, exporter and calibration are never imported."""
     assert _offenders("fastervit_trt.runtime", ("torch", "torchvision"), eager_only=True) == []
-    assert _offenders("fastervit_trt.runtime", ("fastervit_trt.models", "fastervit_trt.export",
-                                                "fastervit_trt.calibration", "fastervit_trt.engines")) == []
+    assert (
+        _offenders(
+            "fastervit_trt.runtime",
+            ("fastervit_trt.models", "fastervit_trt.export", "fastervit_trt.calibration", "fastervit_trt.engines"),
+        )
+        == []
+    )
 
 
 def test_nothing_imports_the_cli():
     outside = {m: i for m, i in MODULES.items() if not m.startswith("fastervit_trt.cli")}
-    assert [f"{m} imports {t}" for m, imports in outside.items() for t, _ in imports
-            if t == "fastervit_trt.cli" or t.startswith("fastervit_trt.cli.")] == []
+    assert [
+        f"{m} imports {t}"
+        for m, imports in outside.items()
+        for t, _ in imports
+        if t == "fastervit_trt.cli" or t.startswith("fastervit_trt.cli.")
+    ] == []
 
 
 def test_calibration_keeps_to_algorithms():
@@ -91,15 +106,20 @@ def test_models_and_export_helpers_import_nothing_above_them():
     assert _offenders("fastervit_trt.models", above) == []
     helpers = [m for m in MODULES if m.startswith("fastervit_trt.export.") and m not in EXPORT_DRIVERS]
     assert helpers, "no export helpers found"
-    assert [o for h in helpers for o in _offenders(h, ("fastervit_trt.calibration", *EXPORT_DRIVERS,
-                                                       "fastervit_trt.engines"))] == []
+    assert [
+        o
+        for h in helpers
+        for o in _offenders(h, ("fastervit_trt.calibration", *EXPORT_DRIVERS, "fastervit_trt.engines"))
+    ] == []
 
 
 def test_no_circular_imports_in_the_package():
     """No module's imports (eager or lazy; typing-only ones never run) lead back to it. Importing
     one's own parent package does not count: Python runs it before the module anyway."""
-    graph = {m: {t for t, kind in imports if kind != "typing" and t in MODULES and not (m + ".").startswith(t + ".")}
-             for m, imports in MODULES.items()}
+    graph = {
+        m: {t for t, kind in imports if kind != "typing" and t in MODULES and not (m + ".").startswith(t + ".")}
+        for m, imports in MODULES.items()
+    }
 
     def reaches(start: str) -> set[str]:
         seen, todo = set(), [start]
@@ -108,11 +128,19 @@ def test_no_circular_imports_in_the_package():
                 seen.add(following)
                 todo.append(following)
         return seen
+
     assert sorted(m for m in graph if m in reaches(m)) == []
 
 
-@pytest.mark.parametrize("module", ["fastervit_trt.runtime", "fastervit_trt.runtime.tensorrt_backend",
-                                    "fastervit_trt.runtime.batcher", "fastervit_trt.sidecar"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "fastervit_trt.runtime",
+        "fastervit_trt.runtime.tensorrt_backend",
+        "fastervit_trt.runtime.batcher",
+        "fastervit_trt.sidecar",
+    ],
+)
 def test_importing_the_runtime_loads_no_torch(module):
     """The same rule, observed: a fresh interpreter importing the runtime has no torch loaded."""
     code = f"import sys, {module}; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"

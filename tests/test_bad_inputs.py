@@ -1,5 +1,6 @@
 """Bad input, table-driven: every command refuses each invalid value with one line that names
 the argument and the valid range, exit 2 (usage) or 1 (error), no traceback, no file written."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -18,6 +19,7 @@ def record(err: str, left: list) -> None:
     TALLY["cases"] += 1
     TALLY["tracebacks"] += "Traceback" in err
     TALLY["files left behind"] += len(left)
+
 
 # (command, argv, fragment of the one error line)
 USAGE = [
@@ -71,22 +73,43 @@ def test_npy_of_raw_pixels_is_refused(dtype, tmp_path, monkeypatch, capsys):
     """A uint8 array of pixels once calibrated a 31 % model with exit 0."""
     monkeypatch.chdir(tmp_path)
     np.save("pixels.npy", np.zeros((16, 3, 128, 128), dtype))
-    code = cli.export_main(["--variant", "faster_vit_digits", "--precision", "int8", "--calib-data", "pixels.npy",
-                            "--output-dir", "out", "--no-engine", "--quiet"])
+    code = cli.export_main(
+        [
+            "--variant",
+            "faster_vit_digits",
+            "--precision",
+            "int8",
+            "--calib-data",
+            "pixels.npy",
+            "--output-dir",
+            "out",
+            "--no-engine",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     record(err, _left(tmp_path, tmp_path / "pixels.npy"))
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 1 and len(lines) == 1 and "pixels.npy" in lines[0] and "float32" in lines[0], err
-    assert not (tmp_path / "out").exists() or not any(p.suffix in (".onnx", ".cache") for p in (tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists() or not any(
+        p.suffix in (".onnx", ".cache") for p in (tmp_path / "out").iterdir()
+    )
 
 
-@pytest.mark.parametrize("model,size,nearest", [("faster_vit_0_any_res", "230 230", "224 224"),
-                                                ("faster_vit_0_224", "250 250", "224 224 or 448 448")])
+@pytest.mark.parametrize(
+    "model,size,nearest",
+    [("faster_vit_0_any_res", "230 230", "224 224"), ("faster_vit_0_224", "250 250", "224 224 or 448 448")],
+)
 def test_resolution_the_reference_cannot_run_names_the_nearest_valid_ones(model, size, nearest, tmp_path, capsys):
     out = tmp_path / "out"
     code = cli.export_main(["--model", model, "--resolution", *size.split(), "--output-dir", str(out), "--quiet"])
-    _one_error(code, capsys.readouterr().err, f"resolution {size.replace(' ', 'x')}",
-               f"nearest valid --resolution: {nearest}", left=_left(tmp_path))
+    _one_error(
+        code,
+        capsys.readouterr().err,
+        f"resolution {size.replace(' ', 'x')}",
+        f"nearest valid --resolution: {nearest}",
+        left=_left(tmp_path),
+    )
     assert not out.exists()
 
 
@@ -95,12 +118,16 @@ def test_float64_npy_is_converted_and_held_out_inputs_are_independent(tmp_path, 
     shipped photos, not from the array itself, so a badly scaled array cannot hide."""
     from fastervit_trt.export.pipeline import ExportOptions
     from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
+
     np.save(tmp_path / "inputs.npy", np.random.default_rng(0).standard_normal((16, 3, 128, 128)))
-    result = export_quantized(ExportOptions(model="faster_vit_digits", precision="int8", output_dir=str(tmp_path / "out")),
-                         CalibrationOptions(data=str(tmp_path / "inputs.npy"), images=16, batch=8,
-                                            cache=str(tmp_path / "c.cache")))
+    result = export_quantized(
+        ExportOptions(model="faster_vit_digits", precision="int8", output_dir=str(tmp_path / "out")),
+        CalibrationOptions(data=str(tmp_path / "inputs.npy"), images=16, batch=8, cache=str(tmp_path / "c.cache")),
+    )
     assert (tmp_path / "c.cache").is_file()
-    assert "calibration" in result.report["accuracy"]["inputs"] and "inputs.npy" not in result.report["accuracy"]["inputs"]
+    assert (
+        "calibration" in result.report["accuracy"]["inputs"] and "inputs.npy" not in result.report["accuracy"]["inputs"]
+    )
 
 
 def test_python_api_takes_str_paths(tmp_path):
@@ -109,6 +136,7 @@ def test_python_api_takes_str_paths(tmp_path):
     from fastervit_trt.calibration.options import CalibrationOptions
     from fastervit_trt.engines import BuildConfig
     from fastervit_trt.export.pipeline import ExportOptions
+
     options = ExportOptions(output_dir="out", checkpoint="w.pth")
     assert options.onnx_path == Path("out/faster_vit_0_224_fp16.onnx") and options.checkpoint == Path("w.pth")
     calib = CalibrationOptions(data="photos", cache="c.cache")
@@ -118,11 +146,14 @@ def test_python_api_takes_str_paths(tmp_path):
 
 # ---------------------------------------------------------------- interrupted = exit 130, nothing new
 
+
 def _visible(folder):
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
 
 
-@pytest.mark.parametrize("precision,stage", [("fp32", "validate"), ("int8", "_accuracy"), ("int8", "collect_histograms")])
+@pytest.mark.parametrize(
+    "precision,stage", [("fp32", "validate"), ("int8", "_accuracy"), ("int8", "collect_histograms")]
+)
 def test_ctrl_c_at_the_last_steps_leaves_nothing_new(precision, stage, tmp_path, monkeypatch, capsys):
     """Ctrl-C during validation (or the last INT8 step) once left an unvalidated ONNX and a
     cache without a report, and the next run refused "already exists"."""
@@ -131,18 +162,46 @@ def test_ctrl_c_at_the_last_steps_leaves_nothing_new(precision, stage, tmp_path,
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
+
     module = pipeline if stage == "validate" else int8_pipeline
     monkeypatch.setattr(module, stage, interrupt)
     out = tmp_path / "out"
-    code = cli.export_main(["--variant", "faster_vit_digits", "--precision", precision, "--calib-images", "16",
-                            "--output-dir", str(out), "--no-engine", "--quiet"])
+    code = cli.export_main(
+        [
+            "--variant",
+            "faster_vit_digits",
+            "--precision",
+            precision,
+            "--calib-images",
+            "16",
+            "--output-dir",
+            str(out),
+            "--no-engine",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     record(err, _left(out) if out.exists() else [])
     assert code == 130 and "interrupted" in err and "Traceback" not in err
     assert _visible(out) == []
     monkeypatch.undo()
-    assert cli.export_main(["--variant", "faster_vit_digits", "--precision", precision, "--calib-images", "16",
-                            "--output-dir", str(out), "--no-engine", "--quiet"]) == 0
+    assert (
+        cli.export_main(
+            [
+                "--variant",
+                "faster_vit_digits",
+                "--precision",
+                precision,
+                "--calib-images",
+                "16",
+                "--output-dir",
+                str(out),
+                "--no-engine",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
 
 
 def test_build_output_must_be_an_engine_file(tmp_path, capsys):
@@ -165,13 +224,23 @@ def test_ctrl_c_during_an_engine_build_exits_130_without_an_engine(tmp_path, exp
     import time
 
     from tests.conftest import has_tensorrt
+
     if not has_tensorrt():
         pytest.skip("no TensorRT / TensorRT-RTX installed")
     onnx_path = exported("fp32").onnx_path
     engine = tmp_path / "e.engine"
-    child = subprocess.Popen([sys.executable, "-c", "import sys; from fastervit_trt.cli import build_main; "
-                              "sys.exit(build_main(sys.argv[1:]))", str(onnx_path), "--output", str(engine)],
-                             stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from fastervit_trt.cli import build_main; sys.exit(build_main(sys.argv[1:]))",
+            str(onnx_path),
+            "--output",
+            str(engine),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in child.stderr:  # wait until the builder runs
         if "builder:" in line:
             break
@@ -186,18 +255,26 @@ def test_ctrl_c_during_an_engine_build_exits_130_without_an_engine(tmp_path, exp
 
 # ---------------------------------------------------------------- foreign ONNX files (other tools' exports)
 
+
 def _foreign_onnx(path, input_shape, output: str = "float", batch_out=None):
     """A tiny classifier as other tools write them: pooled channels as logits (or their ArgMax)."""
     import onnx
     from onnx import TensorProto, helper
-    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
-             helper.make_node("Flatten", ["pooled"], ["logits"])]
+
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["logits"]),
+    ]
     out_name, out_type, out_shape = "logits", TensorProto.FLOAT, [batch_out or "N", 3]
     if output == "argmax":
         nodes.append(helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0))
         out_name, out_type, out_shape = "label", TensorProto.INT64, [batch_out or "N"]
-    graph = helper.make_graph(nodes, "foreign", [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
-                              [helper.make_tensor_value_info(out_name, out_type, out_shape)])
+    graph = helper.make_graph(
+        nodes,
+        "foreign",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info(out_name, out_type, out_shape)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -206,6 +283,7 @@ def _foreign_onnx(path, input_shape, output: str = "float", batch_out=None):
 
 def _images(folder, count=3):
     from PIL import Image
+
     folder.mkdir(exist_ok=True)
     paths = []
     for i in range(count):
@@ -227,12 +305,15 @@ def _one_error(code, err, *fragments, left=()):
     assert all(f in lines[0] for f in fragments), lines[0]
 
 
-@pytest.mark.parametrize("command,argv,fragment", [
-    ("serve", ["--model", "missing.onnx"], "missing.onnx: no such model file"),
-    ("serve", ["--model", "w.pth"], "w.pth: expected an .engine/.plan or .onnx model"),
-    ("deepstream", ["missing.onnx", "--out", "ds"], "missing.onnx: no such model file"),
-    ("deepstream", ["w.pth", "--out", "ds"], "w.pth: expected an .onnx export or an .engine with its sidecar"),
-])
+@pytest.mark.parametrize(
+    "command,argv,fragment",
+    [
+        ("serve", ["--model", "missing.onnx"], "missing.onnx: no such model file"),
+        ("serve", ["--model", "w.pth"], "w.pth: expected an .engine/.plan or .onnx model"),
+        ("deepstream", ["missing.onnx", "--out", "ds"], "missing.onnx: no such model file"),
+        ("deepstream", ["w.pth", "--out", "ds"], "w.pth: expected an .onnx export or an .engine with its sidecar"),
+    ],
+)
 def test_serve_and_deepstream_refuse_a_model_they_cannot_read(command, argv, fragment, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "w.pth").write_bytes(b"weights")
@@ -263,9 +344,14 @@ def test_foreign_onnx_gets_one_line_from_infer(name, spec, fragment, tmp_path, c
     _one_error(code, capsys.readouterr().err, f"{name}.onnx", fragment, left=_left(tmp_path, model, tmp_path / "img"))
 
 
-@pytest.mark.parametrize("name,spec", [("fixed", dict(input_shape=[1, 3, 8, 8], batch_out=1)),
-                                       ("symbolic_hw", dict(input_shape=["N", 3, "H", "W"])),
-                                       ("no_shape", dict(input_shape=None))])
+@pytest.mark.parametrize(
+    "name,spec",
+    [
+        ("fixed", dict(input_shape=[1, 3, 8, 8], batch_out=1)),
+        ("symbolic_hw", dict(input_shape=["N", 3, "H", "W"])),
+        ("no_shape", dict(input_shape=None)),
+    ],
+)
 def test_foreign_onnx_gets_one_line_from_triton(name, spec, tmp_path, capsys):
     model = _foreign_onnx(tmp_path / f"{name}.onnx", **spec)
     code = cli.triton_main([str(model), "--repo", str(tmp_path / "repo")])
@@ -273,8 +359,13 @@ def test_foreign_onnx_gets_one_line_from_triton(name, spec, tmp_path, capsys):
     assert not (tmp_path / "repo").exists() or list((tmp_path / "repo").rglob("*.pbtxt")) == []
 
 
-@pytest.mark.parametrize("name,spec,fragment", [("symbolic_hw", dict(input_shape=["N", 3, "H", "W"]), "dynamic non-batch"),
-                                                ("no_shape", dict(input_shape=None), "known rank")])
+@pytest.mark.parametrize(
+    "name,spec,fragment",
+    [
+        ("symbolic_hw", dict(input_shape=["N", 3, "H", "W"]), "dynamic non-batch"),
+        ("no_shape", dict(input_shape=None), "known rank"),
+    ],
+)
 def test_foreign_onnx_gets_one_line_from_build(name, spec, fragment, tmp_path, capsys):
     model = _foreign_onnx(tmp_path / f"{name}.onnx", **spec)
     code = cli.build_main([str(model), "--output", str(tmp_path / "e.engine"), "--quiet"])
@@ -284,9 +375,15 @@ def test_foreign_onnx_gets_one_line_from_build(name, spec, fragment, tmp_path, c
 
 # ---------------------------------------------------------------- Triton repositories
 
-@pytest.mark.parametrize("argv,fragment", [(["--name", "../escaped"], "stays a folder inside --repo"),
-                                           (["--name", "a/b"], "not start"),
-                                           (["--kind", "cpu"], None)])
+
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["--name", "../escaped"], "stays a folder inside --repo"),
+        (["--name", "a/b"], "not start"),
+        (["--kind", "cpu"], None),
+    ],
+)
 def test_triton_names_stay_inside_the_repository(argv, fragment, exported, tmp_path, capsys):
     onnx_path = exported("fp32").onnx_path
     code = cli.triton_main([str(onnx_path), "--repo", str(tmp_path / "repo"), *argv])
@@ -301,6 +398,7 @@ def test_triton_names_stay_inside_the_repository(argv, fragment, exported, tmp_p
 def test_triton_copy_on_a_full_disk_leaves_nothing_and_reruns(exported, tmp_path, monkeypatch, capsys):
     import errno
     import shutil
+
     onnx_path = exported("fp32").onnx_path
     real = shutil.copyfile
 
@@ -308,6 +406,7 @@ def test_triton_copy_on_a_full_disk_leaves_nothing_and_reruns(exported, tmp_path
         with open(dst, "wb") as fh:
             fh.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
     monkeypatch.setattr(shutil, "copyfile", full_disk)
     repo = tmp_path / "repo"
     code = cli.triton_main([str(onnx_path), "--repo", str(repo)])
@@ -326,10 +425,12 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypa
     def full_disk(self, model, path, external):
         path.write_bytes(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
     monkeypatch.setattr(weights.WeightFile, "save", full_disk)
     out = tmp_path / "out"
-    code = cli.export_main(["--variant", "faster_vit_digits", "--precision", "fp32", "--output-dir", str(out),
-                            "--no-engine", "--quiet"])
+    code = cli.export_main(
+        ["--variant", "faster_vit_digits", "--precision", "fp32", "--output-dir", str(out), "--no-engine", "--quiet"]
+    )
     _one_error(code, capsys.readouterr().err, "No space left on device", left=_left(out) if out.exists() else [])
     assert [p for p in out.rglob("*")] == []
 
@@ -337,6 +438,7 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypa
 @pytest.fixture()
 def truncated_engine(exported, tmp_path):
     from tests.conftest import has_tensorrt
+
     if not has_tensorrt():
         pytest.skip("no TensorRT / TensorRT-RTX installed")
     engine = tmp_path / "e.engine"
@@ -349,18 +451,28 @@ def test_triton_and_inspect_refuse_an_engine_that_does_not_match_its_sidecar(tru
     """A truncated engine once became a 1 MB model.plan with exit 0."""
     capsys.readouterr()
     code = cli.triton_main([str(truncated_engine), "--repo", str(tmp_path / "repo")])
-    _one_error(code, capsys.readouterr().err, "sha256 does not match", "fastervit-build",
-               left=_left(tmp_path, truncated_engine, truncated_engine.with_suffix(".json")))
+    _one_error(
+        code,
+        capsys.readouterr().err,
+        "sha256 does not match",
+        "fastervit-build",
+        left=_left(tmp_path, truncated_engine, truncated_engine.with_suffix(".json")),
+    )
     assert not (tmp_path / "repo").exists()
     code = cli.inspect_main([str(truncated_engine)])
-    _one_error(code, capsys.readouterr().err, "sha256 does not match",
-               left=_left(tmp_path, truncated_engine, truncated_engine.with_suffix(".json")))
+    _one_error(
+        code,
+        capsys.readouterr().err,
+        "sha256 does not match",
+        left=_left(tmp_path, truncated_engine, truncated_engine.with_suffix(".json")),
+    )
 
 
 def test_rebuild_hint_targets_the_engine_where_it_is(truncated_engine, tmp_path, capsys, monkeypatch):
     """The hint for a copied engine once rebuilt over the original, with paths relative to
     another folder; it is now shell-quoted and names this engine and an absolute ONNX."""
     import shlex
+
     copy = tmp_path / "copied dir" / "e.engine"
     copy.parent.mkdir()
     copy.write_bytes(truncated_engine.read_bytes())
@@ -376,6 +488,7 @@ def test_rebuild_hint_targets_the_engine_where_it_is(truncated_engine, tmp_path,
 
 # ---------------------------------------------------------------- what the files and logs say
 
+
 def test_recorded_io_dtype_is_the_graphs(tmp_path):
     """--io-dtype fp16 --qdq-base fp32 once recorded a float16 input the graph does not have."""
     import json
@@ -383,10 +496,29 @@ def test_recorded_io_dtype_is_the_graphs(tmp_path):
     import onnx
 
     from fastervit_trt.sidecar import read_metadata
+
     out = tmp_path / "out"
-    assert cli.export_main(["--variant", "faster_vit_digits", "--precision", "int8", "--io-dtype", "fp16",
-                            "--qdq-base", "fp32", "--calib-images", "16", "--output-dir", str(out),
-                            "--no-engine", "--quiet"]) == 0
+    assert (
+        cli.export_main(
+            [
+                "--variant",
+                "faster_vit_digits",
+                "--precision",
+                "int8",
+                "--io-dtype",
+                "fp16",
+                "--qdq-base",
+                "fp32",
+                "--calib-images",
+                "16",
+                "--output-dir",
+                str(out),
+                "--no-engine",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     model = onnx.load(str(out / "faster_vit_digits_int8.onnx"))
     graph_type = onnx.helper.tensor_dtype_to_np_dtype(model.graph.input[0].type.tensor_type.elem_type).name
     assert read_metadata(model)["input"]["dtype"] == graph_type == "float32"
@@ -400,9 +532,13 @@ def test_progress_in_a_log_is_plain_lines(tmp_path):
 
     from fastervit_trt.export.pipeline import ExportOptions
     from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
+
     log = io.StringIO()
-    export_quantized(ExportOptions(model="faster_vit_digits", precision="int8", output_dir=tmp_path),
-                CalibrationOptions(images=16, batch=4), stream=log)
+    export_quantized(
+        ExportOptions(model="faster_vit_digits", precision="int8", output_dir=tmp_path),
+        CalibrationOptions(images=16, batch=4),
+        stream=log,
+    )
     text = log.getvalue()
     assert "\r" not in text and "calibrating: 16/16 img" in text and "[1/7] building faster_vit_digits" in text
 

@@ -1,4 +1,5 @@
 """Every script in bench/ in its smoke size: a benchmark the README quotes keeps running."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(script: str, *argv: str, cwd: Path) -> subprocess.CompletedProcess:
-    child = subprocess.run([sys.executable, str(ROOT / "bench" / script), *argv],
-                           capture_output=True, text=True, timeout=600, cwd=cwd)
+    child = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *argv], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
     assert child.returncode == 0, child.stderr[-3000:]
     return child
 
@@ -49,6 +51,7 @@ def test_triton_load_smoke(tmp_path):
     if not all(importlib.util.find_spec(m) for m in ("pytriton", "tritonclient")):
         pytest.skip("PyTriton / tritonclient not installed (pip install fastervit-trt[triton])")
     from fastervit_trt.export.pipeline import ExportOptions, export_model
+
     onnx_path = export_model(ExportOptions(model="faster_vit_digits", precision="fp32", output_dir=tmp_path)).onnx_path
     _run("triton_load.py", "--model", str(onnx_path), "--smoke", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
     assert len(json.loads((tmp_path / "r.json").read_text())["rows"]) == 2
@@ -56,12 +59,29 @@ def test_triton_load_smoke(tmp_path):
 
 def test_export_all_smoke(tmp_path):
     out = tmp_path / "rows.json"
-    child = subprocess.run([sys.executable, str(ROOT / "bench" / "export_all.py"), "--models", "faster_vit_digits",
-                            "--precisions", "fp32", "int8", "--json", str(out)],
-                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    child = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "export_all.py"),
+            "--models",
+            "faster_vit_digits",
+            "--precisions",
+            "fp32",
+            "int8",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert child.returncode == 0, child.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["model"], r["precision"]) for r in rows] == [("faster_vit_digits", "fp32"), ("faster_vit_digits", "int8")]
+    assert [(r["model"], r["precision"]) for r in rows] == [
+        ("faster_vit_digits", "fp32"),
+        ("faster_vit_digits", "int8"),
+    ]
     for row in rows:
         assert row["passed"] and row["within_bound"] and row["nodes"] > 50
         assert 0 < row["peak_rss_bytes"] < 4e9 and row["parameters"] > 5e5
@@ -71,6 +91,7 @@ def test_export_all_smoke(tmp_path):
 
 def test_gpu_suite_smoke_runs_what_it_can_and_says_what_it_skipped(tmp_path):
     import torch
+
     child = _run("gpu_suite.py", "--smoke", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
     result = json.loads((tmp_path / "r.json").read_text())
     ran = {r["contender"] for r in result["rows"]}
@@ -90,21 +111,36 @@ def test_gpu_suite_closes_each_contender_once_measured(tmp_path, monkeypatch):
     spec.loader.exec_module(suite)
     from fastervit_trt.export.pipeline import ExportOptions, export_model
     from fastervit_trt.runtime import load
-    served = load(export_model(ExportOptions(model="faster_vit_digits", precision="fp32", batch=(1, 4, 8),
-                                             output_dir=tmp_path)).onnx_path)  # plays an engine's model
+
+    served = load(
+        export_model(
+            ExportOptions(model="faster_vit_digits", precision="fp32", batch=(1, 4, 8), output_dir=tmp_path)
+        ).onnx_path
+    )  # plays an engine's model
     log = []
 
     def make(contender, name, resolution, tmp, device):
         log.append(("make", contender))
-        return suite.Contender(lambda x: log.append(("run", contender)), "numpy",
-                               close=lambda: log.append(("close", contender)),
-                               model=served if contender == "ort-cuda" else None)
+        return suite.Contender(
+            lambda x: log.append(("run", contender)),
+            "numpy",
+            close=lambda: log.append(("close", contender)),
+            model=served if contender == "ort-cuda" else None,
+        )
+
     monkeypatch.setattr(suite, "make_contender", make)
-    monkeypatch.setattr(sys, "argv", ["gpu_suite.py", "--smoke", "--contenders", "eager", "ort-cuda",
-                                      "--json", str(tmp_path / "r.json")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["gpu_suite.py", "--smoke", "--contenders", "eager", "ort-cuda", "--json", str(tmp_path / "r.json")],
+    )
     assert suite.main() == 0
-    assert [event for event in log if event[0] != "run"] == [("make", "eager"), ("close", "eager"),
-                                                             ("make", "ort-cuda"), ("close", "ort-cuda")]
+    assert [event for event in log if event[0] != "run"] == [
+        ("make", "eager"),
+        ("close", "eager"),
+        ("make", "ort-cuda"),
+        ("close", "ort-cuda"),
+    ]
     assert ("run", "ort-cuda") in log
     serving = json.loads((tmp_path / "r.json").read_text())["serving"]  # engines are served to clients too
     assert [(r["contender"], r["clients"]) for r in serving] == [("ort-cuda", 1), ("ort-cuda", 8), ("ort-cuda", 32)]

@@ -1,4 +1,5 @@
 """fastervit-export's contract: one error line, non-zero exit, nothing half-written."""
+
 from __future__ import annotations
 
 import os
@@ -43,6 +44,7 @@ def test_resolution_the_windows_cannot_take(capsys, tmp_path):
 
 def test_wrong_checkpoint(capsys, tmp_path):
     from fastervit_trt.models import create_model
+
     ckpt = tmp_path / "fv1.pth"
     torch.save(create_model("faster_vit_1_224").state_dict(), ckpt)
     out = tmp_path / "out"
@@ -82,11 +84,13 @@ def test_existing_output_needs_force(capsys, tmp_path):
 def test_validation_failure_exits_non_zero(capsys, tmp_path, monkeypatch):
     """A graph that does not reproduce PyTorch fails the command (files kept for inspection)."""
     from fastervit_trt.export import stages as pipeline
+
     real_attach = pipeline.attach_weights
 
     def corrupt(graph, model, weights):  # the classifier's weights negated on their way to ONNX
         model.head.weight.data.neg_()
         return real_attach(graph, model, weights)
+
     monkeypatch.setattr(pipeline, "attach_weights", corrupt)
     code, _, err = _run(capsys, "--precision", "fp32", "--output-dir", str(tmp_path), "--quiet")
     assert code == 1 and "does NOT match PyTorch" in _error_line(err)
@@ -100,10 +104,21 @@ def test_training_checkpoint_weights_are_reported(capsys, tmp_path, official_sta
     import json
 
     from tests.models.test_checkpoint import save_training_checkpoint
+
     path, _, _ = save_training_checkpoint(tmp_path, official_state, epoch=7)
     out = tmp_path / "out"
-    code, stdout, err = _run(capsys, "--checkpoint", str(path), "--weights", "ema", "--precision", "fp32",
-                             "--output-dir", str(out), "--no-engine")
+    code, stdout, err = _run(
+        capsys,
+        "--checkpoint",
+        str(path),
+        "--weights",
+        "ema",
+        "--precision",
+        "fp32",
+        "--output-dir",
+        str(out),
+        "--no-engine",
+    )
     assert code == 0, err
     assert "state_dict_ema: 406 tensors" in stdout and "arch faster_vit_0_224; epoch 7" in stdout
     report = json.loads((out / "faster_vit_0_224_fp32.report.json").read_text())
@@ -113,6 +128,7 @@ def test_training_checkpoint_weights_are_reported(capsys, tmp_path, official_sta
 
 def test_checkpoint_of_another_arch_fails_before_any_work(capsys, tmp_path, official_state):
     from tests.models.test_checkpoint import save_training_checkpoint
+
     path, _, _ = save_training_checkpoint(tmp_path, official_state, arch="faster_vit_2_224")
     out = tmp_path / "out"
     code, _, err = _run(capsys, "--checkpoint", str(path), "--output-dir", str(out))
@@ -129,32 +145,47 @@ def in_tmp(tmp_path, monkeypatch):
 
 def test_engine_follows_output_dir_and_names_never_collide(capsys, in_tmp):
     from tests.conftest import has_tensorrt
-    code, stdout, err = _run(capsys, "--variant", "faster_vit_digits", "--precision", "fp32",
-                             "--output-dir", "X", "--batch", "1,1,2")
+
+    code, stdout, err = _run(
+        capsys, "--variant", "faster_vit_digits", "--precision", "fp32", "--output-dir", "X", "--batch", "1,1,2"
+    )
     assert code == 0, err
     names = sorted(p.name for p in (in_tmp / "X").iterdir())
     expected = ["faster_vit_digits_fp32.onnx", "faster_vit_digits_fp32.report.json"]
     if has_tensorrt():  # engine and sidecar beside the ONNX, not in ./engines
         expected = ["faster_vit_digits_fp32.engine", "faster_vit_digits_fp32.json", *expected]
     assert names == sorted(expected) and not (in_tmp / "engines").exists()
-    code, _, err = _run(capsys, "--variant", "faster_vit_digits", "--precision", "fp32", "--output-dir", "X",
-                        "--engine-dir", "X")
+    code, _, err = _run(
+        capsys, "--variant", "faster_vit_digits", "--precision", "fp32", "--output-dir", "X", "--engine-dir", "X"
+    )
     assert code == 1 and "already exists; pass --force" in _error_line(err) and "[1/" not in err
 
 
 def test_every_later_output_is_checked_before_any_work(capsys, in_tmp):
     from tests.conftest import has_tensorrt
+
     repo = in_tmp / "repo" / "faster_vit_digits_fp32"
     repo.mkdir(parents=True)
     (repo / "config.pbtxt").write_text("name: 'x'\n")
-    code, _, err = _run(capsys, "--variant", "faster_vit_digits", "--precision", "fp32", "--output-dir", "X",
-                        "--no-engine", "--triton-repo", "repo")
+    code, _, err = _run(
+        capsys,
+        "--variant",
+        "faster_vit_digits",
+        "--precision",
+        "fp32",
+        "--output-dir",
+        "X",
+        "--no-engine",
+        "--triton-repo",
+        "repo",
+    )
     assert code == 1 and "config.pbtxt: already exists" in _error_line(err) and "[1/" not in err
     assert not (in_tmp / "X").exists() or list((in_tmp / "X").iterdir()) == []
     if has_tensorrt():
         (in_tmp / "E").mkdir()
         (in_tmp / "E" / "faster_vit_digits_fp32.json").write_text("{}")
-        code, _, err = _run(capsys, "--variant", "faster_vit_digits", "--precision", "fp32", "--output-dir", "X",
-                            "--engine-dir", "E")
+        code, _, err = _run(
+            capsys, "--variant", "faster_vit_digits", "--precision", "fp32", "--output-dir", "X", "--engine-dir", "E"
+        )
         assert code == 1 and "faster_vit_digits_fp32.json: already exists" in _error_line(err)
         assert not (in_tmp / "X").exists() or list((in_tmp / "X").iterdir()) == []

@@ -1,4 +1,5 @@
 """fastervit-infer, fastervit-bench, fastervit-inspect, and fastervit-export's engine step."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,11 @@ CHECKPOINT = Path(__file__).parent / "fixtures" / "faster_vit_digits.pth"
 @pytest.fixture(scope="module")
 def digits_onnx(tmp_path_factory):
     from fastervit_trt.export.pipeline import ExportOptions, export_model
+
     out = tmp_path_factory.mktemp("cli-tools")
-    return export_model(ExportOptions(model="faster_vit_digits", checkpoint=CHECKPOINT, precision="fp32",
-                                      output_dir=out)).onnx_path
+    return export_model(
+        ExportOptions(model="faster_vit_digits", checkpoint=CHECKPOINT, precision="fp32", output_dir=out)
+    ).onnx_path
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +59,30 @@ def test_infer_missing_model(tmp_path, capsys):
 
 
 def test_bench_reports_percentiles_against_pytorch(digits_onnx, capsys):
-    code = bench_main(["--model", str(digits_onnx), "--batch-sizes", "1,4", "--iters", "5", "--warmup", "1",
-                       "--torch-variant", "faster_vit_digits", "--checkpoint", str(CHECKPOINT), "--json"])
+    code = bench_main(
+        [
+            "--model",
+            str(digits_onnx),
+            "--batch-sizes",
+            "1,4",
+            "--iters",
+            "5",
+            "--warmup",
+            "1",
+            "--torch-variant",
+            "faster_vit_digits",
+            "--checkpoint",
+            str(CHECKPOINT),
+            "--json",
+        ]
+    )
     rows = json.loads(capsys.readouterr().out)
     assert code == 0 and len(rows) == 4 and {r["batch"] for r in rows} == {1, 4}
     assert all(0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["img_per_s"] > 0 for r in rows)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # PyTorch where the engine would run
-    assert [r["model"] for r in rows if r["model"].startswith("pytorch eager")] == \
-        [f"pytorch eager {device} (faster_vit_digits)"] * 2
+    assert [r["model"] for r in rows if r["model"].startswith("pytorch eager")] == [
+        f"pytorch eager {device} (faster_vit_digits)"
+    ] * 2
 
 
 def test_inspect_onnx(digits_onnx, capsys):
@@ -82,9 +101,21 @@ def test_inspect_int8_onnx(int8_export, capsys):
 
 @pytest.mark.skipif(not has_tensorrt(), reason="no TensorRT / TensorRT-RTX installed")
 def test_export_builds_the_engine_and_inspect_reads_it(tmp_path, capsys):
-    code = export_main(["--variant", "faster_vit_digits", "--checkpoint", str(CHECKPOINT), "--precision", "fp16",
-                        "--output-dir", str(tmp_path / "export"), "--engine-dir", str(tmp_path / "engines"),
-                        "--quiet"])
+    code = export_main(
+        [
+            "--variant",
+            "faster_vit_digits",
+            "--checkpoint",
+            str(CHECKPOINT),
+            "--precision",
+            "fp16",
+            "--output-dir",
+            str(tmp_path / "export"),
+            "--engine-dir",
+            str(tmp_path / "engines"),
+            "--quiet",
+        ]
+    )
     out = capsys.readouterr().out
     engine = tmp_path / "engines" / "faster_vit_digits_fp16.engine"
     assert code == 0 and engine.exists() and f"engine      {engine}" in out
@@ -95,6 +126,7 @@ def test_export_builds_the_engine_and_inspect_reads_it(tmp_path, capsys):
 
 def test_infer_a_folder_in_batches_keeps_order_and_reports_bad_files(digits_onnx, digit_images, tmp_path, capsys):
     import shutil
+
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
     names = []
@@ -110,17 +142,27 @@ def test_infer_a_folder_in_batches_keeps_order_and_reports_bad_files(digits_onnx
     assert [r["image"] for r in rows] == sorted(map(str, names))
 
 
-@pytest.mark.parametrize("command,old,new", [
-    ("export", ["--model", "faster_vit_digits"], {"variant": "faster_vit_digits"}),
-    ("bench", ["--model", "m.onnx", "--batch", "1,4", "--torch-model", "faster_vit_digits"],
-     {"batch_sizes": [1, 4], "torch_variant": "faster_vit_digits"}),
-    ("eval", ["--data", "val", "--torch", "faster_vit_digits", "--batch", "4"],
-     {"torch_variant": "faster_vit_digits", "batch_size": 4}),
-])
+@pytest.mark.parametrize(
+    "command,old,new",
+    [
+        ("export", ["--model", "faster_vit_digits"], {"variant": "faster_vit_digits"}),
+        (
+            "bench",
+            ["--model", "m.onnx", "--batch", "1,4", "--torch-model", "faster_vit_digits"],
+            {"batch_sizes": [1, 4], "torch_variant": "faster_vit_digits"},
+        ),
+        (
+            "eval",
+            ["--data", "val", "--torch", "faster_vit_digits", "--batch", "4"],
+            {"torch_variant": "faster_vit_digits", "batch_size": 4},
+        ),
+    ],
+)
 def test_renamed_flags_keep_their_old_spelling_with_a_note(command, old, new, capsys):
     """--model (a variant name) in export, --batch (a list / an int) in bench and eval, --torch-model and
     --torch were renamed so one name means one thing; the old spellings parse to the same values."""
     import importlib
+
     args = importlib.import_module(f"fastervit_trt.cli.{command}").parser().parse_args(old)
     err = capsys.readouterr().err
     assert {key: getattr(args, key) for key in new} == new

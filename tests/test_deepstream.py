@@ -2,6 +2,7 @@
 nvinfer config read back with a key-file parser and checked key by key against the export,
 nvinfer's documented preprocessing equation applied with the written values, the labels
 file, and the refusals."""
+
 from __future__ import annotations
 
 import configparser
@@ -55,8 +56,16 @@ def digits(tmp_path_factory, digits_folders):
     out = tmp_path_factory.mktemp("deepstream")
 
     def options(precision: str, input_format: str = "pixels", softmax: bool = True) -> ExportOptions:
-        return ExportOptions(model="faster_vit_digits", checkpoint=CHECKPOINT, precision=precision, softmax=softmax,
-                             input_format=input_format, batch=(1, 4, 16), output_dir=out)
+        return ExportOptions(
+            model="faster_vit_digits",
+            checkpoint=CHECKPOINT,
+            precision=precision,
+            softmax=softmax,
+            input_format=input_format,
+            batch=(1, 4, 16),
+            output_dir=out,
+        )
+
     calib = CalibrationOptions(data=digits_folders["train"], images=64, batch=16, heldout=16)
     paths = {p: export_model(options(p)).onnx_path for p in ("fp32", "fp16")}
     paths.update({p: export_quantized(options(p), calib).onnx_path for p in ("int8", "fp8")})
@@ -71,9 +80,11 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def test_every_precision_takes_pixels_and_answers_probabilities(digits, digits_folders):
     from fastervit_trt.calibration.dataset import find_images
+
     items = find_images(digits_folders["heldout"])[0][:64]
-    preprocess = Preprocess.from_config(read_metadata(onnx.load(str(digits["fp32"]), load_external_data=False))
-                                        ["preprocess"])
+    preprocess = Preprocess.from_config(
+        read_metadata(onnx.load(str(digits["fp32"]), load_external_data=False))["preprocess"]
+    )
     pixels = np.stack([preprocess.load(i.path) for i in items])
     reference = _softmax(ort_logits(digits["logits"], preprocess.normalized(pixels)))
     for precision in ("fp32", "fp16", "int8", "fp8"):
@@ -87,6 +98,7 @@ def test_every_precision_takes_pixels_and_answers_probabilities(digits, digits_f
 @requires_tensorrt
 def test_tensorrt_rtx_builds_the_pixels_graphs(digits, tmp_path):
     from fastervit_trt.engines import BuildConfig, build_engine
+
     for precision in ("fp32", "fp16", "int8", "fp8"):
         sidecar = build_engine(digits[precision], tmp_path / f"{precision}.engine", BuildConfig(batch=(1, 4, 16)))
         assert sidecar["inputs"][0]["shape"] == [-1, 3, 128, 128] and sidecar["outputs"][0]["name"] == "probabilities"
@@ -108,20 +120,32 @@ def test_every_key_of_the_config_comes_from_the_export(digits, tmp_path, precisi
     keys = _read(config)
     metadata = read_metadata(onnx.load(str(onnx_path), load_external_data=False))
     height, width = metadata["preprocess"]["input_size"]
-    expected = {"gpu-id": "0", "net-scale-factor": "1.0", "offsets": "0;0;0", "model-color-format": "0",
-                "onnx-file": str(onnx_path.resolve()), "infer-dims": f"3;{height};{width}",
-                "batch-size": str(metadata["batch_profile"][-1]),
-                "network-mode": {"fp32": "0", "int8": "1", "fp16": "2"}[precision], "network-type": "1",
-                "process-mode": "1", "gie-unique-id": "1", "classifier-threshold": "0.5",
-                "labelfile-path": str(labels.resolve()), "output-blob-names": "probabilities",
-                "maintain-aspect-ratio": "0", "scaling-compute-hw": "1",
-                "scaling-filter": str(SCALING_FILTERS[metadata["preprocess"]["interpolation"]])}
+    expected = {
+        "gpu-id": "0",
+        "net-scale-factor": "1.0",
+        "offsets": "0;0;0",
+        "model-color-format": "0",
+        "onnx-file": str(onnx_path.resolve()),
+        "infer-dims": f"3;{height};{width}",
+        "batch-size": str(metadata["batch_profile"][-1]),
+        "network-mode": {"fp32": "0", "int8": "1", "fp16": "2"}[precision],
+        "network-type": "1",
+        "process-mode": "1",
+        "gie-unique-id": "1",
+        "classifier-threshold": "0.5",
+        "labelfile-path": str(labels.resolve()),
+        "output-blob-names": "probabilities",
+        "maintain-aspect-ratio": "0",
+        "scaling-compute-hw": "1",
+        "scaling-filter": str(SCALING_FILTERS[metadata["preprocess"]["interpolation"]]),
+    }
     if precision == "int8":
         expected["int8-calib-file"] = str(Path(metadata["quantization"]["cache"]).resolve())
     assert keys == expected
     assert [o.name for o in onnx.load(str(onnx_path), load_external_data=False).graph.output] == ["probabilities"]
-    secondary, _ = write_deepstream(onnx_path, tmp_path / "ds", DeepStreamOptions(process_mode="secondary",
-                                                                                  operate_on_gie_id=3))
+    secondary, _ = write_deepstream(
+        onnx_path, tmp_path / "ds", DeepStreamOptions(process_mode="secondary", operate_on_gie_id=3)
+    )
     assert secondary.name.endswith("_secondary.txt")
     assert _read(secondary) == {**expected, "process-mode": "2", "operate-on-gie-id": "3"}
 
@@ -156,8 +180,13 @@ def test_nvinfers_equation_with_the_written_values_gives_the_toolkits_input(digi
         np.testing.assert_array_equal(nvinfer, toolkit)
         np.testing.assert_array_equal(ort_logits(digits["fp32"], nvinfer), ort_logits(digits["fp32"], toolkit))
         source = torch.from_numpy(np.asarray(image, np.float32)).permute(2, 0, 1)[None]
-        gpu_like = torch.nn.functional.interpolate(source, (height, width), mode="bicubic", antialias=False,
-                                                   align_corners=False).clamp(0, 255).round()
+        gpu_like = (
+            torch.nn.functional.interpolate(
+                source, (height, width), mode="bicubic", antialias=False, align_corners=False
+            )
+            .clamp(0, 255)
+            .round()
+        )
         gpu_like = scale * (gpu_like.numpy() - offsets.reshape(1, 3, 1, 1))
         differences.append(np.abs(gpu_like - toolkit).mean())
     assert len(differences) == 13 and max(differences) < 17 and np.median(differences) < 6, differences
@@ -166,11 +195,17 @@ def test_nvinfers_equation_with_the_written_values_gives_the_toolkits_input(digi
 def test_models_nvinfer_cannot_preprocess_are_refused_in_one_line(exported, digits, tmp_path, capsys):
     out = tmp_path / "ds"
     centre = exported("fp32", input_format="pixels").onnx_path  # faster_vit_0_224: centre crop at 0.875
-    with pytest.raises(FasterViTTRTError, match=r"faster_vit_0_224 is evaluated with a center crop at crop_pct "
-                                                r"0.875 .* nvinfer cannot crop: .* or preprocess with nvdspreprocess"):
+    with pytest.raises(
+        FasterViTTRTError,
+        match=r"faster_vit_0_224 is evaluated with a center crop at crop_pct "
+        r"0.875 .* nvinfer cannot crop: .* or preprocess with nvdspreprocess",
+    ):
         write_deepstream(centre, out)
-    with pytest.raises(FasterViTTRTError, match=r"export it with --input pixels and --softmax \(.*\): fastervit-export "
-                                                r"--variant faster_vit_digits .* --precision fp32 --input pixels --softmax"):
+    with pytest.raises(
+        FasterViTTRTError,
+        match=r"export it with --input pixels and --softmax \(.*\): fastervit-export "
+        r"--variant faster_vit_digits .* --precision fp32 --input pixels --softmax",
+    ):
         write_deepstream(digits["logits"], out)
     with pytest.raises(FasterViTTRTError, match="nvinfer builds an ONNX file with its precision flags and has no FP8"):
         write_deepstream(digits["fp8"], out)
@@ -187,6 +222,7 @@ def test_models_nvinfer_cannot_preprocess_are_refused_in_one_line(exported, digi
 @requires_tensorrt
 def test_an_engine_gets_its_engine_file_and_profile(digits, tmp_path):
     from fastervit_trt.engines import BuildConfig, build_engine
+
     engine = tmp_path / "digits_fp16.engine"
     build_engine(digits["fp16"], engine, BuildConfig(batch=(1, 2, 8)))
     keys = _read(write_deepstream(engine, tmp_path / "ds")[0])

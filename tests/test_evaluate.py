@@ -1,4 +1,5 @@
 """fastervit-eval: accuracy of engines / ONNX / PyTorch side by side on labelled folders."""
+
 from __future__ import annotations
 
 import json
@@ -18,18 +19,34 @@ PHOTOS = sorted((Path(__file__).parents[1] / "calibration").glob("*.*g"))
 def digits_models(tmp_path_factory, digits_folders):
     from fastervit_trt.export.pipeline import ExportOptions, export_model
     from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
+
     out = tmp_path_factory.mktemp("eval")
     common = dict(model="faster_vit_digits", checkpoint=CHECKPOINT)
     fp32 = export_model(ExportOptions(precision="fp32", output_dir=out, **common)).onnx_path
-    int8 = export_quantized(ExportOptions(precision="int8", output_dir=out, **common),
-                       CalibrationOptions(data=digits_folders["train"], images=128)).onnx_path
+    int8 = export_quantized(
+        ExportOptions(precision="int8", output_dir=out, **common),
+        CalibrationOptions(data=digits_folders["train"], images=128),
+    ).onnx_path
     return fp32, int8
 
 
 def test_side_by_side_on_the_heldout_split(digits_models, digits_folders, capsys):
     fp32, int8 = digits_models
-    code = eval_main(["--data", str(digits_folders["heldout"]), "--model", str(fp32), "--model", str(int8),
-                      "--torch-variant", "faster_vit_digits", "--checkpoint", str(CHECKPOINT), "--json"])
+    code = eval_main(
+        [
+            "--data",
+            str(digits_folders["heldout"]),
+            "--model",
+            str(fp32),
+            "--model",
+            str(int8),
+            "--torch-variant",
+            "faster_vit_digits",
+            "--checkpoint",
+            str(CHECKPOINT),
+            "--json",
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["images"] == 360
     models = report["models"]

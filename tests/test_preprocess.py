@@ -1,4 +1,5 @@
 """Preprocessing equals timm's eval transform for the variant configs, on real photos."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,16 +13,30 @@ from fastervit_trt.preprocess import ImageError, Preprocess, load_image
 PHOTOS = [item.path for item in find_images(DEFAULT_DATA)[0]]
 
 
-@pytest.mark.parametrize("name, size", [
-    ("faster_vit_0_224", None), ("faster_vit_1_224", None), ("faster_vit_4_21k_224", None),
-    ("faster_vit_4_21k_768", None), ("faster_vit_2_any_res", None), ("faster_vit_0_any_res", (576, 960)),
-])
+@pytest.mark.parametrize(
+    "name, size",
+    [
+        ("faster_vit_0_224", None),
+        ("faster_vit_1_224", None),
+        ("faster_vit_4_21k_224", None),
+        ("faster_vit_4_21k_768", None),
+        ("faster_vit_2_any_res", None),
+        ("faster_vit_0_any_res", (576, 960)),
+    ],
+)
 def test_matches_timm_eval_transform(name, size):
     from timm.data import create_transform
+
     config = get_variant(name).eval
-    reference = create_transform(input_size=(3, *config.input_size), crop_pct=config.crop_pct,
-                                 crop_mode=config.crop_mode, interpolation=config.interpolation,
-                                 mean=config.mean, std=config.std, is_training=False)
+    reference = create_transform(
+        input_size=(3, *config.input_size),
+        crop_pct=config.crop_pct,
+        crop_mode=config.crop_mode,
+        interpolation=config.interpolation,
+        mean=config.mean,
+        std=config.std,
+        is_training=False,
+    )
     ours = Preprocess.from_config(config)
     assert len(PHOTOS) >= 12
     for path in PHOTOS:
@@ -34,8 +49,14 @@ def test_matches_timm_eval_transform(name, size):
 
 def test_from_metadata_dict_equals_from_config():
     config = get_variant("faster_vit_0_224").eval
-    as_dict = {"input_size": [224, 224], "crop_pct": 0.875, "crop_mode": "center",
-               "interpolation": "bicubic", "mean": list(config.mean), "std": list(config.std)}
+    as_dict = {
+        "input_size": [224, 224],
+        "crop_pct": 0.875,
+        "crop_mode": "center",
+        "interpolation": "bicubic",
+        "mean": list(config.mean),
+        "std": list(config.std),
+    }
     assert Preprocess.from_config(as_dict) == Preprocess.from_config(config)
 
 
@@ -57,6 +78,7 @@ def test_corrupt_image_names_the_file(tmp_path):
 
 
 # ---------------------------------------------------------------- images as people have them
+
 
 def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
     """A 16-bit PNG once came out nearly white (values above 255 clipped)."""
@@ -88,8 +110,14 @@ def test_transparency_is_composited_onto_white(mode, tmp_path):
 @pytest.mark.parametrize("suffix", [".gif", ".webp"])
 def test_animation_gives_its_first_frame(suffix, tmp_path):
     frames = [Image.new("RGB", (16, 16), colour) for colour in ((255, 0, 0), (0, 0, 255))]
-    frames[0].save(tmp_path / f"a{suffix}", save_all=True, append_images=frames[1:], duration=100, loop=0,
-                   **({"lossless": True} if suffix == ".webp" else {}))
+    frames[0].save(
+        tmp_path / f"a{suffix}",
+        save_all=True,
+        append_images=frames[1:],
+        duration=100,
+        loop=0,
+        **({"lossless": True} if suffix == ".webp" else {}),
+    )
     red, _, blue = np.asarray(load_image(tmp_path / f"a{suffix}")).reshape(-1, 3).mean(0)
     assert red > 200 and blue < 60
 
@@ -110,6 +138,7 @@ def test_decompression_bomb_is_refused_from_its_header(tmp_path):
     import struct
     import time
     import zlib
+
     Image.new("1", (8, 8)).save(tmp_path / "small.png")
     data = bytearray((tmp_path / "small.png").read_bytes())
     ihdr = struct.pack(">II", 40_000, 40_000) + bytes(data[24:29])  # 1.6 gigapixels claimed
@@ -124,6 +153,7 @@ def test_decompression_bomb_is_refused_from_its_header(tmp_path):
 
 def test_encoded_bytes_and_file_objects_are_images(tmp_path):
     import io
+
     Image.new("RGB", (30, 20), (1, 2, 3)).save(tmp_path / "x.png")
     data = (tmp_path / "x.png").read_bytes()
     for source in (data, io.BytesIO(data)):
@@ -132,13 +162,19 @@ def test_encoded_bytes_and_file_objects_are_images(tmp_path):
         load_image(b"not an image")
 
 
-@pytest.mark.parametrize("name, size", [
-    ("faster_vit_0_224", None), ("faster_vit_4_21k_768", None), ("faster_vit_0_any_res", (576, 960)),
-])
+@pytest.mark.parametrize(
+    "name, size",
+    [
+        ("faster_vit_0_224", None),
+        ("faster_vit_4_21k_768", None),
+        ("faster_vit_0_any_res", (576, 960)),
+    ],
+)
 def test_fast_path_resizes_the_crop_within_two_levels(name, size, monkeypatch):
     """``jpeg_draft`` resizes only the region the crop keeps (upscaling too, squash too):
     within two levels of the full resize then crop (Pillow's float32 box corners)."""
     from dataclasses import replace
+
     exact = replace(Preprocess.from_config(get_variant(name).eval), input_format="uint8")
     exact = replace(exact, input_size=size) if size else exact
     fast = replace(exact, jpeg_draft=True)

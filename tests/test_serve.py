@@ -1,5 +1,6 @@
 """fastervit-serve for real: uvicorn on 127.0.0.1 (a free port), a real HTTP client, bounded
 load (every answer checked against model.predict), refusals, metrics, graceful shutdown."""
+
 from __future__ import annotations
 
 import base64
@@ -32,8 +33,15 @@ def model(digits_batch8_onnx):
 @contextmanager
 def serving(model, **options):
     """The app under uvicorn on 127.0.0.1, any free port; yields (base URL, server)."""
-    server = uvicorn.Server(uvicorn.Config(create_app(model, ServeOptions(**options)), host="127.0.0.1", port=0,
-                                           log_level="warning", timeout_graceful_shutdown=10))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(model, ServeOptions(**options)),
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            timeout_graceful_shutdown=10,
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -50,8 +58,9 @@ def serving(model, **options):
 
 
 def _post(url, path, timeout=60):
-    return httpx.post(f"{url}/v1/classify", content=path.read_bytes(), headers={"Content-Type": TYPES[path.suffix]},
-                      timeout=timeout)
+    return httpx.post(
+        f"{url}/v1/classify", content=path.read_bytes(), headers={"Content-Type": TYPES[path.suffix]}, timeout=timeout
+    )
 
 
 def _expected(model, path, topk=5):
@@ -75,8 +84,12 @@ def test_concurrent_clients_get_the_models_answers_batched(model):
     for path, response in responses:
         _same(response.json()["top"], expected[path])
     assert 'fastervit_requests_total{code="200",endpoint="classify"} 64.0' in metrics
-    images = float(next(line.split()[-1] for line in metrics.splitlines() if line.startswith("fastervit_batch_size_sum")))
-    calls = float(next(line.split()[-1] for line in metrics.splitlines() if line.startswith("fastervit_batch_size_count")))
+    images = float(
+        next(line.split()[-1] for line in metrics.splitlines() if line.startswith("fastervit_batch_size_sum"))
+    )
+    calls = float(
+        next(line.split()[-1] for line in metrics.splitlines() if line.startswith("fastervit_batch_size_count"))
+    )
     assert images == 64 and calls < 64
     assert "fastervit_queue_depth 0.0" in metrics and "fastervit_request_seconds_bucket" in metrics
 
@@ -91,8 +104,9 @@ def test_the_service_decodes_as_the_model_and_triton_do(model):
 def test_json_batches_answer_each_image_and_name_a_bad_one(model):
     images = [PHOTOS[0].read_bytes(), b"not an image", PHOTOS[1].read_bytes()]
     with serving(model) as (url, _):
-        response = httpx.post(f"{url}/v1/classify", json={"images": [base64.b64encode(i).decode() for i in images],
-                                                          "topk": 2}, timeout=60)
+        response = httpx.post(
+            f"{url}/v1/classify", json={"images": [base64.b64encode(i).decode() for i in images], "topk": 2}, timeout=60
+        )
         malformed = httpx.post(f"{url}/v1/classify", content=b"{", headers={"Content-Type": "application/json"})
     results = response.json()["results"]
     assert response.status_code == 200 and len(results) == 3
@@ -111,7 +125,8 @@ def test_refusals_are_one_line_with_the_right_status(model):
         empty = httpx.post(f"{url}/v1/classify", content=b"", headers={"Content-Type": "image/png"})
         metrics = httpx.get(f"{url}/metrics").text
     assert bad.status_code == 400 and bad.json()["error"] == (
-        "<image bytes>: cannot decode the image (UnidentifiedImageError); check that it is a readable JPEG/PNG/WebP/BMP")
+        "<image bytes>: cannot decode the image (UnidentifiedImageError); check that it is a readable JPEG/PNG/WebP/BMP"
+    )
     assert large.status_code == 413 and "over the limit of 1000 bytes" in large.json()["error"]
     assert text.status_code == 415 and "content type 'text/plain'" in text.json()["error"]
     assert topk.status_code == 400 and "topk='0'" in topk.json()["error"]
@@ -165,12 +180,24 @@ def test_the_command_serves_until_sigterm(model):
     import socket
     import subprocess
     import sys
+
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    child = subprocess.Popen([sys.executable, "-c", "from fastervit_trt.cli import serve_main; raise SystemExit(serve_main())",
-                              "--model", str(model.source), "--port", str(port)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from fastervit_trt.cli import serve_main; raise SystemExit(serve_main())",
+            "--model",
+            str(model.source),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
         while True:

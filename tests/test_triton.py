@@ -1,4 +1,5 @@
 """Triton: model repositories validated against Triton's schema, and a real server answering."""
+
 from __future__ import annotations
 
 import socket
@@ -22,18 +23,24 @@ CHECKPOINT = Path(__file__).parent / "fixtures" / "faster_vit_digits.pth"
 def parse_config(path: Path):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
+
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
 @pytest.fixture(scope="module")
 def digits_onnx(tmp_path_factory):
     out = tmp_path_factory.mktemp("triton")
-    return export_model(ExportOptions(model="faster_vit_digits", checkpoint=CHECKPOINT, precision="fp32",
-                                      batch=(1, 4, 16), output_dir=out)).onnx_path
+    return export_model(
+        ExportOptions(
+            model="faster_vit_digits", checkpoint=CHECKPOINT, precision="fp32", batch=(1, 4, 16), output_dir=out
+        )
+    ).onnx_path
 
 
 def test_onnx_repository_parses_with_tritons_model_config(digits_onnx, tmp_path):
-    folder = write_model_repository(digits_onnx, tmp_path / "models", TritonOptions(instances=2, max_queue_delay_us=250))
+    folder = write_model_repository(
+        digits_onnx, tmp_path / "models", TritonOptions(instances=2, max_queue_delay_us=250)
+    )
     config = parse_config(folder / "config.pbtxt")
     assert (folder / "1" / "model.onnx").read_bytes() == digits_onnx.read_bytes()
     assert config.name == "faster_vit_digits_fp32" and config.platform == "onnxruntime_onnx"
@@ -51,9 +58,25 @@ def test_onnx_repository_parses_with_tritons_model_config(digits_onnx, tmp_path)
 
 @pytest.mark.skipif(not has_tensorrt(), reason="no TensorRT / TensorRT-RTX to build an engine")
 def test_engine_repository_via_export(tmp_path, capsys):
-    code = export_main(["--variant", "faster_vit_digits", "--checkpoint", str(CHECKPOINT), "--precision", "fp16",
-                        "--batch", "1,8,32", "--output-dir", str(tmp_path / "export"), "--engine-dir",
-                        str(tmp_path / "engines"), "--triton-repo", str(tmp_path / "models"), "--quiet"])
+    code = export_main(
+        [
+            "--variant",
+            "faster_vit_digits",
+            "--checkpoint",
+            str(CHECKPOINT),
+            "--precision",
+            "fp16",
+            "--batch",
+            "1,8,32",
+            "--output-dir",
+            str(tmp_path / "export"),
+            "--engine-dir",
+            str(tmp_path / "engines"),
+            "--triton-repo",
+            str(tmp_path / "models"),
+            "--quiet",
+        ]
+    )
     assert code == 0 and "tritonserver --model-repository" in capsys.readouterr().out
     folder = tmp_path / "models" / "faster_vit_digits_fp16"
     config = parse_config(folder / "config.pbtxt")
@@ -90,8 +113,11 @@ def _server_can_run() -> str | None:
         probe = subprocess.run([str(binary), "--help"], capture_output=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"tritonserver does not start here: {exc}"
-    return None if probe.returncode in (0, 1) and b"model-repository" in probe.stdout + probe.stderr else \
-        f"tritonserver does not start here: {probe.stderr[-200:]!r}"
+    return (
+        None
+        if probe.returncode in (0, 1) and b"model-repository" in probe.stdout + probe.stderr
+        else f"tritonserver does not start here: {probe.stderr[-200:]!r}"
+    )
 
 
 @pytest.mark.skipif(_server_can_run() is not None, reason=str(_server_can_run()))
@@ -100,6 +126,7 @@ def test_served_for_real_over_http_and_grpc(digits_onnx, digits_folders):
     import tritonclient.http as http_client
 
     from fastervit_trt.triton import serve_pytriton
+
     model = load(digits_onnx)
     images = sorted(digits_folders["heldout"].glob("*/*.png"))[:24]
     inputs = [model.preprocess(load_image(p)) for p in images]
@@ -112,22 +139,26 @@ def test_served_for_real_over_http_and_grpc(digits_onnx, digits_folders):
         assert http.is_model_ready("digits") and grpc.is_model_ready("digits")
 
         def request(module, index: int):
-            batch = np.stack(inputs[index:index + 1 + index % 3])
+            batch = np.stack(inputs[index : index + 1 + index % 3])
             tensor = module.InferInput("input", batch.shape, "FP32")
             tensor.set_data_from_numpy(batch)
             return [tensor]
+
         indices = range(len(inputs) - 3)
         # HTTP: tritonclient's own concurrency (gevent clients stay on one thread); gRPC: 8 threads
         pending = {i: http.async_infer("digits", request(http_client, i)) for i in indices if i % 2 == 0}
         with ThreadPoolExecutor(8) as pool:
-            grpc_answers = dict(zip([i for i in indices if i % 2],
-                                    pool.map(lambda i: grpc.infer("digits", request(grpc_client, i)),
-                                             [i for i in indices if i % 2])))
+            grpc_answers = dict(
+                zip(
+                    [i for i in indices if i % 2],
+                    pool.map(lambda i: grpc.infer("digits", request(grpc_client, i)), [i for i in indices if i % 2]),
+                )
+            )
         answers = {i: r.get_result().as_numpy("logits") for i, r in pending.items()}
         answers.update({i: r.as_numpy("logits") for i, r in grpc_answers.items()})
         assert len(answers) == len(indices)
         for index, logits in answers.items():
-            assert np.allclose(logits, expected[index:index + 1 + index % 3], atol=1e-5)
+            assert np.allclose(logits, expected[index : index + 1 + index % 3], atol=1e-5)
         # encoded images as bytes (TYPE_STRING / BYTES): the same logits as the runtime gives them
         encoded = np.array([[p.read_bytes()] for p in images[:3]], dtype=np.object_)
         tensor = grpc_client.InferInput("image", encoded.shape, "BYTES")
@@ -148,13 +179,19 @@ def test_image_bytes_ensemble_parses_and_its_python_model_preprocesses(digits_on
     import json
     import sys
     import types
+
     repo = tmp_path / "models"
     write_model_repository(digits_onnx, repo, TritonOptions(name="digits", image_bytes=True))
-    pre, ensemble = parse_config(repo / "digits_preprocess" / "config.pbtxt"), parse_config(repo / "digits_bytes" / "config.pbtxt")
+    pre, ensemble = (
+        parse_config(repo / "digits_preprocess" / "config.pbtxt"),
+        parse_config(repo / "digits_bytes" / "config.pbtxt"),
+    )
     assert pre.backend == "python" and pre.input[0].data_type == 13  # TYPE_STRING
     assert list(pre.output[0].dims) == [3, 128, 128] and pre.output[0].name == "input"
-    assert ensemble.platform == "ensemble" and [s.model_name for s in ensemble.ensemble_scheduling.step] == \
-        ["digits_preprocess", "digits"]
+    assert ensemble.platform == "ensemble" and [s.model_name for s in ensemble.ensemble_scheduling.step] == [
+        "digits_preprocess",
+        "digits",
+    ]
     assert ensemble.output[0].name == "logits" and (repo / "digits_bytes" / "1").is_dir()
 
     class Tensor:
@@ -163,19 +200,26 @@ def test_image_bytes_ensemble_parses_and_its_python_model_preprocesses(digits_on
 
         def as_numpy(self):
             return self.array
-    fake = types.SimpleNamespace(Tensor=Tensor, InferenceResponse=lambda tensors=(), error=None: (tensors, error),
-                                 TritonError=str, get_input_tensor_by_name=lambda request, name: request[name])
+
+    fake = types.SimpleNamespace(
+        Tensor=Tensor,
+        InferenceResponse=lambda tensors=(), error=None: (tensors, error),
+        TritonError=str,
+        get_input_tensor_by_name=lambda request, name: request[name],
+    )
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
     spec = importlib.util.spec_from_file_location("digits_model_py", repo / "digits_preprocess" / "1" / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     from google.protobuf import json_format
+
     backend = module.TritonPythonModel()
-    backend.initialize({"model_config": json.dumps(json_format.MessageToDict(
-        pre, preserving_proto_field_name=True))})
+    backend.initialize({"model_config": json.dumps(json_format.MessageToDict(pre, preserving_proto_field_name=True))})
     photos = sorted((Path(__file__).parents[1] / "calibration").glob("*.jpg"))[:2]
     request = {"image": Tensor("image", np.array([[p.read_bytes()] for p in photos], dtype=np.object_))}
-    ((tensors, error), (_, bad_error)) = backend.execute([request, {"image": Tensor("image", np.array([[b"x"]], dtype=np.object_))}])
+    ((tensors, error), (_, bad_error)) = backend.execute(
+        [request, {"image": Tensor("image", np.array([[b"x"]], dtype=np.object_))}]
+    )
     model = load(digits_onnx)
     assert error is None and tensors[0].name == "input"
     np.testing.assert_array_equal(tensors[0].array, np.stack([model.preprocess.load(p) for p in photos]))

@@ -9,6 +9,7 @@ here by the full environment. ``[tensorrt]`` cannot be installed from PyPI on th
 
   .venv/bin/python tools/check_extras.py
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -27,8 +28,10 @@ def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def venv(folder: Path, extra: str) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
     spec = f"{ROOT}[{extra}]" if extra else str(ROOT)
-    subprocess.run([str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                    "--disable-pip-version-check", spec], check=True)
+    subprocess.run(
+        [str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", spec],
+        check=True,
+    )
     return folder / "bin"
 
 
@@ -45,9 +48,22 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        export = run([str(Path(sys.executable).parent / "fastervit-export"), "--variant", "faster_vit_digits",
-                      "--precision", "fp32", "--output-dir", str(tmp), "--no-engine", "--batch", "1,1,2",
-                      "--quiet"], tmp)
+        export = run(
+            [
+                str(Path(sys.executable).parent / "fastervit-export"),
+                "--variant",
+                "faster_vit_digits",
+                "--precision",
+                "fp32",
+                "--output-dir",
+                str(tmp),
+                "--no-engine",
+                "--batch",
+                "1,1,2",
+                "--quiet",
+            ],
+            tmp,
+        )
         if export.returncode != 0:
             print(export.stderr, file=sys.stderr)
             return 1
@@ -60,13 +76,19 @@ def main() -> int:
             for command in COMMANDS:
                 result = run([str(bin_dir / f"fastervit-{command}"), "--help"], tmp)
                 helped = result.returncode == 0 and "usage:" in result.stdout
-                refused = (result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
-                           and "pip install 'fastervit-trt[" in result.stderr)
+                refused = (
+                    result.returncode == 1
+                    and len(result.stderr.strip().splitlines()) == 1
+                    and "pip install 'fastervit-trt[" in result.stderr
+                )
                 check(f"[{name}] fastervit-{command} --help", result, helped or refused)
             if extra == "":
                 result = run([str(bin_dir / "fastervit-infer"), str(image), "--model", str(onnx_path)], tmp)
-                check("[base] infer names the missing extra", result,
-                      result.returncode == 1 and "fastervit-trt[onnxruntime]" in result.stderr)
+                check(
+                    "[base] infer names the missing extra",
+                    result,
+                    result.returncode == 1 and "fastervit-trt[onnxruntime]" in result.stderr,
+                )
             if extra == "onnxruntime":
                 result = run([str(bin_dir / "fastervit-infer"), str(image), "--model", str(onnx_path)], tmp)
                 check("[onnxruntime] infer", result, result.returncode == 0 and "%" in result.stdout)
@@ -76,8 +98,9 @@ def main() -> int:
                 check("[onnxruntime] triton", result, result.returncode == 0)
             if extra == "tensorrt-rtx":
                 engine = tmp / "digits.engine"
-                result = run([str(bin_dir / "fastervit-build"), str(onnx_path), "--output", str(engine),
-                              "--quiet"], tmp)
+                result = run(
+                    [str(bin_dir / "fastervit-build"), str(onnx_path), "--output", str(engine), "--quiet"], tmp
+                )
                 check("[tensorrt-rtx] build", result, result.returncode == 0 and engine.is_file())
                 result = run([str(bin_dir / "fastervit-inspect"), str(engine)], tmp)
                 check("[tensorrt-rtx] inspect", result, result.returncode == 0)

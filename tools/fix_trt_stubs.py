@@ -5,6 +5,7 @@ default after defaulted ones (given ``= ...``). Edits the file in place.
 
   python tools/fix_trt_stubs.py STUBS/tensorrt_bindings/tensorrt.pyi
 """
+
 from __future__ import annotations
 
 import re
@@ -47,7 +48,7 @@ def fix_line(line: str) -> str:
 def main(path: str) -> int:
     stub = Path(path)
     lines = stub.read_text().splitlines(keepends=True)
-    stub.write_text("".join(fix_line(line.rstrip("\n")) + line[len(line.rstrip("\n")):] for line in lines))
+    stub.write_text("".join(fix_line(line.rstrip("\n")) + line[len(line.rstrip("\n")) :] for line in lines))
     return 0
 
 

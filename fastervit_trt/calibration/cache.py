@@ -9,6 +9,7 @@ The first line names the TensorRT version (8.x: major*1000 + minor*100 + patch, 
 each further line is ``<tensor name>: <hex>`` with the big-endian IEEE-754 float32 bit
 pattern of the scale (amax / 127). Tensor names are the ONNX tensor names.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,8 +27,7 @@ from ..errors import FasterViTTRTError
 from ..tensorrt_import import import_tensorrt
 
 # calibration method -> TensorRT calibrator name in the header
-ALGORITHMS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration",
-              "percentile": "PercentileCalibration"}
+ALGORITHMS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration", "percentile": "PercentileCalibration"}
 DEFAULT_TRT_VERSION = (10, 13, 3)  # the version written when no TensorRT is installed
 _HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
 _LINE = re.compile(r"^(.+): ([0-9a-fA-F]{8})$")
@@ -81,17 +81,20 @@ class CalibrationCache:
         if header is None:
             raise CalibrationCacheError(
                 f"{source}: not a TensorRT calibration cache (first line should be "
-                "TRT-<version>-<Calibrator>); delete it or pass another --calib-cache")
+                "TRT-<version>-<Calibrator>); delete it or pass another --calib-cache"
+            )
         methods = {name: method for method, name in ALGORITHMS.items()}
         if header.group(2) not in methods:
-            raise CalibrationCacheError(f"{source}: calibrator {header.group(2)} is not one of "
-                                        f"{', '.join(ALGORITHMS.values())}")
+            raise CalibrationCacheError(
+                f"{source}: calibrator {header.group(2)} is not one of {', '.join(ALGORITHMS.values())}"
+            )
         scales = {}
         for number, line in enumerate(lines[1:], start=2):
             match = _LINE.match(line)
             if match is None:
-                raise CalibrationCacheError(f"{source}: line {number} is malformed ({line[:60]!r}); "
-                                            "expected '<tensor>: <8 hex digits>'")
+                raise CalibrationCacheError(
+                    f"{source}: line {number} is malformed ({line[:60]!r}); expected '<tensor>: <8 hex digits>'"
+                )
             scales[match.group(1)] = struct.unpack(">f", bytes.fromhex(match.group(2)))[0]
         return cls(scales, methods[header.group(2)], int(header.group(1)))
 
@@ -111,31 +114,41 @@ class CalibrationCache:
             raise CalibrationCacheError(
                 f"{source}: cache written by the {ALGORITHMS[self.method]} calibrator, but "
                 f"--calib-method {method} was asked; pass --calib-method {self.method} or delete "
-                "the cache to recalibrate")
-        foreign = [name for name in self.scales
-                   if name not in graph_tensors and not name.startswith("(Unnamed Layer")]
+                "the cache to recalibrate"
+            )
+        foreign = [name for name in self.scales if name not in graph_tensors and not name.startswith("(Unnamed Layer")]
         missing = [name for name in needed if name not in self.scales]
         if foreign or missing:
-            problem = (f"{len(foreign)} of its tensors are not in this graph (e.g. {', '.join(foreign[:3])})"
-                       if foreign else
-                       f"{len(missing)} of {len(needed)} tensors have no scale (e.g. {', '.join(missing[:3])})")
+            problem = (
+                f"{len(foreign)} of its tensors are not in this graph (e.g. {', '.join(foreign[:3])})"
+                if foreign
+                else f"{len(missing)} of {len(needed)} tensors have no scale (e.g. {', '.join(missing[:3])})"
+            )
             raise CalibrationCacheError(
                 f"{source}: cache does not match this graph: {problem}; it was made for another "
-                "model or resolution. Delete it or pass another --calib-cache to recalibrate")
+                "model or resolution. Delete it or pass another --calib-cache to recalibrate"
+            )
 
 
 def record_path(cache: Path) -> Path:
     return cache.with_name(cache.name + ".json")
 
+
 def means_path(cache: Path) -> Path:
     return cache.with_name(cache.name + ".means.npz")
+
 
 def write_means(path: Path, means: dict[str, np.ndarray]) -> None:
     names = sorted(means)
     buffer = io.BytesIO()
-    np.savez(buffer, names=np.array(names), sizes=np.array([means[n].size for n in names], np.int64),
-             means=np.concatenate([means[n].ravel() for n in names]) if names else np.zeros(0))
+    np.savez(
+        buffer,
+        names=np.array(names),
+        sizes=np.array([means[n].size for n in names], np.int64),
+        means=np.concatenate([means[n].ravel() for n in names]) if names else np.zeros(0),
+    )
     write_bytes(path, buffer.getvalue())
+
 
 def read_means(path: Path) -> dict[str, np.ndarray]:
     try:
@@ -144,9 +157,12 @@ def read_means(path: Path) -> dict[str, np.ndarray]:
         if len(names) != len(sizes) or int(sizes.sum()) != values.size:
             raise ValueError("names, sizes and means do not match")
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise CalibrationCacheError(f"{path}: not a channel-means file of this toolkit ({exc}); delete it "
-                                    "and pass --recalibrate, or --bias-correction off") from None
+        raise CalibrationCacheError(
+            f"{path}: not a channel-means file of this toolkit ({exc}); delete it "
+            "and pass --recalibrate, or --bias-correction off"
+        ) from None
     return dict(zip((str(n) for n in names), np.split(values, np.cumsum(sizes)[:-1])))
+
 
 def changed_settings(cache: Path, settings: dict) -> str | None:
     """How ``settings`` differ from those recorded beside ``cache`` (None: same, or no record)."""

@@ -13,6 +13,7 @@ Tensor names are the ONNX names, which are the TensorRT network's tensor names t
 The same pass can keep per-channel means of the quantized layers' inputs (``ChannelMeans``),
 which bias correction needs.
 """
+
 from __future__ import annotations
 
 import sys
@@ -50,10 +51,15 @@ class ChannelMeans:
         return {name: total / self.counts[name] for name, total in self.sums.items()}
 
 
-def collect_histograms(model_path: Path, tensors: list[str], data: CalibrationData, batch_size: int,
-                       stream: TextIO | None = sys.stderr,
-                       budget: int = ACTIVATION_BUDGET,
-                       means: ChannelMeans | None = None) -> tuple[dict[str, Histogram], int]:
+def collect_histograms(
+    model_path: Path,
+    tensors: list[str],
+    data: CalibrationData,
+    batch_size: int,
+    stream: TextIO | None = sys.stderr,
+    budget: int = ACTIVATION_BUDGET,
+    means: ChannelMeans | None = None,
+) -> tuple[dict[str, Histogram], int]:
     """Histograms of |x| for ``tensors`` over ``data``; returns (histograms, images seen).
     ``means`` accumulates the channel means of those of its tensors among ``tensors``."""
     graph = SegmentedGraph(model_path, tensors, budget)
@@ -69,7 +75,7 @@ def collect_histograms(model_path: Path, tensors: list[str], data: CalibrationDa
     with Bar(total, "calibrating", "img", stream) as bar:
         for batch in data.batches(batch_size):
             for start in range(0, len(batch), chunk):
-                feed = {graph.graph_input: batch[start:start + chunk]}
+                feed = {graph.graph_input: batch[start : start + chunk]}
                 if graph.graph_input in histograms:
                     record(graph.graph_input, feed[graph.graph_input])
                 for segment, values in graph.flow(feed):

@@ -10,6 +10,7 @@ transform. A folder too small for that (the shipped photos) is expanded determin
 every image also contributes seeded random crops (55-100 % of the shorter side) and flips,
 and ``split`` picks the seed stream, so held-out inputs are other crops of the same photos.
 """
+
 from __future__ import annotations
 
 import logging
@@ -83,7 +84,7 @@ def _variant(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """A seeded random crop (55-100 % of the shorter side), maybe flipped."""
     side = min(image.size) * rng.uniform(0.55, 1.0)
     aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-    w, h = min(image.width, side * aspect ** 0.5), min(image.height, side / aspect ** 0.5)
+    w, h = min(image.width, side * aspect**0.5), min(image.height, side / aspect**0.5)
     left, top = rng.uniform(0, image.width - w), rng.uniform(0, image.height - h)
     crop = image.crop((round(left), round(top), round(left + w), round(top + h)))
     return crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop
@@ -110,8 +111,11 @@ class CalibrationData:
             return
         found, self.ignored = find_images(self.source)
         ordered = interleave_classes(found)
-        mine = [item for i, item in enumerate(ordered)
-                if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) == (self.split == "heldout")]
+        mine = [
+            item
+            for i, item in enumerate(ordered)
+            if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) == (self.split == "heldout")
+        ]
         self.disjoint = len(mine) >= self.count
         self._spare = iter(mine if self.disjoint else ordered)
         wanted = self.count if self.disjoint else len(ordered)
@@ -119,7 +123,8 @@ class CalibrationData:
         if not self._images:
             raise CalibrationDataError(
                 f"{self.source}: no usable image ({len(self.skipped)} unreadable of {len(found)} image "
-                f"files, {len(self.ignored)} other files); supported: {', '.join(IMAGE_SUFFIXES)}")
+                f"files, {len(self.ignored)} other files); supported: {', '.join(IMAGE_SUFFIXES)}"
+            )
         if self.ignored:
             log.info("%s: ignored %d non-image files", self.source, len(self.ignored))
 
@@ -138,12 +143,18 @@ class CalibrationData:
     def describe(self) -> str:
         """Where the inputs come from, for reports."""
         if self._array is not None:
-            return f"the first {self.count} inputs (not held out: preprocessed inputs are used as given) of {self.source}"
+            return (
+                f"the first {self.count} inputs (not held out: preprocessed inputs are used as given) of {self.source}"
+            )
         if self.disjoint:
-            return (f"{self.count} {self.split} images (every {HELDOUT_EVERY}th file of the class-interleaved "
-                    f"order is held out, the rest calibrate: disjoint files) of {self.source}")
-        return (f"{self.split} crops of {len(self._images)} images (too few for disjoint held-out files: "
-                f"held-out inputs are other crops of the same images) of {self.source}")
+            return (
+                f"{self.count} {self.split} images (every {HELDOUT_EVERY}th file of the class-interleaved "
+                f"order is held out, the rest calibrate: disjoint files) of {self.source}"
+            )
+        return (
+            f"{self.split} crops of {len(self._images)} images (too few for disjoint held-out files: "
+            f"held-out inputs are other crops of the same images) of {self.source}"
+        )
 
     def _load_array(self) -> np.ndarray:
         try:
@@ -151,21 +162,27 @@ class CalibrationData:
         except (OSError, ValueError) as exc:
             raise CalibrationDataError(f"{self.source}: not a readable .npy array ({exc})") from None
         expected, wanted = self.preprocess.input_shape, self.preprocess.input_dtype
-        what = "uint8 images (resized and cropped, NHWC)" if wanted == np.uint8 else \
-            "preprocessed float32 inputs (normalised with the model's mean and std, NCHW)"
+        what = (
+            "uint8 images (resized and cropped, NHWC)"
+            if wanted == np.uint8
+            else "preprocessed float32 inputs (normalised with the model's mean and std, NCHW)"
+        )
         if array.dtype != wanted and (wanted == np.uint8 or array.dtype not in (np.float16, np.float64)):
             raise CalibrationDataError(
                 f"{self.source}: holds {array.dtype} values, but --calib-data FILE.npy must be {what}; "
-                "pass the image folder instead and the toolkit preprocesses it")
+                "pass the image folder instead and the toolkit preprocesses it"
+            )
         if array.dtype != wanted:
             log.warning("%s: %s inputs converted to float32", self.source, array.dtype)
         if array.ndim != 4 or tuple(array.shape[1:]) != expected:
             raise CalibrationDataError(
                 f"{self.source}: expected preprocessed inputs of shape (N, {', '.join(map(str, expected))}) "
-                f"({what}), found {array.shape}")
+                f"({what}), found {array.shape}"
+            )
         if len(array) < self.count:
-            log.warning("%s: %d inputs available, %d requested; using %d", self.source,
-                        len(array), self.count, len(array))
+            log.warning(
+                "%s: %d inputs available, %d requested; using %d", self.source, len(array), self.count, len(array)
+            )
             self.count = len(array)
         return array
 
@@ -195,8 +212,9 @@ class CalibrationData:
                 self._skip(self._images[position].path, str(exc))
                 replacement = self._next_image()
                 if replacement is None:
-                    raise CalibrationDataError(f"{self.source}: not enough readable images "
-                                               f"({len(self.skipped)} unreadable)") from None
+                    raise CalibrationDataError(
+                        f"{self.source}: not enough readable images ({len(self.skipped)} unreadable)"
+                    ) from None
                 self._images[position] = replacement
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
@@ -204,7 +222,8 @@ class CalibrationData:
         if self.count < batch_size:
             raise CalibrationDataError(
                 f"{self.source}: {self.count} calibration inputs are fewer than one batch of "
-                f"{batch_size}; add images, raise --calib-images or lower --calib-batch")
+                f"{batch_size}; add images, raise --calib-images or lower --calib-batch"
+            )
         for start in range(0, self.count - batch_size + 1, batch_size):
             yield np.stack([self.sample(i) for i in range(start, start + batch_size)])
 
@@ -222,9 +241,14 @@ class StoredInputs:
                 sample = np.ascontiguousarray(sample, dtype=np.float32 if sample.dtype.kind == "f" else None)
                 if index == 0:
                     self.sample_shape, self.dtype = sample.shape, sample.dtype
-                    np.lib.format.write_array_header_2_0(fh, {
-                        "descr": np.lib.format.dtype_to_descr(sample.dtype), "fortran_order": False,
-                        "shape": (count, *sample.shape)})
+                    np.lib.format.write_array_header_2_0(
+                        fh,
+                        {
+                            "descr": np.lib.format.dtype_to_descr(sample.dtype),
+                            "fortran_order": False,
+                            "shape": (count, *sample.shape),
+                        },
+                    )
                     self.offset = fh.tell()
                 fh.write(sample.tobytes())
         self.per_sample = int(np.prod(self.sample_shape))

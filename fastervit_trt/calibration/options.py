@@ -1,4 +1,5 @@
 """How INT8 / FP8 scales are obtained: the calibration settings of one quantized export."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,8 +45,10 @@ class CalibrationOptions:
         if self.qdq_base not in ("fp16", "fp32"):
             raise ValueError(f"qdq_base must be fp16 or fp32, not {self.qdq_base!r}")
         if not PERCENTILE_RANGE[0] < self.percentile <= PERCENTILE_RANGE[1]:
-            raise ValueError(f"--calib-percentile must be above {PERCENTILE_RANGE[0]:g} and at most "
-                             f"{PERCENTILE_RANGE[1]:g} (the share of |x| values kept in range), not {self.percentile:g}")
+            raise ValueError(
+                f"--calib-percentile must be above {PERCENTILE_RANGE[0]:g} and at most "
+                f"{PERCENTILE_RANGE[1]:g} (the share of |x| values kept in range), not {self.percentile:g}"
+            )
         if self.residual_qdq not in ("auto", "on", "off"):
             raise ValueError(f"--residual-qdq must be auto, on or off, not {self.residual_qdq!r}")
         if self.heldout < 1:
@@ -64,5 +67,10 @@ class CalibrationOptions:
 
     def record(self) -> dict:
         """The flags that decide the scales, as written beside a cache (``<cache>.json``)."""
-        return {"method": self.method, "percentile": self.percentile if self.method == "percentile" else None,
-                "data": str(self.data.resolve()), "images": self.images, "batch": self.batch}
+        return {
+            "method": self.method,
+            "percentile": self.percentile if self.method == "percentile" else None,
+            "data": str(self.data.resolve()),
+            "images": self.images,
+            "batch": self.batch,
+        }

@@ -22,6 +22,7 @@ logits: FasterViT-0 FP8 0.99894 -> 0.99964 logit cosine, INT8 0.99979 -> 0.99988
 Q/DQ over a float16 graph needs opset 19 (QuantizeLinear takes float16 from 19 on);
 ``to_opset`` raises the graph's opset when needed.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -84,8 +85,9 @@ def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return readers
 
 
-def _fused_conv(add: onnx.NodeProto, residual: int, producer: dict[str, onnx.NodeProto],
-                readers: dict[str, list[onnx.NodeProto]]) -> onnx.NodeProto | None:
+def _fused_conv(
+    add: onnx.NodeProto, residual: int, producer: dict[str, onnx.NodeProto], readers: dict[str, list[onnx.NodeProto]]
+) -> onnx.NodeProto | None:
     """The Conv TensorRT fuses ``add`` into when input ``residual`` is the residual: the
     producer of the other input, if it is a Conv that only this Add reads."""
     name = add.input[1 - residual]
@@ -204,14 +206,16 @@ def lone_quantizers(model: onnx.ModelProto) -> list[str]:
             return True
         if reader.op_type != "Add" or len(reader.input) != 2:
             return False
-        convs = (_fused_conv(reader, index, producer, readers) for index, name in enumerate(reader.input)
-                 if name == value)
+        convs = (
+            _fused_conv(reader, index, producer, readers) for index, name in enumerate(reader.input) if name == value
+        )
         return any(conv is not None and dequantized(conv.input[0]) for conv in convs)
 
     lone = []
     for node in (n for n in model.graph.node if n.op_type == "QuantizeLinear"):
-        values = [o for q in node.output for dq in readers.get(q, []) if dq.op_type == "DequantizeLinear"
-                  for o in dq.output]
+        values = [
+            o for q in node.output for dq in readers.get(q, []) if dq.op_type == "DequantizeLinear" for o in dq.output
+        ]
         consumers = [(reader, value) for value in values for reader in readers.get(value, [])]
         if not consumers or not all(fuses(reader, value) for reader, value in consumers):
             lone.append(node.name)
@@ -231,6 +235,7 @@ def quantize(values: np.ndarray, scales: np.ndarray, fmt: str) -> np.ndarray:
     if fmt == "int8":
         return np.clip(np.round(scaled), -127, 127).astype(np.int8)
     import ml_dtypes
+
     return np.clip(scaled, -QMAX["fp8"], QMAX["fp8"]).astype(ml_dtypes.float8_e4m3fn)
 
 
@@ -246,6 +251,7 @@ def stored_scale(scales: np.ndarray, dtype: type) -> np.ndarray:
 def zeros(fmt: str, count: int | None = None) -> np.ndarray:
     """Zero points in ``fmt`` (a scalar, or ``count`` of them)."""
     import ml_dtypes
+
     dtype = np.int8 if fmt == "int8" else ml_dtypes.float8_e4m3fn
     return np.zeros(() if count is None else (count,), dtype)
 
@@ -265,11 +271,11 @@ def input_channel_axes(model: onnx.ModelProto, targets: list[QuantTarget]) -> di
         if node.op_type == "Conv":
             return 1
         return 0 if _attribute(node, "transA", 0) else -1
+
     return {t.activation: axis(nodes[t.node]) for t in targets}
 
 
-def mean_shift(node: onnx.NodeProto, weight_error: np.ndarray, axis: int,
-               input_mean: np.ndarray) -> np.ndarray | None:
+def mean_shift(node: onnx.NodeProto, weight_error: np.ndarray, axis: int, input_mean: np.ndarray) -> np.ndarray | None:
     """E[dW x] per output channel of ``node`` (Conv, MatMul or Gemm) for weight error
     ``weight_error`` (output-channel axis ``axis``) and per-channel input mean ``input_mean``;
     a Conv's padded border is taken at the mean too. None where the shapes do not match (a
@@ -294,11 +300,15 @@ def to_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     if current >= opset:
         return model
     from onnx import version_converter
+
     converted = version_converter.convert_version(model, opset)
     # the converter writes new operands (ReduceMean's axes from opset 18) as Constant nodes:
     # initializers instead, so the graph keeps its no-Constant-node form
-    constants = [n for n in converted.graph.node if n.op_type == "Constant" and len(n.attribute) == 1
-                 and n.attribute[0].name == "value"]
+    constants = [
+        n
+        for n in converted.graph.node
+        if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value"
+    ]
     for node in constants:
         tensor = onnx.TensorProto()
         tensor.CopyFrom(node.attribute[0].t)
@@ -316,11 +326,17 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_amax: dict[str, float],
-               fp32_weights: Mapping[str, np.ndarray], types: dict[str, int] | None = None,
-               store: WeightFile | None = None, fmt: str = "int8",
-               residuals: Sequence[ResidualInput] = (),
-               input_means: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
+def insert_qdq(
+    model: onnx.ModelProto,
+    targets: list[QuantTarget],
+    activation_amax: dict[str, float],
+    fp32_weights: Mapping[str, np.ndarray],
+    types: dict[str, int] | None = None,
+    store: WeightFile | None = None,
+    fmt: str = "int8",
+    residuals: Sequence[ResidualInput] = (),
+    input_means: Mapping[str, np.ndarray] | None = None,
+) -> onnx.ModelProto:
     """A copy of ``model`` (float32 or float16 graph) with Q/DQ on every target, in ``fmt``
     (``int8``, or ``fp8``: FLOAT8E4M3FN, weights stored as such), and on the ``residuals``
     whose Conv is among the targets. With ``input_means`` (per-channel means of the targets'
@@ -353,13 +369,18 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_am
         source = node.input[index]
         if source not in shared:
             scale_name = f"{source}_scale"
-            graph.initializer.append(numpy_helper.from_array(
-                stored_scale(scale_of(activation_amax[activation], fmt), np_float(source)), scale_name))
+            graph.initializer.append(
+                numpy_helper.from_array(
+                    stored_scale(scale_of(activation_amax[activation], fmt), np_float(source)), scale_name
+                )
+            )
             q, dq = f"{source}_quantized", f"{source}_dequantized"
-            new_nodes.setdefault(node.name, []).extend([
-                helper.make_node("QuantizeLinear", [source, scale_name, zero_point], [q], name=f"{source}_Q"),
-                helper.make_node("DequantizeLinear", [q, scale_name, zero_point], [dq], name=f"{source}_DQ"),
-            ])
+            new_nodes.setdefault(node.name, []).extend(
+                [
+                    helper.make_node("QuantizeLinear", [source, scale_name, zero_point], [q], name=f"{source}_Q"),
+                    helper.make_node("DequantizeLinear", [q, scale_name, zero_point], [dq], name=f"{source}_DQ"),
+                ]
+            )
             shared[source] = dq
         node.input[index] = shared[source]
 
@@ -373,17 +394,29 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_am
         shape = [1] * fp32.ndim
         shape[target.axis] = -1
         stored, stored_name = quantize(fp32, scales.astype(np.float64).reshape(shape), fmt), f"{weight_name}_{fmt}"
-        graph.initializer.append(store.add(stored_name, stored) if store
-                                 else numpy_helper.from_array(stored, stored_name))
+        graph.initializer.append(
+            store.add(stored_name, stored) if store else numpy_helper.from_array(stored, stored_name)
+        )
         graph.initializer.append(numpy_helper.from_array(scales.astype(float_type), f"{weight_name}_wscale"))
         graph.initializer.append(numpy_helper.from_array(zeros(fmt, len(scales)), f"{weight_name}_wzero"))
-        new_nodes.setdefault(node.name, []).append(helper.make_node(
-            "DequantizeLinear", [stored_name, f"{weight_name}_wscale", f"{weight_name}_wzero"],
-            [f"{weight_name}_dequantized"], axis=target.axis, name=f"{weight_name}_DQ"))
+        new_nodes.setdefault(node.name, []).append(
+            helper.make_node(
+                "DequantizeLinear",
+                [stored_name, f"{weight_name}_wscale", f"{weight_name}_wzero"],
+                [f"{weight_name}_dequantized"],
+                axis=target.axis,
+                name=f"{weight_name}_DQ",
+            )
+        )
         node.input[1] = f"{weight_name}_dequantized"
         mean = (input_means or {}).get(target.activation)
-        shift = None if mean is None else mean_shift(
-            node, stored.astype(np.float64) * scales.astype(np.float64).reshape(shape) - fp32, target.axis, mean)
+        shift = (
+            None
+            if mean is None
+            else mean_shift(
+                node, stored.astype(np.float64) * scales.astype(np.float64).reshape(shape) - fp32, target.axis, mean
+            )
+        )
         if shift is not None:
             _subtract_from_bias(graph, node, shift, float_type, initializers, readers, store, after_nodes)
 
@@ -407,8 +440,12 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], activation_am
     return quantized
 
 
-def _bias_slot(node: onnx.NodeProto, channels: int, initializers: dict[str, onnx.TensorProto],
-               readers: dict[str, list[onnx.NodeProto]]) -> tuple[onnx.NodeProto, int] | None:
+def _bias_slot(
+    node: onnx.NodeProto,
+    channels: int,
+    initializers: dict[str, onnx.TensorProto],
+    readers: dict[str, list[onnx.NodeProto]],
+) -> tuple[onnx.NodeProto, int] | None:
     """Where ``node``'s bias constant goes: (node, input index) of a Conv's bias or a Gemm's
     C (beta 1), present as an initializer or absent, or of the 1-D constant of the Add that
     alone reads a MatMul; None when there is no such place."""
@@ -419,14 +456,22 @@ def _bias_slot(node: onnx.NodeProto, channels: int, initializers: dict[str, onnx
     add = readers.get(node.output[0], [])
     if len(add) != 1 or add[0].op_type != "Add":
         return None
-    constant = [i for i, name in enumerate(add[0].input)
-                if name in initializers and list(initializers[name].dims) == [channels]]
+    constant = [
+        i for i, name in enumerate(add[0].input) if name in initializers and list(initializers[name].dims) == [channels]
+    ]
     return (add[0], constant[0]) if constant else None
 
 
-def _subtract_from_bias(graph: onnx.GraphProto, node: onnx.NodeProto, shift: np.ndarray, float_type: type,
-                        initializers: dict[str, onnx.TensorProto], readers: dict[str, list[onnx.NodeProto]],
-                        store: WeightFile | None, after_nodes: dict[str, list[onnx.NodeProto]]) -> None:
+def _subtract_from_bias(
+    graph: onnx.GraphProto,
+    node: onnx.NodeProto,
+    shift: np.ndarray,
+    float_type: type,
+    initializers: dict[str, onnx.TensorProto],
+    readers: dict[str, list[onnx.NodeProto]],
+    store: WeightFile | None,
+    after_nodes: dict[str, list[onnx.NodeProto]],
+) -> None:
     """Subtract ``shift`` (per output channel) from ``node``'s bias (``_bias_slot``), in a new
     initializer (the old one may be shared); a layer with no bias slot gets an Add after it."""
     name = f"{node.name}_bias_corrected"
@@ -436,7 +481,8 @@ def _subtract_from_bias(graph: onnx.GraphProto, node: onnx.NodeProto, shift: np.
         output = node.output[0]
         node.output[0] = f"{output}_uncorrected"
         after_nodes.setdefault(node.name, []).append(
-            helper.make_node("Add", [node.output[0], name], [output], name=f"{node.name}_bias_correction"))
+            helper.make_node("Add", [node.output[0], name], [output], name=f"{node.name}_bias_correction")
+        )
         return
     owner, index = slot
     if index < len(owner.input) and owner.input[index]:

@@ -18,6 +18,7 @@ spike in bin 0 would drag the threshold down (to a quarter of the range on Faste
 stem, costing 0.03 of logit cosine). pytorch-quantization neutralises the same spike by
 setting bins[0] = bins[1]; both give the same scales here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -89,7 +90,9 @@ def entropy_divergences(counts: np.ndarray, start: int = NUM_LEVELS) -> np.ndarr
         outliers = total - mass[thresholds]
         last = h[thresholds - 1]
         p_last = last + outliers
-        sum_plogp = plogp_prefix[thresholds - 1] + np.where(p_last > 0, p_last * np.log(np.where(p_last > 0, p_last, 1.0)), 0.0)
+        sum_plogp = plogp_prefix[thresholds - 1] + np.where(
+            p_last > 0, p_last * np.log(np.where(p_last > 0, p_last, 1.0)), 0.0
+        )
         log_density = np.log(np.where(level_density > 0, level_density, 1.0))
         sum_plogq = (level_mass * log_density).sum(axis=1) + outliers * log_density[:, -1]
         inside = mass[thresholds]

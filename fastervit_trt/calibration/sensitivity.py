@@ -7,6 +7,7 @@ layers unquantized (they run in the base graph's FP16) and finds the smallest k 
 top-1 agreement drop stays within the budget, by bisection over k (agreement grows as more
 layers are left out), so it costs about log2(layers) evaluations after the ranking.
 """
+
 from __future__ import annotations
 
 import sys
@@ -51,8 +52,17 @@ class Evaluator:
 
     def quantized(self, skip: AbstractSet[str] = frozenset(), only: AbstractSet[str] | None = None) -> onnx.ModelProto:
         chosen = [t for t in self.targets if t.node not in skip and (only is None or t.node in only)]
-        return insert_qdq(self.base, chosen, self.amax, self.weights, self.types, self.store, self.fmt,
-                          self.residuals, self.input_means)
+        return insert_qdq(
+            self.base,
+            chosen,
+            self.amax,
+            self.weights,
+            self.types,
+            self.store,
+            self.fmt,
+            self.residuals,
+            self.input_means,
+        )
 
     def measure(self, model: onnx.ModelProto) -> dict:
         """Mean cosine (of the worst output: a backbone's feature maps each count) and, for
@@ -76,7 +86,9 @@ def layer_sensitivity(evaluator: Evaluator, stream: TextIO | None = sys.stderr) 
     return sorted(rows, key=lambda r: (r["mean_cosine"], r["top1_agreement"]))
 
 
-def fewest_exclusions(order: list[str], drop_with: Callable[[list[str]], float], budget: float) -> tuple[int, list[dict]]:
+def fewest_exclusions(
+    order: list[str], drop_with: Callable[[list[str]], float], budget: float
+) -> tuple[int, list[dict]]:
     """Smallest k such that excluding ``order[:k]`` keeps ``drop_with(...) <= budget`` (bisection)."""
     trace, cache = [], {}
 
@@ -109,6 +121,12 @@ def mixed_precision(evaluator: Evaluator, order: list[str], budget: float) -> di
 
     k, trace = fewest_exclusions(order, drop_with, budget)
     final = measured.get(k) or {"mean_cosine": 1.0, "top1_agreement": 100.0}
-    return {"budget_points": budget, "excluded": order[:k], "int8_layers": len(order) - k,
-            "layers": len(order), "top1_agreement": final["top1_agreement"],
-            "mean_cosine": final["mean_cosine"], "search": trace}
+    return {
+        "budget_points": budget,
+        "excluded": order[:k],
+        "int8_layers": len(order) - k,
+        "layers": len(order),
+        "top1_agreement": final["top1_agreement"],
+        "mean_cosine": final["mean_cosine"],
+        "search": trace,
+    }

@@ -1,6 +1,7 @@
 """Command-line entry points, one module per command; ``common`` holds what they share.
 
 Each ``<command>_main`` is a console script (``fastervit-<command>``, see setup.cfg)."""
+
 from .bench import main as bench_main
 from .build import main as build_main
 from .deepstream import main as deepstream_main
@@ -11,5 +12,14 @@ from .inspect import main as inspect_main
 from .serve import main as serve_main
 from .triton import main as triton_main
 
-__all__ = ["bench_main", "build_main", "deepstream_main", "eval_main", "export_main", "infer_main",
-           "inspect_main", "serve_main", "triton_main"]
+__all__ = [
+    "bench_main",
+    "build_main",
+    "deepstream_main",
+    "eval_main",
+    "export_main",
+    "infer_main",
+    "inspect_main",
+    "serve_main",
+    "triton_main",
+]

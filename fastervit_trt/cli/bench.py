@@ -1,4 +1,5 @@
 """``fastervit-bench``: latency and throughput per batch size, optionally against PyTorch eager."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,34 +23,48 @@ from .common import (
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fastervit-bench", formatter_class=Formatter,
+        prog="fastervit-bench",
+        formatter_class=Formatter,
         epilog="examples:\n  fastervit-bench --model engines/faster_vit_0_224_fp16.engine --batch-sizes 1,8,32\n"
-               "  fastervit-bench --model engines/faster_vit_0_224_fp16.engine --batch-sizes 1 --cuda-graph\n"
-               "  fastervit-bench --model export/faster_vit_0_224_fp32.onnx --torch-variant faster_vit_0_224 "
-               "--checkpoint fastervit_0_224_1k.pth.tar --json",
+        "  fastervit-bench --model engines/faster_vit_0_224_fp16.engine --batch-sizes 1 --cuda-graph\n"
+        "  fastervit-bench --model export/faster_vit_0_224_fp32.onnx --torch-variant faster_vit_0_224 "
+        "--checkpoint fastervit_0_224_1k.pth.tar --json",
         description="Latency percentiles and throughput per batch size, optionally against PyTorch eager "
-                    "of the same weights measured in the same run.")
+        "of the same weights measured in the same run.",
+    )
     add_model_file(parser)
-    parser.add_argument("--batch-sizes", type=batch_sizes, default=PROFILE_TEXT, metavar="B1,B2,...",
-                        help="batch sizes to time, one after another")
+    parser.add_argument(
+        "--batch-sizes",
+        type=batch_sizes,
+        default=PROFILE_TEXT,
+        metavar="B1,B2,...",
+        help="batch sizes to time, one after another",
+    )
     renamed(parser, "--batch", "--batch-sizes", type=batch_sizes, metavar="B1,B2,...")
     parser.add_argument("--iters", type=positive, default=50, help="timed calls per batch size")
     parser.add_argument("--warmup", type=number(int, 0), default=5)
-    parser.add_argument("--cuda-graph", action="store_true",
-                        help="engines: replay CUDA graphs captured at fixed batch sizes (powers of two up "
-                             "to the profile's MAX, each with its own context; a batch runs padded to the "
-                             "next one), as trtexec --useCudaGraph")
-    add_torch_variant(parser, "also time PyTorch eager FP32 of this variant (on the GPU when torch sees "
-                              "one, else the CPU; the row names the device)", old="--torch-model")
+    parser.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="engines: replay CUDA graphs captured at fixed batch sizes (powers of two up "
+        "to the profile's MAX, each with its own context; a batch runs padded to the "
+        "next one), as trtexec --useCudaGraph",
+    )
+    add_torch_variant(
+        parser,
+        "also time PyTorch eager FP32 of this variant (on the GPU when torch sees "
+        "one, else the CPU; the row names the device)",
+        old="--torch-model",
+    )
     add_json(parser)
     return parser
 
 
 def _bench(args: argparse.Namespace) -> int:
 
-
     from ..runtime import load
     from ..runtime.benchmark import benchmark
+
     model = load(args.model, cuda_graphs=args.cuda_graph)
     run = model.features if model.is_backbone else model.run  # a backbone: every feature map
     runners = {str(args.model.name) + (" (CUDA graph)" if args.cuda_graph else ""): run}
@@ -58,6 +73,7 @@ def _bench(args: argparse.Namespace) -> int:
         import torch
 
         from ..models import Backbone, create_model
+
         classifier = create_model(args.torch_variant, checkpoint=args.checkpoint, resolution=preprocess.input_size)
         eager: torch.nn.Module = classifier
         if model.is_backbone:  # the same stages (and norms) as the exported backbone
@@ -75,6 +91,7 @@ def _bench(args: argparse.Namespace) -> int:
             if device == "cuda":
                 torch.cuda.synchronize()
             return out
+
         runners[f"pytorch eager {device} ({args.torch_variant})"] = torch_run
     rows = benchmark(runners, preprocess.input_shape, args.batch_sizes, args.iters, args.warmup, preprocess.input_dtype)
     if args.json:
@@ -82,8 +99,10 @@ def _bench(args: argparse.Namespace) -> int:
         return 0
     print(f"{'model':42s} {'batch':>5s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'img/s':>9s}")
     for row in rows:
-        print(f"{row['model']:42s} {row['batch']:5d} {row['p50_ms']:8.2f} {row['p90_ms']:8.2f} "
-              f"{row['p99_ms']:8.2f} {row['img_per_s']:9.1f}")
+        print(
+            f"{row['model']:42s} {row['batch']:5d} {row['p50_ms']:8.2f} {row['p90_ms']:8.2f} "
+            f"{row['p99_ms']:8.2f} {row['img_per_s']:9.1f}"
+        )
     return 0
 
 

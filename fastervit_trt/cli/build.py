@@ -1,4 +1,5 @@
 """``fastervit-build``: an exported ONNX file -> TensorRT / TensorRT-RTX engine + sidecar."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,30 +34,56 @@ examples:
 
 def parser() -> argparse.ArgumentParser:
     from ..engines import BuildConfig
+
     d = BuildConfig()
     parser = argparse.ArgumentParser(
-        prog="fastervit-build", formatter_class=Formatter, epilog=EXAMPLES,
+        prog="fastervit-build",
+        formatter_class=Formatter,
+        epilog=EXAMPLES,
         description="Build a TensorRT or TensorRT-RTX engine from an exported ONNX file; writes the "
-                    ".engine (plain, loadable by trtexec / Triton / C++) and a .json sidecar beside it.")
+        ".engine (plain, loadable by trtexec / Triton / C++) and a .json sidecar beside it.",
+    )
     parser.add_argument("onnx", type=Path, help="ONNX file from fastervit-export")
     parser.add_argument("--output", type=Path, help="engine path (default: engines/<onnx name>.engine)")
-    parser.add_argument("--backend", choices=("auto", "tensorrt", "tensorrt-rtx"), default=d.backend,
-                        help="auto: TensorRT if installed, else TensorRT-RTX")
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "tensorrt", "tensorrt-rtx"),
+        default=d.backend,
+        help="auto: TensorRT if installed, else TensorRT-RTX",
+    )
     add_batch_profile(parser, None, f"optimization profile (default: the one recorded at export, else {PROFILE_TEXT})")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"),
-                        help="default: the ONNX's own; fp16/int8 from an FP32 graph needs TensorRT 10")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        help="default: the ONNX's own; fp16/int8 from an FP32 graph needs TensorRT 10",
+    )
     parser.add_argument("--workspace", type=positive, metavar="MIB", help="workspace memory limit")
-    parser.add_argument("--opt-level", type=int, choices=range(6), metavar="0-5",
-                        help="builder optimization level (TensorRT's default: 3)")
-    parser.add_argument("--timing-cache", type=Path, metavar="PATH",
-                        help="TensorRT timing cache: loaded if present, saved after the build")
+    parser.add_argument(
+        "--opt-level",
+        type=int,
+        choices=range(6),
+        metavar="0-5",
+        help="builder optimization level (TensorRT's default: 3)",
+    )
+    parser.add_argument(
+        "--timing-cache",
+        type=Path,
+        metavar="PATH",
+        help="TensorRT timing cache: loaded if present, saved after the build",
+    )
     parser.add_argument("--hardware-compat", action="store_true", help="run on any Ampere+ GPU")
     parser.add_argument("--version-compat", action="store_true", help="run on later TensorRT versions")
-    parser.add_argument("--compute-capability", type=capabilities, default=(), metavar="CC[,CC...]",
-                        help="TensorRT-RTX targets, e.g. 8.9,12.0 (default: TensorRT-RTX's own; FP8: every "
-                             "target from 8.9 on); TensorRT proper builds for the GPU it runs on")
-    add_calibration_files(parser, cache_help="TensorRT 10 implicit INT8 scales",
-                          data_help="TensorRT 10 implicit INT8 images")
+    parser.add_argument(
+        "--compute-capability",
+        type=capabilities,
+        default=(),
+        metavar="CC[,CC...]",
+        help="TensorRT-RTX targets, e.g. 8.9,12.0 (default: TensorRT-RTX's own; FP8: every "
+        "target from 8.9 on); TensorRT proper builds for the GPU it runs on",
+    )
+    add_calibration_files(
+        parser, cache_help="TensorRT 10 implicit INT8 scales", data_help="TensorRT 10 implicit INT8 images"
+    )
     add_force(parser, "an existing engine")
     add_quiet(parser)
     return parser
@@ -65,22 +92,33 @@ def parser() -> argparse.ArgumentParser:
 def _build(args: argparse.Namespace) -> int:
     from ..engines import BuildConfig, build_engine
     from ..engines.builder import check_engine_path, onnx_facts
+
     if not args.onnx.is_file():
         raise FasterViTTRTError(f"{args.onnx}: no such ONNX file; export one with fastervit-export")
     output = args.output or Path("engines") / args.onnx.with_suffix(".engine").name
     check_engine_path(output, args.onnx)
     batch = args.batch or tuple(onnx_facts(args.onnx)["metadata"].get("batch_profile") or DEFAULT_BATCH_PROFILE)
-    config = BuildConfig(batch=batch, backend=args.backend, precision=args.precision,
-                         workspace_mib=args.workspace, opt_level=args.opt_level,
-                         timing_cache=args.timing_cache, hardware_compat=args.hardware_compat,
-                         version_compat=args.version_compat, calib_cache=args.calib_cache,
-                         calib_data=args.calib_data, compute_capabilities=args.compute_capability,
-                         force=args.force)
+    config = BuildConfig(
+        batch=batch,
+        backend=args.backend,
+        precision=args.precision,
+        workspace_mib=args.workspace,
+        opt_level=args.opt_level,
+        timing_cache=args.timing_cache,
+        hardware_compat=args.hardware_compat,
+        version_compat=args.version_compat,
+        calib_cache=args.calib_cache,
+        calib_data=args.calib_data,
+        compute_capabilities=args.compute_capability,
+        force=args.force,
+    )
     stream = progress(args)
     sidecar = build_engine(args.onnx, output, config, stream)
     trt = sidecar["tensorrt"]
-    print(f"engine   {output}  ({sidecar['engine']['bytes'] / 1e6:.1f} MB, {sidecar['precision']}, "
-          f"batch {','.join(map(str, batch))})")
+    print(
+        f"engine   {output}  ({sidecar['engine']['bytes'] / 1e6:.1f} MB, {sidecar['precision']}, "
+        f"batch {','.join(map(str, batch))})"
+    )
     print(f"sidecar  {output.with_suffix('.json')}")
     print(f"builder  {trt['flavour']} {trt['version']}, {sidecar['build']['seconds']:.1f} s")
     return 0

@@ -1,5 +1,6 @@
 """What every command shares: argument types and groups, help formatting, renamed flags,
 and the one place that turns errors into one line and an exit code."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,11 +20,23 @@ EXIT_ERROR, EXIT_USAGE = 1, 2
 PROFILE_TEXT = ",".join(map(str, DEFAULT_BATCH_PROFILE))
 
 # the extra that brings each optional module, for the message when it is missing
-_EXTRAS = {"torch": "export", "torchvision": "export", "onnxslim": "export", "safetensors": "export",
-           "onnx": "onnxruntime", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt",
-           "tensorrt_rtx": "tensorrt-rtx", "tensorrt_rtx_bindings": "tensorrt-rtx", "pycuda": "pycuda",
-           "pytriton": "triton", "tritonclient": "triton", "starlette": "serve", "uvicorn": "serve",
-           "prometheus_client": "serve"}
+_EXTRAS = {
+    "torch": "export",
+    "torchvision": "export",
+    "onnxslim": "export",
+    "safetensors": "export",
+    "onnx": "onnxruntime",
+    "onnxruntime": "onnxruntime",
+    "tensorrt": "tensorrt",
+    "tensorrt_rtx": "tensorrt-rtx",
+    "tensorrt_rtx_bindings": "tensorrt-rtx",
+    "pycuda": "pycuda",
+    "pytriton": "triton",
+    "tritonclient": "triton",
+    "starlette": "serve",
+    "uvicorn": "serve",
+    "prometheus_client": "serve",
+}
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -40,13 +53,16 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
 
 # ---------------------------------------------------------------- argument types
 
-def number(kind: type, low: float | None = None, high: float | None = None,
-           low_open: bool = False) -> Callable[[str], Any]:
+
+def number(
+    kind: type, low: float | None = None, high: float | None = None, low_open: bool = False
+) -> Callable[[str], Any]:
     """An argparse type: a ``kind`` number in [low, high] (``low_open``: above low), the valid
     range in the message."""
     if low is not None and high is not None:
         valid = f"{'above ' + format(low, 'g') if low_open else format(low, 'g')}" + (
-            f" and at most {high:g}" if low_open else f" to {high:g}")
+            f" and at most {high:g}" if low_open else f" to {high:g}"
+        )
     elif low is not None:
         valid = f"{'above' if low_open else 'at least'} {low:g}"
     else:
@@ -56,12 +72,14 @@ def number(kind: type, low: float | None = None, high: float | None = None,
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'} "
-                                             f"(valid: {valid})") from None
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a{'n integer' if kind is int else ' number'} (valid: {valid})"
+            ) from None
         too_low = low is not None and (value <= low if low_open else value < low)
         if too_low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"{text} is out of range (valid: {valid})")
         return value
+
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
 
@@ -112,8 +130,10 @@ def capabilities(text: str) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------- argument groups
 
-def add_batch_profile(parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: str | None,
-                      help: str) -> None:
+
+def add_batch_profile(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: str | None, help: str
+) -> None:
     """``--batch MIN,OPT,MAX``: the engine's optimization profile (export, build)."""
     parser.add_argument("--batch", type=batch_profile, default=default, metavar="MIN,OPT,MAX", help=help)
 
@@ -131,8 +151,12 @@ def add_torch_variant(parser: argparse.ArgumentParser, what: str, old: str) -> N
     parser.add_argument("--checkpoint", type=Path, help="weights for --torch-variant")
 
 
-def add_calibration_files(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cache_help: str,
-                          data_help: str, data_default: Path | None = None) -> None:
+def add_calibration_files(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cache_help: str,
+    data_help: str,
+    data_default: Path | None = None,
+) -> None:
     """``--calib-cache`` and ``--calib-data``: where INT8 scales come from (export, build)."""
     parser.add_argument("--calib-data", type=Path, default=data_default, metavar="DIR|FILE.npy", help=data_help)
     parser.add_argument("--calib-cache", type=Path, metavar="PATH", help=cache_help)
@@ -162,8 +186,13 @@ class _Renamed(argparse.Action):
         self.new = new
         super().__init__(*args, **kwargs)
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         print(f"note: {option_string} is now {self.new} (the old spelling still works, for now)", file=sys.stderr)
         setattr(namespace, self.dest, values)
 
@@ -171,11 +200,13 @@ class _Renamed(argparse.Action):
 def renamed(parser: argparse.ArgumentParser, old: str, new: str, **kwargs: Any) -> None:
     """Accept ``old`` as a hidden, deprecated spelling of the already added ``new``."""
     dest = new.lstrip("-").replace("-", "_")
-    parser.add_argument(old, dest=dest, action=_Renamed, new=new, default=argparse.SUPPRESS,
-                        help=argparse.SUPPRESS, **kwargs)
+    parser.add_argument(
+        old, dest=dest, action=_Renamed, new=new, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs
+    )
 
 
 # ---------------------------------------------------------------- running a command
+
 
 def options_or_error(make: Callable[[], Any]) -> Any:
     """``make()``, with the options' own ``ValueError`` as the command's one-line error."""
@@ -190,13 +221,19 @@ def _missing(exc: ModuleNotFoundError, prog: str) -> int:
     top = (exc.name or "").split(".")[0]
     if top not in _EXTRAS:
         raise exc
-    print(f"error: {prog} needs {top}, which this install lacks: "
-          f"pip install 'fastervit-trt[{_EXTRAS[top]}]'", file=sys.stderr)
+    print(
+        f"error: {prog} needs {top}, which this install lacks: pip install 'fastervit-trt[{_EXTRAS[top]}]'",
+        file=sys.stderr,
+    )
     return EXIT_ERROR
 
 
-def run(main: Callable[[argparse.Namespace], int], parser: Callable[[], argparse.ArgumentParser],
-        argv: Sequence[str] | None, prog: str) -> int:
+def run(
+    main: Callable[[argparse.Namespace], int],
+    parser: Callable[[], argparse.ArgumentParser],
+    argv: Sequence[str] | None,
+    prog: str,
+) -> int:
     """Parse ``argv`` with ``parser()`` and run ``main``; every expected failure is one line
     on stderr and a non-zero exit."""
     try:
@@ -219,7 +256,10 @@ def run(main: Callable[[argparse.Namespace], int], parser: Callable[[], argparse
         return 0
     except OSError as exc:  # a full disk, a vanished folder: what was being written is cleaned up
         where = exc.filename or "output"
-        hint = ("free some space or choose another output folder" if exc.errno == errno.ENOSPC
-                else "check the path and its permissions")
+        hint = (
+            "free some space or choose another output folder"
+            if exc.errno == errno.ENOSPC
+            else "check the path and its permissions"
+        )
         print(f"error: {where}: {exc.strerror or exc}; {hint}", file=sys.stderr)
         return EXIT_ERROR

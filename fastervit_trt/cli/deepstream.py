@@ -1,4 +1,5 @@
 """``fastervit-deepstream``: a DeepStream nvinfer classifier config and labels for an export."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,28 +12,43 @@ from .common import Formatter, add_force, number, options_or_error, positive, ru
 
 def parser() -> argparse.ArgumentParser:
     from ..deepstream import PROCESS_MODES, DeepStreamOptions
+
     d = DeepStreamOptions()
     parser = argparse.ArgumentParser(
-        prog="fastervit-deepstream", formatter_class=Formatter,
+        prog="fastervit-deepstream",
+        formatter_class=Formatter,
         epilog="examples:\n"
-               "  fastervit-export --variant faster_vit_4_21k_384 --checkpoint w.pth.tar --precision int8 "
-               "--input pixels --softmax\n"
-               "  fastervit-deepstream engines/faster_vit_4_21k_384_int8_softmax_pixelsin.engine --out ds\n"
-               "  fastervit-deepstream export/faster_vit_4_21k_384_int8_softmax_pixelsin.onnx --out ds "
-               "--process-mode secondary --operate-on-gie-id 1",
+        "  fastervit-export --variant faster_vit_4_21k_384 --checkpoint w.pth.tar --precision int8 "
+        "--input pixels --softmax\n"
+        "  fastervit-deepstream engines/faster_vit_4_21k_384_int8_softmax_pixelsin.engine --out ds\n"
+        "  fastervit-deepstream export/faster_vit_4_21k_384_int8_softmax_pixelsin.onnx --out ds "
+        "--process-mode secondary --operate-on-gie-id 1",
         description="Write a DeepStream nvinfer classifier config ([property] key file) and labels file for an "
-                    "export made with --input pixels --softmax (or its engine): every value from the export's "
-                    "metadata, net-scale-factor 1 and zero offsets because the graph normalises per channel "
-                    "itself. Refuses, in one line, a model whose preprocessing nvinfer cannot reproduce.")
+        "export made with --input pixels --softmax (or its engine): every value from the export's "
+        "metadata, net-scale-factor 1 and zero offsets because the graph normalises per channel "
+        "itself. Refuses, in one line, a model whose preprocessing nvinfer cannot reproduce.",
+    )
     parser.add_argument("model", type=Path, help=".onnx export or .engine (with its sidecar)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the config and labels")
-    parser.add_argument("--process-mode", choices=tuple(PROCESS_MODES), default=d.process_mode,
-                        help="primary: whole frames; secondary: the objects of another nvinfer (a detector)")
-    parser.add_argument("--threshold", type=number(float, 0, 1), default=d.threshold,
-                        help="classifier-threshold: the least probability at which a label is attached")
+    parser.add_argument(
+        "--process-mode",
+        choices=tuple(PROCESS_MODES),
+        default=d.process_mode,
+        help="primary: whole frames; secondary: the objects of another nvinfer (a detector)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=number(float, 0, 1),
+        default=d.threshold,
+        help="classifier-threshold: the least probability at which a label is attached",
+    )
     parser.add_argument("--gie-unique-id", type=positive, default=d.gie_unique_id)
-    parser.add_argument("--operate-on-gie-id", type=positive, default=d.operate_on_gie_id,
-                        help="secondary mode: the gie-unique-id of the detector whose objects are classified")
+    parser.add_argument(
+        "--operate-on-gie-id",
+        type=positive,
+        default=d.operate_on_gie_id,
+        help="secondary mode: the gie-unique-id of the detector whose objects are classified",
+    )
     parser.add_argument("--gpu-id", type=number(int, 0), default=d.gpu_id)
     add_force(parser, "existing files")
     return parser
@@ -40,9 +56,17 @@ def parser() -> argparse.ArgumentParser:
 
 def _deepstream(args: argparse.Namespace) -> int:
     from ..deepstream import DeepStreamOptions, launch_example, write_deepstream
-    options = options_or_error(lambda: DeepStreamOptions(
-        process_mode=args.process_mode, threshold=args.threshold, gie_unique_id=args.gie_unique_id,
-        operate_on_gie_id=args.operate_on_gie_id, gpu_id=args.gpu_id, force=args.force))
+
+    options = options_or_error(
+        lambda: DeepStreamOptions(
+            process_mode=args.process_mode,
+            threshold=args.threshold,
+            gie_unique_id=args.gie_unique_id,
+            operate_on_gie_id=args.operate_on_gie_id,
+            gpu_id=args.gpu_id,
+            force=args.force,
+        )
+    )
     config, labels = write_deepstream(args.model, args.out, options)
     print(f"wrote {config} and {labels}")
     print(f"run: {launch_example(config)}")

@@ -1,4 +1,5 @@
 """``fastervit-eval``: top-1 / top-5 of engines, ONNX files and PyTorch side by side."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,16 +16,19 @@ from .common import Formatter, add_json, add_torch_variant, positive, renamed, r
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fastervit-eval", formatter_class=Formatter,
+        prog="fastervit-eval",
+        formatter_class=Formatter,
         epilog="examples:\n  fastervit-eval --data ~/imagenet/val --model engines/faster_vit_0_224_int8.engine "
-               "--model export/faster_vit_0_224_fp32.onnx --limit 5000\n"
-               "  fastervit-eval --data digits/heldout --model export/faster_vit_digits_int8.onnx "
-               "--torch-variant faster_vit_digits --checkpoint tests/fixtures/faster_vit_digits.pth --json",
+        "--model export/faster_vit_0_224_fp32.onnx --limit 5000\n"
+        "  fastervit-eval --data digits/heldout --model export/faster_vit_digits_int8.onnx "
+        "--torch-variant faster_vit_digits --checkpoint tests/fixtures/faster_vit_digits.pth --json",
         description="Top-1 / top-5 accuracy of engines, ONNX files and PyTorch models side by side on a "
-                    "labelled folder (<data>/<class>/<image>), with pairwise top-1 agreement and logit cosine.")
+        "labelled folder (<data>/<class>/<image>), with pairwise top-1 agreement and logit cosine.",
+    )
     parser.add_argument("--data", type=Path, required=True, help="labelled image folder")
-    parser.add_argument("--model", type=Path, action="append", default=[], metavar="FILE",
-                        help=".engine or .onnx (repeatable)")
+    parser.add_argument(
+        "--model", type=Path, action="append", default=[], metavar="FILE", help=".engine or .onnx (repeatable)"
+    )
     add_torch_variant(parser, "also evaluate PyTorch eager of this variant", old="--torch")
     parser.add_argument("--labels", type=Path, help="'<folder> <class index>' lines for non-ImageNet folders")
     parser.add_argument("--limit", type=positive, help="evaluate N images spread evenly over the folder")
@@ -38,6 +42,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from ..evaluate import evaluate, labelled_samples, torch_runner
     from ..runtime import load
+
     if not args.model and not args.torch_variant:
         raise FasterViTTRTError("nothing to evaluate: pass --model FILE and/or --torch-variant NAME")
     samples = labelled_samples(args.data, args.labels, args.limit)
@@ -53,8 +58,10 @@ def _eval(args: argparse.Namespace) -> int:
     for name, row in report["models"].items():
         print(f"{name:60s} {row['top1']:8.2f} {row['top5']:8.2f}")
     for pair in report["pairs"]:
-        print(f"{pair['a']}  vs  {pair['b']}: top-1 agreement {pair['top1_agreement']:.2f} %, "
-              f"mean cosine {pair['mean_cosine']:.5f}")
+        print(
+            f"{pair['a']}  vs  {pair['b']}: top-1 agreement {pair['top1_agreement']:.2f} %, "
+            f"mean cosine {pair['mean_cosine']:.5f}"
+        )
     return 0
 
 

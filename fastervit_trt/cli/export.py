@@ -1,4 +1,5 @@
 """``fastervit-export``: a registered variant -> validated ONNX (+ calibration) -> engine."""
+
 from __future__ import annotations
 
 import argparse
@@ -47,71 +48,128 @@ examples:
 def parser() -> argparse.ArgumentParser:
     from ..export.pipeline import ExportOptions
     from ..models import list_models
+
     d = ExportOptions()
     parser = argparse.ArgumentParser(
-        prog="fastervit-export", formatter_class=Formatter, epilog=EXAMPLES,
+        prog="fastervit-export",
+        formatter_class=Formatter,
+        epilog=EXAMPLES,
         description="Export a FasterViT model to TensorRT-friendly ONNX (BatchNorm folded, "
-                    "position bias precomputed, static window reshapes, dynamic batch), "
-                    "validated against PyTorch with ONNX Runtime. Writes "
-                    "<output-dir>/<variant>_<precision>.onnx and a JSON report beside it.")
-    parser.add_argument("--variant", default=d.model, metavar="NAME",
-                        help=f"registered variant ({len(list_models())} available: "
-                             "faster_vit_{0..6}_224, faster_vit_4_21k_{224,384,512,768}, "
-                             "and *_any_res of each)")
+        "position bias precomputed, static window reshapes, dynamic batch), "
+        "validated against PyTorch with ONNX Runtime. Writes "
+        "<output-dir>/<variant>_<precision>.onnx and a JSON report beside it.",
+    )
+    parser.add_argument(
+        "--variant",
+        default=d.model,
+        metavar="NAME",
+        help=f"registered variant ({len(list_models())} available: "
+        "faster_vit_{0..6}_224, faster_vit_4_21k_{224,384,512,768}, "
+        "and *_any_res of each)",
+    )
     renamed(parser, "--model", "--variant", metavar="NAME")
-    parser.add_argument("--checkpoint", type=Path, help="official .pth/.pth.tar/.safetensors "
-                        "weights; without one the model is randomly initialised (seeded)")
-    parser.add_argument("--weights", choices=("model", "ema"), default=d.weights,
-                        help="which weights of a training checkpoint: state_dict (as the official "
-                             "validate.py without --use-ema) or state_dict_ema")
-    parser.add_argument("--resolution", type=positive, nargs=2, metavar=("H", "W"),
-                        help="input size; the variant's own when omitted")
-    parser.add_argument("--exact-preprocess", action="store_true",
-                        help="decode every JPEG in full and resize the whole image, bitwise as timm "
-                             "(calibration and, through the recorded setting, inference); default: JPEGs of "
-                             "at least twice the resize size decode at a reduced scale and only the crop is "
-                             "resized, several times faster")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8", "fp8"), default=d.precision,
-                        help="fp16: float16 graph with FP32 islands for TensorRT's strong typing; "
-                             "int8 / fp8: calibrated Q/DQ (FP8 E4M3: Ada, Hopper, Blackwell GPUs); the "
-                             "classifier head stays FP16, and for FP8 also the stem and downsampling "
-                             "convolutions (every path runs through them)")
-    parser.add_argument("--features", type=stages, nargs="?", const=(1, 2, 3, 4), default=(), metavar="STAGES",
-                        help="export the backbone for detection: no head, one NCHW output per stage "
-                             "(stage1..stage4, strides 4..32, each taken before its downsampling); "
-                             "STAGES picks some, e.g. 2,3,4 (default: all four)")
-    parser.add_argument("--feature-norm", action="store_true",
-                        help="each feature map through its level's BatchNorm, as the official detection "
-                             "backbones add it (stage 4: the trained classifier norm; stages 1-3: "
-                             "BatchNorm at its initial statistics, which detection training then learns)")
-    parser.add_argument("--input", choices=("float", "uint8", "pixels"), default=d.input_format, dest="input_format",
-                        help="float: normalised float NCHW input; uint8: the resized, cropped uint8 "
-                             "NHWC image, cast and normalised inside the graph (4x fewer bytes to the "
-                             "GPU, no float math on the CPU; writes <variant>_<precision>_uint8in.onnx); "
-                             "pixels: the crop as float NCHW pixel values 0..255, normalised per channel "
-                             "inside the graph, as DeepStream's nvinfer sends them with net-scale-factor 1 "
-                             "(writes ..._pixelsin.onnx; see fastervit-deepstream)")
-    parser.add_argument("--softmax", action="store_true",
-                        help="a classifier's output as softmax probabilities ('probabilities') instead of "
-                             "logits, as DeepStream's nvinfer classifier parser reads them; writes "
-                             "<variant>_<precision>_softmax.onnx")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="official .pth/.pth.tar/.safetensors weights; without one the model is randomly initialised (seeded)",
+    )
+    parser.add_argument(
+        "--weights",
+        choices=("model", "ema"),
+        default=d.weights,
+        help="which weights of a training checkpoint: state_dict (as the official "
+        "validate.py without --use-ema) or state_dict_ema",
+    )
+    parser.add_argument(
+        "--resolution", type=positive, nargs=2, metavar=("H", "W"), help="input size; the variant's own when omitted"
+    )
+    parser.add_argument(
+        "--exact-preprocess",
+        action="store_true",
+        help="decode every JPEG in full and resize the whole image, bitwise as timm "
+        "(calibration and, through the recorded setting, inference); default: JPEGs of "
+        "at least twice the resize size decode at a reduced scale and only the crop is "
+        "resized, several times faster",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8", "fp8"),
+        default=d.precision,
+        help="fp16: float16 graph with FP32 islands for TensorRT's strong typing; "
+        "int8 / fp8: calibrated Q/DQ (FP8 E4M3: Ada, Hopper, Blackwell GPUs); the "
+        "classifier head stays FP16, and for FP8 also the stem and downsampling "
+        "convolutions (every path runs through them)",
+    )
+    parser.add_argument(
+        "--features",
+        type=stages,
+        nargs="?",
+        const=(1, 2, 3, 4),
+        default=(),
+        metavar="STAGES",
+        help="export the backbone for detection: no head, one NCHW output per stage "
+        "(stage1..stage4, strides 4..32, each taken before its downsampling); "
+        "STAGES picks some, e.g. 2,3,4 (default: all four)",
+    )
+    parser.add_argument(
+        "--feature-norm",
+        action="store_true",
+        help="each feature map through its level's BatchNorm, as the official detection "
+        "backbones add it (stage 4: the trained classifier norm; stages 1-3: "
+        "BatchNorm at its initial statistics, which detection training then learns)",
+    )
+    parser.add_argument(
+        "--input",
+        choices=("float", "uint8", "pixels"),
+        default=d.input_format,
+        dest="input_format",
+        help="float: normalised float NCHW input; uint8: the resized, cropped uint8 "
+        "NHWC image, cast and normalised inside the graph (4x fewer bytes to the "
+        "GPU, no float math on the CPU; writes <variant>_<precision>_uint8in.onnx); "
+        "pixels: the crop as float NCHW pixel values 0..255, normalised per channel "
+        "inside the graph, as DeepStream's nvinfer sends them with net-scale-factor 1 "
+        "(writes ..._pixelsin.onnx; see fastervit-deepstream)",
+    )
+    parser.add_argument(
+        "--softmax",
+        action="store_true",
+        help="a classifier's output as softmax probabilities ('probabilities') instead of "
+        "logits, as DeepStream's nvinfer classifier parser reads them; writes "
+        "<variant>_<precision>_softmax.onnx",
+    )
     add_batch_profile(parser, PROFILE_TEXT, "batch sizes of the engine's optimization profile")
-    parser.add_argument("--opset", type=number(int, MIN_OPSET, MAX_OPSET), default=d.opset,
-                        help=f"ONNX opset ({MIN_OPSET}-{MAX_OPSET}: LayerNormalization needs 17)")
-    parser.add_argument("--io-dtype", choices=("fp32", "fp16"), default=d.io_dtype,
-                        help="dtype of the FP16 graph's input and output")
-    parser.add_argument("--output-dir", type=Path, metavar="DIR",
-                        help=f"where the .onnx and its .report.json go (default: {d.output_dir}); "
-                             "engines go there too unless --engine-dir is given")
+    parser.add_argument(
+        "--opset",
+        type=number(int, MIN_OPSET, MAX_OPSET),
+        default=d.opset,
+        help=f"ONNX opset ({MIN_OPSET}-{MAX_OPSET}: LayerNormalization needs 17)",
+    )
+    parser.add_argument(
+        "--io-dtype", choices=("fp32", "fp16"), default=d.io_dtype, help="dtype of the FP16 graph's input and output"
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"where the .onnx and its .report.json go (default: {d.output_dir}); "
+        "engines go there too unless --engine-dir is given",
+    )
     parser.add_argument("--seed", type=number(int, 0), default=d.seed, help="seed of random weights and inputs")
     _calibration_group(parser)
     engine = parser.add_argument_group("engine (built at the end when TensorRT or TensorRT-RTX is installed)")
-    engine.add_argument("--engine-dir", type=Path, metavar="DIR",
-                        help="where the .engine and its .json sidecar go (default: --output-dir "
-                             "when given, else engines)")
+    engine.add_argument(
+        "--engine-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the .engine and its .json sidecar go (default: --output-dir when given, else engines)",
+    )
     engine.add_argument("--no-engine", action="store_true", help="stop after the ONNX")
-    engine.add_argument("--triton-repo", type=Path, metavar="DIR",
-                        help="also write a Triton model repository (the engine if built, else the ONNX)")
+    engine.add_argument(
+        "--triton-repo",
+        type=Path,
+        metavar="DIR",
+        help="also write a Triton model repository (the engine if built, else the ONNX)",
+    )
     add_force(parser)
     add_quiet(parser)
     return parser
@@ -119,55 +177,116 @@ def parser() -> argparse.ArgumentParser:
 
 def _calibration_group(parser: argparse.ArgumentParser) -> None:
     from ..calibration.options import PERCENTILE_RANGE, CalibrationOptions
+
     c = CalibrationOptions()
     calib = parser.add_argument_group("INT8 / FP8 calibration (--precision int8 or fp8)")
-    add_calibration_files(calib, data_default=c.data,
-                          data_help="image folder (read recursively) or preprocessed NCHW float32 .npy",
-                          cache_help="TensorRT calibration cache; reused when it exists (default: "
-                                     "<output-dir>/<variant>_<precision>.cache)")
-    calib.add_argument("--calib-images", type=positive, default=c.images, metavar="N",
-                       help="calibration inputs (a small folder is expanded by crops and flips)")
+    add_calibration_files(
+        calib,
+        data_default=c.data,
+        data_help="image folder (read recursively) or preprocessed NCHW float32 .npy",
+        cache_help="TensorRT calibration cache; reused when it exists (default: "
+        "<output-dir>/<variant>_<precision>.cache)",
+    )
+    calib.add_argument(
+        "--calib-images",
+        type=positive,
+        default=c.images,
+        metavar="N",
+        help="calibration inputs (a small folder is expanded by crops and flips)",
+    )
     calib.add_argument("--calib-batch", type=positive, default=c.batch, metavar="N")
-    calib.add_argument("--calib-method", choices=("entropy", "minmax", "percentile"), default=c.method,
-                       help="entropy: TensorRT's EntropyCalibration2 (KL divergence)")
-    calib.add_argument("--calib-percentile", type=number(float, *PERCENTILE_RANGE, low_open=True),
-                       default=c.percentile, metavar="P", help="with --calib-method percentile")
+    calib.add_argument(
+        "--calib-method",
+        choices=("entropy", "minmax", "percentile"),
+        default=c.method,
+        help="entropy: TensorRT's EntropyCalibration2 (KL divergence)",
+    )
+    calib.add_argument(
+        "--calib-percentile",
+        type=number(float, *PERCENTILE_RANGE, low_open=True),
+        default=c.percentile,
+        metavar="P",
+        help="with --calib-method percentile",
+    )
     calib.add_argument("--recalibrate", action="store_true", help="ignore an existing cache")
-    calib.add_argument("--qdq-base", choices=("fp16", "fp32"), default=c.qdq_base,
-                       help="float type of the layers left unquantized")
-    calib.add_argument("--residual-qdq", choices=("auto", "on", "off"), default=c.residual_qdq,
-                       help="INT8: quantize the residual input of each Add after a quantized Conv so "
-                            "TensorRT reads it in INT8 in the fused epilogue; auto: on for classifiers, "
-                            "off for --features (the feature maps are that residual stream)")
-    calib.add_argument("--bias-correction", choices=("on", "off"), default="on" if c.bias_correction else "off",
-                       help="subtract from each quantized layer's bias the mean output shift its weight "
-                            "rounding causes (from the calibration inputs' channel means, kept beside the "
-                            "cache as <cache>.means.npz)")
-    calib.add_argument("--calib-heldout", type=positive, default=c.heldout, metavar="N",
-                       help="held-out inputs for the accuracy figures, sensitivity and budget")
-    calib.add_argument("--sensitivity", action="store_true",
-                       help="rank layers by the degradation each causes when quantized alone")
-    calib.add_argument("--accuracy-budget", type=number(float, 0, 100), metavar="POINTS",
-                       help="leave the most sensitive layers in FP16 until the top-1 agreement with "
-                            "FP32 drops by at most POINTS")
+    calib.add_argument(
+        "--qdq-base", choices=("fp16", "fp32"), default=c.qdq_base, help="float type of the layers left unquantized"
+    )
+    calib.add_argument(
+        "--residual-qdq",
+        choices=("auto", "on", "off"),
+        default=c.residual_qdq,
+        help="INT8: quantize the residual input of each Add after a quantized Conv so "
+        "TensorRT reads it in INT8 in the fused epilogue; auto: on for classifiers, "
+        "off for --features (the feature maps are that residual stream)",
+    )
+    calib.add_argument(
+        "--bias-correction",
+        choices=("on", "off"),
+        default="on" if c.bias_correction else "off",
+        help="subtract from each quantized layer's bias the mean output shift its weight "
+        "rounding causes (from the calibration inputs' channel means, kept beside the "
+        "cache as <cache>.means.npz)",
+    )
+    calib.add_argument(
+        "--calib-heldout",
+        type=positive,
+        default=c.heldout,
+        metavar="N",
+        help="held-out inputs for the accuracy figures, sensitivity and budget",
+    )
+    calib.add_argument(
+        "--sensitivity", action="store_true", help="rank layers by the degradation each causes when quantized alone"
+    )
+    calib.add_argument(
+        "--accuracy-budget",
+        type=number(float, 0, 100),
+        metavar="POINTS",
+        help="leave the most sensitive layers in FP16 until the top-1 agreement with FP32 drops by at most POINTS",
+    )
 
 
 def _export(args: argparse.Namespace) -> int:
     from ..calibration.options import CalibrationOptions
     from ..export.pipeline import ExportOptions, export_model
-    options = options_or_error(lambda: ExportOptions(
-        model=args.variant, checkpoint=args.checkpoint, weights=args.weights,
-        resolution=tuple(args.resolution) if args.resolution else None, precision=args.precision,
-        batch=args.batch, opset=args.opset, output_dir=args.output_dir or ExportOptions.output_dir,
-        io_dtype=args.io_dtype, exact_preprocess=args.exact_preprocess, input_format=args.input_format,
-        force=args.force, seed=args.seed, features=args.features, feature_norm=args.feature_norm,
-        softmax=args.softmax))
-    calib = options_or_error(lambda: CalibrationOptions(
-        data=args.calib_data, images=args.calib_images, batch=args.calib_batch, method=args.calib_method,
-        percentile=args.calib_percentile, cache=args.calib_cache, recalibrate=args.recalibrate,
-        qdq_base=args.qdq_base, heldout=args.calib_heldout, sensitivity=args.sensitivity,
-        accuracy_budget=args.accuracy_budget, residual_qdq=args.residual_qdq,
-        bias_correction=args.bias_correction == "on"))
+
+    options = options_or_error(
+        lambda: ExportOptions(
+            model=args.variant,
+            checkpoint=args.checkpoint,
+            weights=args.weights,
+            resolution=tuple(args.resolution) if args.resolution else None,
+            precision=args.precision,
+            batch=args.batch,
+            opset=args.opset,
+            output_dir=args.output_dir or ExportOptions.output_dir,
+            io_dtype=args.io_dtype,
+            exact_preprocess=args.exact_preprocess,
+            input_format=args.input_format,
+            force=args.force,
+            seed=args.seed,
+            features=args.features,
+            feature_norm=args.feature_norm,
+            softmax=args.softmax,
+        )
+    )
+    calib = options_or_error(
+        lambda: CalibrationOptions(
+            data=args.calib_data,
+            images=args.calib_images,
+            batch=args.calib_batch,
+            method=args.calib_method,
+            percentile=args.calib_percentile,
+            cache=args.calib_cache,
+            recalibrate=args.recalibrate,
+            qdq_base=args.qdq_base,
+            heldout=args.calib_heldout,
+            sensitivity=args.sensitivity,
+            accuracy_budget=args.accuracy_budget,
+            residual_qdq=args.residual_qdq,
+            bias_correction=args.bias_correction == "on",
+        )
+    )
     stream = progress(args)
     engine_dir = args.engine_dir or args.output_dir or Path("engines")
     engine = None if args.no_engine else _planned_engine(options.onnx_path, engine_dir)
@@ -180,19 +299,25 @@ def _export(args: argparse.Namespace) -> int:
     if engine is not None:
         served = _engine_after_export(result.onnx_path, engine, options.batch, args.force, stream)
     elif not args.no_engine:
-        print(f"engine      no TensorRT installed here; build later with: "
-              f"{shlex.join(['fastervit-build', str(result.onnx_path)])}")
+        print(
+            f"engine      no TensorRT installed here; build later with: "
+            f"{shlex.join(['fastervit-build', str(result.onnx_path)])}"
+        )
     if args.triton_repo:
         from ..triton import TritonOptions, write_model_repository
+
         folder = write_model_repository(served, args.triton_repo, TritonOptions(force=args.force))
-        print(f"triton      {folder}  (serve: "
-              f"{shlex.join(['tritonserver', '--model-repository', str(args.triton_repo)])})")
+        print(
+            f"triton      {folder}  (serve: "
+            f"{shlex.join(['tritonserver', '--model-repository', str(args.triton_repo)])})"
+        )
     return 0
 
 
 def _planned_engine(onnx_path: Path, engine_dir: Path) -> Path | None:
     """The engine ``fastervit-export`` will build, or None when no TensorRT is installed."""
     from ..engines import EngineBuildError, load_tensorrt
+
     try:
         load_tensorrt()
     except EngineBuildError:
@@ -205,6 +330,7 @@ def _preflight_outputs(engine: Path | None, triton_repo: Path | None, onnx_path:
     checked by its preflight)."""
     from ..artifacts import check_writable
     from ..sidecar import sidecar_path
+
     outputs = [engine, sidecar_path(engine)] if engine is not None else []
     if triton_repo is not None:
         served = engine or onnx_path
@@ -212,14 +338,18 @@ def _preflight_outputs(engine: Path | None, triton_repo: Path | None, onnx_path:
     check_writable(outputs, force)
 
 
-def _engine_after_export(onnx_path: Path, engine: Path, batch: tuple[int, int, int], force: bool,
-                         stream: TextIO | None) -> Path:
+def _engine_after_export(
+    onnx_path: Path, engine: Path, batch: tuple[int, int, int], force: bool, stream: TextIO | None
+) -> Path:
     """Build ``engine`` from the exported ONNX; returns it (the file to serve)."""
     from ..engines import BuildConfig, build_engine, load_tensorrt
+
     flavour, trt = load_tensorrt()
     sidecar = build_engine(onnx_path, engine, BuildConfig(batch=batch, force=force), stream)
-    print(f"engine      {engine}  ({flavour} {trt.__version__}, {sidecar['engine']['bytes'] / 1e6:.1f} MB, "
-          f"built in {sidecar['build']['seconds']:.1f} s; sidecar {engine.with_suffix('.json')})")
+    print(
+        f"engine      {engine}  ({flavour} {trt.__version__}, {sidecar['engine']['bytes'] / 1e6:.1f} MB, "
+        f"built in {sidecar['build']['seconds']:.1f} s; sidecar {engine.with_suffix('.json')})"
+    )
     return engine
 
 

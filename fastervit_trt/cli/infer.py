@@ -1,4 +1,5 @@
 """``fastervit-infer``: classify image files with an engine or ONNX file."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,17 +21,26 @@ examples:
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fastervit-infer", formatter_class=Formatter, epilog=EXAMPLES,
+        prog="fastervit-infer",
+        formatter_class=Formatter,
+        epilog=EXAMPLES,
         description="Classify images with an engine or ONNX file (preprocessing from its sidecar/metadata). "
-                    "Images are decoded on a thread pool, the next batch while the model runs this one.")
+        "Images are decoded on a thread pool, the next batch while the model runs this one.",
+    )
     parser.add_argument("images", nargs="+", type=Path, help="image files, or folders (read recursively)")
     add_model_file(parser)
     parser.add_argument("--topk", type=positive, default=5, help="classes shown per image")
-    parser.add_argument("--exact-preprocess", action="store_true",
-                        help="decode every JPEG in full and resize the whole image (bitwise timm) even "
-                             "where the model was exported with the fast path")
-    parser.add_argument("--no-exif-rotate", action="store_true",
-                        help="keep the stored pixels; by default EXIF orientation is applied (phone photos upright)")
+    parser.add_argument(
+        "--exact-preprocess",
+        action="store_true",
+        help="decode every JPEG in full and resize the whole image (bitwise timm) even "
+        "where the model was exported with the fast path",
+    )
+    parser.add_argument(
+        "--no-exif-rotate",
+        action="store_true",
+        help="keep the stored pixels; by default EXIF orientation is applied (phone photos upright)",
+    )
     add_json(parser)
     return parser
 
@@ -38,12 +48,18 @@ def parser() -> argparse.ArgumentParser:
 def _infer(args: argparse.Namespace) -> int:
     from ..preprocess import IMAGE_SUFFIXES
     from ..runtime import load
+
     model = load(args.model)
     if args.exact_preprocess:
         model.preprocess = replace(model.preprocess, jpeg_draft=False)
     model.exif_rotate = not args.no_exif_rotate
-    paths = [found for path in args.images for found in
-             (sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path])]
+    paths = [
+        found
+        for path in args.images
+        for found in (
+            sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+        )
+    ]
     failed, rows = 0, []
     for path, answer in zip(paths, model.logits_each(paths)):
         if isinstance(answer, FasterViTTRTError):

@@ -1,4 +1,5 @@
 """``fastervit-inspect``: what is inside an ONNX file or an engine."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,12 +13,14 @@ from .common import Formatter, add_json, run
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fastervit-inspect", formatter_class=Formatter,
+        prog="fastervit-inspect",
+        formatter_class=Formatter,
         epilog="examples:\n  fastervit-inspect export/faster_vit_0_224_int8.onnx\n"
-               "  fastervit-inspect engines/faster_vit_0_224_fp16.engine",
+        "  fastervit-inspect engines/faster_vit_0_224_fp16.engine",
         description="What is inside an ONNX file (ops, Q/DQ, float16 share, external data, export "
-                    "report) or an engine (sidecar, and its layers with precisions via TensorRT's "
-                    "engine inspector when a GPU is present).")
+        "report) or an engine (sidecar, and its layers with precisions via TensorRT's "
+        "engine inspector when a GPU is present).",
+    )
     parser.add_argument("path", type=Path, help=".onnx or .engine")
     add_json(parser, "text")
     return parser
@@ -25,6 +28,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _inspect(args: argparse.Namespace) -> int:
     from ..inspect import inspect_path
+
     info = inspect_path(args.path)
     if args.json:
         print(json.dumps(info, indent=2))

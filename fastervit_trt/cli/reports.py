@@ -1,4 +1,5 @@
 """The closing tables ``fastervit-export`` prints."""
+
 from __future__ import annotations
 
 import shlex
@@ -8,16 +9,24 @@ from pathlib import Path
 def sensitivity_table(report: dict, rows: int = 15) -> str:
     """The most INT8-sensitive layers, and the mixed-precision choice when a budget was set."""
     name = report["precision"].upper()
-    lines = [f"\n{name} sensitivity (only that layer quantized, vs FP32; {len(report['sensitivity'])} layers, "
-             f"most sensitive first):", f"  {'cosine':>9s} {'top-1 %':>8s}  layer"]
-    top1 = lambda r: f"{r['top1_agreement']:8.2f}" if r["top1_agreement"] is not None else f"{'-':>8s}"  # backbones: none
+    lines = [
+        f"\n{name} sensitivity (only that layer quantized, vs FP32; {len(report['sensitivity'])} layers, "
+        f"most sensitive first):",
+        f"  {'cosine':>9s} {'top-1 %':>8s}  layer",
+    ]
+    top1 = lambda r: (
+        f"{r['top1_agreement']:8.2f}" if r["top1_agreement"] is not None else f"{'-':>8s}"
+    )  # backbones: none
     lines += [f"  {r['mean_cosine']:9.6f} {top1(r)}  {r['layer']}" for r in report["sensitivity"][:rows]]
     mixed = report.get("mixed_precision")
     if mixed:
-        lines.append(f"mixed precision: {mixed['int8_layers']} of {mixed['layers']} layers stay {name}, "
-                     f"{len(mixed['excluded'])} left in FP16; top-1 agreement {mixed['top1_agreement']:.2f} % "
-                     f"(budget: drop <= {mixed['budget_points']} points)")
+        lines.append(
+            f"mixed precision: {mixed['int8_layers']} of {mixed['layers']} layers stay {name}, "
+            f"{len(mixed['excluded'])} left in FP16; top-1 agreement {mixed['top1_agreement']:.2f} % "
+            f"(budget: drop <= {mixed['budget_points']} points)"
+        )
     return "\n".join(lines)
+
 
 def export_summary(report: dict, report_path: Path) -> str:
     """The closing table of ``fastervit-export``."""
@@ -26,27 +35,50 @@ def export_summary(report: dict, report_path: Path) -> str:
     height, width = report["preprocess"]["input_size"]
     low, opt, high = report["batch_profile"]
     dims = "x".join(str(v) for v in shape[1:])
-    trtexec = shlex.join(["trtexec", f"--onnx={onnx_info['path']}", "--stronglyTyped",
-                          f"--minShapes=input:{low}x{dims}", f"--optShapes=input:{opt}x{dims}",
-                          f"--maxShapes=input:{high}x{dims}",
-                          f"--saveEngine={Path(onnx_info['path']).with_suffix('.engine').name}"])
+    trtexec = shlex.join(
+        [
+            "trtexec",
+            f"--onnx={onnx_info['path']}",
+            "--stronglyTyped",
+            f"--minShapes=input:{low}x{dims}",
+            f"--optShapes=input:{opt}x{dims}",
+            f"--maxShapes=input:{high}x{dims}",
+            f"--saveEngine={Path(onnx_info['path']).with_suffix('.engine').name}",
+        ]
+    )
     weights = "RANDOM (seeded)" if report["random_init"] else _weights_line(report["weights"])
     rows = [
         ("model", f"{report['model']}  {height}x{width}  weights: {weights}"),
-        ("input", f"{report['input']['name']} ({'x'.join(map(str, shape))}): {report['input'].get('format', 'float32 NCHW')}"),
+        (
+            "input",
+            f"{report['input']['name']} ({'x'.join(map(str, shape))}): {report['input'].get('format', 'float32 NCHW')}",
+        ),
         ("outputs", ", ".join(f"{o['name']} ({'x'.join(map(str, o['shape']))})" for o in report["outputs"])),
-        ("onnx", f"{onnx_info['path']}  ({onnx_info['bytes'] / 1e6:.1f} MB, {onnx_info['nodes']} "
-                 f"nodes, opset {onnx_info['opset']}, batch {low}..{high})"),
+        (
+            "onnx",
+            f"{onnx_info['path']}  ({onnx_info['bytes'] / 1e6:.1f} MB, {onnx_info['nodes']} "
+            f"nodes, opset {onnx_info['opset']}, batch {low}..{high})",
+        ),
         ("report", str(report_path)),
         *([("validation", report["validation"]["verdict"])] if "validation" in report else []),
-        *([("cache", f"{report['quantization']['cache']}  ("
-                          f"{'reused' if report['quantization']['cache_reused'] else report['quantization']['method']})"),
-           ("accuracy", report["accuracy"]["summary"])] if "quantization" in report else []),
+        *(
+            [
+                (
+                    "cache",
+                    f"{report['quantization']['cache']}  ("
+                    f"{'reused' if report['quantization']['cache_reused'] else report['quantization']['method']})",
+                ),
+                ("accuracy", report["accuracy"]["summary"]),
+            ]
+            if "quantization" in report
+            else []
+        ),
         ("time", f"{sum(report['seconds'].values()):.1f} s"),
         ("trtexec", trtexec),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
 
 def _weights_line(loaded: dict) -> str:
     """``ckpt.pth.tar [state_dict_ema: 406 tensors, 31.4 M parameters; arch ..., epoch 310]``."""

@@ -1,4 +1,5 @@
 """``fastervit-triton``: a Triton Inference Server model repository for an engine or ONNX file."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,40 +13,60 @@ from .common import Formatter, add_force, number, options_or_error, positive, ru
 
 def parser() -> argparse.ArgumentParser:
     from ..triton import TritonOptions
+
     d = TritonOptions()
     parser = argparse.ArgumentParser(
-        prog="fastervit-triton", formatter_class=Formatter,
+        prog="fastervit-triton",
+        formatter_class=Formatter,
         epilog="examples:\n  fastervit-triton engines/faster_vit_0_224_fp16.engine --repo models\n"
-               "  fastervit-triton export/faster_vit_0_224_fp32.onnx --repo models --kind cpu --instances 2\n"
-               "  tritonserver --model-repository models",
+        "  fastervit-triton export/faster_vit_0_224_fp32.onnx --repo models --kind cpu --instances 2\n"
+        "  tritonserver --model-repository models",
         description="Write a Triton Inference Server model repository (config.pbtxt + 1/model.plan or "
-                    "1/model.onnx) for an engine (TensorRT backend) or ONNX file (ONNX Runtime backend).")
+        "1/model.onnx) for an engine (TensorRT backend) or ONNX file (ONNX Runtime backend).",
+    )
     parser.add_argument("model", type=Path, help=".engine (with its sidecar) or .onnx")
     parser.add_argument("--repo", type=Path, required=True, help="model repository folder")
     parser.add_argument("--name", help="model name in the repository (default: the file name)")
     parser.add_argument("--instances", type=positive, default=d.instances, help="instance_group count")
     parser.add_argument("--kind", choices=("gpu", "cpu"), help="instance kind (default: gpu for engines, cpu for ONNX)")
-    parser.add_argument("--max-queue-delay-us", type=number(int, 0), default=d.max_queue_delay_us,
-                        help="dynamic batching: how long a request may wait for others")
-    parser.add_argument("--image-bytes", action="store_true",
-                        help="also write <name>_preprocess (Python backend: decodes image bytes with the "
-                             "model's preprocessing) and the ensemble <name>_bytes, so clients send JPEG/PNG "
-                             "bytes and get logits")
+    parser.add_argument(
+        "--max-queue-delay-us",
+        type=number(int, 0),
+        default=d.max_queue_delay_us,
+        help="dynamic batching: how long a request may wait for others",
+    )
+    parser.add_argument(
+        "--image-bytes",
+        action="store_true",
+        help="also write <name>_preprocess (Python backend: decodes image bytes with the "
+        "model's preprocessing) and the ensemble <name>_bytes, so clients send JPEG/PNG "
+        "bytes and get logits",
+    )
     add_force(parser, "an existing model folder")
     return parser
 
 
 def _triton(args: argparse.Namespace) -> int:
     from ..triton import TritonOptions, write_model_repository
-    options = options_or_error(lambda: TritonOptions(
-        name=args.name, instances=args.instances, kind=args.kind, max_queue_delay_us=args.max_queue_delay_us,
-        image_bytes=args.image_bytes, force=args.force))
+
+    options = options_or_error(
+        lambda: TritonOptions(
+            name=args.name,
+            instances=args.instances,
+            kind=args.kind,
+            max_queue_delay_us=args.max_queue_delay_us,
+            image_bytes=args.image_bytes,
+            force=args.force,
+        )
+    )
     folder = write_model_repository(args.model, args.repo, options)
     model_file = next(p for p in (folder / "1").iterdir() if p.suffix in (".plan", ".onnx"))
     print(f"wrote {folder / 'config.pbtxt'} and {model_file}")
     if args.image_bytes:
-        print(f"wrote {folder.with_name(folder.name + '_preprocess')} and {folder.with_name(folder.name + '_bytes')} "
-              "(send encoded images to the _bytes ensemble; the server's Python needs pip install fastervit-trt)")
+        print(
+            f"wrote {folder.with_name(folder.name + '_preprocess')} and {folder.with_name(folder.name + '_bytes')} "
+            "(send encoded images to the _bytes ensemble; the server's Python needs pip install fastervit-trt)"
+        )
     print(f"serve: {shlex.join(['tritonserver', '--model-repository', str(args.repo)])}")
     return 0
 

@@ -1,4 +1,5 @@
 """Engine stage: ONNX -> TensorRT / TensorRT-RTX engine."""
+
 from .builder import build_engine
 from .config import BuildConfig, EngineBuildError, load_tensorrt
 

@@ -7,6 +7,7 @@ way (``precision="fp16"|"int8"``: builder flags, and for INT8 a calibrator fed b
 ``calib_data`` or reading ``calib_cache``); on TensorRT 11 / RTX that is refused with the
 export command that puts the precision into the ONNX instead.
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,22 +56,30 @@ def build_targets(onnx_path: Path, flavour: str, precision: str, wanted: tuple[s
     FP8 graph defaults to every FP8-capable one); TensorRT proper builds for its own GPU. An
     FP8 engine for a GPU below 8.9 is refused before any work."""
     if wanted and flavour != "tensorrt-rtx":
-        raise EngineBuildError(f"--compute-capability chooses TensorRT-RTX targets; {flavour} builds for "
-                               "the GPU it runs on (build on that GPU, or use --backend tensorrt-rtx)")
+        raise EngineBuildError(
+            f"--compute-capability chooses TensorRT-RTX targets; {flavour} builds for "
+            "the GPU it runs on (build on that GPU, or use --backend tensorrt-rtx)"
+        )
     unknown = [c for c in wanted if c not in RTX_TARGETS]
     if unknown:
-        raise EngineBuildError(f"compute capability {unknown[0]} is not a TensorRT-RTX target; choose from "
-                               f"{', '.join(RTX_TARGETS)}")
+        raise EngineBuildError(
+            f"compute capability {unknown[0]} is not a TensorRT-RTX target; choose from {', '.join(RTX_TARGETS)}"
+        )
     if precision != "fp8":
         return wanted
     here = _device(flavour).get("compute_capability")
-    targets = wanted or (tuple(c for c in RTX_TARGETS if _capability(c) >= FP8_MIN_CAPABILITY)
-                         if flavour == "tensorrt-rtx" else ((here,) if here else ()))
+    targets = wanted or (
+        tuple(c for c in RTX_TARGETS if _capability(c) >= FP8_MIN_CAPABILITY)
+        if flavour == "tensorrt-rtx"
+        else ((here,) if here else ())
+    )
     too_old = [c for c in targets if _capability(c) < FP8_MIN_CAPABILITY]
     if too_old:
-        raise EngineBuildError(f"{onnx_path}: FP8 needs compute capability 8.9 or newer ({FP8_GPUS}); "
-                               f"{', '.join(too_old)} cannot run it: build for those GPUs from an fp16 or "
-                               "int8 export")
+        raise EngineBuildError(
+            f"{onnx_path}: FP8 needs compute capability 8.9 or newer ({FP8_GPUS}); "
+            f"{', '.join(too_old)} cannot run it: build for those GPUs from an fp16 or "
+            "int8 export"
+        )
     return targets
 
 
@@ -114,6 +123,7 @@ def _cancel_on_interrupt(monitor) -> Iterator[None]:
 
     def interrupt(signum, frame) -> None:
         monitor.interrupted = True
+
     previous = signal.signal(signal.SIGINT, interrupt)
     try:
         yield
@@ -135,22 +145,25 @@ def onnx_facts(onnx_path: Path) -> dict:
     """Input shape, graph precision and toolkit metadata of an ONNX file (weights not loaded)."""
     import onnx
     from google.protobuf.message import DecodeError
+
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except (OSError, DecodeError, ValueError) as exc:
-        raise EngineBuildError(f"{onnx_path}: not a readable ONNX file ({type(exc).__name__}); "
-                               "export one with fastervit-export") from None
+        raise EngineBuildError(
+            f"{onnx_path}: not a readable ONNX file ({type(exc).__name__}); export one with fastervit-export"
+        ) from None
     if len(model.graph.input) != 1 or not model.graph.input[0].type.tensor_type.shape.dim:
-        raise EngineBuildError(f"{onnx_path}: the toolkit builds graphs with one image input of a known "
-                               f"rank (N, C, H, W); this one has {len(model.graph.input)} inputs")
+        raise EngineBuildError(
+            f"{onnx_path}: the toolkit builds graphs with one image input of a known "
+            f"rank (N, C, H, W); this one has {len(model.graph.input)} inputs"
+        )
     metadata = read_metadata(model)
     tensor = model.graph.input[0]
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.type.tensor_type.shape.dim]
     has_qdq = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
     has_half = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
     precision = metadata.get("precision") or ("int8" if has_qdq else "fp16" if has_half else "fp32")
-    return {"path": Path(onnx_path), "input": tensor.name, "dims": dims, "precision": precision,
-            "metadata": metadata}
+    return {"path": Path(onnx_path), "input": tensor.name, "dims": dims, "precision": precision, "metadata": metadata}
 
 
 def _check_profile(onnx_path: Path, dims: list[int], batch: tuple[int, int, int]) -> None:
@@ -158,21 +171,30 @@ def _check_profile(onnx_path: Path, dims: list[int], batch: tuple[int, int, int]
     if not 1 <= low <= opt <= high:
         raise EngineBuildError(f"batch profile must satisfy 1 <= MIN <= OPT <= MAX, got {low},{opt},{high}")
     if any(d < 0 for d in dims[1:]):
-        raise EngineBuildError(f"{onnx_path}: input has dynamic non-batch dimensions {dims}; only "
-                               "the batch axis may be dynamic (re-export with fastervit-export)")
+        raise EngineBuildError(
+            f"{onnx_path}: input has dynamic non-batch dimensions {dims}; only "
+            "the batch axis may be dynamic (re-export with fastervit-export)"
+        )
     if dims[0] > 0 and (low, opt, high) != (dims[0],) * 3:
-        raise EngineBuildError(f"{onnx_path}: the ONNX batch is fixed at {dims[0]}, so --batch must "
-                               f"be {dims[0]},{dims[0]},{dims[0]} (or re-export with a dynamic batch)")
+        raise EngineBuildError(
+            f"{onnx_path}: the ONNX batch is fixed at {dims[0]}, so --batch must "
+            f"be {dims[0]},{dims[0]},{dims[0]} (or re-export with a dynamic batch)"
+        )
 
 
 def check_engine_path(engine_path: Path, onnx_path: Path) -> None:
     """Refuse an output that is not an engine file name (its sidecar would overwrite it, or
     it is a folder)."""
     if engine_path.is_dir() or engine_path.suffix not in (".engine", ".plan"):
-        example = (engine_path / onnx_path.with_suffix(".engine").name if engine_path.is_dir()
-                   else engine_path.with_suffix(".engine"))
-        raise EngineBuildError(f"{engine_path}: the engine path must be a file ending in .engine or .plan "
-                               f"(its sidecar goes beside it as <name>.json); e.g. --output {example}")
+        example = (
+            engine_path / onnx_path.with_suffix(".engine").name
+            if engine_path.is_dir()
+            else engine_path.with_suffix(".engine")
+        )
+        raise EngineBuildError(
+            f"{engine_path}: the engine path must be a file ending in .engine or .plan "
+            f"(its sidecar goes beside it as <name>.json); e.g. --output {example}"
+        )
 
 
 @dataclass(frozen=True)
@@ -206,8 +228,9 @@ class _Configured:
     timing_cache: bool = False  # a timing cache is attached and saved after the build
 
 
-def build_engine(onnx_path: Path, engine_path: Path, config: BuildConfig = BuildConfig(),
-                 stream: TextIO | None = None) -> dict:
+def build_engine(
+    onnx_path: Path, engine_path: Path, config: BuildConfig = BuildConfig(), stream: TextIO | None = None
+) -> dict:
     """Parse ``onnx_path``, build with ``config``, write ``engine_path`` and its sidecar atomically.
 
     Returns the sidecar's content.
@@ -235,7 +258,8 @@ def _plan(onnx_path: Path, engine_path: Path, config: BuildConfig) -> _Plan:
         raise EngineBuildError(
             f"{onnx_path}: the graph is {facts['precision']}; {flavour} {trt.__version__} takes precision "
             f"from the ONNX, so export it as {precision} instead: "
-            f"{export_command(facts['metadata'], precision)}")
+            f"{export_command(facts['metadata'], precision)}"
+        )
     targets = build_targets(onnx_path, flavour, precision, config.compute_capabilities)
     return _Plan(onnx_path, engine_path, facts, flavour, trt, precision, implicit, targets)
 
@@ -274,15 +298,22 @@ def _configure(plan: _Plan, parsed: _Parsed, config: BuildConfig, stream: TextIO
         builder_config.num_compute_capabilities = len(plan.targets)  # type: ignore[attr-defined]
         for index, target in enumerate(plan.targets):
             builder_config.set_compute_capability(  # type: ignore[attr-defined]
-                getattr(trt.ComputeCapability, RTX_TARGETS[target]), index)
+                getattr(trt.ComputeCapability, RTX_TARGETS[target]), index
+            )
     calibrator = None
     if plan.implicit:
         builder_config.set_flag(trt.BuilderFlag.FP16)
         if plan.precision == "int8":
             builder_config.set_flag(trt.BuilderFlag.INT8)
-            calibrator = make_calibrator(trt, plan.onnx_path, plan.facts["dims"],
-                                         plan.facts["metadata"].get("preprocess"), config.batch[1],
-                                         config.calib_cache, config.calib_data)
+            calibrator = make_calibrator(
+                trt,
+                plan.onnx_path,
+                plan.facts["dims"],
+                plan.facts["metadata"].get("preprocess"),
+                config.batch[1],
+                config.calib_cache,
+                config.calib_data,
+            )
             builder_config.int8_calibrator = calibrator
     profile = parsed.builder.create_optimization_profile()
     dims = plan.facts["dims"]
@@ -308,13 +339,15 @@ def _build(plan: _Plan, parsed: _Parsed, configured: _Configured) -> tuple[bytes
     if calibrator is not None and calibrator.error is not None:  # why the build failed, if it did
         raise calibrator.error
     if serialized is None:
-        raise EngineBuildError(f"{plan.onnx_path}: {plan.flavour} failed to build an engine (the builder's "
-                               "errors are printed above)")
+        raise EngineBuildError(
+            f"{plan.onnx_path}: {plan.flavour} failed to build an engine (the builder's errors are printed above)"
+        )
     return bytes(serialized), seconds
 
 
-def _write(plan: _Plan, parsed: _Parsed, configured: _Configured, config: BuildConfig, serialized: bytes,
-           seconds: float) -> dict:
+def _write(
+    plan: _Plan, parsed: _Parsed, configured: _Configured, config: BuildConfig, serialized: bytes, seconds: float
+) -> dict:
     """The engine, the timing cache and the sidecar, each written atomically; the sidecar as read back."""
     trt, network, metadata = plan.trt, parsed.network, plan.facts["metadata"]
     timing = configured.builder_config.get_timing_cache() if configured.timing_cache else None
@@ -322,38 +355,66 @@ def _write(plan: _Plan, parsed: _Parsed, configured: _Configured, config: BuildC
     if timing is not None and config.timing_cache is not None:
         write_bytes(config.timing_cache, bytes(timing.serialize()))
     input_format = (metadata.get("input") or {}).get("format")
-    inputs = [{**_io(network.get_input(i), trt, config.batch), **({"format": input_format} if input_format else {})}
-              for i in range(network.num_inputs)]
-    outputs = [{**_io(network.get_output(i), trt, None), **_stride(network.get_output(i).name, metadata)}
-               for i in range(network.num_outputs)]
-    settings = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-                   if k not in ("force", "backend")},
-                "precision": plan.precision, "strongly_typed": not plan.implicit, "seconds": round(seconds, 2),
-                "phases": configured.monitor.phases, "compute_capabilities": list(plan.targets)}
+    inputs = [
+        {**_io(network.get_input(i), trt, config.batch), **({"format": input_format} if input_format else {})}
+        for i in range(network.num_inputs)
+    ]
+    outputs = [
+        {**_io(network.get_output(i), trt, None), **_stride(network.get_output(i).name, metadata)}
+        for i in range(network.num_outputs)
+    ]
+    settings = {
+        **{
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in asdict(config).items()
+            if k not in ("force", "backend")
+        },
+        "precision": plan.precision,
+        "strongly_typed": not plan.implicit,
+        "seconds": round(seconds, 2),
+        "phases": configured.monitor.phases,
+        "compute_capabilities": list(plan.targets),
+    }
     calib_cache = config.calib_cache or (metadata.get("quantization") or {}).get("cache")
     used_cache = Path(calib_cache) if calib_cache and Path(calib_cache).is_file() and plan.implicit else None
-    sidecar = engine_sidecar(metadata, plan.precision, inputs, outputs,
-                             {"flavour": plan.flavour, "version": trt.__version__}, settings,
-                             _device(plan.flavour), plan.onnx_path, plan.engine_path, used_cache)
+    sidecar = engine_sidecar(
+        metadata,
+        plan.precision,
+        inputs,
+        outputs,
+        {"flavour": plan.flavour, "version": trt.__version__},
+        settings,
+        _device(plan.flavour),
+        plan.onnx_path,
+        plan.engine_path,
+        used_cache,
+    )
     write_json(sidecar_path(plan.engine_path), sidecar)
     return read_sidecar(plan.engine_path) or sidecar  # as written: what every later reader sees
 
 
-def _load_timing_cache(trt: ModuleType, flavour: str, builder_config: trt_api.IBuilderConfig, path: Path | None,
-                       stream: TextIO | None) -> bool:
+def _load_timing_cache(
+    trt: ModuleType, flavour: str, builder_config: trt_api.IBuilderConfig, path: Path | None, stream: TextIO | None
+) -> bool:
     """Attach the timing cache at ``path`` (empty if absent); False where it does not apply."""
     if path is None:
         return False
     if flavour == "tensorrt-rtx":
-        print(f"note: --timing-cache does not apply to TensorRT-RTX (its timing-cache calls are "
-              f"no-ops; it JIT-compiles kernels on the GPU and keeps a runtime cache instead); "
-              f"{path} is left untouched", file=stream or sys.stderr)
+        print(
+            f"note: --timing-cache does not apply to TensorRT-RTX (its timing-cache calls are "
+            f"no-ops; it JIT-compiles kernels on the GPU and keeps a runtime cache instead); "
+            f"{path} is left untouched",
+            file=stream or sys.stderr,
+        )
         return False
     data = Path(path).read_bytes() if Path(path).is_file() else b""
     cache = builder_config.create_timing_cache(data)  # None where TensorRT cannot read the bytes
     if cache is None or not builder_config.set_timing_cache(cache, ignore_mismatch=False):
-        print(f"note: {path} was made by another GPU or TensorRT version (or is damaged); building "
-              "without it (a new timing cache replaces it)", file=stream or sys.stderr)
+        print(
+            f"note: {path} was made by another GPU or TensorRT version (or is damaged); building "
+            "without it (a new timing cache replaces it)",
+            file=stream or sys.stderr,
+        )
         builder_config.set_timing_cache(builder_config.create_timing_cache(b""), ignore_mismatch=False)
     return True
 
@@ -376,6 +437,7 @@ def _device(flavour: str) -> dict:
     """The GPU the engine was built on, when one is visible (TensorRT-RTX builds ahead of time)."""
     try:
         import torch
+
         if torch.cuda.is_available():
             major, minor = torch.cuda.get_device_capability()
             return {"gpu": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}

@@ -7,6 +7,7 @@ a cache TensorRT writes here is reused by the Q/DQ export. Only created when suc
 TensorRT is importable; device memory comes from ``runtime.cuda`` (torch, else pycuda in
 the primary context TensorRT uses).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,15 @@ from ..runtime.cuda import open_cuda
 from .config import EngineBuildError
 
 
-def make_calibrator(trt: ModuleType, onnx_path: Path, dims: list[int], preprocess: dict | None, batch: int,
-                    calib_cache: Path | None, calib_data: Path | None):
+def make_calibrator(
+    trt: ModuleType,
+    onnx_path: Path,
+    dims: list[int],
+    preprocess: dict | None,
+    batch: int,
+    calib_cache: Path | None,
+    calib_data: Path | None,
+):
     """A TensorRT calibrator for the graph ``onnx_path`` (input ``dims``, the toolkit's
     ``preprocess`` record) matching the cache's (or entropy's) method, feeding ``calib_data``
     or reading ``calib_cache``.
@@ -37,13 +45,17 @@ def make_calibrator(trt: ModuleType, onnx_path: Path, dims: list[int], preproces
     method = CalibrationCache.read(cache_path).method if cache_path and cache_path.is_file() else "entropy"
     bases = {"entropy": trt.IInt8EntropyCalibrator2, "minmax": trt.IInt8MinMaxCalibrator}
     if method not in bases:
-        raise EngineBuildError(f"{cache_path}: {method} scales have no TensorRT calibrator class; use "
-                               "the Q/DQ ONNX from fastervit-export --precision int8 instead")
+        raise EngineBuildError(
+            f"{cache_path}: {method} scales have no TensorRT calibrator class; use "
+            "the Q/DQ ONNX from fastervit-export --precision int8 instead"
+        )
     data = None
     if calib_data is not None:
         if not preprocess:
-            raise EngineBuildError(f"{onnx_path}: has no fastervit-trt metadata, so its preprocessing "
-                                   "is unknown; calibrate with --calib-cache, or export with fastervit-export")
+            raise EngineBuildError(
+                f"{onnx_path}: has no fastervit-trt metadata, so its preprocessing "
+                "is unknown; calibrate with --calib-cache, or export with fastervit-export"
+            )
         data = CalibrationData(calib_data, Preprocess.from_config(preprocess), max(256, batch))
     elif cache_path is None or not cache_path.is_file():
         raise EngineBuildError("implicit INT8 needs --calib-cache (an existing cache) or --calib-data")

@@ -1,5 +1,6 @@
 """What an engine build is asked for (``BuildConfig``), how it fails (``EngineBuildError``),
 and which TensorRT flavour builds it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from ..tensorrt_import import TENSORRT_MODULES, import_tensorrt
 
 class EngineBuildError(FasterViTTRTError):
     """The ONNX file could not be parsed or built into an engine."""
+
 
 @dataclass(frozen=True)
 class BuildConfig:
@@ -46,10 +48,11 @@ def load_tensorrt(backend: str = "auto") -> tuple[str, ModuleType]:
     """Import the requested TensorRT flavour; (flavour name, module)."""
     if backend not in TENSORRT_MODULES and backend != "auto":
         raise EngineBuildError(f"unknown backend {backend!r}; choose tensorrt or tensorrt-rtx")
-    for name in (list(TENSORRT_MODULES) if backend == "auto" else [backend]):
+    for name in list(TENSORRT_MODULES) if backend == "auto" else [backend]:
         module = import_tensorrt(name)
         if module is not None:
             return name, module
     raise EngineBuildError(
         "no TensorRT is installed; pip install 'fastervit-trt[tensorrt]' (TensorRT) or "
-        "'fastervit-trt[tensorrt-rtx]' (TensorRT-RTX, builds without a GPU)")
+        "'fastervit-trt[tensorrt-rtx]' (TensorRT-RTX, builds without a GPU)"
+    )

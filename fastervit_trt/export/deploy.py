@@ -14,6 +14,7 @@
 - stochastic depth is gone (the copy is in eval mode with no drop-path rate).
 The original model is not modified unless ``inplace=True`` (large variants: no second copy).
 """
+
 from __future__ import annotations
 
 import copy
@@ -65,8 +66,13 @@ class ImageInput(nn.Module):
     with the float32 operations of ``Preprocess.normalize``, in its order (divide by 255,
     subtract the mean, divide by the std; then channels first)."""
 
-    def __init__(self, model: FasterViT | Backbone | Probabilities, mean: tuple[float, ...], std: tuple[float, ...],
-                 channels_first: bool = False) -> None:
+    def __init__(
+        self,
+        model: FasterViT | Backbone | Probabilities,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        channels_first: bool = False,
+    ) -> None:
         super().__init__()
         self.model, self.channels_first = model, channels_first
         shape = (-1, 1, 1) if channels_first else (-1,)
@@ -166,8 +172,16 @@ def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A convolution computing ``bn(conv(x))`` in eval mode."""
     scale, _ = batchnorm_affine(bn)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                      conv.padding, conv.dilation, conv.groups, bias=True)
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+    )
     fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
@@ -250,6 +264,7 @@ def prepare_backbone(backbone: Backbone) -> Backbone:
     """``backbone`` in deploy form, in place: its model as ``prepare_for_export`` leaves it,
     each output BatchNorm a per-channel affine."""
     prepare_for_export(backbone.model, inplace=True)  # its norm leaves the model; ours keeps it
-    backbone.norms = nn.ModuleList(ChannelAffine(norm) if isinstance(norm, nn.BatchNorm2d) else norm
-                                   for norm in backbone.norms)
+    backbone.norms = nn.ModuleList(
+        ChannelAffine(norm) if isinstance(norm, nn.BatchNorm2d) else norm for norm in backbone.norms
+    )
     return backbone

@@ -9,6 +9,7 @@ Where a tensor crosses between the two precisions one Cast is inserted (and shar
 consumers). Weights of FP16 nodes are stored as float16. The graph's input and output stay
 float32 unless ``io_dtype="fp16"``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -20,8 +21,17 @@ from onnx import TensorProto, helper, numpy_helper
 from .ort_cpu import cpu_session
 from .weights import WeightFile
 
-FP32_OPS = frozenset({"LayerNormalization", "Softmax", "ReduceMean", "ReduceSum",
-                      "GlobalAveragePool", "InstanceNormalization", "BatchNormalization"})
+FP32_OPS = frozenset(
+    {
+        "LayerNormalization",
+        "Softmax",
+        "ReduceMean",
+        "ReduceSum",
+        "GlobalAveragePool",
+        "InstanceNormalization",
+        "BatchNormalization",
+    }
+)
 FP16_MAX = float(np.finfo(np.float16).max)
 _FLOAT, _HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 
@@ -35,8 +45,9 @@ def float_tensors(model: onnx.ModelProto) -> set[str]:
     return names
 
 
-def convert_to_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str] = (),
-                    io_dtype: str = "fp32", weights: WeightFile | None = None) -> onnx.ModelProto:
+def convert_to_fp16(
+    model: onnx.ModelProto, keep_fp32: Iterable[str] = (), io_dtype: str = "fp32", weights: WeightFile | None = None
+) -> onnx.ModelProto:
     """A float16 copy of ``model`` following the module's precision policy; converted weights
     are stored in ``weights`` when the graph's weights live there."""
     if io_dtype not in ("fp32", "fp16"):
@@ -73,13 +84,14 @@ def convert_to_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str] = (),
             if name in initializers:
                 tensor = initializers[name]
                 array = weights.read(tensor) if weights else numpy_helper.to_array(tensor)
-                converted = np.clip(array, -FP16_MAX, FP16_MAX).astype(
-                    np.float16 if wanted == _HALF else np.float32)
-                graph.initializer.append(weights.add(casts[key], converted) if weights
-                                         else numpy_helper.from_array(converted, casts[key]))
+                converted = np.clip(array, -FP16_MAX, FP16_MAX).astype(np.float16 if wanted == _HALF else np.float32)
+                graph.initializer.append(
+                    weights.add(casts[key], converted) if weights else numpy_helper.from_array(converted, casts[key])
+                )
             else:
-                new_nodes.append(helper.make_node("Cast", [name], [casts[key]], to=wanted,
-                                                  name=f"{name}_cast_{suffix}"))
+                new_nodes.append(
+                    helper.make_node("Cast", [name], [casts[key]], to=wanted, name=f"{name}_cast_{suffix}")
+                )
         return casts[key]
 
     for node in graph.node:
@@ -97,8 +109,9 @@ def convert_to_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str] = (),
             internal = f"{output.name}_{'fp16' if produced[output.name] == _HALF else 'fp32'}"
             for node in new_nodes:  # the producer now writes the internal name
                 node.output[:] = [internal if o == output.name else o for o in node.output]
-            new_nodes.append(helper.make_node("Cast", [internal], [output.name], to=io_type,
-                                              name=f"{output.name}_cast_out"))
+            new_nodes.append(
+                helper.make_node("Cast", [internal], [output.name], to=io_type, name=f"{output.name}_cast_out")
+            )
         if output.name in floats:
             output.type.tensor_type.elem_type = io_type
     for graph_input in graph.input:
@@ -133,8 +146,13 @@ def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.Nod
     return ordered
 
 
-def find_fp16_overflows(model: onnx.ModelProto, inputs: np.ndarray, weights: WeightFile | None = None,
-                        chunk: int | None = None, margin: float = 0.5) -> list[str]:
+def find_fp16_overflows(
+    model: onnx.ModelProto,
+    inputs: np.ndarray,
+    weights: WeightFile | None = None,
+    chunk: int | None = None,
+    margin: float = 0.5,
+) -> list[str]:
     """Nodes of the FP32 ``model`` whose outputs exceed ``margin`` x the FP16 range on ``inputs``.
 
     The extremes are computed inside the graph (``ReduceMax`` and ``ReduceMin`` of each
@@ -157,12 +175,13 @@ def find_fp16_overflows(model: onnx.ModelProto, inputs: np.ndarray, weights: Wei
     probe.graph.node.extend(nodes)
     del probe.graph.output[:]
     probe.graph.output.extend(helper.make_tensor_value_info(o, _FLOAT, []) for o in outputs)
-    session = cpu_session(weights.save_view(probe, "fp16_probe.onnx") if weights else probe.SerializeToString(),
-                          probe=True)
+    session = cpu_session(
+        weights.save_view(probe, "fp16_probe.onnx") if weights else probe.SerializeToString(), probe=True
+    )
     feed, chunk = session.get_inputs()[0].name, chunk or len(inputs)
     names = list(dict.fromkeys(producer))  # the order the reductions were added in
     extremes = np.zeros(len(names))
     for start in range(0, len(inputs), chunk):
-        values = session.run(outputs, {feed: inputs[start:start + chunk]})
+        values = session.run(outputs, {feed: inputs[start : start + chunk]})
         extremes = np.maximum(extremes, np.abs(np.asarray(values, dtype=np.float64)).reshape(len(names), 2).max(axis=1))
     return sorted({producer[name] for name, value in zip(names, extremes) if value > margin * FP16_MAX})

@@ -8,6 +8,7 @@ do the parameters become initializers, streamed one by one into a scratch ``Weig
 No step holds a second copy of the weights. The result is deterministic: the same weights
 give byte-identical files.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,16 +42,25 @@ def trace_to_onnx(model: Exportable, opset: int = DEFAULT_OPSET) -> onnx.ModelPr
         raise ValueError("trace_to_onnx needs a model made by create_model (it records the variant's input size)")
     (height, width), channels = model.variant.arch.resolution, model.variant.arch.in_chans
     nhwc = isinstance(model, ImageInput) and not model.channels_first
-    example = torch.zeros(1, height, width, channels, dtype=torch.uint8) if nhwc \
-        else torch.zeros(1, channels, height, width)
+    example = (
+        torch.zeros(1, height, width, channels, dtype=torch.uint8) if nhwc else torch.zeros(1, channels, height, width)
+    )
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         path = Path(tmp) / "traced.onnx"
         outputs = model.output_names
-        torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME],
-                          output_names=outputs, opset_version=opset, dynamo=False,
-                          do_constant_folding=True, export_params=False,
-                          dynamic_axes={name: {0: BATCH_DIM} for name in [INPUT_NAME, *outputs]})
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=outputs,
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+            export_params=False,
+            dynamic_axes={name: {0: BATCH_DIM} for name in [INPUT_NAME, *outputs]},
+        )
         return onnx.load(str(path))
 
 
@@ -58,6 +68,7 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold constants and drop no-op nodes (onnxslim), keeping the opset's own ops; nodes
     that compute from weights alone then run right before their first reader."""
     import onnxslim
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return sink_weight_nodes(onnxslim.slim(model, no_shape_infer=model_bytes(model) > PROTOBUF_LIMIT))
@@ -128,5 +139,4 @@ def finalize(model: onnx.ModelProto, metadata: dict) -> onnx.ModelProto:
 
 def model_bytes(model: onnx.ModelProto) -> int:
     """Size of the weights (inline or external) plus graph, without serialising."""
-    return sum(tensor_bytes(t) for t in model.graph.initializer) + sum(
-        n.ByteSize() for n in model.graph.node)
+    return sum(tensor_bytes(t) for t in model.graph.initializer) + sum(n.ByteSize() for n in model.graph.node)

@@ -7,6 +7,7 @@ would expand each attention-bias table into its full (heads, tokens, tokens) for
 for FasterViT-4-21K-768), and probe graphs run nodes in priority order, which frees each
 activation as soon as its reduction ran (the default order can run the range probes'
 reductions last, keeping every activation alive)."""
+
 from __future__ import annotations
 
 import ctypes
@@ -23,6 +24,7 @@ def cpu_session(source: Path | str | bytes, optimize: bool = True, probe: bool =
     in priority order).
     """
     import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.add_session_config_entry("session.disable_prepacking", "1")
@@ -32,8 +34,9 @@ def cpu_session(source: Path | str | bytes, optimize: bool = True, probe: bool =
     if not optimize or probe:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     model = source if isinstance(source, bytes) else str(source)
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=["ConstantFolding"])
+    return ort.InferenceSession(
+        model, options, providers=["CPUExecutionProvider"], disabled_optimizers=["ConstantFolding"]
+    )
 
 
 def release_memory() -> None:

@@ -1,5 +1,6 @@
 """ONNX Runtime on the CPU as the exporter and the calibration algorithms measure a graph:
 a few inputs per pass (memory independent of their number), float32 outputs ``flatten``-ed."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,6 +21,7 @@ QDQ_CHUNK = EVAL_CHUNK // 2  # Q/DQ graphs run unfused hold each quantized tenso
 
 EVAL_PIXELS = 384 * 384  # above this, fewer inputs per pass (window attention grows faster than pixels)
 
+
 class InputSet(Protocol):
     """N inputs sliced into NumPy batches: an array, or inputs kept on disk (StoredInputs)."""
 
@@ -36,8 +38,7 @@ def eval_chunk(inputs: InputSet, images: int = EVAL_CHUNK) -> int:
     return max(1, min(images, images * 3 * EVAL_PIXELS // values))
 
 
-def ort_logits(model: Path | bytes, inputs: InputSet, optimize: bool = True,
-               images: int = EVAL_CHUNK) -> np.ndarray:
+def ort_logits(model: Path | bytes, inputs: InputSet, optimize: bool = True, images: int = EVAL_CHUNK) -> np.ndarray:
     """Run an ONNX file (or serialized model) with ONNX Runtime on the CPU (inputs as the
     graph's input type, float32 logits out; several outputs ``flatten``-ed),
     ``eval_chunk(inputs, images)`` at a time so that memory does not grow with their number.
@@ -47,14 +48,20 @@ def ort_logits(model: Path | bytes, inputs: InputSet, optimize: bool = True,
     (ONNX Runtime's fused CPU int8 kernels lose fidelity of their own). A file then runs
     in segments when its weights exceed ``WEIGHT_BUDGET``.
     """
-    session = SegmentedGraph(model, weight_budget=WEIGHT_BUDGET, optimize=False) \
-        if not optimize and isinstance(model, Path) and _weight_bytes(model) > WEIGHT_BUDGET \
+    session = (
+        SegmentedGraph(model, weight_budget=WEIGHT_BUDGET, optimize=False)
+        if not optimize and isinstance(model, Path) and _weight_bytes(model) > WEIGHT_BUDGET
         else cpu_session(model, optimize)
+    )
     feed = session.get_inputs()[0]
     dtype = ORT_DTYPES.get(feed.type, np.float32)
     chunk = eval_chunk(inputs, images)
-    return np.concatenate([flatten(session.run(None, {feed.name: inputs[i:i + chunk].astype(dtype)}))
-                           for i in range(0, len(inputs), chunk)]).astype(np.float32)
+    return np.concatenate(
+        [
+            flatten(session.run(None, {feed.name: inputs[i : i + chunk].astype(dtype)}))
+            for i in range(0, len(inputs), chunk)
+        ]
+    ).astype(np.float32)
 
 
 def _weight_bytes(path: Path) -> int:
@@ -63,6 +70,4 @@ def _weight_bytes(path: Path) -> int:
 
 def output_sizes(graph: onnx.ModelProto) -> dict[str, int]:
     """Values per input of each graph output, in order (what ``flatten`` puts end to end)."""
-    return {o.name: int(np.prod([d.dim_value for d in o.type.tensor_type.shape.dim[1:]]))
-            for o in graph.graph.output}
-
+    return {o.name: int(np.prod([d.dim_value for d in o.type.tensor_type.shape.dim[1:]])) for o in graph.graph.output}

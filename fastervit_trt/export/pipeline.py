@@ -6,6 +6,7 @@ validated against PyTorch here, and ``ValidationError`` is raised (after writing
 they can be inspected) when the ONNX graph does not reproduce PyTorch within tolerance;
 INT8 and FP8 go through ``quantized.export_quantized`` (calibration, Q/DQ, accuracy).
 """
+
 from __future__ import annotations
 
 from typing import TextIO
@@ -34,8 +35,9 @@ from .weights import scratch
 __all__ = ["CalibrationOptions", "ExportOptions", "ExportResult", "ValidationError", "export_model"]
 
 
-def export_model(options: ExportOptions, stream: TextIO | None = None,
-                 calibration: CalibrationOptions | None = None) -> ExportResult:
+def export_model(
+    options: ExportOptions, stream: TextIO | None = None, calibration: CalibrationOptions | None = None
+) -> ExportResult:
     """Run the whole export at ``options.precision``; progress goes to ``stream`` (None:
     silent). INT8 and FP8 are calibrated as ``calibration`` says (default settings if None)."""
     if options.precision in ("int8", "fp8"):
@@ -50,8 +52,7 @@ def export_model(options: ExportOptions, stream: TextIO | None = None,
         if options.precision == "fp16":
             with steps.step("converting to strongly typed FP16"):
                 kept_fp32 = find_fp16_overflows(graph, traced.inputs, weights, eval_chunk(traced.inputs))
-                graph = convert_to_fp16(graph, keep_fp32=kept_fp32, io_dtype=options.io_dtype,
-                                        weights=weights)
+                graph = convert_to_fp16(graph, keep_fp32=kept_fp32, io_dtype=options.io_dtype, weights=weights)
                 release_memory()  # the probe session's buffers, before validation runs its own
         metadata = export_metadata(traced, options, kept_fp32)
         staged_onnx = weights.folder / options.onnx_path.name
@@ -64,6 +65,5 @@ def export_model(options: ExportOptions, stream: TextIO | None = None,
         publish_onnx(staged_onnx, options.onnx_path)
     report = write_report(options, metadata, summary, steps, validation=validation)
     if not validation["passed"]:
-        raise ValidationError(f"{options.onnx_path}: {validation['verdict']}; see "
-                              f"{options.report_path}")
+        raise ValidationError(f"{options.onnx_path}: {validation['verdict']}; see {options.report_path}")
     return ExportResult(options.onnx_path, options.report_path, report)

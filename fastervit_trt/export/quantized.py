@@ -14,6 +14,7 @@
 - ``<model>_<precision>.report.json``: the report, with the accuracy against FP32 on
   held-out inputs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -71,29 +72,42 @@ from .weights import scratch
 log = logging.getLogger(__name__)
 
 
-def export_quantized(options: ExportOptions, calib: CalibrationOptions = CalibrationOptions(),
-                     stream: TextIO | None = None) -> ExportResult:
+def export_quantized(
+    options: ExportOptions, calib: CalibrationOptions = CalibrationOptions(), stream: TextIO | None = None
+) -> ExportResult:
     """Export ``options.model`` as a calibrated INT8 or FP8 (``options.precision``) Q/DQ ONNX
     plus its calibration cache."""
     if options.precision not in QMAX:
         raise ValueError(f"export_quantized exports int8 or fp8, not {options.precision!r}")
     fmt = options.precision
     if fmt == "fp8" and calib.residual_qdq == "on":
-        raise FasterViTTRTError("--residual-qdq on is for INT8: FP8 keeps residual inputs in FP16 (in E4M3 "
-                                "they cost accuracy); drop the flag")
+        raise FasterViTTRTError(
+            "--residual-qdq on is for INT8: FP8 keeps residual inputs in FP16 (in E4M3 "
+            "they cost accuracy); drop the flag"
+        )
     if options.features and calib.accuracy_budget is not None:
-        raise FasterViTTRTError("--accuracy-budget is a top-1 agreement drop: a backbone has no classes; "
-                                "rank its layers by feature cosine with --sensitivity instead")
+        raise FasterViTTRTError(
+            "--accuracy-budget is a top-1 agreement drop: a backbone has no classes; "
+            "rank its layers by feature cosine with --sensitivity instead"
+        )
     cache_path = calib.cache_path(options)
     reuse = cache_path.is_file() and not calib.recalibrate
-    variant = preflight(options, () if cache_path.is_file()
-                        else (cache_path, record_path(cache_path), means_path(cache_path)))
-    settings = {"model": variant.name, "resolution": list(variant.arch.resolution), **calib.record(),
-                "jpeg_draft": not options.exact_preprocess, "input_format": options.input_format}
+    variant = preflight(
+        options, () if cache_path.is_file() else (cache_path, record_path(cache_path), means_path(cache_path))
+    )
+    settings = {
+        "model": variant.name,
+        "resolution": list(variant.arch.resolution),
+        **calib.record(),
+        "jpeg_draft": not options.exact_preprocess,
+        "input_format": options.input_format,
+    }
     changed = changed_settings(cache_path, settings) if reuse else None
     if changed:
-        raise CalibrationCacheError(f"{cache_path}: calibrated with other settings ({changed}); pass the "
-                                    "same flags to reuse it, or --recalibrate to replace it")
+        raise CalibrationCacheError(
+            f"{cache_path}: calibrated with other settings ({changed}); pass the "
+            "same flags to reuse it, or --recalibrate to replace it"
+        )
     budget = calib.accuracy_budget is not None
     steps = Steps(7 + (calib.sensitivity or budget) + budget, stream)
     preprocess = options.preprocess(variant)
@@ -119,44 +133,68 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
             with steps.step(f"calibrating ({calib.method}) on {calib.images} inputs from {calib.data}"):
                 data = CalibrationData(calib.data, preprocess, calib.images)
                 channels = ChannelMeans(input_channel_axes(fp32, targets))
-                histograms, images_seen = collect_histograms(fp32_path, activations, data, calib.batch, stream,
-                                                             means=channels)
+                histograms, images_seen = collect_histograms(
+                    fp32_path, activations, data, calib.batch, stream, means=channels
+                )
                 means = channels.means()
                 amax = {name: compute_amax(h, calib.method, calib.percentile) for name, h in histograms.items()}
-                cache = CalibrationCache({name: float(scale_of(a)) for name, a in amax.items()},
-                                         calib.method, version_number(*installed_trt_version()))
+                cache = CalibrationCache(
+                    {name: float(scale_of(a)) for name, a in amax.items()},
+                    calib.method,
+                    version_number(*installed_trt_version()),
+                )
                 release_memory()  # the calibration sessions' buffers, before the next inference
         base = fp32 if fmt == "int8" else to_opset(fp32, FP8_MIN_OPSET)
         if calib.qdq_base == "fp16":
-            base = convert_to_fp16(to_opset(base, QDQ_MIN_OPSET[TensorProto.FLOAT16]),
-                                   io_dtype=options.io_dtype, weights=store)
+            base = convert_to_fp16(
+                to_opset(base, QDQ_MIN_OPSET[TensorProto.FLOAT16]), io_dtype=options.io_dtype, weights=store
+            )
         reference = ort_logits(fp32_path, heldout)
         release_memory()  # that session's freed buffers, before the quantized graphs run
         corrected = means if calib.bias_correction else None
-        evaluator = Evaluator(base, targets, cache.amax, store.arrays(fp32), heldout,
-                              reference, store, fmt, output_sizes(fp32), placed.residuals, corrected)
+        evaluator = Evaluator(
+            base,
+            targets,
+            cache.amax,
+            store.arrays(fp32),
+            heldout,
+            reference,
+            store,
+            fmt,
+            output_sizes(fp32),
+            placed.residuals,
+            corrected,
+        )
         sections: dict = {}
         excluded: set[str] = set()
         if calib.sensitivity or calib.accuracy_budget is not None:
             with steps.step(f"measuring the sensitivity of {len(targets)} layers"):
                 sections["sensitivity"] = layer_sensitivity(evaluator, stream)
         if calib.accuracy_budget is not None:
-            with steps.step(f"choosing layers to keep in {calib.qdq_base.upper()} (budget "
-                            f"{calib.accuracy_budget} points)"):
+            with steps.step(
+                f"choosing layers to keep in {calib.qdq_base.upper()} (budget {calib.accuracy_budget} points)"
+            ):
                 sections["mixed_precision"] = mixed_precision(
-                    evaluator, [row["layer"] for row in sections["sensitivity"]], calib.accuracy_budget)
+                    evaluator, [row["layer"] for row in sections["sensitivity"]], calib.accuracy_budget
+                )
                 excluded = set(sections["mixed_precision"]["excluded"])
         with steps.step(f"inserting Q/DQ over the {calib.qdq_base.upper()} graph"):
             quantized = evaluator.quantized(skip=excluded)
         metadata = export_metadata(traced, options, [])
         metadata["quantization"] = {
-            "format": fmt, "method": calib.method, "qdq_base": calib.qdq_base, "layers": len(targets) - len(excluded),
-            "layers_left_in_float": sorted(excluded), "kept_in_float_by_default": placed.kept,
+            "format": fmt,
+            "method": calib.method,
+            "qdq_base": calib.qdq_base,
+            "layers": len(targets) - len(excluded),
+            "layers_left_in_float": sorted(excluded),
+            "kept_in_float_by_default": placed.kept,
             "residual_inputs": sum(r.conv not in excluded for r in placed.residuals),
             "bias_correction": _bias_correction(calib, corrected, cache_path),
             "activation_tensors": len(activations),
             "qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node),
-            "cache": str(cache_path), "cache_reused": reuse, "calibration_inputs": images_seen,
+            "cache": str(cache_path),
+            "cache_reused": reuse,
+            "calibration_inputs": images_seen,
             "calibration_data": None if reuse else str(calib.data),
             "calibration_inputs_from": None if reuse else data.describe(),
         }
@@ -166,9 +204,14 @@ def export_quantized(options: ExportOptions, calib: CalibrationOptions = Calibra
             del quantized
         with steps.step(f"measuring {fmt.upper()} against FP32 on held-out inputs"):
             fp16 = calib.qdq_base == "fp16"
-            accuracy = _accuracy(traced.probe_references["heldout"], evaluator, view, heldout_kind,
-                                 evaluator.measure(base) if fp16 else None,
-                                 int8_kernels=fmt == "int8" and not fp16)
+            accuracy = _accuracy(
+                traced.probe_references["heldout"],
+                evaluator,
+                view,
+                heldout_kind,
+                evaluator.measure(base) if fp16 else None,
+                int8_kernels=fmt == "int8" and not fp16,
+            )
         if not reuse:  # only now: an interrupted run leaves no cache without its model
             write_means(means_path(cache_path), means or {})
             cache.write(cache_path)
@@ -183,8 +226,10 @@ def _bias_correction(calib: CalibrationOptions, means: dict[str, np.ndarray] | N
     if not calib.bias_correction:
         return "off (--bias-correction off)"
     if means is None:
-        return (f"off: the reused cache has no {means_path(cache).name} (made before bias correction, or by "
-                "another tool); --recalibrate measures the means")
+        return (
+            f"off: the reused cache has no {means_path(cache).name} (made before bias correction, or by "
+            "another tool); --recalibrate measures the means"
+        )
     return "on"
 
 
@@ -196,16 +241,20 @@ def _heldout_inputs(calib: CalibrationOptions, preprocess: Preprocess, path: Pat
     source = calib.data if calib.data.is_dir() else DEFAULT_DATA
     if not source.exists():
         rng = np.random.default_rng(0)
-        samples = (rng.integers(0, 256, preprocess.input_shape, dtype=np.uint8).astype(preprocess.input_dtype)
-                   if preprocess.input_format != "float" else rng.standard_normal(preprocess.input_shape, dtype=np.float32)
-                   for _ in range(calib.heldout))
+        samples = (
+            rng.integers(0, 256, preprocess.input_shape, dtype=np.uint8).astype(preprocess.input_dtype)
+            if preprocess.input_format != "float"
+            else rng.standard_normal(preprocess.input_shape, dtype=np.float32)
+            for _ in range(calib.heldout)
+        )
         return StoredInputs(path, samples, calib.heldout), "seeded random inputs"
     data = CalibrationData(source, preprocess, calib.heldout, split="heldout")
     return StoredInputs(path, (data.sample(i) for i in range(len(data))), len(data)), data.describe()
 
 
-def _accuracy(pytorch_logits: np.ndarray, evaluator: Evaluator, path: Path, kind: str,
-              fp16: dict | None, int8_kernels: bool) -> dict:
+def _accuracy(
+    pytorch_logits: np.ndarray, evaluator: Evaluator, path: Path, kind: str, fp16: dict | None, int8_kernels: bool
+) -> dict:
     """Quantized vs FP32 outputs: ONNX Runtime plain Q/DQ arithmetic (the TensorRT estimate)
     and, with ``int8_kernels`` (INT8 logits over an FP32 base: ONNX Runtime fuses no int8
     kernels over FP16 or for FP8), its CPU int8 kernels; the FP16 base graph; and the FP32
@@ -215,22 +264,35 @@ def _accuracy(pytorch_logits: np.ndarray, evaluator: Evaluator, path: Path, kind
     quantized = ort_logits(path, inputs, optimize=False, images=QDQ_CHUNK)
     fp32_vs_pytorch = compare(pytorch_logits, reference)  # ``reference`` is the FP32 graph's outputs
     fp16_cosine = f"; FP16 vs FP32: mean cosine {fp16['mean_cosine']:.5f}" if fp16 else ""
-    record = {"inputs": kind, "count": len(inputs), "format": evaluator.fmt, "fp16_vs_fp32": fp16,
-              "fp32_vs_pytorch": fp32_vs_pytorch.as_dict()}
+    record = {
+        "inputs": kind,
+        "count": len(inputs),
+        "format": evaluator.fmt,
+        "fp16_vs_fp32": fp16,
+        "fp32_vs_pytorch": fp32_vs_pytorch.as_dict(),
+    }
     if evaluator.feature_maps:
         each = compare_outputs(reference, quantized, evaluator.sizes or {})
-        return {**record, "quantized_vs_fp32_qdq_arithmetic": {n: c.as_dict() for n, c in each.items()},
-                "summary": (f"{name} vs FP32 on {len(inputs)} {kind}, mean cosine per feature map: "
-                            + ", ".join(f"{n} {c.mean_cosine:.5f}" for n, c in each.items())
-                            + f" (min {min(c.min_cosine for c in each.values()):.5f})" + fp16_cosine)}
+        return {
+            **record,
+            "quantized_vs_fp32_qdq_arithmetic": {n: c.as_dict() for n, c in each.items()},
+            "summary": (
+                f"{name} vs FP32 on {len(inputs)} {kind}, mean cosine per feature map: "
+                + ", ".join(f"{n} {c.mean_cosine:.5f}" for n, c in each.items())
+                + f" (min {min(c.min_cosine for c in each.values()):.5f})"
+                + fp16_cosine
+            ),
+        }
     plain = compare(reference, quantized)
-    kernels = compare(reference, ort_logits(path, inputs, optimize=True, images=QDQ_CHUNK)) \
-        if int8_kernels else None
-    kernels_text = f"; with ONNX Runtime's CPU int8 kernels: mean cosine {kernels.mean_cosine:.5f}" \
-        if kernels else ""
+    kernels = compare(reference, ort_logits(path, inputs, optimize=True, images=QDQ_CHUNK)) if int8_kernels else None
+    kernels_text = f"; with ONNX Runtime's CPU int8 kernels: mean cosine {kernels.mean_cosine:.5f}" if kernels else ""
     fp16_text = f"{fp16_cosine}, top-1 agreement {fp16['top1_agreement'] / 100:.1%}" if fp16 else ""
-    return {**record, "quantized_vs_fp32_qdq_arithmetic": plain.as_dict(),
-            "quantized_vs_fp32_ort_int8_kernels": kernels.as_dict() if kernels else None,
-            "summary": (f"{name} vs FP32 on {len(inputs)} {kind}: mean cosine {plain.mean_cosine:.5f} "
-                        f"(min {plain.min_cosine:.5f}), top-1 agreement {plain.top1_agreement:.1%}"
-                        + kernels_text + fp16_text)}
+    return {
+        **record,
+        "quantized_vs_fp32_qdq_arithmetic": plain.as_dict(),
+        "quantized_vs_fp32_ort_int8_kernels": kernels.as_dict() if kernels else None,
+        "summary": (
+            f"{name} vs FP32 on {len(inputs)} {kind}: mean cosine {plain.mean_cosine:.5f} "
+            f"(min {plain.min_cosine:.5f}), top-1 agreement {plain.top1_agreement:.1%}" + kernels_text + fp16_text
+        ),
+    }

@@ -8,6 +8,7 @@ tensors, and only the tensors later segments read are handed on. Every node runs
 in one session; a tensor handed on keeps the type the graph declares (one session over an
 FP16 graph may keep a float32 value between two nodes the CPU computes in float32).
 """
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,9 @@ def _unique(names: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(n for n in names if n))
 
 
-def split_graph(model: onnx.ModelProto, tensors: list[str], budget: int | None = None,
-                weight_budget: int | None = None) -> list[Segment]:
+def split_graph(
+    model: onnx.ModelProto, tensors: list[str], budget: int | None = None, weight_budget: int | None = None
+) -> list[Segment]:
     """The nodes ``tensors`` depend on, cut in graph order into segments whose requested
     tensors for one image fit ``budget`` bytes (as float32) and whose weights fit
     ``weight_budget`` bytes (as stored); one larger tensor or node gets a segment of its own.
@@ -76,10 +78,12 @@ def split_graph(model: onnx.ModelProto, tensors: list[str], budget: int | None =
         extra = sum(size(out) for out in mine)
         heavy = sum(weights.get(name, 0) for name in set(node.input))
         current = segments[-1]
-        too_many_outputs = budget is not None and mine and current.requested \
-            and current.bytes_per_image + extra > budget
-        too_heavy = weight_budget is not None and heavy and current.nodes \
-            and current.weight_bytes + heavy > weight_budget
+        too_many_outputs = (
+            budget is not None and mine and current.requested and current.bytes_per_image + extra > budget
+        )
+        too_heavy = (
+            weight_budget is not None and heavy and current.nodes and current.weight_bytes + heavy > weight_budget
+        )
         if too_many_outputs or too_heavy:
             segments.append(Segment())
         segment = segments[-1]
@@ -93,11 +97,13 @@ def split_graph(model: onnx.ModelProto, tensors: list[str], budget: int | None =
     read_later: set[str] = set()
     for segment in reversed(segments):
         segment.carried = set(read_later)
-        segment.outputs = _unique([*segment.requested, *(out for node in segment.nodes for out in node.output
-                                                           if out in read_later)])
+        segment.outputs = _unique(
+            [*segment.requested, *(out for node in segment.nodes for out in node.output if out in read_later)]
+        )
         read_later.update(segment.inputs)
-        segment.types = {n: known[n].elem_type if n in known else TensorProto.FLOAT
-                         for n in [*segment.inputs, *segment.outputs]}
+        segment.types = {
+            n: known[n].elem_type if n in known else TensorProto.FLOAT for n in [*segment.inputs, *segment.outputs]
+        }
     return [segment for segment in segments if segment.nodes]
 
 
@@ -108,16 +114,24 @@ class SegmentedGraph:
     so only its weights are mapped in (opening one takes milliseconds; a run at a high
     resolution, seconds). A session-like ``get_inputs()`` and ``run(None, feed)``."""
 
-    def __init__(self, path: Path, tensors: list[str] | None = None, budget: int | None = None,
-                 weight_budget: int | None = WEIGHT_BUDGET, optimize: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        tensors: list[str] | None = None,
+        budget: int | None = None,
+        weight_budget: int | None = WEIGHT_BUDGET,
+        optimize: bool = True,
+    ) -> None:
         model = onnx.load(str(path), load_external_data=False)
         weights = {init.name for init in model.graph.initializer}
         self.graph_input = next(i.name for i in model.graph.input if i.name not in weights)
         self.outputs = [o.name for o in model.graph.output]
         self.segments = split_graph(model, tensors or self.outputs, budget, weight_budget)
         self.optimize = optimize
-        self.paths = [_save(model, segment, path.with_name(f"{path.stem}_segment{index}.onnx"))
-                      for index, segment in enumerate(self.segments)]
+        self.paths = [
+            _save(model, segment, path.with_name(f"{path.stem}_segment{index}.onnx"))
+            for index, segment in enumerate(self.segments)
+        ]
         self._kept = cpu_session(self.paths[0], optimize) if len(self.paths) == 1 else None
 
     def _session(self, index: int):
@@ -150,10 +164,12 @@ def _save(model: onnx.ModelProto, segment: Segment, path: Path) -> Path:
     """``segment`` as a model at ``path``, beside the external weights it refers to."""
     used = {i for node in segment.nodes for i in node.input}
     graph = helper.make_graph(
-        segment.nodes, f"{model.graph.name}_segment",
+        segment.nodes,
+        f"{model.graph.name}_segment",
         [helper.make_tensor_value_info(n, segment.types[n], None) for n in segment.inputs],
         [helper.make_tensor_value_info(n, segment.types[n], None) for n in segment.outputs],
-        [init for init in model.graph.initializer if init.name in used])
+        [init for init in model.graph.initializer if init.name in used],
+    )
     part = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
     part.functions.extend(model.functions)
     path.write_bytes(part.SerializeToString())

@@ -1,6 +1,7 @@
 """The steps every export shares: build and trace the model, write the ONNX, validate it,
 publish it whole, write the report. ``pipeline`` (FP32 / FP16) and ``quantized`` (INT8 / FP8)
 compose them."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -93,20 +94,26 @@ class ExportOptions:
         if self.feature_norm and not self.features:
             raise ValueError("--feature-norm normalises feature maps: pass --features too")
         if self.softmax and self.features:
-            raise ValueError("--softmax turns a classifier's logits into probabilities; a backbone (--features) has none")
+            raise ValueError(
+                "--softmax turns a classifier's logits into probabilities; a backbone (--features) has none"
+            )
         object.__setattr__(self, "features", tuple(sorted(self.features)))
 
     def preprocess(self, variant: Variant) -> Preprocess:
         """``variant``'s eval transform as this export's graph takes it."""
-        return replace(Preprocess.from_config(variant.eval), jpeg_draft=not self.exact_preprocess,
-                       input_format=self.input_format)
+        return replace(
+            Preprocess.from_config(variant.eval), jpeg_draft=not self.exact_preprocess, input_format=self.input_format
+        )
 
     @property
     def onnx_path(self) -> Path:
         """``<model>_<precision>.onnx``; ``..._features`` for a backbone's feature maps,
         ``..._uint8in`` / ``..._pixelsin`` for a uint8-image / float-pixel input."""
-        suffix = ("_features" if self.features else "") + ("_softmax" if self.softmax else "") + \
-            ("" if self.input_format == "float" else f"_{self.input_format}in")
+        suffix = (
+            ("_features" if self.features else "")
+            + ("_softmax" if self.softmax else "")
+            + ("" if self.input_format == "float" else f"_{self.input_format}in")
+        )
         return self.output_dir / f"{self.model}_{self.precision}{suffix}.onnx"
 
     @property
@@ -144,18 +151,27 @@ class Traced:
     probe_references: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def trace_model(options: ExportOptions, steps: Steps, weights: WeightFile,
-                probes: dict[str, InputSet] | None = None) -> Traced:
+def trace_model(
+    options: ExportOptions, steps: Steps, weights: WeightFile, probes: dict[str, InputSet] | None = None
+) -> Traced:
     """The first three steps of every export: the eval model, PyTorch's reference logits,
     and the simplified FP32 graph whose weights go to ``weights``. The PyTorch model is
     transformed in place and freed, so at most one copy of the weights is ever in memory."""
     with steps.step(f"building {options.model}"):
         model = _build(options)
         preprocess = options.preprocess(model.variant)
-        core = Backbone(model, options.features, options.feature_norm) if options.features else \
-            Probabilities(model) if options.softmax else model
-        network = core if preprocess.input_format == "float" else \
-            ImageInput(core, preprocess.mean, preprocess.std, channels_first=preprocess.input_format == "pixels")
+        core = (
+            Backbone(model, options.features, options.feature_norm)
+            if options.features
+            else Probabilities(model)
+            if options.softmax
+            else model
+        )
+        network = (
+            core
+            if preprocess.input_format == "float"
+            else ImageInput(core, preprocess.mean, preprocess.std, channels_first=preprocess.input_format == "pixels")
+        )
         inputs, input_kind = validation_inputs(model, options)
         references = {name: _logits(network, x) for name, x in {"validation": inputs, **(probes or {})}.items()}
     variant, checkpoint = model.variant, model.checkpoint
@@ -180,12 +196,14 @@ def _logits(model: Exportable, inputs: InputSet) -> np.ndarray:
     def run(batch: np.ndarray) -> np.ndarray:
         outputs = model(torch.from_numpy(batch))
         return flatten([o.numpy() for o in (outputs if isinstance(outputs, tuple) else (outputs,))])
+
     with torch.no_grad():
-        return np.concatenate([run(inputs[i:i + chunk]) for i in range(0, len(inputs), chunk)])
+        return np.concatenate([run(inputs[i : i + chunk]) for i in range(0, len(inputs), chunk)])
 
 
-def write_onnx(graph: onnx.ModelProto, metadata: dict, path: Path, weights: WeightFile,
-               external_threshold: int = PROTOBUF_LIMIT) -> tuple[dict, Path]:
+def write_onnx(
+    graph: onnx.ModelProto, metadata: dict, path: Path, weights: WeightFile, external_threshold: int = PROTOBUF_LIMIT
+) -> tuple[dict, Path]:
     """Finalize, check and save ``graph`` to ``path`` (its weights in ``<path>.data`` above
     ``external_threshold``); returns its graph summary and a view of
     the same graph on the scratch weights (what validation runs: memory-mapped weights cost
@@ -193,9 +211,14 @@ def write_onnx(graph: onnx.ModelProto, metadata: dict, path: Path, weights: Weig
     are read from the graph itself, so they cannot disagree with it."""
     dtype = lambda value: onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
     metadata["input"]["dtype"] = dtype(graph.graph.input[0])
-    metadata["outputs"] = [{"name": value.name, "dtype": dtype(value),
-                            "shape": ["batch", *(d.dim_value for d in value.type.tensor_type.shape.dim[1:])]}
-                           for value in graph.graph.output]
+    metadata["outputs"] = [
+        {
+            "name": value.name,
+            "dtype": dtype(value),
+            "shape": ["batch", *(d.dim_value for d in value.type.tensor_type.shape.dim[1:])],
+        }
+        for value in graph.graph.output
+    ]
     graph = finalize(graph, metadata)
     view = weights.save_view(graph, "final.onnx")
     onnx.checker.check_model(str(view), full_check=True)
@@ -221,13 +244,16 @@ def write_report(options: ExportOptions, metadata: dict, summary: dict, steps: S
     """The JSON report beside the ONNX file: metadata, graph facts, timings, ``sections``."""
     report = {
         **metadata,
-        "onnx": {"path": str(options.onnx_path), "sha256": sha256(options.onnx_path),
-                 "bytes": options.onnx_path.stat().st_size, **summary},
+        "onnx": {
+            "path": str(options.onnx_path),
+            "sha256": sha256(options.onnx_path),
+            "bytes": options.onnx_path.stat().st_size,
+            **summary,
+        },
         **sections,
         "seconds": steps.seconds,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"python": platform.python_version(), "torch": torch.__version__,
-                 "onnx": onnx.__version__},
+        "host": {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__},
     }
     write_json(options.report_path, report)
     return report
@@ -240,18 +266,30 @@ def preflight(options: ExportOptions, extra_outputs: tuple[Path, ...] = ()) -> V
         variant = create_model(options.model, resolution=options.resolution).variant
     if options.checkpoint is not None:  # memory-mapped: reads the pickle, not the weights
         check_arch(read_checkpoint(options.checkpoint, options.weights), options.model)
-    check_writable([options.onnx_path, options.onnx_path.with_name(options.onnx_path.name + ".data"),
-                    options.report_path, *extra_outputs], options.force)
+    check_writable(
+        [
+            options.onnx_path,
+            options.onnx_path.with_name(options.onnx_path.name + ".data"),
+            options.report_path,
+            *extra_outputs,
+        ],
+        options.force,
+    )
     if options.checkpoint is None:
-        log.warning("no checkpoint given: %s gets RANDOM weights (seed %d); the files test the "
-                    "pipeline and are useless for predictions", options.model, options.seed)
+        log.warning(
+            "no checkpoint given: %s gets RANDOM weights (seed %d); the files test the "
+            "pipeline and are useless for predictions",
+            options.model,
+            options.seed,
+        )
     return variant
 
 
 def _build(options: ExportOptions) -> FasterViT:
     torch.manual_seed(options.seed)
-    return create_model(options.model, checkpoint=options.checkpoint, resolution=options.resolution,
-                        weights=options.weights)
+    return create_model(
+        options.model, checkpoint=options.checkpoint, resolution=options.resolution, weights=options.weights
+    )
 
 
 def validation_inputs(model: FasterViT, options: ExportOptions) -> tuple[np.ndarray, str]:
@@ -278,13 +316,15 @@ def graph_summary(model: onnx.ModelProto) -> dict:
     for tensor in model.graph.initializer:
         name = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
         dtype_bytes[name] += tensor_bytes(tensor)
-    return {"nodes": len(model.graph.node), "ops": dict(sorted(ops.items())),
-            "initializer_bytes": dict(dtype_bytes),
-            "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))}
+    return {
+        "nodes": len(model.graph.node),
+        "ops": dict(sorted(ops.items())),
+        "initializer_bytes": dict(dtype_bytes),
+        "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+    }
 
 
-def validate(reference: np.ndarray, path: Path, inputs: np.ndarray, precision: str,
-             sizes: dict[str, int]) -> dict:
+def validate(reference: np.ndarray, path: Path, inputs: np.ndarray, precision: str, sizes: dict[str, int]) -> dict:
     """Compare ONNX Runtime with PyTorch's outputs ``reference`` on ``inputs``, at the full
     batch and at batch 1; each output (``sizes``) on its own: a feature map must pass on
     its own scale."""
@@ -295,20 +335,30 @@ def validate(reference: np.ndarray, path: Path, inputs: np.ndarray, precision: s
 
     def passes(c: Comparison) -> bool:
         return c.relative_diff <= FP32_TOLERANCE if precision == "fp32" else c.min_cosine >= FP16_MIN_COSINE
+
     passed = all(map(passes, comparisons))
     noun = "logit" if list(sizes) == ["logits"] else "output"
     rule = f"max|diff| <= {FP32_TOLERANCE} x max|{noun}|" if precision == "fp32" else f"cosine >= {FP16_MIN_COSINE}"
     worst_relative = max(c.relative_diff for c in comparisons)
     worst_cosine = min(c.min_cosine for c in comparisons)
     each = "" if len(sizes) == 1 else f" per output ({', '.join(sizes)})"
-    verdict = (f"{precision} ONNX {'matches' if passed else 'does NOT match'} PyTorch{each} "
-               f"({rule}; max|diff| {max(c.max_abs_diff for c in comparisons):.3g}, relative "
-               f"{worst_relative:.3g}, min cosine {worst_cosine:.6f})")
-    result = {"passed": passed, "rule": rule, "verdict": verdict, "batch": len(inputs),
-              "full_batch": compare(reference, onnx_full).as_dict(), "batch_1": compare(reference[:1], onnx_single).as_dict()}
+    verdict = (
+        f"{precision} ONNX {'matches' if passed else 'does NOT match'} PyTorch{each} "
+        f"({rule}; max|diff| {max(c.max_abs_diff for c in comparisons):.3g}, relative "
+        f"{worst_relative:.3g}, min cosine {worst_cosine:.6f})"
+    )
+    result = {
+        "passed": passed,
+        "rule": rule,
+        "verdict": verdict,
+        "batch": len(inputs),
+        "full_batch": compare(reference, onnx_full).as_dict(),
+        "batch_1": compare(reference[:1], onnx_single).as_dict(),
+    }
     if len(sizes) > 1:
-        result["outputs"] = {name: {"full_batch": full[name].as_dict(), "batch_1": single[name].as_dict()}
-                             for name in sizes}
+        result["outputs"] = {
+            name: {"full_batch": full[name].as_dict(), "batch_1": single[name].as_dict()} for name in sizes
+        }
     return result
 
 
@@ -323,14 +373,26 @@ def export_metadata(traced: Traced, options: ExportOptions, kept_fp32: list[str]
         "random_init": options.checkpoint is None,
         "seed": options.seed,
         "arch": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(variant.arch).items()},
-        "preprocess": {**{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(variant.eval).items()},
-                       "jpeg_draft": not options.exact_preprocess, "input_format": options.input_format},
-        "input": {"name": "input", "format": INPUT_FORMATS[options.input_format],
-                  "shape": ["batch", *variant.arch.resolution, variant.arch.in_chans] if options.input_format == "uint8"
-                  else ["batch", variant.arch.in_chans, *variant.arch.resolution]},
-        "features": {"stages": list(options.features), "norm": options.feature_norm,
-                     "strides": {f"stage{stage}": 2 ** (stage + 1) for stage in options.features},
-                     "taken": "each stage's output before its downsampling"} if options.features else None,
+        "preprocess": {
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(variant.eval).items()},
+            "jpeg_draft": not options.exact_preprocess,
+            "input_format": options.input_format,
+        },
+        "input": {
+            "name": "input",
+            "format": INPUT_FORMATS[options.input_format],
+            "shape": ["batch", *variant.arch.resolution, variant.arch.in_chans]
+            if options.input_format == "uint8"
+            else ["batch", variant.arch.in_chans, *variant.arch.resolution],
+        },
+        "features": {
+            "stages": list(options.features),
+            "norm": options.feature_norm,
+            "strides": {f"stage{stage}": 2 ** (stage + 1) for stage in options.features},
+            "taken": "each stage's output before its downsampling",
+        }
+        if options.features
+        else None,
         "output": "probabilities" if options.softmax else None,
         "batch_profile": list(options.batch),
         "fp32_nodes_for_range": kept_fp32,

@@ -7,6 +7,7 @@ weights) exports in little more memory than its weights. ONNX Runtime reads grap
 beside the scratch file directly (``save_view``); ``save`` streams the weights into the
 final file, inline when small, as ``<file>.data`` when above the protobuf limit.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -51,8 +52,7 @@ class WeightFile:
     def add(self, name: str, array: np.ndarray) -> TensorProto:
         """Append ``array`` and return an initializer called ``name`` that refers to it."""
         array = np.ascontiguousarray(array)
-        tensor = TensorProto(name=name, dims=array.shape,
-                             data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+        tensor = TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
         offset = _aligned(self._end)
         with open(self.path, "r+b") as fh:
             fh.seek(offset)
@@ -68,8 +68,9 @@ class WeightFile:
         info = ExternalDataInfo(tensor)
         dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
         offset, length = _span(info)
-        return np.fromfile(self.folder / info.location, dtype=dtype, count=length // dtype.itemsize,
-                           offset=offset).reshape(tuple(tensor.dims))
+        return np.fromfile(
+            self.folder / info.location, dtype=dtype, count=length // dtype.itemsize, offset=offset
+        ).reshape(tuple(tensor.dims))
 
     def arrays(self, model: onnx.ModelProto) -> Mapping[str, np.ndarray]:
         """The initializers of ``model`` by name, each read when looked up."""

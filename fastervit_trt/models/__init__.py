@@ -6,6 +6,7 @@
 >>> model = create_model("faster_vit_0_any_res", resolution=(512, 512))
 >>> model = create_model("faster_vit_0_224", checkpoint="model_best.pth.tar", weights="ema")
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -19,14 +20,32 @@ from .checkpoint import Checkpoint, load_into, mismatch, read_checkpoint
 from .configs import REGISTRY, ArchConfig, EvalConfig, Variant, get_variant, list_models
 from .fastervit import Backbone, FasterViT, check_resolution, nearest_resolutions, stage_geometry
 
-__all__ = ["ArchConfig", "Backbone", "Checkpoint", "EvalConfig", "FasterViT", "Variant", "check_arch",
-           "check_resolution", "create_model", "get_variant", "list_models", "nearest_resolutions",
-           "read_checkpoint", "stage_geometry"]
+__all__ = [
+    "ArchConfig",
+    "Backbone",
+    "Checkpoint",
+    "EvalConfig",
+    "FasterViT",
+    "Variant",
+    "check_arch",
+    "check_resolution",
+    "create_model",
+    "get_variant",
+    "list_models",
+    "nearest_resolutions",
+    "read_checkpoint",
+    "stage_geometry",
+]
 
 
-def create_model(name: str, checkpoint: str | Path | None = None,
-                 resolution: int | tuple[int, int] | None = None, num_classes: int | None = None,
-                 weights: str = "model", **overrides) -> FasterViT:
+def create_model(
+    name: str,
+    checkpoint: str | Path | None = None,
+    resolution: int | tuple[int, int] | None = None,
+    num_classes: int | None = None,
+    weights: str = "model",
+    **overrides,
+) -> FasterViT:
     """Build the registered variant ``name`` in eval mode, optionally loading ``checkpoint``.
 
     ``resolution`` (an int for square, or (height, width)) changes the input size the
@@ -54,8 +73,13 @@ def create_model(name: str, checkpoint: str | Path | None = None,
     model = FasterViT(arch)
     if loaded is not None and checkpoint is not None:
         state = loaded.state
-        load_into(model, state, checkpoint, suggest=lambda: _fitting_variant(state, arch),
-                  unused=_unused_at_resolution(model, arch))
+        load_into(
+            model,
+            state,
+            checkpoint,
+            suggest=lambda: _fitting_variant(state, arch),
+            unused=_unused_at_resolution(model, arch),
+        )
     model.variant = variant
     model.checkpoint = loaded.describe() if loaded else None
     return model.eval()
@@ -71,8 +95,10 @@ def check_arch(checkpoint: Checkpoint, name: str) -> None:
     if checkpoint.arch is None or checkpoint.arch not in REGISTRY:
         return
     if _trained_as(checkpoint.arch) != _trained_as(name):
-        raise CheckpointError(f"{checkpoint.path}: this checkpoint was trained as {checkpoint.arch!r} "
-                              f"(its 'arch' entry), not {name!r}; pass --variant {checkpoint.arch}")
+        raise CheckpointError(
+            f"{checkpoint.path}: this checkpoint was trained as {checkpoint.arch!r} "
+            f"(its 'arch' entry), not {name!r}; pass --variant {checkpoint.arch}"
+        )
 
 
 def _trained_as(name: str) -> str:

@@ -13,6 +13,7 @@ as the official validation script does without ``--use-ema``) or ``state_dict_em
 ("ema"); plain state dicts and ``model`` containers load too. ``module.`` (DDP) and
 ``encoder.`` (detection backbones) prefixes are stripped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,7 @@ _CONTAINER_KEYS = {"model": ("state_dict", "model"), "ema": ("state_dict_ema", "
 TRAINING_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
 # Buffers the reference model stores but which are functions of the architecture alone;
 # this implementation recomputes them, so stale or missing copies are harmless.
-_DERIVED_SUFFIXES = ("relative_coords_table", "relative_position_index", "relative_bias",
-                     "num_batches_tracked")
+_DERIVED_SUFFIXES = ("relative_coords_table", "relative_position_index", "relative_bias", "num_batches_tracked")
 # The reference tokenizer registers its depth-wise conv twice; the second name is an alias.
 _ALIAS_MARKER = ".global_tokenizer.pos_embed."
 
@@ -55,9 +55,14 @@ class Checkpoint:
 
     def describe(self) -> dict:
         """What the export report says about the weights it loaded."""
-        return {"path": str(self.path), "key": self.key, "tensors": len(self.state),
-                "parameters": sum(v.numel() for v in self.state.values()),
-                "arch": self.arch, "epoch": self.epoch}
+        return {
+            "path": str(self.path),
+            "key": self.key,
+            "tensors": len(self.state),
+            "parameters": sum(v.numel() for v in self.state.values()),
+            "arch": self.arch,
+            "epoch": self.epoch,
+        }
 
 
 def read_checkpoint(path: str | Path, weights: str = "model") -> Checkpoint:
@@ -79,11 +84,13 @@ def read_state_dict(path: str | Path, weights: str = "model") -> dict[str, Tenso
 def _read_safetensors(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); "
-                              "re-download or re-save the checkpoint") from None
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({exc}); re-download or re-save the checkpoint"
+        ) from None
 
 
 def _read_torch(path: Path) -> dict:
@@ -94,16 +101,16 @@ def _read_torch(path: Path) -> dict:
     except pickle.UnpicklingError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "unpickling failed"
         if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
-            raise CheckpointError(f"{path}: refused: {_unsafe_globals(path)}; re-save the weights "
-                                  "alone from a trusted environment (torch.save(torch.load(f, "
-                                  "weights_only=False)['state_dict'], 'weights.pth')) or convert "
-                                  "them to .safetensors") from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason}); "
-                              "re-download it") from None
+            raise CheckpointError(
+                f"{path}: refused: {_unsafe_globals(path)}; re-save the weights "
+                "alone from a trusted environment (torch.save(torch.load(f, "
+                "weights_only=False)['state_dict'], 'weights.pth')) or convert "
+                "them to .safetensors"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason}); re-download it") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({reason}); "
-                              "re-download it") from None
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({reason}); re-download it") from None
 
 
 def _unsafe_globals(path: Path) -> str:
@@ -115,8 +122,10 @@ def _unsafe_globals(path: Path) -> str:
         names = []
     if not names:
         return "the file pickles objects other than tensors and settings, which could run code"
-    return (f"the file pickles {', '.join(names)}, which loading would have to call (only tensors, "
-            "containers and argparse.Namespace settings are read)")
+    return (
+        f"the file pickles {', '.join(names)}, which loading would have to call (only tensors, "
+        "containers and argparse.Namespace settings are read)"
+    )
 
 
 def _unwrap(raw: object, path: Path, weights: str) -> Checkpoint:
@@ -124,8 +133,7 @@ def _unwrap(raw: object, path: Path, weights: str) -> Checkpoint:
         raise CheckpointError(f"{path}: expected a dict of weights, found {type(raw).__name__}")
     key = _container(raw, weights)
     if key is None and weights == "ema":
-        raise CheckpointError(f"{path}: holds no EMA weights (keys: {', '.join(map(str, raw))}); "
-                              "use --weights model")
+        raise CheckpointError(f"{path}: holds no EMA weights (keys: {', '.join(map(str, raw))}); use --weights model")
     if key is None and not any(isinstance(v, Tensor) for v in raw.values()):
         key = _container(raw, "ema")  # only EMA weights were saved: they are the model
         if key is not None:
@@ -147,12 +155,12 @@ def _container(raw: dict, weights: str) -> str | None:
 
 def _comparable(state: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
     """Names and shapes that must match: learned weights and BN statistics."""
-    return {k: tuple(v.shape) for k, v in state.items()
-            if not k.endswith(_DERIVED_SUFFIXES) and _ALIAS_MARKER not in k}
+    return {k: tuple(v.shape) for k, v in state.items() if not k.endswith(_DERIVED_SUFFIXES) and _ALIAS_MARKER not in k}
 
 
-def mismatch(model: nn.Module, state: dict[str, Tensor], unused: frozenset[str] = frozenset()
-             ) -> tuple[list[str], list[str], list[str]]:
+def mismatch(
+    model: nn.Module, state: dict[str, Tensor], unused: frozenset[str] = frozenset()
+) -> tuple[list[str], list[str], list[str]]:
     """(missing, unexpected, wrong-shape) parameter names of ``state`` against ``model``.
 
     ``unused`` names weights a checkpoint may carry that this model does not use by design
@@ -162,14 +170,17 @@ def mismatch(model: nn.Module, state: dict[str, Tensor], unused: frozenset[str] 
     given = _comparable(state)
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected and k not in unused]
-    wrong = [f"{k} {given[k]} vs {expected[k]}" for k in expected
-             if k in given and given[k] != expected[k]]
+    wrong = [f"{k} {given[k]} vs {expected[k]}" for k in expected if k in given and given[k] != expected[k]]
     return missing, unexpected, wrong
 
 
-def load_into(model: nn.Module, state: dict[str, Tensor], source: str | Path,
-              suggest: Callable[[], str | None] = lambda: None,
-              unused: frozenset[str] = frozenset()) -> None:
+def load_into(
+    model: nn.Module,
+    state: dict[str, Tensor],
+    source: str | Path,
+    suggest: Callable[[], str | None] = lambda: None,
+    unused: frozenset[str] = frozenset(),
+) -> None:
     """Copy ``state`` into ``model``, refusing any mismatch (derived buffers excepted).
 
     ``suggest`` is asked, only on a mismatch, for the variant the checkpoint would fit.
@@ -183,12 +194,10 @@ def load_into(model: nn.Module, state: dict[str, Tensor], source: str | Path,
                 parts.append(f"{len(names)} {label}: {', '.join(names[:5])}{more}")
         fit = suggest()
         hint = f"; it fits {fit}" if fit else "; no registered variant fits it"
-        raise CheckpointError(f"{source}: checkpoint does not match the model ({'; '.join(parts)})"
-                              f"{hint}")
+        raise CheckpointError(f"{source}: checkpoint does not match the model ({'; '.join(parts)}){hint}")
     ignored = sorted(unused & state.keys())
     if ignored:
         log.info("%s: %d weights unused at this resolution (e.g. %s)", source, len(ignored), ignored[0])
     # assign: the model takes the checkpoint's (memory-mapped) tensors instead of a second copy
     own = model.state_dict()
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items() if k in own},
-                          strict=False, assign=True)
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items() if k in own}, strict=False, assign=True)

@@ -10,6 +10,7 @@ free, always written as -1), window partition/reverse and carrier-token windowin
 plain reshapes and permutes, padding is a static concat, and nothing is mutated in
 ``forward``. Parameter names follow the official checkpoints so they load as they are.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,15 +71,19 @@ def stage_geometry(arch: ArchConfig, stage: int) -> StageGeometry:
         if any(a != n or a % window for a, n in zip(size, nominal)):
             raise ResolutionError(
                 f"resolution {res}: stage {stage + 1} feature map {size[0]}x{size[1]} is not a "
-                f"whole number of {window}-wide windows (or use the *_any_res variant)")
+                f"whole number of {window}-wide windows (or use the *_any_res variant)"
+            )
         if arch.hat[stage] and size[0] != size[1]:
-            raise ResolutionError(f"resolution {res}: the fixed-size variants take square "
-                                  f"inputs (or use the *_any_res variant)")
+            raise ResolutionError(
+                f"resolution {res}: the fixed-size variants take square inputs (or use the *_any_res variant)"
+            )
     if not arch.hat[stage]:
         return StageGeometry(size, padded, window, None, None)
     if min(nominal) < 1:
-        raise ResolutionError(f"resolution {res}: too small for stage {stage + 1}'s carrier "
-                              f"tokens; use at least {2 ** (stage + 2)} pixels a side")
+        raise ResolutionError(
+            f"resolution {res}: too small for stage {stage + 1}'s carrier "
+            f"tokens; use at least {2 ** (stage + 2)} pixels a side"
+        )
     reference = (_round_up(nominal[0], window), _round_up(nominal[1], window))
     grid = (reference[0] // window, reference[1] // window)
     hierarchical = grid[0] > 1 or grid[1] > 1
@@ -91,12 +96,13 @@ def stage_geometry(arch: ArchConfig, stage: int) -> StageGeometry:
     if hierarchical and padded != reference:
         raise ResolutionError(
             f"resolution {res}: stage {stage + 1} feature map {size[0]}x{size[1]} pads to "
-            f"another window grid than its carrier tokens ({reference[0]}x{reference[1]})")
+            f"another window grid than its carrier tokens ({reference[0]}x{reference[1]})"
+        )
     pooled = [(p - k) // s + 1 for p, k, s in zip(padded, kernel, stride)]
     if min(pooled) < 1 or pooled[0] % ct or pooled[1] % ct:
         raise ResolutionError(
-            f"resolution {res}: stage {stage + 1} carrier-token pooling does not fit the "
-            f"{padded[0]}x{padded[1]} map")
+            f"resolution {res}: stage {stage + 1} carrier-token pooling does not fit the {padded[0]}x{padded[1]} map"
+        )
     carriers = (ct * grid[0], ct * grid[1]) if hierarchical else None
     return StageGeometry(size, padded, window, carriers, (tuple(kernel), tuple(stride)))
 
@@ -119,8 +125,12 @@ def nearest_resolutions(arch: ArchConfig) -> list[tuple[int, int]]:
         above = [(s, s) for s in range(side + 1, 2 * side + 1024) if _fits(arch, (s, s))][:1]
         return below + above
     for reach in range(1, 65):
-        ring = [(height + dh, width + dw) for dh in range(-reach, reach + 1)
-                for dw in range(-reach, reach + 1) if max(abs(dh), abs(dw)) == reach]
+        ring = [
+            (height + dh, width + dw)
+            for dh in range(-reach, reach + 1)
+            for dw in range(-reach, reach + 1)
+            if max(abs(dh), abs(dw)) == reach
+        ]
         valid = sorted(size for size in ring if min(size) >= 1 and _fits(arch, size))
         if valid:
             return sorted({valid[0], valid[-1]})
@@ -182,9 +192,13 @@ class PatchEmbed(nn.Module):
     def __init__(self, in_chans: int, in_dim: int, dim: int) -> None:
         super().__init__()
         self.conv_down = nn.Sequential(
-            nn.Conv2d(in_chans, in_dim, 3, 2, 1, bias=False), nn.BatchNorm2d(in_dim, eps=1e-4),
-            nn.ReLU(), nn.Conv2d(in_dim, dim, 3, 2, 1, bias=False),
-            nn.BatchNorm2d(dim, eps=1e-4), nn.ReLU())
+            nn.Conv2d(in_chans, in_dim, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(in_dim, eps=1e-4),
+            nn.ReLU(),
+            nn.Conv2d(in_dim, dim, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(dim, eps=1e-4),
+            nn.ReLU(),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv_down(x)
@@ -353,9 +367,18 @@ class CarrierLayout:
 class HATBlock(nn.Module):
     """Transformer block with hierarchical attention over one stage's windows."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, geometry: StageGeometry,
-                 ct_size: int, drop_path_rate: float, layer_scale: float | None,
-                 propagate: bool, any_res: bool) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        geometry: StageGeometry,
+        ct_size: int,
+        drop_path_rate: float,
+        layer_scale: float | None,
+        propagate: bool,
+        any_res: bool,
+    ) -> None:
         super().__init__()
         window = geometry.window
         hidden = int(dim * mlp_ratio)
@@ -378,15 +401,13 @@ class HATBlock(nn.Module):
             self.hat_norm2 = nn.LayerNorm(dim)
             self.hat_attn = WindowAttention(dim, num_heads, math.isqrt(hc * wc), hc * wc)
             self.hat_mlp = Mlp(dim, hidden)
-            self.hat_pos_embed: nn.Module | None = (
-                TokenPositionMLP(dim, hc * wc) if hc == wc or not any_res else None)
+            self.hat_pos_embed: nn.Module | None = TokenPositionMLP(dim, hc * wc) if hc == wc or not any_res else None
             self.gamma1 = _layer_scale(layer_scale, dim)
             self.gamma2 = _layer_scale(layer_scale, dim)
             self.propagate = propagate
             # nearest-neighbour upsampling of a window's c x c carriers to its w x w tokens
             src = torch.arange(window) * ct_size // window
-            self.register_buffer("upsample_index", (src[:, None] * ct_size + src[None, :]).flatten(),
-                                 persistent=False)
+            self.register_buffer("upsample_index", (src[:, None] * ct_size + src[None, :]).flatten(), persistent=False)
 
     def _residual(self, x: Tensor, branch: Tensor, gamma: Tensor | None) -> Tensor:
         return x + drop_path(_scale(branch, gamma), self.drop_path_rate, self.training)
@@ -429,9 +450,11 @@ class TokenInitializer(nn.Module):
     def __init__(self, dim: int, geometry: StageGeometry, ct_size: int) -> None:
         super().__init__()
         kernel, stride = geometry.tokenizer
-        self.to_global_feature = nn.Sequential(OrderedDict(
-            pos=nn.Conv2d(dim, dim, 3, padding=1, groups=dim),
-            pool=nn.AvgPool2d(kernel_size=kernel, stride=stride)))
+        self.to_global_feature = nn.Sequential(
+            OrderedDict(
+                pos=nn.Conv2d(dim, dim, 3, padding=1, groups=dim), pool=nn.AvgPool2d(kernel_size=kernel, stride=stride)
+            )
+        )
         self.dim, self.carriers, self.c = dim, geometry.carriers, ct_size
 
     def forward(self, x: Tensor) -> Tensor:
@@ -463,14 +486,32 @@ class ConvStage(nn.Module):
 class AttentionStage(nn.Module):
     """Stages 3-4: pad to whole windows, partition, HAT blocks, reverse, crop, downsample."""
 
-    def __init__(self, dim: int, depth: int, num_heads: int, arch: ArchConfig,
-                 geometry: StageGeometry, drop_path_rates: list[float], downsample: bool) -> None:
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        arch: ArchConfig,
+        geometry: StageGeometry,
+        drop_path_rates: list[float],
+        downsample: bool,
+    ) -> None:
         super().__init__()
         self.geometry, self.dim = geometry, dim
         self.blocks = nn.ModuleList(
-            HATBlock(dim, num_heads, arch.mlp_ratio, geometry, arch.ct_size, drop_path_rates[i],
-                     arch.layer_scale, arch.propagate_carriers and i == depth - 1, arch.any_res)
-            for i in range(depth))
+            HATBlock(
+                dim,
+                num_heads,
+                arch.mlp_ratio,
+                geometry,
+                arch.ct_size,
+                drop_path_rates[i],
+                arch.layer_scale,
+                arch.propagate_carriers and i == depth - 1,
+                arch.any_res,
+            )
+            for i in range(depth)
+        )
         self.downsample = Downsample(dim) if downsample else None
         if geometry.tokenizer is not None:
             self.global_tokenizer = TokenInitializer(dim, geometry, arch.ct_size)
@@ -527,12 +568,13 @@ class FasterViT(nn.Module):
         self.levels = nn.ModuleList()
         for stage, depth in enumerate(arch.depths):
             dim = arch.dim * 2**stage
-            stage_rates = rates[sum(arch.depths[:stage]):sum(arch.depths[: stage + 1])]
+            stage_rates = rates[sum(arch.depths[:stage]) : sum(arch.depths[: stage + 1])]
             if stage < 2:
                 self.levels.append(ConvStage(dim, stage_rates))
             else:
-                self.levels.append(AttentionStage(dim, depth, arch.num_heads[stage], arch,
-                                                  geometry[stage], stage_rates, stage < 3))
+                self.levels.append(
+                    AttentionStage(dim, depth, arch.num_heads[stage], arch, geometry[stage], stage_rates, stage < 3)
+                )
         features = arch.dim * 2 ** (len(arch.depths) - 1)
         self.num_features = features
         self.norm: nn.Module = nn.BatchNorm2d(features)
@@ -558,7 +600,7 @@ class FasterViT(nn.Module):
         its stage's downsampling (strides 4, 8, 16, 32), as the official detection backbones
         take them; stages after the last one asked for are not computed."""
         x, outputs = self.patch_embed(x), []
-        for stage, level in enumerate(self.levels[:max(stages)], start=1):
+        for stage, level in enumerate(self.levels[: max(stages)], start=1):
             x = level.body(x)
             if stage in stages:
                 outputs.append(x)
@@ -579,7 +621,8 @@ class Backbone(nn.Module):
         dims = [model.arch.dim * 2**i for i in range(len(model.levels))]
         self.norms = nn.ModuleList(
             (model.norm if stage == len(dims) else nn.BatchNorm2d(dims[stage - 1])) if norm else nn.Identity()
-            for stage in self.stages)
+            for stage in self.stages
+        )
         self.train(model.training)  # the new norms follow the model (eval: running statistics)
 
     @property

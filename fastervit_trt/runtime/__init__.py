@@ -2,6 +2,7 @@
 
 Importing this package imports neither torch nor TensorRT; they load with the first engine.
 """
+
 from .model import EngineMismatchError, InferenceModel, Prediction, load
 
 __all__ = ["EngineMismatchError", "InferenceModel", "Prediction", "load"]

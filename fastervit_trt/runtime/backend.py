@@ -1,5 +1,6 @@
 """What ``InferenceModel`` needs of a backend: TensorRT (``tensorrt_backend``) and ONNX
 Runtime (``onnxruntime_backend``) both provide it."""
+
 from __future__ import annotations
 
 from typing import Any, Protocol
@@ -30,5 +31,4 @@ class Backend(Protocol):
 
 def join_parts(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The outputs of consecutive slices of one batch, joined per output."""
-    return {name: np.concatenate([p[name] for p in parts]) if len(parts) > 1 else parts[0][name]
-            for name in parts[0]}
+    return {name: np.concatenate([p[name] for p in parts]) if len(parts) > 1 else parts[0][name] for name in parts[0]}

@@ -16,6 +16,7 @@ request at once (``Overloaded``), so memory stays bounded; a request not started
 timeout fails (``RequestTimeout``); ``close()`` finishes what was submitted, or with
 ``cancel=True`` fails it (``BatcherClosed``). Torch-free, like the rest of the runtime.
 """
+
 from __future__ import annotations
 
 import threading
@@ -59,11 +60,21 @@ class _Request:
 class Batcher:
     """Coalesces concurrent requests into batched engine calls of ``model`` (see the module)."""
 
-    def __init__(self, model: InferenceModel, max_batch: int | None = None, max_delay_ms: float = 2.0,
-                 max_queue: int = 256, timeout_s: float | None = None,
-                 observe: Callable[[int], None] | None = None) -> None:
-        for name, value, low in (("max_batch", max_batch, 1), ("max_delay_ms", max_delay_ms, 0),
-                                 ("max_queue", max_queue, 1), ("timeout_s", timeout_s, 0)):
+    def __init__(
+        self,
+        model: InferenceModel,
+        max_batch: int | None = None,
+        max_delay_ms: float = 2.0,
+        max_queue: int = 256,
+        timeout_s: float | None = None,
+        observe: Callable[[int], None] | None = None,
+    ) -> None:
+        for name, value, low in (
+            ("max_batch", max_batch, 1),
+            ("max_delay_ms", max_delay_ms, 0),
+            ("max_queue", max_queue, 1),
+            ("timeout_s", timeout_s, 0),
+        ):
             if value is not None and value < low:
                 raise ValueError(f"{name} must be at least {low}, not {value}")
         self.model, self.max_batch = model, max_batch or model.max_batch
@@ -88,12 +99,18 @@ class Batcher:
             if self.closed:
                 raise BatcherClosed(f"{self.model.source}: the batcher is closed; make a new one")
             if len(self.waiting) >= self.max_queue:
-                raise Overloaded(f"{self.model.source}: {len(self.waiting)} requests already wait (max_queue="
-                                 f"{self.max_queue}); retry shortly, or raise max_queue")
+                raise Overloaded(
+                    f"{self.model.source}: {len(self.waiting)} requests already wait (max_queue="
+                    f"{self.max_queue}); retry shortly, or raise max_queue"
+                )
             now = time.monotonic()
             model = self.model
-            request = _Request(decoders().submit(to_input, image, model.preprocess, model.exif_rotate), Future(),
-                               now, None if timeout is None else now + timeout)
+            request = _Request(
+                decoders().submit(to_input, image, model.preprocess, model.exif_rotate),
+                Future(),
+                now,
+                None if timeout is None else now + timeout,
+            )
             self.waiting.append(request)
             self.lock.notify()
         return request.result
@@ -106,8 +123,9 @@ class Batcher:
             logits = future.result(timeout)
         except FutureTimeout:
             future.cancel()
-            raise RequestTimeout(f"{self.model.source}: no answer within {timeout:g} s; retry, or allow "
-                                 "more time") from None
+            raise RequestTimeout(
+                f"{self.model.source}: no answer within {timeout:g} s; retry, or allow more time"
+            ) from None
         return self.model.top(logits[None], topk)[0]
 
     def _work(self) -> None:
@@ -145,9 +163,12 @@ class Batcher:
             if not request.result.set_running_or_notify_cancel():
                 continue  # its caller gave up
             if request.deadline is not None and now > request.deadline:
-                request.result.set_exception(RequestTimeout(
-                    f"{self.model.source}: waited {now - request.arrived:.3f} s, past its timeout; retry, or "
-                    "allow more time"))
+                request.result.set_exception(
+                    RequestTimeout(
+                        f"{self.model.source}: waited {now - request.arrived:.3f} s, past its timeout; retry, or "
+                        "allow more time"
+                    )
+                )
                 continue
             try:
                 ready.append((request, request.decoded.result()))
@@ -177,8 +198,9 @@ class Batcher:
             self.lock.notify_all()
         for request in dropped:
             if request.result.set_running_or_notify_cancel():
-                request.result.set_exception(BatcherClosed(
-                    f"{self.model.source}: the batcher was closed before this request ran"))
+                request.result.set_exception(
+                    BatcherClosed(f"{self.model.source}: the batcher was closed before this request ran")
+                )
         self.worker.join()
 
     def __enter__(self) -> Batcher:

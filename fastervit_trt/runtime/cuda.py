@@ -11,6 +11,7 @@ thread only, so a thread pool's other threads, and TensorRT's own runtime calls,
 see it (inducer/pycuda#242). Only torch captures CUDA graphs and takes CUDA tensors in
 place. Nothing here is imported until an engine is loaded or calibrated.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,6 +33,7 @@ class TorchCuda:
 
     def __init__(self, index: int | None = None) -> None:
         import torch
+
         if not torch.cuda.is_available():
             raise RuntimeError("torch sees no CUDA device")
         self.torch = torch
@@ -85,7 +87,7 @@ class TorchCuda:
         """``tensor`` into the first rows of ``device``, zeros after it up to ``rows``, on ``stream``."""
         with self.torch.cuda.stream(stream):
             device[: len(tensor)].copy_(tensor, non_blocking=True)
-            device[len(tensor):rows].zero_()
+            device[len(tensor) : rows].zero_()
 
     # -- CUDA graphs
 
@@ -120,6 +122,7 @@ class PyCuda:
 
     def __init__(self, index: int | None = None) -> None:
         import pycuda.driver as cuda
+
         cuda.init()
         self.cuda = cuda
         self.index = index or 0
@@ -167,6 +170,7 @@ def open_cuda(index: int | None = None) -> TorchCuda | PyCuda:
     from pycuda; one clear error if neither."""
     try:
         import torch
+
         if torch.cuda.is_available():
             return TorchCuda(index)
     except ImportError:
@@ -177,4 +181,5 @@ def open_cuda(index: int | None = None) -> TorchCuda | PyCuda:
         raise FasterViTTRTError(
             "no CUDA GPU is visible (torch sees none, pycuda is missing or found none): running a "
             "TensorRT engine needs an NVIDIA GPU; on this machine load the .onnx with ONNX Runtime "
-            "instead") from None
+            "instead"
+        ) from None

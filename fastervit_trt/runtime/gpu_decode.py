@@ -10,6 +10,7 @@ of Pillow's (not bitwise: the exact path stays on the CPU). Files that are not J
 decoded on the CPU and uploaded. The mean and std live on the device, made once per
 decoder; torch and torchvision are imported when one is made.
 """
+
 from __future__ import annotations
 
 import io
@@ -58,6 +59,7 @@ class GpuDecoder:
 
     def __init__(self, preprocess: Preprocess, device: str = "cuda") -> None:
         import torch
+
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise InputError("decode='gpu' needs a CUDA GPU (torch sees none); use the default CPU decoding")
         self.torch, self.preprocess, self.device = torch, preprocess, device
@@ -72,17 +74,22 @@ class GpuDecoder:
     def decode(self, data: list[bytes], exif_rotate: bool = True) -> list:
         """Each image as a uint8 (3, H, W) tensor on the device, upright unless not ``exif_rotate``."""
         from torchvision.io import ImageReadMode, decode_jpeg
+
         torch = self.torch
         jpegs = [i for i, d in enumerate(data) if d.startswith(JPEG_MAGIC)]
         images: list = [None] * len(data)
         if jpegs:
-            decoded = decode_jpeg([torch.frombuffer(bytearray(data[i]), dtype=torch.uint8) for i in jpegs],
-                                  mode=ImageReadMode.RGB, device=self.device)
+            decoded = decode_jpeg(
+                [torch.frombuffer(bytearray(data[i]), dtype=torch.uint8) for i in jpegs],
+                mode=ImageReadMode.RGB,
+                device=self.device,
+            )
             for i, image in zip(jpegs, decoded):
                 images[i] = orient(image, exif_orientation(data[i])) if exif_rotate else image
         for i, image in enumerate(images):
             if image is None:  # PNG, WebP, ...: decoded (and oriented) on the CPU, uploaded once
                 import numpy as np
+
                 pixels = np.asarray(load_image(data[i], exif_rotate))
                 images[i] = torch.from_numpy(pixels.copy()).permute(2, 0, 1).to(self.device)
         return images
@@ -91,13 +98,15 @@ class GpuDecoder:
         """One upright uint8 (3, H, W) image resized, centre-cropped and normalised (or kept
         as uint8 (H, W, 3) crops for a ``--input uint8`` model)."""
         import torchvision.transforms.v2.functional as F
+
         preprocess = self.preprocess
         crop_h, crop_w = preprocess.input_size
         width, height = preprocess.resize_size(image.shape[2], image.shape[1])
-        image = F.resize(image.float(), [height, width], antialias=True,
-                         interpolation=F.InterpolationMode(preprocess.interpolation))
+        image = F.resize(
+            image.float(), [height, width], antialias=True, interpolation=F.InterpolationMode(preprocess.interpolation)
+        )
         top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))
-        image = image[:, top:top + crop_h, left:left + crop_w].round().clamp(0, 255)  # as 8-bit pixels
+        image = image[:, top : top + crop_h, left : left + crop_w].round().clamp(0, 255)  # as 8-bit pixels
         if preprocess.input_format == "uint8":
             return image.to(self.torch.uint8).permute(1, 2, 0).contiguous()
         return image if preprocess.input_format == "pixels" else (image / 255.0 - self.mean) / self.std

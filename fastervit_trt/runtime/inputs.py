@@ -8,6 +8,7 @@ A model exported with ``--input uint8`` takes the resized, cropped uint8 (H, W, 
 instead of floats (a CUDA uint8 NHWC batch of that size goes to it as is); preprocessed
 floats are refused there.
 """
+
 from __future__ import annotations
 
 import io
@@ -59,16 +60,22 @@ def to_input(item: Any, preprocess: Preprocess, exif_rotate: bool = True) -> np.
             raise _floats_refused(item.shape)
         if item.dtype.kind == "f" and item.shape == preprocess.input_shape:
             return item.astype(np.float32, copy=False)
-        raise InputError(f"array of shape {item.shape} and dtype {item.dtype} is neither a uint8 HWC "
-                         f"image nor a preprocessed float (3, {preprocess.input_size[0]}, "
-                         f"{preprocess.input_size[1]}) input")
-    raise InputError(f"cannot use a {type(item).__name__} as an image; pass a path, a PIL image, "
-                     "a uint8 HWC array or a preprocessed float array")
+        raise InputError(
+            f"array of shape {item.shape} and dtype {item.dtype} is neither a uint8 HWC "
+            f"image nor a preprocessed float (3, {preprocess.input_size[0]}, "
+            f"{preprocess.input_size[1]}) input"
+        )
+    raise InputError(
+        f"cannot use a {type(item).__name__} as an image; pass a path, a PIL image, "
+        "a uint8 HWC array or a preprocessed float array"
+    )
 
 
 def _floats_refused(shape: tuple) -> InputError:
-    return InputError(f"float array of shape {shape}: this model was exported with --input uint8 and "
-                      "normalises images itself; pass images (paths, bytes, PIL or uint8 arrays)")
+    return InputError(
+        f"float array of shape {shape}: this model was exported with --input uint8 and "
+        "normalises images itself; pass images (paths, bytes, PIL or uint8 arrays)"
+    )
 
 
 DECODE_THREADS = min(8, os.cpu_count() or 1)
@@ -114,5 +121,6 @@ def to_batch(inputs: Any, preprocess: Preprocess, exif_rotate: bool = True) -> n
         return to_input(inputs, preprocess, exif_rotate)[None]
     if isinstance(inputs, Sequence) and len(inputs) > 0:
         return _decode_all(inputs, preprocess, exif_rotate)
-    raise InputError("no input given" if isinstance(inputs, Sequence) else
-                     f"cannot use a {type(inputs).__name__} as model input")
+    raise InputError(
+        "no input given" if isinstance(inputs, Sequence) else f"cannot use a {type(inputs).__name__} as model input"
+    )

@@ -1,4 +1,5 @@
 """Class names for a label set, shipped with the package (no timm or torch needed)."""
+
 from __future__ import annotations
 
 from functools import cache

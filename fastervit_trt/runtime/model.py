@@ -9,6 +9,7 @@ their own size. Preprocessing and class names come from the engine's sidecar or 
 metadata. Thread-safe: ONNX Runtime sessions run concurrently, TensorRT engines through a
 bounded pool of execution contexts.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,13 @@ from .pipelined import decode_ahead
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_PREPROCESS = {"crop_pct": 0.875, "crop_mode": "center", "interpolation": "bicubic",
-                       "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+_DEFAULT_PREPROCESS = {
+    "crop_pct": 0.875,
+    "crop_mode": "center",
+    "interpolation": "bicubic",
+    "mean": IMAGENET_MEAN,
+    "std": IMAGENET_STD,
+}
 
 
 class EngineMismatchError(FasterViTTRTError):
@@ -48,8 +54,14 @@ class Prediction:
 class InferenceModel:
     """A loaded model: backend + its preprocessing and class names."""
 
-    def __init__(self, backend: Backend, preprocess: Preprocess, names: list[str], source: Path,
-                 feature_config: dict | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        preprocess: Preprocess,
+        names: list[str],
+        source: Path,
+        feature_config: dict | None = None,
+    ) -> None:
         self.backend, self.preprocess, self.names, self.source = backend, preprocess, names, source
         self.feature_config = feature_config  # a backbone's export record: stages, norm, strides
         self.exif_rotate = True  # False: decode images with their stored pixel orientation
@@ -74,8 +86,10 @@ class InferenceModel:
         """A backbone's feature maps ``{"stage1": (N, C, H, W), ...}`` for any accepted input
         (see ``runtime.inputs``), ``max_batch`` inputs per engine call."""
         if not self.is_backbone:
-            raise FasterViTTRTError(f"{self.source}: a classifier (logits out); features() needs a backbone "
-                                    "exported with fastervit-export --features")
+            raise FasterViTTRTError(
+                f"{self.source}: a classifier (logits out); features() needs a backbone "
+                "exported with fastervit-export --features"
+            )
         return self.outputs(to_batch(inputs, self.preprocess, self.exif_rotate))
 
     def logits(self, inputs: Any, decode: str = "cpu") -> np.ndarray:
@@ -91,8 +105,10 @@ class InferenceModel:
             if decode == "gpu":
                 items = inputs if isinstance(inputs, list) else [inputs]
                 decoder = self._gpu_decoder()
-                parts = [self.backend.infer(decoder(items[i:i + step], self.exif_rotate))
-                         for i in range(0, len(items), step)]
+                parts = [
+                    self.backend.infer(decoder(items[i : i + step], self.exif_rotate))
+                    for i in range(0, len(items), step)
+                ]
             elif isinstance(inputs, list) and len(inputs) > step and all(map(is_encoded, inputs)):
                 parts = [np.stack([self._raise(row) for row in self.logits_each(inputs)])]
             else:
@@ -100,14 +116,16 @@ class InferenceModel:
                 parts = [self.run(batch)]
         except MemoryError:
             size = step if batch is None else min(len(batch), step)  # batch: the one-shot path's
-            raise FasterViTTRTError(f"{self.source}: a batch of {size} does not fit in "
-                                    "memory; pass fewer inputs per call") from None
+            raise FasterViTTRTError(
+                f"{self.source}: a batch of {size} does not fit in memory; pass fewer inputs per call"
+            ) from None
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def _gpu_decoder(self):
         """The model's GPU decoder, made on first use, on the engine's device."""
         if self._decoder is None:
             from .gpu_decode import GpuDecoder
+
             device = getattr(self.backend, "device", None)
             self._decoder = GpuDecoder(self.preprocess, "cuda" if device is None else f"cuda:{device}")
         return self._decoder
@@ -117,8 +135,9 @@ class InferenceModel:
         row, or the error that decoding it raised (``ImageError``: one bad file does not end
         the run). The next batch decodes while the engine runs this one."""
         self._require_classifier()
-        return decode_ahead(items, lambda item: to_input(item, self.preprocess, self.exif_rotate), self.run,
-                            self.max_batch)
+        return decode_ahead(
+            items, lambda item: to_input(item, self.preprocess, self.exif_rotate), self.run, self.max_batch
+        )
 
     @staticmethod
     def _raise(row: np.ndarray | FasterViTTRTError) -> np.ndarray:
@@ -137,12 +156,14 @@ class InferenceModel:
         """Every output of a batch already in the model's input format (as ``run`` takes it),
         ``max_batch`` inputs per backend call, joined."""
         step = self.max_batch
-        return join_parts([self.backend.infer_all(batch[i:i + step]) for i in range(0, len(batch), step)])
+        return join_parts([self.backend.infer_all(batch[i : i + step]) for i in range(0, len(batch), step)])
 
     def _require_classifier(self) -> None:
         if self.is_backbone:
-            raise FasterViTTRTError(f"{self.source}: a backbone (feature maps {', '.join(self.output_shapes)} "
-                                    "out), not a classifier; call features()")
+            raise FasterViTTRTError(
+                f"{self.source}: a backbone (feature maps {', '.join(self.output_shapes)} "
+                "out), not a classifier; call features()"
+            )
 
     def predict(self, inputs: Any, topk: int = 5, decode: str = "cpu") -> list[list[Prediction]]:
         """The ``topk`` classes of each input, most probable first."""
@@ -158,14 +179,14 @@ class InferenceModel:
             probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
             probabilities /= probabilities.sum(axis=1, keepdims=True)
         top = np.argsort(-probabilities, axis=1, kind="stable")[:, :topk]
-        return [[Prediction(int(i), self.names[i], float(p[i])) for i in row]
-                for row, p in zip(top, probabilities)]
+        return [[Prediction(int(i), self.names[i], float(p[i])) for i in row] for row, p in zip(top, probabilities)]
 
     def batcher(self, **options: Any):
         """A dynamic batcher over this model (``max_batch``, ``max_delay_ms``, ``max_queue``,
         ``timeout_s``): concurrent ``submit``/``predict`` calls from any threads coalesced
         into engine calls; see ``runtime.batcher``."""
         from .batcher import Batcher
+
         return Batcher(self, **options)
 
     def close(self) -> None:
@@ -178,8 +199,13 @@ class InferenceModel:
         self.close()
 
 
-def load(path: str | Path, providers: list[str] | None = None, contexts: int = 2,
-         cuda_graphs: bool = False, device: int | None = None) -> InferenceModel:
+def load(
+    path: str | Path,
+    providers: list[str] | None = None,
+    contexts: int = 2,
+    cuda_graphs: bool = False,
+    device: int | None = None,
+) -> InferenceModel:
     """Load an ``.engine`` (TensorRT, with its sidecar) or ``.onnx`` (ONNX Runtime).
 
     Engines: ``contexts`` execution contexts serve concurrent calls; ``cuda_graphs`` replays
@@ -189,17 +215,22 @@ def load(path: str | Path, providers: list[str] | None = None, contexts: int = 2
     if not path.is_file():
         raise FasterViTTRTError(f"{path}: no such model file")
     if path.suffix not in (".onnx", ".engine", ".plan"):
-        hint = {".json": "that is an engine's sidecar: pass the .engine beside it",
-                ".pth": "that is a PyTorch checkpoint: export it with fastervit-export --checkpoint",
-                ".tar": "that is a PyTorch checkpoint: export it with fastervit-export --checkpoint",
-                ".safetensors": "those are PyTorch weights: export them with fastervit-export --checkpoint",
-                ".cache": "that is a calibration cache: pass the engine or ONNX built with it"}
-        raise FasterViTTRTError(f"{path}: expected an .engine/.plan or .onnx model; "
-                                f"{hint.get(path.suffix, 'export and build one with fastervit-export')}")
+        hint = {
+            ".json": "that is an engine's sidecar: pass the .engine beside it",
+            ".pth": "that is a PyTorch checkpoint: export it with fastervit-export --checkpoint",
+            ".tar": "that is a PyTorch checkpoint: export it with fastervit-export --checkpoint",
+            ".safetensors": "those are PyTorch weights: export them with fastervit-export --checkpoint",
+            ".cache": "that is a calibration cache: pass the engine or ONNX built with it",
+        }
+        raise FasterViTTRTError(
+            f"{path}: expected an .engine/.plan or .onnx model; "
+            f"{hint.get(path.suffix, 'export and build one with fastervit-export')}"
+        )
     if path.suffix == ".onnx":
         if cuda_graphs:
             raise FasterViTTRTError(f"{path}: CUDA graphs apply to TensorRT engines; pass an .engine")
         from .onnxruntime_backend import OnnxRuntimeBackend
+
         onnx_backend = OnnxRuntimeBackend(path, providers)
         info = onnx_backend.metadata
         backend: Backend = onnx_backend
@@ -208,13 +239,24 @@ def load(path: str | Path, providers: list[str] | None = None, contexts: int = 2
     else:
         info = verify_engine(path, device=device)
         from .tensorrt_backend import TensorRTBackend
-        backend = TensorRTBackend(path, (info.get("tensorrt") or {}).get("flavour"), contexts,
-                                  version_compat=bool((info.get("build") or {}).get("version_compat")),
-                                  cuda_graphs=cuda_graphs, device=device)
+
+        backend = TensorRTBackend(
+            path,
+            (info.get("tensorrt") or {}).get("flavour"),
+            contexts,
+            version_compat=bool((info.get("build") or {}).get("version_compat")),
+            cuda_graphs=cuda_graphs,
+            device=device,
+        )
     images = np.dtype(backend.input_dtype) == np.uint8  # an NHWC image input
-    preprocess = Preprocess.from_config(info.get("preprocess") or {
-        **_DEFAULT_PREPROCESS, "input_size": backend.input_shape[:2] if images else backend.input_shape[1:],
-        "input_format": "uint8" if images else "float"})
+    preprocess = Preprocess.from_config(
+        info.get("preprocess")
+        or {
+            **_DEFAULT_PREPROCESS,
+            "input_size": backend.input_shape[:2] if images else backend.input_shape[1:],
+            "input_format": "uint8" if images else "float",
+        }
+    )
     label_set = (info.get("preprocess") or {}).get("label_set") or info.get("label_set")
     classes = next(iter(backend.output_shapes.values()))
     names = [] if len(classes) != 1 else class_names(label_set, int(classes[0]))  # a backbone has none
@@ -229,41 +271,55 @@ def verify_engine(path: Path, check_device: bool = True, device: int | None = No
     describe it."""
     sidecar = read_sidecar(path)
     if sidecar is None:
-        log.warning("%s: no sidecar %s; loading with shapes from the engine and ImageNet "
-                    "preprocessing", path, sidecar_path(path).name)
+        log.warning(
+            "%s: no sidecar %s; loading with shapes from the engine and ImageNet preprocessing",
+            path,
+            sidecar_path(path).name,
+        )
         return {}
     recorded = sidecar.get("engine", {}).get("sha256")
     if recorded and sha256(path) != recorded:
-        raise EngineMismatchError(f"{path}: the engine's sha256 does not match its sidecar (truncated, "
-                                  f"corrupt or replaced); rebuild it: {rebuild_command(sidecar, path)}")
+        raise EngineMismatchError(
+            f"{path}: the engine's sha256 does not match its sidecar (truncated, "
+            f"corrupt or replaced); rebuild it: {rebuild_command(sidecar, path)}"
+        )
     if not check_device:
         return sidecar
     built = sidecar.get("tensorrt", {})
     from ..tensorrt_import import import_tensorrt
+
     trt = import_tensorrt(built.get("flavour"))
-    if trt is not None and trt.__version__ != built.get("version") and not sidecar.get("build", {}).get("version_compat"):
+    if (
+        trt is not None
+        and trt.__version__ != built.get("version")
+        and not sidecar.get("build", {}).get("version_compat")
+    ):
         raise EngineMismatchError(
             f"{path}: built by {built.get('flavour')} {built.get('version')}, but {trt.__version__} is "
             f"installed; engines only load in the TensorRT version that built them. Rebuild: "
-            f"{rebuild_command(sidecar, path)}")
+            f"{rebuild_command(sidecar, path)}"
+        )
     wanted = sidecar.get("device", {}).get("compute_capability")
     present = _compute_capability(device)
     targets = sidecar.get("build", {}).get("compute_capabilities") or []
     if built.get("flavour") == "tensorrt-rtx" and targets and present and present not in targets:
         raise EngineMismatchError(
             f"{path}: built by TensorRT-RTX for compute capabilities {', '.join(targets)}; this GPU is "
-            f"{present}; rebuild for it: {rebuild_command(sidecar, path)} (with --compute-capability {present})")
+            f"{present}; rebuild for it: {rebuild_command(sidecar, path)} (with --compute-capability {present})"
+        )
     portable = sidecar.get("build", {}).get("hardware_compat") or built.get("flavour") == "tensorrt-rtx"
     if wanted and present and wanted != present and not portable:  # RTX engines JIT for their targets
         raise EngineMismatchError(
             f"{path}: built for a GPU of compute capability {wanted} ({sidecar['device'].get('gpu')}), "
-            f"this GPU is {present}; rebuild here: {rebuild_command(sidecar, path)}")
+            f"this GPU is {present}; rebuild here: {rebuild_command(sidecar, path)}"
+        )
     return sidecar
 
 
 def _compute_capability(device: int | None = None) -> str | None:
     try:
         import torch
+
         if torch.cuda.is_available():
             return "{}.{}".format(*torch.cuda.get_device_capability(device))
     except ImportError:

@@ -1,4 +1,5 @@
 """ONNX Runtime backend: TensorRT / CUDA execution providers when present, else the CPU."""
+
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ class OnnxRuntimeBackend:
 
     def __init__(self, path: Path, providers: list[str] | None = None) -> None:
         import onnxruntime as ort
+
         available = ort.get_available_providers()
         chosen = providers or [p for p in PREFERRED if p in available]
         self.session = _session(path, chosen, optimize=True)
@@ -58,6 +60,7 @@ class OnnxRuntimeBackend:
 
 def _session(path: Path, providers: list[str], optimize: bool):
     import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if not optimize:
@@ -65,13 +68,15 @@ def _session(path: Path, providers: list[str], optimize: bool):
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise FasterViTTRTError(f"{path}: ONNX Runtime cannot load the model "
-                                f"({str(exc).splitlines()[0][:200]}); re-export it") from None
+        raise FasterViTTRTError(
+            f"{path}: ONNX Runtime cannot load the model ({str(exc).splitlines()[0][:200]}); re-export it"
+        ) from None
 
 
 def _has_fp8(path: Path) -> bool:
     """Whether the graph stores FP8 (E4M3) tensors: a ``--precision fp8`` export."""
     import onnx
+
     model = onnx.load(str(path), load_external_data=False)
     return any(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in model.graph.initializer)
 
@@ -86,15 +91,21 @@ def _check_io(path: Path, inputs: list, outputs: list) -> None:
         raise FasterViTTRTError(
             f"{path}: input {feed.name!r} has shape {shape or 'unknown'} ({len(inputs)} inputs); the toolkit "
             "runs image classifiers with one (N, C, H, W) input of fixed C, H, W: re-export with "
-            "fastervit-export, or with static spatial dimensions")
+            "fastervit-export, or with static spatial dimensions"
+        )
     if feed.type not in ORT_DTYPES:
-        raise FasterViTTRTError(f"{path}: input {feed.name!r} is {feed.type}; the toolkit feeds float "
-                                "inputs or uint8 images")
+        raise FasterViTTRTError(
+            f"{path}: input {feed.name!r} is {feed.type}; the toolkit feeds float inputs or uint8 images"
+        )
     ranks = {len(output.shape or []) for output in outputs}
     for output in outputs:
-        if output.type not in ("tensor(float)", "tensor(float16)") or ranks not in ({2}, {4}) \
-                or (len(outputs) > 1 and ranks != {4}):
+        if (
+            output.type not in ("tensor(float)", "tensor(float16)")
+            or ranks not in ({2}, {4})
+            or (len(outputs) > 1 and ranks != {4})
+        ):
             raise FasterViTTRTError(
                 f"{path}: output {output.name!r} is {output.type} of shape {output.shape}; the toolkit needs "
                 "float logits of shape (N, classes) (an ArgMax or class-id output cannot give "
-                "probabilities) or float (N, C, H, W) feature maps")
+                "probabilities) or float (N, C, H, W) feature maps"
+            )

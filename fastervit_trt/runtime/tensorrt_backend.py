@@ -25,6 +25,7 @@ and that context runs uncaptured from then on. TensorRT-RTX captures and replays
 by itself where its bindings have ``CudaGraphStrategy`` (set on the runtime config); older
 RTX bindings are asked ``is_stream_capturable`` before a capture.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,13 +47,16 @@ if TYPE_CHECKING:  # tensorrt-stubs: the objects below are checked against Tenso
 
 log = logging.getLogger(__name__)
 
+
 def numpy_dtype(trt: ModuleType, dtype: Any, what: str) -> np.dtype:
     """The NumPy dtype of a TensorRT I/O tensor (``trt.nptype``); BF16/FP8/FP4 have none."""
     try:
         return np.dtype(trt.nptype(dtype))
     except TypeError:
-        raise FasterViTTRTError(f"{what}: TensorRT type {dtype} has no NumPy equivalent; export the "
-                                "model with float32 or float16 input and output") from None
+        raise FasterViTTRTError(
+            f"{what}: TensorRT type {dtype} has no NumPy equivalent; export the "
+            "model with float32 or float16 input and output"
+        ) from None
 
 
 def graph_sizes(low: int, high: int) -> tuple[int, ...]:
@@ -96,19 +100,30 @@ class TensorRTBackend:
     """A deserialized engine with up to ``contexts`` execution contexts (per captured batch
     size with ``cuda_graphs``) on CUDA device ``device`` (None: the current one)."""
 
-    def __init__(self, path: Path, flavour: str | None = None, contexts: int = 2,
-                 version_compat: bool = False, cuda_graphs: bool = False, device: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        flavour: str | None = None,
+        contexts: int = 2,
+        version_compat: bool = False,
+        cuda_graphs: bool = False,
+        device: int | None = None,
+    ) -> None:
         trt = import_tensorrt(flavour)
         if trt is None:
-            raise FasterViTTRTError(f"{path}: no {flavour or 'TensorRT'} Python package to run the "
-                                    "engine; pip install 'fastervit-trt[tensorrt]', or load the .onnx "
-                                    "with ONNX Runtime instead")
+            raise FasterViTTRTError(
+                f"{path}: no {flavour or 'TensorRT'} Python package to run the "
+                "engine; pip install 'fastervit-trt[tensorrt]', or load the .onnx "
+                "with ONNX Runtime instead"
+            )
         self.trt, self.path, self.contexts = trt, Path(path), contexts
         self.cuda = open_cuda(device)
         native_graphs = cuda_graphs and hasattr(trt, "CudaGraphStrategy")  # TensorRT-RTX captures for itself
         if cuda_graphs and not native_graphs and not self.cuda.can_capture:
-            raise FasterViTTRTError(f"{path}: CUDA graphs need PyTorch with CUDA (pycuda cannot capture "
-                                    "TensorRT's launches); install torch or drop --cuda-graph")
+            raise FasterViTTRTError(
+                f"{path}: CUDA graphs need PyTorch with CUDA (pycuda cannot capture "
+                "TensorRT's launches); install torch or drop --cuda-graph"
+            )
         logger = trt.Logger(trt.Logger.ERROR)
         self.runtime: trt_api.Runtime = trt.Runtime(logger)
         if version_compat:  # such engines carry their own lean runtime: let it load (as Polygraphy does)
@@ -116,9 +131,11 @@ class TensorRTBackend:
         with self.cuda.active():
             engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
         if engine is None:
-            raise FasterViTTRTError(f"{path}: TensorRT {trt.__version__} cannot deserialize the engine "
-                                    "(corrupt, truncated, or built by another TensorRT version or for "
-                                    "another GPU); rebuild it with fastervit-build")
+            raise FasterViTTRTError(
+                f"{path}: TensorRT {trt.__version__} cannot deserialize the engine "
+                "(corrupt, truncated, or built by another TensorRT version or for "
+                "another GPU); rebuild it with fastervit-build"
+            )
         self.engine: trt_api.ICudaEngine | None = engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -127,8 +144,10 @@ class TensorRTBackend:
         self.output_dtypes = {n: numpy_dtype(trt, engine.get_tensor_dtype(n), str(path)) for n in self.output_names}
         for name, dtype in self.output_dtypes.items():
             if dtype.kind != "f":  # e.g. an ArgMax label: not scores or features
-                raise FasterViTTRTError(f"{path}: output {name!r} is {dtype}, not float; the runtime "
-                                        "serves classifiers (logits) and backbones (feature maps)")
+                raise FasterViTTRTError(
+                    f"{path}: output {name!r} is {dtype}, not float; the runtime "
+                    "serves classifiers (logits) and backbones (feature maps)"
+                )
         min_shape, _, max_shape = engine.get_tensor_profile_shape(self.input_name, 0)
         self.min_batch, self.max_batch = int(min_shape[0]), int(max_shape[0])
         self.input_shape = tuple(max_shape[1:])
@@ -158,8 +177,11 @@ class TensorRTBackend:
         with self.cuda.active():
             stream, handle = self.cuda.stream()
             if self.sizes is None:
-                context = (self.engine.create_execution_context(self.runtime_config) if self.runtime_config
-                           else self.engine.create_execution_context())
+                context = (
+                    self.engine.create_execution_context(self.runtime_config)
+                    if self.runtime_config
+                    else self.engine.create_execution_context()
+                )
                 slot = _Slot(context, stream, handle, rows, graphed=False)
             else:  # fixed at ``rows`` for life, with the activation memory that batch needs
                 context = self.engine.create_execution_context(self.trt.ExecutionContextAllocationStrategy.USER_MANAGED)
@@ -193,14 +215,20 @@ class TensorRTBackend:
         if torch is None or not isinstance(tensor, torch.Tensor) or tensor.device.type != self.cuda.device_type:
             raise FasterViTTRTError(f"{self.path}: inputs must be a NumPy array or a CUDA torch tensor")
         if tensor.device.index not in (None, self.device):
-            raise FasterViTTRTError(f"{self.path}: the tensor is on {tensor.device}, the engine on "
-                                    f"cuda:{self.device}; move it with .to('cuda:{self.device}')")
+            raise FasterViTTRTError(
+                f"{self.path}: the tensor is on {tensor.device}, the engine on "
+                f"cuda:{self.device}; move it with .to('cuda:{self.device}')"
+            )
         if self.input_dtype == np.uint8 and tensor.dtype != torch.uint8:
-            raise FasterViTTRTError(f"{self.path}: the engine takes uint8 (N, H, W, 3) images, not a "
-                                    f"{tensor.dtype} tensor (it normalises them itself)")
+            raise FasterViTTRTError(
+                f"{self.path}: the engine takes uint8 (N, H, W, 3) images, not a "
+                f"{tensor.dtype} tensor (it normalises them itself)"
+            )
         if self.input_dtype != np.uint8 and not tensor.is_floating_point():
-            raise FasterViTTRTError(f"{self.path}: a {tensor.dtype} CUDA tensor is raw data; pass "
-                                    "preprocessed float inputs (runtime.Preprocess)")
+            raise FasterViTTRTError(
+                f"{self.path}: a {tensor.dtype} CUDA tensor is raw data; pass "
+                "preprocessed float inputs (runtime.Preprocess)"
+            )
         return tensor.to(dtype=getattr(torch, self.input_dtype.name)).contiguous()
 
     def _run(self, batch, run_as: int) -> dict[str, np.ndarray]:
@@ -239,14 +267,18 @@ class TensorRTBackend:
     def _set_batch(self, slot: _Slot, run_as: int) -> None:
         if slot.shape != run_as:
             if not slot.context.set_input_shape(self.input_name, (run_as, *self.input_shape)):
-                raise FasterViTTRTError(f"{self.path}: TensorRT refused batch {run_as} (the engine's profile "
-                                        f"takes {self.min_batch} to {self.max_batch})")
+                raise FasterViTTRTError(
+                    f"{self.path}: TensorRT refused batch {run_as} (the engine's profile "
+                    f"takes {self.min_batch} to {self.max_batch})"
+                )
             slot.shape = run_as
 
     def _bind(self, slot: _Slot, name: str, address: int) -> None:
         if not slot.context.set_tensor_address(name, address):
-            raise FasterViTTRTError(f"{self.path}: TensorRT refused the address {address:#x} of tensor {name!r} "
-                                    "(see its log); report this with the engine's sidecar")
+            raise FasterViTTRTError(
+                f"{self.path}: TensorRT refused the address {address:#x} of tensor {name!r} "
+                "(see its log); report this with the engine's sidecar"
+            )
 
     def _input_buffer(self, slot: _Slot) -> tuple[Any, int]:
         if slot.device_in is None:
@@ -311,8 +343,9 @@ class TensorRTBackend:
             why = "the capture failed"
         if not self.warned:
             self.warned = True
-            log.warning("%s: no CUDA graph at batch %d (%s); those calls run as ordinary launches",
-                        self.path, slot.rows, why)
+            log.warning(
+                "%s: no CUDA graph at batch %d (%s); those calls run as ordinary launches", self.path, slot.rows, why
+            )
         return None
 
     def close(self) -> None:

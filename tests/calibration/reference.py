@@ -1,4 +1,5 @@
 """Brute-force float64 reference of EntropyCalibration2, written straight from the definition."""
+
 from __future__ import annotations
 
 import math

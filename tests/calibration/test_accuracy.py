@@ -4,6 +4,7 @@ The fixture (tests/fixtures/faster_vit_digits.pth, python -m tests.fixtures.trai
 is a FasterViT with conv stages, HAT carriers and propagation, trained on scikit-learn's
 digits; calibration uses the training split, accuracy the held-out split (360 scans).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,7 +40,8 @@ def exports(tmp_path_factory, digits_folders):
     for method in ("entropy", "minmax"):
         results[f"int8_{method}"] = export_quantized(
             ExportOptions(precision="int8", output_dir=out / method, **common),
-            CalibrationOptions(data=digits_folders["train"], images=256, method=method))
+            CalibrationOptions(data=digits_folders["train"], images=256, method=method),
+        )
     return results
 
 

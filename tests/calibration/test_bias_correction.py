@@ -1,6 +1,7 @@
 """Bias correction: each quantized layer's bias absorbs the mean output shift of its weight
 rounding. Checked against float64 NumPy (the corrected biases) and on ONNX Runtime outputs
 (the mean output error over inputs it was not measured on)."""
+
 from __future__ import annotations
 
 import ml_dtypes
@@ -16,8 +17,13 @@ from fastervit_trt.export.fp16 import convert_to_fp16
 
 RNG = np.random.default_rng(1)
 MU = np.array([3.0, -2.0, 1.0, 0.5])  # the inputs' channel means, large against their spread
-WEIGHTS = {"Wc": RNG.standard_normal((6, 4, 3, 3)), "Wg": RNG.standard_normal((6, 2, 1, 1)),
-           "M1": RNG.standard_normal((4, 6)), "M2": RNG.standard_normal((4, 6)), "G": RNG.standard_normal((6, 4))}
+WEIGHTS = {
+    "Wc": RNG.standard_normal((6, 4, 3, 3)),
+    "Wg": RNG.standard_normal((6, 2, 1, 1)),
+    "M1": RNG.standard_normal((4, 6)),
+    "M2": RNG.standard_normal((4, 6)),
+    "G": RNG.standard_normal((6, 4)),
+}
 WEIGHTS = {name: w.astype(np.float32) for name, w in WEIGHTS.items()}
 BIASES = {"bc": RNG.standard_normal(6).astype(np.float32), "B1": RNG.standard_normal(6).astype(np.float32)}
 AMAX = {"x": 6.0, "p": 6.0, "f": 6.0}  # the activation ranges the Q/DQ pairs get
@@ -28,17 +34,24 @@ def _graph() -> onnx.ModelProto:
     """x -> Conv 3x3 + bias -> c; x -> Conv 1x1, 2 groups, no bias -> g; tokens p = x in
     NHWC -> MatMul + Add(B1) -> m1, MatMul without bias -> m2; p as rows f -> Gemm (transB,
     no C) -> gm."""
-    nodes = [helper.make_node("Conv", ["x", "Wc", "bc"], ["c"], name="conv", kernel_shape=[3, 3]),
-             helper.make_node("Conv", ["x", "Wg"], ["g"], name="grouped", kernel_shape=[1, 1], group=2),
-             helper.make_node("Transpose", ["x"], ["p"], name="nhwc", perm=[0, 2, 3, 1]),
-             helper.make_node("Flatten", ["p"], ["f"], name="rows", axis=3),
-             helper.make_node("MatMul", ["p", "M1"], ["mm1"], name="matmul_bias"),
-             helper.make_node("Add", ["mm1", "B1"], ["m1"], name="bias"),
-             helper.make_node("MatMul", ["p", "M2"], ["m2"], name="matmul"),
-             helper.make_node("Gemm", ["f", "G"], ["gm"], name="gemm", transB=1)]
+    nodes = [
+        helper.make_node("Conv", ["x", "Wc", "bc"], ["c"], name="conv", kernel_shape=[3, 3]),
+        helper.make_node("Conv", ["x", "Wg"], ["g"], name="grouped", kernel_shape=[1, 1], group=2),
+        helper.make_node("Transpose", ["x"], ["p"], name="nhwc", perm=[0, 2, 3, 1]),
+        helper.make_node("Flatten", ["p"], ["f"], name="rows", axis=3),
+        helper.make_node("MatMul", ["p", "M1"], ["mm1"], name="matmul_bias"),
+        helper.make_node("Add", ["mm1", "B1"], ["m1"], name="bias"),
+        helper.make_node("MatMul", ["p", "M2"], ["m2"], name="matmul"),
+        helper.make_node("Gemm", ["f", "G"], ["gm"], name="gemm", transB=1),
+    ]
     inits = [numpy_helper.from_array(a, n) for n, a in {**WEIGHTS, **BIASES}.items()]
-    graph = helper.make_graph(nodes, "bias", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 5, 5])],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in OUTPUTS.items()], inits)
+    graph = helper.make_graph(
+        nodes,
+        "bias",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 5, 5])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in OUTPUTS.items()],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
     model.ir_version = 9
     return model
@@ -81,15 +94,21 @@ def _weight_error(weight: np.ndarray, axis: int, fmt: str) -> np.ndarray:
 def test_corrected_biases_match_float64_math(fmt):
     model = _graph()
     means = _means(model, _inputs(64))
-    biases = {t.name: numpy_helper.to_array(t) for t in _quantized(model, fmt, means).graph.initializer
-              if t.name.endswith("_bias_corrected")}
+    biases = {
+        t.name: numpy_helper.to_array(t)
+        for t in _quantized(model, fmt, means).graph.initializer
+        if t.name.endswith("_bias_corrected")
+    }
     conv = np.einsum("ocij,c->o", _weight_error(WEIGHTS["Wc"], 0, fmt), means["x"])
     grouped_error = _weight_error(WEIGHTS["Wg"], 0, fmt)[:, :, 0, 0]  # output o reads channels 2 (o // 3) + 0, 1
-    grouped = np.array([grouped_error[o] @ means["x"][2 * (o // 3):2 * (o // 3) + 2] for o in range(6)])
-    expected = {"conv": BIASES["bc"] - conv, "grouped": -grouped,
-                "matmul_bias": BIASES["B1"] - means["p"] @ _weight_error(WEIGHTS["M1"], 1, fmt),
-                "matmul": -(means["p"] @ _weight_error(WEIGHTS["M2"], 1, fmt)),
-                "gemm": -(_weight_error(WEIGHTS["G"], 0, fmt) @ means["f"])}
+    grouped = np.array([grouped_error[o] @ means["x"][2 * (o // 3) : 2 * (o // 3) + 2] for o in range(6)])
+    expected = {
+        "conv": BIASES["bc"] - conv,
+        "grouped": -grouped,
+        "matmul_bias": BIASES["B1"] - means["p"] @ _weight_error(WEIGHTS["M1"], 1, fmt),
+        "matmul": -(means["p"] @ _weight_error(WEIGHTS["M2"], 1, fmt)),
+        "gemm": -(_weight_error(WEIGHTS["G"], 0, fmt) @ means["f"]),
+    }
     assert sorted(biases) == sorted(f"{name}_bias_corrected" for name in expected)
     for name, value in expected.items():
         np.testing.assert_allclose(biases[f"{name}_bias_corrected"], value, rtol=1e-5, atol=1e-6, err_msg=name)
@@ -104,8 +123,9 @@ def test_correction_removes_the_mean_output_error_on_other_inputs():
     plain, corrected = _run(_quantized(model, fmt, None), x), _run(_quantized(model, fmt, means), x)
     for name, ref, before, after in zip(OUTPUTS, reference, plain, corrected):
         channel = 1 if ref.ndim == 4 else -1
-        mean_error = lambda out: np.linalg.norm(np.moveaxis(out - ref, channel, -1).reshape(-1, ref.shape[channel])
-                                                .mean(axis=0))
+        mean_error = lambda out: np.linalg.norm(
+            np.moveaxis(out - ref, channel, -1).reshape(-1, ref.shape[channel]).mean(axis=0)
+        )
         assert mean_error(after) < 0.3 * mean_error(before), (name, mean_error(after), mean_error(before))
 
 
@@ -153,4 +173,7 @@ def test_an_empty_optional_bias_input_takes_the_correction_in_place():
     quantized = _quantized(model, "fp8", _means(model, _inputs(64)))
     onnx.checker.check_model(quantized, full_check=True)
     assert list(next(n for n in quantized.graph.node if n.name == "grouped").input) == [
-        "x_dequantized", "Wg_dequantized", "grouped_bias_corrected"]
+        "x_dequantized",
+        "Wg_dequantized",
+        "grouped_bias_corrected",
+    ]

@@ -1,4 +1,5 @@
 """TensorRT calibration cache: exact text format, round trip, refusal of foreign caches."""
+
 from __future__ import annotations
 
 import struct
@@ -23,8 +24,11 @@ def _ieee754(hex_digits: str) -> float:
 def test_reads_a_cache_in_tensorrts_format():
     cache = CalibrationCache.read(FIXTURE)
     assert cache.method == "entropy" and cache.trt_version == 8601
-    assert list(cache.scales) == ["input", "/patch_embed/conv_down/conv_down.2/Relu_output_0",
-                                  "/levels.2/blocks.0/norm1/LayerNormalization_output_0"]
+    assert list(cache.scales) == [
+        "input",
+        "/patch_embed/conv_down/conv_down.2/Relu_output_0",
+        "/levels.2/blocks.0/norm1/LayerNormalization_output_0",
+    ]
     assert cache.scales["input"] == pytest.approx(_ieee754("3c010a14"), rel=1e-7)
     assert cache.amax["input"] == pytest.approx(127 * _ieee754("3c010a14"), rel=1e-7)
 
@@ -47,13 +51,16 @@ def test_version_encoding():
     assert version_number(10, 13, 3) == 101303
 
 
-@pytest.mark.parametrize("text, message", [
-    ("hello world\n", "not a TensorRT calibration cache"),
-    ("TRT-8601-LegacyCalibration\ninput: 3c010a14\n", "LegacyCalibration is not one of"),
-    ("TRT-8601-EntropyCalibration2\ninput 3c010a14\n", "line 2 is malformed"),
-    ("TRT-8601-EntropyCalibration2\ninput: 3c01zz14\n", "line 2 is malformed"),
-    ("", "not a TensorRT calibration cache"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("hello world\n", "not a TensorRT calibration cache"),
+        ("TRT-8601-LegacyCalibration\ninput: 3c010a14\n", "LegacyCalibration is not one of"),
+        ("TRT-8601-EntropyCalibration2\ninput 3c010a14\n", "line 2 is malformed"),
+        ("TRT-8601-EntropyCalibration2\ninput: 3c01zz14\n", "line 2 is malformed"),
+        ("", "not a TensorRT calibration cache"),
+    ],
+)
 def test_malformed_caches(tmp_path, text, message):
     path = tmp_path / "bad.cache"
     path.write_text(text)
@@ -63,8 +70,13 @@ def test_malformed_caches(tmp_path, text, message):
 
 def test_check_refuses_other_method_and_other_graph():
     cache = CalibrationCache.read(FIXTURE)
-    graph = {"input", "/patch_embed/conv_down/conv_down.2/Relu_output_0",
-             "/levels.2/blocks.0/norm1/LayerNormalization_output_0", "/x/MatMul_output_0", "/y/Conv_output_0"}
+    graph = {
+        "input",
+        "/patch_embed/conv_down/conv_down.2/Relu_output_0",
+        "/levels.2/blocks.0/norm1/LayerNormalization_output_0",
+        "/x/MatMul_output_0",
+        "/y/Conv_output_0",
+    }
     with pytest.raises(CalibrationCacheError, match="--calib-method entropy"):
         cache.check("minmax", ["input"], graph, FIXTURE)
     with pytest.raises(CalibrationCacheError, match=r"2 of 3 tensors have no scale \(e\.g\. /x/MatMul_output_0, /y"):

@@ -1,4 +1,5 @@
 """Calibration runs the graph once per image, cut into segments that fit the activation budget."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,7 +24,7 @@ class Arrays:
 
     def batches(self, size: int):
         for start in range(0, len(self.inputs) // size * size, size):
-            yield self.inputs[start:start + size]
+            yield self.inputs[start : start + size]
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +58,9 @@ def test_segmented_histograms_match_one_session_over_the_whole_graph(fp32_graph,
     path, model, tensors = fp32_graph
     inputs = np.random.default_rng(0).standard_normal((6, 3, 224, 224)).astype(np.float32)
     means = ChannelMeans(input_channel_axes(model, quant_targets(model)))
-    histograms, seen = collect_histograms(path, tensors, Arrays(inputs), batch_size=3, stream=None, budget=1 << 22,
-                                          means=means)
+    histograms, seen = collect_histograms(
+        path, tensors, Arrays(inputs), batch_size=3, stream=None, budget=1 << 22, means=means
+    )
     assert seen == 6 and set(means.means()) == set(tensors)
 
     whole = onnx.load(str(path), load_external_data=False)  # the reference: every tensor a graph output
@@ -72,5 +74,6 @@ def test_segmented_histograms_match_one_session_over_the_whole_graph(fp32_graph,
         assert histograms[name].amax == pytest.approx(amax, rel=1e-4, abs=1e-6), name
         assert histograms[name].counts.sum() == values[name].size, name
         channels = (0, 2, 3) if means.axes[name] == 1 else tuple(range(values[name].ndim - 1))
-        np.testing.assert_allclose(means.means()[name], values[name].astype(np.float64).mean(axis=channels),
-                                   rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(
+            means.means()[name], values[name].astype(np.float64).mean(axis=channels), rtol=1e-5, atol=1e-6, err_msg=name
+        )

@@ -1,4 +1,5 @@
 """Calibration inputs from folders and .npy files; deterministic; bad data fails clearly."""
+
 from __future__ import annotations
 
 import logging
@@ -91,6 +92,7 @@ def test_large_folder_decodes_only_the_images_used(tmp_path, monkeypatch):
     """A folder of 600 images in 20 classes, 16 calibration inputs: 16 files are decoded (and
     their headers read), spread over 16 classes; the held-out images are other files."""
     import fastervit_trt.calibration.dataset as dataset
+
     for label in range(20):
         folder = tmp_path / f"class_{label:02d}"
         folder.mkdir()
@@ -126,9 +128,10 @@ def test_unreadable_image_is_replaced_by_the_next_file(tmp_path, caplog):
 def test_stored_inputs_read_back_slice_by_slice(tmp_path):
     """Held-out inputs live in a file and come back a slice at a time, bit for bit."""
     from fastervit_trt.calibration.dataset import StoredInputs
+
     arrays = np.random.default_rng(0).standard_normal((7, 3, 5, 6)).astype(np.float32)
     stored = StoredInputs(tmp_path / "held.npy", iter(arrays), len(arrays))
     assert len(stored) == 7
-    np.testing.assert_array_equal(np.concatenate([stored[i:i + 3] for i in range(0, 7, 3)]), arrays)
+    np.testing.assert_array_equal(np.concatenate([stored[i : i + 3] for i in range(0, 7, 3)]), arrays)
     np.testing.assert_array_equal(stored[:1], arrays[:1])
     np.testing.assert_array_equal(np.load(tmp_path / "held.npy"), arrays)  # a plain .npy file

@@ -1,5 +1,6 @@
 """--precision fp8: FLOAT8E4M3FN Q/DQ with scales amax / 448, checked against an E4M3
 emulation in NumPy (ml_dtypes) and end to end on the trained digits fixture."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -36,8 +37,9 @@ def test_fp8_qdq_arithmetic_matches_an_e4m3_emulation():
     weights = {t.name: t for t in quantized.graph.initializer}
     assert weights["W1_fp8"].data_type == weights["W2_fp8"].data_type == TensorProto.FLOAT8E4M3FN
     assert weights["qdq_zero_point"].data_type == TensorProto.FLOAT8E4M3FN
-    np.testing.assert_allclose(onnx.numpy_helper.to_array(weights["W1_wscale"]),
-                               np.abs(W1).max(axis=0) / 448, rtol=1e-6)  # per output channel
+    np.testing.assert_allclose(
+        onnx.numpy_helper.to_array(weights["W1_wscale"]), np.abs(W1).max(axis=0) / 448, rtol=1e-6
+    )  # per output channel
     x = np.random.default_rng(1).standard_normal((5, 8)).astype(np.float32)
     session = ort.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"])
     y1, y2, _ = session.run(None, {"x": x})
@@ -45,6 +47,7 @@ def test_fp8_qdq_arithmetic_matches_an_e4m3_emulation():
     w1 = _e4m3(W1.astype(np.float64), (np.abs(W1).max(axis=0) / 448).astype(np.float32))
     w2 = _e4m3(W2.astype(np.float64), (np.abs(W2).max(axis=0) / 448).astype(np.float32))
     from tests.calibration.test_qdq import B1
+
     np.testing.assert_allclose(y1, h @ w1 + B1, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(y2, h @ w2, rtol=1e-4, atol=1e-4)
     assert np.abs(y2 - _graph_output(x)).max() > 1e-3  # quantization did change the result
@@ -68,8 +71,15 @@ def digits_fp8(tmp_path_factory, digits_folders):
     out = tmp_path_factory.mktemp("fp8")
     options = dict(model="faster_vit_digits", checkpoint=CHECKPOINT, batch=(1, 4, 16), output_dir=out)
     fp32 = export_model(ExportOptions(precision="fp32", **options))
-    calib = CalibrationOptions(data=digits_folders["train"], images=128, batch=16, heldout=16, method="minmax",
-                               sensitivity=True, accuracy_budget=0.5)
+    calib = CalibrationOptions(
+        data=digits_folders["train"],
+        images=128,
+        batch=16,
+        heldout=16,
+        method="minmax",
+        sensitivity=True,
+        accuracy_budget=0.5,
+    )
     return fp32, export_quantized(ExportOptions(precision="fp8", **options), calib)
 
 
@@ -100,8 +110,10 @@ def test_fp8_export_of_the_trained_fixture(digits_fp8, digits_folders):
     assert fp8.report["mixed_precision"]["top1_agreement"] >= 99.5
     heldout = sorted(Path(digits_folders["heldout"]).rglob("*.png"))
     labels = np.array([int(p.parent.name) for p in heldout])
-    top1 = {name: float((load(path).logits(heldout).argmax(1) == labels).mean())
-            for name, path in (("fp32", fp32.onnx_path), ("fp8", fp8.onnx_path))}
+    top1 = {
+        name: float((load(path).logits(heldout).argmax(1) == labels).mean())
+        for name, path in (("fp32", fp32.onnx_path), ("fp8", fp8.onnx_path))
+    }
     assert abs(top1["fp8"] - top1["fp32"]) <= 0.01, top1
     report = compare(load(fp32.onnx_path).logits(heldout), load(fp8.onnx_path).logits(heldout))
     assert report.mean_cosine >= 0.99, report
@@ -121,17 +133,25 @@ def test_an_fp8_file_from_another_tool_also_runs_unoptimized(digits_fp8, digits_
 @requires_tensorrt
 def test_tensorrt_rtx_builds_the_fp8_graph_for_fp8_gpus_only(digits_fp8, tmp_path):
     from fastervit_trt.engines import BuildConfig, EngineBuildError, build_engine
+
     onnx_path = digits_fp8[1].onnx_path
     default = build_engine(onnx_path, tmp_path / "all.engine", BuildConfig(batch=(1, 4, 16)))
     assert default["precision"] == "fp8" and default["build"]["compute_capabilities"] == ["8.9", "12.0", "12.1"]
-    chosen = build_engine(onnx_path, tmp_path / "two.engine",
-                          BuildConfig(batch=(1, 4, 16), compute_capabilities=("8.9", "12.0")))
+    chosen = build_engine(
+        onnx_path, tmp_path / "two.engine", BuildConfig(batch=(1, 4, 16), compute_capabilities=("8.9", "12.0"))
+    )
     assert chosen["build"]["compute_capabilities"] == ["8.9", "12.0"]
     from fastervit_trt.sidecar import rebuild_command
+
     assert "--compute-capability 8.9,12.0" in rebuild_command(chosen)
-    with pytest.raises(EngineBuildError, match=r"FP8 needs compute capability 8\.9 or newer \(Ada: L4.*Hopper: H100"
-                                               r".*\); 8\.6 cannot run it"):
-        build_engine(onnx_path, tmp_path / "old.engine", BuildConfig(batch=(1, 4, 16), compute_capabilities=("8.6", "8.9")))
+    with pytest.raises(
+        EngineBuildError,
+        match=r"FP8 needs compute capability 8\.9 or newer \(Ada: L4.*Hopper: H100"
+        r".*\); 8\.6 cannot run it",
+    ):
+        build_engine(
+            onnx_path, tmp_path / "old.engine", BuildConfig(batch=(1, 4, 16), compute_capabilities=("8.6", "8.9"))
+        )
     with pytest.raises(EngineBuildError, match=r"compute capability 9\.0 is not a TensorRT-RTX target"):
         build_engine(onnx_path, tmp_path / "h100.engine", BuildConfig(batch=(1, 4, 16), compute_capabilities=("9.0",)))
     assert not (tmp_path / "old.engine").exists() and not (tmp_path / "h100.engine").exists()
@@ -141,9 +161,25 @@ def test_fastervit_eval_compares_fp8_with_fp32(digits_fp8, digits_folders, capsy
     import json
 
     from fastervit_trt.cli import eval_main
+
     fp32, fp8 = digits_fp8
-    assert eval_main(["--data", str(digits_folders["heldout"]), "--model", str(fp8.onnx_path),
-                      "--model", str(fp32.onnx_path), "--json"]) == 0
+    assert (
+        eval_main(
+            [
+                "--data",
+                str(digits_folders["heldout"]),
+                "--model",
+                str(fp8.onnx_path),
+                "--model",
+                str(fp32.onnx_path),
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     top1 = {Path(name).stem: row["top1"] for name, row in report["models"].items()}
-    assert top1["faster_vit_digits_fp32"] > 99 and abs(top1["faster_vit_digits_fp8"] - top1["faster_vit_digits_fp32"]) <= 0.3
+    assert (
+        top1["faster_vit_digits_fp32"] > 99
+        and abs(top1["faster_vit_digits_fp8"] - top1["faster_vit_digits_fp32"]) <= 0.3
+    )

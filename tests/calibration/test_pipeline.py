@@ -1,4 +1,5 @@
 """fastervit-export --precision int8: Q/DQ ONNX + TensorRT cache, accuracy, reuse, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -26,6 +27,7 @@ def test_int8_report_and_accuracy(int8_export):
 def _ops_onnx_runtime_runs(path, tmp_path) -> set[str]:
     """The op types of ONNX Runtime's optimized CPU graph of ``path``."""
     import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -38,8 +40,22 @@ def test_int8_kernel_figure_only_where_onnx_runtime_runs_int8_kernels(int8_expor
     integer_ops = {"MatMulInteger", "MatMulIntegerToFloat", "QLinearMatMul", "QLinearConv", "ConvInteger"}
     assert int8_export.report["accuracy"]["quantized_vs_fp32_ort_int8_kernels"] is None
     assert not _ops_onnx_runtime_runs(int8_export.onnx_path, tmp_path) & integer_ops
-    code = export_main(["--precision", "int8", "--qdq-base", "fp32", "--output-dir", str(tmp_path),
-                        "--calib-images", "16", "--calib-heldout", "4", "--quiet", "--no-engine"])
+    code = export_main(
+        [
+            "--precision",
+            "int8",
+            "--qdq-base",
+            "fp32",
+            "--output-dir",
+            str(tmp_path),
+            "--calib-images",
+            "16",
+            "--calib-heldout",
+            "4",
+            "--quiet",
+            "--no-engine",
+        ]
+    )
     assert code == 0
     report = json.loads((tmp_path / "faster_vit_0_224_int8.report.json").read_text())
     assert 0.99 <= report["accuracy"]["quantized_vs_fp32_ort_int8_kernels"]["mean_cosine"] <= 1
@@ -61,6 +77,7 @@ def test_int8_graph_structure(int8_export):
             assert len(node.input) < 3 or produced_by.get(node.input[2]) != "DequantizeLinear"
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [19]
     from fastervit_trt.calibration.qdq import lone_quantizers
+
     assert lone_quantizers(model) == []  # every Q/DQ pair feeds a layer TensorRT fuses it into
     quant = int8_export.report["quantization"]
     assert quant["kept_in_float_by_default"] == ["/head/Gemm"] and quant["residual_inputs"] == 5
@@ -68,7 +85,13 @@ def test_int8_graph_structure(int8_export):
     assert sum(t.name.endswith("_bias_corrected") for t in model.graph.initializer) == layers
     nodes = {n.name: n for n in model.graph.node}
     assert produced_by[nodes["/head/Gemm"].input[0]] != "DequantizeLinear"  # the classifier stays in FP16
-    for block in ("levels.0/blocks.0", "levels.0/blocks.1", "levels.1/blocks.0", "levels.1/blocks.1", "levels.1/blocks.2"):
+    for block in (
+        "levels.0/blocks.0",
+        "levels.0/blocks.1",
+        "levels.1/blocks.0",
+        "levels.1/blocks.1",
+        "levels.1/blocks.2",
+    ):
         add, conv1 = nodes[f"/{block}/Add"], nodes[f"/{block}/conv1/Conv"]
         assert conv1.input[0] in add.input  # the residual shares conv1's Q/DQ pair
     int8_weights = sum(len(t.raw_data) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8)
@@ -90,10 +113,23 @@ def test_cache_written_in_tensorrt_format(int8_export):
 
 def test_existing_cache_is_reused_without_reading_images(int8_export, tmp_path, capsys, monkeypatch):
     from fastervit_trt.export import quantized as pipeline
+
     cache = int8_export.onnx_path.with_suffix(".cache")
     monkeypatch.setattr(pipeline, "collect_histograms", None)  # calibrating would now crash
-    code = export_main(["--precision", "int8", "--output-dir", str(tmp_path), "--calib-cache", str(cache),
-                        "--calib-images", "64", "--quiet", "--no-engine"])
+    code = export_main(
+        [
+            "--precision",
+            "int8",
+            "--output-dir",
+            str(tmp_path),
+            "--calib-cache",
+            str(cache),
+            "--calib-images",
+            "64",
+            "--quiet",
+            "--no-engine",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "reused" in out
     reused = onnx.load(str(tmp_path / "faster_vit_0_224_int8.onnx"))
@@ -104,8 +140,21 @@ def test_existing_cache_is_reused_without_reading_images(int8_export, tmp_path, 
 
 
 def _digits_int8(folder, *argv) -> dict:
-    code = export_main(["--variant", "faster_vit_digits", "--precision", "int8", "--output-dir", str(folder),
-                        "--calib-images", "16", "--quiet", "--no-engine", *argv])
+    code = export_main(
+        [
+            "--variant",
+            "faster_vit_digits",
+            "--precision",
+            "int8",
+            "--output-dir",
+            str(folder),
+            "--calib-images",
+            "16",
+            "--quiet",
+            "--no-engine",
+            *argv,
+        ]
+    )
     assert code == 0
     return json.loads((folder / "faster_vit_digits_int8.report.json").read_text())["quantization"]
 
@@ -117,12 +166,31 @@ def test_cache_made_with_other_flags_is_refused_not_silently_reused(tmp_path, ca
     before = CalibrationCache.read(cache).scales
     again = _digits_int8(tmp_path / "b", "--calib-cache", str(cache), "--calib-method", "percentile")
     assert not first["cache_reused"] and again["cache_reused"]  # same flags: reused
-    line = _fails(capsys, tmp_path, "--calib-cache", str(cache), "--calib-method", "percentile",
-                  "--calib-images", "16", "--calib-percentile", "90", "--no-engine")
+    line = _fails(
+        capsys,
+        tmp_path,
+        "--calib-cache",
+        str(cache),
+        "--calib-method",
+        "percentile",
+        "--calib-images",
+        "16",
+        "--calib-percentile",
+        "90",
+        "--no-engine",
+    )
     assert "percentile 99.99 -> 90.0" in line and "--recalibrate" in line
     assert CalibrationCache.read(cache).scales == before
-    changed = _digits_int8(tmp_path / "c", "--calib-cache", str(cache), "--calib-method", "percentile",
-                           "--calib-percentile", "90", "--recalibrate")
+    changed = _digits_int8(
+        tmp_path / "c",
+        "--calib-cache",
+        str(cache),
+        "--calib-method",
+        "percentile",
+        "--calib-percentile",
+        "90",
+        "--recalibrate",
+    )
     assert not changed["cache_reused"] and CalibrationCache.read(cache).scales != before
 
 
@@ -155,8 +223,9 @@ def test_bias_correction_needs_the_means_kept_beside_the_cache(tmp_path, capsys,
 
 def _fails(capsys, tmp_path, *argv) -> str:
     out = tmp_path / "out"
-    code = export_main(["--variant", "faster_vit_digits", "--precision", "int8", "--output-dir", str(out),
-                        "--quiet", *argv])
+    code = export_main(
+        ["--variant", "faster_vit_digits", "--precision", "int8", "--output-dir", str(out), "--quiet", *argv]
+    )
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 1 and len(lines) == 1, err

@@ -1,4 +1,5 @@
 """Q/DQ placement and arithmetic on small hand-built graphs, checked with NumPy."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -35,13 +36,26 @@ def _graph() -> onnx.ModelProto:
         helper.make_node("Transpose", ["y1"], ["y1t"], perm=[1, 0], name="t"),
         helper.make_node("MatMul", ["y1", "y1t"], ["y3"], name="act_x_act"),
     ]
-    inits = [numpy_helper.from_array(a, n) for n, a in
-             [("W1", W1), ("W2", W2), ("B1", B1), ("ln_s", np.ones(8, np.float32)),
-              ("ln_b", np.zeros(8, np.float32))]]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 8])],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape)
-                               for n, shape in (("y1", [5, 6]), ("y2", [5, 4]), ("y3", [5, 5]))],
-                              inits)
+    inits = [
+        numpy_helper.from_array(a, n)
+        for n, a in [
+            ("W1", W1),
+            ("W2", W2),
+            ("B1", B1),
+            ("ln_s", np.ones(8, np.float32)),
+            ("ln_b", np.zeros(8, np.float32)),
+        ]
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 8])],
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, shape)
+            for n, shape in (("y1", [5, 6]), ("y2", [5, 4]), ("y3", [5, 5]))
+        ],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -56,7 +70,9 @@ def test_placement_follows_tensorrt_rules():
     model = _graph()
     targets = quant_targets(model)
     assert [(t.node, t.activation, t.weight, t.axis) for t in targets] == [
-        ("mm1", "h", "W1", 1), ("mm2", "h", "W2", 1)]  # act x act product and bias left alone
+        ("mm1", "h", "W1", 1),
+        ("mm2", "h", "W2", 1),
+    ]  # act x act product and bias left alone
     quantized = insert_qdq(model, targets, {"h": 3.0}, {"W1": W1, "W2": W2})
     ops = Counter(n.op_type for n in quantized.graph.node)
     assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 3  # one shared pair for h
@@ -64,7 +80,8 @@ def test_placement_follows_tensorrt_rules():
     bias_add = next(n for n in quantized.graph.node if n.name == "bias1")
     assert bias_add.input[1] == "B1" and weights["B1"].data_type == TensorProto.FLOAT  # bias not quantized
     assert [n.name for n in quantized.graph.node if "act_x_act" in n.name][0] and all(
-        i in ("y1", "y1t") for i in next(n for n in quantized.graph.node if n.name == "act_x_act").input)
+        i in ("y1", "y1t") for i in next(n for n in quantized.graph.node if n.name == "act_x_act").input
+    )
     assert weights["W1_int8"].data_type == TensorProto.INT8
     onnx.checker.check_model(quantized, full_check=True)
 
@@ -134,8 +151,13 @@ def _residual_graph(residual: str = "r") -> onnx.ModelProto:
         helper.make_node("Gemm", ["f", "Wh"], ["logits"], name="head"),
     ]
     inits = [numpy_helper.from_array(w, n) for n, w in CONV_W.items()] + [numpy_helper.from_array(HEAD_W, "Wh")]
-    graph = helper.make_graph(nodes, "res", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, 6, 6])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "res",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, 6, 6])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -172,7 +194,8 @@ def test_residual_input_of_an_add_after_a_quantized_conv_is_quantized():
     probe.CopyFrom(quantized)
     probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs)
     _, r, c2, total = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"x": x})
+        None, {"x": x}
+    )
     s = AMAX["r"] / 127
     np.testing.assert_allclose(total, np.clip(np.round(r / s), -128, 127) * s + c2, rtol=1e-5, atol=1e-5)
 

@@ -1,4 +1,5 @@
 """Calibration ranges against a brute-force float64 reference of the published algorithm."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,6 +53,7 @@ def test_real_activation_tensor(tmp_path):
     from fastervit_trt.models import create_model
     from fastervit_trt.preprocess import Preprocess
     from tests.parity import randomize_
+
     model = randomize_(create_model("faster_vit_0_224"), seed=4)
     captured = []
     model.levels[0].blocks[0].act1.register_forward_hook(lambda m, i, o: captured.append(o.detach().numpy()))
@@ -83,7 +85,7 @@ def test_histogram_growth_equals_one_pass_at_the_final_range():
     values = np.abs(RNG.standard_normal(10_000)).astype(np.float32)
     grown = Histogram()
     grown.update(values * 0.25)  # sets a fine range first
-    grown.update(values)         # 4x the maximum: the range doubles twice
+    grown.update(values)  # 4x the maximum: the range doubles twice
     one_pass = Histogram(width=grown.width)
     one_pass.update(values * 0.25)
     one_pass.update(values)

@@ -1,4 +1,5 @@
 """Per-layer INT8 sensitivity and the accuracy-budget search, on the trained digits fixture."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,15 @@ def mixed(tmp_path_factory, digits_folders):
     out = tmp_path_factory.mktemp("mixed")
     return export_quantized(
         ExportOptions(model="faster_vit_digits", checkpoint=CHECKPOINT, precision="int8", output_dir=out),
-        CalibrationOptions(data=digits_folders["train"], images=256, method="percentile", percentile=99.0,
-                           heldout=256, accuracy_budget=BUDGET))
+        CalibrationOptions(
+            data=digits_folders["train"],
+            images=256,
+            method="percentile",
+            percentile=99.0,
+            heldout=256,
+            accuracy_budget=BUDGET,
+        ),
+    )
 
 
 def test_sensitivity_table(mixed):
@@ -69,18 +77,29 @@ def test_budget_met_with_fewer_layers_left_out_than_graph_order(mixed):
 def _evaluator(mixed) -> Evaluator:
     """The pipeline's evaluator rebuilt from its artifacts: FP16 base, cached scales, held-out crops."""
     report = mixed.report
-    fp32 = export_model(ExportOptions(model="faster_vit_digits", checkpoint=CHECKPOINT, precision="fp32",
-                                      output_dir=mixed.onnx_path.parent / "fp32", force=True))
+    fp32 = export_model(
+        ExportOptions(
+            model="faster_vit_digits",
+            checkpoint=CHECKPOINT,
+            precision="fp32",
+            output_dir=mixed.onnx_path.parent / "fp32",
+            force=True,
+        )
+    )
     model = onnx.load(str(fp32.onnx_path))
     source = Path(report["accuracy"]["inputs"].rsplit(" ", 1)[-1])
-    held = CalibrationData(source, Preprocess.from_config(get_variant("faster_vit_digits").eval), 256,
-                           split="heldout")
+    held = CalibrationData(source, Preprocess.from_config(get_variant("faster_vit_digits").eval), 256, split="heldout")
     x = np.stack([held.sample(i) for i in range(len(held))])
     placed = placement(model, "int8")
-    return Evaluator(convert_to_fp16(to_opset(model, QDQ_MIN_OPSET[onnx.TensorProto.FLOAT16])),
-                     placed.targets, CalibrationCache.read(Path(report["quantization"]["cache"])).amax,
-                     {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}, x,
-                     ort_logits(fp32.onnx_path, x), residuals=placed.residuals)
+    return Evaluator(
+        convert_to_fp16(to_opset(model, QDQ_MIN_OPSET[onnx.TensorProto.FLOAT16])),
+        placed.targets,
+        CalibrationCache.read(Path(report["quantization"]["cache"])).amax,
+        {t.name: numpy_helper.to_array(t) for t in model.graph.initializer},
+        x,
+        ort_logits(fp32.onnx_path, x),
+        residuals=placed.residuals,
+    )
 
 
 def test_inspect_prints_the_accuracy_section(mixed, capsys):

@@ -1,4 +1,5 @@
 """Every exported graph is parsed and built by NVIDIA's own builder (TensorRT-RTX on the CPU)."""
+
 from __future__ import annotations
 
 import re
@@ -13,11 +14,14 @@ from tests.conftest import requires_tensorrt
 pytestmark = requires_tensorrt
 
 
-@pytest.mark.parametrize("precision, options", [
-    ("fp32", {}),
-    ("fp16", {}),
-    ("fp32", {"model": "faster_vit_0_any_res", "resolution": (480, 640), "validation_batch": 2}),
-])
+@pytest.mark.parametrize(
+    "precision, options",
+    [
+        ("fp32", {}),
+        ("fp16", {}),
+        ("fp32", {"model": "faster_vit_0_any_res", "resolution": (480, 640), "validation_batch": 2}),
+    ],
+)
 def test_exported_graph_builds(exported, tmp_path, precision, options):
     result = exported(precision, **options)
     engine = tmp_path / "model.engine"
@@ -29,10 +33,15 @@ def test_exported_graph_builds(exported, tmp_path, precision, options):
 
 def test_parser_error_names_the_node(tmp_path):
     node = helper.make_node("NoSuchOp", ["x"], ["y"], name="the_bad_node", domain="example.custom")
-    graph = helper.make_graph([node], "bad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid("example.custom", 1)])
+    graph = helper.make_graph(
+        [node],
+        "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("example.custom", 1)]
+    )
     model.ir_version = 8
     path = tmp_path / "bad.onnx"
     onnx.save(model, str(path))
@@ -45,6 +54,7 @@ def _built_kernels(path) -> list[tuple[str, list[tuple[str, str]]]]:
     """TensorRT-RTX's kernels for the ONNX file ``path`` (strongly typed, batch 1) and their
     inputs, as its detailed build log lists them: [(kernel, [(input, datatype), ...])]."""
     from fastervit_trt.engines import load_tensorrt
+
     _, trt = load_tensorrt("tensorrt-rtx")
 
     class Recorder(trt.ILogger):
@@ -78,6 +88,7 @@ def test_residual_add_reads_the_int8_tensor_its_conv_block_already_has(tmp_path)
     INT8 (the tensor conv1 reads); without, it reads a float copy kept for it."""
     from fastervit_trt.calibration.qdq import insert_qdq, placement, to_opset
     from tests.calibration.test_qdq import AMAX, WEIGHTS, _residual_graph
+
     model = to_opset(_residual_graph(), 19)
     placed = placement(model, "int8")
 
@@ -97,8 +108,17 @@ def test_faster_vit_0_int8_build_reads_every_conv_block_residual_in_int8(int8_ex
     """The same on faster_vit_0_224 INT8: each of the 5 ConvBlocks' residual Adds (levels 0
     and 1) is fused into a kernel that reads the block input as the INT8 tensor conv1 reads."""
     kernels = _built_kernels(int8_export.onnx_path)
-    residual_reads = sorted(re.search(r"/levels\.\d/blocks\.\d/", name).group(0) for kernel, inputs in kernels
-                            if "Add" in kernel for name, datatype in inputs
-                            if datatype == "Int8" and "/conv1/" in name)
-    assert residual_reads == ["/levels.0/blocks.0/", "/levels.0/blocks.1/", "/levels.1/blocks.0/",
-                              "/levels.1/blocks.1/", "/levels.1/blocks.2/"], kernels
+    residual_reads = sorted(
+        re.search(r"/levels\.\d/blocks\.\d/", name).group(0)
+        for kernel, inputs in kernels
+        if "Add" in kernel
+        for name, datatype in inputs
+        if datatype == "Int8" and "/conv1/" in name
+    )
+    assert residual_reads == [
+        "/levels.0/blocks.0/",
+        "/levels.0/blocks.1/",
+        "/levels.1/blocks.0/",
+        "/levels.1/blocks.1/",
+        "/levels.1/blocks.2/",
+    ], kernels

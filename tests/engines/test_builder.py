@@ -1,4 +1,5 @@
 """fastervit-build through TensorRT-RTX: sidecar, profiles, precision rules, timing cache, INT8."""
+
 from __future__ import annotations
 
 import io
@@ -56,22 +57,28 @@ def test_int8_qdq_engine_records_no_calibration_cache_it_did_not_use(int8_export
 
 def test_timing_cache_on_tensorrt_rtx_says_it_does_not_apply(exported, tmp_path):
     from fastervit_trt.engines import load_tensorrt
+
     if load_tensorrt()[0] != "tensorrt-rtx":
         pytest.skip("TensorRT proper is installed: its timing cache is exercised on GPU machines")
     out = io.StringIO()
     cache = tmp_path / "timing.cache"
-    build_engine(exported("fp32").onnx_path, tmp_path / "e.engine",
-                 BuildConfig(batch=(1, 1, 2), timing_cache=cache), out)
+    build_engine(
+        exported("fp32").onnx_path, tmp_path / "e.engine", BuildConfig(batch=(1, 1, 2), timing_cache=cache), out
+    )
     assert "does not apply to TensorRT-RTX" in out.getvalue() and not cache.exists()
 
 
 def test_precision_comes_from_the_onnx_on_strongly_typed_tensorrt(exported, tmp_path):
     from fastervit_trt.engines import load_tensorrt
+
     flavour, trt = load_tensorrt()
     if flavour == "tensorrt" and int(trt.__version__.split(".")[0]) <= 10:
         pytest.skip("TensorRT 10 builds FP32 graphs as FP16 with builder flags")
-    with pytest.raises(EngineBuildError, match=r"fastervit-export --variant faster_vit_0_224 --checkpoint \S+"
-                                               r"faster_vit_0_randomized.pth --precision fp16"):
+    with pytest.raises(
+        EngineBuildError,
+        match=r"fastervit-export --variant faster_vit_0_224 --checkpoint \S+"
+        r"faster_vit_0_randomized.pth --precision fp16",
+    ):
         build_engine(exported("fp32").onnx_path, tmp_path / "e.engine", BuildConfig(precision="fp16"))
     assert not (tmp_path / "e.engine").exists()
 

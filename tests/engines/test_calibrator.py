@@ -1,6 +1,7 @@
 """The TensorRT 10 build path (implicit INT8 calibrator, timing cache) through a stand-in
 TensorRT builder that calls back as the real one does (tests/stand_in_tensorrt.py): runs
 without TensorRT, and without a GPU."""
+
 from __future__ import annotations
 
 import json
@@ -15,17 +16,28 @@ from fastervit_trt.engines import BuildConfig, EngineBuildError, build_engine
 from fastervit_trt.sidecar import METADATA_KEY
 from tests import stand_in_tensorrt as stand_in
 
-PREPROCESS = {"input_size": [16, 16], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear",
-              "crop_pct": 1.0, "crop_mode": "squash"}
+PREPROCESS = {
+    "input_size": [16, 16],
+    "mean": [0.5] * 3,
+    "std": [0.5] * 3,
+    "interpolation": "bilinear",
+    "crop_pct": 1.0,
+    "crop_mode": "squash",
+}
 
 
 @pytest.fixture
 def fp32_onnx(tmp_path):
     """A tiny FP32 classifier graph (N, 3, 16, 16) -> (N, 3) carrying the toolkit's metadata."""
-    graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-                               helper.make_node("Flatten", ["pooled"], ["logits"])], "tiny",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])])
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps({"model": "tiny", "precision": "fp32", "preprocess": PREPROCESS})
@@ -39,6 +51,7 @@ def builder(monkeypatch):
     """TensorRT 10.13 (weak typing: builder flags and calibrator classes), standing in."""
     from fastervit_trt.engines import builder as builder_module
     from fastervit_trt.engines import calibrator
+
     world = stand_in.Builder()
     cuda = stand_in.Cuda()
     monkeypatch.setattr(builder_module, "load_tensorrt", lambda backend="auto": ("tensorrt", world.trt))
@@ -51,8 +64,11 @@ def test_legacy_calibrator_feeds_batches_of_the_profiles_opt_and_saves_tensorrts
     """TensorRT 10 calibrates at OPT (a buffer of 8 with --batch 1,16,32 was overrun); the
     cache it hands back as a memoryview is written as is."""
     cache = tmp_path / "tiny.cache"
-    sidecar = build_engine(fp32_onnx, tmp_path / "tiny.engine", BuildConfig(
-        batch=(1, 16, 32), precision="int8", calib_data=DEFAULT_DATA, calib_cache=cache))
+    sidecar = build_engine(
+        fp32_onnx,
+        tmp_path / "tiny.engine",
+        BuildConfig(batch=(1, 16, 32), precision="int8", calib_data=DEFAULT_DATA, calib_cache=cache),
+    )
     batches = dict(e for e in builder.events if e[0] == "batches")["batches"]
     assert batches == 256 // 16  # max(256, OPT) inputs from the shipped photos, in batches of OPT
     assert ("alloc", 16 * 3 * 16 * 16 * 4) in builder.cuda.log
@@ -83,9 +99,12 @@ def test_a_calibration_batch_that_fails_is_the_error_not_failed_to_build(fp32_on
 
 
 def test_legacy_calibrator_needs_toolkit_metadata_for_images(tmp_path, builder):
-    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "bare",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, 16, 16])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["logits"])],
+        "bare",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, 16, 16])],
+    )
     path = tmp_path / "bare.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     with pytest.raises(EngineBuildError, match="bare.onnx: has no fastervit-trt metadata"):

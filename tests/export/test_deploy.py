@@ -1,4 +1,5 @@
 """prepare_for_export: same logits, no BatchNorm, constants instead of bias MLPs."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,10 +13,15 @@ from fastervit_trt.models.fastervit import RelativePositionBias, TokenPositionML
 from tests.parity import randomize_
 
 
-@pytest.mark.parametrize("name, resolution", [
-    ("faster_vit_0_224", None), ("faster_vit_3_224", None),
-    ("faster_vit_4_21k_224", None), ("faster_vit_0_any_res", (224, 320)),
-])
+@pytest.mark.parametrize(
+    "name, resolution",
+    [
+        ("faster_vit_0_224", None),
+        ("faster_vit_3_224", None),
+        ("faster_vit_4_21k_224", None),
+        ("faster_vit_0_any_res", (224, 320)),
+    ],
+)
 def test_deploy_form_matches_eval_model(name, resolution):
     model = randomize_(create_model(name, resolution=resolution), seed=1)
     deployed = prepare_for_export(model)

@@ -4,6 +4,7 @@ The oracle is the official package: its levels' intermediate outputs, read with 
 hooks where its detection backbones take them (the input of each level's downsampling;
 the last level's output; the classifier norm for a normalised stage 4).
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -31,8 +32,9 @@ def _official_features(model: torch.nn.Module, x: torch.Tensor) -> dict[str, np.
     hooks = []
     for i, level in enumerate(model.levels, start=1):
         if level.downsample is not None:  # the stage output is what enters its downsampling
-            hooks.append(level.downsample.register_forward_pre_hook(
-                lambda _m, args, i=i: seen.__setitem__(f"stage{i}", args[0])))
+            hooks.append(
+                level.downsample.register_forward_pre_hook(lambda _m, args, i=i: seen.__setitem__(f"stage{i}", args[0]))
+            )
         else:
             hooks.append(level.register_forward_hook(lambda _m, _a, out, i=i: seen.__setitem__(f"stage{i}", out)))
     hooks.append(model.norm.register_forward_hook(lambda _m, _a, out: seen.__setitem__("norm4", out)))
@@ -78,14 +80,23 @@ def any_res_features(tmp_path_factory):
     """faster_vit_0_any_res at 320x480 (non-square), official random weights, FP32 features."""
     folder = tmp_path_factory.mktemp("features")
     official = _shared_weights("faster_vit_0_any_res", (320, 480), folder / "w.pth")
-    result = export_model(ExportOptions(model="faster_vit_0_any_res", resolution=(320, 480), precision="fp32",
-                                        features=(1, 2, 3, 4), checkpoint=folder / "w.pth", batch=(1, 1, 2),
-                                        output_dir=folder))
+    result = export_model(
+        ExportOptions(
+            model="faster_vit_0_any_res",
+            resolution=(320, 480),
+            precision="fp32",
+            features=(1, 2, 3, 4),
+            checkpoint=folder / "w.pth",
+            batch=(1, 1, 2),
+            output_dir=folder,
+        )
+    )
     return official, result
 
 
 def test_exported_features_match_the_official_model_through_onnx_runtime(any_res_features):
     import onnxruntime as ort
+
     official, result = any_res_features
     x = torch.randn(2, 3, 320, 480, generator=torch.Generator().manual_seed(4))
     expected = _official_features(official, x)
@@ -108,7 +119,11 @@ def test_feature_graph_keeps_the_graph_rules(any_res_features):
         assert dims[0].dim_param == "batch" and all(d.HasField("dim_value") for d in dims[1:])
     report = result.report
     assert [o["shape"] for o in report["outputs"]] == [
-        ["batch", 64, 80, 120], ["batch", 128, 40, 60], ["batch", 256, 20, 30], ["batch", 512, 10, 15]]
+        ["batch", 64, 80, 120],
+        ["batch", 128, 40, 60],
+        ["batch", 256, 20, 30],
+        ["batch", 512, 10, 15],
+    ]
     assert report["features"]["strides"] == {"stage1": 4, "stage2": 8, "stage3": 16, "stage4": 32}
     validation = report["validation"]
     assert validation["passed"] and set(validation["outputs"]) == {"stage1", "stage2", "stage3", "stage4"}
@@ -116,8 +131,16 @@ def test_feature_graph_keeps_the_graph_rules(any_res_features):
 
 
 def test_fp16_normalised_subset_validates_per_output(tmp_path, realistic_checkpoint):
-    result = export_model(ExportOptions(precision="fp16", features=(3, 2), feature_norm=True, batch=(1, 1, 2),
-                                        checkpoint=realistic_checkpoint, output_dir=tmp_path))
+    result = export_model(
+        ExportOptions(
+            precision="fp16",
+            features=(3, 2),
+            feature_norm=True,
+            batch=(1, 1, 2),
+            checkpoint=realistic_checkpoint,
+            output_dir=tmp_path,
+        )
+    )
     report = result.report
     assert [o["name"] for o in report["outputs"]] == ["stage2", "stage3"]
     assert report["features"] == {**report["features"], "stages": [2, 3], "norm": True}
@@ -140,9 +163,12 @@ def test_bad_feature_options_are_refused():
 @pytest.fixture(scope="module")
 def int8_features(tmp_path_factory):
     from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
+
     folder = tmp_path_factory.mktemp("int8-features")
-    return export_quantized(ExportOptions(precision="int8", features=(2, 3, 4), batch=(1, 1, 2), output_dir=folder),
-                            CalibrationOptions(images=16, heldout=8))
+    return export_quantized(
+        ExportOptions(precision="int8", features=(2, 3, 4), batch=(1, 1, 2), output_dir=folder),
+        CalibrationOptions(images=16, heldout=8),
+    )
 
 
 def test_int8_features_report_cosine_per_feature_map(int8_features):
@@ -159,16 +185,22 @@ def test_residual_qdq_on_a_backbone_is_a_choice_that_costs_feature_accuracy(int8
     """The feature maps are the residual stream: quantizing its inputs (TensorRT's fusion
     rule, on for classifiers) puts INT8 rounding into them undiluted."""
     from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
-    on = export_quantized(ExportOptions(precision="int8", features=(2, 3, 4), batch=(1, 1, 2), output_dir=tmp_path),
-                          CalibrationOptions(images=16, heldout=8, residual_qdq="on"))
+
+    on = export_quantized(
+        ExportOptions(precision="int8", features=(2, 3, 4), batch=(1, 1, 2), output_dir=tmp_path),
+        CalibrationOptions(images=16, heldout=8, residual_qdq="on"),
+    )
     assert on.report["quantization"]["residual_inputs"] == 5
-    cosines = {name: report["quantized_vs_fp32_qdq_arithmetic"]["stage2"]["mean_cosine"]
-               for name, report in (("off", int8_features.report["accuracy"]), ("on", on.report["accuracy"]))}
+    cosines = {
+        name: report["quantized_vs_fp32_qdq_arithmetic"]["stage2"]["mean_cosine"]
+        for name, report in (("off", int8_features.report["accuracy"]), ("on", on.report["accuracy"]))
+    }
     assert cosines["on"] < cosines["off"], cosines
 
 
 def test_residual_qdq_on_is_refused_for_fp8(tmp_path):
     from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
+
     with pytest.raises(FasterViTTRTError, match="--residual-qdq on is for INT8"):
         export_quantized(ExportOptions(precision="fp8", output_dir=tmp_path), CalibrationOptions(residual_qdq="on"))
     assert not any(tmp_path.iterdir())
@@ -176,9 +208,11 @@ def test_residual_qdq_on_is_refused_for_fp8(tmp_path):
 
 def test_accuracy_budget_needs_classes(tmp_path):
     from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
+
     with pytest.raises(FasterViTTRTError, match="backbone has no classes"):
-        export_quantized(ExportOptions(precision="int8", features=(4,), output_dir=tmp_path),
-                         CalibrationOptions(accuracy_budget=1.0))
+        export_quantized(
+            ExportOptions(precision="int8", features=(4,), output_dir=tmp_path), CalibrationOptions(accuracy_budget=1.0)
+        )
     assert not any(tmp_path.iterdir())
 
 
@@ -190,10 +224,14 @@ def test_backbone_engine_runtime_inspect_and_triton(int8_features, tmp_path):
     from fastervit_trt.inspect import inspect_path
     from fastervit_trt.runtime import load
     from fastervit_trt.triton import write_model_repository
+
     engine = tmp_path / "backbone.engine"
     sidecar = build_engine(int8_features.onnx_path, engine, BuildConfig(batch=(1, 1, 2)))
     assert [(o["name"], o["shape"], o["stride"]) for o in sidecar["outputs"]] == [
-        ("stage2", [-1, 128, 28, 28], 8), ("stage3", [-1, 256, 14, 14], 16), ("stage4", [-1, 512, 7, 7], 32)]
+        ("stage2", [-1, 128, 28, 28], 8),
+        ("stage3", [-1, 256, 14, 14], 16),
+        ("stage4", [-1, 512, 7, 7], 32),
+    ]
     config = (write_model_repository(engine, tmp_path / "repo") / "config.pbtxt").read_text()
     assert all(f'name: "stage{k}"' in config for k in (2, 3, 4))
     lines = inspect_path(int8_features.onnx_path)["outputs"]
@@ -203,7 +241,10 @@ def test_backbone_engine_runtime_inspect_and_triton(int8_features, tmp_path):
     x = np.random.default_rng(0).standard_normal((3, 3, 224, 224)).astype(np.float32)
     features = model.features(x)  # 3 inputs through a max batch of 2
     assert {k: v.shape for k, v in features.items()} == {
-        "stage2": (3, 128, 28, 28), "stage3": (3, 256, 14, 14), "stage4": (3, 512, 7, 7)}
+        "stage2": (3, 128, 28, 28),
+        "stage3": (3, 256, 14, 14),
+        "stage4": (3, 512, 7, 7),
+    }
     single = model.features(x[2:])
     np.testing.assert_allclose(single["stage4"], features["stage4"][2:], rtol=1e-4, atol=1e-4)
     with pytest.raises(FasterViTTRTError, match="a backbone .* call features()"):
@@ -214,11 +255,31 @@ def test_bench_times_a_backbone_against_pytorch_eager(int8_features, capsys):
     import json
 
     from fastervit_trt.cli import bench_main
-    assert bench_main(["--model", str(int8_features.onnx_path), "--torch-variant", "faster_vit_0_224",
-                       "--batch-sizes", "1", "--iters", "2", "--warmup", "0", "--json"]) == 0
+
+    assert (
+        bench_main(
+            [
+                "--model",
+                str(int8_features.onnx_path),
+                "--torch-variant",
+                "faster_vit_0_224",
+                "--batch-sizes",
+                "1",
+                "--iters",
+                "2",
+                "--warmup",
+                "0",
+                "--json",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the row names where PyTorch ran
-    assert [row["model"] for row in rows] == [int8_features.onnx_path.name, f"pytorch eager {device} (faster_vit_0_224)"]
+    assert [row["model"] for row in rows] == [
+        int8_features.onnx_path.name,
+        f"pytorch eager {device} (faster_vit_0_224)",
+    ]
     assert all(row["p50_ms"] > 0 for row in rows)
 
 
@@ -226,10 +287,15 @@ def test_bench_times_a_backbone_against_pytorch_eager(int8_features, capsys):
 def test_fp8_backbone_exports_and_builds(tmp_path):
     from fastervit_trt.engines import BuildConfig, build_engine
     from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
-    result = export_quantized(ExportOptions(precision="fp8", features=(3, 4), batch=(1, 1, 1), output_dir=tmp_path),
-                              CalibrationOptions(images=8, heldout=4))
+
+    result = export_quantized(
+        ExportOptions(precision="fp8", features=(3, 4), batch=(1, 1, 1), output_dir=tmp_path),
+        CalibrationOptions(images=8, heldout=4),
+    )
     per_output = result.report["accuracy"]["quantized_vs_fp32_qdq_arithmetic"]
     assert set(per_output) == {"stage3", "stage4"} and all(c["mean_cosine"] >= 0.99 for c in per_output.values())
     sidecar = build_engine(result.onnx_path, tmp_path / "fp8.engine", BuildConfig(batch=(1, 1, 1)))
     assert [o["name"] for o in sidecar["outputs"]] == ["stage3", "stage4"]
-    assert sidecar["build"]["compute_capabilities"] and all(float(c) >= 8.9 for c in sidecar["build"]["compute_capabilities"])
+    assert sidecar["build"]["compute_capabilities"] and all(
+        float(c) >= 8.9 for c in sidecar["build"]["compute_capabilities"]
+    )

@@ -1,5 +1,6 @@
 """``--input uint8``: graphs that take the resized, cropped uint8 image (NHWC) and normalise it
 themselves, checked against the float-input graph fed the same images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,12 +31,20 @@ def digits(tmp_path_factory, digits_folders):
     out = tmp_path_factory.mktemp("uint8")
 
     def options(precision: str, input_format: str) -> ExportOptions:
-        return ExportOptions(model="faster_vit_digits", checkpoint=CHECKPOINT, precision=precision,
-                             input_format=input_format, batch=(1, 4, 16), output_dir=out)
+        return ExportOptions(
+            model="faster_vit_digits",
+            checkpoint=CHECKPOINT,
+            precision=precision,
+            input_format=input_format,
+            batch=(1, 4, 16),
+            output_dir=out,
+        )
+
     paths = {(p, "uint8"): export_model(options(p, "uint8")).onnx_path for p in ("fp32", "fp16")}
     paths["fp32", "float"] = export_model(options("fp32", "float")).onnx_path
-    paths["int8", "uint8"] = export_quantized(options("int8", "uint8"), CalibrationOptions(
-        data=digits_folders["train"], images=64, batch=16, heldout=16)).onnx_path
+    paths["int8", "uint8"] = export_quantized(
+        options("int8", "uint8"), CalibrationOptions(data=digits_folders["train"], images=64, batch=16, heldout=16)
+    ).onnx_path
     return paths
 
 
@@ -89,6 +98,7 @@ def test_runtime_sends_uint8_and_refuses_preprocessed_floats(digits):
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_tensorrt_builds_uint8_graphs_and_the_sidecar_says_so(digits, tmp_path, precision):
     from fastervit_trt.engines import BuildConfig, build_engine
+
     sidecar = build_engine(digits[precision, "uint8"], tmp_path / "model.engine", BuildConfig(batch=(1, 4, 16)))
     (entry,) = sidecar["inputs"]
     assert entry["dtype"] == "uint8" and entry["shape"][1:] == [128, 128, 3]
@@ -98,6 +108,7 @@ def test_tensorrt_builds_uint8_graphs_and_the_sidecar_says_so(digits, tmp_path, 
 def test_triton_config_says_uint8_nhwc(digits, tmp_path):
     from fastervit_trt.triton import TritonOptions, write_model_repository
     from tests.test_triton import parse_config
+
     repo = tmp_path / "models"
     write_model_repository(digits["fp32", "uint8"], repo, TritonOptions(name="images", image_bytes=True))
     write_model_repository(digits["fp32", "float"], repo, TritonOptions(name="floats"))
@@ -112,6 +123,7 @@ def test_triton_config_says_uint8_nhwc(digits, tmp_path):
 
 def test_calibration_arrays_must_be_in_the_models_input_format(tmp_path):
     from fastervit_trt.calibration.dataset import CalibrationData, CalibrationDataError
+
     preprocess = Preprocess((32, 32), input_format="uint8")
     crops = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     np.save(tmp_path / "crops.npy", crops)

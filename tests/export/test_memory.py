@@ -2,6 +2,7 @@
 
 Each export runs in a child process so its peak resident memory (``ru_maxrss``) is its own.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,12 @@ _CHILD = textwrap.dedent("""
 
 
 def _peak(tmp_path, model: str, precision: str, resolution=None) -> float:
-    child = subprocess.run([sys.executable, "-c", _CHILD, model, precision, str(tmp_path / precision),
-                            json.dumps(resolution)], capture_output=True, text=True, timeout=1200)
+    child = subprocess.run(
+        [sys.executable, "-c", _CHILD, model, precision, str(tmp_path / precision), json.dumps(resolution)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert child.returncode == 0, child.stderr[-2000:]
     return json.loads(child.stdout.strip().splitlines()[-1])["peak"]
 
@@ -43,10 +48,12 @@ def test_large_variant_export_stays_within_two_and_a_half_times_its_weights(tmp_
     import torch
 
     from fastervit_trt.models import create_model
+
     with torch.device("meta"):
         model = create_model("faster_vit_4_224")
-    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]
-                  if t.is_floating_point())
+    weights = sum(
+        t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()
+    )
     peak = _peak(tmp_path, "faster_vit_4_224", "fp16")
     assert peak <= 2.5 * weights + 1.5 * GB, (peak / GB, weights / GB)
 
@@ -87,11 +94,16 @@ def test_killed_export_leaves_no_complete_looking_file_and_the_next_run_cleans_u
     leftovers = [p for p in out.iterdir() if p.name.startswith(".")]
     assert leftovers, "the killed run's scratch folders are hidden, not absent"
     from fastervit_trt.export.pipeline import ExportOptions, export_model
-    result = export_model(ExportOptions(model="faster_vit_digits", precision="fp32", output_dir=out,
-                                        external_data_threshold=1 << 16))
+
+    result = export_model(
+        ExportOptions(model="faster_vit_digits", precision="fp32", output_dir=out, external_data_threshold=1 << 16)
+    )
     assert result.report["validation"]["passed"]
     assert sorted(p.name for p in out.iterdir()) == [
-        "faster_vit_digits_fp32.onnx", "faster_vit_digits_fp32.onnx.data", "faster_vit_digits_fp32.report.json"]
+        "faster_vit_digits_fp32.onnx",
+        "faster_vit_digits_fp32.onnx.data",
+        "faster_vit_digits_fp32.report.json",
+    ]
 
 
 def test_inline_weights_are_streamed_into_a_file_every_reader_parses_as_one_model(tmp_path):
@@ -102,15 +114,21 @@ def test_inline_weights_are_streamed_into_a_file_every_reader_parses_as_one_mode
     from onnx import helper, numpy_helper
 
     from fastervit_trt.export.weights import WeightFile
+
     rng = np.random.default_rng(0)
     weights = WeightFile(tmp_path)
     w1, w2 = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((4,)).astype(np.float16)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w1"], ["y"]), helper.make_node("Cast", ["y"], ["z"], to=10),
-         helper.make_node("Add", ["z", "w2"], ["out"])], "g",
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["y"]),
+            helper.make_node("Cast", ["y"], ["z"], to=10),
+            helper.make_node("Add", ["z", "w2"], ["out"]),
+        ],
+        "g",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3])],
         [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT16, ["N", 4])],
-        initializer=[weights.add("w1", w1.T.copy()), numpy_helper.from_array(w2, "w2")])
+        initializer=[weights.add("w1", w1.T.copy()), numpy_helper.from_array(w2, "w2")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     weights.save(model, tmp_path / "inline.onnx", external=False)
@@ -125,7 +143,10 @@ def test_inline_weights_are_streamed_into_a_file_every_reader_parses_as_one_mode
 def test_graph_checks_pass_fewer_inputs_at_a_time_as_inputs_grow():
     """Four 224x224 inputs per pass, fewer above 384x384, never none."""
     from fastervit_trt.export.ort_eval import eval_chunk
-    chunks = {size: eval_chunk(np.zeros((8, 3, *size), np.float32)) for size in
-              [(224, 224), (384, 384), (512, 512), (576, 960), (800, 1216)]}
+
+    chunks = {
+        size: eval_chunk(np.zeros((8, 3, *size), np.float32))
+        for size in [(224, 224), (384, 384), (512, 512), (576, 960), (800, 1216)]
+    }
     assert chunks == {(224, 224): 4, (384, 384): 4, (512, 512): 2, (576, 960): 1, (800, 1216): 1}
     assert eval_chunk(np.zeros((8, 3, 224, 224), np.float32), images=2) == 2

@@ -1,4 +1,5 @@
 """The written ONNX files: clean, TensorRT-friendly, deterministic, validated."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -10,8 +11,7 @@ import pytest
 from fastervit_trt.export.ort_eval import ort_logits
 from fastervit_trt.export.pipeline import ExportOptions, export_model
 
-BANNED_OPS = {"BatchNormalization", "Shape", "ConstantOfShape", "Identity", "Pad", "Range",
-              "Where", "Constant"}
+BANNED_OPS = {"BatchNormalization", "Shape", "ConstantOfShape", "Identity", "Pad", "Range", "Where", "Constant"}
 
 
 def _load(result) -> onnx.ModelProto:
@@ -49,8 +49,7 @@ def test_fp32_node_budget(exported):
 
 def test_export_is_byte_identical(exported, tmp_path, realistic_checkpoint):
     first = exported("fp32")
-    again = export_model(ExportOptions(precision="fp32", output_dir=tmp_path,
-                                       checkpoint=realistic_checkpoint))
+    again = export_model(ExportOptions(precision="fp32", output_dir=tmp_path, checkpoint=realistic_checkpoint))
     assert first.onnx_path.read_bytes() == again.onnx_path.read_bytes()
 
 
@@ -71,8 +70,7 @@ def test_fp16_policy(exported):
     """float16 everywhere except LayerNorm / Softmax / ReduceMean islands; float32 I/O."""
     model = _load(exported("fp16"))
     inferred = onnx.shape_inference.infer_shapes(model).graph
-    types = {v.name: v.type.tensor_type.elem_type
-             for v in [*inferred.input, *inferred.value_info, *inferred.output]}
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.input, *inferred.value_info, *inferred.output]}
     types.update({t.name: t.data_type for t in model.graph.initializer})
     fp32, fp16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
     assert types["input"] == fp32 and types["logits"] == fp32
@@ -97,6 +95,7 @@ def test_fp16_io_dtype_option(exported):
 
 def test_metadata_carries_preprocessing(exported):
     from fastervit_trt.export.onnx_export import read_metadata
+
     meta = read_metadata(_load(exported("fp32")))
     assert meta["model"] == "faster_vit_0_224"
     assert meta["preprocess"]["crop_pct"] == 0.875 and meta["preprocess"]["input_size"] == [224, 224]
@@ -104,8 +103,7 @@ def test_metadata_carries_preprocessing(exported):
 
 
 def test_any_res_non_square_export(exported):
-    result = exported("fp32", model="faster_vit_0_any_res", resolution=(480, 640),
-                      validation_batch=2)
+    result = exported("fp32", model="faster_vit_0_any_res", resolution=(480, 640), validation_batch=2)
     model = _load(result)
     ops = Counter(node.op_type for node in model.graph.node)
     assert "Pad" not in ops and "Shape" not in ops
@@ -115,12 +113,16 @@ def test_any_res_non_square_export(exported):
 
 def test_external_data_above_threshold(tmp_path):
     """Weights beyond the threshold (2 GB by default) go to <file>.onnx.data and still validate."""
-    result = export_model(ExportOptions(precision="fp32", output_dir=tmp_path,
-                                        external_data_threshold=1 << 20, validation_batch=2))
+    result = export_model(
+        ExportOptions(precision="fp32", output_dir=tmp_path, external_data_threshold=1 << 20, validation_batch=2)
+    )
     data = tmp_path / "faster_vit_0_224_fp32.onnx.data"
     assert data.stat().st_size > 100e6 and result.onnx_path.stat().st_size < 1e6
     assert result.report["validation"]["passed"]
     x = np.zeros((1, 3, 224, 224), np.float32)
     assert ort_logits(result.onnx_path, x).shape == (1, 1000)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "faster_vit_0_224_fp32.onnx", "faster_vit_0_224_fp32.onnx.data", "faster_vit_0_224_fp32.report.json"]
+        "faster_vit_0_224_fp32.onnx",
+        "faster_vit_0_224_fp32.onnx.data",
+        "faster_vit_0_224_fp32.report.json",
+    ]

@@ -1,4 +1,5 @@
 """Unoptimized checks run a graph in segments of bounded weights, computing what one session does."""
+
 from __future__ import annotations
 
 import shutil

@@ -1,4 +1,5 @@
 """Official checkpoints load in every container layout; anything else fails clearly."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,7 @@ from tests.parity import official_model, randomize_
 @pytest.fixture(scope="module")
 def reference_logits(official_state, images_224):
     model = create_model("faster_vit_0_224")
-    model.load_state_dict(
-        {k: v for k, v in official_state.items() if k in model.state_dict()}, strict=True)
+    model.load_state_dict({k: v for k, v in official_state.items() if k in model.state_dict()}, strict=True)
     with torch.no_grad():
         return model(images_224)
 
@@ -35,8 +35,7 @@ def test_container_layouts_load(tmp_path, official_state, images_224, reference_
     elif layout == "top":
         payload = state
     else:
-        payload = {layout: state, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]},
-                   "epoch": 300}
+        payload = {layout: state, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}, "epoch": 300}
     path = tmp_path / "ckpt.pth.tar"
     torch.save(payload, path)
     assert torch.equal(_logits(path, images_224), reference_logits)
@@ -44,14 +43,15 @@ def test_container_layouts_load(tmp_path, official_state, images_224, reference_
 
 def test_safetensors_load(tmp_path, official_state, images_224, reference_logits):
     from safetensors.torch import save_file
+
     path = tmp_path / "ckpt.safetensors"
-    save_file({k: v.contiguous() for k, v in official_state.items()
-               if "global_tokenizer.pos_embed" not in k}, str(path))
+    save_file(
+        {k: v.contiguous() for k, v in official_state.items() if "global_tokenizer.pos_embed" not in k}, str(path)
+    )
     assert torch.equal(_logits(path, images_224), reference_logits)
 
 
-def test_derived_buffers_missing_or_stale_are_recomputed(tmp_path, official_state, images_224,
-                                                         reference_logits):
+def test_derived_buffers_missing_or_stale_are_recomputed(tmp_path, official_state, images_224, reference_logits):
     state = {k: v for k, v in official_state.items() if not k.endswith("relative_position_index")}
     for key in state:
         if key.endswith(("relative_coords_table", "relative_bias")):
@@ -117,6 +117,7 @@ def test_224_checkpoint_drives_any_res_at_non_square_size(tmp_path, official_sta
     """Any-res variants reuse the 224 checkpoints; weights unused at the new size are ignored
     (as the reference does) and the logits match the reference any-res model's."""
     from fastervit_trt.compare import compare
+
     path = tmp_path / "fv0_224.pth"
     torch.save({"state_dict": official_state}, path)
     ours = create_model("faster_vit_0_any_res", checkpoint=path, resolution=(224, 320))
@@ -134,9 +135,11 @@ def test_224_checkpoint_drives_any_res_at_non_square_size(tmp_path, official_sta
 
 # ---------------------------------------------------------------- training checkpoints (timm)
 
+
 def _training_args(model: str):
     """Parsed arguments the way the official train.py records them (a real argparse parser)."""
     import argparse
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="faster_vit_0_224")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -144,13 +147,13 @@ def _training_args(model: str):
     parser.add_argument("--mean", type=float, nargs="+", default=None)
     parser.add_argument("--model-ema", action="store_true")
     parser.add_argument("--sched", default="cosine")
-    return parser.parse_args(["--model", model, "--lr", "0.005", "--input-size", "3", "224", "224",
-                              "--model-ema"])
+    return parser.parse_args(["--model", model, "--lr", "0.005", "--input-size", "3", "224", "224", "--model-ema"])
 
 
 def save_training_checkpoint(folder, state: dict, arch: str = "faster_vit_0_224", epoch: int = 3):
     """A checkpoint written by timm's own CheckpointSaver: args, optimizer with state, EMA, metric."""
     from timm.utils import CheckpointSaver, ModelEmaV2, NativeScaler
+
     model = create_model("faster_vit_0_224")
     model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()})
     ema = ModelEmaV2(model, decay=0.5)
@@ -160,8 +163,14 @@ def save_training_checkpoint(folder, state: dict, arch: str = "faster_vit_0_224"
     optimizer.step()  # the optimizer now holds exp_avg / exp_avg_sq state
     ema.update(model)  # EMA weights now differ from the model's
     model.eval()
-    saver = CheckpointSaver(model, optimizer, args=_training_args(arch), model_ema=ema,
-                            amp_scaler=NativeScaler(device="cpu"), checkpoint_dir=str(folder))
+    saver = CheckpointSaver(
+        model,
+        optimizer,
+        args=_training_args(arch),
+        model_ema=ema,
+        amp_scaler=NativeScaler(device="cpu"),
+        checkpoint_dir=str(folder),
+    )
     saver.save_checkpoint(epoch, metric=71.5)
     files = sorted(folder.glob("checkpoint-*.pth.tar"))
     return files[-1], model.state_dict(), ema.module.state_dict()
@@ -174,6 +183,7 @@ def training_checkpoint(tmp_path_factory, official_state):
 
 def test_timm_training_checkpoint_loads_model_or_ema_weights(training_checkpoint, images_224):
     from fastervit_trt.models import read_checkpoint
+
     path, model_state, ema_state = training_checkpoint
     raw = torch.load(path, weights_only=False)  # what the file holds, read here only to check the test
     assert {"args", "optimizer", "state_dict_ema", "metric", "epoch", "arch"} <= raw.keys()

@@ -1,4 +1,5 @@
 """The registry is data, and every registered config builds the official architecture."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,10 +10,10 @@ from fastervit_trt.models import create_model, get_variant, list_models
 from fastervit_trt.models.checkpoint import mismatch
 from tests.parity import official_model
 
-OFFICIAL_NAMES = [f"faster_vit_{i}_224" for i in range(7)] + [
-    f"faster_vit_4_21k_{r}" for r in (224, 384, 512, 768)]
+OFFICIAL_NAMES = [f"faster_vit_{i}_224" for i in range(7)] + [f"faster_vit_4_21k_{r}" for r in (224, 384, 512, 768)]
 OFFICIAL_NAMES += [f"faster_vit_{i}_any_res" for i in range(7)] + [
-    f"faster_vit_4_21k_{r}_any_res" for r in (224, 384, 512, 768)]
+    f"faster_vit_4_21k_{r}_any_res" for r in (224, 384, 512, 768)
+]
 
 
 def test_every_official_name_is_registered():
@@ -31,14 +32,17 @@ def test_config_builds_the_official_architecture(name):
     assert mismatch(ours, reference) == ([], [], [])
 
 
-@pytest.mark.parametrize("name, crop_pct, mode, size", [
-    ("faster_vit_0_224", 0.875, "center", (224, 224)),
-    ("faster_vit_3_224", 1.0, "center", (224, 224)),
-    ("faster_vit_4_21k_224", 0.95, "squash", (224, 224)),
-    ("faster_vit_4_21k_768", 0.93, "squash", (768, 768)),
-    ("faster_vit_2_any_res", 1.0, "center", (541, 960)),
-    ("faster_vit_0_any_res", 0.875, "center", (576, 960)),
-])
+@pytest.mark.parametrize(
+    "name, crop_pct, mode, size",
+    [
+        ("faster_vit_0_224", 0.875, "center", (224, 224)),
+        ("faster_vit_3_224", 1.0, "center", (224, 224)),
+        ("faster_vit_4_21k_224", 0.95, "squash", (224, 224)),
+        ("faster_vit_4_21k_768", 0.93, "squash", (768, 768)),
+        ("faster_vit_2_any_res", 1.0, "center", (541, 960)),
+        ("faster_vit_0_any_res", 0.875, "center", (576, 960)),
+    ],
+)
 def test_eval_config_matches_official_pretrained_cfg(name, crop_pct, mode, size):
     reference = official_model(name).pretrained_cfg if name.endswith("_224") else None
     ev = get_variant(name).eval
@@ -63,10 +67,13 @@ def test_created_model_carries_its_variant_at_the_requested_resolution():
     assert model.head.out_features == 10
 
 
-@pytest.mark.parametrize("name, resolution", [
-    ("faster_vit_0_224", 256),          # stage 3 map 16 is not whole 7-windows
-    ("faster_vit_0_224", (224, 448)),   # fixed variants are square
-])
+@pytest.mark.parametrize(
+    "name, resolution",
+    [
+        ("faster_vit_0_224", 256),  # stage 3 map 16 is not whole 7-windows
+        ("faster_vit_0_224", (224, 448)),  # fixed variants are square
+    ],
+)
 def test_resolution_the_windows_cannot_take(name, resolution):
     with pytest.raises(ResolutionError, match="any_res"):
         create_model(name, resolution=resolution)

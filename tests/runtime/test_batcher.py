@@ -1,5 +1,6 @@
 """The in-process dynamic batcher: coalescing, per-request answers and errors, overload,
 timeouts and closing, on ONNX Runtime and on the stand-in TensorRT backend."""
+
 from __future__ import annotations
 
 import threading
@@ -26,8 +27,14 @@ def model(digits_batch8_onnx):
 
 def _inputs():
     """Every kind a service receives: paths, encoded bytes, decoded arrays."""
-    return [PHOTOS[0], PHOTOS[1].read_bytes(), np.asarray(Image.open(PHOTOS[2]).convert("RGB")),
-            str(PHOTOS[3]), PHOTOS[4].read_bytes(), PHOTOS[5]]
+    return [
+        PHOTOS[0],
+        PHOTOS[1].read_bytes(),
+        np.asarray(Image.open(PHOTOS[2]).convert("RGB")),
+        str(PHOTOS[3]),
+        PHOTOS[4].read_bytes(),
+        PHOTOS[5],
+    ]
 
 
 def test_concurrent_requests_coalesce_and_each_caller_gets_its_own_answer(model):
@@ -67,6 +74,7 @@ class _Held:
             self.entered.set()
             assert self.release.wait(30)
             return real(batch)
+
         monkeypatch.setattr(model, "outputs", held)
 
 
@@ -132,6 +140,7 @@ def test_many_threads_many_requests_nothing_lost_or_duplicated(model):
 
 def test_the_tensorrt_backend_is_batched_alike(tmp_path, monkeypatch):
     from tests.runtime.test_tensorrt_adapter import _backend, _sums
+
     backend, world = _backend(tmp_path, monkeypatch, 1, 8, contexts=2)
     preprocess = Preprocess(input_size=(2, 2), crop_pct=1.0)
     engine = InferenceModel(backend, preprocess, ["sum"], tmp_path / "m.engine")

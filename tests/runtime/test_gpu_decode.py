@@ -1,6 +1,7 @@
 """GPU decoding's steps run on CPU tensors (torchvision decodes JPEGs on either device):
 EXIF orientation as the CPU path applies it, the whole decoder against the CPU path, and
 the normalisation constants made once."""
+
 from __future__ import annotations
 
 import io

@@ -1,4 +1,5 @@
 """The runtime API through ONNX Runtime: inputs, batching, labels, threads, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,11 @@ PHOTOS = sorted((Path(__file__).parents[2] / "calibration").glob("*.jpg"))
 def digits_onnx(tmp_path_factory):
     """The trained digits model, FP32 ONNX with a batch profile max of 4 (to force splitting)."""
     out = tmp_path_factory.mktemp("rt")
-    return export_model(ExportOptions(model="faster_vit_digits", checkpoint=CHECKPOINT, precision="fp32",
-                                      batch=(1, 2, 4), output_dir=out)).onnx_path
+    return export_model(
+        ExportOptions(
+            model="faster_vit_digits", checkpoint=CHECKPOINT, precision="fp32", batch=(1, 2, 4), output_dir=out
+        )
+    ).onnx_path
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +47,19 @@ def test_every_input_type_gives_the_same_logits(model):
     reference = model.logits(np.stack([chw]))
     encoded = model.logits(model.preprocess.load(PHOTOS[0])[None])
     hwc = np.asarray(image)
-    for value, expected in [(PHOTOS[0], encoded), (str(PHOTOS[0]), encoded), (PHOTOS[0].read_bytes(), encoded),
-                            ([PHOTOS[0]], encoded), (image, reference), (hwc, reference), (hwc[None], reference),
-                            (chw, reference), ([chw], reference), (torch.from_numpy(chw[None]), reference),
-                            ([image], reference)]:
+    for value, expected in [
+        (PHOTOS[0], encoded),
+        (str(PHOTOS[0]), encoded),
+        (PHOTOS[0].read_bytes(), encoded),
+        ([PHOTOS[0]], encoded),
+        (image, reference),
+        (hwc, reference),
+        (hwc[None], reference),
+        (chw, reference),
+        ([chw], reference),
+        (torch.from_numpy(chw[None]), reference),
+        ([image], reference),
+    ]:
         got = model.logits(value)
         assert got.shape == (1, 10)
         assert np.allclose(got, expected, atol=1e-5), type(value)
@@ -70,6 +83,7 @@ def test_batches_above_the_profile_are_split_and_rejoined(model, monkeypatch):
 
 def test_predictions_carry_class_names(model, digits_folders):
     from fastervit_trt.calibration.dataset import find_images
+
     items = [i for i in find_images(digits_folders["heldout"])[0]][:20]
     top = model.predict([i.path for i in items], topk=3)
     assert [t[0].name for t in top] == [i.label for i in items]  # the trained model reads the digits
@@ -79,6 +93,7 @@ def test_predictions_carry_class_names(model, digits_folders):
 
 def test_imagenet_names(exported):
     from fastervit_trt.runtime.labels import class_names
+
     names = class_names("imagenet-1k", 1000)
     assert names[0] == "tench" and names[285] == "Egyptian cat" and len(set(names)) > 990
     with load(exported("fp32").onnx_path) as imagenet:
@@ -91,6 +106,7 @@ def test_threads_give_identical_results(model):
 
     def worker(_):
         return [model.logits(x) for x in inputs]
+
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(worker, range(8)))
     assert all(np.array_equal(got, want) for run in results for got, want in zip(run, expected))
@@ -106,6 +122,7 @@ def test_undecodable_image_then_the_model_keeps_working(model, tmp_path):
 
 def test_wrong_shapes_are_refused(model):
     from fastervit_trt.runtime.inputs import InputError
+
     with pytest.raises(InputError, match=r"the model takes \(N, 3, 128, 128\)"):
         model.logits(np.zeros((2, 3, 64, 64), np.float32))
     with pytest.raises(InputError, match="cannot use a dict"):
@@ -113,9 +130,11 @@ def test_wrong_shapes_are_refused(model):
 
 
 def test_importing_the_runtime_imports_no_heavy_module():
-    code = ("import sys, fastervit_trt.runtime, fastervit_trt.runtime.tensorrt_backend, fastervit_trt.sidecar\n"
-            "heavy = [m for m in ('torch', 'tensorrt', 'tensorrt_rtx_bindings', 'pycuda', 'onnx') if m in sys.modules]\n"
-            "print(heavy)")
+    code = (
+        "import sys, fastervit_trt.runtime, fastervit_trt.runtime.tensorrt_backend, fastervit_trt.sidecar\n"
+        "heavy = [m for m in ('torch', 'tensorrt', 'tensorrt_rtx_bindings', 'pycuda', 'onnx') if m in sys.modules]\n"
+        "print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -140,12 +159,15 @@ print('ok')
 
 # ---- engines, checked against their sidecar before any GPU work (runs on CPU machines)
 
+
 @pytest.fixture
 def engine(tmp_path, digits_onnx):
     from tests.conftest import has_tensorrt
+
     if not has_tensorrt():
         pytest.skip("no TensorRT / TensorRT-RTX to build an engine")
     from fastervit_trt.engines import BuildConfig, build_engine
+
     path = tmp_path / "digits.engine"
     build_engine(digits_onnx, path, BuildConfig(batch=(1, 2, 4)))
     return path
@@ -161,12 +183,15 @@ def test_engine_from_another_tensorrt_version(engine):
     sidecar = json.loads(engine.with_suffix(".json").read_text())
     sidecar["tensorrt"]["version"] = "0.0.1"
     write_json(engine.with_suffix(".json"), sidecar)
-    with pytest.raises(EngineMismatchError, match=r"built by .* 0\.0\.1, but .* is installed.*Rebuild: fastervit-build"):
+    with pytest.raises(
+        EngineMismatchError, match=r"built by .* 0\.0\.1, but .* is installed.*Rebuild: fastervit-build"
+    ):
         load(engine)
 
 
 def test_engine_for_another_gpu(engine, monkeypatch):
     from fastervit_trt.runtime import model as runtime_model
+
     sidecar = json.loads(engine.with_suffix(".json").read_text())
     sidecar["device"] = {"gpu": "NVIDIA A100", "compute_capability": "8.0"}
     sidecar["tensorrt"]["flavour"] = "tensorrt"  # TensorRT proper: engines are per GPU
@@ -179,6 +204,7 @@ def test_engine_for_another_gpu(engine, monkeypatch):
 def test_tensorrt_rtx_engines_run_on_other_capabilities(engine, monkeypatch):
     """TensorRT-RTX compiles for its target capabilities at run time: no per-GPU refusal."""
     from fastervit_trt.runtime import model as runtime_model
+
     sidecar = json.loads(engine.with_suffix(".json").read_text())
     sidecar["device"] = {"gpu": "NVIDIA RTX 4090", "compute_capability": "8.9"}
     write_json(engine.with_suffix(".json"), sidecar)
@@ -189,6 +215,7 @@ def test_tensorrt_rtx_engines_run_on_other_capabilities(engine, monkeypatch):
 def test_tensorrt_rtx_engines_are_refused_outside_their_recorded_targets(engine, monkeypatch):
     """Built with --compute-capability 8.9,12.0: portable across those, refused elsewhere."""
     from fastervit_trt.runtime import model as runtime_model
+
     sidecar = json.loads(engine.with_suffix(".json").read_text())
     sidecar["build"]["compute_capabilities"] = ["8.9", "12.0"]
     write_json(engine.with_suffix(".json"), sidecar)
@@ -196,8 +223,11 @@ def test_tensorrt_rtx_engines_are_refused_outside_their_recorded_targets(engine,
         monkeypatch.setattr(runtime_model, "_compute_capability", lambda device=None: present)
         assert runtime_model.verify_engine(engine)["build"]["compute_capabilities"] == ["8.9", "12.0"]
     monkeypatch.setattr(runtime_model, "_compute_capability", lambda device=None: "8.6")
-    with pytest.raises(EngineMismatchError, match=r"for compute capabilities 8\.9, 12\.0; this GPU is 8\.6; "
-                                                  r"rebuild .*--compute-capability 8\.9,12\.0"):
+    with pytest.raises(
+        EngineMismatchError,
+        match=r"for compute capabilities 8\.9, 12\.0; this GPU is 8\.6; "
+        r"rebuild .*--compute-capability 8\.9,12\.0",
+    ):
         load(engine)
 
 
@@ -244,6 +274,7 @@ def test_encoded_images_are_decoded_in_parallel_and_pipelined(digits_onnx):
     """Bytes, file objects and paths give the logits of their decoded arrays; a list longer
     than the largest batch goes through the prefetching path with the same result."""
     import io
+
     with load(digits_onnx) as model:
         data = [p.read_bytes() for p in PHOTOS[:3]]
         expected = model.logits(np.stack([model.preprocess.load(p) for p in PHOTOS[:3]]))
@@ -268,6 +299,7 @@ def test_gpu_decoding_matches_the_cpu_path(digits_onnx):
     if not torch.cuda.is_available():
         pytest.skip("needs an NVIDIA GPU")
     from fastervit_trt.runtime.gpu_decode import GpuDecoder
+
     with load(digits_onnx) as model:
         cpu = np.stack([model.preprocess.load(p) for p in PHOTOS[:4]])
         gpu = GpuDecoder(model.preprocess)(list(PHOTOS[:4]))
@@ -280,8 +312,10 @@ def test_gpu_decoding_matches_the_cpu_path(digits_onnx):
 def test_out_of_memory_is_one_clear_error_on_every_path(digits_onnx, monkeypatch):
     """The pipelined path once turned MemoryError into a NameError."""
     with load(digits_onnx) as model:
+
         def no_memory(batch):
             raise MemoryError
+
         monkeypatch.setattr(model.backend, "infer_all", no_memory)  # infer() reads through it too
         for inputs in ([PHOTOS[0]], [PHOTOS[0]] * (model.max_batch + 1)):
             with pytest.raises(FasterViTTRTError, match="does not fit in memory"):

@@ -2,6 +2,7 @@
 the real ones (tests/stand_in_tensorrt.py): batch planning against the profile, CUDA graphs
 per captured size, asynchronous copies, refused addresses, the device, the pool's closed
 state; dtype mapping through TensorRT's own ``nptype``; and the legacy INT8 calibrator."""
+
 from __future__ import annotations
 
 import logging
@@ -17,20 +18,31 @@ from fastervit_trt.runtime.tensorrt_backend import TensorRTBackend, batch_plan, 
 from tests import stand_in_tensorrt as stand_in
 
 
-@pytest.mark.parametrize("count,low,high,plan", [
-    (5, 1, 32, [(0, 5, 5)]),
-    (70, 1, 32, [(0, 32, 32), (32, 64, 32), (64, 70, 6)]),
-    (1, 4, 8, [(0, 1, 4)]),                       # below the profile's MIN: padded up
-    (10, 4, 8, [(0, 8, 8), (8, 10, 4)]),          # the remainder of a split batch too
-    (3, 8, 8, [(0, 3, 8)]),                       # a fixed-batch engine
-])
+@pytest.mark.parametrize(
+    "count,low,high,plan",
+    [
+        (5, 1, 32, [(0, 5, 5)]),
+        (70, 1, 32, [(0, 32, 32), (32, 64, 32), (64, 70, 6)]),
+        (1, 4, 8, [(0, 1, 4)]),  # below the profile's MIN: padded up
+        (10, 4, 8, [(0, 8, 8), (8, 10, 4)]),  # the remainder of a split batch too
+        (3, 8, 8, [(0, 3, 8)]),  # a fixed-batch engine
+    ],
+)
 def test_batch_plan_respects_the_profile(count, low, high, plan):
     assert batch_plan(count, low, high) == plan
     assert all(low <= run_as <= high and run_as >= stop - start for start, stop, run_as in plan)
 
 
-@pytest.mark.parametrize("low,high,sizes", [(1, 32, (1, 2, 4, 8, 16, 32)), (4, 8, (4, 8)),
-                                            (1, 48, (1, 2, 4, 8, 16, 32, 48)), (3, 3, (3,)), (3, 20, (3, 4, 8, 16, 20))])
+@pytest.mark.parametrize(
+    "low,high,sizes",
+    [
+        (1, 32, (1, 2, 4, 8, 16, 32)),
+        (4, 8, (4, 8)),
+        (1, 48, (1, 2, 4, 8, 16, 32, 48)),
+        (3, 3, (3,)),
+        (3, 20, (3, 4, 8, 16, 20)),
+    ],
+)
 def test_graphs_are_captured_at_powers_of_two_and_the_profile_ends(low, high, sizes):
     assert graph_sizes(low, high) == sizes
     assert sum(sizes) < 3 * high and (high & (high - 1) or sum(sizes) < 2 * high)  # the memory bound stated
@@ -41,28 +53,47 @@ def test_graphs_are_captured_at_powers_of_two_and_the_profile_ends(low, high, si
 
 def test_io_dtypes_come_from_tensorrt_itself():
     from tests.conftest import has_tensorrt
+
     if not has_tensorrt():
         pytest.skip("no TensorRT / TensorRT-RTX installed")
     from fastervit_trt.engines import load_tensorrt
+
     _, trt = load_tensorrt()
-    for name, expected in [("float32", np.float32), ("float16", np.float16), ("int64", np.int64),
-                           ("bool", np.bool_), ("uint8", np.uint8), ("int8", np.int8)]:
+    for name, expected in [
+        ("float32", np.float32),
+        ("float16", np.float16),
+        ("int64", np.int64),
+        ("bool", np.bool_),
+        ("uint8", np.uint8),
+        ("int8", np.int8),
+    ]:
         assert numpy_dtype(trt, getattr(trt, name), "m.engine") == np.dtype(expected)
     with pytest.raises(FasterViTTRTError, match="m.engine: TensorRT type .* has no NumPy equivalent"):
         numpy_dtype(trt, trt.bfloat16, "m.engine")
 
 
-def _backend(tmp_path, monkeypatch, low=1, high=8, contexts=1, cuda_graphs=False, device=None,
-             version_compat=False, **world_options):
+def _backend(
+    tmp_path,
+    monkeypatch,
+    low=1,
+    high=8,
+    contexts=1,
+    cuda_graphs=False,
+    device=None,
+    version_compat=False,
+    **world_options,
+):
     """A TensorRTBackend over the stand-in, and the stand-in's record of what it was asked."""
     from fastervit_trt.runtime import tensorrt_backend
+
     world = stand_in.tensorrt(low, high, **world_options)
     monkeypatch.setattr(tensorrt_backend, "import_tensorrt", lambda flavour=None: world.trt)
     monkeypatch.setattr(tensorrt_backend, "open_cuda", world.open_cuda)
     path = tmp_path / "m.engine"
     path.write_bytes(b"engine")
-    return TensorRTBackend(path, contexts=contexts, cuda_graphs=cuda_graphs, device=device,
-                           version_compat=version_compat), world
+    return TensorRTBackend(
+        path, contexts=contexts, cuda_graphs=cuda_graphs, device=device, version_compat=version_compat
+    ), world
 
 
 def _images(count, seed=0):
@@ -94,8 +125,9 @@ def test_backend_returns_every_output_of_a_backbone_engine(tmp_path, monkeypatch
     backend.infer_all(-x)  # reuses the same buffers
     for k, (name, shape) in enumerate(shapes.items(), start=1):
         assert outputs[name].shape == (5, *shape) and outputs[name].dtype == np.float32
-        np.testing.assert_allclose(outputs[name], np.broadcast_to((k * _sums(x)).reshape(5, 1, 1, 1), (5, *shape)),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            outputs[name], np.broadcast_to((k * _sums(x)).reshape(5, 1, 1, 1), (5, *shape)), rtol=1e-6
+        )
     np.testing.assert_array_equal(backend.infer(x), outputs["stage2"])  # infer: the first output
 
 
@@ -168,12 +200,15 @@ def test_a_stream_tensorrt_rtx_cannot_capture_is_not_captured(tmp_path, monkeypa
             np.testing.assert_allclose(backend.infer(x)[:, 0], _sums(x), rtol=1e-6)
     assert ("capture",) not in world.cuda.log
     assert [r.message for r in caplog.records if "no CUDA graph" in r.message][0].endswith(
-        "(TensorRT-RTX says the stream cannot be captured); those calls run as ordinary launches")
+        "(TensorRT-RTX says the stream cannot be captured); those calls run as ordinary launches"
+    )
 
 
 def test_a_refused_tensor_address_is_an_error(tmp_path, monkeypatch):
     backend, _ = _backend(tmp_path, monkeypatch, refuse=("logits",))
-    with pytest.raises(FasterViTTRTError, match=r"m.engine: TensorRT refused the address 0x[0-9a-f]+ of tensor 'logits'"):
+    with pytest.raises(
+        FasterViTTRTError, match=r"m.engine: TensorRT refused the address 0x[0-9a-f]+ of tensor 'logits'"
+    ):
         backend.infer(_images(2))
 
 
@@ -205,6 +240,7 @@ def test_calls_run_on_the_device_the_model_was_loaded_on(tmp_path, monkeypatch):
 
 def test_torch_cuda_makes_its_device_current_around_every_call(monkeypatch):
     from fastervit_trt.runtime import cuda
+
     entered = []
 
     class Device:
@@ -216,6 +252,7 @@ def test_torch_cuda_makes_its_device_current_around_every_call(monkeypatch):
 
         def __exit__(self, *exc):
             return False
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "device", Device)
@@ -230,6 +267,7 @@ def test_torch_capture_begins_and_ends_on_the_stream_and_drops_a_failed_graph(mo
     """No torch.cuda.graph (a device-wide synchronize and cache flush per capture); the
     capture is ended whatever the launch does, and a failed one gives no graph."""
     from fastervit_trt.runtime import cuda
+
     events = []
 
     class Graph:
@@ -238,6 +276,7 @@ def test_torch_capture_begins_and_ends_on_the_stream_and_drops_a_failed_graph(mo
 
         def capture_end(self):
             events.append(("end",))
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
@@ -272,6 +311,7 @@ def test_close_cannot_leak_a_context_in_flight(tmp_path, monkeypatch):
             closer.join(0.3)  # blocked on the lock, as it must be
             super().append(slot)
             self.closer = closer
+
     pool = Racing(backend.idle[backend.max_batch])
     backend.idle[backend.max_batch] = pool
     backend.infer(_images(2))
@@ -304,8 +344,11 @@ def test_concurrent_callers_share_the_bounded_pool(tmp_path, monkeypatch):
 def test_version_compatible_engines_get_host_code_allowed_before_deserializing(tmp_path, monkeypatch):
     _, world = _backend(tmp_path, monkeypatch, version_compat=True)
     TensorRTBackend(tmp_path / "m.engine")
-    assert [e for e in world.events if e[0] != "device"] == [("host code allowed", True), ("deserialize", True),
-                                                             ("deserialize", False)]
+    assert [e for e in world.events if e[0] != "device"] == [
+        ("host code allowed", True),
+        ("deserialize", True),
+        ("deserialize", False),
+    ]
 
 
 def test_rebuild_hint_keeps_every_build_input():
@@ -313,13 +356,29 @@ def test_rebuild_hint_keeps_every_build_input():
     import shlex
 
     from fastervit_trt.sidecar import rebuild_command
-    sidecar = {"precision": "int8", "tensorrt": {"flavour": "tensorrt"},
-               "onnx": {"path": "/m/x.onnx"}, "engine": {"path": "/e/x.engine"},
-               "build": {"batch": [1, 8, 32], "strongly_typed": False, "calib_cache": "c.cache",
-                         "calib_data": "photos dir", "timing_cache": "t.cache"}}
+
+    sidecar = {
+        "precision": "int8",
+        "tensorrt": {"flavour": "tensorrt"},
+        "onnx": {"path": "/m/x.onnx"},
+        "engine": {"path": "/e/x.engine"},
+        "build": {
+            "batch": [1, 8, 32],
+            "strongly_typed": False,
+            "calib_cache": "c.cache",
+            "calib_data": "photos dir",
+            "timing_cache": "t.cache",
+        },
+    }
     argv = shlex.split(rebuild_command(sidecar))
-    for flag, value in [("--precision", "int8"), ("--backend", "tensorrt"), ("--calib-cache", "c.cache"),
-                        ("--calib-data", "photos dir"), ("--timing-cache", "t.cache"), ("--batch", "1,8,32")]:
+    for flag, value in [
+        ("--precision", "int8"),
+        ("--backend", "tensorrt"),
+        ("--calib-cache", "c.cache"),
+        ("--calib-data", "photos dir"),
+        ("--timing-cache", "t.cache"),
+        ("--batch", "1,8,32"),
+    ]:
         assert argv[argv.index(flag) + 1] == value
 
 
@@ -335,6 +394,7 @@ def test_a_stubs_only_tensorrt_package_is_not_taken_for_tensorrt(tmp_path, monke
 
     from fastervit_trt.engines import EngineBuildError, load_tensorrt
     from fastervit_trt.tensorrt_import import import_tensorrt
+
     (tmp_path / "tensorrt").mkdir()
     (tmp_path / "tensorrt" / "__init__.pyi").write_text("def nptype(t): ...\n")
     monkeypatch.syspath_prepend(str(tmp_path))
