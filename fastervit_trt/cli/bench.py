@@ -9,11 +9,11 @@ from collections.abc import Sequence
 
 from .common import (
     PROFILE_TEXT,
-    Formatter,
     add_json,
     add_model_file,
     add_torch_variant,
     batch_sizes,
+    command_parser,
     number,
     positive,
     renamed,
@@ -22,14 +22,13 @@ from .common import (
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fastervit-bench",
-        formatter_class=Formatter,
-        epilog="examples:\n  fastervit-bench --model engines/faster_vit_0_224_fp16.engine --batch-sizes 1,8,32\n"
+    parser = command_parser(
+        "fastervit-bench",
+        "examples:\n  fastervit-bench --model engines/faster_vit_0_224_fp16.engine --batch-sizes 1,8,32\n"
         "  fastervit-bench --model engines/faster_vit_0_224_fp16.engine --batch-sizes 1 --cuda-graph\n"
         "  fastervit-bench --model export/faster_vit_0_224_fp32.onnx --torch-variant faster_vit_0_224 "
         "--checkpoint fastervit_0_224_1k.pth.tar --json",
-        description="Latency percentiles and throughput per batch size, optionally against PyTorch eager "
+        "Latency percentiles and throughput per batch size, optionally against PyTorch eager "
         "of the same weights measured in the same run.",
     )
     add_model_file(parser)

@@ -6,17 +6,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from ..errors import FasterViTTRTError
 from ..sidecar import DEFAULT_BATCH_PROFILE
 from .common import (
     PROFILE_TEXT,
-    Formatter,
     add_batch_profile,
     add_calibration_files,
     add_force,
     add_quiet,
     capabilities,
+    command_parser,
     positive,
     progress,
     run,
@@ -36,11 +37,10 @@ def parser() -> argparse.ArgumentParser:
     from ..engines import BuildConfig
 
     d = BuildConfig()
-    parser = argparse.ArgumentParser(
-        prog="fastervit-build",
-        formatter_class=Formatter,
-        epilog=EXAMPLES,
-        description="Build a TensorRT or TensorRT-RTX engine from an exported ONNX file; writes the "
+    parser = command_parser(
+        "fastervit-build",
+        EXAMPLES,
+        "Build a TensorRT or TensorRT-RTX engine from an exported ONNX file; writes the "
         ".engine (plain, loadable by trtexec / Triton / C++) and a .json sidecar beside it.",
     )
     parser.add_argument("onnx", type=Path, help="ONNX file from fastervit-export")
@@ -122,6 +122,32 @@ def _build(args: argparse.Namespace) -> int:
     print(f"sidecar  {output.with_suffix('.json')}")
     print(f"builder  {trt['flavour']} {trt['version']}, {sidecar['build']['seconds']:.1f} s")
     return 0
+
+
+def planned_engine(onnx_path: Path, engine_dir: Path) -> Path | None:
+    """The engine ``fastervit-export`` will build, or None when no TensorRT is installed."""
+    from ..engines import EngineBuildError, load_tensorrt
+
+    try:
+        load_tensorrt()
+    except EngineBuildError:
+        return None
+    return engine_dir / onnx_path.with_suffix(".engine").name
+
+
+def build_after_export(
+    onnx_path: Path, engine: Path, batch: tuple[int, int, int], force: bool, stream: TextIO | None
+) -> Path:
+    """Build ``engine`` from the exported ONNX; returns it (the file to serve)."""
+    from ..engines import BuildConfig, build_engine, load_tensorrt
+
+    flavour, trt = load_tensorrt()
+    sidecar = build_engine(onnx_path, engine, BuildConfig(batch=batch, force=force), stream)
+    print(
+        f"engine      {engine}  ({flavour} {trt.__version__}, {sidecar['engine']['bytes'] / 1e6:.1f} MB, "
+        f"built in {sidecar['build']['seconds']:.1f} s; sidecar {engine.with_suffix('.json')})"
+    )
+    return engine
 
 
 def main(argv: Sequence[str] | None = None) -> int:

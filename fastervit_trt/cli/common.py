@@ -51,6 +51,11 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
         return super()._get_help_string(action) or ""
 
 
+def command_parser(prog: str, examples: str, description: str) -> argparse.ArgumentParser:
+    """The parser of ``prog``: the house help format, ``examples`` after the options."""
+    return argparse.ArgumentParser(prog=prog, formatter_class=Formatter, epilog=examples, description=description)
+
+
 # ---------------------------------------------------------------- argument types
 
 
@@ -202,6 +207,101 @@ def renamed(parser: argparse.ArgumentParser, old: str, new: str, **kwargs: Any) 
     dest = new.lstrip("-").replace("-", "_")
     parser.add_argument(
         old, dest=dest, action=_Renamed, new=new, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs
+    )
+
+
+def add_calibration_options(parser: argparse.ArgumentParser) -> None:
+    """The INT8 / FP8 calibration group of ``fastervit-export`` (``CalibrationOptions``'s fields)."""
+    from ..calibration.options import PERCENTILE_RANGE, CalibrationOptions
+
+    c = CalibrationOptions()
+    calib = parser.add_argument_group("INT8 / FP8 calibration (--precision int8 or fp8)")
+    add_calibration_files(
+        calib,
+        data_default=c.data,
+        data_help="image folder (read recursively) or preprocessed NCHW float32 .npy",
+        cache_help="TensorRT calibration cache; reused when it exists (default: "
+        "<output-dir>/<variant>_<precision>.cache)",
+    )
+    calib.add_argument(
+        "--calib-images",
+        type=positive,
+        default=c.images,
+        metavar="N",
+        help="calibration inputs (a small folder is expanded by crops and flips)",
+    )
+    calib.add_argument("--calib-batch", type=positive, default=c.batch, metavar="N")
+    calib.add_argument(
+        "--calib-method",
+        choices=("entropy", "minmax", "percentile"),
+        default=c.method,
+        help="entropy: TensorRT's EntropyCalibration2 (KL divergence)",
+    )
+    calib.add_argument(
+        "--calib-percentile",
+        type=number(float, *PERCENTILE_RANGE, low_open=True),
+        default=c.percentile,
+        metavar="P",
+        help="with --calib-method percentile",
+    )
+    calib.add_argument("--recalibrate", action="store_true", help="ignore an existing cache")
+    calib.add_argument(
+        "--qdq-base", choices=("fp16", "fp32"), default=c.qdq_base, help="float type of the layers left unquantized"
+    )
+    calib.add_argument(
+        "--residual-qdq",
+        choices=("auto", "on", "off"),
+        default=c.residual_qdq,
+        help="INT8: quantize the residual input of each Add after a quantized Conv so "
+        "TensorRT reads it in INT8 in the fused epilogue; auto: on for classifiers, "
+        "off for --features (the feature maps are that residual stream)",
+    )
+    calib.add_argument(
+        "--bias-correction",
+        choices=("on", "off"),
+        default="on" if c.bias_correction else "off",
+        help="subtract from each quantized layer's bias the mean output shift its weight "
+        "rounding causes (from the calibration inputs' channel means, kept beside the "
+        "cache as <cache>.means.npz)",
+    )
+    calib.add_argument(
+        "--calib-heldout",
+        type=positive,
+        default=c.heldout,
+        metavar="N",
+        help="held-out inputs for the accuracy figures, sensitivity and budget",
+    )
+    calib.add_argument(
+        "--sensitivity", action="store_true", help="rank layers by the degradation each causes when quantized alone"
+    )
+    calib.add_argument(
+        "--accuracy-budget",
+        type=number(float, 0, 100),
+        metavar="POINTS",
+        help="leave the most sensitive layers in FP16 until the top-1 agreement with FP32 drops by at most POINTS",
+    )
+
+
+def calibration_options(args: argparse.Namespace) -> Any:
+    """The ``CalibrationOptions`` that ``add_calibration_options``'s flags say."""
+    from ..calibration.options import CalibrationOptions
+
+    return options_or_error(
+        lambda: CalibrationOptions(
+            data=args.calib_data,
+            images=args.calib_images,
+            batch=args.calib_batch,
+            method=args.calib_method,
+            percentile=args.calib_percentile,
+            cache=args.calib_cache,
+            recalibrate=args.recalibrate,
+            qdq_base=args.qdq_base,
+            heldout=args.calib_heldout,
+            sensitivity=args.sensitivity,
+            accuracy_budget=args.accuracy_budget,
+            residual_qdq=args.residual_qdq,
+            bias_correction=args.bias_correction == "on",
+        )
     )
 
 

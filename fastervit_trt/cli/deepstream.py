@@ -7,23 +7,22 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .common import Formatter, add_force, number, options_or_error, positive, run
+from .common import add_force, command_parser, number, options_or_error, positive, run
 
 
 def parser() -> argparse.ArgumentParser:
     from ..deepstream import PROCESS_MODES, DeepStreamOptions
 
     d = DeepStreamOptions()
-    parser = argparse.ArgumentParser(
-        prog="fastervit-deepstream",
-        formatter_class=Formatter,
-        epilog="examples:\n"
+    parser = command_parser(
+        "fastervit-deepstream",
+        "examples:\n"
         "  fastervit-export --variant faster_vit_4_21k_384 --checkpoint w.pth.tar --precision int8 "
         "--input pixels --softmax\n"
         "  fastervit-deepstream engines/faster_vit_4_21k_384_int8_softmax_pixelsin.engine --out ds\n"
         "  fastervit-deepstream export/faster_vit_4_21k_384_int8_softmax_pixelsin.onnx --out ds "
         "--process-mode secondary --operate-on-gie-id 1",
-        description="Write a DeepStream nvinfer classifier config ([property] key file) and labels file for an "
+        "Write a DeepStream nvinfer classifier config ([property] key file) and labels file for an "
         "export made with --input pixels --softmax (or its engine): every value from the export's "
         "metadata, net-scale-factor 1 and zero offsets because the graph normalises per channel "
         "itself. Refuses, in one line, a model whose preprocessing nvinfer cannot reproduce.",

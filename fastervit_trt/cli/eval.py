@@ -11,18 +11,17 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FasterViTTRTError
-from .common import Formatter, add_json, add_torch_variant, positive, renamed, run
+from .common import add_json, add_torch_variant, command_parser, positive, renamed, run
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fastervit-eval",
-        formatter_class=Formatter,
-        epilog="examples:\n  fastervit-eval --data ~/imagenet/val --model engines/faster_vit_0_224_int8.engine "
+    parser = command_parser(
+        "fastervit-eval",
+        "examples:\n  fastervit-eval --data ~/imagenet/val --model engines/faster_vit_0_224_int8.engine "
         "--model export/faster_vit_0_224_fp32.onnx --limit 5000\n"
         "  fastervit-eval --data digits/heldout --model export/faster_vit_digits_int8.onnx "
         "--torch-variant faster_vit_digits --checkpoint tests/fixtures/faster_vit_digits.pth --json",
-        description="Top-1 / top-5 accuracy of engines, ONNX files and PyTorch models side by side on a "
+        "Top-1 / top-5 accuracy of engines, ONNX files and PyTorch models side by side on a "
         "labelled folder (<data>/<class>/<image>), with pairwise top-1 agreement and logit cosine.",
     )
     parser.add_argument("--data", type=Path, required=True, help="labelled image folder")

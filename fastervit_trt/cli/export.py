@@ -7,15 +7,16 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
 
+from .build import build_after_export, planned_engine
 from .common import (
     PROFILE_TEXT,
-    Formatter,
     add_batch_profile,
-    add_calibration_files,
+    add_calibration_options,
     add_force,
     add_quiet,
+    calibration_options,
+    command_parser,
     number,
     options_or_error,
     positive,
@@ -50,11 +51,10 @@ def parser() -> argparse.ArgumentParser:
     from ..models import list_models
 
     d = ExportOptions()
-    parser = argparse.ArgumentParser(
-        prog="fastervit-export",
-        formatter_class=Formatter,
-        epilog=EXAMPLES,
-        description="Export a FasterViT model to TensorRT-friendly ONNX (BatchNorm folded, "
+    parser = command_parser(
+        "fastervit-export",
+        EXAMPLES,
+        "Export a FasterViT model to TensorRT-friendly ONNX (BatchNorm folded, "
         "position bias precomputed, static window reshapes, dynamic batch), "
         "validated against PyTorch with ONNX Runtime. Writes "
         "<output-dir>/<variant>_<precision>.onnx and a JSON report beside it.",
@@ -155,7 +155,7 @@ def parser() -> argparse.ArgumentParser:
         "engines go there too unless --engine-dir is given",
     )
     parser.add_argument("--seed", type=number(int, 0), default=d.seed, help="seed of random weights and inputs")
-    _calibration_group(parser)
+    add_calibration_options(parser)
     engine = parser.add_argument_group("engine (built at the end when TensorRT or TensorRT-RTX is installed)")
     engine.add_argument(
         "--engine-dir",
@@ -175,79 +175,7 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _calibration_group(parser: argparse.ArgumentParser) -> None:
-    from ..calibration.options import PERCENTILE_RANGE, CalibrationOptions
-
-    c = CalibrationOptions()
-    calib = parser.add_argument_group("INT8 / FP8 calibration (--precision int8 or fp8)")
-    add_calibration_files(
-        calib,
-        data_default=c.data,
-        data_help="image folder (read recursively) or preprocessed NCHW float32 .npy",
-        cache_help="TensorRT calibration cache; reused when it exists (default: "
-        "<output-dir>/<variant>_<precision>.cache)",
-    )
-    calib.add_argument(
-        "--calib-images",
-        type=positive,
-        default=c.images,
-        metavar="N",
-        help="calibration inputs (a small folder is expanded by crops and flips)",
-    )
-    calib.add_argument("--calib-batch", type=positive, default=c.batch, metavar="N")
-    calib.add_argument(
-        "--calib-method",
-        choices=("entropy", "minmax", "percentile"),
-        default=c.method,
-        help="entropy: TensorRT's EntropyCalibration2 (KL divergence)",
-    )
-    calib.add_argument(
-        "--calib-percentile",
-        type=number(float, *PERCENTILE_RANGE, low_open=True),
-        default=c.percentile,
-        metavar="P",
-        help="with --calib-method percentile",
-    )
-    calib.add_argument("--recalibrate", action="store_true", help="ignore an existing cache")
-    calib.add_argument(
-        "--qdq-base", choices=("fp16", "fp32"), default=c.qdq_base, help="float type of the layers left unquantized"
-    )
-    calib.add_argument(
-        "--residual-qdq",
-        choices=("auto", "on", "off"),
-        default=c.residual_qdq,
-        help="INT8: quantize the residual input of each Add after a quantized Conv so "
-        "TensorRT reads it in INT8 in the fused epilogue; auto: on for classifiers, "
-        "off for --features (the feature maps are that residual stream)",
-    )
-    calib.add_argument(
-        "--bias-correction",
-        choices=("on", "off"),
-        default="on" if c.bias_correction else "off",
-        help="subtract from each quantized layer's bias the mean output shift its weight "
-        "rounding causes (from the calibration inputs' channel means, kept beside the "
-        "cache as <cache>.means.npz)",
-    )
-    calib.add_argument(
-        "--calib-heldout",
-        type=positive,
-        default=c.heldout,
-        metavar="N",
-        help="held-out inputs for the accuracy figures, sensitivity and budget",
-    )
-    calib.add_argument(
-        "--sensitivity", action="store_true", help="rank layers by the degradation each causes when quantized alone"
-    )
-    calib.add_argument(
-        "--accuracy-budget",
-        type=number(float, 0, 100),
-        metavar="POINTS",
-        help="leave the most sensitive layers in FP16 until the top-1 agreement with FP32 drops by at most POINTS",
-    )
-
-
 def _export(args: argparse.Namespace) -> int:
-    from ..calibration.options import CalibrationOptions
     from ..export.pipeline import ExportOptions, export_model
 
     options = options_or_error(
@@ -270,26 +198,10 @@ def _export(args: argparse.Namespace) -> int:
             softmax=args.softmax,
         )
     )
-    calib = options_or_error(
-        lambda: CalibrationOptions(
-            data=args.calib_data,
-            images=args.calib_images,
-            batch=args.calib_batch,
-            method=args.calib_method,
-            percentile=args.calib_percentile,
-            cache=args.calib_cache,
-            recalibrate=args.recalibrate,
-            qdq_base=args.qdq_base,
-            heldout=args.calib_heldout,
-            sensitivity=args.sensitivity,
-            accuracy_budget=args.accuracy_budget,
-            residual_qdq=args.residual_qdq,
-            bias_correction=args.bias_correction == "on",
-        )
-    )
+    calib = calibration_options(args)
     stream = progress(args)
     engine_dir = args.engine_dir or args.output_dir or Path("engines")
-    engine = None if args.no_engine else _planned_engine(options.onnx_path, engine_dir)
+    engine = None if args.no_engine else planned_engine(options.onnx_path, engine_dir)
     _preflight_outputs(engine, args.triton_repo, options.onnx_path, args.force)
     result = export_model(options, stream, calib if options.precision in ("int8", "fp8") else None)
     print(export_summary(result.report, result.report_path))
@@ -297,7 +209,7 @@ def _export(args: argparse.Namespace) -> int:
         print(sensitivity_table(result.report))
     served = result.onnx_path
     if engine is not None:
-        served = _engine_after_export(result.onnx_path, engine, options.batch, args.force, stream)
+        served = build_after_export(result.onnx_path, engine, options.batch, args.force, stream)
     elif not args.no_engine:
         print(
             f"engine      no TensorRT installed here; build later with: "
@@ -314,17 +226,6 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _planned_engine(onnx_path: Path, engine_dir: Path) -> Path | None:
-    """The engine ``fastervit-export`` will build, or None when no TensorRT is installed."""
-    from ..engines import EngineBuildError, load_tensorrt
-
-    try:
-        load_tensorrt()
-    except EngineBuildError:
-        return None
-    return engine_dir / onnx_path.with_suffix(".engine").name
-
-
 def _preflight_outputs(engine: Path | None, triton_repo: Path | None, onnx_path: Path, force: bool) -> None:
     """Fail in the first second when a later stage's output exists (the export's own are
     checked by its preflight)."""
@@ -336,21 +237,6 @@ def _preflight_outputs(engine: Path | None, triton_repo: Path | None, onnx_path:
         served = engine or onnx_path
         outputs.append(triton_repo / served.stem / "config.pbtxt")
     check_writable(outputs, force)
-
-
-def _engine_after_export(
-    onnx_path: Path, engine: Path, batch: tuple[int, int, int], force: bool, stream: TextIO | None
-) -> Path:
-    """Build ``engine`` from the exported ONNX; returns it (the file to serve)."""
-    from ..engines import BuildConfig, build_engine, load_tensorrt
-
-    flavour, trt = load_tensorrt()
-    sidecar = build_engine(onnx_path, engine, BuildConfig(batch=batch, force=force), stream)
-    print(
-        f"engine      {engine}  ({flavour} {trt.__version__}, {sidecar['engine']['bytes'] / 1e6:.1f} MB, "
-        f"built in {sidecar['build']['seconds']:.1f} s; sidecar {engine.with_suffix('.json')})"
-    )
-    return engine
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import FasterViTTRTError
-from .common import EXIT_ERROR, Formatter, add_json, add_model_file, positive, run
+from .common import EXIT_ERROR, add_json, add_model_file, command_parser, positive, run
 
 EXAMPLES = """\
 examples:
@@ -20,11 +20,10 @@ examples:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fastervit-infer",
-        formatter_class=Formatter,
-        epilog=EXAMPLES,
-        description="Classify images with an engine or ONNX file (preprocessing from its sidecar/metadata). "
+    parser = command_parser(
+        "fastervit-infer",
+        EXAMPLES,
+        "Classify images with an engine or ONNX file (preprocessing from its sidecar/metadata). "
         "Images are decoded on a thread pool, the next batch while the model runs this one.",
     )
     parser.add_argument("images", nargs="+", type=Path, help="image files, or folders (read recursively)")

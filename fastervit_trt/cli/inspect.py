@@ -8,16 +8,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .common import Formatter, add_json, run
+from .common import add_json, command_parser, run
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fastervit-inspect",
-        formatter_class=Formatter,
-        epilog="examples:\n  fastervit-inspect export/faster_vit_0_224_int8.onnx\n"
+    parser = command_parser(
+        "fastervit-inspect",
+        "examples:\n  fastervit-inspect export/faster_vit_0_224_int8.onnx\n"
         "  fastervit-inspect engines/faster_vit_0_224_fp16.engine",
-        description="What is inside an ONNX file (ops, Q/DQ, float16 share, external data, export "
+        "What is inside an ONNX file (ops, Q/DQ, float16 share, external data, export "
         "report) or an engine (sidecar, and its layers with precisions via TensorRT's "
         "engine inspector when a GPU is present).",
     )

@@ -6,21 +6,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .common import Formatter, add_model_file, number, positive, run
+from .common import add_model_file, command_parser, number, positive, run
 
 
 def parser() -> argparse.ArgumentParser:
     from ..serve import ServeOptions
 
     d = ServeOptions()
-    parser = argparse.ArgumentParser(
-        prog="fastervit-serve",
-        formatter_class=Formatter,
-        epilog="examples:\n  fastervit-serve --model engines/faster_vit_0_224_fp16.engine --port 8000\n"
+    parser = command_parser(
+        "fastervit-serve",
+        "examples:\n  fastervit-serve --model engines/faster_vit_0_224_fp16.engine --port 8000\n"
         "  curl -s --data-binary @cat.jpg -H 'Content-Type: image/jpeg' localhost:8000/v1/classify?topk=3\n"
         "  fastervit-serve --model export/faster_vit_0_224_fp32.onnx --max-delay-ms 5 --max-queue 64\n"
         "  curl -s localhost:8000/metrics | grep fastervit_batch_size",
-        description="Serve a classifier over HTTP (Starlette + uvicorn; pip install 'fastervit-trt[serve]'): "
+        "Serve a classifier over HTTP (Starlette + uvicorn; pip install 'fastervit-trt[serve]'): "
         'POST image bytes (or JSON {"images": [base64, ...]}) to /v1/classify for the top-k '
         "classes; concurrent requests are batched into one engine call. Also /v1/model, "
         "/health/live, /health/ready and Prometheus /metrics. Overload is answered 503 with "

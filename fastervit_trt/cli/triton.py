@@ -8,20 +8,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .common import Formatter, add_force, number, options_or_error, positive, run
+from .common import add_force, command_parser, number, options_or_error, positive, run
 
 
 def parser() -> argparse.ArgumentParser:
     from ..triton import TritonOptions
 
     d = TritonOptions()
-    parser = argparse.ArgumentParser(
-        prog="fastervit-triton",
-        formatter_class=Formatter,
-        epilog="examples:\n  fastervit-triton engines/faster_vit_0_224_fp16.engine --repo models\n"
+    parser = command_parser(
+        "fastervit-triton",
+        "examples:\n  fastervit-triton engines/faster_vit_0_224_fp16.engine --repo models\n"
         "  fastervit-triton export/faster_vit_0_224_fp32.onnx --repo models --kind cpu --instances 2\n"
         "  tritonserver --model-repository models",
-        description="Write a Triton Inference Server model repository (config.pbtxt + 1/model.plan or "
+        "Write a Triton Inference Server model repository (config.pbtxt + 1/model.plan or "
         "1/model.onnx) for an engine (TensorRT backend) or ONNX file (ONNX Runtime backend).",
     )
     parser.add_argument("model", type=Path, help=".engine (with its sidecar) or .onnx")
