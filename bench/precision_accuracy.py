@@ -71,9 +71,7 @@ def digits(folder: Path) -> dict:
     from tests.fixtures.digits import split_named, write_folder
 
     data = {name: write_folder(folder / name, *arrays) for name, arrays in split_named().items()}
-    common = dict(
-        model="faster_vit_digits", checkpoint=ROOT / "tests" / "fixtures" / "faster_vit_digits.pth", batch=(1, 8, 32)
-    )
+    common = dict(model="faster_vit_digits", checkpoint=ROOT / "tests" / "fixtures" / "faster_vit_digits.pth")
     paths = {
         p: export_model(ExportOptions(precision=p, output_dir=folder / p, **common)).onnx_path for p in ("fp32", "fp16")
     }

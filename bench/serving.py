@@ -82,7 +82,7 @@ def main() -> int:
         name, checkpoint, args.clients, args.seconds = "faster_vit_digits", FIXTURE, [1, 4], 1.0
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_model(
-            ExportOptions(model=name, checkpoint=checkpoint, precision="fp32", batch=(1, 8, 32), output_dir=Path(tmp)),
+            ExportOptions(model=name, checkpoint=checkpoint, precision="fp32", output_dir=Path(tmp)),
             None,
         ).onnx_path
         with load(onnx_path) as model:

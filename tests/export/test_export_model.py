@@ -1,0 +1,24 @@
+"""``export_model`` is the one entry point for every precision."""
+
+import pytest
+
+from fastervit_trt.errors import FasterViTTRTError
+from fastervit_trt.export import pipeline
+from fastervit_trt.export.pipeline import CalibrationOptions, ExportOptions, export_model
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_quantized_precisions_go_through_the_quantized_driver(precision, monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(pipeline, "export_quantized", lambda options, calib, stream: seen.append((options, calib)))
+    options = ExportOptions(precision=precision, output_dir=tmp_path)
+    export_model(options)
+    calib = CalibrationOptions(images=16)
+    export_model(options, calibration=calib)
+    assert seen == [(options, CalibrationOptions()), (options, calib)]
+
+
+def test_calibration_settings_for_a_float_export_are_refused(tmp_path):
+    with pytest.raises(FasterViTTRTError, match="calibration settings apply to int8 / fp8 exports, not fp16"):
+        export_model(ExportOptions(output_dir=tmp_path), calibration=CalibrationOptions())
+    assert not any(tmp_path.iterdir())
