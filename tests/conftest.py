@@ -9,6 +9,17 @@ import torch
 
 warnings.filterwarnings("ignore", module="timm")
 
+# Fixtures that export, calibrate or build real models (10-20 s each on 2 cores). Their users
+# are marked slow with them: deselecting only the slow tests would move a fixture's cost onto
+# its next user, and `pytest -m "not slow"` (the fast loop) would not be fast.
+SLOW_FIXTURES = {"int8_export", "mixed", "accuracies", "fp16_engine", "int8_features", "digits"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def official_state():

@@ -113,6 +113,7 @@ def test_resolution_the_reference_cannot_run_names_the_nearest_valid_ones(model,
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_float64_npy_is_converted_and_held_out_inputs_are_independent(tmp_path, monkeypatch, capsys):
     """A float64 array calibrates (converted, with a warning); the accuracy figures come from the
     shipped photos, not from the array itself, so a badly scaled array cannot hide."""
@@ -154,6 +155,7 @@ def _visible(folder):
 @pytest.mark.parametrize(
     "precision,stage", [("fp32", "validate"), ("int8", "_accuracy"), ("int8", "collect_histograms")]
 )
+@pytest.mark.slow
 def test_ctrl_c_at_the_last_steps_leaves_nothing_new(precision, stage, tmp_path, monkeypatch, capsys):
     """Ctrl-C during validation (or the last INT8 step) once left an unvalidated ONNX and a
     cache without a report, and the next run refused "already exists"."""
@@ -216,6 +218,7 @@ def test_build_output_must_be_an_engine_file(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_an_engine_build_exits_130_without_an_engine(tmp_path, exported):
     """TensorRT swallowed the KeyboardInterrupt and reported "failed to build"."""
     import signal
@@ -447,6 +450,7 @@ def truncated_engine(exported, tmp_path):
     return engine
 
 
+@pytest.mark.slow
 def test_triton_and_inspect_refuse_an_engine_that_does_not_match_its_sidecar(truncated_engine, tmp_path, capsys):
     """A truncated engine once became a 1 MB model.plan with exit 0."""
     capsys.readouterr()
@@ -468,6 +472,7 @@ def test_triton_and_inspect_refuse_an_engine_that_does_not_match_its_sidecar(tru
     )
 
 
+@pytest.mark.slow
 def test_rebuild_hint_targets_the_engine_where_it_is(truncated_engine, tmp_path, capsys, monkeypatch):
     """The hint for a copied engine once rebuilt over the original, with paths relative to
     another folder; it is now shell-quoted and names this engine and an absolute ONNX."""
@@ -489,6 +494,7 @@ def test_rebuild_hint_targets_the_engine_where_it_is(truncated_engine, tmp_path,
 # ---------------------------------------------------------------- what the files and logs say
 
 
+@pytest.mark.slow
 def test_recorded_io_dtype_is_the_graphs(tmp_path):
     """--io-dtype fp16 --qdq-base fp32 once recorded a float16 input the graph does not have."""
     import json
@@ -526,6 +532,7 @@ def test_recorded_io_dtype_is_the_graphs(tmp_path):
     assert report["input"]["dtype"] == "float32"
 
 
+@pytest.mark.slow
 def test_progress_in_a_log_is_plain_lines(tmp_path):
     """Progress bars wrote carriage returns into non-terminal logs."""
     import io

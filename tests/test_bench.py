@@ -23,6 +23,7 @@ def _run(script: str, *argv: str, cwd: Path) -> subprocess.CompletedProcess:
     return child
 
 
+@pytest.mark.slow
 def test_export_speed_smoke(tmp_path):
     if not has_tensorrt():
         pytest.skip("no TensorRT / TensorRT-RTX installed")
@@ -32,6 +33,7 @@ def test_export_speed_smoke(tmp_path):
     assert all(isinstance(s, float) for s in result["tensorrt_rtx_build_seconds"].values()), result
 
 
+@pytest.mark.slow
 def test_build_times_smoke(tmp_path):
     if not has_tensorrt():
         pytest.skip("no TensorRT / TensorRT-RTX installed")
@@ -41,12 +43,14 @@ def test_build_times_smoke(tmp_path):
     assert all(r["export_s"] > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_calibration_speed_smoke(tmp_path):
     _run("calibration_speed.py", "--smoke", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["calibration_seconds"] > 0 and result["ort_img_per_s"]["fp32"] > 0
 
 
+@pytest.mark.slow
 def test_triton_load_smoke(tmp_path):
     if not all(importlib.util.find_spec(m) for m in ("pytriton", "tritonclient")):
         pytest.skip("PyTriton / tritonclient not installed (pip install fastervit-trt[triton])")
@@ -57,6 +61,7 @@ def test_triton_load_smoke(tmp_path):
     assert len(json.loads((tmp_path / "r.json").read_text())["rows"]) == 2
 
 
+@pytest.mark.slow
 def test_export_all_smoke(tmp_path):
     out = tmp_path / "rows.json"
     child = subprocess.run(
@@ -89,6 +94,7 @@ def test_export_all_smoke(tmp_path):
     assert out.with_suffix(".md").read_text().count("faster_vit_digits") == 2
 
 
+@pytest.mark.slow
 def test_gpu_suite_smoke_runs_what_it_can_and_says_what_it_skipped(tmp_path):
     import torch
 
@@ -103,6 +109,7 @@ def test_gpu_suite_smoke_runs_what_it_can_and_says_what_it_skipped(tmp_path):
         assert "needs a CUDA GPU" in skipped["amp"] and "skipped amp" in child.stdout
 
 
+@pytest.mark.slow
 def test_gpu_suite_closes_each_contender_once_measured(tmp_path, monkeypatch):
     """Engines and models leave the GPU before the next contender loads (they were kept to the end)."""
     spec = importlib.util.spec_from_file_location("gpu_suite", ROOT / "bench" / "gpu_suite.py")
@@ -147,6 +154,7 @@ def test_gpu_suite_closes_each_contender_once_measured(tmp_path, monkeypatch):
     assert all(r["batcher"]["requests"] > 0 and r["mean_batch"] >= 1 for r in serving)
 
 
+@pytest.mark.slow
 def test_serving_smoke(tmp_path):
     child = _run("serving.py", "--smoke", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
     result = json.loads((tmp_path / "r.json").read_text())
@@ -157,6 +165,7 @@ def test_serving_smoke(tmp_path):
     assert set(result["checks"].values()) <= {True, False} and "| clients | direct req/s" in child.stdout
 
 
+@pytest.mark.slow
 def test_service_path_smoke(tmp_path):
     child = _run("service_path.py", "--smoke", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
     result = json.loads((tmp_path / "r.json").read_text())
@@ -166,6 +175,7 @@ def test_service_path_smoke(tmp_path):
     assert "reduced/before" in child.stdout
 
 
+@pytest.mark.slow
 def test_backbone_smoke(tmp_path):
     if not has_tensorrt():
         pytest.skip("no TensorRT / TensorRT-RTX installed")
@@ -174,6 +184,7 @@ def test_backbone_smoke(tmp_path):
     assert row["nodes"] > 0 and row["engine_bytes"] > 0 and row["ort_cpu_ms"] > 0 and row["eager_ms"] > 0
 
 
+@pytest.mark.slow
 def test_precision_accuracy_table(tmp_path):
     _run("precision_accuracy.py", "--calib-images", "16", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
     tables = json.loads((tmp_path / "r.json").read_text())

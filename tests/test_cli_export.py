@@ -81,6 +81,7 @@ def test_existing_output_needs_force(capsys, tmp_path):
     assert target.read_bytes() == b"old"
 
 
+@pytest.mark.slow
 def test_validation_failure_exits_non_zero(capsys, tmp_path, monkeypatch):
     """A graph that does not reproduce PyTorch fails the command (files kept for inspection)."""
     from fastervit_trt.export import stages as pipeline
@@ -98,6 +99,7 @@ def test_validation_failure_exits_non_zero(capsys, tmp_path, monkeypatch):
     assert report.exists() and '"passed": false' in report.read_text()
 
 
+@pytest.mark.slow
 def test_training_checkpoint_weights_are_reported(capsys, tmp_path, official_state):
     """A timm training checkpoint exports; the summary and report say which tensors were
     loaded from which key, with the run's arch and epoch."""
@@ -126,6 +128,7 @@ def test_training_checkpoint_weights_are_reported(capsys, tmp_path, official_sta
     assert report["validation"]["passed"]
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_arch_fails_before_any_work(capsys, tmp_path, official_state):
     from tests.models.test_checkpoint import save_training_checkpoint
 

@@ -100,6 +100,7 @@ def test_inspect_int8_onnx(int8_export, capsys):
 
 
 @pytest.mark.skipif(not has_tensorrt(), reason="no TensorRT / TensorRT-RTX installed")
+@pytest.mark.slow
 def test_export_builds_the_engine_and_inspect_reads_it(tmp_path, capsys):
     code = export_main(
         [

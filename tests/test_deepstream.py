@@ -30,6 +30,7 @@ CHECKPOINT = Path(__file__).parent / "fixtures" / "faster_vit_digits.pth"
 PHOTOS = sorted(p for p in (Path(__file__).parents[1] / "calibration").iterdir() if p.suffix in (".jpg", ".png"))
 
 
+@pytest.mark.slow
 def test_pixels_graph_equals_the_float_graph_fed_the_same_images(exported):
     """faster_vit_0_224 FP32: within 1e-6 relative (the graph does Preprocess.normalize's
     float32 operations in its order on NCHW pixels)."""
@@ -78,6 +79,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
+@pytest.mark.slow
 def test_every_precision_takes_pixels_and_answers_probabilities(digits, digits_folders):
     from fastervit_trt.calibration.dataset import find_images
 
@@ -96,6 +98,7 @@ def test_every_precision_takes_pixels_and_answers_probabilities(digits, digits_f
 
 
 @requires_tensorrt
+@pytest.mark.slow
 def test_tensorrt_rtx_builds_the_pixels_graphs(digits, tmp_path):
     from fastervit_trt.engines import BuildConfig, build_engine
 

@@ -30,6 +30,7 @@ def digits_models(tmp_path_factory, digits_folders):
     return fp32, int8
 
 
+@pytest.mark.slow
 def test_side_by_side_on_the_heldout_split(digits_models, digits_folders, capsys):
     fp32, int8 = digits_models
     code = eval_main(

@@ -13,6 +13,7 @@ import pytest
 import fastervit_trt.polygraphy_data as loader
 
 
+@pytest.mark.slow
 def test_polygraphy_run_feeds_preprocessed_photos(tmp_path):
     pytest.importorskip("polygraphy")
     from polygraphy.json import load_json

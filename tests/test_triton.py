@@ -57,6 +57,7 @@ def test_onnx_repository_parses_with_tritons_model_config(digits_onnx, tmp_path)
 
 
 @pytest.mark.skipif(not has_tensorrt(), reason="no TensorRT / TensorRT-RTX to build an engine")
+@pytest.mark.slow
 def test_engine_repository_via_export(tmp_path, capsys):
     code = export_main(
         [
@@ -121,6 +122,7 @@ def _server_can_run() -> str | None:
 
 
 @pytest.mark.skipif(_server_can_run() is not None, reason=str(_server_can_run()))
+@pytest.mark.slow
 def test_served_for_real_over_http_and_grpc(digits_onnx, digits_folders):
     import tritonclient.grpc as grpc_client
     import tritonclient.http as http_client

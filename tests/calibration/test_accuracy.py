@@ -61,6 +61,7 @@ def accuracies(exports, heldout):
     return table
 
 
+@pytest.mark.slow
 def test_fixture_is_trained(accuracies):
     assert accuracies["pytorch"] >= 95.0  # ten classes: chance is 10 %
 

@@ -34,6 +34,7 @@ def fp32_graph(exported):
     return result.onnx_path, model, sorted({t.activation for t in quant_targets(model)})
 
 
+@pytest.mark.slow
 def test_segments_cover_the_requested_tensors_in_graph_order_within_budget(fp32_graph):
     _, model, tensors = fp32_graph
     budget = 1 << 22  # 4 MB: a 224x224 FasterViT-0 needs about 18 MB
@@ -54,6 +55,7 @@ def test_segments_cover_the_requested_tensors_in_graph_order_within_budget(fp32_
     assert head  # nodes after the last quantized input (the logits' Gemm/Add) are not run
 
 
+@pytest.mark.slow
 def test_segmented_histograms_match_one_session_over_the_whole_graph(fp32_graph, tmp_path):
     path, model, tensors = fp32_graph
     inputs = np.random.default_rng(0).standard_normal((6, 3, 224, 224)).astype(np.float32)

@@ -83,6 +83,7 @@ def digits_fp8(tmp_path_factory, digits_folders):
     return fp32, export_quantized(ExportOptions(precision="fp8", **options), calib)
 
 
+@pytest.mark.slow
 def test_fp8_export_of_the_trained_fixture(digits_fp8, digits_folders):
     fp32, fp8 = digits_fp8
     assert fp8.onnx_path.name == "faster_vit_digits_fp8.onnx"

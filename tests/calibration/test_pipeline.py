@@ -7,12 +7,14 @@ from collections import Counter
 
 import numpy as np
 import onnx
+import pytest
 
 from fastervit_trt.calibration.cache import CalibrationCache
 from fastervit_trt.cli import export_main
 from fastervit_trt.export.ort_eval import ort_logits
 
 
+@pytest.mark.slow
 def test_int8_report_and_accuracy(int8_export):
     report = int8_export.report
     quant = report["quantization"]
@@ -34,6 +36,7 @@ def _ops_onnx_runtime_runs(path, tmp_path) -> set[str]:
     return {n.op_type for n in onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node}
 
 
+@pytest.mark.slow
 def test_int8_kernel_figure_only_where_onnx_runtime_runs_int8_kernels(int8_export, tmp_path):
     """Over an FP16 base ONNX Runtime fuses no int8 kernels (it casts to float32): the report
     gives no int8-kernel figure then, and gives one over an FP32 base, where it fuses them."""
@@ -111,6 +114,7 @@ def test_cache_written_in_tensorrt_format(int8_export):
     assert all(s > 0 for s in cache.scales.values())
 
 
+@pytest.mark.slow
 def test_existing_cache_is_reused_without_reading_images(int8_export, tmp_path, capsys, monkeypatch):
     from fastervit_trt.export import quantized as pipeline
 
@@ -159,6 +163,7 @@ def _digits_int8(folder, *argv) -> dict:
     return json.loads((folder / "faster_vit_digits_int8.report.json").read_text())["quantization"]
 
 
+@pytest.mark.slow
 def test_cache_made_with_other_flags_is_refused_not_silently_reused(tmp_path, capsys):
     """--calib-percentile 90 once said "reused" and kept the old scales."""
     cache = tmp_path / "digits.cache"
@@ -194,6 +199,7 @@ def test_cache_made_with_other_flags_is_refused_not_silently_reused(tmp_path, ca
     assert not changed["cache_reused"] and CalibrationCache.read(cache).scales != before
 
 
+@pytest.mark.slow
 def test_recalibrate_replaces_the_cache_it_names_without_force(tmp_path, capsys):
     cache = tmp_path / "digits.cache"
     _digits_int8(tmp_path / "a", "--calib-cache", str(cache))
@@ -201,6 +207,7 @@ def test_recalibrate_replaces_the_cache_it_names_without_force(tmp_path, capsys)
     assert not again["cache_reused"] and again["calibration_inputs"] == 16
 
 
+@pytest.mark.slow
 def test_bias_correction_needs_the_means_kept_beside_the_cache(tmp_path, capsys, caplog):
     cache = tmp_path / "digits.cache"
     assert _digits_int8(tmp_path / "a", "--calib-cache", str(cache))["bias_correction"] == "on"

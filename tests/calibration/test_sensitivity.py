@@ -50,6 +50,7 @@ def mixed(tmp_path_factory, digits_folders):
     )
 
 
+@pytest.mark.slow
 def test_sensitivity_table(mixed):
     rows = mixed.report["sensitivity"]
     assert len(rows) == 30 and len({r["layer"] for r in rows}) == 30  # 31 layers, the head kept in FP16
@@ -58,6 +59,7 @@ def test_sensitivity_table(mixed):
     assert cosines == sorted(cosines) and cosines[0] < cosines[-1] <= 1.0
 
 
+@pytest.mark.slow
 def test_budget_met_with_fewer_layers_left_out_than_graph_order(mixed):
     report = mixed.report
     result = report["mixed_precision"]

@@ -22,6 +22,7 @@ pytestmark = requires_tensorrt
         ("fp32", {"model": "faster_vit_0_any_res", "resolution": (480, 640), "validation_batch": 2}),
     ],
 )
+@pytest.mark.slow
 def test_exported_graph_builds(exported, tmp_path, precision, options):
     result = exported(precision, **options)
     engine = tmp_path / "model.engine"

@@ -25,6 +25,7 @@ def fp16_engine(exported, tmp_path_factory):
     return result, engine, sidecar, progress.getvalue()
 
 
+@pytest.mark.slow
 def test_sidecar_contents(fp16_engine):
     result, engine, sidecar, _ = fp16_engine
     assert read_sidecar(engine) == sidecar
@@ -48,6 +49,7 @@ def test_progress_is_shown(fp16_engine):
     assert "builder: Building engine" in progress
 
 
+@pytest.mark.slow
 def test_int8_qdq_engine_records_no_calibration_cache_it_did_not_use(int8_export, tmp_path):
     """Q/DQ graphs carry their scales; the cache beside them is not read by the build, so the
     sidecar does not claim it (its provenance stays in the ONNX metadata)."""
@@ -55,6 +57,7 @@ def test_int8_qdq_engine_records_no_calibration_cache_it_did_not_use(int8_export
     assert sidecar["precision"] == "int8" and sidecar["calibration_cache"] is None
 
 
+@pytest.mark.slow
 def test_timing_cache_on_tensorrt_rtx_says_it_does_not_apply(exported, tmp_path):
     from fastervit_trt.engines import load_tensorrt
 
@@ -101,6 +104,7 @@ def test_rebuild_command_reproduces_the_options(fp16_engine):
     assert "--opt-level 2" in command and str(engine) in command
 
 
+@pytest.mark.slow
 def test_build_cli(exported, tmp_path, capsys):
     onnx_path = exported("fp32").onnx_path
     engine = tmp_path / "cli.engine"

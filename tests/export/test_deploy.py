@@ -22,6 +22,7 @@ from tests.parity import randomize_
         ("faster_vit_0_any_res", (224, 320)),
     ],
 )
+@pytest.mark.slow
 def test_deploy_form_matches_eval_model(name, resolution):
     model = randomize_(create_model(name, resolution=resolution), seed=1)
     deployed = prepare_for_export(model)
@@ -35,6 +36,7 @@ def test_deploy_form_matches_eval_model(name, resolution):
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # original untouched
 
 
+@pytest.mark.slow
 def test_layer_scale_folded_into_linear_outputs():
     deployed = prepare_for_export(randomize_(create_model("faster_vit_3_224")))
     blocks = [b for level in deployed.levels[2:] for b in level.blocks]

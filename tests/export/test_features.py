@@ -53,6 +53,7 @@ def _shared_weights(name: str, resolution, path: Path) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("name,resolution", [("faster_vit_0_224", None), ("faster_vit_0_any_res", (800, 1216))])
+@pytest.mark.slow
 def test_feature_maps_equal_the_official_levels(name, resolution, tmp_path):
     official = _shared_weights(name, resolution, tmp_path / "w.pth")
     ours = create_model(name, checkpoint=tmp_path / "w.pth", resolution=resolution)
@@ -94,6 +95,7 @@ def any_res_features(tmp_path_factory):
     return official, result
 
 
+@pytest.mark.slow
 def test_exported_features_match_the_official_model_through_onnx_runtime(any_res_features):
     import onnxruntime as ort
 
@@ -130,6 +132,7 @@ def test_feature_graph_keeps_the_graph_rules(any_res_features):
     assert result.onnx_path.name == "faster_vit_0_any_res_fp32_features.onnx"
 
 
+@pytest.mark.slow
 def test_fp16_normalised_subset_validates_per_output(tmp_path, realistic_checkpoint):
     result = export_model(
         ExportOptions(
@@ -171,6 +174,7 @@ def int8_features(tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_int8_features_report_cosine_per_feature_map(int8_features):
     accuracy = int8_features.report["accuracy"]
     per_output = accuracy["quantized_vs_fp32_qdq_arithmetic"]
@@ -181,6 +185,7 @@ def test_int8_features_report_cosine_per_feature_map(int8_features):
     assert int8_features.report["quantization"]["residual_inputs"] == 0  # auto: off for a backbone
 
 
+@pytest.mark.slow
 def test_residual_qdq_on_a_backbone_is_a_choice_that_costs_feature_accuracy(int8_features, tmp_path):
     """The feature maps are the residual stream: quantizing its inputs (TensorRT's fusion
     rule, on for classifiers) puts INT8 rounding into them undiluted."""
@@ -217,6 +222,7 @@ def test_accuracy_budget_needs_classes(tmp_path):
 
 
 @requires_tensorrt
+@pytest.mark.slow
 def test_backbone_engine_runtime_inspect_and_triton(int8_features, tmp_path):
     """TensorRT-RTX builds the multi-output INT8 graph; the sidecar lists every output with
     its stride; the runtime returns a dict of feature maps; inspect and Triton show them all."""
@@ -284,6 +290,7 @@ def test_bench_times_a_backbone_against_pytorch_eager(int8_features, capsys):
 
 
 @requires_tensorrt
+@pytest.mark.slow
 def test_fp8_backbone_exports_and_builds(tmp_path):
     from fastervit_trt.engines import BuildConfig, build_engine
     from fastervit_trt.export.quantized import CalibrationOptions, export_quantized

@@ -48,6 +48,7 @@ def digits(tmp_path_factory, digits_folders):
     return paths
 
 
+@pytest.mark.slow
 def test_uint8_graph_equals_the_float_graph_fed_the_same_images(exported):
     """faster_vit_0_224 FP32: logits within 1e-6 relative (the graph does the float32 ops of
     Preprocess.normalize in its order, so ONNX Runtime agrees bitwise)."""
@@ -70,6 +71,7 @@ def test_uint8_graph_equals_the_float_graph_fed_the_same_images(exported):
     assert report.relative_diff <= 1e-6, report
 
 
+@pytest.mark.slow
 def test_fp16_and_int8_uint8_graphs_classify_like_the_float_graph(digits, digits_folders):
     heldout = sorted(Path(digits_folders["heldout"]).rglob("*.png"))[:48]
     reference = load(digits["fp32", "float"]).logits(heldout)

@@ -85,6 +85,7 @@ _KILLED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_killed_export_leaves_no_complete_looking_file_and_the_next_run_cleans_up(tmp_path):
     out = tmp_path / "out"
     child = subprocess.run([sys.executable, "-c", _KILLED, str(out)], capture_output=True, text=True)

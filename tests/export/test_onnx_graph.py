@@ -47,6 +47,7 @@ def test_fp32_node_budget(exported):
     assert nodes <= 800, nodes  # the official export has 3,268; through onnxslim 882
 
 
+@pytest.mark.slow
 def test_export_is_byte_identical(exported, tmp_path, realistic_checkpoint):
     first = exported("fp32")
     again = export_model(ExportOptions(precision="fp32", output_dir=tmp_path, checkpoint=realistic_checkpoint))
@@ -85,6 +86,7 @@ def test_fp16_policy(exported):
     assert weight_bytes[fp16] > 50 * weight_bytes[fp32]
 
 
+@pytest.mark.slow
 def test_fp16_io_dtype_option(exported):
     result = exported("fp16", io_dtype="fp16")
     model = _load(result)
@@ -111,6 +113,7 @@ def test_any_res_non_square_export(exported):
     assert result.report["validation"]["passed"]
 
 
+@pytest.mark.slow
 def test_external_data_above_threshold(tmp_path):
     """Weights beyond the threshold (2 GB by default) go to <file>.onnx.data and still validate."""
     result = export_model(

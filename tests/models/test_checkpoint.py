@@ -181,6 +181,7 @@ def training_checkpoint(tmp_path_factory, official_state):
     return save_training_checkpoint(tmp_path_factory.mktemp("timm"), official_state)
 
 
+@pytest.mark.slow
 def test_timm_training_checkpoint_loads_model_or_ema_weights(training_checkpoint, images_224):
     from fastervit_trt.models import read_checkpoint
 
@@ -199,6 +200,7 @@ def test_timm_training_checkpoint_loads_model_or_ema_weights(training_checkpoint
     assert not torch.equal(model_state["head.weight"], ema_state["head.weight"])
 
 
+@pytest.mark.slow
 def test_checkpoint_trained_as_another_variant_is_refused_before_building(tmp_path, official_state):
     path, _, _ = save_training_checkpoint(tmp_path, official_state, arch="faster_vit_1_224")
     with pytest.raises(CheckpointError, match=r"trained as 'faster_vit_1_224'.*--variant faster_vit_1_224"):

@@ -24,6 +24,7 @@ def test_every_official_name_is_registered():
 
 
 @pytest.mark.parametrize("name", OFFICIAL_NAMES)
+@pytest.mark.slow
 def test_config_builds_the_official_architecture(name):
     """Same parameter names and shapes as the official model of that name."""
     reference = official_model(name).state_dict()

@@ -23,6 +23,7 @@ TOLERANCE = 1e-4  # max |diff| <= 1e-4 x max |logit|, float32
         ("faster_vit_0_any_res", (32, 32)),
     ],
 )
+@pytest.mark.slow
 def test_logits_match_official(name, resolution):
     report = check_parity(name, resolution, batch=2)
     assert report.relative_diff <= TOLERANCE, report

@@ -139,6 +139,7 @@ def test_importing_the_runtime_imports_no_heavy_module():
     assert out.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_every_module_imports_without_optional_gpu_packages():
     """All modules import with tensorrt/pycuda unavailable (their imports are lazy)."""
     code = """
