@@ -60,7 +60,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _bench(args: argparse.Namespace) -> int:
-
     from ..runtime import load
     from ..runtime.benchmark import benchmark
 

@@ -139,12 +139,12 @@ def build_after_export(
     onnx_path: Path, engine: Path, batch: tuple[int, int, int], force: bool, stream: TextIO | None
 ) -> Path:
     """Build ``engine`` from the exported ONNX; returns it (the file to serve)."""
-    from ..engines import BuildConfig, build_engine, load_tensorrt
+    from ..engines import BuildConfig, build_engine
 
-    flavour, trt = load_tensorrt()
     sidecar = build_engine(onnx_path, engine, BuildConfig(batch=batch, force=force), stream)
+    trt = sidecar["tensorrt"]
     print(
-        f"engine      {engine}  ({flavour} {trt.__version__}, {sidecar['engine']['bytes'] / 1e6:.1f} MB, "
+        f"engine      {engine}  ({trt['flavour']} {trt['version']}, {sidecar['engine']['bytes'] / 1e6:.1f} MB, "
         f"built in {sidecar['build']['seconds']:.1f} s; sidecar {engine.with_suffix('.json')})"
     )
     return engine

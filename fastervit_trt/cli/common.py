@@ -11,12 +11,12 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..errors import FasterViTTRTError
 from ..sidecar import DEFAULT_BATCH_PROFILE
 
-EXIT_ERROR, EXIT_USAGE = 1, 2
+EXIT_ERROR = 1
 PROFILE_TEXT = ",".join(map(str, DEFAULT_BATCH_PROFILE))
 
 # the extra that brings each optional module, for the message when it is missing
@@ -179,7 +179,7 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
-def progress(args: argparse.Namespace) -> Any:
+def progress(args: argparse.Namespace) -> TextIO | None:
     """Where progress lines go: stderr, or nowhere with ``--quiet``."""
     return None if args.quiet else sys.stderr
 

@@ -203,7 +203,7 @@ def _export(args: argparse.Namespace) -> int:
     engine_dir = args.engine_dir or args.output_dir or Path("engines")
     engine = None if args.no_engine else planned_engine(options.onnx_path, engine_dir)
     _preflight_outputs(engine, args.triton_repo, options.onnx_path, args.force)
-    result = export_model(options, stream, calib if options.precision in ("int8", "fp8") else None)
+    result = export_model(options, stream, calib if options.quantized else None)
     print(export_summary(result.report, result.report_path))
     if "sensitivity" in result.report:
         print(sensitivity_table(result.report))

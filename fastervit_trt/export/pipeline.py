@@ -40,7 +40,7 @@ def export_model(
 ) -> ExportResult:
     """Run the whole export at ``options.precision``; progress goes to ``stream`` (None:
     silent). INT8 and FP8 are calibrated as ``calibration`` says (default settings if None)."""
-    if options.precision in ("int8", "fp8"):
+    if options.quantized:
         return export_quantized(options, calibration or CalibrationOptions(), stream)
     if calibration is not None:
         raise FasterViTTRTError(f"calibration settings apply to int8 / fp8 exports, not {options.precision}")

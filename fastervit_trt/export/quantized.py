@@ -42,7 +42,6 @@ from ..calibration.options import CalibrationOptions
 from ..calibration.qdq import (
     FP8_MIN_OPSET,
     QDQ_MIN_OPSET,
-    QMAX,
     input_channel_axes,
     placement,
     scale_of,
@@ -77,7 +76,7 @@ def export_quantized(
 ) -> ExportResult:
     """Export ``options.model`` as a calibrated INT8 or FP8 (``options.precision``) Q/DQ ONNX
     plus its calibration cache."""
-    if options.precision not in QMAX:
+    if not options.quantized:
         raise ValueError(f"export_quantized exports int8 or fp8, not {options.precision!r}")
     fmt = options.precision
     if fmt == "fp8" and calib.residual_qdq == "on":

@@ -48,6 +48,7 @@ from .weights import WeightFile, tensor_bytes
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+QUANTIZED = ("int8", "fp8")  # calibrated: export/quantized.py
 STAGES = (1, 2, 3, 4)
 FP32_TOLERANCE = 1e-4  # max |diff| <= tolerance x max |logit|
 FP16_MIN_COSINE = 0.999
@@ -104,6 +105,11 @@ class ExportOptions:
         return replace(
             Preprocess.from_config(variant.eval), jpeg_draft=not self.exact_preprocess, input_format=self.input_format
         )
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the precision is calibrated (Q/DQ): int8 or fp8."""
+        return self.precision in QUANTIZED
 
     @property
     def onnx_path(self) -> Path:

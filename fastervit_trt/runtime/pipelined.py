@@ -33,9 +33,8 @@ def decode_ahead(
     def submit(chunk: Sequence[Any]) -> list[Future]:
         return [pool.submit(_attempt, decode, item) for item in chunk]
 
-    starts = range(0, len(items), step)
     pending = submit(items[:step])
-    for start in starts:
+    for start in range(0, len(items), step):
         decoded = [future.result() for future in pending]
         if start + step < len(items):
             pending = submit(items[start + step : start + 2 * step])
