@@ -9,6 +9,13 @@ the two splits are disjoint sets of files, each input one image through the mode
 transform. A folder too small for that (the shipped photos) is expanded deterministically:
 every image also contributes seeded random crops (55-100 % of the shorter side) and flips,
 and ``split`` picks the seed stream, so held-out inputs are other crops of the same photos.
+
+Folders as people have them hold bad files: one that cannot be read (corrupt, truncated, empty,
+not an image) is skipped with one warning per file and process, listed in ``skipped`` and
+counted in ``describe()``. With disjoint files the split's next file replaces it; in the
+expanded mode every image is decoded once before the first input is made, so the pool the
+crops come from is fixed (the same folder gives the same inputs in any order of access), and
+fewer usable images than inputs is a warning down to ``MIN_IMAGES``.
 """
 
 from __future__ import annotations
@@ -34,7 +41,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DATA = SAMPLE_IMAGES
 HELDOUT_EVERY = 8
+# Below this many distinct photos the crops and flips standing in for the other inputs show
+# too little content to set activation ranges (one photo's colours and textures would set
+# them all). A judgement, kept low so that the shipped photos, or a folder with a few bad
+# files, still calibrate (a test holds it to the shipped set); a shortage above it is a warning.
+MIN_IMAGES = 4
 _SPLIT_SEEDS = {"calibration": 0, "heldout": 1}
+_WARNED: set[Path] = set()  # unreadable files already warned about in this process
 
 
 class CalibrationDataError(FasterViTTRTError):
@@ -71,13 +84,21 @@ def interleave_classes(images: list[LabelledImage]) -> list[LabelledImage]:
     return [column[i] for i in range(max(map(len, columns), default=0)) for column in columns if i < len(column)]
 
 
-def _openable(path: Path) -> bool:
-    """Whether ``path`` has an image header Pillow understands (reads the header only)."""
+def _header_problem(path: Path) -> str | None:
+    """Why Pillow cannot read ``path``'s image header, or None when it can (reads the header only)."""
     try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
         with Image.open(path):
-            return True
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return False
+            return None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return f"not an image Pillow can read ({exc.__class__.__name__})"
+
+
+def _decode_problem(exc: ImageError) -> str:
+    """The decoder's own words for a file whose header read but whose pixels did not."""
+    cause = exc.__context__  # load_image raises ImageError while handling Pillow's error
+    return f"decoding failed ({cause})" if cause is not None and str(cause) else str(exc)
 
 
 def _variant(image: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -106,6 +127,7 @@ class CalibrationData:
         self.disjoint = False  # held-out and calibration inputs come from different files
         self._array: np.ndarray | None = None
         self._images: list[LabelledImage] = []
+        self._decoded = False  # expanded mode: every image of the pool decoded once
         if self.source.suffix == ".npy":
             self._array = self._load_array()
             return
@@ -116,10 +138,13 @@ class CalibrationData:
             for i, item in enumerate(ordered)
             if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) == (self.split == "heldout")
         ]
-        self.disjoint = len(mine) >= self.count
-        self._spare = iter(mine if self.disjoint else ordered)
-        wanted = self.count if self.disjoint else len(ordered)
-        self._images = [item for item in (self._next_image() for _ in range(wanted)) if item]
+        if len(mine) >= self.count:  # this split's own files, one input each
+            self._spare = iter(mine)
+            self._images = self._take(self.count)
+            self.disjoint = len(self._images) == self.count
+        if not self.disjoint:  # every file (up to count) expanded by crops and flips
+            self._spare = iter(ordered)
+            self._images = self._take(min(self.count, len(ordered)))
         if not self._images:
             raise CalibrationDataError(
                 f"{self.source}: no usable image ({len(self.skipped)} unreadable of {len(found)} image "
@@ -128,17 +153,69 @@ class CalibrationData:
         if self.ignored:
             log.info("%s: ignored %d non-image files", self.source, len(self.ignored))
 
+    def _take(self, count: int) -> list[LabelledImage]:
+        """Up to ``count`` more candidate files whose headers read."""
+        return [item for item in (self._next_image() for _ in range(count)) if item]
+
     def _next_image(self) -> LabelledImage | None:
-        """The next candidate file whose header reads, warning once for each that does not."""
+        """The next candidate file whose header reads, skipping those that do not."""
         for item in self._spare:
-            if _openable(item.path):
+            problem = _header_problem(item.path)
+            if problem is None:
                 return item
-            self._skip(item.path, "not an image Pillow can read")
+            self._skip(item.path, problem)
         return None
 
     def _skip(self, path: Path, reason: str) -> None:
-        log.warning("skipped: %s: %s", path, reason)
-        self.skipped.append(path)
+        """Count ``path`` as skipped; warn once per file and process (both splits meet it)."""
+        if path not in self.skipped:
+            self.skipped.append(path)
+        key = path.resolve()
+        if key not in _WARNED:
+            _WARNED.add(key)
+            log.warning("%s: unreadable, skipped: %s", path, reason)
+
+    def _load(self, item: LabelledImage) -> Image.Image | None:
+        """The decoded image, or None (skipped with the reason) when it does not decode."""
+        try:
+            return load_image(item.path, reduce_to=self.preprocess.draft_size if self.preprocess.jpeg_draft else None)
+        except ImageError as exc:
+            self._skip(item.path, _decode_problem(exc))
+            return None
+
+    def _pool(self) -> list[LabelledImage]:
+        """Expanded mode: the images that decode (later files replacing those that do not),
+        found before any input is made so that input ``i`` never depends on the order asked."""
+        if not self._decoded:
+            candidates, usable = iter(self._images), []
+            while len(usable) < self.count and (item := next(candidates, None) or self._next_image()):
+                if self._load(item) is not None:
+                    usable.append(item)
+            self._images = usable
+            self._check_shortage()
+            self._decoded = True
+        return self._images
+
+    def _check_shortage(self) -> None:
+        """Fewer usable images than inputs: a warning, an error below ``MIN_IMAGES``."""
+        usable, unreadable = len(self._images), len(self.skipped)
+        if usable >= self.count:
+            return
+        if usable < MIN_IMAGES:
+            raise CalibrationDataError(
+                f"{self.source}: not enough readable images: {usable} usable, {unreadable} unreadable and "
+                f"skipped, at least {MIN_IMAGES} needed; add readable images to the folder or pass "
+                "--calib-data another folder"
+            )
+        rest = (
+            f"the other {self.count - usable} inputs are seeded crops and flips of them"
+            if self.split == "calibration"
+            else "every input is a seeded crop or flip of one of them"
+        )
+        skipped = f" ({unreadable} unreadable skipped)" if unreadable else ""
+        log.warning(
+            "%s: %d usable images%s for %d %s inputs: %s", self.source, usable, skipped, self.count, self.split, rest
+        )
 
     def describe(self) -> str:
         """Where the inputs come from, for reports."""
@@ -147,14 +224,19 @@ class CalibrationData:
                 f"the first {self.count} inputs (not held out: preprocessed inputs are used as given) of {self.source}"
             )
         if self.disjoint:
-            return (
+            what = (
                 f"{self.count} {self.split} images (every {HELDOUT_EVERY}th file of the class-interleaved "
                 f"order is held out, the rest calibrate: disjoint files) of {self.source}"
             )
-        return (
-            f"{self.split} crops of {len(self._images)} images (too few for disjoint held-out files: "
-            f"held-out inputs are other crops of the same images) of {self.source}"
-        )
+        else:
+            what = (
+                f"{self.split} crops of {len(self._pool())} images (too few for disjoint held-out files: "
+                f"held-out inputs are other crops of the same images) of {self.source}"
+            )
+        if not self.skipped:
+            return what
+        names = ", ".join(p.name for p in self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
+        return f"{what}; {len(self.skipped)} unreadable files skipped ({names})"
 
     def _load_array(self) -> np.ndarray:
         try:
@@ -195,7 +277,8 @@ class CalibrationData:
             return np.asarray(self._array[index], dtype=self.preprocess.input_dtype)
         if self.disjoint:
             return self.preprocess(self._decode(index))
-        position, round_ = index % len(self._images), index // len(self._images)
+        pool = self._pool()
+        position, round_ = index % len(pool), index // len(pool)
         image = self._decode(position)
         if self.split == "calibration" and round_ == 0:
             return self.preprocess(image)
@@ -203,19 +286,22 @@ class CalibrationData:
         return self.preprocess(_variant(image, rng))
 
     def _decode(self, position: int) -> Image.Image:
-        """Decode image ``position``; one that fails is replaced by the next usable file."""
-        while True:
-            try:
-                reduce = self.preprocess.draft_size if self.preprocess.jpeg_draft else None
-                return load_image(self._images[position].path, reduce_to=reduce)
-            except ImageError as exc:
-                self._skip(self._images[position].path, str(exc))
-                replacement = self._next_image()
-                if replacement is None:
-                    raise CalibrationDataError(
-                        f"{self.source}: not enough readable images ({len(self.skipped)} unreadable)"
-                    ) from None
-                self._images[position] = replacement
+        """Decode image ``position``; with disjoint files one that fails is replaced by the next."""
+        while (image := self._load(self._images[position])) is None:
+            if not self.disjoint:
+                raise CalibrationDataError(
+                    f"{self._images[position].path}: decoded before calibration, unreadable now; "
+                    "keep the folder unchanged while calibrating"
+                )
+            replacement = self._next_image()
+            if replacement is None:
+                raise CalibrationDataError(
+                    f"{self.source}: not enough readable images: {self.count} {self.split} inputs asked, "
+                    f"{len(self.skipped)} files unreadable and skipped; add readable images to the folder, "
+                    "pass --calib-data another folder or lower --calib-images"
+                )
+            self._images[position] = replacement
+        return image
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         """Exact batches of ``batch_size`` (the remainder is dropped, never padded)."""

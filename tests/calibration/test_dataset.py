@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastervit_trt.calibration.dataset import DEFAULT_DATA, CalibrationData, CalibrationDataError, find_images
+from fastervit_trt.calibration.dataset import (
+    DEFAULT_DATA,
+    MIN_IMAGES,
+    CalibrationData,
+    CalibrationDataError,
+    find_images,
+)
 from fastervit_trt.preprocess import Preprocess
 
 PRE = Preprocess((64, 64), crop_pct=0.875, crop_mode="center")
@@ -99,9 +105,9 @@ def test_large_folder_decodes_only_the_images_used(tmp_path, monkeypatch):
         for i in range(30):
             Image.new("RGB", (40, 30), (label * 10, i * 8, 0)).save(folder / f"{i:03d}.jpg")
     decoded, opened = [], []
-    real_load, real_open = dataset.load_image, dataset._openable
+    real_load, real_open = dataset.load_image, dataset._header_problem
     monkeypatch.setattr(dataset, "load_image", lambda path, **kw: decoded.append(path) or real_load(path, **kw))
-    monkeypatch.setattr(dataset, "_openable", lambda path: opened.append(path) or real_open(path))
+    monkeypatch.setattr(dataset, "_header_problem", lambda path: opened.append(path) or real_open(path))
     data = CalibrationData(tmp_path, PRE, 16)
     assert data.disjoint and len(opened) == 16 and decoded == []
     batch = next(data.batches(16))
@@ -114,15 +120,76 @@ def test_large_folder_decodes_only_the_images_used(tmp_path, monkeypatch):
     assert "disjoint" in heldout.describe()
 
 
-def test_unreadable_image_is_replaced_by_the_next_file(tmp_path, caplog):
+def _bad_files(folder):
+    """A truncated JPEG (its header reads, its pixels do not), text named .jpg, a zero-byte .png."""
+    _photo(folder / "b_truncated.jpg", seed=99)
+    whole = (folder / "b_truncated.jpg").read_bytes()
+    (folder / "b_truncated.jpg").write_bytes(whole[: len(whole) // 3])
+    (folder / "c_fake.jpg").write_text("these are notes, not a photo")
+    (folder / "d_empty.png").write_bytes(b"")
+    return {"b_truncated.jpg": "decoding failed", "c_fake.jpg": "not an image", "d_empty.png": "empty file"}
+
+
+def test_small_folder_skips_unreadable_files_and_calibrates(tmp_path, caplog):
+    """8 photos and 3 bad files, 16 inputs asked: every input is made from the 8 photos, each
+    bad file is one warning for both splits, and the report counts them."""
+    for i in range(8):
+        _photo(tmp_path / f"a{i}.{'jpg' if i % 2 else 'png'}", seed=i)
+    bad = _bad_files(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="fastervit_trt.calibration.dataset"):
+        calibration = CalibrationData(tmp_path, PRE, 16)
+        batches = list(calibration.batches(4))
+        heldout = CalibrationData(tmp_path, PRE, 12, split="heldout")
+        held = list(heldout.batches(4))
+    assert [b.shape for b in batches] == [(4, 3, 64, 64)] * 4 and [b.shape for b in held] == [(4, 3, 64, 64)] * 3
+    for data in (calibration, heldout):
+        assert sorted(p.name for p in data.skipped) == sorted(bad)
+        assert "3 unreadable files skipped" in data.describe() and "crops of 8 images" in data.describe()
+    for name, why in bad.items():
+        lines = [r for r in caplog.records if name in r.getMessage()]
+        assert len(lines) == 1 and why in lines[0].getMessage() and lines[0].levelno == logging.WARNING
+    shortage = [r.getMessage() for r in caplog.records if "usable images" in r.getMessage()]
+    assert len(shortage) == 2 and "8 usable images (3 unreadable skipped) for 16 calibration inputs" in shortage[0]
+    assert "the other 8 inputs are seeded crops and flips" in shortage[0]
+    assert "8 usable images (3 unreadable skipped) for 12 heldout inputs" in shortage[1]
+    assert not any(r.exc_info for r in caplog.records)
+    again = CalibrationData(tmp_path, PRE, 16)
+    assert np.array_equal(np.concatenate(list(again.batches(4))), np.concatenate(batches))  # deterministic
+    assert np.array_equal(again.sample(13), CalibrationData(tmp_path, PRE, 16).sample(13))  # in any order
+
+
+def test_large_folder_replaces_bad_files_by_the_next_ones(tmp_path, caplog):
+    """Disjoint mode: a bad file of the split is replaced by the split's next file, warned once."""
     for i in range(12):
-        Image.new("RGB", (40, 30), (i * 20, 0, 0)).save(tmp_path / f"{i:02d}.jpg")
+        _photo(tmp_path / f"{i:02d}.jpg", seed=i)
     full = (tmp_path / "00.jpg").read_bytes()
     (tmp_path / "00.jpg").write_bytes(full[: len(full) // 3])  # header reads, decoding fails
-    data = CalibrationData(tmp_path, PRE, 4)
-    with caplog.at_level(logging.WARNING):
+    (tmp_path / "01.jpg").write_bytes(b"")  # refused from its header
+    with caplog.at_level(logging.WARNING, logger="fastervit_trt.calibration.dataset"):
+        data = CalibrationData(tmp_path, PRE, 4)
         batch = next(data.batches(4))
-    assert batch.shape == (4, 3, 64, 64) and [p.name for p in data.skipped] == ["00.jpg"]
+        again = next(data.batches(4))
+    assert data.disjoint and batch.shape == (4, 3, 64, 64) and np.array_equal(batch, again)
+    assert [p.name for p in data.skipped] == ["01.jpg", "00.jpg"]  # 01 at its header, 00 when decoded
+    assert sorted(item.path.name for item in data._images) == ["02.jpg", "03.jpg", "04.jpg", "05.jpg"]
+    assert [sum(name in r.getMessage() for r in caplog.records) for name in ("00.jpg", "01.jpg")] == [1, 1]
+    assert "2 unreadable files skipped" in data.describe() and "disjoint" in data.describe()
+
+
+def test_too_few_readable_images_says_how_many_and_what_to_do(tmp_path):
+    for i in range(MIN_IMAGES - 1):
+        _photo(tmp_path / f"a{i}.png", seed=i)
+    _bad_files(tmp_path)
+    data = CalibrationData(tmp_path, PRE, 16)
+    with pytest.raises(CalibrationDataError) as error:
+        list(data.batches(4))
+    message = str(error.value)
+    assert f"not enough readable images: {MIN_IMAGES - 1} usable, 3 unreadable and skipped" in message
+    assert f"at least {MIN_IMAGES}" in message and "add readable images" in message and "--calib-data" in message
+
+
+def test_minimum_is_met_by_the_shipped_photos():
+    assert 1 < MIN_IMAGES <= len(find_images(DEFAULT_DATA)[0])
 
 
 def test_stored_inputs_read_back_slice_by_slice(tmp_path):
