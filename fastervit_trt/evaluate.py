@@ -1,16 +1,17 @@
 """Accuracy on a labelled image folder, for any mix of engines, ONNX files and PyTorch models.
 
-Folder layout: one sub-folder per class. ImageNet synset names (``n01440764``) map to the
-1000 ImageNet labels; integer names map to that class index; anything else needs a
-``--labels`` file of ``<folder> <class index>`` lines. Each model preprocesses with its
-own configuration.
+Folder layout: one sub-folder per class. A folder named as one of the model's class names
+(those it was exported with, ``--class-names``) is that class; ImageNet synset names
+(``n01440764``) map to the 1000 ImageNet labels; integer names map to that class index;
+anything else needs a ``--labels`` file of ``<folder> <class index>`` lines. Each model
+preprocesses with its own configuration.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,6 +21,7 @@ import numpy as np
 from .calibration.dataset import find_images
 from .compare import compare
 from .errors import FasterViTTRTError
+from .preprocess import Preprocess
 from .progress import Bar
 from .runtime.labels import imagenet_synsets
 
@@ -53,12 +55,16 @@ def read_label_map(path: Path) -> dict[str, int]:
     return mapping
 
 
-def labelled_samples(folder: Path, labels: Path | None = None, limit: int | None = None) -> list[Sample]:
-    """(image, class index) pairs of an ImageNet-style folder, sorted; ``limit`` spreads evenly."""
+def labelled_samples(
+    folder: Path, labels: Path | None = None, limit: int | None = None, class_names: list[str] | None = None
+) -> list[Sample]:
+    """(image, class index) pairs of an ImageNet-style folder, sorted; ``limit`` spreads evenly.
+    Sub-folders named as one of ``class_names`` are that class, unless ``labels`` maps them."""
     if not Path(folder).is_dir():
         raise EvaluationError(f"{folder}: no such folder; pass --data DIR with one sub-folder of images per class")
     images, _ = find_images(folder)
-    mapping = read_label_map(labels) if labels else {}
+    mapping = {name: index for index, name in enumerate(class_names or [])}
+    mapping.update(read_label_map(labels) if labels else {})
     synsets = {synset: index for index, (synset, _) in enumerate(imagenet_synsets())}
     samples, unknown = [], set()
     for item in images:
@@ -73,8 +79,9 @@ def labelled_samples(folder: Path, labels: Path | None = None, limit: int | None
             samples.append(Sample(item.path, index))
     if unknown:
         raise EvaluationError(
-            f"{folder}: class folders {', '.join(sorted(unknown)[:5])} are neither ImageNet "
-            "synsets nor class indices; map them with --labels FILE ('<folder> <index>' lines)"
+            f"{folder}: class folders {', '.join(sorted(unknown)[:5])} are neither ImageNet synsets nor class "
+            "indices nor the model's class names; export the model with --class-names FILE, or map "
+            "them with --labels FILE ('<folder> <index>' lines)"
         )
     if not samples:
         raise EvaluationError(f"{folder}: no labelled images (expected <folder>/<class>/<image>)")
@@ -114,15 +121,18 @@ def evaluate(
     return report
 
 
-def torch_runner(name: str, checkpoint: Path | None) -> Callable[[list[Path]], np.ndarray]:
-    """PyTorch eager of a registered variant, with that variant's preprocessing."""
+def torch_runner(
+    name: str, checkpoint: Path | None, preprocess: Preprocess | None = None
+) -> Callable[[list[Path]], np.ndarray]:
+    """PyTorch eager of a registered variant (its head as wide as the checkpoint's), with
+    ``preprocess`` (an export's recorded transform), else the checkpoint's or variant's."""
     import torch
 
     from .models import create_model
-    from .preprocess import Preprocess, load_image
+    from .preprocess import load_image
 
     model = create_model(name, checkpoint=checkpoint)
-    preprocess = Preprocess.from_config(model.variant.eval)
+    preprocess = replace(preprocess or Preprocess.from_config(model.variant.eval), input_format="float")
 
     def run(paths: list[Path]) -> np.ndarray:
         batch = torch.from_numpy(np.stack([preprocess(load_image(p)) for p in paths]))

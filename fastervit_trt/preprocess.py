@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -36,6 +36,8 @@ _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "lanczos": Image.Resampling.LANCZOS,
 }
+INTERPOLATIONS = tuple(_RESAMPLE)
+CROP_MODES = ("center", "squash")  # squash at crop_pct 1.0: a plain resize to the input size
 
 
 class ImageError(FasterViTTRTError):
@@ -102,6 +104,43 @@ INPUT_FORMATS = {
 
 
 @dataclass(frozen=True)
+class TransformOptions:
+    """Eval-transform settings a user gives for their model (timm's data-config names); None
+    leaves the setting to the checkpoint's training record, else to the variant."""
+
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
+    crop_mode: str | None = None  # "squash" with crop_pct 1.0: a plain resize, no crop
+
+    def __post_init__(self) -> None:
+        check_transform(self.given())
+
+    def given(self) -> dict:
+        """The settings given, by name."""
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in asdict(self).items() if v is not None}
+
+
+TRANSFORM_SETTINGS = tuple(f.name for f in fields(TransformOptions))
+
+
+def check_transform(settings: Mapping[str, Any]) -> None:
+    """Refuse eval-transform settings this preprocessing cannot apply (ValueError, one line)."""
+    for name in ("mean", "std"):
+        if name in settings and len(settings[name]) != 3:
+            raise ValueError(f"--{name} takes 3 values (R G B), not {list(settings[name])}")
+    if any(v <= 0 for v in settings.get("std", ())):
+        raise ValueError(f"--std values must be positive, not {list(settings['std'])}")
+    if "interpolation" in settings and settings["interpolation"] not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {settings['interpolation']!r}: use one of {', '.join(INTERPOLATIONS)}")
+    if "crop_mode" in settings and settings["crop_mode"] not in CROP_MODES:
+        raise ValueError(f"crop mode {settings['crop_mode']!r}: use one of {', '.join(CROP_MODES)}")
+    if "crop_pct" in settings and not 0 < settings["crop_pct"] <= 1:
+        raise ValueError(f"--crop-pct {settings['crop_pct']:g}: the share of the image kept, above 0 and at most 1")
+
+
+@dataclass(frozen=True)
 class Preprocess:
     """The eval transform of one model; call it on a PIL image to get the model's input: a
     normalised float32 (3, H, W) array; with ``input_format="uint8"`` the resized, cropped
@@ -132,9 +171,14 @@ class Preprocess:
     def input_dtype(self) -> np.dtype:
         return np.dtype(np.uint8 if self.input_format == "uint8" else np.float32)
 
+    def record(self) -> dict:
+        """The JSON form every artifact keeps (ONNX metadata, engine sidecar, a calibration
+        cache's settings, Triton's config); ``from_config`` reads it back."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
     @classmethod
     def from_config(cls, config: Mapping | object) -> Preprocess:
-        """From an ``EvalConfig`` or its dict form (ONNX metadata, engine sidecar)."""
+        """From an ``EvalConfig``, a ``record()`` or its older dict forms (ONNX metadata, engine sidecar)."""
         get: Callable[[str], Any] = config.get if isinstance(config, Mapping) else lambda k: getattr(config, k, None)
         return cls(
             input_size=tuple(get("input_size")),

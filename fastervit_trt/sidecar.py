@@ -77,6 +77,8 @@ def engine_sidecar(
         "arch": metadata.get("arch"),
         "preprocess": metadata.get("preprocess"),
         "label_set": (metadata.get("preprocess") or {}).get("label_set"),
+        "class_names": metadata.get("class_names"),  # the export's own names, when it was given them
+        "output": metadata.get("output"),  # "probabilities", "embedding" or None (logits / feature maps)
         "features": metadata.get("features"),  # a backbone's stages, norm and strides
         "inputs": inputs,
         "outputs": outputs,

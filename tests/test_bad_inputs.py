@@ -138,7 +138,7 @@ def test_python_api_takes_str_paths(tmp_path):
     from fastervit_trt.engines import BuildConfig
     from fastervit_trt.export.pipeline import ExportOptions
 
-    options = ExportOptions(output_dir="out", checkpoint="w.pth")
+    options = ExportOptions(model="faster_vit_0_224", output_dir="out", checkpoint="w.pth")
     assert options.onnx_path == Path("out/faster_vit_0_224_fp16.onnx") and options.checkpoint == Path("w.pth")
     calib = CalibrationOptions(data="photos", cache="c.cache")
     assert calib.cache_path(options) == Path("c.cache") and calib.data == Path("photos")

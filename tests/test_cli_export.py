@@ -48,9 +48,9 @@ def test_wrong_checkpoint(capsys, tmp_path):
     ckpt = tmp_path / "fv1.pth"
     torch.save(create_model("faster_vit_1_224").state_dict(), ckpt)
     out = tmp_path / "out"
-    code, _, err = _run(capsys, "--checkpoint", str(ckpt), "--output-dir", str(out))
+    code, _, err = _run(capsys, "--variant", "faster_vit_0_224", "--checkpoint", str(ckpt), "--output-dir", str(out))
     line = _error_line(err)
-    assert code == 1 and "fv1.pth" in line and "faster_vit_1_224" in line
+    assert code == 1 and "fv1.pth" in line and line.endswith("pass --variant faster_vit_1_224")
     assert not out.exists() or list(out.iterdir()) == []
 
 

@@ -170,5 +170,17 @@ def changed_settings(cache: Path, settings: dict) -> str | None:
         made = json.loads(record_path(cache).read_text())
     except (OSError, ValueError):
         return None
-    changed = [f"{key} {made.get(key)!r} -> {value!r}" for key, value in settings.items() if made.get(key) != value]
-    return ", ".join(changed) or None
+    return ", ".join(_differences(made, settings)) or None
+
+
+def _differences(made: dict, now: dict, prefix: str = "") -> list[str]:
+    """``key old -> new`` for each setting of ``now`` that ``made`` records otherwise (nested
+    records key by key); a setting ``made`` lacks counts as changed: it cannot be vouched for."""
+    found = []
+    for key, value in now.items():
+        old = made.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            found += _differences(old, value, f"{prefix}{key}.")
+        elif old != value:
+            found.append(f"{prefix}{key} {'not recorded' if key not in made else repr(old)} -> {value!r}")
+    return found

@@ -18,6 +18,7 @@ from .common import (
     positive,
     renamed,
     run,
+    torch_variant_name,
 )
 
 
@@ -67,12 +68,13 @@ def _bench(args: argparse.Namespace) -> int:
     run = model.features if model.is_backbone else model.run  # a backbone: every feature map
     runners = {str(args.model.name) + (" (CUDA graph)" if args.cuda_graph else ""): run}
     preprocess = model.preprocess
-    if args.torch_variant:
+    torch_variant = torch_variant_name(args)
+    if torch_variant:
         import torch
 
         from ..models import Backbone, create_model
 
-        classifier = create_model(args.torch_variant, checkpoint=args.checkpoint, resolution=preprocess.input_size)
+        classifier = create_model(torch_variant, checkpoint=args.checkpoint, resolution=preprocess.input_size)
         eager: torch.nn.Module = classifier
         if model.is_backbone:  # the same stages (and norms) as the exported backbone
             config = model.feature_config or {}
@@ -90,7 +92,7 @@ def _bench(args: argparse.Namespace) -> int:
                 torch.cuda.synchronize()
             return out
 
-        runners[f"pytorch eager {device} ({args.torch_variant})"] = torch_run
+        runners[f"pytorch eager {device} ({torch_variant})"] = torch_run
     rows = benchmark(runners, preprocess.input_shape, args.batch_sizes, args.iters, args.warmup, preprocess.input_dtype)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -153,7 +153,20 @@ def add_torch_variant(parser: argparse.ArgumentParser, what: str, old: str) -> N
     beside the files (bench, eval); ``old`` is the flag's former spelling."""
     parser.add_argument("--torch-variant", metavar="NAME", help=what)
     renamed(parser, old, "--torch-variant", metavar="NAME")
-    parser.add_argument("--checkpoint", type=Path, help="weights for --torch-variant")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="weights for --torch-variant (alone: PyTorch of the variant the checkpoint was trained as)",
+    )
+
+
+def torch_variant_name(args: argparse.Namespace) -> str | None:
+    """The variant ``--torch-variant`` names; with only ``--checkpoint``, the one it was trained as."""
+    if args.torch_variant or args.checkpoint is None:
+        return args.torch_variant
+    from ..models import read_checkpoint, variant_of
+
+    return variant_of(read_checkpoint(args.checkpoint))
 
 
 def add_calibration_files(
@@ -207,6 +220,45 @@ def renamed(parser: argparse.ArgumentParser, old: str, new: str, **kwargs: Any) 
     dest = new.lstrip("-").replace("-", "_")
     parser.add_argument(
         old, dest=dest, action=_Renamed, new=new, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs
+    )
+
+
+def add_transform_options(parser: argparse.ArgumentParser) -> None:
+    """The eval-transform group of ``fastervit-export`` (``TransformOptions``'s fields, timm's names)."""
+    from ..preprocess import CROP_MODES, INTERPOLATIONS
+
+    group = parser.add_argument_group(
+        "preprocessing (default: what the checkpoint's timm training args recorded, else the variant's)"
+    )
+    group.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="per-channel mean, 0..1 scale")
+    group.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="per-channel std, 0..1 scale")
+    group.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize filter")
+    group.add_argument(
+        "--crop-pct",
+        type=number(float, 0, 1, low_open=True),
+        metavar="F",
+        help="resize to input size / F before the centre crop (1: no margin cropped)",
+    )
+    group.add_argument(
+        "--crop-mode",
+        choices=CROP_MODES,
+        help="center: the shorter side is resized, then centre-cropped; squash: both sides resized "
+        "(with --crop-pct 1: a plain resize to the input size, as DeepStream's nvinfer scales)",
+    )
+
+
+def transform_options(args: argparse.Namespace) -> Any:
+    """The ``TransformOptions`` that ``add_transform_options``'s flags say."""
+    from ..preprocess import TRANSFORM_SETTINGS, TransformOptions
+
+    return options_or_error(
+        lambda: TransformOptions(
+            **{
+                name: tuple(value) if isinstance(value, list) else value
+                for name in TRANSFORM_SETTINGS
+                if (value := getattr(args, name)) is not None
+            }
+        )
     )
 
 

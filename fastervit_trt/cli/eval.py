@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FasterViTTRTError
-from .common import add_json, add_torch_variant, command_parser, positive, renamed, run
+from .common import add_json, add_torch_variant, command_parser, positive, renamed, run, torch_variant_name
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,7 +29,12 @@ def parser() -> argparse.ArgumentParser:
         "--model", type=Path, action="append", default=[], metavar="FILE", help=".engine or .onnx (repeatable)"
     )
     add_torch_variant(parser, "also evaluate PyTorch eager of this variant", old="--torch")
-    parser.add_argument("--labels", type=Path, help="'<folder> <class index>' lines for non-ImageNet folders")
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        help="'<folder> <class index>' lines, for folders named neither as the model's class names nor as "
+        "ImageNet synsets",
+    )
     parser.add_argument("--limit", type=positive, help="evaluate N images spread evenly over the folder")
     parser.add_argument("--batch-size", type=positive, default=32, metavar="N", help="images per model call")
     renamed(parser, "--batch", "--batch-size", type=positive, metavar="N")
@@ -42,12 +47,21 @@ def _eval(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate, labelled_samples, torch_runner
     from ..runtime import load
 
-    if not args.model and not args.torch_variant:
-        raise FasterViTTRTError("nothing to evaluate: pass --model FILE and/or --torch-variant NAME")
-    samples = labelled_samples(args.data, args.labels, args.limit)
-    runners: dict[str, Callable[[list[Path]], np.ndarray]] = {str(path): load(path).logits for path in args.model}
-    if args.torch_variant:
-        runners[f"pytorch:{args.torch_variant}"] = torch_runner(args.torch_variant, args.checkpoint)
+    torch_variant = torch_variant_name(args)
+    if not args.model and not torch_variant:
+        raise FasterViTTRTError("nothing to evaluate: pass --model FILE and/or --torch-variant NAME (or --checkpoint)")
+    models = [load(path) for path in args.model]
+    names = models[0].names if models else None
+    for model in models[1:]:
+        if model.names != names:
+            raise FasterViTTRTError(
+                f"{model.source}: its class names differ from {models[0].source}'s; evaluate models of the same classes"
+            )
+    samples = labelled_samples(args.data, args.labels, args.limit, names)
+    runners: dict[str, Callable[[list[Path]], np.ndarray]] = {str(m.source): m.logits for m in models}
+    if torch_variant:
+        transform = models[0].preprocess if models else None  # the export's own record
+        runners[f"pytorch:{torch_variant}"] = torch_runner(torch_variant, args.checkpoint, transform)
     report = evaluate(runners, samples, args.batch_size, None if args.json else sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -15,6 +15,7 @@ from .common import (
     add_calibration_options,
     add_force,
     add_quiet,
+    add_transform_options,
     calibration_options,
     command_parser,
     number,
@@ -24,6 +25,7 @@ from .common import (
     renamed,
     run,
     stages,
+    transform_options,
 )
 from .reports import export_summary, sensitivity_table
 
@@ -33,6 +35,10 @@ EXAMPLES = """\
 examples:
   fastervit-export                                         # faster_vit_0_224, random weights, FP16
   fastervit-export --variant faster_vit_2_224 --checkpoint fastervit_2_224_1k.pth.tar --precision fp32
+  fastervit-export --checkpoint my_finetune/model_best.pth.tar --class-names classes.txt --precision int8 \
+      --calib-data my_images/                              # your own model: variant, classes, transform read from it
+  fastervit-export --checkpoint weights.safetensors --variant faster_vit_1_224 --mean 0.5 0.5 0.5 --std 0.5 0.5 0.5
+  fastervit-export --checkpoint model.pth --crop-mode squash --crop-pct 1   # a plain resize (DeepStream, no crop)
   fastervit-export --variant faster_vit_0_any_res --resolution 800 1216 --batch 1,2,4
   fastervit-export --precision fp16 --io-dtype fp16 --output-dir /models --force
   fastervit-export --precision fp16 --input uint8          # the engine takes uint8 NHWC crops
@@ -48,9 +54,10 @@ examples:
 
 def parser() -> argparse.ArgumentParser:
     from ..export.pipeline import ExportOptions
+    from ..export.stages import DEFAULT_VARIANT
     from ..models import list_models
 
-    d = ExportOptions()
+    d = ExportOptions(model=DEFAULT_VARIANT)
     parser = command_parser(
         "fastervit-export",
         EXAMPLES,
@@ -61,18 +68,35 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--variant",
-        default=d.model,
         metavar="NAME",
         help=f"registered variant ({len(list_models())} available: "
         "faster_vit_{0..6}_224, faster_vit_4_21k_{224,384,512,768}, "
-        "and *_any_res of each)",
+        f"and *_any_res of each); default: the one --checkpoint was trained as, else {DEFAULT_VARIANT}",
     )
     renamed(parser, "--model", "--variant", metavar="NAME")
     parser.add_argument(
         "--checkpoint",
         type=Path,
-        help="official .pth/.pth.tar/.safetensors weights; without one the model is randomly initialised (seeded)",
+        help="official or fine-tuned .pth/.pth.tar/.safetensors weights (timm training checkpoint or plain "
+        "state dict); its number of classes, and the transform a timm run recorded, are read from it; "
+        "without one the model is randomly initialised (seeded)",
     )
+    parser.add_argument(
+        "--num-classes",
+        type=number(int, 0),
+        metavar="N",
+        help="classifier width, checked against the checkpoint's head (read from it when omitted); "
+        "0: headless, the pooled embedding is the output",
+    )
+    parser.add_argument(
+        "--class-names",
+        type=Path,
+        metavar="FILE",
+        help="one class name per line, in the head's order; stored in the ONNX and engine, used by "
+        "infer, eval, serve, Triton and DeepStream (default: ImageNet-1k names for 1000-class "
+        "models, else 'class <i>')",
+    )
+    add_transform_options(parser)
     parser.add_argument(
         "--weights",
         choices=("model", "ema"),
@@ -183,6 +207,9 @@ def _export(args: argparse.Namespace) -> int:
             model=args.variant,
             checkpoint=args.checkpoint,
             weights=args.weights,
+            num_classes=args.num_classes,
+            class_names=args.class_names,
+            transform=transform_options(args),
             resolution=tuple(args.resolution) if args.resolution else None,
             precision=args.precision,
             batch=args.batch,

@@ -23,7 +23,8 @@ def parser() -> argparse.ArgumentParser:
     parser = command_parser(
         "fastervit-infer",
         EXAMPLES,
-        "Classify images with an engine or ONNX file (preprocessing from its sidecar/metadata). "
+        "Classify images with an engine or ONNX file (preprocessing and class names from its sidecar/metadata; "
+        "a headless model answers each image's embedding). "
         "Images are decoded on a thread pool, the next batch while the model runs this one.",
     )
     parser.add_argument("images", nargs="+", type=Path, help="image files, or folders (read recursively)")
@@ -65,17 +66,32 @@ def _infer(args: argparse.Namespace) -> int:
             print(f"error: {answer}", file=sys.stderr)
             failed += 1
         else:
-            rows.append((path, model.top(answer[None], topk=args.topk)[0]))
-    if args.json:
-        print(json.dumps([{"image": str(path), "top": [p.__dict__ for p in top]} for path, top in rows], indent=2))
+            rows.append((path, answer))
+    if model.is_embedding:
+        _print_embeddings(rows, args.json)
+    elif args.json:
+        tops = [(path, model.top(row[None], topk=args.topk)[0]) for path, row in rows]
+        print(json.dumps([{"image": str(path), "top": [p.__dict__ for p in top]} for path, top in tops], indent=2))
     else:
-        for path, top in rows:
+        for path, row in rows:
             print(path)
-            for rank, p in enumerate(top, 1):
+            for rank, p in enumerate(model.top(row[None], topk=args.topk)[0], 1):
                 print(f"  {rank}. {p.probability:7.2%}  {p.name}  ({p.index})")
     if not paths:
         print("error: no images found in the given folders", file=sys.stderr)
     return EXIT_ERROR if failed or not paths else 0
+
+
+def _print_embeddings(rows: list, as_json: bool) -> None:
+    """A headless model's answer: each image's embedding (JSON: every value; text: a summary)."""
+    if as_json:
+        print(json.dumps([{"image": str(path), "embedding": row.tolist()} for path, row in rows], indent=2))
+        return
+    for path, row in rows:
+        head = ", ".join(f"{v:.4f}" for v in row[:4])
+        print(
+            f"{path}\n  embedding: {row.size} values, L2 norm {float((row.astype('float64') ** 2).sum()) ** 0.5:.4f}: [{head}, ...]"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,6 +54,8 @@ def export_summary(report: dict, report_path: Path) -> str:
             f"{report['input']['name']} ({'x'.join(map(str, shape))}): {report['input'].get('format', 'float32 NCHW')}",
         ),
         ("outputs", ", ".join(f"{o['name']} ({'x'.join(map(str, o['shape']))})" for o in report["outputs"])),
+        *([("classes", _classes_line(report))] if report["arch"]["num_classes"] else []),
+        ("preprocess", _preprocess_line(report)),
         (
             "onnx",
             f"{onnx_info['path']}  ({onnx_info['bytes'] / 1e6:.1f} MB, {onnx_info['nodes']} "
@@ -86,3 +88,24 @@ def _weights_line(loaded: dict) -> str:
     facts = [f"{where}: {loaded['tensors']} tensors, {loaded['parameters'] / 1e6:.1f} M parameters"]
     facts += [f"{k} {loaded[k]}" for k in ("arch", "epoch") if loaded.get(k) is not None]
     return f"{loaded['path']} [{'; '.join(facts)}]"
+
+
+def _classes_line(report: dict) -> str:
+    """``10: cat, dog, bird, fish, ... (--class-names)``."""
+    from ..runtime.labels import model_class_names
+
+    count = report["arch"]["num_classes"]
+    names = model_class_names(report, count)
+    shown = ", ".join(names[:4]) + (", ..." if count > 4 else "")
+    return f"{count}: {shown}" + ("  (--class-names)" if report.get("class_names") else "")
+
+
+def _preprocess_line(report: dict) -> str:
+    """``bicubic, center crop_pct 0.875, mean [...], std [...] (mean, std from the checkpoint's args)``."""
+    p, sources = report["preprocess"], report.get("preprocess_from") or {}
+    text = f"{p['interpolation']}, {p['crop_mode']} crop_pct {p['crop_pct']:g}, mean {p['mean']}, std {p['std']}"
+    by_source: dict[str, list[str]] = {}
+    for name, source in sources.items():
+        by_source.setdefault(source, []).append(name)
+    said = [f"{', '.join(names)} from the {where}" for where, names in by_source.items() if where != "variant"]
+    return text + (f"  ({'; '.join(said)})" if said else "")

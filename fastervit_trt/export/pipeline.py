@@ -44,10 +44,10 @@ def export_model(
         return export_quantized(options, calibration or CalibrationOptions(), stream)
     if calibration is not None:
         raise FasterViTTRTError(f"calibration settings apply to int8 / fp8 exports, not {options.precision}")
-    preflight(options)
+    plan = preflight(options)
     steps = Steps(6 if options.precision == "fp16" else 5, stream)
     with scratch(options.output_dir) as weights:
-        traced = trace_model(options, steps, weights)
+        traced = trace_model(options, plan, steps, weights)
         graph, kept_fp32, sizes = traced.graph, [], output_sizes(traced.graph)
         if options.precision == "fp16":
             with steps.step("converting to strongly typed FP16"):

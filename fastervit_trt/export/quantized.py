@@ -91,15 +91,16 @@ def export_quantized(
         )
     cache_path = calib.cache_path(options)
     reuse = cache_path.is_file() and not calib.recalibrate
-    variant = preflight(
+    plan = preflight(
         options, () if cache_path.is_file() else (cache_path, record_path(cache_path), means_path(cache_path))
     )
+    variant, preprocess = plan.variant, plan.preprocess
     settings = {
         "model": variant.name,
         "resolution": list(variant.arch.resolution),
+        "num_classes": variant.arch.num_classes,
         **calib.record(),
-        "jpeg_draft": not options.exact_preprocess,
-        "input_format": options.input_format,
+        "preprocess": preprocess.record(),  # scales made under another transform are never reused
     }
     changed = changed_settings(cache_path, settings) if reuse else None
     if changed:
@@ -109,10 +110,9 @@ def export_quantized(
         )
     budget = calib.accuracy_budget is not None
     steps = Steps(7 + (calib.sensitivity or budget) + budget, stream)
-    preprocess = options.preprocess(variant)
     with scratch(options.output_dir) as store:
         heldout, heldout_kind = _heldout_inputs(calib, preprocess, store.folder / "heldout.npy")
-        traced = trace_model(options, steps, store, probes={"heldout": heldout})
+        traced = trace_model(options, plan, steps, store, probes={"heldout": heldout})
         fp32 = traced.graph
         placed = placement(fp32, fmt, residuals=calib.quantizes_residuals(bool(options.features)))
         targets, activations = placed.targets, placed.activations

@@ -25,11 +25,14 @@ from ..models import (
     FasterViT,
     Variant,
     check_arch,
+    check_num_classes,
     create_model,
     read_checkpoint,
+    variant_of,
 )
-from ..preprocess import INPUT_FORMATS, Preprocess, sample_inputs
+from ..preprocess import INPUT_FORMATS, TRANSFORM_SETTINGS, Preprocess, TransformOptions, check_transform, sample_inputs
 from ..progress import Steps
+from ..runtime.labels import read_class_names
 from ..sidecar import DEFAULT_BATCH_PROFILE
 from .deploy import Exportable, ImageInput, Probabilities, prepare_backbone, prepare_for_export
 from .onnx_export import (
@@ -47,6 +50,7 @@ from .weights import WeightFile, tensor_bytes
 
 log = logging.getLogger(__name__)
 
+DEFAULT_VARIANT = "faster_vit_0_224"  # exported when neither a variant nor a checkpoint says which
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 QUANTIZED = ("int8", "fp8")  # calibrated: export/quantized.py
 STAGES = (1, 2, 3, 4)
@@ -60,11 +64,20 @@ class ValidationError(FasterViTTRTError):
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """Everything one export needs; defaults match ``fastervit-export``'s."""
+    """Everything one export needs; defaults match ``fastervit-export``'s.
 
-    model: str = "faster_vit_0_224"
+    ``model`` None: the variant the checkpoint was trained as (its training run's record, else
+    the variant its weights fit), or ``DEFAULT_VARIANT`` without one; ``num_classes`` None: the
+    checkpoint's head (0: headless, a pooled-embedding output); ``class_names``: a file of one
+    name per line, or the names; ``transform``: eval-transform settings that override the
+    checkpoint's training record and the variant's defaults."""
+
+    model: str | None = None
     checkpoint: Path | None = None
     weights: str = "model"  # of a training checkpoint: "model" (state_dict) or "ema"
+    num_classes: int | None = None
+    class_names: Path | tuple[str, ...] | None = None
+    transform: TransformOptions = TransformOptions()
     resolution: tuple[int, int] | None = None
     precision: str = "fp16"
     batch: tuple[int, int, int] = DEFAULT_BATCH_PROFILE  # min, opt, max of the engine profile
@@ -83,6 +96,15 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         paths_of(self, "checkpoint", "output_dir")
+        if isinstance(self.class_names, str):
+            object.__setattr__(self, "class_names", Path(self.class_names))
+        elif self.class_names is not None and not isinstance(self.class_names, Path):
+            object.__setattr__(self, "class_names", tuple(map(str, self.class_names)))
+        if self.num_classes is not None and self.num_classes < 0:
+            raise ValueError(f"--num-classes must be 0 (headless) or more, not {self.num_classes}")
+        if self.model is None:  # memory-mapped: reads the pickle, not the weights
+            found = variant_of(read_checkpoint(self.checkpoint, self.weights)) if self.checkpoint else DEFAULT_VARIANT
+            object.__setattr__(self, "model", found)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.input_format not in INPUT_FORMATS:
@@ -99,12 +121,6 @@ class ExportOptions:
                 "--softmax turns a classifier's logits into probabilities; a backbone (--features) has none"
             )
         object.__setattr__(self, "features", tuple(sorted(self.features)))
-
-    def preprocess(self, variant: Variant) -> Preprocess:
-        """``variant``'s eval transform as this export's graph takes it."""
-        return replace(
-            Preprocess.from_config(variant.eval), jpeg_draft=not self.exact_preprocess, input_format=self.input_format
-        )
 
     @property
     def quantized(self) -> bool:
@@ -134,6 +150,26 @@ def report_path(onnx_path: Path) -> Path:
     return onnx_path.with_name(f"{onnx_path.stem}.report.json")
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What an export settles before any work: the variant at its resolution and head width,
+    the eval transform (the one record every later stage reads) with where each setting came
+    from, and the class names."""
+
+    variant: Variant
+    preprocess: Preprocess
+    transform_from: dict[str, str]
+    class_names: tuple[str, ...] | None
+
+    def metadata(self) -> dict:
+        """The plan as the ONNX metadata (and the engine sidecar) keep it."""
+        return {
+            "preprocess": {**self.preprocess.record(), "label_set": self.variant.eval.label_set},
+            "preprocess_from": self.transform_from,
+            "class_names": list(self.class_names) if self.class_names else None,
+        }
+
+
 @dataclass
 class ExportResult:
     onnx_path: Path
@@ -148,7 +184,7 @@ class Traced:
     PyTorch model was freed. Outputs are ``flatten``-ed: a backbone's feature maps as one
     row per input."""
 
-    variant: Variant
+    plan: Plan
     checkpoint: dict | None
     graph: onnx.ModelProto
     inputs: np.ndarray
@@ -158,14 +194,19 @@ class Traced:
 
 
 def trace_model(
-    options: ExportOptions, steps: Steps, weights: WeightFile, probes: dict[str, InputSet] | None = None
+    options: ExportOptions,
+    plan: Plan,
+    steps: Steps,
+    weights: WeightFile,
+    probes: dict[str, InputSet] | None = None,
 ) -> Traced:
-    """The first three steps of every export: the eval model, PyTorch's reference logits,
-    and the simplified FP32 graph whose weights go to ``weights``. The PyTorch model is
-    transformed in place and freed, so at most one copy of the weights is ever in memory."""
+    """The first three steps of every export: the eval model, PyTorch's reference logits
+    (on inputs made with ``plan``'s transform), and the simplified FP32 graph whose weights go
+    to ``weights``. The PyTorch model is transformed in place and freed, so at most one copy
+    of the weights is ever in memory."""
     with steps.step(f"building {options.model}"):
-        model = _build(options)
-        preprocess = options.preprocess(model.variant)
+        model = _build(options, plan)
+        preprocess = plan.preprocess
         core = (
             Backbone(model, options.features, options.feature_norm)
             if options.features
@@ -178,9 +219,9 @@ def trace_model(
             if preprocess.input_format == "float"
             else ImageInput(core, preprocess.mean, preprocess.std, channels_first=preprocess.input_format == "pixels")
         )
-        inputs, input_kind = validation_inputs(model, options)
+        inputs, input_kind = validation_inputs(plan, options)
         references = {name: _logits(network, x) for name, x in {"validation": inputs, **(probes or {})}.items()}
-    variant, checkpoint = model.variant, model.checkpoint
+    checkpoint = model.checkpoint
     with steps.step("folding BatchNorm, layer scale and position bias"):
         if isinstance(core, Backbone):
             prepare_backbone(core)
@@ -191,7 +232,7 @@ def trace_model(
         del model, core, network
         release_memory()
     validation = references.pop("validation")
-    return Traced(variant, checkpoint, graph, inputs, input_kind, validation, references)
+    return Traced(plan, checkpoint, graph, inputs, input_kind, validation, references)
 
 
 def _logits(model: Exportable, inputs: InputSet) -> np.ndarray:
@@ -265,13 +306,22 @@ def write_report(options: ExportOptions, metadata: dict, summary: dict, steps: S
     return report
 
 
-def preflight(options: ExportOptions, extra_outputs: tuple[Path, ...] = ()) -> Variant:
-    """Cheap checks before any work: model name, resolution, checkpoint, outputs; returns
-    the variant at the requested resolution."""
-    with torch.device("meta"):  # builds the shapes only: validates the resolution in ms
-        variant = create_model(options.model, resolution=options.resolution).variant
+def preflight(options: ExportOptions, extra_outputs: tuple[Path, ...] = ()) -> Plan:
+    """Cheap checks before any work (model name, resolution, checkpoint, head width, class
+    names, transform, outputs); returns the export's ``Plan``."""
+    assert options.model is not None  # named by ExportOptions
+    num_classes, trained = options.num_classes, {}
     if options.checkpoint is not None:  # memory-mapped: reads the pickle, not the weights
-        check_arch(read_checkpoint(options.checkpoint, options.weights), options.model)
+        checkpoint = read_checkpoint(options.checkpoint, options.weights)
+        check_arch(checkpoint, options.model)
+        num_classes, trained = check_num_classes(checkpoint, num_classes), checkpoint.transform()
+    with torch.device("meta"):  # builds the shapes only: validates the resolution in ms
+        variant = create_model(options.model, resolution=options.resolution, num_classes=num_classes).variant
+    if options.softmax and not variant.arch.num_classes:
+        raise FasterViTTRTError(
+            f"{options.checkpoint}: a headless checkpoint (pooled embedding out) has no classes for --softmax; drop it"
+        )
+    plan = Plan(variant, *_transform(options, variant, trained), _class_names(options, variant))
     check_writable(
         [
             options.onnx_path,
@@ -288,20 +338,73 @@ def preflight(options: ExportOptions, extra_outputs: tuple[Path, ...] = ()) -> V
             options.model,
             options.seed,
         )
-    return variant
+    return plan
 
 
-def _build(options: ExportOptions) -> FasterViT:
+def _transform(options: ExportOptions, variant: Variant, trained: dict) -> tuple[Preprocess, dict[str, str]]:
+    """The eval transform: ``options.transform``'s settings over the checkpoint's training
+    record (``trained``) over the variant's defaults; and where each setting came from."""
+    given, refused = options.transform.given(), {}
+    for name, value in trained.items():
+        try:
+            check_transform({name: value})
+        except ValueError as exc:  # e.g. timm's "border" crop mode: the user must choose
+            refused[name] = str(exc)
+    unresolved = [name for name in refused if name not in given]
+    if unresolved:
+        raise FasterViTTRTError(
+            f"{options.checkpoint}: its training args ask for a transform this toolkit cannot apply "
+            f"({'; '.join(refused[n] for n in unresolved)}); pass "
+            f"{' '.join('--' + n.replace('_', '-') for n in unresolved)} to choose one"
+        )
+    trained = {name: value for name, value in trained.items() if name not in refused}
+    chosen = {**trained, **given}
+    preprocess = replace(
+        Preprocess.from_config(replace(variant.eval, **chosen)),
+        jpeg_draft=not options.exact_preprocess,
+        input_format=options.input_format,
+    )
+    sources = {
+        name: "options" if name in given else "checkpoint's training args" if name in trained else "variant"
+        for name in TRANSFORM_SETTINGS
+    }
+    return preprocess, sources
+
+
+def _class_names(options: ExportOptions, variant: Variant) -> tuple[str, ...] | None:
+    """The export's class names, one per class of the head (None: none given)."""
+    if options.class_names is None:
+        return None
+    source = options.class_names
+    names = read_class_names(source) if isinstance(source, Path) else source
+    where = source if isinstance(source, Path) else "class_names"
+    classes = variant.arch.num_classes
+    if not classes:
+        raise FasterViTTRTError(f"{where}: the model is headless (no classes, a pooled embedding out); drop the names")
+    if len(names) != classes:
+        of = f"{options.checkpoint}'s head" if options.checkpoint else f"{variant.name}'s head"
+        raise FasterViTTRTError(
+            f"{where}: {len(names)} class names, but {of} has {classes} classes; give one name per class, in "
+            "the head's order"
+        )
+    return tuple(names)
+
+
+def _build(options: ExportOptions, plan: Plan) -> FasterViT:
     torch.manual_seed(options.seed)
     return create_model(
-        options.model, checkpoint=options.checkpoint, resolution=options.resolution, weights=options.weights
+        plan.variant.name,
+        checkpoint=options.checkpoint,
+        resolution=options.resolution,
+        num_classes=plan.variant.arch.num_classes,
+        weights=options.weights,
     )
 
 
-def validation_inputs(model: FasterViT, options: ExportOptions) -> tuple[np.ndarray, str]:
-    """The shipped sample photos through the model's own preprocessing when present (and the
+def validation_inputs(plan: Plan, options: ExportOptions) -> tuple[np.ndarray, str]:
+    """The shipped sample photos through the export's own preprocessing when present (and the
     model takes RGB images), else seeded random inputs; with a description for the report."""
-    arch, preprocess = model.variant.arch, options.preprocess(model.variant)
+    arch, preprocess = plan.variant.arch, plan.preprocess
     if arch.in_chans == 3:
         photos = sample_inputs(preprocess, options.validation_batch)
         if photos is not None:
@@ -369,7 +472,7 @@ def validate(reference: np.ndarray, path: Path, inputs: np.ndarray, precision: s
 
 
 def export_metadata(traced: Traced, options: ExportOptions, kept_fp32: list[str]) -> dict:
-    variant = traced.variant
+    variant = traced.plan.variant
     return {
         "model": variant.name,
         "precision": options.precision,
@@ -379,11 +482,7 @@ def export_metadata(traced: Traced, options: ExportOptions, kept_fp32: list[str]
         "random_init": options.checkpoint is None,
         "seed": options.seed,
         "arch": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(variant.arch).items()},
-        "preprocess": {
-            **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(variant.eval).items()},
-            "jpeg_draft": not options.exact_preprocess,
-            "input_format": options.input_format,
-        },
+        **traced.plan.metadata(),
         "input": {
             "name": "input",
             "format": INPUT_FORMATS[options.input_format],
@@ -399,7 +498,7 @@ def export_metadata(traced: Traced, options: ExportOptions, kept_fp32: list[str]
         }
         if options.features
         else None,
-        "output": "probabilities" if options.softmax else None,
+        "output": "probabilities" if options.softmax else None if variant.arch.num_classes else "embedding",
         "batch_profile": list(options.batch),
         "fp32_nodes_for_range": kept_fp32,
     }

@@ -11,7 +11,10 @@ The official checkpoints were written by timm's ``CheckpointSaver``: ``state_dic
 ``epoch``, ``metric``, ``version``. ``weights`` picks ``state_dict`` ("model", the default,
 as the official validation script does without ``--use-ema``) or ``state_dict_ema``
 ("ema"); plain state dicts and ``model`` containers load too. ``module.`` (DDP) and
-``encoder.`` (detection backbones) prefixes are stripped.
+``encoder.`` (detection backbones) prefixes are stripped. A fine-tuned checkpoint says the
+rest of what a deployment needs: the number of classes (the head's rows; none: a headless
+feature extractor) and, in timm's ``args``, the model name and the eval transform it was
+trained with (mean, std, interpolation, crop_pct, crop_mode).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import logging
 import pickle
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -50,8 +53,30 @@ class Checkpoint:
     path: Path
     state: dict[str, Tensor]
     key: str | None  # container key the weights were read from; None: the top level
-    arch: str | None = None  # model name the training run recorded, when present
+    arch: str | None = None  # model name the training run recorded (``arch``, else ``args.model``)
     epoch: int | None = None
+    args: dict = field(default_factory=dict)  # the training run's plain settings (timm's ``args``)
+
+    @property
+    def num_classes(self) -> int:
+        """The classifier width the weights were trained with: the head's rows; 0 for a
+        headless checkpoint (a feature extractor, as timm saves ``num_classes=0``)."""
+        head = self.state.get("head.weight")
+        return int(head.shape[0]) if head is not None else 0
+
+    def transform(self) -> dict:
+        """The eval-transform settings the training run recorded (timm's data-config names,
+        as ``timm.data.resolve_data_config`` reads them from ``args``): only those it set."""
+        found: dict = {}
+        for name in ("mean", "std"):
+            value = self.args.get(name)
+            if isinstance(value, (list, tuple)) and len(value) == 3:
+                found[name] = tuple(float(v) for v in value)
+        for name, kind in (("interpolation", str), ("crop_mode", str), ("crop_pct", float)):
+            value = self.args.get(name)
+            if isinstance(value, (int, float, str)) and value != "" and not isinstance(value, bool):
+                found[name] = kind(value)
+        return found
 
     def describe(self) -> dict:
         """What the export report says about the weights it loaded."""
@@ -62,6 +87,8 @@ class Checkpoint:
             "parameters": sum(v.numel() for v in self.state.values()),
             "arch": self.arch,
             "epoch": self.epoch,
+            "num_classes": self.num_classes,
+            "transform": self.transform() or None,
         }
 
 
@@ -144,9 +171,19 @@ def _unwrap(raw: object, path: Path, weights: str) -> Checkpoint:
         state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
     if not state:
         raise CheckpointError(f"{path}: no tensors found; is this a model checkpoint?")
+    args = _plain_args(raw.get("args")) if key is not None else {}
     arch = raw.get("arch") if key is not None and isinstance(raw.get("arch"), str) else None
+    arch = arch or (args.get("model") if isinstance(args.get("model"), str) else None)
     epoch = raw.get("epoch") if key is not None and isinstance(raw.get("epoch"), int) else None
-    return Checkpoint(path, state, key, arch, epoch)
+    return Checkpoint(path, state, key, arch, epoch, args)
+
+
+def _plain_args(args: object) -> dict:
+    """A training run's ``args`` (timm saves an ``argparse.Namespace``; some runs a dict) as a
+    dict of its plain values."""
+    values = vars(args) if isinstance(args, argparse.Namespace) else args if isinstance(args, dict) else {}
+    plain = (str, int, float, bool, type(None), list, tuple)
+    return {str(k): v for k, v in values.items() if isinstance(v, plain)}
 
 
 def _container(raw: dict, weights: str) -> str | None:
@@ -180,19 +217,22 @@ def load_into(
     source: str | Path,
     suggest: Callable[[], str | None] = lambda: None,
     unused: frozenset[str] = frozenset(),
+    name: str = "the model",
 ) -> None:
-    """Copy ``state`` into ``model``, refusing any mismatch (derived buffers excepted).
-
-    ``suggest`` is asked, only on a mismatch, for the variant the checkpoint would fit.
+    """Copy ``state`` into ``model`` (the variant ``name``), refusing any mismatch (derived
+    buffers excepted). ``suggest`` is asked, only on a mismatch, for the variant the
+    checkpoint would fit: the refusal then names it in one short line.
     """
     missing, unexpected, wrong = mismatch(model, state, unused)
     if missing or unexpected or wrong:
+        fit = suggest()
+        if fit and fit != name:
+            raise CheckpointError(f"{source}: these weights are {fit}'s, not {name}'s; pass --variant {fit}")
         parts = []
         for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
             if names:
                 more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""
                 parts.append(f"{len(names)} {label}: {', '.join(names[:5])}{more}")
-        fit = suggest()
         hint = f"; it fits {fit}" if fit else "; no registered variant fits it"
         raise CheckpointError(f"{source}: checkpoint does not match the model ({'; '.join(parts)}){hint}")
     ignored = sorted(unused & state.keys())

@@ -593,7 +593,8 @@ class FasterViT(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
-        return ["logits"]
+        """``logits``; ``embedding`` (the pooled features) for a headless model."""
+        return ["logits"] if self.arch.num_classes else ["embedding"]
 
     def stage_outputs(self, x: Tensor, stages: tuple[int, ...]) -> list[Tensor]:
         """(B, 3, H, W) image -> the outputs of ``stages`` (1-4, ascending), each taken before

@@ -1,9 +1,18 @@
-"""Class names for a label set, shipped with the package (no timm or torch needed)."""
+"""Class names of a model, shipped with the package (no timm or torch needed).
+
+A model exported with its own names (``fastervit-export --class-names FILE``) carries them
+in its ONNX metadata and engine sidecar under ``class_names``; every consumer (the runtime,
+serve, Triton's labels file, DeepStream's) reads them through ``model_class_names``. Models
+without their own names get the names of their label set (ImageNet-1k, digits) or
+"class <i>".
+"""
 
 from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+
+from ..errors import FasterViTTRTError
 
 _DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -22,3 +31,33 @@ def class_names(label_set: str | None, num_classes: int) -> list[str]:
     if label_set == "digits":
         return [str(i) for i in range(num_classes)]
     return [f"class {i}" for i in range(num_classes)]
+
+
+def model_class_names(info: dict, num_classes: int) -> list[str]:
+    """The class names an export's metadata (or an engine's sidecar) ``info`` gives its
+    ``num_classes`` outputs: its own ``class_names`` when it has them, else its label set's."""
+    own = info.get("class_names")
+    if own and len(own) == num_classes:
+        return [str(name) for name in own]
+    label_set = (info.get("preprocess") or {}).get("label_set") or info.get("label_set")
+    return class_names(label_set, num_classes)
+
+
+def read_class_names(path: Path) -> tuple[str, ...]:
+    """A names file: one class name per line, in the head's order (a trailing blank line and
+    surrounding spaces ignored)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FasterViTTRTError(
+            f"{path}: cannot read the class names ({getattr(exc, 'strerror', None) or exc}); "
+            "give a UTF-8 text file with one name per line"
+        ) from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names = tuple(line.strip() for line in lines)
+    blank = [number for number, name in enumerate(names, 1) if not name]
+    if not names or blank:
+        where = f"line {blank[0]} is blank" if blank else "it is empty"
+        raise FasterViTTRTError(f"{path}: {where}; give one class name per line, in the head's order")
+    return names

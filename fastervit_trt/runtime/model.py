@@ -3,6 +3,7 @@
     model = load("engines/faster_vit_0_224_fp16.engine")   # or an .onnx
     model.predict(["cat.jpg", pil_image], topk=5)           # top-k (index, name, probability)
     model.logits(batch)                                     # float32 (N, classes)
+    model.embed(images)                                     # a headless model: float32 (N, D)
 
 Batches above the largest the backend takes are split and re-joined; smaller ones run at
 their own size. Preprocessing and class names come from the engine's sidecar or the ONNX
@@ -26,7 +27,7 @@ from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ..sidecar import read_sidecar, rebuild_command, sidecar_path
 from .backend import Backend, join_parts
 from .inputs import is_encoded, to_batch, to_input
-from .labels import class_names
+from .labels import model_class_names
 from .pipelined import decode_ahead
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,16 @@ class InferenceModel:
         """Whether the model outputs feature maps (``--features``) rather than logits."""
         return any(len(shape) == 3 for shape in self.backend.output_shapes.values())
 
+    @property
+    def is_embedding(self) -> bool:
+        """Whether the model is headless: one pooled-embedding vector per image, no classes."""
+        return self.backend.output_names == ["embedding"]
+
+    @property
+    def kind(self) -> str:
+        """``classifier``, ``embedding`` (a headless model's vectors) or ``backbone`` (feature maps)."""
+        return "backbone" if self.is_backbone else "embedding" if self.is_embedding else "classifier"
+
     def features(self, inputs: Any) -> dict[str, np.ndarray]:
         """A backbone's feature maps ``{"stage1": (N, C, H, W), ...}`` for any accepted input
         (see ``runtime.inputs``), ``max_batch`` inputs per engine call."""
@@ -97,8 +108,18 @@ class InferenceModel:
         encoded images longer than the largest batch is decoded batch by batch, the next
         batch decoding while the engine runs this one. ``decode="gpu"``: encoded JPEGs are
         decoded, resized and normalised on the GPU and read there by the engine."""
+        self._require("classifier")
+        return self._vectors(inputs, decode)
+
+    def embed(self, inputs: Any, decode: str = "cpu") -> np.ndarray:
+        """A headless model's pooled embeddings (N, D) for any accepted input, as ``logits``
+        reads them."""
+        self._require("embedding")
+        return self._vectors(inputs, decode)
+
+    def _vectors(self, inputs: Any, decode: str) -> np.ndarray:
+        """The one output (logits or embeddings) of a classifier or headless model."""
         step, batch = self.max_batch, None
-        self._require_classifier()
         if decode not in ("cpu", "gpu"):
             raise ValueError(f"decode must be 'cpu' or 'gpu', not {decode!r}")
         try:
@@ -132,9 +153,9 @@ class InferenceModel:
 
     def logits_each(self, items: Sequence[Any]) -> Iterator[np.ndarray | FasterViTTRTError]:
         """Per encoded image of ``items`` (paths, bytes, file objects), in order: its logits
-        row, or the error that decoding it raised (``ImageError``: one bad file does not end
-        the run). The next batch decodes while the engine runs this one."""
-        self._require_classifier()
+        (or embedding) row, or the error that decoding it raised (``ImageError``: one bad file
+        does not end the run). The next batch decodes while the engine runs this one."""
+        self._require_vectors()
         return decode_ahead(
             items, lambda item: to_input(item, self.preprocess, self.exif_rotate), self.run, self.max_batch
         )
@@ -148,8 +169,8 @@ class InferenceModel:
     def run(self, batch: Any) -> np.ndarray:
         """Logits of a batch already in the model's input format (``preprocess`` outputs
         stacked: float32 NCHW, or uint8 NHWC crops for a ``--input uint8`` model); nothing
-        is resized or normalised."""
-        self._require_classifier()
+        is resized or normalised (a headless model: its embeddings)."""
+        self._require_vectors()
         return self.outputs(batch)[self.backend.output_names[0]]
 
     def outputs(self, batch: Any) -> dict[str, np.ndarray]:
@@ -158,12 +179,18 @@ class InferenceModel:
         step = self.max_batch
         return join_parts([self.backend.infer_all(batch[i : i + step]) for i in range(0, len(batch), step)])
 
-    def _require_classifier(self) -> None:
+    def _require_vectors(self) -> None:
+        """A classifier or a headless model: one vector per image."""
         if self.is_backbone:
             raise FasterViTTRTError(
                 f"{self.source}: a backbone (feature maps {', '.join(self.output_shapes)} "
                 "out), not a classifier; call features()"
             )
+
+    def _require(self, kind: str) -> None:
+        if self.kind != kind:
+            call = {"classifier": "logits() or predict()", "embedding": "embed()", "backbone": "features()"}
+            raise FasterViTTRTError(f"{self.source}: a {self.kind} model, not a {kind}; call {call[self.kind]}")
 
     def predict(self, inputs: Any, topk: int = 5, decode: str = "cpu") -> list[list[Prediction]]:
         """The ``topk`` classes of each input, most probable first."""
@@ -172,6 +199,7 @@ class InferenceModel:
     def top(self, logits: np.ndarray, topk: int = 5) -> list[list[Prediction]]:
         """The ``topk`` classes of each row of ``logits`` (a ``--softmax`` model's rows are
         probabilities already), most probable first."""
+        self._require("classifier")
         logits = logits.astype(np.float64)
         if self.backend.output_names[0] == "probabilities":
             probabilities = logits
@@ -257,9 +285,9 @@ def load(
             "input_format": "uint8" if images else "float",
         }
     )
-    label_set = (info.get("preprocess") or {}).get("label_set") or info.get("label_set")
     classes = next(iter(backend.output_shapes.values()))
-    names = [] if len(classes) != 1 else class_names(label_set, int(classes[0]))  # a backbone has none
+    headless = backend.output_names == ["embedding"]
+    names = [] if len(classes) != 1 or headless else model_class_names(info, int(classes[0]))
     return InferenceModel(backend, preprocess, names, path, info.get("features"))
 
 
