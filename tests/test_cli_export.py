@@ -51,7 +51,7 @@ def test_wrong_checkpoint(capsys, tmp_path):
     code, _, err = _run(capsys, "--variant", "faster_vit_0_224", "--checkpoint", str(ckpt), "--output-dir", str(out))
     line = _error_line(err)
     assert code == 1 and "fv1.pth" in line and line.endswith("pass --variant faster_vit_1_224")
-    assert not out.exists() or list(out.iterdir()) == []
+    assert not out.exists()  # the failed export took back the output folder it had made
 
 
 def test_unwritable_output_dir(capsys, tmp_path, monkeypatch):

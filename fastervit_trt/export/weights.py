@@ -178,9 +178,17 @@ def _copy(src, dst, length: int) -> None:
 @contextmanager
 def scratch(near: Path) -> Iterator[WeightFile]:
     """A scratch weight file in a hidden folder inside ``near`` (same disk as the outputs),
-    removed afterwards whatever happens (and by the next export if this process is killed)."""
+    removed afterwards whatever happens (and by the next export if this process is killed);
+    so are the folders up to ``near`` that it had to create, when nothing else was put there
+    (a failed export leaves no empty output folder behind)."""
+    created = [p for p in (near, *near.parents) if not p.exists()]  # deepest first
     folder = private_folder(near, ".fastervit-weights-")
     try:
         yield WeightFile(folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        for path in created:
+            try:
+                path.rmdir()
+            except OSError:  # holds the export's files (or another's): kept
+                break
