@@ -13,9 +13,11 @@ model and its ``Batcher``:
     GET  /metrics                Prometheus: requests, errors, latency, batch sizes, queue depth
 
 A bad image is 400 with the decoder's one-line message (in the JSON form, that entry's
-``error``); an unsupported content type 415; a body over the limit 413; a full queue, or a
-request not started within its timeout, 503 with ``Retry-After``. Images are decoded with
-the model's own preprocessing and named with its own class names, exactly as
+``error``, as for an entry that is not base64); an unsupported content type 415; a body over
+the limit 413 (read to its end first, within ``DRAIN_BYTES``, so that clients still sending
+read it); a full queue, or a request not started within its timeout, 503 with
+``Retry-After``; a client that hangs up mid-upload is one log line and a metric. Images are
+decoded with the model's own preprocessing and named with its own class names, exactly as
 ``fastervit-triton --image-bytes`` does, so either service gives the same answer. Shutdown
 (SIGTERM, Ctrl-C) stops accepting, lets in-flight requests finish, then runs what the
 batcher still holds before the model is closed.
@@ -26,15 +28,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import contextlib
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -42,8 +46,17 @@ from .errors import FasterViTTRTError
 from .runtime.batcher import Batcher, Overloaded, RequestTimeout
 from .runtime.model import InferenceModel
 
+log = logging.getLogger(__name__)
+
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/x-ms-bmp", "application/octet-stream")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# A body over the limit is still read, and thrown away, up to this many bytes past the limit
+# before the 413 goes out: answering while the client is still sending, then closing, makes
+# its kernel report "connection reset" instead of the answer (urllib always sees that). The
+# bound because reading in vain without one lets any client keep the server reading forever;
+# past it the 413 goes out at once and such a client may see the reset.
+DRAIN_BYTES = 64 << 20
+CLIENT_CLOSED = 499  # nginx's code for a request whose client hung up (metrics only: no one reads it)
 
 
 @dataclass(frozen=True)
@@ -128,6 +141,7 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
                     f'({", ".join(IMAGE_TYPES[:4])}) or JSON {{"images": [base64, ...]}}',
                 )
             body = await _body(request, options.max_body_bytes)
+            images: list[bytes | FasterViTTRTError]
             if kind == "application/json":
                 images, topk = _json_images(body, topk)
             elif not body:
@@ -150,6 +164,11 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
             code = refusal.status
             metrics.errors.labels(_REASONS.get(refusal.status, "bad_request")).inc()
             return JSONResponse({"error": refusal.message}, refusal.status, headers=refusal.headers)
+        except ClientDisconnect:  # nothing can be answered; not the server's fault, so no traceback
+            code = CLIENT_CLOSED
+            metrics.errors.labels("client_disconnected").inc()
+            log.warning("%s hung up before sending the whole body; request dropped", _client(request))
+            return Response(status_code=code)
         finally:
             metrics.requests.labels("classify", str(code)).inc()
             metrics.latency.labels("classify").observe(time.perf_counter() - started)
@@ -196,6 +215,11 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
 _REASONS = {413: "too_large", 415: "unsupported_type", 503: "overloaded"}
 
 
+def _client(request: Request) -> str:
+    """``host:port`` of the request's client, for logs."""
+    return f"client {request.client.host}:{request.client.port}" if request.client else "a client"
+
+
 def _busy(message: str, options: ServeOptions) -> _Refusal:
     """503 with ``Retry-After``: the request may succeed if sent again shortly."""
     return _Refusal(503, message, {"Retry-After": str(options.retry_after_s)})
@@ -215,39 +239,76 @@ def _topk(text: str | None, default: int) -> int:
 
 
 async def _body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    """The request body; one over ``limit`` bytes is 413 (``Connection: close``) once the rest
+    has arrived, read and dropped, within ``DRAIN_BYTES`` past the limit."""
+    too_large = _Refusal(
+        413, f"the body is over the limit of {limit} bytes; send a smaller image", {"Connection": "close"}
+    )
     declared = request.headers.get("content-length", "")
-    too_large = _Refusal(413, f"the body is over the limit of {limit} bytes; send a smaller image")
     if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        # A client waiting for "100 Continue" has sent nothing yet; one declaring more than the
+        # bound would be read in vain for too long: both are answered at once.
+        if request.headers.get("expect", "").lower() == "100-continue" or int(declared) > limit + DRAIN_BYTES:
             raise too_large
-        chunks.append(chunk)
+    chunks, size = [], 0
+    async with contextlib.aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            size += len(chunk)
+            if size > limit + DRAIN_BYTES:
+                break
+            if size <= limit:
+                chunks.append(chunk)
+    if size > limit:
+        raise too_large
     return b"".join(chunks)
 
 
-def _json_images(body: bytes, topk: int) -> tuple[list[bytes], int]:
+def _json_images(body: bytes, topk: int) -> tuple[list[bytes | FasterViTTRTError], int]:
+    """Each entry's bytes, or the error of one that is not base64; a body that is not
+    ``{"images": [...]}`` refuses the request."""
+    usage = 'expected JSON {"images": [base64 image, ...], "topk": N}'
     try:
         document = json.loads(body)
-        images = [base64.b64decode(item, validate=True) for item in document["images"]]
+        entries = document["images"]
         topk = int(document.get("topk", topk))
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise _Refusal(400, 'expected JSON {"images": [base64 image, ...], "topk": N}') from None
-    if not images or topk < 1:
-        raise _Refusal(400, "no images given" if not images else f"topk={topk}: expected a positive integer")
-    return images, topk
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise _Refusal(400, usage) from None
+    if not isinstance(entries, list):
+        raise _Refusal(400, usage)
+    if not entries or topk < 1:
+        raise _Refusal(400, "no images given" if not entries else f"topk={topk}: expected a positive integer")
+    return [_base64(index, entry) for index, entry in enumerate(entries)], topk
 
 
-async def _answers(batcher: Batcher, images: list[bytes], options: ServeOptions) -> list:
-    """Each image's logits, or the error of an image that could not be decoded; a full
-    queue or a timeout refuses the whole request (503)."""
+def _base64(index: int, entry: object) -> bytes | FasterViTTRTError:
+    """The bytes of entry ``index`` of ``images``, or why it has none."""
+    if not isinstance(entry, str):
+        return FasterViTTRTError(f"image {index}: not valid base64 (a JSON {_json_type(entry)}, not a string)")
+    try:
+        return base64.b64decode(entry, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        return FasterViTTRTError(f"image {index}: not valid base64 ({exc})")
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _failed(error: Exception) -> concurrent.futures.Future:
+    """A future that already holds ``error``: an entry answered without the batcher."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    future.set_exception(error)
+    return future
+
+
+async def _answers(batcher: Batcher, images: list[bytes | FasterViTTRTError], options: ServeOptions) -> list:
+    """Each image's logits, or the error of an image that could not be decoded (or was
+    already an error); a full queue or a timeout refuses the whole request (503)."""
     futures = []
     try:
         for image in images:
-            futures.append(batcher.submit(image))
+            futures.append(batcher.submit(image) if isinstance(image, bytes) else _failed(image))
     except Overloaded as exc:
         for future in futures:
             future.cancel()

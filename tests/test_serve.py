@@ -4,8 +4,15 @@ load (every answer checked against model.predict), refusals, metrics, graceful s
 from __future__ import annotations
 
 import base64
+import json
+import logging
+import shutil
+import socket
+import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +24,7 @@ import uvicorn
 
 from fastervit_trt.runtime import load
 from fastervit_trt.runtime.inputs import to_input
-from fastervit_trt.serve import ServeOptions, create_app
+from fastervit_trt.serve import DRAIN_BYTES, ServeOptions, create_app
 from tests.runtime.test_batcher import _Held
 
 PHOTOS = sorted(p for p in (Path(__file__).parents[1] / "calibration").iterdir() if p.suffix in (".jpg", ".png"))
@@ -114,6 +121,141 @@ def test_json_batches_answer_each_image_and_name_a_bad_one(model):
     _same(results[2]["top"], _expected(model, PHOTOS[1], 2))
     assert "cannot decode the image" in results[1]["error"]
     assert malformed.status_code == 400 and "expected JSON" in malformed.json()["error"]
+
+
+def test_json_entries_that_are_not_base64_are_answered_each(model):
+    """A bad entry is its own error, counted as a bad image; only a body that is not
+    {"images": [...]} refuses the whole request."""
+    photo = base64.b64encode(PHOTOS[0].read_bytes()).decode()
+    entries = [photo, "not base64 at all!", 42, base64.b64encode(b"not an image").decode(), "QUJ"]
+    with serving(model) as (url, _):
+        response = httpx.post(f"{url}/v1/classify", json={"images": entries, "topk": 2}, timeout=60)
+        whole = [
+            httpx.post(f"{url}/v1/classify", content=body, headers={"Content-Type": "application/json"})
+            for body in (b"not json", b"[1, 2]", b'{"pictures": []}', b'{"images": "QUJD"}', b'{"images": []}')
+        ]
+        metrics = httpx.get(f"{url}/metrics").text
+    results = response.json()["results"]
+    assert response.status_code == 200 and len(results) == 5
+    _same(results[0]["top"], _expected(model, PHOTOS[0], 2))
+    assert results[1]["error"].startswith("image 1: not valid base64 (")
+    assert results[2] == {"error": "image 2: not valid base64 (a JSON number, not a string)"}
+    assert "cannot decode the image" in results[3]["error"]
+    assert results[4]["error"].startswith("image 4: not valid base64 (")
+    assert [r.status_code for r in whole] == [400] * 5
+    assert ["expected JSON" in r.json()["error"] for r in whole] == [True] * 4 + [False]
+    assert 'fastervit_errors_total{reason="bad_image"} 4.0' in metrics
+    assert 'fastervit_errors_total{reason="bad_request"} 5.0' in metrics
+
+
+def _small_png():
+    """A 32x32 PNG, well under the small limits the refusal tests set."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+def _raw(url, data, reply=True):
+    """Send ``data`` on a plain socket; the server's whole answer (read until it closes), or
+    None when ``reply`` is False (the client hangs up at once)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(data)
+        if not reply:
+            return None
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_an_oversized_body_is_a_413_that_clients_read(model):
+    """8 MB over a 64 KiB limit: urllib (which asks the server to close), httpx and a chunked
+    upload each read the 413 and its JSON, not a reset connection; a declared length past
+    the drain bound is answered at once; the service goes on serving."""
+    limit, big = 64 << 10, b"\xff" * (8 << 20)
+    headers = {"Content-Type": "image/jpeg"}
+    with serving(model, max_body_bytes=limit) as (url, _):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(f"{url}/v1/classify", data=big, headers=headers), timeout=30)
+        sized = httpx.post(f"{url}/v1/classify", content=big, headers=headers, timeout=30)
+        chunked = httpx.post(
+            f"{url}/v1/classify",
+            content=iter([big[i : i + (1 << 20)] for i in range(0, len(big), 1 << 20)]),
+            headers=headers,
+            timeout=30,
+        )
+        declared = limit + DRAIN_BYTES + 1
+        at_once = _raw(
+            url,
+            f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: {declared}\r\n\r\n".encode(),
+        )
+        after = httpx.post(f"{url}/v1/classify", content=_small_png(), headers={"Content-Type": "image/png"})
+        metrics = httpx.get(f"{url}/metrics").text
+    message = f"the body is over the limit of {limit} bytes; send a smaller image"
+    assert refused.value.code == 413 and json.loads(refused.value.read()) == {"error": message}
+    assert refused.value.headers["Connection"] == "close"
+    for response in (sized, chunked):
+        assert response.status_code == 413 and response.json() == {"error": message}
+    assert at_once.startswith(b"HTTP/1.1 413 ") and message.encode() in at_once
+    assert after.status_code == 200
+    assert 'fastervit_errors_total{reason="too_large"} 4.0' in metrics
+
+
+def test_curl_reads_the_413(model, tmp_path):
+    """curl, with its "Expect: 100-continue" (answered before it sends) and without."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    body = tmp_path / "big.jpg"
+    body.write_bytes(b"\xff" * (4 << 20))
+    with serving(model, max_body_bytes=64 << 10) as (url, _):
+        runs = [
+            subprocess.run(
+                ["curl", "-sS", "--max-time", "30", "-o", "-", "-w", "\n%{http_code}", *expect]
+                + ["-H", "Content-Type: image/jpeg", "--data-binary", f"@{body}", f"{url}/v1/classify"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            for expect in ([], ["-H", "Expect:"])
+        ]
+    for run in runs:
+        answer, code = run.stdout.rsplit("\n", 1)
+        assert run.returncode == 0 and code == "413", run.stderr
+        assert "over the limit of 65536 bytes" in json.loads(answer)["error"]
+
+
+def test_a_client_hanging_up_mid_upload_is_one_log_line(model, caplog):
+    """Headers promising 8 MB, 256 KB of it, then the socket closes: one warning naming the
+    client, no traceback (the service's or uvicorn's), a metric, and the next request served."""
+    with caplog.at_level(logging.INFO), serving(model) as (url, _):
+        uvicorn_log = logging.getLogger("uvicorn")  # set up by uvicorn.Config: its records stop there
+        uvicorn_log.addHandler(caplog.handler)
+        try:
+            head = (
+                b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 8388608\r\n\r\n"
+            )
+            _raw(url, head + b"\xff" * (256 << 10), reply=False)
+            deadline = time.monotonic() + 20
+            while not any("hung up" in r.getMessage() or r.levelno >= logging.ERROR for r in caplog.records):
+                assert time.monotonic() < deadline, "no log line about the client that hung up"
+                time.sleep(0.05)
+            time.sleep(0.2)  # a traceback logged just after the line would still be seen
+            after = _post(url, PHOTOS[0])
+            metrics = httpx.get(f"{url}/metrics").text
+        finally:
+            uvicorn_log.removeHandler(caplog.handler)
+    lines = [r for r in caplog.records if "hung up" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].name == "fastervit_trt.serve" and lines[0].levelno == logging.WARNING
+    assert lines[0].getMessage().startswith("client 127.0.0.1:")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert after.status_code == 200
+    assert 'fastervit_errors_total{reason="client_disconnected"} 1.0' in metrics
+    assert 'fastervit_requests_total{code="499",endpoint="classify"} 1.0' in metrics
 
 
 def test_refusals_are_one_line_with_the_right_status(model):
