@@ -9,12 +9,15 @@ channel inside the graph, so the config runs with ``net-scale-factor=1`` and zer
 and the engine sees the toolkit's own input; ``--softmax`` gives nvinfer's classifier parser
 the probabilities it reads (it attaches the most probable label above
 ``classifier-threshold``). The labels file is nvinfer's classifier form: one line per
-output, the class names in order, separated by ';'.
+output, the class names in order (the export's own ``--class-names``, else its label set's),
+separated by ';'.
 
-A model whose eval transform nvinfer cannot reproduce is refused: a centre crop, or a
-resize by ``crop_pct`` below 1 (nvinfer cannot crop). The variants whose transform is a
-plain resize to the input size (``squash`` at ``crop_pct`` 1.0: faster_vit_4_21k_384 and
-_512, and the digits fixture) run exactly; for the others preprocess with nvdspreprocess.
+The export's transform must be the one nvinfer applies: a plain resize to the input size,
+which timm calls ``squash`` at ``crop_pct`` 1.0. Any variant exported with
+``--crop-mode squash --crop-pct 1`` (and faster_vit_4_21k_384 / _512 and the digits fixture,
+whose own transform it is) runs exactly. A centre crop, or a resize by a ``crop_pct`` below 1,
+is refused in one line naming the ``fastervit-export`` command with every missing flag (or
+preprocess with nvdspreprocess instead).
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ from pathlib import Path
 
 from .artifacts import check_writable, write_bytes
 from .errors import FasterViTTRTError
-from .runtime.labels import class_names
+from .runtime.labels import model_class_names
 from .sidecar import export_command, read_metadata, read_sidecar
 
-NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer's network-mode values
-SCALING_FILTERS = {"nearest": 0, "bilinear": 1, "bicubic": 2, "lanczos": 4}  # NvBufSurfTransform_Inter
+NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer's network-mode: NvDsInferNetworkMode
+# scaling-filter: NvBufSurfTransform_Inter, GPU filters (Algo1: GPU cubic, Algo3: GPU Lanczos)
+SCALING_FILTERS = {"nearest": 0, "bilinear": 1, "bicubic": 2, "lanczos": 4}
 PROCESS_MODES = {"primary": 1, "secondary": 2}
+PLAIN_RESIZE = ("--crop-mode squash", "--crop-pct 1")  # the export flags of nvinfer's transform
+EXPORT_FLAGS = (*PLAIN_RESIZE, "--input pixels", "--softmax")  # what an export for nvinfer needs
 
 
 @dataclass(frozen=True)
@@ -73,14 +79,17 @@ def describe(model_path: Path) -> dict:
                 "build it with fastervit-build, or pass the .onnx"
             )
         onnx_path = (sidecar.get("onnx") or {}).get("path")
-        metadata = {
+        outputs = [o["name"] for o in sidecar["outputs"]]
+        recorded = {
             "preprocess": sidecar.get("preprocess"),
             "model": sidecar.get("model"),
             "arch": sidecar.get("arch"),
             "features": sidecar.get("features"),
             "label_set": sidecar.get("label_set"),
-            "output": "probabilities" if [o["name"] for o in sidecar["outputs"]] == ["probabilities"] else None,
+            "class_names": sidecar.get("class_names"),
+            "output": sidecar.get("output") or (outputs[0] if outputs in (["probabilities"], ["embedding"]) else None),
         }
+        metadata = {key: value for key, value in recorded.items() if value is not None}  # absent: the ONNX's
         if onnx_path and Path(onnx_path).is_file():  # the export's own record (quantization, input)
             import onnx
 
@@ -104,37 +113,24 @@ def _check(model_path: Path, info: dict) -> dict:
             f"{model_path}: has no fastervit-trt metadata, so its preprocessing is unknown; "
             "export it with fastervit-export --input pixels --softmax"
         )
-    if metadata.get("features"):
+    if metadata.get("features") or metadata.get("output") == "embedding":
+        kind = "a backbone (feature maps" if metadata.get("features") else "an embedding model (a pooled vector"
         raise FasterViTTRTError(
-            f"{model_path}: a backbone (feature maps out); nvinfer's classifier needs a classifier export"
+            f"{model_path}: {kind} out, no classes); nvinfer's classifier needs a classifier export"
         )
-    crop_mode, crop_pct = preprocess["crop_mode"], float(preprocess["crop_pct"])
-    if crop_mode != "squash" or crop_pct != 1.0:
-        height, width = preprocess["input_size"]
-        raise FasterViTTRTError(
-            f"{model_path}: {metadata.get('model')} is evaluated with a {crop_mode} crop at crop_pct {crop_pct:g} "
-            f"(resize by 1/{crop_pct:g}, then the centre {height}x{width}), and nvinfer cannot crop: it scales the "
-            f"whole frame or object to {height}x{width}; use a variant whose transform is a plain resize (squash at "
-            "crop_pct 1.0: faster_vit_4_21k_384, faster_vit_4_21k_512), or preprocess with nvdspreprocess"
-        )
-    missing = [
-        flag
-        for flag, ok in (
-            ("--input pixels", preprocess.get("input_format") == "pixels"),
-            ("--softmax", metadata.get("output") == "probabilities"),
-        )
-        if not ok
-    ]
+    missing = _missing_flags(preprocess, metadata)
     if missing:
-        why = {
-            "--input pixels": "nvinfer sends float pixels with one scale for all channels, which cannot be "
-            "ImageNet's per-channel normalisation",
-            "--softmax": "nvinfer's classifier parser reads probabilities, not logits",
-        }
         command = export_command(metadata, info["precision"] or "fp16")
+        flags = [  # with the plain resize this export may already have: a re-export must keep it
+            flag
+            for flag in EXPORT_FLAGS
+            if flag in missing or (flag in PLAIN_RESIZE and flag.split()[0] not in command)
+        ]
+        *first, last = missing
+        named = " and ".join(filter(None, [", ".join(first), last]))
         raise FasterViTTRTError(
-            f"{model_path}: export it with {' and '.join(missing)} ({'; '.join(why[m] for m in missing)}): "
-            f"{command} {' '.join(missing)}"
+            f"{model_path}: export it with {named} ({'; '.join(dict.fromkeys(missing.values()))}): "
+            f"{command} {' '.join(flags)}"
         )
     if preprocess["interpolation"] not in SCALING_FILTERS:
         raise FasterViTTRTError(
@@ -148,6 +144,31 @@ def _check(model_path: Path, info: dict) -> dict:
             "and pass the .engine"
         )
     return preprocess
+
+
+def _missing_flags(preprocess: dict, metadata: dict) -> dict[str, str]:
+    """The ``EXPORT_FLAGS`` an export lacks for nvinfer, each with the reason it needs it."""
+    crop_mode, crop_pct = preprocess["crop_mode"], float(preprocess["crop_pct"])
+    height, width = preprocess["input_size"]
+    crop = (
+        f"{metadata.get('model') or 'the model'} is evaluated with crop_mode {crop_mode} at crop_pct {crop_pct:g}, "
+        f"and nvinfer cannot crop: it scales the whole frame or object to {height}x{width}, a plain resize, "
+        "unless nvdspreprocess crops before it"
+    )
+    checks = {
+        "--crop-mode squash": (crop_mode == "squash", crop),
+        "--crop-pct 1": (crop_pct == 1.0, crop),
+        "--input pixels": (
+            preprocess.get("input_format") == "pixels",
+            "nvinfer sends float pixels with one scale for all channels, which cannot be ImageNet's "
+            "per-channel normalisation",
+        ),
+        "--softmax": (
+            metadata.get("output") == "probabilities",
+            "nvinfer's classifier parser reads probabilities, not logits",
+        ),
+    }
+    return {flag: why for flag, (ok, why) in checks.items() if not ok}
 
 
 def nvinfer_config(model_path: Path, info: dict, labels: Path, options: DeepStreamOptions = DeepStreamOptions()) -> str:
@@ -191,12 +212,16 @@ def nvinfer_config(model_path: Path, info: dict, labels: Path, options: DeepStre
 
 
 def labels_file(model_path: Path, info: dict) -> str:
-    """nvinfer's classifier labels: one line, the class names in output order, ';'-separated."""
+    """nvinfer's classifier labels: one line, the class names in output order (the export's
+    own, else its label set's), ';'-separated."""
     metadata = info["metadata"]
-    label_set = (metadata.get("preprocess") or {}).get("label_set") or metadata.get("label_set")
-    names = class_names(label_set, int(metadata["arch"]["num_classes"]))
-    if any(";" in name for name in names):
-        raise FasterViTTRTError(f"{model_path}: a class name contains ';', nvinfer's label separator")
+    names = model_class_names(metadata, int(metadata["arch"]["num_classes"]))
+    broken = next((name for name in names if ";" in name or "\n" in name or "\r" in name), None)
+    if broken is not None:
+        raise FasterViTTRTError(
+            f"{model_path}: class name {broken!r} holds ';' or a line break, which split nvinfer's one-line "
+            "labels file; re-export with --class-names free of them"
+        )
     return ";".join(names) + "\n"
 
 

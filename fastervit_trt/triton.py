@@ -8,8 +8,13 @@
 
 with max_batch_size and dims from the engine's profile (sidecar) or the ONNX metadata,
 dynamic batching (preferred sizes: the profile's opt and max), an instance group, and the
-preprocessing as ``parameters`` so clients know what to send. ``serve_pytriton`` binds the
-toolkit's own runtime to a real Triton server (PyTriton) for CPU machines and tests.
+preprocessing as ``parameters`` so clients know what to send. A classifier also gets
+``models/<name>/labels.txt`` (its class names, one a line, in output order: the export's own
+names, else its label set's) named by the output's ``label_filename``, so Triton's
+classification extension (an output requested with ``class_count=k``) answers
+"score:index:name". Backbones and embedding models have no classes and get none.
+``serve_pytriton`` binds the toolkit's own runtime to a real Triton server (PyTriton) for CPU
+machines and tests.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from pathlib import Path
 
 from .artifacts import check_writable, staged, write_bytes
 from .errors import FasterViTTRTError
+from .runtime.labels import model_class_names
 from .sidecar import DEFAULT_BATCH_PROFILE, read_metadata
 
+LABELS_FILE = "labels.txt"  # an output's label_filename, relative to its model's folder
 _NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
 _TRITON_TYPES = {
     "float": "TYPE_FP32",
@@ -84,14 +91,16 @@ def _describe(model_path: Path) -> dict:
                 f"{','.join(dtype(v) for v in graph_outs)}; the toolkit serves image "
                 "models with float or uint8 input and float outputs"
             )
+        outputs = [(v.name, dtype(v), dims(v)) for v in graph_outs]
         return {
             "platform": "onnxruntime_onnx",
             "file": "model.onnx",
             "batch": meta.get("batch_profile", list(DEFAULT_BATCH_PROFILE)),
             "input": (graph_in.name, dtype(graph_in), dims(graph_in)),
-            "outputs": [(v.name, dtype(v), dims(v)) for v in graph_outs],
+            "outputs": outputs,
             "preprocess": meta.get("preprocess") or {},
             "model": meta.get("model"),
+            "labels": _class_labels(model_path, meta, outputs),
         }
     from .runtime.model import verify_engine
 
@@ -103,28 +112,54 @@ def _describe(model_path: Path) -> dict:
         )
     (io_in,) = sidecar["inputs"]
     profile = io_in["profile"]
+    outputs = [(o["name"], o["dtype"], o["shape"][1:]) for o in sidecar["outputs"]]
     return {
         "platform": "tensorrt_plan",
         "file": "model.plan",
         "batch": [profile["min"][0], profile["opt"][0], profile["max"][0]],
         "input": (io_in["name"], io_in["dtype"], io_in["shape"][1:]),
-        "outputs": [(o["name"], o["dtype"], o["shape"][1:]) for o in sidecar["outputs"]],
+        "outputs": outputs,
         "preprocess": sidecar.get("preprocess") or {},
         "model": sidecar.get("model"),
+        "labels": _class_labels(model_path, sidecar, outputs),
     }
 
 
-def _tensor(entry: tuple[str, str, list[int]], layout: str | None = None) -> str:
-    """One ModelInput/ModelOutput; ``layout`` (NCHW or NHWC) becomes the input's ``format``."""
+def _class_labels(model_path: Path, meta: dict, outputs: list[tuple[str, str, list[int]]]) -> str | None:
+    """The labels file of a classifier (one class name a line, in output order, from the
+    metadata or sidecar ``meta``); None for a backbone (feature maps) or an embedding model."""
+    if meta.get("features") or meta.get("output") == "embedding" or len(outputs) != 1:
+        return None
+    name, _, dims = outputs[0]
+    if name == "embedding" or len(dims) != 1 or dims[0] < 1:  # dims[0] 0: a symbolic class axis
+        return None
+    names = model_class_names(meta, dims[0])
+    broken = next((n for n in names if "\n" in n or "\r" in n), None)
+    if broken is not None:
+        raise FasterViTTRTError(
+            f"{model_path}: class name {broken!r} spans lines, and Triton's labels file holds one name a line; "
+            "re-export with each name on one line"
+        )
+    return "".join(f"{n}\n" for n in names)
+
+
+def _tensor(entry: tuple[str, str, list[int]], layout: str | None = None, labels: bool = False) -> str:
+    """One ModelInput/ModelOutput; ``layout`` (NCHW or NHWC) becomes the input's ``format``,
+    ``labels`` names the model folder's labels file in the output's ``label_filename``."""
     tensor_name, dtype, dims = entry
     data_type = _TRITON_TYPES.get(dtype, dtype)
     fmt = f"\n    format: FORMAT_{layout}" if layout else ""
-    return f'  {{\n    name: "{tensor_name}"\n    data_type: {data_type}{fmt}\n    dims: [ {", ".join(map(str, dims))} ]\n  }}'
+    label = f'\n    label_filename: "{LABELS_FILE}"' if labels else ""
+    return (
+        f'  {{\n    name: "{tensor_name}"\n    data_type: {data_type}{fmt}\n'
+        f"    dims: [ {', '.join(map(str, dims))} ]{label}\n  }}"
+    )
 
 
-def _tensors(entries: list[tuple[str, str, list[int]]]) -> str:
-    """Several ModelOutputs (a backbone's feature maps), comma-separated as the text format wants."""
-    return ",\n".join(_tensor(entry) for entry in entries)
+def _outputs(info: dict) -> str:
+    """The ModelOutputs (a classifier's one, with its labels; a backbone's feature maps),
+    comma-separated as the text format wants."""
+    return ",\n".join(_tensor(entry, labels=info["labels"] is not None) for entry in info["outputs"])
 
 
 def _layout(info: dict) -> str:
@@ -148,7 +183,7 @@ def model_config(name: str, info: dict, options: TritonOptions) -> str:
         )
     return (
         f'name: "{name}"\nplatform: "{info["platform"]}"\nmax_batch_size: {high}\n'
-        f"input [\n{_tensor(info['input'], _layout(info))}\n]\noutput [\n{_tensors(info['outputs'])}\n]\n"
+        f"input [\n{_tensor(info['input'], _layout(info))}\n]\noutput [\n{_outputs(info)}\n]\n"
         f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(map(str, sorted({opt, high})))} ]\n"
         f"  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}\n"
         f"instance_group [\n  {{\n    count: {options.instances}\n    kind: KIND_{kind.upper()}\n  }}\n]\n" + parameters
@@ -176,12 +211,16 @@ def write_model_repository(model_path: Path, repo: Path, options: TritonOptions 
     copies = [(model_path, target)]
     if model_path.suffix == ".onnx" and external.is_file():  # referenced by its original name
         copies.append((external, target.parent / external.name))
+    labels = {folder / LABELS_FILE: info["labels"]} if info["labels"] is not None else {}
     extra = bytes_models(name, info, options) if options.image_bytes else {}
     check_writable(
-        [folder / "config.pbtxt", *(dst for _, dst in copies), *(repo / relative for relative in extra)], options.force
+        [folder / "config.pbtxt", *(dst for _, dst in copies), *labels, *(repo / relative for relative in extra)],
+        options.force,
     )
-    for src, dst in copies:  # the model first, the config last: Triton never sees a config without it
+    for src, dst in copies:  # the model and labels first, the config last: Triton never sees a config without them
         copy_atomic(src, dst)
+    for path, text in labels.items():
+        write_bytes(path, text.encode())
     write_bytes(folder / "config.pbtxt", model_config(name, info, options).encode())
     for relative, text in extra.items():  # model.py before each config.pbtxt (sorted)
         write_bytes(repo / relative, text.encode())
@@ -205,7 +244,7 @@ def bytes_models(name: str, info: dict, options: TritonOptions) -> dict[str, str
     )
     ensemble = (
         f'name: "{name}_bytes"\nplatform: "ensemble"\nmax_batch_size: {high}\n'
-        f"input [\n{_tensor(image)}\n]\noutput [\n{_tensors(info['outputs'])}\n]\n"
+        f"input [\n{_tensor(image)}\n]\noutput [\n{_outputs(info)}\n]\n"
         f"ensemble_scheduling {{\n  step [\n"
         f'    {{\n      model_name: "{name}_preprocess"\n      model_version: -1\n'
         f'      input_map {{ key: "image" value: "image" }}\n'
@@ -216,10 +255,14 @@ def bytes_models(name: str, info: dict, options: TritonOptions) -> dict[str, str
         + "    }\n  ]\n}\n"
     )
     code = (Path(__file__).parent / "triton_preprocess.py").read_text()
+    # Triton (2.51, measured) names an ensemble's classes from the ensemble's own label_filename, and
+    # only without one passes the composing model's through: the ensemble's config says it itself
+    labels = {f"{name}_bytes/{LABELS_FILE}": info["labels"]} if info["labels"] is not None else {}
     return {
         f"{name}_preprocess/1/model.py": code,
         f"{name}_preprocess/config.pbtxt": preprocess,
         f"{name}_bytes/1/.keep": "",
+        **labels,  # before the config that names it
         f"{name}_bytes/config.pbtxt": ensemble,
     }
 

@@ -3,9 +3,11 @@ floats, or the uint8 crops a ``--input uint8`` model normalises itself).
 
 ``fastervit-triton ... --image-bytes`` copies this file as ``<name>_preprocess/1/model.py``;
 the ensemble ``<name>_bytes`` chains it with the classifier, so clients send JPEG/PNG bytes
-(a ``TYPE_STRING`` input) and receive logits. The server's Python environment needs
-``pip install fastervit-trt`` (Pillow and NumPy; no torch). The preprocessing comes from the
-model config's ``preprocess`` parameter, written from the engine's sidecar or ONNX metadata.
+(a ``TYPE_STRING`` input) and receive logits, or with Triton's classification extension
+(``class_count=k``) the top k as "score:index:name" from the ensemble's labels file. The
+server's Python environment needs ``pip install fastervit-trt`` (Pillow and NumPy; no torch).
+The preprocessing comes from the model config's ``preprocess`` parameter, written from the
+engine's sidecar or ONNX metadata.
 """
 
 from __future__ import annotations

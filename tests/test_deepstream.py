@@ -6,28 +6,56 @@ file, and the refusals."""
 from __future__ import annotations
 
 import configparser
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper
 from PIL import Image
 
 from fastervit_trt.cli import deepstream_main
 from fastervit_trt.compare import compare
-from fastervit_trt.deepstream import SCALING_FILTERS, DeepStreamOptions, write_deepstream
+from fastervit_trt.deepstream import DeepStreamOptions, write_deepstream
 from fastervit_trt.errors import FasterViTTRTError
 from fastervit_trt.export.ort_eval import ort_logits
 from fastervit_trt.export.pipeline import ExportOptions, export_model
 from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
+from fastervit_trt.models.configs import get_variant, list_models
 from fastervit_trt.preprocess import Preprocess, load_image, sample_inputs
 from fastervit_trt.runtime.labels import class_names
-from fastervit_trt.sidecar import read_metadata
+from fastervit_trt.sidecar import METADATA_KEY, SCHEMA_VERSION, read_metadata
 from tests.conftest import requires_tensorrt
 
 CHECKPOINT = Path(__file__).parent / "fixtures" / "faster_vit_digits.pth"
 PHOTOS = sorted(p for p in (Path(__file__).parents[1] / "calibration").iterdir() if p.suffix in (".jpg", ".png"))
+
+# NVIDIA's documented values for the keys written, as test data (not the implementation's tables).
+# Read from DeepStream's public headers (sources/includes of the DeepStream SDK) and the Gst-nvinfer
+# property table (DeepStream 9.2: https://docs.nvidia.com/deepstream/text/DS_plugin_gst-nvinfer.md),
+# whose scaling-filter row refers to enum NvBufSurfTransform_Inter of nvbufsurftransform.h.
+# nvbufsurftransform.h, NvBufSurfTransform_Inter (scaling-filter):
+NVBUFSURFTRANSFORM_INTER = {
+    "Nearest": 0,
+    "Bilinear": 1,
+    "Algo1": 2,  # GPU: cubic; VIC: 5-tap
+    "Algo2": 3,  # GPU: super; VIC: 10-tap
+    "Algo3": 4,  # GPU: Lanczos; VIC: smart
+    "Algo4": 5,  # GPU: ignored; VIC: nicest
+    "Default": 6,  # GPU: nearest; VIC: nearest
+}
+# nvbufsurftransform.h, NvBufSurfTransform_Compute (scaling-compute-hw): 0 the platform's default
+# (GPU on dGPU, VIC on Jetson), 1 GPU, 2 VIC (Jetson only)
+NVBUFSURFTRANSFORM_COMPUTE = {"Default": 0, "GPU": 1, "VIC": 2}
+NVDSINFER_NETWORK_MODE = {"FP32": 0, "INT8": 1, "FP16": 2}  # nvdsinfer_context.h NvDsInferNetworkMode (network-mode)
+NVDSINFER_NETWORK_TYPE = {"Detector": 0, "Classifier": 1, "Segmentation": 2, "InstanceSegmentation": 3, "Other": 100}
+NVDSINFER_FORMAT = {"RGB": 0, "BGR": 1, "GRAY": 2}  # nvdsinfer_context.h NvDsInferFormat (model-color-format)
+PROCESS_MODE = {"primary": 1, "secondary": 2}  # Gst-nvinfer process-mode: 1 full frames, 2 objects
+# The GPU filter of each interpolation the toolkit's preprocessing uses (Pillow's filter of that name):
+GPU_FILTER = {"nearest": "Nearest", "bilinear": "Bilinear", "bicubic": "Algo1", "lanczos": "Algo3"}
 
 
 @pytest.mark.slow
@@ -131,16 +159,16 @@ def test_every_key_of_the_config_comes_from_the_export(digits, tmp_path, precisi
         "onnx-file": str(onnx_path.resolve()),
         "infer-dims": f"3;{height};{width}",
         "batch-size": str(metadata["batch_profile"][-1]),
-        "network-mode": {"fp32": "0", "int8": "1", "fp16": "2"}[precision],
-        "network-type": "1",
-        "process-mode": "1",
+        "network-mode": str(NVDSINFER_NETWORK_MODE[precision.upper()]),
+        "network-type": str(NVDSINFER_NETWORK_TYPE["Classifier"]),
+        "process-mode": str(PROCESS_MODE["primary"]),
         "gie-unique-id": "1",
         "classifier-threshold": "0.5",
         "labelfile-path": str(labels.resolve()),
         "output-blob-names": "probabilities",
         "maintain-aspect-ratio": "0",
-        "scaling-compute-hw": "1",
-        "scaling-filter": str(SCALING_FILTERS[metadata["preprocess"]["interpolation"]]),
+        "scaling-compute-hw": str(NVBUFSURFTRANSFORM_COMPUTE["GPU"]),
+        "scaling-filter": str(NVBUFSURFTRANSFORM_INTER[GPU_FILTER[metadata["preprocess"]["interpolation"]]]),
     }
     if precision == "int8":
         expected["int8-calib-file"] = str(Path(metadata["quantization"]["cache"]).resolve())
@@ -150,7 +178,7 @@ def test_every_key_of_the_config_comes_from_the_export(digits, tmp_path, precisi
         onnx_path, tmp_path / "ds", DeepStreamOptions(process_mode="secondary", operate_on_gie_id=3)
     )
     assert secondary.name.endswith("_secondary.txt")
-    assert _read(secondary) == {**expected, "process-mode": "2", "operate-on-gie-id": "3"}
+    assert _read(secondary) == {**expected, "process-mode": str(PROCESS_MODE["secondary"]), "operate-on-gie-id": "3"}
 
 
 def test_the_labels_file_is_the_models_classes_in_order(digits, tmp_path):
@@ -171,9 +199,9 @@ def test_nvinfers_equation_with_the_written_values_gives_the_toolkits_input(digi
     _, height, width = map(int, keys["infer-dims"].split(";"))
     metadata = read_metadata(onnx.load(str(digits["fp32"]), load_external_data=False))
     preprocess = Preprocess.from_config({**metadata["preprocess"], "jpeg_draft": False})
-    assert keys["model-color-format"] == "0" and keys["maintain-aspect-ratio"] == "0"
-    filters = {v: k for k, v in SCALING_FILTERS.items()}
-    resample = getattr(Image.Resampling, filters[int(keys["scaling-filter"])].upper())
+    assert keys["model-color-format"] == str(NVDSINFER_FORMAT["RGB"]) and keys["maintain-aspect-ratio"] == "0"
+    documented = {NVBUFSURFTRANSFORM_INTER[gpu]: name for name, gpu in GPU_FILTER.items()}
+    resample = getattr(Image.Resampling, documented[int(keys["scaling-filter"])].upper())
     differences = []
     for photo in PHOTOS:
         image = load_image(photo)
@@ -195,21 +223,14 @@ def test_nvinfers_equation_with_the_written_values_gives_the_toolkits_input(digi
     assert len(differences) == 13 and max(differences) < 17 and np.median(differences) < 6, differences
 
 
-def test_models_nvinfer_cannot_preprocess_are_refused_in_one_line(exported, digits, tmp_path, capsys):
+def test_models_nvinfer_cannot_preprocess_are_refused_in_one_line(digits, tmp_path, capsys):
     out = tmp_path / "ds"
-    centre = exported("fp32", input_format="pixels").onnx_path  # faster_vit_0_224: centre crop at 0.875
     with pytest.raises(
         FasterViTTRTError,
-        match=r"faster_vit_0_224 is evaluated with a center crop at crop_pct "
-        r"0.875 .* nvinfer cannot crop: .* or preprocess with nvdspreprocess",
+        match=r"export it with --input pixels and --softmax \(.*\): fastervit-export --variant faster_vit_digits "
+        r".* --precision fp32 --crop-mode squash --crop-pct 1 --input pixels --softmax$",
     ):
-        write_deepstream(centre, out)
-    with pytest.raises(
-        FasterViTTRTError,
-        match=r"export it with --input pixels and --softmax \(.*\): fastervit-export "
-        r"--variant faster_vit_digits .* --precision fp32 --input pixels --softmax",
-    ):
-        write_deepstream(digits["logits"], out)
+        write_deepstream(digits["logits"], out)  # the digits' own transform is the plain resize: kept
     with pytest.raises(FasterViTTRTError, match="nvinfer builds an ONNX file with its precision flags and has no FP8"):
         write_deepstream(digits["fp8"], out)
     assert not out.exists()  # nothing half-written
@@ -231,3 +252,185 @@ def test_an_engine_gets_its_engine_file_and_profile(digits, tmp_path):
     keys = _read(write_deepstream(engine, tmp_path / "ds")[0])
     assert keys["model-engine-file"] == str(engine.resolve()) and keys["onnx-file"] == str(digits["fp16"].resolve())
     assert keys["batch-size"] == "8" and keys["network-mode"] == "2" and keys["output-blob-names"] == "probabilities"
+
+
+def _variant_export(
+    folder: Path,
+    variant: str = "faster_vit_0_224",
+    precision: str = "fp16",
+    output: str | None = "probabilities",
+    class_names: list[str] | None = None,
+    **transform,
+) -> Path:
+    """A stand-in for ``fastervit-export --variant <variant> --input pixels [--softmax]`` with the
+    eval ``transform`` overridden (crop_mode, crop_pct, interpolation, input_format): the
+    metadata an export writes, from the variant registry, on a one-node graph nvinfer's config
+    never runs."""
+    spec = get_variant(variant)
+    preprocess = dataclasses.replace(Preprocess.from_config(spec.eval), input_format="pixels", jpeg_draft=True)
+    preprocess = dataclasses.replace(preprocess, **transform)
+    height, width = preprocess.input_size
+    metadata = {
+        "model": variant,
+        "precision": precision,
+        "batch_profile": [1, 8, 32],
+        "arch": {"num_classes": spec.arch.num_classes, "resolution": list(spec.arch.resolution)},
+        "preprocess": {**json.loads(json.dumps(dataclasses.asdict(preprocess))), "label_set": spec.eval.label_set},
+        "output": output,
+        "class_names": class_names,
+    }
+    name = "probabilities" if output == "probabilities" else "logits"
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["pixels"], [name])],
+        variant,
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, height, width])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", spec.arch.num_classes])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata)})
+    path = folder / f"{variant}_{precision}_{len(list(folder.glob('*.onnx')))}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("variant", list_models(official_only=True))
+def test_every_variant_exported_with_a_plain_resize_gets_nvidias_documented_config(variant, tmp_path):
+    """--crop-mode squash --crop-pct 1 is nvinfer's own transform for any variant: accepted, and
+    every key equals NVIDIA's documented value for the export's settings."""
+    model = _variant_export(tmp_path, variant, crop_mode="squash", crop_pct=1.0)
+    config, labels = write_deepstream(model, tmp_path / "ds")
+    height, width = get_variant(variant).eval.input_size
+    assert _read(config) == {
+        "gpu-id": "0",
+        "net-scale-factor": "1.0",
+        "offsets": "0;0;0",
+        "model-color-format": str(NVDSINFER_FORMAT["RGB"]),
+        "onnx-file": str(model.resolve()),
+        "infer-dims": f"3;{height};{width}",
+        "batch-size": "32",
+        "network-mode": str(NVDSINFER_NETWORK_MODE["FP16"]),
+        "network-type": str(NVDSINFER_NETWORK_TYPE["Classifier"]),
+        "process-mode": str(PROCESS_MODE["primary"]),
+        "gie-unique-id": "1",
+        "classifier-threshold": "0.5",
+        "labelfile-path": str(labels.resolve()),
+        "output-blob-names": "probabilities",
+        "maintain-aspect-ratio": "0",  # stretch to infer-dims, as squash does; 1 would pad
+        "scaling-filter": str(NVBUFSURFTRANSFORM_INTER["Algo1"]),  # bicubic: the GPU's cubic
+        "scaling-compute-hw": str(NVBUFSURFTRANSFORM_COMPUTE["GPU"]),  # Algo1 is cubic on the GPU only
+    }
+    assert labels.read_text().strip().split(";") == class_names("imagenet-1k", 1000)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear", "bicubic", "lanczos"])
+def test_network_mode_and_scaling_filter_are_the_documented_enums(precision, interpolation, tmp_path):
+    model = _variant_export(
+        tmp_path, "faster_vit_4_21k_384", precision, interpolation=interpolation, crop_mode="squash", crop_pct=1.0
+    )
+    keys = _read(write_deepstream(model, tmp_path / "ds")[0])
+    assert keys["network-mode"] == str(NVDSINFER_NETWORK_MODE[precision.upper()])
+    assert keys["scaling-filter"] == str(NVBUFSURFTRANSFORM_INTER[GPU_FILTER[interpolation]])
+    assert keys["scaling-compute-hw"] == str(NVBUFSURFTRANSFORM_COMPUTE["GPU"])
+
+
+@pytest.mark.parametrize(
+    "variant,transform,missing",
+    [
+        ("faster_vit_0_224", {}, "--crop-mode squash and --crop-pct 1"),  # its own: centre crop at 0.875
+        ("faster_vit_1_224", {}, "--crop-mode squash"),  # centre crop at 1.0: still a crop of a non-square frame
+        ("faster_vit_4_21k_224", {}, "--crop-pct 1"),  # squash at 0.95: a resize, then the centre
+        ("faster_vit_0_224", {"crop_mode": "center", "crop_pct": 1.0}, "--crop-mode squash"),
+    ],
+)
+def test_a_cropping_export_is_refused_naming_the_plain_resize_flags(variant, transform, missing, tmp_path, capsys):
+    model = _variant_export(tmp_path, variant, **transform)
+    out = tmp_path / "ds"
+    with pytest.raises(FasterViTTRTError) as refused:
+        write_deepstream(model, out)
+    message = str(refused.value)
+    assert message.startswith(f"{model}: export it with {missing} (") and "\n" not in message
+    assert f"{variant} is evaluated with crop_mode" in message and "nvinfer cannot crop" in message
+    assert message.endswith(f"fastervit-export --variant {variant} --precision fp16 --crop-mode squash --crop-pct 1")
+    assert not out.exists()
+    assert deepstream_main([str(model), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--crop-mode squash --crop-pct 1" in err and not out.exists()
+
+
+def test_one_refusal_lists_every_missing_flag_and_keeps_a_plain_resize(tmp_path):
+    logits_centre = _variant_export(tmp_path, "faster_vit_0_224", "fp32", output=None, input_format="float")
+    with pytest.raises(FasterViTTRTError) as refused:
+        write_deepstream(logits_centre, tmp_path / "ds")
+    message = str(refused.value)
+    assert "export it with --crop-mode squash, --crop-pct 1, --input pixels and --softmax (" in message
+    assert "nvinfer cannot crop" in message and "per-channel" in message and "probabilities, not logits" in message
+    assert message.count("nvinfer cannot crop") == 1  # one reason for both crop flags
+    assert message.endswith(
+        "fastervit-export --variant faster_vit_0_224 --precision fp32 --crop-mode squash --crop-pct 1 "
+        "--input pixels --softmax"
+    )
+    # already a plain resize, only --softmax missing: the command still carries the resize flags,
+    # since faster_vit_0_224 re-exported without them would crop again
+    resized_logits = _variant_export(tmp_path, "faster_vit_0_224", output=None, crop_mode="squash", crop_pct=1.0)
+    with pytest.raises(
+        FasterViTTRTError,
+        match=r"export it with --softmax \(nvinfer's classifier parser reads probabilities, not logits\): "
+        r"fastervit-export --variant faster_vit_0_224 --precision fp16 --crop-mode squash --crop-pct 1 --softmax$",
+    ):
+        write_deepstream(resized_logits, tmp_path / "ds")
+    embedding = _variant_export(tmp_path, "faster_vit_0_224", output="embedding", crop_mode="squash", crop_pct=1.0)
+    with pytest.raises(FasterViTTRTError, match=r"an embedding model \(a pooled vector out, no classes\)"):
+        write_deepstream(embedding, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_the_labels_file_carries_the_exports_own_class_names(tmp_path):
+    names = [f"part {i}" for i in range(999)] + ["defect: crack"]
+    model = _variant_export(tmp_path, class_names=names, crop_mode="squash", crop_pct=1.0)
+    _, labels = write_deepstream(model, tmp_path / "ds")
+    lines = labels.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].split(";") == names
+    bad = _variant_export(tmp_path, class_names=["a;b", *names[1:]], crop_mode="squash", crop_pct=1.0)
+    with pytest.raises(FasterViTTRTError, match=r"class name 'a;b' holds ';'"):
+        write_deepstream(bad, tmp_path / "ds2")
+    assert not (tmp_path / "ds2").exists()
+
+
+def _engine_beside(onnx_path: Path, engine: Path, **sidecar) -> Path:
+    """An engine file and the sidecar fastervit-build writes beside it (the fields nvinfer's config
+    reads), pointing at ``onnx_path``: what describe() reads without TensorRT."""
+    metadata = read_metadata(onnx.load(str(onnx_path), load_external_data=False))
+    height, width = metadata["preprocess"]["input_size"]
+    engine.write_bytes(b"plan")
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "model": metadata["model"],
+        "precision": metadata["precision"],
+        "arch": metadata["arch"],
+        "preprocess": metadata["preprocess"],
+        "label_set": metadata["preprocess"]["label_set"],
+        "features": None,
+        "inputs": [{"name": "pixels", "shape": [-1, 3, height, width], "profile": {"max": [16, 3, height, width]}}],
+        "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [-1, 1000]}],
+        "onnx": {"path": str(onnx_path.resolve())},
+        **sidecar,
+    }
+    engine.with_suffix(".json").write_text(json.dumps(record))
+    return engine
+
+
+def test_an_engine_takes_its_class_names_from_its_sidecar_or_else_its_onnx(tmp_path):
+    names = [f"sku {i}" for i in range(1000)]
+    unnamed = _variant_export(tmp_path, crop_mode="squash", crop_pct=1.0)
+    engine = _engine_beside(unnamed, tmp_path / "named.engine", class_names=names)
+    config, labels = write_deepstream(engine, tmp_path / "ds")
+    assert labels.read_text().strip().split(";") == names
+    keys = _read(config)
+    assert keys["model-engine-file"] == str(engine.resolve()) and keys["batch-size"] == "16"
+    # a sidecar without names (or null) does not hide the names the export recorded
+    named = _variant_export(tmp_path, class_names=names, crop_mode="squash", crop_pct=1.0)
+    for sidecar in ({}, {"class_names": None}):
+        engine = _engine_beside(named, tmp_path / "plain.engine", **sidecar)
+        _, labels = write_deepstream(engine, tmp_path / "ds", DeepStreamOptions(force=True))
+        assert labels.read_text().strip().split(";") == names

@@ -2,22 +2,39 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import shutil
 import socket
 import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from fastervit_trt.cli import export_main, triton_main
+from fastervit_trt.errors import FasterViTTRTError
 from fastervit_trt.export.pipeline import ExportOptions, export_model
 from fastervit_trt.preprocess import load_image
 from fastervit_trt.runtime import load
+from fastervit_trt.runtime.labels import class_names, model_class_names
+from fastervit_trt.sidecar import METADATA_KEY, read_metadata
 from fastervit_trt.triton import TritonOptions, write_model_repository
 from tests.conftest import has_tensorrt
 
 CHECKPOINT = Path(__file__).parent / "fixtures" / "faster_vit_digits.pth"
+STAND_IN = Path(__file__).parent / "triton_onnx_stand_in.py"
+PHOTOS = Path(__file__).parents[1] / "calibration"
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 def parse_config(path: Path):
@@ -54,6 +71,9 @@ def test_onnx_repository_parses_with_tritons_model_config(digits_onnx, tmp_path)
     assert config.parameters["preprocess.crop_mode"].string_value == '"squash"'
     assert config.parameters["preprocess.input_size"].string_value == "[128, 128]"
     assert config.parameters["fastervit.model"].string_value == "faster_vit_digits"
+    # the classification extension's labels: the model's class names, one a line, in output order
+    assert config.output[0].label_filename == "labels.txt"
+    assert (folder / "labels.txt").read_text().splitlines() == class_names("digits", 10)
 
 
 @pytest.mark.skipif(not has_tensorrt(), reason="no TensorRT / TensorRT-RTX to build an engine")
@@ -86,6 +106,8 @@ def test_engine_repository_via_export(tmp_path, capsys):
     assert config.instance_group[0].kind == 1  # KIND_GPU
     engine = tmp_path / "engines" / "faster_vit_digits_fp16.engine"
     assert (folder / "1" / "model.plan").read_bytes() == engine.read_bytes()
+    assert config.output[0].label_filename == "labels.txt"  # the names from the engine's sidecar
+    assert (folder / "labels.txt").read_text().splitlines() == class_names("digits", 10)
 
 
 def test_cli_and_bad_input(digits_onnx, tmp_path, capsys):
@@ -195,6 +217,8 @@ def test_image_bytes_ensemble_parses_and_its_python_model_preprocesses(digits_on
         "digits",
     ]
     assert ensemble.output[0].name == "logits" and (repo / "digits_bytes" / "1").is_dir()
+    assert ensemble.output[0].label_filename == "labels.txt"
+    assert (repo / "digits_bytes" / "labels.txt").read_bytes() == (repo / "digits" / "labels.txt").read_bytes()
 
     class Tensor:
         def __init__(self, name, array):
@@ -226,3 +250,232 @@ def test_image_bytes_ensemble_parses_and_its_python_model_preprocesses(digits_on
     assert error is None and tensors[0].name == "input"
     np.testing.assert_array_equal(tensors[0].array, np.stack([model.preprocess.load(p) for p in photos]))
     assert "cannot decode" in bad_error
+
+
+def _tiny_onnx(path: Path, outputs: dict[str, list[int]], metadata: dict) -> Path:
+    """A (batch, 3, 8, 8) float model with ``outputs`` {name: dims after the batch} (Identity for
+    (3, 8, 8) feature maps, a global average pool for (3,) vectors) and the toolkit's ``metadata``."""
+    nodes, values = [], []
+    for name, dims in outputs.items():
+        if len(dims) == 3:
+            nodes.append(helper.make_node("Identity", ["input"], [name]))
+        else:
+            nodes += [
+                helper.make_node("GlobalAveragePool", ["input"], [f"{name}_pooled"]),
+                helper.make_node("Flatten", [f"{name}_pooled"], [name]),
+            ]
+        values.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *dims]))
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])], values
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(model, {METADATA_KEY: json.dumps({"batch_profile": [1, 2, 4], **metadata})})
+    onnx.save(model, str(path))
+    return path
+
+
+TINY_PREPROCESS = {"input_size": [8, 8], "crop_mode": "squash", "crop_pct": 1.0, "label_set": "imagenet-1k"}
+
+
+def test_a_classifier_gets_its_own_class_names_and_a_backbone_or_embedding_none(tmp_path):
+    classifier = _tiny_onnx(
+        tmp_path / "pets.onnx",
+        {"logits": [3]},
+        {"arch": {"num_classes": 3}, "preprocess": TINY_PREPROCESS, "class_names": ["cat", "dog", "bird"]},
+    )
+    repo = tmp_path / "models"
+    folder = write_model_repository(classifier, repo, TritonOptions(image_bytes=True))
+    assert (folder / "labels.txt").read_text() == "cat\ndog\nbird\n"
+    assert parse_config(folder / "config.pbtxt").output[0].label_filename == "labels.txt"
+    assert (repo / "pets_bytes" / "labels.txt").read_text() == "cat\ndog\nbird\n"
+    assert parse_config(repo / "pets_bytes" / "config.pbtxt").output[0].label_filename == "labels.txt"
+
+    unnamed = _tiny_onnx(tmp_path / "plain.onnx", {"logits": [3]}, {"preprocess": TINY_PREPROCESS})
+    folder = write_model_repository(unnamed, repo)  # no names of its own, no 3-class label set
+    assert (folder / "labels.txt").read_text().splitlines() == ["class 0", "class 1", "class 2"]
+
+    embedding = _tiny_onnx(
+        tmp_path / "embed.onnx", {"embedding": [3]}, {"arch": {"num_classes": 0}, "output": "embedding"}
+    )
+    backbone = _tiny_onnx(
+        tmp_path / "backbone.onnx",
+        {"stage1": [3, 8, 8], "stage2": [3, 8, 8]},
+        {"features": {"stages": ["stage1", "stage2"]}},
+    )
+    for model in (embedding, backbone):
+        folder = write_model_repository(model, repo, TritonOptions(image_bytes=True))
+        config = parse_config(folder / "config.pbtxt")
+        assert [o.label_filename for o in config.output] == [""] * len(config.output)
+        assert not (folder / "labels.txt").exists() and not (repo / f"{model.stem}_bytes" / "labels.txt").exists()
+        ensemble = parse_config(repo / f"{model.stem}_bytes" / "config.pbtxt")
+        assert [o.label_filename for o in ensemble.output] == [""] * len(config.output)
+
+
+def test_a_class_name_spanning_lines_is_refused_before_anything_is_written(tmp_path):
+    model = _tiny_onnx(
+        tmp_path / "bad.onnx",
+        {"logits": [2]},
+        {"arch": {"num_classes": 2}, "preprocess": TINY_PREPROCESS, "class_names": ["cat", "big\ndog"]},
+    )
+    with pytest.raises(FasterViTTRTError, match=r"bad.onnx: class name 'big\\ndog' spans lines"):
+        write_model_repository(model, tmp_path / "models")
+    assert not (tmp_path / "models").exists()
+
+
+def _with_class_names(source: Path, target: Path, names: list[str]) -> Path:
+    """A copy of the export ``source`` whose metadata carries ``names`` as its own class names."""
+    model = onnx.load(str(source))
+    metadata = read_metadata(model)
+    (entry,) = [e for e in model.metadata_props if e.key == METADATA_KEY]
+    entry.value = json.dumps({**metadata, "class_names": names})
+    onnx.save(model, str(target))
+    return target
+
+
+def _stand_in_for_the_onnx_backend(folder: Path) -> None:
+    """Serve ``folder``'s model.onnx with the Python backend (tests/triton_onnx_stand_in.py): only
+    the config's platform changes; its inputs, outputs, labels and batching stay as written."""
+    config = folder / "config.pbtxt"
+    text = config.read_text()
+    assert text.count('platform: "onnxruntime_onnx"') == 1
+    config.write_text(text.replace('platform: "onnxruntime_onnx"', 'backend: "python"'))
+    shutil.copyfile(STAND_IN, folder / "1" / "model.py")
+
+
+@contextmanager
+def tritonserver(repo: Path, work: Path, ready_s: float = 120.0) -> Iterator[str]:
+    """PyTriton's ``tritonserver`` binary serving ``repo`` on loopback; yields its HTTP address.
+
+    Set up as PyTriton sets up its own: the Python backend copied beside the stub built for
+    this Python, the stub linking this interpreter's libpython (LD_LIBRARY_PATH) and finding
+    this environment's packages (PATH), a shared-memory prefix of its own. Not ready within
+    ``ready_s``, or exited: the test fails with the server's log."""
+    import pytriton
+    import tritonclient.http as http_client
+
+    dist = Path(pytriton.__file__).parent / "tritonserver"
+    backends = work / "backends"
+    shutil.copytree(dist / "backends", backends)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    shutil.copy(dist / "python_backend_stubs" / version / "triton_python_backend_stub", backends / "python")
+    env = dict(os.environ)
+    libs = [
+        sysconfig.get_config_var("LIBDIR"),
+        str(dist.parents[1] / "nvidia_pytriton.libs"),
+        env.get("LD_LIBRARY_PATH"),
+    ]
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in libs if p)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
+    command = [
+        str(dist / "bin" / "tritonserver"),
+        *("--model-repository", str(repo), "--backend-directory", str(backends)),
+        *("--backend-config", f"python,shm-region-prefix-name=fastervit_test_{os.getpid()}_"),
+        *("--backend-config", "python,shm-default-byte-size=4194304"),
+        *("--http-address", "127.0.0.1", "--http-port", str(http_port)),
+        *("--grpc-address", "127.0.0.1", "--grpc-port", str(grpc_port)),
+        *("--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port), "--allow-gpu-metrics", "false"),
+        *("--exit-timeout-secs", "10", "--log-verbose", "0"),
+    ]
+    log_path = work / "tritonserver.log"
+    with open(log_path, "wb") as sink:
+        server = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{http_port}"
+    try:
+        client = http_client.InferenceServerClient(address)
+        start, ready = time.monotonic(), False
+        for _ in range(int(ready_s / 0.25)):  # bounded: count and time
+            if server.poll() is not None or time.monotonic() - start > ready_s:
+                break
+            try:
+                ready = client.is_server_ready()  # strict readiness: every model loaded
+            except Exception:  # not listening yet
+                ready = False
+            if ready:
+                break
+            time.sleep(0.25)
+        client.close()
+        if not ready:
+            log = log_path.read_text(errors="replace")
+            errors = "\n".join(line for line in log.splitlines() if line.startswith("E"))
+            pytest.fail(
+                f"tritonserver not ready after {time.monotonic() - start:.1f} s (exit code {server.poll()}); "
+                f"its errors:\n{errors}\nthe end of its log ({log_path}):\n{log[-3000:]}"
+            )
+        print(f"tritonserver ready in {time.monotonic() - start:.1f} s at {address}")
+        yield address
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=30)
+
+
+def _png(image: np.ndarray) -> bytes:
+    from tests.fixtures.digits import to_pil
+
+    buffer = io.BytesIO()
+    to_pil(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_tritons_own_server_answers_the_class_names_and_the_onnx_logits(digits_onnx, tmp_path):
+    """The written repository served by Triton's server (2.51, from PyPI nvidia-pytriton): the
+    ``_bytes`` ensemble decodes real PNG/JPEG files with the Python-backend model the toolkit
+    wrote and answers the classification extension (class_count=3) with the export's own class
+    names, ranked as the runtime ranks them; the plain model answers ONNX Runtime's logits."""
+    import onnxruntime
+    import tritonclient.http as http_client
+
+    from tests.fixtures.digits import split_named
+
+    began = time.monotonic()
+    named = _with_class_names(digits_onnx, tmp_path / "digits_named.onnx", DIGIT_NAMES)
+    assert model_class_names(read_metadata(onnx.load(str(named))), 10) == DIGIT_NAMES != class_names("digits", 10)
+    repo = tmp_path / "models"
+    folder = write_model_repository(named, repo, TritonOptions(name="digits", image_bytes=True))
+    _stand_in_for_the_onnx_backend(folder)
+    assert parse_config(folder / "config.pbtxt").output[0].label_filename == "labels.txt"  # still Triton's schema
+
+    digits, labels = split_named()["heldout"]
+    encoded = [_png(image) for image in digits[:4]] + [(PHOTOS / "sklearn_flower.jpg").read_bytes()]
+    model = load(named)
+    expected = model.logits(encoded).astype(np.float64)
+    predictions = model.predict(encoded, topk=3)
+    assert [p[0].index for p in predictions[:4]] == list(labels[:4])  # the trained model reads these right
+    pixels = np.stack([model.preprocess.load(item) for item in encoded])
+    session = onnxruntime.InferenceSession(str(named), providers=["CPUExecutionProvider"])
+    (onnx_logits,) = session.run(["logits"], {"input": pixels})
+
+    (tmp_path / "server").mkdir()
+    with tritonserver(repo, tmp_path / "server") as address:
+        client = http_client.InferenceServerClient(address)
+        try:
+            images = http_client.InferInput("image", [len(encoded), 1], "BYTES")
+            images.set_data_from_numpy(np.array([[item] for item in encoded], dtype=np.object_))
+            top3 = http_client.InferRequestedOutput("logits", class_count=3)
+            answered = client.infer("digits_bytes", [images], outputs=[top3]).as_numpy("logits")
+
+            floats = http_client.InferInput("input", list(pixels.shape), "FP32")
+            floats.set_data_from_numpy(pixels)
+            served = client.infer("digits", [floats]).as_numpy("logits")
+            answered_plain = client.infer("digits", [floats], outputs=[top3]).as_numpy("logits")
+        finally:
+            client.close()
+
+    assert answered.shape == (len(encoded), 3)
+    for row, logits, prediction in zip(answered, expected, predictions):
+        fields = [item.decode().split(":", 2) for item in row]  # "score:index:label"
+        indices = [int(index) for _, index, _ in fields]
+        assert indices == [p.index for p in prediction]  # ranked as the runtime ranks them
+        assert [label for _, _, label in fields] == [DIGIT_NAMES[i] for i in indices]
+        np.testing.assert_allclose([float(score) for score, _, _ in fields], logits[indices], atol=1e-5)
+    np.testing.assert_array_equal(answered_plain, answered)
+    np.testing.assert_allclose(served, onnx_logits, atol=1e-5, rtol=0)
+    print(
+        f"tritonserver test: {len(encoded)} images, top-1 {[f[0].decode() for f in answered]}, "
+        f"max |served - onnxruntime| {np.abs(served - onnx_logits).max():.2e}, {time.monotonic() - began:.1f} s in all"
+    )

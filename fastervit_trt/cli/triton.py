@@ -21,7 +21,8 @@ def parser() -> argparse.ArgumentParser:
         "  fastervit-triton export/faster_vit_0_224_fp32.onnx --repo models --kind cpu --instances 2\n"
         "  tritonserver --model-repository models",
         "Write a Triton Inference Server model repository (config.pbtxt + 1/model.plan or "
-        "1/model.onnx) for an engine (TensorRT backend) or ONNX file (ONNX Runtime backend).",
+        "1/model.onnx) for an engine (TensorRT backend) or ONNX file (ONNX Runtime backend); a "
+        "classifier also gets labels.txt, its class names for Triton's classification extension.",
     )
     parser.add_argument("model", type=Path, help=".engine (with its sidecar) or .onnx")
     parser.add_argument("--repo", type=Path, required=True, help="model repository folder")
@@ -46,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _triton(args: argparse.Namespace) -> int:
-    from ..triton import TritonOptions, write_model_repository
+    from ..triton import LABELS_FILE, TritonOptions, write_model_repository
 
     options = options_or_error(
         lambda: TritonOptions(
@@ -61,6 +62,11 @@ def _triton(args: argparse.Namespace) -> int:
     folder = write_model_repository(args.model, args.repo, options)
     model_file = next(p for p in (folder / "1").iterdir() if p.suffix in (".plan", ".onnx"))
     print(f"wrote {folder / 'config.pbtxt'} and {model_file}")
+    if (folder / LABELS_FILE).is_file():
+        print(
+            f"wrote {folder / LABELS_FILE}: the class names Triton's classification extension answers "
+            "(request the output with class_count=k: 'score:index:name')"
+        )
     if args.image_bytes:
         print(
             f"wrote {folder.with_name(folder.name + '_preprocess')} and {folder.with_name(folder.name + '_bytes')} "
