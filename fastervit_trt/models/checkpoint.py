@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
+from .configs import REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class Checkpoint:
     path: Path
     state: dict[str, Tensor]
     key: str | None  # container key the weights were read from; None: the top level
-    arch: str | None = None  # model name the training run recorded (``arch``, else ``args.model``)
+    arch: str | None = None  # model name the training run recorded (``arch`` or ``args.model``)
     epoch: int | None = None
     args: dict = field(default_factory=dict)  # the training run's plain settings (timm's ``args``)
 
@@ -172,8 +173,9 @@ def _unwrap(raw: object, path: Path, weights: str) -> Checkpoint:
     if not state:
         raise CheckpointError(f"{path}: no tensors found; is this a model checkpoint?")
     args = _plain_args(raw.get("args")) if key is not None else {}
-    arch = raw.get("arch") if key is not None and isinstance(raw.get("arch"), str) else None
-    arch = arch or (args.get("model") if isinstance(args.get("model"), str) else None)
+    # timm's CheckpointSaver records the class ("fastervit") as ``arch``, the run's model name in args
+    names = [n for n in (raw.get("arch"), args.get("model")) if key is not None and isinstance(n, str)]
+    arch = next((n for n in names if n in REGISTRY), names[0] if names else None)
     epoch = raw.get("epoch") if key is not None and isinstance(raw.get("epoch"), int) else None
     return Checkpoint(path, state, key, arch, epoch, args)
 
