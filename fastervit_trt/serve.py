@@ -8,7 +8,9 @@ model and its ``Batcher``:
                                  -> {"top": [{"index", "name", "probability"}, ...]}
     POST /v1/classify            body: {"images": [base64, ...], "topk": 5} (application/json)
                                  -> {"results": [{"top": [...]} or {"error": "..."}, ...]}
-    GET  /v1/model               model, classes, input size, batching settings
+    POST /v1/embed               a headless model (exported from a num_classes=0 checkpoint):
+                                 the same bodies -> {"embedding": [...]} / {"results": [...]}
+    GET  /v1/model               model, kind, class names, preprocessing, batching settings
     GET  /health/live, /health/ready
     GET  /metrics                Prometheus: requests, errors, latency, batch sizes, queue depth
 
@@ -99,12 +101,14 @@ class _Metrics:
 
 
 def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) -> Starlette:
-    """The ASGI app serving ``model`` (a classifier); the batcher lives as long as the app runs."""
+    """The ASGI app serving ``model`` (a classifier on /v1/classify, a headless model's
+    embeddings on /v1/embed); the batcher lives as long as the app runs."""
     if model.is_backbone:
         raise FasterViTTRTError(
-            f"{model.source}: fastervit-serve answers class names; a backbone's feature "
+            f"{model.source}: fastervit-serve answers class names or embeddings; a backbone's feature "
             "maps are served by Triton (fastervit-triton)"
         )
+    endpoint = "embed" if model.is_embedding else "classify"
     metrics = _Metrics()
     state: dict = {"batcher": None}
 
@@ -128,7 +132,11 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
 
     async def classify(request: Request) -> Response:
         started, code = time.perf_counter(), 200
+        asked = request.url.path.rsplit("/", 1)[-1]
         try:
+            if asked != endpoint:
+                what = "a headless model (embeddings out)" if model.is_embedding else "a classifier"
+                raise _Refusal(404, f"{model.source.name} is {what}: POST /v1/{endpoint}")
             batcher = state["batcher"]
             if batcher is None:
                 raise _busy("the service is shutting down; retry on another instance", options)
@@ -154,6 +162,8 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
                 if isinstance(answer, FasterViTTRTError):
                     metrics.errors.labels("bad_image").inc()
                     results.append({"error": str(answer)})
+                elif model.is_embedding:
+                    results.append({"embedding": answer.tolist()})
                 else:
                     results.append({"top": top_k(model, answer, topk)})
             if kind == "application/json":
@@ -170,18 +180,23 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
             log.warning("%s hung up before sending the whole body; request dropped", _client(request))
             return Response(status_code=code)
         finally:
-            metrics.requests.labels("classify", str(code)).inc()
-            metrics.latency.labels("classify").observe(time.perf_counter() - started)
+            metrics.requests.labels(asked, str(code)).inc()
+            metrics.latency.labels(asked).observe(time.perf_counter() - started)
 
     async def model_info(request: Request) -> Response:
         preprocess = model.preprocess
         return JSONResponse(
             {
                 "model": model.source.name,
+                "kind": model.kind,
+                "endpoint": f"/v1/{endpoint}",
                 "classes": len(model.names),
+                "class_names": model.names,
+                **({"embedding_size": model.output_shapes["embedding"][0]} if model.is_embedding else {}),
                 "max_batch": model.max_batch,
                 "input_size": list(preprocess.input_size),
                 "input_format": preprocess.input_format,
+                "preprocess": preprocess.record(),
                 "batching": {
                     "max_batch": options.max_batch or model.max_batch,
                     "max_delay_ms": options.max_delay_ms,
@@ -203,6 +218,7 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
     return Starlette(
         routes=[
             Route("/v1/classify", classify, methods=["POST"]),
+            Route("/v1/embed", classify, methods=["POST"]),
             Route("/v1/model", model_info),
             Route("/health/live", live),
             Route("/health/ready", ready),

@@ -26,6 +26,7 @@ from fastervit_trt.runtime import load
 from fastervit_trt.runtime.inputs import to_input
 from fastervit_trt.serve import DRAIN_BYTES, ServeOptions, create_app
 from tests.runtime.test_batcher import _Held
+from tests.test_triton import _with_class_names
 
 PHOTOS = sorted(p for p in (Path(__file__).parents[1] / "calibration").iterdir() if p.suffix in (".jpg", ".png"))
 TYPES = {".jpg": "image/jpeg", ".png": "image/png"}
@@ -358,3 +359,36 @@ def test_the_command_serves_until_sigterm(model):
     assert answer.status_code == 200
     _same(answer.json()["top"], _expected(model, PHOTOS[0]))
     assert child.returncode == 0 and f"on http://127.0.0.1:{port}: POST /v1/classify" in err
+
+
+def test_the_models_own_class_names_answer_and_describe_it(digits_batch8_onnx, tmp_path):
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    with (
+        load(_with_class_names(digits_batch8_onnx, tmp_path / "named.onnx", names)) as named,
+        serving(named) as (url, _),
+    ):
+        answer = _post(url, PHOTOS[0]).json()
+        info = httpx.get(f"{url}/v1/model").json()
+    assert [p["name"] for p in answer["top"]] == [names[p["index"]] for p in answer["top"]]
+    assert info["class_names"] == names and info["kind"] == "classifier" and info["endpoint"] == "/v1/classify"
+    assert info["preprocess"]["mean"] == list(named.preprocess.mean)
+
+
+def test_a_headless_model_answers_embeddings_on_v1_embed(tmp_path):
+    from fastervit_trt.export.pipeline import ExportOptions, export_model
+
+    options = ExportOptions(model="faster_vit_digits", num_classes=0, precision="fp32", output_dir=tmp_path)
+    with load(export_model(options).onnx_path) as headless, serving(headless) as (url, _):
+        data = PHOTOS[0].read_bytes()
+        single = httpx.post(f"{url}/v1/embed", content=data, headers={"Content-Type": TYPES[PHOTOS[0].suffix]})
+        batch = httpx.post(f"{url}/v1/embed", json={"images": [base64.b64encode(data).decode(), "!!"]})
+        wrong = httpx.post(f"{url}/v1/classify", content=data, headers={"Content-Type": TYPES[PHOTOS[0].suffix]})
+        info = httpx.get(f"{url}/v1/model").json()
+        expected = headless.embed(PHOTOS[0])[0]
+    assert single.status_code == 200
+    np.testing.assert_allclose(single.json()["embedding"], expected, rtol=1e-4, atol=1e-5)
+    first, bad = batch.json()["results"]
+    np.testing.assert_allclose(first["embedding"], expected, rtol=1e-4, atol=1e-5)
+    assert "base64" in bad["error"]
+    assert wrong.status_code == 404 and "POST /v1/embed" in wrong.json()["error"]
+    assert info["kind"] == "embedding" and info["embedding_size"] == len(expected) and info["class_names"] == []
