@@ -137,4 +137,11 @@ def export_command(metadata: dict, precision: str) -> str:
     resolution = (metadata.get("arch") or {}).get("resolution")
     if resolution and (metadata.get("arch") or {}).get("any_res"):
         parts += ["--resolution", *map(str, resolution)]
+    if metadata.get("class_names_file"):
+        parts += ["--class-names", metadata["class_names_file"]]
+    preprocess = metadata.get("preprocess") or {}
+    for name, source in (metadata.get("preprocess_from") or {}).items():
+        if source == "options":  # what the checkpoint or variant would not give again
+            value = preprocess[name]
+            parts += [f"--{name.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
     return shlex.join(parts + ["--precision", precision])

@@ -171,10 +171,10 @@ def test_the_export_preprocessing_is_timms_transform(finetuned):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
+@pytest.mark.parametrize("precision", ["fp16", "int8", "fp8"])
 def test_fp16_and_int8_exports_need_no_flag_beyond_the_checkpoint(precision, finetuned, tmp_path):
     checkpoint = finetuned["paths"]["timm"]
-    extra = ["--calib-images", "32", "--calib-heldout", "8"] if precision == "int8" else []
+    extra = ["--calib-images", "32", "--calib-heldout", "8"] if precision in ("int8", "fp8") else []
     _export(
         "--checkpoint",
         str(checkpoint),
@@ -190,6 +190,7 @@ def test_fp16_and_int8_exports_need_no_flag_beyond_the_checkpoint(precision, fin
     assert model.names == NAMES and model.preprocess.mean == (0.5, 0.5, 0.5)
     report = compare(finetuned["reference"]["timm"], model.logits(PHOTOS))
     assert report.mean_cosine > (0.999 if precision == "fp16" else 0.99), report
+    assert len(model.top(model.logits(PHOTOS[:1]), topk=10)[0]) == 10
     if precision == "int8":  # the calibration cache remembers the transform it was made under
         record = json.loads((tmp_path / "faster_vit_0_224_int8.cache.json").read_text())
         assert record["preprocess"]["mean"] == [0.5, 0.5, 0.5] and record["num_classes"] == 10
@@ -295,3 +296,40 @@ def test_named_classes_reach_infer_and_eval(finetuned, tmp_path, capsys):
     assert report["images"] == 4 and set(report["models"]) == {onnx_path, "pytorch:faster_vit_0_224"}
     (pair,) = report["pairs"]
     assert pair["top1_agreement"] == 100.0 and pair["mean_cosine"] > 0.99999
+
+
+@pytest.mark.slow
+def test_backbone_bench_and_re_export_command_from_a_finetuned_checkpoint(finetuned, tmp_path, capsys):
+    """--features from a 10-class checkpoint; fastervit-bench's PyTorch row from the checkpoint
+    alone; the re-export command an artifact suggests keeps the options the checkpoint cannot
+    give again (the names file, an explicit transform setting)."""
+    from fastervit_trt.cli import bench_main
+    from fastervit_trt.sidecar import export_command
+
+    checkpoint = str(finetuned["paths"]["timm"])
+    _export("--checkpoint", checkpoint, "--features", "3,4", "--precision", "fp32", "--output-dir", str(tmp_path))
+    backbone = load(tmp_path / "faster_vit_0_224_fp32_features.onnx")
+    assert backbone.kind == "backbone" and set(backbone.output_shapes) == {"stage3", "stage4"}
+    assert backbone.preprocess.mean == (0.5, 0.5, 0.5)
+    _export(
+        "--checkpoint",
+        checkpoint,
+        "--class-names",
+        str(finetuned["names"]),
+        "--crop-pct",
+        "0.9",
+        "--precision",
+        "fp32",
+        "--output-dir",
+        str(tmp_path),
+    )
+    onnx_path = tmp_path / "faster_vit_0_224_fp32.onnx"
+    capsys.readouterr()
+    args = ["--model", str(onnx_path), "--checkpoint", checkpoint, "--batch-sizes", "1", "--iters", "2", "--json"]
+    assert bench_main([*args, "--warmup", "0"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["model"] for row in rows][1].startswith("pytorch eager cpu (faster_vit_0_224)")
+    metadata = read_metadata(onnx.load(str(onnx_path), load_external_data=False))
+    command = export_command(metadata, "fp16")
+    assert f"--class-names {finetuned['names']}" in command and "--crop-pct 0.9" in command
+    assert "--mean" not in command  # the checkpoint gives it again

@@ -478,6 +478,7 @@ def export_metadata(traced: Traced, options: ExportOptions, kept_fp32: list[str]
         "precision": options.precision,
         "toolkit": f"fastervit-trt {__version__}",
         "checkpoint": str(options.checkpoint) if options.checkpoint else None,
+        "class_names_file": str(options.class_names) if isinstance(options.class_names, Path) else None,
         "weights": traced.checkpoint,
         "random_init": options.checkpoint is None,
         "seed": options.seed,
