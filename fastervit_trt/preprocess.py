@@ -115,11 +115,14 @@ class TransformOptions:
     crop_mode: str | None = None  # "squash" with crop_pct 1.0: a plain resize, no crop
 
     def __post_init__(self) -> None:
+        for name in ("mean", "std"):  # argparse's nargs=3 gives lists
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         check_transform(self.given())
 
     def given(self) -> dict:
         """The settings given, by name."""
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in asdict(self).items() if v is not None}
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 TRANSFORM_SETTINGS = tuple(f.name for f in fields(TransformOptions))

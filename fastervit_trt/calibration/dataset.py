@@ -187,7 +187,7 @@ class CalibrationData:
         """Expanded mode: the images that decode (later files replacing those that do not),
         found before any input is made so that input ``i`` never depends on the order asked."""
         if not self._decoded:
-            candidates, usable = iter(self._images), []
+            candidates, usable = iter(self._images), list[LabelledImage]()
             while len(usable) < self.count and (item := next(candidates, None) or self._next_image()):
                 if self._load(item) is not None:
                     usable.append(item)

@@ -251,15 +251,8 @@ def transform_options(args: argparse.Namespace) -> Any:
     """The ``TransformOptions`` that ``add_transform_options``'s flags say."""
     from ..preprocess import TRANSFORM_SETTINGS, TransformOptions
 
-    return options_or_error(
-        lambda: TransformOptions(
-            **{
-                name: tuple(value) if isinstance(value, list) else value
-                for name in TRANSFORM_SETTINGS
-                if (value := getattr(args, name)) is not None
-            }
-        )
-    )
+    given: dict[str, Any] = {name: getattr(args, name) for name in TRANSFORM_SETTINGS}
+    return options_or_error(lambda: TransformOptions(**given))
 
 
 def add_calibration_options(parser: argparse.ArgumentParser) -> None:

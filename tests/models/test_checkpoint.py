@@ -80,7 +80,9 @@ def test_checkpoint_with_other_class_count_builds_its_own_head(tmp_path, officia
     model = create_model("faster_vit_0_224", checkpoint=path)
     assert model.head.out_features == 10 and torch.equal(model.head.weight, state["head.weight"])
     assert create_model("faster_vit_0_224", checkpoint=path, num_classes=10).head.out_features == 10
-    with pytest.raises(CheckpointError, match=r"ten\.pth: its head has 10 classes, not num_classes=1000.*--num-classes 10"):
+    with pytest.raises(
+        CheckpointError, match=r"ten\.pth: its head has 10 classes, not num_classes=1000.*--num-classes 10"
+    ):
         create_model("faster_vit_0_224", checkpoint=path, num_classes=1000)
 
 
