@@ -13,6 +13,7 @@ from typing import TextIO
 
 from ..calibration.options import CalibrationOptions
 from ..errors import FasterViTTRTError
+from ..preprocess import TransformOptions
 from ..progress import Steps
 from .fp16 import convert_to_fp16, find_fp16_overflows
 from .ort_cpu import release_memory
@@ -32,7 +33,14 @@ from .stages import (
 )
 from .weights import scratch
 
-__all__ = ["CalibrationOptions", "ExportOptions", "ExportResult", "ValidationError", "export_model"]
+__all__ = [
+    "CalibrationOptions",
+    "ExportOptions",
+    "ExportResult",
+    "TransformOptions",
+    "ValidationError",
+    "export_model",
+]
 
 
 def export_model(
