@@ -280,10 +280,10 @@ def serve_pytriton(
     dynamic batching, as ``name`` (the model's own input: preprocessed floats, or uint8 crops
     for a ``--input uint8`` model) and ``<name>_bytes`` (encoded images in); use it as a
     context manager or call ``.stop()``."""
-    if model.is_backbone:
+    if model.kind != "classifier":
         raise FasterViTTRTError(
-            f"{model.source}: PyTriton serving here is for classifiers; serve a backbone "
-            "with Triton itself: fastervit-triton writes its config with every feature map"
+            f"{model.source}: PyTriton serving here is for classifiers; serve a {model.kind} model "
+            "with Triton itself: fastervit-triton writes its config with every output"
         )
     import numpy as np
     from pytriton.decorators import batch
