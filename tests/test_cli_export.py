@@ -133,8 +133,8 @@ def test_checkpoint_of_another_arch_fails_before_any_work(capsys, tmp_path, offi
     from tests.models.test_checkpoint import save_training_checkpoint
 
     path, _, _ = save_training_checkpoint(tmp_path, official_state, arch="faster_vit_2_224")
-    out = tmp_path / "out"
-    code, _, err = _run(capsys, "--checkpoint", str(path), "--output-dir", str(out))
+    out = tmp_path / "out"  # without --variant the record would be taken at its word
+    code, _, err = _run(capsys, "--variant", "faster_vit_0_224", "--checkpoint", str(path), "--output-dir", str(out))
     assert code == 1 and "trained as 'faster_vit_2_224'" in _error_line(err)
     assert "[1/" not in err  # refused in the preflight, before building or tracing
     assert not out.exists() or list(out.iterdir()) == []
