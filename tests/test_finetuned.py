@@ -333,3 +333,30 @@ def test_backbone_bench_and_re_export_command_from_a_finetuned_checkpoint(finetu
     command = export_command(metadata, "fp16")
     assert f"--class-names {finetuned['names']}" in command and "--crop-pct 0.9" in command
     assert "--mean" not in command  # the checkpoint gives it again
+
+
+def test_a_recorded_transform_the_toolkit_cannot_apply_asks_for_the_flag(tmp_path):
+    """timm's "border" crop mode: the model builds (the setting is not applied), and the export
+    stops in its preflight asking for --crop-mode, until the flag chooses one."""
+    from fastervit_trt.export.stages import ExportOptions, preflight
+    from fastervit_trt.preprocess import TransformOptions
+
+    state = torch.load(Path(__file__).parent / "fixtures" / "faster_vit_digits.pth")
+    path = tmp_path / "border.pth.tar"
+    torch.save(
+        {
+            "state_dict": state,
+            "args": argparse.Namespace(model="faster_vit_digits", crop_mode="border", mean=(0.5, 0.5, 0.5)),
+        },
+        path,
+    )
+    assert create_model("faster_vit_digits", checkpoint=path).variant.eval.crop_mode == "squash"
+    options = ExportOptions(checkpoint=path, output_dir=tmp_path / "out")
+    assert options.model == "faster_vit_digits"
+    with pytest.raises(FasterViTTRTError, match=r"border\.pth\.tar: .*crop mode 'border'.*pass --crop-mode to choose"):
+        preflight(options)
+    plan = preflight(
+        ExportOptions(checkpoint=path, output_dir=tmp_path / "out", transform=TransformOptions(crop_mode="center"))
+    )
+    assert plan.preprocess.crop_mode == "center" and plan.preprocess.mean == (0.5, 0.5, 0.5)
+    assert plan.transform_from["crop_mode"] == "options" and plan.transform_from["mean"] == "checkpoint's training args"

@@ -22,6 +22,7 @@ from ..compare import Comparison, compare, compare_outputs, flatten
 from ..errors import FasterViTTRTError
 from ..models import (
     Backbone,
+    Checkpoint,
     FasterViT,
     Variant,
     check_arch,
@@ -30,7 +31,7 @@ from ..models import (
     read_checkpoint,
     variant_of,
 )
-from ..preprocess import INPUT_FORMATS, TRANSFORM_SETTINGS, Preprocess, TransformOptions, check_transform, sample_inputs
+from ..preprocess import INPUT_FORMATS, TRANSFORM_SETTINGS, Preprocess, TransformOptions, sample_inputs
 from ..progress import Steps
 from ..runtime.labels import read_class_names
 from ..sidecar import DEFAULT_BATCH_PROFILE
@@ -310,18 +311,18 @@ def preflight(options: ExportOptions, extra_outputs: tuple[Path, ...] = ()) -> P
     """Cheap checks before any work (model name, resolution, checkpoint, head width, class
     names, transform, outputs); returns the export's ``Plan``."""
     assert options.model is not None  # named by ExportOptions
-    num_classes, trained = options.num_classes, {}
+    num_classes, checkpoint = options.num_classes, None
     if options.checkpoint is not None:  # memory-mapped: reads the pickle, not the weights
         checkpoint = read_checkpoint(options.checkpoint, options.weights)
         check_arch(checkpoint, options.model)
-        num_classes, trained = check_num_classes(checkpoint, num_classes), checkpoint.transform()
+        num_classes = check_num_classes(checkpoint, num_classes)
     with torch.device("meta"):  # builds the shapes only: validates the resolution in ms
         variant = create_model(options.model, resolution=options.resolution, num_classes=num_classes).variant
     if options.softmax and not variant.arch.num_classes:
         raise FasterViTTRTError(
             f"{options.checkpoint}: a headless checkpoint (pooled embedding out) has no classes for --softmax; drop it"
         )
-    plan = Plan(variant, *_transform(options, variant, trained), _class_names(options, variant))
+    plan = Plan(variant, *_transform(options, variant, checkpoint), _class_names(options, variant))
     check_writable(
         [
             options.onnx_path,
@@ -341,23 +342,21 @@ def preflight(options: ExportOptions, extra_outputs: tuple[Path, ...] = ()) -> P
     return plan
 
 
-def _transform(options: ExportOptions, variant: Variant, trained: dict) -> tuple[Preprocess, dict[str, str]]:
+def _transform(
+    options: ExportOptions, variant: Variant, checkpoint: Checkpoint | None
+) -> tuple[Preprocess, dict[str, str]]:
     """The eval transform: ``options.transform``'s settings over the checkpoint's training
-    record (``trained``) over the variant's defaults; and where each setting came from."""
-    given, refused = options.transform.given(), {}
-    for name, value in trained.items():
-        try:
-            check_transform({name: value})
-        except ValueError as exc:  # e.g. timm's "border" crop mode: the user must choose
-            refused[name] = str(exc)
-    unresolved = [name for name in refused if name not in given]
+    record over the variant's defaults; and where each setting came from."""
+    given = options.transform.given()
+    trained = checkpoint.transform() if checkpoint else {}
+    refused = checkpoint.refused_transform() if checkpoint else {}
+    unresolved = [name for name in refused if name not in given]  # the user must choose
     if unresolved:
         raise FasterViTTRTError(
             f"{options.checkpoint}: its training args ask for a transform this toolkit cannot apply "
             f"({'; '.join(refused[n] for n in unresolved)}); pass "
             f"{' '.join('--' + n.replace('_', '-') for n in unresolved)} to choose one"
         )
-    trained = {name: value for name, value in trained.items() if name not in refused}
     chosen = {**trained, **given}
     preprocess = replace(
         Preprocess.from_config(replace(variant.eval, **chosen)),

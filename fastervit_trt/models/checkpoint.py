@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
+from ..preprocess import check_transform
 from .configs import REGISTRY
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,23 @@ class Checkpoint:
 
     def transform(self) -> dict:
         """The eval-transform settings the training run recorded (timm's data-config names,
-        as ``timm.data.resolve_data_config`` reads them from ``args``): only those it set."""
+        as ``timm.data.resolve_data_config`` reads them from ``args``) that this toolkit's
+        preprocessing applies; ``refused_transform`` says why it cannot apply the others."""
+        refused = self.refused_transform()
+        return {name: value for name, value in self._recorded_transform().items() if name not in refused}
+
+    def refused_transform(self) -> dict[str, str]:
+        """Recorded settings the preprocessing cannot apply (e.g. timm's "border" crop), with why."""
+        refused = {}
+        for name, value in self._recorded_transform().items():
+            try:
+                check_transform({name: value})
+            except ValueError as exc:
+                refused[name] = str(exc)
+        return refused
+
+    def _recorded_transform(self) -> dict:
+        """Every eval-transform setting the run set (unset: None or "", as timm leaves them)."""
         found: dict = {}
         for name in ("mean", "std"):
             value = self.args.get(name)
