@@ -9,6 +9,8 @@ same weights, fed timm's own eval transform built from the checkpoint's recorded
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import shutil
 import warnings
@@ -112,29 +114,49 @@ def finetuned(tmp_path_factory):
     return {"paths": paths, "names": names, "inputs": inputs, "reference": reference, "folder": folder}
 
 
-def _export(*argv: str) -> None:
-    assert export_main([*argv, "--no-engine", "--quiet"]) == 0
+def _export_argv(checkpoint: Path, out: Path, precision: str, *extra: str, names: Path | None = None) -> list[str]:
+    """fastervit-export's arguments for ``checkpoint`` (and its names file) into ``out``, no engine."""
+    named = ["--class-names", str(names)] if names else []
+    return [
+        "--checkpoint",
+        str(checkpoint),
+        *named,
+        "--precision",
+        precision,
+        "--output-dir",
+        str(out),
+        *extra,
+        "--no-engine",
+        "--quiet",
+    ]
+
+
+def _export(checkpoint: Path, out: Path, precision: str = "fp32", *extra: str, names: Path | None = None) -> str:
+    """Export as ``_export_argv`` says; returns what the command printed (its summary)."""
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert export_main(_export_argv(checkpoint, out, precision, *extra, names=names)) == 0
+    return printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def named_fp32(finetuned, tmp_path_factory) -> tuple[Path, str]:
+    """The timm checkpoint exported to FP32 with its names file (the common case), and its summary."""
+    out = tmp_path_factory.mktemp("named_fp32")
+    summary = _export(finetuned["paths"]["timm"], out, names=finetuned["names"])
+    return out / "faster_vit_0_224_fp32.onnx", summary
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_fp32_export_from_the_checkpoint_alone_matches_the_official_model(fmt, finetuned, tmp_path, capsys):
+def test_fp32_export_from_the_checkpoint_alone_matches_the_official_model(fmt, finetuned, named_fp32, tmp_path):
     """No --variant, no --num-classes, no transform flag: the variant, the head and (from timm's
     args) the transform come from the checkpoint; ONNX Runtime on the export's own
     preprocessing matches the official model fed timm's transform within 1e-4 relative."""
-    checkpoint = finetuned["paths"][fmt]
-    _export(
-        "--checkpoint",
-        str(checkpoint),
-        "--class-names",
-        str(finetuned["names"]),
-        "--precision",
-        "fp32",
-        "--output-dir",
-        str(tmp_path),
-    )
-    summary = capsys.readouterr().out
-    onnx_path = tmp_path / "faster_vit_0_224_fp32.onnx"
+    if fmt == "timm":
+        onnx_path, summary = named_fp32
+    else:
+        summary = _export(finetuned["paths"][fmt], tmp_path, names=finetuned["names"])
+        onnx_path = tmp_path / "faster_vit_0_224_fp32.onnx"
     metadata = read_metadata(onnx.load(str(onnx_path), load_external_data=False))
     assert metadata["arch"]["num_classes"] == 10 and metadata["class_names"] == NAMES
     recorded = metadata["preprocess"]
@@ -172,20 +194,10 @@ def test_the_export_preprocessing_is_timms_transform(finetuned):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp16", "int8", "fp8"])
-def test_fp16_and_int8_exports_need_no_flag_beyond_the_checkpoint(precision, finetuned, tmp_path):
+def test_fp16_int8_and_fp8_exports_need_no_flag_beyond_the_checkpoint(precision, finetuned, tmp_path):
     checkpoint = finetuned["paths"]["timm"]
     extra = ["--calib-images", "32", "--calib-heldout", "8"] if precision in ("int8", "fp8") else []
-    _export(
-        "--checkpoint",
-        str(checkpoint),
-        "--class-names",
-        str(finetuned["names"]),
-        "--precision",
-        precision,
-        "--output-dir",
-        str(tmp_path),
-        *extra,
-    )
+    _export(checkpoint, tmp_path, precision, *extra, names=finetuned["names"])
     model = load(tmp_path / f"faster_vit_0_224_{precision}.onnx")
     assert model.names == NAMES and model.preprocess.mean == (0.5, 0.5, 0.5)
     report = compare(finetuned["reference"]["timm"], model.logits(PHOTOS))
@@ -199,20 +211,9 @@ def test_fp16_and_int8_exports_need_no_flag_beyond_the_checkpoint(precision, fin
 @pytest.mark.slow
 def test_a_cache_made_under_another_transform_is_not_reused(finetuned, tmp_path, capsys):
     checkpoint = finetuned["paths"]["timm"]
-    common = [
-        "--checkpoint",
-        str(checkpoint),
-        "--precision",
-        "int8",
-        "--output-dir",
-        str(tmp_path),
-        "--calib-images",
-        "16",
-        "--calib-heldout",
-        "4",
-    ]
-    _export(*common)
-    code = export_main([*common, "--std", "0.25", "0.25", "0.25", "--force", "--no-engine", "--quiet"])
+    argv = _export_argv(checkpoint, tmp_path, "int8", "--calib-images", "16", "--calib-heldout", "4")
+    assert export_main(argv) == 0
+    code = export_main([*argv, "--std", "0.25", "0.25", "0.25", "--force"])
     err = capsys.readouterr().err
     assert code == 1 and "preprocess.std [0.5, 0.5, 0.5] -> [0.25, 0.25, 0.25]" in err and "--recalibrate" in err
 
@@ -223,7 +224,7 @@ def test_headless_checkpoint_exports_a_pooled_embedding(tmp_path, capsys):
     the runtime, the batcher and fastervit-infer answer as vectors."""
     official = _official(0, seed=5)
     checkpoint = _save(official, tmp_path / "ckpt", "plain")
-    _export("--checkpoint", str(checkpoint), "--precision", "fp32", "--output-dir", str(tmp_path))
+    _export(checkpoint, tmp_path)
     onnx_path = tmp_path / "faster_vit_0_224_fp32.onnx"
     model = load(onnx_path)
     assert model.kind == "embedding" and model.output_shapes == {"embedding": (512,)} and model.names == []
@@ -267,21 +268,11 @@ def test_wrong_head_width_or_names_are_one_line(finetuned, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_named_classes_reach_infer_and_eval(finetuned, tmp_path, capsys):
+def test_named_classes_reach_infer_and_eval(finetuned, named_fp32, tmp_path, capsys):
     """fastervit-infer prints the export's names; fastervit-eval takes a folder whose
     sub-folders are those names without a mapping file, and PyTorch from the checkpoint alone."""
     checkpoint = finetuned["paths"]["timm"]
-    _export(
-        "--checkpoint",
-        str(checkpoint),
-        "--class-names",
-        str(finetuned["names"]),
-        "--precision",
-        "fp32",
-        "--output-dir",
-        str(tmp_path),
-    )
-    onnx_path = str(tmp_path / "faster_vit_0_224_fp32.onnx")
+    onnx_path = str(named_fp32[0])
     capsys.readouterr()
     assert infer_main([str(PHOTOS[0]), "--model", onnx_path, "--topk", "3"]) == 0
     shown = [line.split()[2] for line in capsys.readouterr().out.splitlines()[1:]]  # "  1.  41.20%  cat  (0)"
@@ -306,26 +297,15 @@ def test_backbone_bench_and_re_export_command_from_a_finetuned_checkpoint(finetu
     from fastervit_trt.cli import bench_main
     from fastervit_trt.sidecar import export_command
 
-    checkpoint = str(finetuned["paths"]["timm"])
-    _export("--checkpoint", checkpoint, "--features", "3,4", "--precision", "fp32", "--output-dir", str(tmp_path))
+    checkpoint = finetuned["paths"]["timm"]
+    _export(checkpoint, tmp_path, "fp32", "--features", "3,4")
     backbone = load(tmp_path / "faster_vit_0_224_fp32_features.onnx")
     assert backbone.kind == "backbone" and set(backbone.output_shapes) == {"stage3", "stage4"}
     assert backbone.preprocess.mean == (0.5, 0.5, 0.5)
-    _export(
-        "--checkpoint",
-        checkpoint,
-        "--class-names",
-        str(finetuned["names"]),
-        "--crop-pct",
-        "0.9",
-        "--precision",
-        "fp32",
-        "--output-dir",
-        str(tmp_path),
-    )
+    _export(checkpoint, tmp_path, "fp32", "--crop-pct", "0.9", names=finetuned["names"])
     onnx_path = tmp_path / "faster_vit_0_224_fp32.onnx"
     capsys.readouterr()
-    args = ["--model", str(onnx_path), "--checkpoint", checkpoint, "--batch-sizes", "1", "--iters", "2", "--json"]
+    args = ["--model", str(onnx_path), "--checkpoint", str(checkpoint), "--batch-sizes", "1", "--iters", "2", "--json"]
     assert bench_main([*args, "--warmup", "0"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [row["model"] for row in rows][1].startswith("pytorch eager cpu (faster_vit_0_224)")
