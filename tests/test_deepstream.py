@@ -144,21 +144,19 @@ def _read(config: Path) -> dict:
     return dict(parser["property"])
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-def test_every_key_of_the_config_comes_from_the_export(digits, tmp_path, precision):
-    onnx_path = digits[precision]
-    config, labels = write_deepstream(onnx_path, tmp_path / "ds")
-    keys = _read(config)
-    metadata = read_metadata(onnx.load(str(onnx_path), load_external_data=False))
-    height, width = metadata["preprocess"]["input_size"]
-    expected = {
+def _documented_config(
+    onnx_path: Path, labels: Path, size: tuple[int, int], batch: int, precision: str, interpolation: str
+) -> dict:
+    """The [property] keys a primary classifier export must get, each value NVIDIA's documented one."""
+    height, width = size
+    return {
         "gpu-id": "0",
         "net-scale-factor": "1.0",
         "offsets": "0;0;0",
-        "model-color-format": "0",
+        "model-color-format": str(NVDSINFER_FORMAT["RGB"]),
         "onnx-file": str(onnx_path.resolve()),
         "infer-dims": f"3;{height};{width}",
-        "batch-size": str(metadata["batch_profile"][-1]),
+        "batch-size": str(batch),
         "network-mode": str(NVDSINFER_NETWORK_MODE[precision.upper()]),
         "network-type": str(NVDSINFER_NETWORK_TYPE["Classifier"]),
         "process-mode": str(PROCESS_MODE["primary"]),
@@ -166,10 +164,28 @@ def test_every_key_of_the_config_comes_from_the_export(digits, tmp_path, precisi
         "classifier-threshold": "0.5",
         "labelfile-path": str(labels.resolve()),
         "output-blob-names": "probabilities",
-        "maintain-aspect-ratio": "0",
+        "maintain-aspect-ratio": "0",  # stretch to infer-dims, as squash does; 1 would pad
+        # bicubic: Algo1, the GPU's cubic (so the GPU computes it)
+        "scaling-filter": str(NVBUFSURFTRANSFORM_INTER[GPU_FILTER[interpolation]]),
         "scaling-compute-hw": str(NVBUFSURFTRANSFORM_COMPUTE["GPU"]),
-        "scaling-filter": str(NVBUFSURFTRANSFORM_INTER[GPU_FILTER[metadata["preprocess"]["interpolation"]]]),
     }
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_every_key_of_the_config_comes_from_the_export(digits, tmp_path, precision):
+    onnx_path = digits[precision]
+    config, labels = write_deepstream(onnx_path, tmp_path / "ds")
+    keys = _read(config)
+    metadata = read_metadata(onnx.load(str(onnx_path), load_external_data=False))
+    height, width = metadata["preprocess"]["input_size"]
+    expected = _documented_config(
+        onnx_path,
+        labels,
+        (height, width),
+        metadata["batch_profile"][-1],
+        precision,
+        metadata["preprocess"]["interpolation"],
+    )
     if precision == "int8":
         expected["int8-calib-file"] = str(Path(metadata["quantization"]["cache"]).resolve())
     assert keys == expected
@@ -300,25 +316,7 @@ def test_every_variant_exported_with_a_plain_resize_gets_nvidias_documented_conf
     model = _variant_export(tmp_path, variant, crop_mode="squash", crop_pct=1.0)
     config, labels = write_deepstream(model, tmp_path / "ds")
     height, width = get_variant(variant).eval.input_size
-    assert _read(config) == {
-        "gpu-id": "0",
-        "net-scale-factor": "1.0",
-        "offsets": "0;0;0",
-        "model-color-format": str(NVDSINFER_FORMAT["RGB"]),
-        "onnx-file": str(model.resolve()),
-        "infer-dims": f"3;{height};{width}",
-        "batch-size": "32",
-        "network-mode": str(NVDSINFER_NETWORK_MODE["FP16"]),
-        "network-type": str(NVDSINFER_NETWORK_TYPE["Classifier"]),
-        "process-mode": str(PROCESS_MODE["primary"]),
-        "gie-unique-id": "1",
-        "classifier-threshold": "0.5",
-        "labelfile-path": str(labels.resolve()),
-        "output-blob-names": "probabilities",
-        "maintain-aspect-ratio": "0",  # stretch to infer-dims, as squash does; 1 would pad
-        "scaling-filter": str(NVBUFSURFTRANSFORM_INTER["Algo1"]),  # bicubic: the GPU's cubic
-        "scaling-compute-hw": str(NVBUFSURFTRANSFORM_COMPUTE["GPU"]),  # Algo1 is cubic on the GPU only
-    }
+    assert _read(config) == _documented_config(model, labels, (height, width), 32, "fp16", "bicubic")
     assert labels.read_text().strip().split(";") == class_names("imagenet-1k", 1000)
 
 
