@@ -96,11 +96,7 @@ class InferenceModel:
     def features(self, inputs: Any) -> dict[str, np.ndarray]:
         """A backbone's feature maps ``{"stage1": (N, C, H, W), ...}`` for any accepted input
         (see ``runtime.inputs``), ``max_batch`` inputs per engine call."""
-        if not self.is_backbone:
-            raise FasterViTTRTError(
-                f"{self.source}: a classifier (logits out); features() needs a backbone "
-                "exported with fastervit-export --features"
-            )
+        self._require("backbone")  # exported with fastervit-export --features
         return self.outputs(to_batch(inputs, self.preprocess, self.exif_rotate))
 
     def logits(self, inputs: Any, decode: str = "cpu") -> np.ndarray:
@@ -155,7 +151,7 @@ class InferenceModel:
         """Per encoded image of ``items`` (paths, bytes, file objects), in order: its logits
         (or embedding) row, or the error that decoding it raised (``ImageError``: one bad file
         does not end the run). The next batch decodes while the engine runs this one."""
-        self._require_vectors()
+        self._require("classifier", "embedding")
         return decode_ahead(
             items, lambda item: to_input(item, self.preprocess, self.exif_rotate), self.run, self.max_batch
         )
@@ -170,7 +166,7 @@ class InferenceModel:
         """Logits of a batch already in the model's input format (``preprocess`` outputs
         stacked: float32 NCHW, or uint8 NHWC crops for a ``--input uint8`` model); nothing
         is resized or normalised (a headless model: its embeddings)."""
-        self._require_vectors()
+        self._require("classifier", "embedding")
         return self.outputs(batch)[self.backend.output_names[0]]
 
     def outputs(self, batch: Any) -> dict[str, np.ndarray]:
@@ -179,18 +175,14 @@ class InferenceModel:
         step = self.max_batch
         return join_parts([self.backend.infer_all(batch[i : i + step]) for i in range(0, len(batch), step)])
 
-    def _require_vectors(self) -> None:
-        """A classifier or a headless model: one vector per image."""
-        if self.is_backbone:
-            raise FasterViTTRTError(
-                f"{self.source}: a backbone (feature maps {', '.join(self.output_shapes)} "
-                "out), not a classifier; call features()"
-            )
-
-    def _require(self, kind: str) -> None:
-        if self.kind != kind:
+    def _require(self, *kinds: str) -> None:
+        """Refuse a call this kind of model cannot answer, naming the call that it can."""
+        if self.kind not in kinds:
             call = {"classifier": "logits() or predict()", "embedding": "embed()", "backbone": "features()"}
-            raise FasterViTTRTError(f"{self.source}: a {self.kind} model, not a {kind}; call {call[self.kind]}")
+            raise FasterViTTRTError(
+                f"{self.source}: a {self.kind} model ({', '.join(self.output_shapes)} out), not a "
+                f"{' or '.join(kinds)}; call {call[self.kind]}"
+            )
 
     def predict(self, inputs: Any, topk: int = 5, decode: str = "cpu") -> list[list[Prediction]]:
         """The ``topk`` classes of each input, most probable first."""
