@@ -69,17 +69,22 @@ def _infer(args: argparse.Namespace) -> int:
             rows.append((path, answer))
     if model.is_embedding:
         _print_embeddings(rows, args.json)
-    elif args.json:
-        tops = [(path, model.top(row[None], topk=args.topk)[0]) for path, row in rows]
-        print(json.dumps([{"image": str(path), "top": [p.__dict__ for p in top]} for path, top in tops], indent=2))
     else:
-        for path, row in rows:
-            print(path)
-            for rank, p in enumerate(model.top(row[None], topk=args.topk)[0], 1):
-                print(f"  {rank}. {p.probability:7.2%}  {p.name}  ({p.index})")
+        _print_classes([(path, model.top(row[None], topk=args.topk)[0]) for path, row in rows], args.json)
     if not paths:
         print("error: no images found in the given folders", file=sys.stderr)
     return EXIT_ERROR if failed or not paths else 0
+
+
+def _print_classes(tops: list, as_json: bool) -> None:
+    """A classifier's answer: each image's top classes, most probable first."""
+    if as_json:
+        print(json.dumps([{"image": str(path), "top": [p.__dict__ for p in top]} for path, top in tops], indent=2))
+        return
+    for path, top in tops:
+        print(path)
+        for rank, p in enumerate(top, 1):
+            print(f"  {rank}. {p.probability:7.2%}  {p.name}  ({p.index})")
 
 
 def _print_embeddings(rows: list, as_json: bool) -> None:
