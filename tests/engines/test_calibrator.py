@@ -1,6 +1,6 @@
 """The TensorRT 10 build path (implicit INT8 calibrator, timing cache) through a stand-in
-TensorRT builder that calls back as the real one does (tests/stand_in_tensorrt.py): runs
-without TensorRT, and without a GPU."""
+TensorRT builder that calls back as the real one does (tests/stand_in_builder.py; its CUDA
+from tests/stand_in_tensorrt.py): runs without TensorRT, and without a GPU."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 from fastervit_trt.calibration.dataset import DEFAULT_DATA, CalibrationDataError
 from fastervit_trt.engines import BuildConfig, EngineBuildError, build_engine
 from fastervit_trt.sidecar import METADATA_KEY
+from tests import stand_in_builder
 from tests import stand_in_tensorrt as stand_in
 
 PREPROCESS = {
@@ -52,7 +53,7 @@ def builder(monkeypatch):
     from fastervit_trt.engines import builder as builder_module
     from fastervit_trt.engines import calibrator
 
-    world = stand_in.Builder()
+    world = stand_in_builder.Builder()
     cuda = stand_in.Cuda()
     monkeypatch.setattr(builder_module, "load_tensorrt", lambda backend="auto": ("tensorrt", world.trt))
     monkeypatch.setattr(calibrator, "open_cuda", lambda: cuda)
