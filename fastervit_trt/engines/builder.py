@@ -294,12 +294,7 @@ def _configure(plan: _Plan, parsed: _Parsed, config: BuildConfig, stream: TextIO
     if config.version_compat:
         builder_config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if plan.flavour == "tensorrt-rtx" and plan.targets:
-        # TensorRT-RTX's own API (not in TensorRT 10's stubs)
-        builder_config.num_compute_capabilities = len(plan.targets)  # type: ignore[attr-defined]
-        for index, target in enumerate(plan.targets):
-            builder_config.set_compute_capability(  # type: ignore[attr-defined]
-                getattr(trt.ComputeCapability, RTX_TARGETS[target]), index
-            )
+        set_targets(trt, builder_config, plan.targets)
     calibrator = None
     if plan.implicit:
         builder_config.set_flag(trt.BuilderFlag.FP16)
@@ -325,6 +320,40 @@ def _configure(plan: _Plan, parsed: _Parsed, config: BuildConfig, stream: TextIO
     monitor = _progress_monitor(trt, stream)
     builder_config.progress_monitor = monitor
     return _Configured(builder_config, monitor, calibrator, timing_cache)
+
+
+def _offered_targets(trt: ModuleType) -> list[str]:
+    """The compute capabilities the installed TensorRT-RTX bindings build for ("SM89" -> "8.9")."""
+    names = [name for name in trt.ComputeCapability.__members__ if name.startswith("SM")]
+    return [f"{name[2:-1]}.{name[-1]}" for name in names]
+
+
+def set_targets(trt: ModuleType, builder_config: trt_api.IBuilderConfig, targets: tuple[str, ...]) -> None:
+    """Make TensorRT-RTX build for ``targets`` (compute capabilities, "8.9"), checking each answer."""
+    version = f"TensorRT-RTX {trt.__version__}"
+    members = []
+    for target in targets:
+        member = getattr(trt.ComputeCapability, RTX_TARGETS[target], None)
+        if member is None:
+            raise EngineBuildError(
+                f"compute capability {target} ({RTX_TARGETS[target]}) is not a target of the installed "
+                f"{version} bindings; they offer {', '.join(_offered_targets(trt))} (choose "
+                "--compute-capability from those, or upgrade tensorrt-rtx-cu12-bindings)"
+            )
+        members.append(member)
+    # TensorRT-RTX's own API, absent from TensorRT 10's stubs: the two ignores below
+    try:  # the bindings raise ValueError where setNbComputeCapabilities returns false
+        builder_config.num_compute_capabilities = len(targets)  # type: ignore[attr-defined]
+    except ValueError as exc:
+        raise EngineBuildError(
+            f"{version} refused {len(targets)} build targets ({', '.join(targets)}): {exc}"
+        ) from None
+    for index, (target, member) in enumerate(zip(targets, members)):
+        if not builder_config.set_compute_capability(member, index):  # type: ignore[attr-defined]
+            raise EngineBuildError(
+                f"{version} refused compute capability {target} ({RTX_TARGETS[target]}) as build target "
+                f"{index + 1} of {len(targets)} (set_compute_capability returned False; its reason is printed above)"
+            )
 
 
 def _build(plan: _Plan, parsed: _Parsed, configured: _Configured) -> tuple[bytes, float]:

@@ -51,6 +51,95 @@ def test_parser_error_names_the_node(tmp_path):
     assert not (tmp_path / "bad.engine").exists()
 
 
+@pytest.fixture
+def tiny_onnx(tmp_path):
+    """A graph TensorRT-RTX parses in milliseconds: (N, 3, 8, 8) -> (N, 3)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+    )
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_target_the_installed_bindings_lack_is_named_with_what_they_offer(tiny_onnx, tmp_path, monkeypatch):
+    """A target table newer than the bindings (9.0 as SM90, which TensorRT-RTX 1.7 does not
+    build for) is one line naming it and the installed bindings' own targets."""
+    from fastervit_trt.engines import builder
+
+    monkeypatch.setitem(builder.RTX_TARGETS, "9.0", "SM90")
+    config = BuildConfig(batch=(1, 1, 1), backend="tensorrt-rtx", compute_capabilities=("8.9", "9.0"))
+    with pytest.raises(EngineBuildError) as error:
+        build_engine(tiny_onnx, tmp_path / "tiny.engine", config)
+    assert re.fullmatch(
+        r"compute capability 9\.0 \(SM90\) is not a target of the installed TensorRT-RTX [\d.]+ bindings; "
+        r"they offer 7\.5, 8\.0, 8\.6, 8\.9, 12\.0, 12\.1 \(choose --compute-capability from those, or "
+        r"upgrade tensorrt-rtx-cu12-bindings\)",
+        str(error.value),
+    )
+    assert not (tmp_path / "tiny.engine").exists()
+
+
+def test_a_compute_capability_the_bindings_refuse_is_an_error_not_ignored(tiny_onnx, tmp_path, monkeypatch):
+    """set_compute_capability answers False (here: kNONE, which TensorRT-RTX never builds for);
+    the build stops with one line instead of going on without that target."""
+    from fastervit_trt.engines import builder
+
+    monkeypatch.setitem(builder.RTX_TARGETS, "8.9", "NONE")
+    config = BuildConfig(batch=(1, 1, 1), backend="tensorrt-rtx", compute_capabilities=("8.6", "8.9"))
+    with pytest.raises(
+        EngineBuildError,
+        match=r"^TensorRT-RTX [\d.]+ refused compute capability 8\.9 \(NONE\) as build target 2 of 2 "
+        r"\(set_compute_capability returned False; its reason is printed above\)$",
+    ):
+        build_engine(tiny_onnx, tmp_path / "tiny.engine", config)
+    assert not (tmp_path / "tiny.engine").exists()
+
+
+def test_a_refused_number_of_targets_is_one_line(tiny_onnx, monkeypatch):
+    """The bindings raise ValueError when TensorRT-RTX refuses the number of targets
+    (setNbComputeCapabilities returned false); the builder says so in one line."""
+    from fastervit_trt.engines import builder
+
+    _, trt = builder.load_tensorrt("tensorrt-rtx")
+    real = trt.Builder(trt.Logger(trt.Logger.ERROR)).create_builder_config()
+
+    class Refusing:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def __setattr__(self, name, value):
+            if name == "num_compute_capabilities":
+                raise ValueError("Provided number of compute capabilities is incorrect")
+            setattr(real, name, value)
+
+    with pytest.raises(
+        EngineBuildError,
+        match=r"^TensorRT-RTX [\d.]+ refused 2 build targets \(8\.6, 8\.9\): "
+        r"Provided number of compute capabilities is incorrect$",
+    ):
+        builder.set_targets(trt, Refusing(), ("8.6", "8.9"))
+
+
+def test_targets_are_set_in_order(tiny_onnx):
+    from fastervit_trt.engines import builder
+
+    _, trt = builder.load_tensorrt("tensorrt-rtx")
+    config = trt.Builder(trt.Logger(trt.Logger.ERROR)).create_builder_config()
+    builder.set_targets(trt, config, ("12.0", "8.9"))
+    assert config.num_compute_capabilities == 2
+    assert [config.get_compute_capability(i) for i in range(2)] == [
+        trt.ComputeCapability.SM120,
+        trt.ComputeCapability.SM89,
+    ]
+
+
 def _built_kernels(path) -> list[tuple[str, list[tuple[str, str]]]]:
     """TensorRT-RTX's kernels for the ONNX file ``path`` (strongly typed, batch 1) and their
     inputs, as its detailed build log lists them: [(kernel, [(input, datatype), ...])]."""
