@@ -1,15 +1,49 @@
 """A stand-in for TensorRT 10's builder side, strict where the toolkit's build code can go wrong
 (the runtime and CUDA: tests/stand_in_tensorrt.py).
 
-- the builder calls the INT8 calibrator as TensorRT 10 does: ``read_calibration_cache``,
-  then ``get_batch`` until None (no batch at all: the build fails and returns None), then
-  ``write_calibration_cache`` with a ``memoryview``; ``create_timing_cache`` returns None for
-  bytes that are no timing cache, and ``set_timing_cache(None)`` raises TypeError.
+- the builder calls the INT8 calibrator as TensorRT 10 does, and only with
+  ``BuilderFlag.INT8`` set (TensorRT 10 runs calibration only for an INT8 build: without
+  the flag the calibrator is ignored and the engine is FP16/FP32): ``read_calibration_cache``,
+  then, unless that cache is usable, ``get_batch`` until None (no batch at all: the build fails
+  and returns None), then ``write_calibration_cache`` with a ``memoryview``;
+- a cache is parsed as TensorRT's format (``TRT-<version>-<Algorithm>`` first,
+  then ``name: <hex of the big-endian float32 scale>`` lines) and used only by the calibrator
+  class that wrote it; TensorRT skips a cache it cannot use and calibrates instead
+  (NVIDIA/TensorRT#1378, a TensorRT maintainer: "trt will skip the file if it is incompatible");
+- every build is recorded as ``("built", flags, calibrated)``;
+- ``create_timing_cache`` returns None for bytes that are no timing cache, and
+  ``set_timing_cache(None)`` raises TypeError.
 """
 
 from __future__ import annotations
 
+import re
+import struct
 import types
+
+# TensorRT calibrator class -> the algorithm its caches name in their header
+ALGORITHMS = {"IInt8EntropyCalibrator2": "EntropyCalibration2", "IInt8MinMaxCalibrator": "MinMaxCalibration"}
+
+
+class UnusableCache(ValueError):
+    """A calibration cache TensorRT would skip."""
+
+
+def read_cache(cache: bytes, algorithm: str) -> dict[str, float]:
+    """The scales of a TensorRT calibration cache written by ``algorithm``'s calibrator."""
+    header, *lines = bytes(cache).decode("ascii", errors="replace").splitlines()
+    match = re.fullmatch(r"TRT-(\d+)-(\w+)", header)
+    if match is None:
+        raise UnusableCache(f"header {header!r} is not TRT-<version>-<Algorithm>")
+    if match.group(2) != algorithm:
+        raise UnusableCache(f"written by {match.group(2)}, read by {algorithm}")
+    scales = {}
+    for number, line in enumerate(lines, start=2):
+        name, _, scale = line.rpartition(": ")
+        if not name or not re.fullmatch(r"[0-9a-fA-F]{8}", scale):
+            raise UnusableCache(f"line {number} {line!r} is not name: <8 hex digits>")
+        scales[name] = struct.unpack(">f", bytes.fromhex(scale))[0]
+    return scales
 
 
 class Builder:
@@ -119,10 +153,11 @@ class Builder:
                 return Profile()
 
             def build_serialized_network(self, network, config):
-                calibrator = config.int8_calibrator
-                if calibrator is not None and not world.calibrate(calibrator, config):
+                calibrator = config.int8_calibrator if "INT8" in config.flags else None
+                if calibrator is not None and not world.calibrate(calibrator):
                     world.events.append(("calibration failure",))
                     return None  # "Calibration failure occurred with no scaling factors detected"
+                world.events.append(("built", tuple(sorted(config.flags)), calibrator is not None))
                 return memoryview(b"engine")
 
         class Calibrator:  # the base classes' own __init__ takes no arguments
@@ -148,17 +183,21 @@ class Builder:
             IInt8MinMaxCalibrator=type("IInt8MinMaxCalibrator", (Calibrator,), {}),
         )
 
-    def calibrate(self, calibrator, config) -> bool:
-        """TensorRT 10's calibration: the cache if it has one, else batches until None."""
+    def calibrate(self, calibrator) -> bool:
+        """TensorRT 10's calibration: the cache if it has a usable one, else batches until None."""
+        algorithm = next(ALGORITHMS[c.__name__] for c in type(calibrator).__mro__ if c.__name__ in ALGORITHMS)
         cache = calibrator.read_calibration_cache()
         if cache:
-            self.events.append(("cache read", len(cache)))
-            return True
+            try:
+                self.events.append(("cache read", read_cache(cache, algorithm)))
+                return True
+            except UnusableCache as exc:
+                self.events.append(("cache skipped", str(exc)))
         batches = 0
         while calibrator.get_batch(["input"]) is not None:
             batches += 1
         self.events.append(("batches", batches))
         if not batches:
             return False
-        calibrator.write_calibration_cache(memoryview(b"TRT-10130-EntropyCalibration2\ninput: 3c010a14\n"))
+        calibrator.write_calibration_cache(memoryview(f"TRT-10130-{algorithm}\ninput: 3c010a14\n".encode()))
         return True

@@ -5,6 +5,7 @@ from tests/stand_in_tensorrt.py): runs without TensorRT, and without a GPU."""
 from __future__ import annotations
 
 import json
+import struct
 
 import numpy as np
 import onnx
@@ -82,8 +83,76 @@ def test_an_existing_cache_is_read_and_no_image_is_needed(fp32_onnx, tmp_path, b
     cache = tmp_path / "tiny.cache"
     cache.write_bytes(b"TRT-10130-EntropyCalibration2\ninput: 3c010a14\n")
     build_engine(fp32_onnx, tmp_path / "tiny.engine", BuildConfig(precision="int8", calib_cache=cache))
-    assert ("cache read", cache.stat().st_size) in builder.events
+    assert ("cache read", {"input": struct.unpack(">f", bytes.fromhex("3c010a14"))[0]}) in builder.events
     assert not any(e[0] == "batches" for e in builder.events)
+
+
+def test_a_minmax_cache_is_read_by_tensorrts_minmax_calibrator(fp32_onnx, tmp_path, builder):
+    """TensorRT uses a cache only with the calibrator class that wrote it (its header names it)."""
+    cache = tmp_path / "tiny.cache"
+    cache.write_bytes(b"TRT-10130-MinMaxCalibration\ninput: 3c010a14\n")
+    build_engine(fp32_onnx, tmp_path / "tiny.engine", BuildConfig(precision="int8", calib_cache=cache))
+    assert [e[0] for e in builder.events] == ["cache read", "built"]
+
+
+def test_an_int8_build_calibrates_with_the_int8_flag(fp32_onnx, tmp_path, builder):
+    """TensorRT 10 ignores a calibrator unless BuilderFlag.INT8 is set: the engine would be FP16."""
+    cache = tmp_path / "tiny.cache"
+    cache.write_bytes(b"TRT-10130-EntropyCalibration2\ninput: 3c010a14\n")
+    build_engine(fp32_onnx, tmp_path / "tiny.engine", BuildConfig(precision="int8", calib_cache=cache))
+    assert builder.events[-1] == ("built", ("FP16", "INT8"), True)
+
+
+def test_stand_in_calibrates_only_with_the_int8_flag():
+    """The stand-in's own promise: without BuilderFlag.INT8 the calibrator is never called."""
+    world = stand_in_builder.Builder()
+    trt = world.trt
+    calls = []
+
+    class Calibrator(trt.IInt8EntropyCalibrator2):
+        def read_calibration_cache(self):
+            calls.append("read")
+            return b"TRT-10130-EntropyCalibration2\ninput: 3c010a14\n"
+
+    builder = trt.Builder(trt.Logger())
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.FP16)
+    config.int8_calibrator = Calibrator()
+    assert builder.build_serialized_network(builder.create_network(), config) is not None
+    assert calls == [] and world.events == [("built", ("FP16",), False)]
+
+
+@pytest.mark.parametrize(
+    "cache, reason",
+    [
+        (b"input: 3c010a14\n", "header"),
+        (b"TRT-10130-MinMaxCalibration\ninput: 3c010a14\n", "MinMaxCalibration"),
+        (b"TRT-10130-EntropyCalibration2\ninput 3c010a14\n", "line 2"),
+        (b"TRT-10130-EntropyCalibration2\ninput: 3c010a1\n", "line 2"),
+        (b"TRT-10130-EntropyCalibration2\ninput: 0.0078\n", "line 2"),
+    ],
+)
+def test_stand_in_skips_a_cache_tensorrt_cannot_use_and_calibrates(cache, reason):
+    """A malformed cache (or one of another calibrator) is not used: calibration runs from
+    get_batch, and with no batch the build fails, as TensorRT 10 does."""
+    world = stand_in_builder.Builder()
+    trt = world.trt
+
+    class Calibrator(trt.IInt8EntropyCalibrator2):
+        def read_calibration_cache(self):
+            return cache
+
+        def get_batch(self, names):
+            return None
+
+    builder = trt.Builder(trt.Logger())
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.INT8)
+    config.int8_calibrator = Calibrator()
+    assert builder.build_serialized_network(builder.create_network(), config) is None
+    (skipped, why), *rest = world.events
+    assert skipped == "cache skipped" and reason in why
+    assert rest == [("batches", 0), ("calibration failure",)]
 
 
 def test_a_calibration_batch_that_fails_is_the_error_not_failed_to_build(fp32_onnx, tmp_path, builder):
