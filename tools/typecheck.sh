@@ -8,12 +8,20 @@
 # tensorrt-stubs 10.13.0.35.1 has two syntax slips that stop mypy (a parameter named `in`,
 # a parameter without default after defaulted ones); tools/fix_trt_stubs.py repairs them.
 # TensorRT-RTX ships no type information, so its path is checked through the same calls.
-#   usage: tools/typecheck.sh [python]     (default: .venv/bin/python, with mypy from [test])
+#   usage: tools/typecheck.sh [python] [root]
+#     python: default .venv/bin/python (with mypy from [test]), relative to this repository
+#     root:   the folder holding fastervit_trt/ and setup.cfg to check (default: this
+#             repository); mypy keeps its cache in root/.mypy_cache
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${1:-.venv/bin/python}"
+if [[ "$PY" == */* ]]; then
+    PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"  # absolute, the venv's link kept
+fi
+ROOT="${2:-.}"
 STUBS="$(mktemp -d)"
 trap 'rm -rf "$STUBS"' EXIT
 "$PY" -m pip install -q --no-deps --target "$STUBS" "tensorrt-stubs==10.13.0.35.1"
 "$PY" tools/fix_trt_stubs.py "$STUBS/tensorrt_bindings/tensorrt.pyi"
+cd "$ROOT"
 MYPYPATH="$STUBS" "$PY" -m mypy fastervit_trt
