@@ -1,0 +1,78 @@
+"""A stand-in for torchvision's GPU JPEG decoding (``decode_jpeg(list, device="cuda")``), as
+strict as the real one where the toolkit's GPU decoding can go wrong, to drive it on a CPU.
+
+What it holds the code to, from torchvision's io/image.py (``decode_jpeg``: "does not return
+partial results in case of an error") and csrc/io/image/cuda/decode_jpegs_cuda.cpp:
+- one decoder per process (``cudaJpegDecoder``), made again whenever a call names another
+  device than the previous call's (the old one is leaked: its destructor frees nothing);
+  ``created`` counts them, and ``original_device`` is the current device when the last one
+  was made (its results are synchronised with that device's current stream);
+- ``prepare_buffers`` reads every image's header and allocates its (3, H, W) output before
+  anything is decoded (``allocated``); then one image nvJPEG cannot decode (corrupt data, a
+  CMYK/YCCK file, or bytes listed in ``refuse``) fails the whole call with a RuntimeError.
+Pixels come from torchvision's CPU decoder; CPU tensors play the device's tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import torch
+from PIL.JpegImagePlugin import JpegImageFile
+from torchvision.io import ImageReadMode
+from torchvision.io import decode_jpeg as cpu_decode_jpeg
+
+
+class NvJpeg:
+    """Stands in for ``torchvision.io.decode_jpeg`` with a device, and for the
+    ``torch.cuda.device`` / ``torch.cuda.current_device`` it depends on."""
+
+    def __init__(self) -> None:
+        self.target_device: torch.device | None = None
+        self.original_device: torch.device | None = None
+        self.current = 0  # the current CUDA device's index
+        self.created = 0
+        self.devices: list[torch.device] = []  # the device of every call
+        self.allocated: list[tuple[int, int]] = []  # (height, width) of every output buffer
+        self.refuse: set[bytes] = set()
+
+    def __call__(self, input, mode=ImageReadMode.UNCHANGED, device="cpu", apply_exif_orientation=False):
+        if not isinstance(input, list) or not input or any(t.device.type != "cpu" for t in input):
+            raise ValueError("the stand-in takes what the toolkit passes: a non-empty list of CPU tensors")
+        device = torch.device(device)
+        self.devices.append(device)
+        if device != self.target_device:
+            self.created += 1
+            self.target_device, self.original_device = device, torch.device("cuda", self.current)
+        try:  # decode_jpegs_cuda wraps every failure of decode_images, prepare_buffers included
+            return self._decode_images(input, mode)
+        except RuntimeError as exc:
+            raise RuntimeError(f"Error while decoding JPEG images: {exc}") from None
+
+    def _decode_images(self, input: list, mode) -> list:
+        for data in (
+            bytes(t.numpy()) for t in input
+        ):  # prepare_buffers: nvjpegGetImageInfo (no pixel limit), then torch::empty
+            try:
+                with JpegImageFile(io.BytesIO(data)) as image:
+                    width, height = image.size
+                    mode_of_file = image.mode
+            except Exception as exc:
+                raise RuntimeError(f"Failed to get image info: {exc}") from None
+            self.allocated.append((height, width))
+            if mode_of_file == "CMYK" or data in self.refuse:
+                raise RuntimeError("nvJPEG cannot decode one image")
+        return [cpu_decode_jpeg(t, mode=mode) for t in input]
+
+    @contextlib.contextmanager
+    def device(self, device):
+        """``torch.cuda.device``: ``device`` is the current device inside."""
+        previous, self.current = self.current, torch.device(device).index
+        try:
+            yield
+        finally:
+            self.current = previous
+
+    def current_device(self) -> int:
+        return self.current
