@@ -6,29 +6,45 @@ no decoded image ever crosses to the host. EXIF orientation is applied as on the
 torchvision applies it only to CPU decodes, so the orientation tag is read on the host
 (Pillow parses the header, no pixels) and the decoded tensor rotated or flipped on the GPU.
 Resizing is torchvision's antialiased resize with the model's interpolation, a close match
-of Pillow's (not bitwise: the exact path stays on the CPU). Files that are not JPEGs are
-decoded on the CPU and uploaded. The mean and std live on the device, made once per
-decoder; torch and torchvision are imported when one is made.
+of Pillow's (not bitwise: the exact path stays on the CPU). The mean and std live on the
+device, made once per decoder; torch and torchvision are imported when one is made.
+
+Only 8-bit colour or grey JPEGs within Pillow's pixel limit (read from the header, so a
+decompression bomb is refused before the GPU allocates it) go to nvJPEG. Everything else
+(other formats, CMYK, broken headers), and any JPEG nvJPEG fails on, takes the CPU path
+(``load_image``) and is uploaded: it decodes there or gets the CPU path's error, naming it,
+while the batch's other images decode. torchvision keeps one nvJPEG decoder per process and
+makes it again, leaking the old one, whenever a call names another device
+(decode_jpegs_cuda.cpp): so this process decodes JPEGs on one device, the first one asked
+for, one call at a time, and moves the images to each model's device (a device-to-device
+copy; models on other devices share that device's decoding).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from ..preprocess import Preprocess, load_image
+from ..preprocess import ImageError, ImageSource, Preprocess, load_image
 from .inputs import InputError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 EXIF_ORIENTATION = 0x0112
+NVJPEG_MODES = ("RGB", "L")  # 8-bit YCbCr (or RGB) and grey; CMYK/YCCK fail in nvJPEG
+
+_decoding = threading.Lock()
+_decode_device: Any = None  # the torch.device this process decodes JPEGs on, set by the first decode
 
 
-def _read(item: Any) -> bytes:
+def _source(item: Any) -> ImageSource:
+    """A path as is (the CPU path names it in its errors), anything else as its bytes."""
     if isinstance(item, (str, Path)):
-        return Path(item).read_bytes()
+        return Path(item)
     if isinstance(item, (bytes, bytearray, memoryview)):
         return bytes(item)
     if hasattr(item, "read"):
@@ -36,14 +52,51 @@ def _read(item: Any) -> bytes:
     raise InputError(f"decode='gpu' takes paths, bytes or file objects, not a {type(item).__name__}")
 
 
-def exif_orientation(data: bytes) -> int:
-    """The EXIF orientation (1-8) of an encoded image; 1 when it has none or it cannot be read."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            value = image.getexif().get(EXIF_ORIENTATION, 1)
-    except Exception:  # a broken header: the decoder reports the file itself
-        return 1
+def _bytes(source: ImageSource) -> bytes | None:
+    if isinstance(source, Path):
+        try:
+            return source.read_bytes()
+        except OSError:  # the CPU path reports it
+            return None
+    return source
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) of an opened image; 1 when it has none."""
+    value = image.getexif().get(EXIF_ORIENTATION, 1)
     return value if value in range(1, 9) else 1
+
+
+def nvjpeg_orientation(data: bytes) -> int | None:
+    """The EXIF orientation of a JPEG nvJPEG decodes (colour or grey, within Pillow's pixel
+    limit), from its header; None for anything else: the CPU path decodes or reports it."""
+    if not data.startswith(JPEG_MAGIC):
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # refuses a decompression bomb, as load_image
+            return exif_orientation(image) if image.mode in NVJPEG_MODES else None
+    except Exception:
+        return None
+
+
+def decode_jpegs(tensors: list, device: str) -> list:
+    """JPEG byte tensors (CPU) decoded by nvJPEG as uint8 RGB (3, H, W) tensors on this
+    process's decoding device: ``device`` on the first call, then the same one on every call
+    (see the module's docstring), with that device current, as torchvision's decoder
+    synchronises with the stream of the device current when it was made. Raises
+    RuntimeError, with no partial results, when one image fails."""
+    global _decode_device
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with _decoding:
+        if _decode_device is None:
+            _decode_device = torch.device(device)
+            if _decode_device.type == "cuda" and _decode_device.index is None:
+                _decode_device = torch.device("cuda", torch.cuda.current_device())
+        on_device = torch.cuda.device(_decode_device) if _decode_device.type == "cuda" else contextlib.nullcontext()
+        with on_device:
+            return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=_decode_device)
 
 
 def orient(image: Any, orientation: int) -> Any:
@@ -67,32 +120,60 @@ class GpuDecoder:
         self.std = torch.tensor(preprocess.std, device=device).view(3, 1, 1)
 
     def __call__(self, items: list, exif_rotate: bool = True) -> Any:
-        """A batch of ``items`` through the preprocessing, in the model's input format."""
-        images = self.decode([_read(i) for i in items], exif_rotate)
+        """A batch of ``items`` through the preprocessing, in the model's input format; raises
+        the first image's ImageError (naming the file) when one cannot be decoded."""
+        images = self.decode(items, exif_rotate)
+        for image in images:
+            if isinstance(image, ImageError):
+                raise image
         return self.torch.stack([self.transform(image) for image in images])
 
-    def decode(self, data: list[bytes], exif_rotate: bool = True) -> list:
-        """Each image as a uint8 (3, H, W) tensor on the device, upright unless not ``exif_rotate``."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        torch = self.torch
-        jpegs = [i for i, d in enumerate(data) if d.startswith(JPEG_MAGIC)]
-        images: list = [None] * len(data)
-        if jpegs:
-            decoded = decode_jpeg(
-                [torch.frombuffer(bytearray(data[i]), dtype=torch.uint8) for i in jpegs],
-                mode=ImageReadMode.RGB,
-                device=self.device,
-            )
-            for i, image in zip(jpegs, decoded):
-                images[i] = orient(image, exif_orientation(data[i])) if exif_rotate else image
-        for i, image in enumerate(images):
-            if image is None:  # PNG, WebP, ...: decoded (and oriented) on the CPU, uploaded once
-                import numpy as np
-
-                pixels = np.asarray(load_image(data[i], exif_rotate))
-                images[i] = torch.from_numpy(pixels.copy()).permute(2, 0, 1).to(self.device)
+    def decode(self, items: list, exif_rotate: bool = True) -> list:
+        """Each of ``items`` (paths, bytes or file objects) as a uint8 (3, H, W) tensor on the
+        device, upright unless not ``exif_rotate``, or the ImageError that decoding it raised."""
+        sources = [_source(item) for item in items]
+        jpegs, orientations = {}, {}
+        for i, source in enumerate(sources):
+            data = _bytes(source)
+            orientation = None if data is None else nvjpeg_orientation(data)
+            if orientation is not None:
+                jpegs[i], orientations[i] = data, orientation
+        decoded = self._nvjpeg(jpegs)
+        images = []
+        for i, source in enumerate(sources):
+            if i in decoded:
+                images.append(orient(decoded[i], orientations[i]) if exif_rotate else decoded[i])
+            else:
+                images.append(self._on_the_cpu(source, exif_rotate))
         return images
+
+    def _nvjpeg(self, jpegs: dict[int, bytes]) -> dict[int, Any]:
+        """The images nvJPEG decodes of ``jpegs`` (index: bytes), by index, on the device."""
+        torch = self.torch
+        if not jpegs:
+            return {}
+        try:
+            images = decode_jpegs(
+                [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in jpegs.values()], self.device
+            )
+        except RuntimeError:  # one image (or the list's size) fails the whole list: each alone, failures to the CPU
+            if len(jpegs) == 1:
+                return {}
+            alone: dict[int, Any] = {}
+            for i, data in jpegs.items():
+                alone.update(self._nvjpeg({i: data}))
+            return alone
+        return {i: image.to(self.device) for i, image in zip(jpegs, images)}
+
+    def _on_the_cpu(self, source: ImageSource, exif_rotate: bool) -> Any:
+        """``source`` decoded (and oriented) by the CPU path and uploaded, or its ImageError."""
+        import numpy as np
+
+        try:
+            pixels = np.asarray(load_image(source, exif_rotate))
+        except ImageError as error:
+            return error
+        return self.torch.from_numpy(pixels.copy()).permute(2, 0, 1).to(self.device)
 
     def transform(self, image: Any) -> Any:
         """One upright uint8 (3, H, W) image resized, centre-cropped and normalised (or kept
