@@ -14,13 +14,24 @@ What it holds the code to (each from NVIDIA's bindings or the CUDA semantics the
   since is an error (TensorRT needs a new capture); ``fail_capture`` makes a launch inside a
   capture return False, as a capture TensorRT cannot do;
 - a ``USER_MANAGED`` context runs only with device memory of at least the size
-  ``update_device_memory_size_for_shapes`` asked for;
+  ``update_device_memory_size_for_shapes`` asked for, which can fail (return 0);
+- the caller's current stream is a queue like any other: a CUDA tensor the caller made, or a
+  padded or aligned copy made the way torch makes it, is written when that stream runs, and
+  a stream that waited on it sees only the work queued before the wait;
+- streams and graphs are destroyed once each (``release``), and a capture can be invalidated.
+
+Below TorchCuda (``install_cuda``): cuda-python's runtime bindings (``CudaRuntime``: stream
+capture, graphs, (error, value) tuples) and the parts of torch.cuda it uses (a stream pool of
+32 handed out round-robin; a CUDAGraph whose failed ``capture_end`` leaves the caching
+allocator capturing), so TorchCuda's own stream and capture code runs on a CPU too.
+
 The engine computes, for output k, k times each image's sum (every value of it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import threading
 import types
 from collections.abc import Callable
@@ -35,13 +46,27 @@ class IllegalAddress(AssertionError):
 
 
 class Stream:
-    def __init__(self, handle: int) -> None:
-        self.handle, self.pending = handle, []
+    """A CUDA stream: work runs in the order queued, when the stream is synchronized or
+    when a stream that waits on it gets to the wait (``cudaStreamWaitEvent``: the waiter
+    goes on once the work queued before the event is done, not work queued after it)."""
 
-    def run(self) -> None:
-        pending, self.pending = self.pending, []
-        for work in pending:
-            work()
+    def __init__(self, handle: int) -> None:
+        self.handle, self.pending, self.queued, self.done = handle, [], 0, 0
+        self.lock = threading.RLock()
+
+    def put(self, work: Callable[[], None]) -> None:
+        with self.lock:
+            self.pending.append(work)
+            self.queued += 1
+
+    def run(self, until: int | None = None) -> None:
+        """Run the work queued so far, or up to the ``until``-th item ever queued."""
+        with self.lock:
+            until = self.queued if until is None else until
+            while self.done < until:
+                work = self.pending.pop(0)
+                self.done += 1
+                work()
 
 
 class Cuda:
@@ -55,9 +80,12 @@ class Cuda:
 
         self.torch, self.index = torch, 0 if index is None else index
         self.memory: dict[int, np.ndarray] = {}  # start address -> its bytes
-        self.streams: dict[int, Stream] = {}
+        self.streams: dict[int, Stream] = {}  # made and not yet released
+        self.caller = Stream(0)  # the caller's current stream (torch's default one)
         self.capturing: tuple[Stream, list] | None = None
-        self.fail_capture = False
+        self.fail_capture = False  # a launch inside a capture returns False
+        self.invalidate_capture = False  # CUDA invalidates every capture (cudaStreamEndCapture fails)
+        self.graphs: list[list] = []  # captured and not yet released
         self.current = threading.local()
         self.log: list[tuple] = []  # ("alloc", nbytes), ("sync",), ("capture",), ("replay",)
 
@@ -95,9 +123,15 @@ class Cuda:
             self.current.device = previous
 
     def stream(self):
-        stream = Stream(len(self.streams) + 1)
+        stream = Stream(max(self.streams, default=0) + 1)
         self.streams[stream.handle] = stream
         return stream, stream.handle
+
+    def release(self, stream: Stream, graph: list | None) -> None:
+        """Destroy ``stream`` and ``graph`` (each once: CUDA fails on a destroyed handle)."""
+        assert self.streams.pop(stream.handle) is stream, "a stream destroyed twice"
+        if graph is not None:
+            self.graphs.remove(graph)
 
     def device(self, shape, dtype):
         array = self.alloc(shape, dtype)
@@ -110,7 +144,11 @@ class Cuda:
         if self.capturing is not None and self.capturing[0] is stream:
             self.capturing[1].append(work)
         else:
-            stream.pending.append(work)
+            stream.put(work)
+
+    def on_caller(self, work: Callable[[], None]) -> None:
+        """``work`` queued on the caller's stream, as a kernel that makes a CUDA tensor is."""
+        self.caller.put(work)
 
     def upload(self, device, host, stream):
         self.enqueue(stream, lambda: device[: len(host)].__setitem__(slice(None), host))
@@ -128,12 +166,16 @@ class Cuda:
         return tensor.data_ptr()
 
     def wait_current(self, stream) -> None:
-        pass  # CPU tensors are ready when made
+        mark = self.caller.queued  # what the caller's stream holds now, and nothing queued later
+        self.enqueue(stream, lambda: self.caller.run(mark))
 
     def padded(self, tensor, rows):
-        out = self.torch.from_numpy(self.alloc((rows, *tensor.shape[1:]), tensor.numpy().dtype))
-        out[: len(tensor)] = tensor
-        return out
+        """Made as torch does, by a kernel queued on the caller's stream: NaN until it runs."""
+        out = self.alloc((rows, *tensor.shape[1:]), tensor.numpy().dtype)
+        out[:] = np.nan
+        source = tensor.numpy()
+        self.on_caller(lambda: (out[: len(source)].__setitem__(slice(None), source), out[len(source) :].fill(0)))
+        return self.torch.from_numpy(out)
 
     def copy(self, tensor):
         return self.padded(tensor, len(tensor))
@@ -156,7 +198,10 @@ class Cuda:
         finally:
             _, recorded = self.capturing
             self.capturing = None
-        return list(recorded) if launched and recorded else None
+        if not launched or not recorded or self.invalidate_capture:
+            return None
+        self.graphs.append(recorded)
+        return recorded
 
     def replay(self, graph, stream):
         self.log.append(("replay",))
@@ -177,15 +222,18 @@ def tensorrt(
     high: int,
     outputs: dict | None = None,
     output_dtype: str = "float32",
-    rtx_graphs: bool = False,
-    capturable: bool | None = None,
+    rtx: str | None = None,
     refuse: tuple[str, ...] = (),
+    memory_error: bool = False,
 ):
-    """A TensorRT runtime (``world.trt``) and CUDA (``world.open_cuda``) whose engines take (N, 3, 2, 2) float32 inputs on a profile of
-    ``low..high``; ``outputs``: name -> shape per image (default one (1,) "logits").
-    ``rtx_graphs``: TensorRT-RTX with ``CudaGraphStrategy``; ``capturable``: an RTX context's
-    answer to ``is_stream_capturable`` (None: the method is absent, as in TensorRT proper);
-    ``refuse``: tensor names whose addresses ``set_tensor_address`` refuses."""
+    """A TensorRT runtime (``world.trt``) and CUDA (``world.open_cuda``) whose engines take
+    (N, 3, 2, 2) float32 inputs on a profile of ``low..high``; ``outputs``: name -> shape per
+    image (default one (1,) "logits"). ``rtx``: the TensorRT-RTX version to be (None:
+    TensorRT 10.13); RTX has ``CudaGraphStrategy`` and ``is_stream_capturable`` from 1.2 on
+    (TensorRT-RTX 1.2 release notes). ``refuse``: tensor names whose addresses
+    ``set_tensor_address`` refuses; ``memory_error``: ``update_device_memory_size_for_shapes``
+    fails, returning 0 (its documented error value, NvInferRuntime.h)."""
+    rtx_graphs = rtx is not None and tuple(map(int, rtx.split(".")[:2])) >= (1, 2)
     outputs = outputs or {"logits": (1,)}
     names, image = ["input", *outputs], (3, 2, 2)
     world = types.SimpleNamespace(calls=[], events=[], contexts=[], cuda=None)
@@ -228,7 +276,7 @@ def tensorrt(
 
         def update_device_memory_size_for_shapes(self):
             assert self.shape is not None, "set the input shape first"
-            return 1024 * self.shape[0]
+            return 0 if memory_error else 1024 * self.shape[0]
 
         def set_device_memory(self, address, size):
             world.cuda.view(address, (size,), np.uint8)  # must be memory it was given
@@ -261,8 +309,8 @@ def tensorrt(
             world.cuda.enqueue(world.cuda.streams[handle], run)
             return True
 
-    if capturable is not None:
-        Context.is_stream_capturable = lambda self, handle: capturable
+    if rtx_graphs:
+        Context.is_stream_capturable = lambda self, handle: True
 
     class Engine:
         num_io_tensors = len(names)
@@ -317,9 +365,10 @@ def tensorrt(
         return np.dtype(dtype.name).type
 
     module = types.SimpleNamespace(
+        __name__="tensorrt" if rtx is None else "tensorrt_rtx",
         Logger=logger,
         Runtime=Runtime,
-        __version__="10.13.0",
+        __version__=rtx or "10.13.0",
         TensorIOMode=types.SimpleNamespace(INPUT="in"),
         nptype=nptype,
         ExecutionContextAllocationStrategy=strategies,
@@ -328,3 +377,254 @@ def tensorrt(
         module.CudaGraphStrategy, module.IRuntimeConfig = graph_strategies, RuntimeConfig
     world.trt = module
     return world
+
+
+# -- below TorchCuda: cuda-python's runtime bindings and the parts of torch.cuda it uses
+
+
+class CudaError(enum.IntEnum):
+    """``cudaError_t`` values (CUDA runtime API, driver_types.h)."""
+
+    cudaSuccess = 0
+    cudaErrorInvalidResourceHandle = 400
+    cudaErrorIllegalState = 401
+    cudaErrorStreamCaptureUnsupported = 900
+    cudaErrorStreamCaptureInvalidated = 901
+
+
+class CaptureMode(enum.IntEnum):
+    """``cudaStreamCaptureMode`` (CUDA runtime API)."""
+
+    cudaStreamCaptureModeGlobal = 0
+    cudaStreamCaptureModeThreadLocal = 1
+    cudaStreamCaptureModeRelaxed = 2
+
+
+class CaptureStatus(enum.IntEnum):
+    """``cudaStreamCaptureStatus`` (CUDA runtime API)."""
+
+    cudaStreamCaptureStatusNone = 0
+    cudaStreamCaptureStatusActive = 1
+    cudaStreamCaptureStatusInvalidated = 2
+
+
+class CudaRuntime:
+    """Stands in for cuda-python's ``cuda.bindings.runtime``: every call returns a tuple
+    whose first item is a ``cudaError_t``, as the bindings do; a failed call is also the
+    thread's last error until ``cudaGetLastError`` reads it (CUDA runtime API, Error
+    Handling). Work on a stream is a queue run at ``cudaStreamSynchronize``.
+
+    Stream capture (CUDA runtime API, Stream Management / Graph Management):
+    ``cudaStreamBeginCapture`` records the stream's work into a graph instead of queueing
+    it; a call not permitted while capturing (``cudaStreamSynchronize``) fails with
+    cudaErrorStreamCaptureUnsupported and invalidates the capture, after which
+    ``cudaStreamEndCapture`` ends it with cudaErrorStreamCaptureInvalidated and a null
+    graph. A graph and its instantiation live until destroyed (``live`` lists them)."""
+
+    cudaError_t, cudaStreamCaptureMode, cudaStreamCaptureStatus = CudaError, CaptureMode, CaptureStatus
+    cudaStreamNonBlocking = 1
+
+    def __init__(self) -> None:
+        self.streams: dict[int, Stream] = {}
+        self.made: set[int] = set()  # streams created here and not yet destroyed
+        self.captures: dict[int, dict] = {}  # stream handle -> {"mode", "work", "invalidated"}
+        self.graphs: dict[int, list] = {}  # cudaGraph_t and cudaGraphExec_t handles -> recorded work
+        self.handles = iter(range(0x7F00, 1 << 32, 0x10))
+        self.last_error = CudaError.cudaSuccess
+        self.log: list[tuple] = []
+
+    def _fail(self, error: CudaError, *values) -> tuple:
+        self.last_error = error
+        return (error, *values)
+
+    def stream_of(self, handle: int) -> Stream:
+        """The stream ``handle`` names (made here or by the stand-in torch's pool)."""
+        if handle not in self.streams:
+            self.streams[handle] = Stream(handle)
+        return self.streams[handle]
+
+    def enqueue(self, handle: int, work: Callable[[], None]) -> None:
+        """``work`` queued on the stream, or recorded into its capture."""
+        if handle in self.captures:
+            self.captures[handle]["work"].append(work)
+        else:
+            self.stream_of(handle).put(work)
+
+    @property
+    def live(self) -> dict[str, list[int]]:
+        """What was created and not yet destroyed: streams made here, graphs, captures underway."""
+        return {
+            "streams": sorted(self.made),
+            "graphs": sorted(self.graphs),
+            "capturing": sorted(self.captures),
+        }
+
+    def cudaStreamCreateWithFlags(self, flags: int) -> tuple:
+        handle = next(self.handles)
+        self.streams[handle] = Stream(handle)
+        self.made.add(handle)
+        self.log.append(("create", handle, flags))
+        return CudaError.cudaSuccess, handle
+
+    def cudaStreamDestroy(self, handle: int) -> tuple:
+        if handle not in self.made:
+            return self._fail(CudaError.cudaErrorInvalidResourceHandle)
+        self.made.remove(handle)
+        return (CudaError.cudaSuccess,)
+
+    def cudaStreamSynchronize(self, handle: int) -> tuple:
+        if handle in self.captures:  # not permitted while capturing: the capture is invalidated
+            self.captures[handle]["invalidated"] = True
+            return self._fail(CudaError.cudaErrorStreamCaptureUnsupported)
+        self.stream_of(handle).run()
+        return (CudaError.cudaSuccess,)
+
+    def cudaStreamBeginCapture(self, handle: int, mode: CaptureMode) -> tuple:
+        if handle in self.captures:
+            return self._fail(CudaError.cudaErrorIllegalState)
+        self.captures[handle] = {"mode": mode, "work": [], "invalidated": False}
+        self.log.append(("begin capture", handle, mode))
+        return (CudaError.cudaSuccess,)
+
+    def cudaStreamIsCapturing(self, handle: int) -> tuple:
+        capture = self.captures.get(handle)
+        if capture is None:
+            return CudaError.cudaSuccess, CaptureStatus.cudaStreamCaptureStatusNone
+        if capture["invalidated"]:
+            return CudaError.cudaSuccess, CaptureStatus.cudaStreamCaptureStatusInvalidated
+        return CudaError.cudaSuccess, CaptureStatus.cudaStreamCaptureStatusActive
+
+    def cudaStreamEndCapture(self, handle: int) -> tuple:
+        capture = self.captures.pop(handle, None)
+        if capture is None:
+            return self._fail(CudaError.cudaErrorIllegalState, None)
+        if capture["invalidated"]:
+            return self._fail(CudaError.cudaErrorStreamCaptureInvalidated, None)
+        graph = next(self.handles)
+        self.graphs[graph] = capture["work"]
+        return CudaError.cudaSuccess, graph
+
+    def cudaGraphInstantiate(self, graph: int, flags: int) -> tuple:
+        if graph not in self.graphs:
+            return self._fail(CudaError.cudaErrorInvalidResourceHandle, None)
+        executable = next(self.handles)
+        self.graphs[executable] = list(self.graphs[graph])
+        return CudaError.cudaSuccess, executable
+
+    def cudaGraphLaunch(self, executable: int, handle: int) -> tuple:
+        if executable not in self.graphs:
+            return self._fail(CudaError.cudaErrorInvalidResourceHandle)
+        self.log.append(("launch", executable, handle))
+        for work in self.graphs[executable]:
+            self.enqueue(handle, work)
+        return (CudaError.cudaSuccess,)
+
+    def cudaGraphDestroy(self, graph: int) -> tuple:
+        return (
+            (CudaError.cudaSuccess,)
+            if self.graphs.pop(graph, None) is not None
+            else self._fail(CudaError.cudaErrorInvalidResourceHandle)
+        )
+
+    cudaGraphExecDestroy = cudaGraphDestroy
+
+    def cudaGetLastError(self) -> tuple:
+        error, self.last_error = self.last_error, CudaError.cudaSuccess
+        return (error,)
+
+
+class TorchStream:
+    """A ``torch.cuda.Stream`` (or ``ExternalStream``): a handle and its queue."""
+
+    def __init__(self, cudart: CudaRuntime, handle: int) -> None:
+        self.cudart, self.cuda_stream = cudart, handle
+
+    def synchronize(self) -> None:
+        self.cudart.cudaStreamSynchronize(self.cuda_stream)
+
+
+def torch_module(cudart: CudaRuntime) -> types.SimpleNamespace:
+    """The parts of ``torch`` (``torch.cuda``) that ``runtime.cuda.TorchCuda`` reaches for,
+    over ``cudart``, strict where torch is:
+
+    - ``torch.cuda.Stream()`` does not create a stream: it hands out the next of a pool of
+      32 per device, round-robin (c10/cuda/CUDAStream.cpp: kStreamsPerPool = 32,
+      ``get_idx`` cycles through them), so the 33rd is the 1st again;
+    - ``CUDAGraph`` marks the caching allocator as capturing at ``capture_begin``
+      (``beginAllocateToPool``); ``capture_end`` calls cudaStreamEndCapture through
+      AT_CUDA_CHECK, which throws on an invalidated capture before ``endAllocateToPool``
+      runs, so the allocator stays capturing (ATen/cuda/CUDAGraph.cpp, torch 2.1 and later).
+    ``cuda.allocator_capturing`` tells whether the allocator believes a capture is underway."""
+    pool = [0x100 + i for i in range(32)]  # kStreamsPerPool
+    state = types.SimpleNamespace(next=0)
+    local = threading.local()
+    cuda = types.SimpleNamespace(allocator_capturing=False)
+
+    def pooled_stream(device=None, priority=0):
+        handle = pool[state.next % len(pool)]
+        state.next += 1
+        cudart.stream_of(handle)
+        return TorchStream(cudart, handle)
+
+    def current_stream(device=None):
+        return getattr(local, "stream", None) or TorchStream(cudart, 0)
+
+    @contextlib.contextmanager
+    def on_stream(stream):
+        previous, local.stream = getattr(local, "stream", None), stream
+        try:
+            yield
+        finally:
+            local.stream = previous
+
+    class CUDAGraph:
+        def capture_begin(self, capture_error_mode="global"):
+            cuda.allocator_capturing = True
+            self.stream = current_stream().cuda_stream
+            modes = {"global": 0, "thread_local": 1, "relaxed": 2}
+            cudart.cudaStreamBeginCapture(self.stream, CaptureMode(modes[capture_error_mode]))
+
+        def capture_end(self):
+            error, graph = cudart.cudaStreamEndCapture(self.stream)
+            if error:  # C10_CUDA_CHECK reads (clears) the error, then throws
+                cudart.cudaGetLastError()
+                raise RuntimeError(f"CUDA error: {error.name}")
+            cuda.allocator_capturing = False
+            self.graph = cudart.cudaGraphInstantiate(graph, 0)[1]
+            cudart.cudaGraphDestroy(graph)  # keep_graph=False: only the instantiation is kept
+
+        def replay(self):
+            cudart.cudaGraphLaunch(self.graph, current_stream().cuda_stream)
+
+        def __del__(self):  # the destructor's reset(): what capture_end made is destroyed
+            cudart.graphs.pop(getattr(self, "graph", None), None)
+
+    cuda.is_available = lambda: True
+    cuda.current_device = lambda: 0
+    cuda.device = lambda index: contextlib.nullcontext()
+    cuda.Stream = pooled_stream
+    cuda.ExternalStream = lambda stream_ptr, device=None: TorchStream(cudart, stream_ptr)
+    cuda.current_stream = current_stream
+    cuda.stream = on_stream
+    cuda.CUDAGraph = CUDAGraph
+    return types.SimpleNamespace(cuda=cuda)
+
+
+def install_cuda(monkeypatch) -> tuple[types.SimpleNamespace, CudaRuntime]:
+    """The stand-in torch and cuda-python runtime, imported in their place (``import torch``,
+    ``from cuda.bindings import runtime``) for the rest of a test."""
+    import sys
+
+    cudart = CudaRuntime()
+    torch = torch_module(cudart)
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
+    try:
+        import cuda.bindings
+
+        monkeypatch.setattr(cuda.bindings, "runtime", cudart, raising=False)
+    except ImportError:  # no cuda-python here: the packages are made up too
+        bindings = types.SimpleNamespace(runtime=cudart)
+        monkeypatch.setitem(sys.modules, "cuda", types.SimpleNamespace(bindings=bindings))
+        monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    return torch, cudart

@@ -8,13 +8,21 @@ index given) and make it current around every call with ``active()``, so a model
 pycuda is used through the device's primary context (the one the CUDA runtime, TensorRT and
 torch share): ``pycuda.autoinit`` would make a private context current on the importing
 thread only, so a thread pool's other threads, and TensorRT's own runtime calls, would not
-see it (inducer/pycuda#242). Only torch captures CUDA graphs and takes CUDA tensors in
-place. Nothing here is imported until an engine is loaded or calibrated.
+see it (inducer/pycuda#242). Only torch takes CUDA tensors in place.
+
+With torch, streams and graphs come from the CUDA runtime itself (cuda-python, as TensorRT's
+own samples use it): ``torch.cuda.Stream()`` hands out a pool of 32 streams per device
+round-robin (c10/cuda/CUDAStream.h), shared with every other user of torch in the process,
+and ``torch.cuda.CUDAGraph`` leaves its caching allocator capturing when a capture fails
+(``capture_end`` throws before releasing it). A stream is created for its owner alone (torch
+sees it as an ``ExternalStream``) and destroyed on ``release``, or when collected. Nothing
+here is imported until an engine is loaded or calibrated.
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,7 +34,8 @@ ALIGNMENT = 256  # bytes: what TensorRT requires of every address it reads or wr
 
 
 class TorchCuda:
-    """Streams, buffers and graphs from torch on device ``index``; CUDA tensors are read in place."""
+    """Buffers from torch, streams and graphs from the CUDA runtime (cuda-python), on device
+    ``index``; CUDA tensors are read in place."""
 
     device_type = "cuda"
     can_capture = True
@@ -36,8 +45,23 @@ class TorchCuda:
 
         if not torch.cuda.is_available():
             raise RuntimeError("torch sees no CUDA device")
-        self.torch = torch
+        try:
+            from cuda.bindings import runtime as cudart
+        except ImportError:
+            raise FasterViTTRTError(
+                "running a TensorRT engine with torch needs cuda-python (its CUDA streams and "
+                "graphs); pip install 'fastervit-trt[tensorrt]' or 'cuda-python'"
+            ) from None
+        self.torch, self.cudart = torch, cudart
         self.index = torch.cuda.current_device() if index is None else index
+        self.destroyers: dict[int, weakref.finalize] = {}  # stream handle -> its cudaStreamDestroy
+
+    def _check(self, result: tuple, call: str) -> Any:
+        """The value of a cuda-python call's (error, value...) result; an error raises."""
+        error = result[0]
+        if error != self.cudart.cudaError_t.cudaSuccess:
+            raise FasterViTTRTError(f"CUDA {call} failed on cuda:{self.index}: {error.name}")
+        return result[1] if len(result) > 1 else None
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -45,8 +69,21 @@ class TorchCuda:
             yield
 
     def stream(self) -> tuple[Any, int]:
-        stream = self.torch.cuda.Stream(self.index)
-        return stream, stream.cuda_stream
+        """A stream of its own (non-blocking, as torch's are), seen by torch as an ExternalStream."""
+        with self.active():
+            created = self._check(
+                self.cudart.cudaStreamCreateWithFlags(self.cudart.cudaStreamNonBlocking), "cudaStreamCreateWithFlags"
+            )
+        handle = int(created)
+        stream = self.torch.cuda.ExternalStream(handle, device=self.index)
+        self.destroyers[handle] = weakref.finalize(stream, self.cudart.cudaStreamDestroy, created)
+        return stream, handle
+
+    def release(self, stream: Any, graph: Any | None) -> None:
+        """Destroy ``stream`` and ``graph`` (a ``capture`` of it); work queued on them finishes first."""
+        if graph is not None:
+            self._check(self.cudart.cudaGraphExecDestroy(graph), "cudaGraphExecDestroy")
+        self.destroyers.pop(stream.cuda_stream)()
 
     def device(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[Any, int]:
         buffer = self.torch.empty(shape, dtype=_torch_dtype(self.torch, dtype), device=f"cuda:{self.index}")
@@ -92,26 +129,33 @@ class TorchCuda:
     # -- CUDA graphs
 
     def capture(self, stream: Any, launch: Callable[[], bool]) -> Any | None:
-        """``launch`` captured on ``stream`` as a CUDA graph; None when it returns False or
-        CUDA invalidates the capture. Begin and end on the stream itself: no device-wide
-        synchronize or cache flush (which ``torch.cuda.graph`` does on every capture), and
-        ``thread_local`` so other threads keep launching meanwhile."""
-        graph = self.torch.cuda.CUDAGraph()
-        with self.torch.cuda.stream(stream):
-            graph.capture_begin(capture_error_mode="thread_local")
-            launched = False
-            try:
-                launched = bool(launch())
-            finally:
-                try:
-                    graph.capture_end()
-                except RuntimeError:  # the capture was invalidated (a synchronizing call inside it)
-                    launched = False
-        return graph if launched else None
+        """``launch`` captured on ``stream`` as an instantiated CUDA graph, as trtexec does
+        (sampleInference.cpp); None when it returns False or CUDA invalidates the capture,
+        the capture ended and its graph destroyed either way. The CUDA runtime's own capture,
+        not torch's: no caching allocator to leave capturing, no device-wide synchronize, and
+        thread-local mode so other threads keep launching meanwhile."""
+        cudart, handle = self.cudart, stream.cuda_stream
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        self._check(cudart.cudaStreamBeginCapture(handle, mode), "cudaStreamBeginCapture")
+        launched = False
+        try:
+            launched = bool(launch())
+        finally:
+            error, graph = cudart.cudaStreamEndCapture(handle)
+            ended = error == cudart.cudaError_t.cudaSuccess
+            if not ended:  # invalidated: no graph, and the error is read so none is left pending
+                cudart.cudaGetLastError()
+            elif not launched:  # TensorRT refused (or raised) inside the capture: its graph is dropped
+                cudart.cudaGraphDestroy(graph)
+        if not (ended and launched):
+            return None
+        try:
+            return self._check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        finally:
+            cudart.cudaGraphDestroy(graph)  # the instantiation does not need it
 
     def replay(self, graph: Any, stream: Any) -> None:
-        with self.torch.cuda.stream(stream):
-            graph.replay()
+        self._check(self.cudart.cudaGraphLaunch(graph, stream.cuda_stream), "cudaGraphLaunch")
 
 
 class PyCuda:
@@ -159,6 +203,9 @@ class PyCuda:
 
     def synchronize(self, stream: Any) -> None:
         stream.synchronize()
+
+    def release(self, stream: Any, graph: None) -> None:
+        """Nothing to do: pycuda destroys a stream when it is collected, and makes no graphs."""
 
 
 def _torch_dtype(torch: Any, dtype: np.dtype) -> Any:

@@ -22,8 +22,11 @@ launch (TensorRT finishes deferred set-up there) and its launch is then captured
 own stream, as ``trtexec --useCudaGraph`` does; a capture that fails (``execute_async_v3``
 returns False inside it, or CUDA invalidates it) is ended and dropped, warned about once,
 and that context runs uncaptured from then on. TensorRT-RTX captures and replays per shape
-by itself where its bindings have ``CudaGraphStrategy`` (set on the runtime config); older
-RTX bindings are asked ``is_stream_capturable`` before a capture.
+by itself (``CudaGraphStrategy`` on the runtime config, from TensorRT-RTX 1.2 on; an older
+RTX cannot have CUDA graphs). ``close`` destroys every context's stream and graph.
+
+A CUDA tensor input is made on the caller's stream; every copy of it the call makes (padded,
+aligned) is queued there too, before the context's stream waits on that stream.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -44,6 +47,8 @@ from .cuda import ALIGNMENT, PyCuda, open_cuda
 
 if TYPE_CHECKING:  # tensorrt-stubs: the objects below are checked against TensorRT's API (mypy)
     import tensorrt as trt_api
+
+RTX_GRAPHS = "1.2"  # the first TensorRT-RTX with CudaGraphStrategy and is_stream_capturable (release notes)
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +87,7 @@ def batch_plan(count: int, low: int, high: int, sizes: tuple[int, ...] | None = 
 class _Slot:
     """One execution context with its stream and buffers of ``rows`` rows."""
 
-    context: Any
+    context: trt_api.IExecutionContext
     stream: Any
     handle: int
     rows: int
@@ -119,13 +124,19 @@ class TensorRTBackend:
         self.trt, self.path, self.contexts = trt, Path(path), contexts
         self.cuda = open_cuda(device)
         native_graphs = cuda_graphs and hasattr(trt, "CudaGraphStrategy")  # TensorRT-RTX captures for itself
+        if cuda_graphs and not native_graphs and trt.__name__.startswith("tensorrt_rtx"):
+            raise FasterViTTRTError(
+                f"{path}: CUDA graphs with TensorRT-RTX need TensorRT-RTX {RTX_GRAPHS} or later "
+                f"(CudaGraphStrategy); this is {trt.__version__}: upgrade it or drop --cuda-graph"
+            )
         if cuda_graphs and not native_graphs and not self.cuda.can_capture:
             raise FasterViTTRTError(
                 f"{path}: CUDA graphs need PyTorch with CUDA (pycuda cannot capture "
                 "TensorRT's launches); install torch or drop --cuda-graph"
             )
         logger = trt.Logger(trt.Logger.ERROR)
-        self.runtime: trt_api.Runtime = trt.Runtime(logger)
+        # typed here, where TensorRT's objects enter: all made from it are checked against its API
+        self.runtime = cast("trt_api.Runtime", trt.Runtime(logger))
         if version_compat:  # such engines carry their own lean runtime: let it load (as Polygraphy does)
             self.runtime.engine_host_code_allowed = True
         with self.cuda.active():
@@ -151,11 +162,14 @@ class TensorRTBackend:
         min_shape, _, max_shape = engine.get_tensor_profile_shape(self.input_name, 0)
         self.min_batch, self.max_batch = int(min_shape[0]), int(max_shape[0])
         self.input_shape = tuple(max_shape[1:])
-        self.output_shapes = {n: tuple(engine.get_tensor_shape(n))[1:] for n in self.output_names}
+        self.output_shapes: dict[str, tuple[int, ...]] = {
+            n: tuple(engine.get_tensor_shape(n)[1:]) for n in self.output_names
+        }
         self.runtime_config: trt_api.IRuntimeConfig | None = None
-        if native_graphs:  # TensorRT-RTX's own API (not in TensorRT 10's stubs)
+        if native_graphs:
             config = engine.create_runtime_config()
-            config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            # TensorRT-RTX's own attribute: TensorRT 10's IRuntimeConfig has none
+            cast(Any, config).cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
             self.runtime_config = config
         # None: every call on a context of MAX rows; else the CUDA-graph sizes, contexts of their own
         self.sizes = graph_sizes(self.min_batch, self.max_batch) if cuda_graphs and not native_graphs else None
@@ -173,26 +187,39 @@ class TensorRTBackend:
         return self.cuda.index
 
     def _slot(self, rows: int) -> _Slot:
-        assert self.engine is not None
         with self.cuda.active():
             stream, handle = self.cuda.stream()
-            if self.sizes is None:
-                context = (
-                    self.engine.create_execution_context(self.runtime_config)
-                    if self.runtime_config
-                    else self.engine.create_execution_context()
+            try:
+                return self._context(stream, handle, rows)
+            except BaseException:
+                self.cuda.release(stream, None)
+                raise
+
+    def _context(self, stream: Any, handle: int, rows: int) -> _Slot:
+        """A new execution context on ``stream``, with its buffers of ``rows`` rows."""
+        assert self.engine is not None
+        if self.sizes is None:
+            context = (
+                self.engine.create_execution_context(self.runtime_config)
+                if self.runtime_config
+                else self.engine.create_execution_context()
+            )
+            slot = _Slot(context, stream, handle, rows, graphed=False)
+        else:  # fixed at ``rows`` for life, with the activation memory that batch needs
+            context = self.engine.create_execution_context(self.trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            slot = _Slot(context, stream, handle, rows, graphed=True)
+            self._set_batch(slot, rows)
+            size = context.update_device_memory_size_for_shapes()
+            if not size:  # its error value (NvInferRuntime.h)
+                raise FasterViTTRTError(
+                    f"{self.path}: TensorRT could not size the activation memory of batch {rows} "
+                    "(update_device_memory_size_for_shapes returned 0; see its log)"
                 )
-                slot = _Slot(context, stream, handle, rows, graphed=False)
-            else:  # fixed at ``rows`` for life, with the activation memory that batch needs
-                context = self.engine.create_execution_context(self.trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-                slot = _Slot(context, stream, handle, rows, graphed=True)
-                self._set_batch(slot, rows)
-                size = context.update_device_memory_size_for_shapes()
-                slot.memory, address = self.cuda.device((size,), np.dtype(np.uint8))
-                context.set_device_memory(address, size)
-            for name in self.output_names:
-                shape, dtype = (rows, *self.output_shapes[name]), self.output_dtypes[name]
-                slot.outputs[name] = (*self.cuda.device(shape, dtype), self.cuda.pinned(shape, dtype))
+            slot.memory, address = self.cuda.device((size,), np.dtype(np.uint8))
+            context.set_device_memory(address, size)
+        for name in self.output_names:
+            shape, dtype = (rows, *self.output_shapes[name]), self.output_dtypes[name]
+            slot.outputs[name] = (*self.cuda.device(shape, dtype), self.cuda.pinned(shape, dtype))
         return slot
 
     def infer(self, batch) -> np.ndarray:
@@ -239,9 +266,12 @@ class TensorRTBackend:
                 return self._execute(slot, batch, run_as)
         finally:
             with self.lock:  # closed checked and the slot returned at once: close() cannot miss it
-                if not self.closed:
+                closed = self.closed
+                if not closed:
                     self.idle[rows].append(slot)
                     self.lock.notify()
+            if closed:  # close() has come and gone while this call ran
+                self._release([slot])
 
     def _acquire(self, rows: int) -> _Slot:
         """An idle context of ``rows`` rows, a new one while fewer than ``contexts`` exist, or
@@ -299,15 +329,16 @@ class TensorRTBackend:
             self.cuda.upload(device, host, slot.stream)
         else:  # a CUDA torch tensor, made on the caller's stream
             assert not isinstance(self.cuda, PyCuda)  # _check_tensor admitted it: torch's
-            self.cuda.wait_current(slot.stream)
+            if not slot.graphed:  # read in place where TensorRT can: padded below the profile's MIN, aligned
+                if run_as > count:
+                    batch = self.cuda.padded(batch, run_as)  # queued on the caller's stream
+                elif self.cuda.address(batch) % ALIGNMENT:  # a view with a storage offset
+                    batch = self.cuda.copy(batch)  # queued on the caller's stream
+            self.cuda.wait_current(slot.stream)  # after every copy above: TensorRT reads them
             if slot.graphed:  # a graph reads the buffer it was captured with: copy in, on the GPU
                 device, address = self._input_buffer(slot)
                 self.cuda.copy_rows(device, batch, run_as, slot.stream)
-            else:  # read in place where TensorRT can: padded below the profile's MIN, aligned
-                if run_as > count:
-                    batch = self.cuda.padded(batch, run_as)
-                elif self.cuda.address(batch) % ALIGNMENT:  # a view with a storage offset
-                    batch = self.cuda.copy(batch)
+            else:
                 address = self.cuda.address(batch)
         self._bind(slot, self.input_name, address)
         for name, (_, pointer, _) in slot.outputs.items():
@@ -331,28 +362,32 @@ class TensorRTBackend:
 
     def _capture(self, slot: _Slot) -> Any | None:
         """The context's launch captured as a CUDA graph, or None (warned once) where it cannot be."""
-        capturable = getattr(slot.context, "is_stream_capturable", None)  # TensorRT-RTX's own question
-        if capturable is not None and not capturable(slot.handle):
-            why = "TensorRT-RTX says the stream cannot be captured"
-        else:
-            assert not isinstance(self.cuda, PyCuda)  # cuda_graphs needs torch (checked at load)
-            self.cuda.synchronize(slot.stream)  # the first run finished before capturing, as trtexec does
-            graph = self.cuda.capture(slot.stream, lambda: slot.context.execute_async_v3(slot.handle))
-            if graph is not None:
-                return graph
-            why = "the capture failed"
-        if not self.warned:
+        assert not isinstance(self.cuda, PyCuda)  # cuda_graphs needs torch (checked at load)
+        self.cuda.synchronize(slot.stream)  # the first run finished before capturing, as trtexec does
+        graph = self.cuda.capture(slot.stream, lambda: slot.context.execute_async_v3(slot.handle))
+        if graph is None and not self.warned:
             self.warned = True
             log.warning(
-                "%s: no CUDA graph at batch %d (%s); those calls run as ordinary launches", self.path, slot.rows, why
+                "%s: no CUDA graph at batch %d (the capture failed); those calls run as ordinary launches",
+                self.path,
+                slot.rows,
             )
-        return None
+        return graph
+
+    def _release(self, slots: list[_Slot]) -> None:
+        """Destroy the streams and graphs of ``slots``, no longer in any call."""
+        with self.cuda.active():
+            for slot in slots:
+                self.cuda.release(slot.stream, slot.graph)
 
     def close(self) -> None:
-        """Release the contexts; calls in flight finish, later ones get a clear error."""
+        """Release the contexts, their streams and graphs; calls in flight finish (and release
+        theirs), later ones get a clear error."""
         with self.lock:
             self.closed = True
-            for idle in self.idle.values():
-                idle.clear()
+            idle = [slot for slots in self.idle.values() for slot in slots]
+            for slots in self.idle.values():
+                slots.clear()
             self.lock.notify_all()
+        self._release(idle)
         self.engine = None

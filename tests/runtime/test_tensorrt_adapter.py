@@ -168,14 +168,16 @@ def test_cuda_graph_contexts_get_the_memory_of_their_size_only(tmp_path, monkeyp
     assert sum(c.memory[1] for c in world.contexts) < 2 * 1024 * 32
 
 
-def test_a_failed_capture_is_dropped_warned_once_and_runs_uncaptured(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("failure", ["fail_capture", "invalidate_capture"])
+def test_a_failed_capture_is_dropped_warned_once_and_runs_uncaptured(tmp_path, monkeypatch, caplog, failure):
+    """TensorRT's launch returns False inside the capture, or CUDA invalidates it."""
     backend, world = _backend(tmp_path, monkeypatch, 1, 8, cuda_graphs=True)
-    world.cuda.fail_capture = True
+    setattr(world.cuda, failure, True)
     with caplog.at_level(logging.WARNING):
         for count in (3, 3, 8, 1, 3, 8):
             x = _images(count, seed=count)
             np.testing.assert_allclose(backend.infer(x)[:, 0], _sums(x), rtol=1e-5)
-    assert ("replay",) not in world.cuda.log
+    assert ("replay",) not in world.cuda.log and world.cuda.graphs == []
     assert world.cuda.log.count(("capture",)) == 3  # once per size (4, 8, 1), never again
     warnings = [r for r in caplog.records if "no CUDA graph" in r.message]
     assert len(warnings) == 1 and "the capture failed" in warnings[0].message
@@ -184,7 +186,7 @@ def test_a_failed_capture_is_dropped_warned_once_and_runs_uncaptured(tmp_path, m
 def test_tensorrt_rtx_captures_for_itself_where_its_bindings_can(tmp_path, monkeypatch):
     """RTX's CudaGraphStrategy on the runtime config: its contexts capture per shape; the
     toolkit captures nothing and runs the ordinary plan."""
-    backend, world = _backend(tmp_path, monkeypatch, 1, 8, cuda_graphs=True, contexts=2, rtx_graphs=True)
+    backend, world = _backend(tmp_path, monkeypatch, 1, 8, cuda_graphs=True, contexts=2, rtx="1.7.1")
     x = _images(3)
     np.testing.assert_allclose(backend.infer(x)[:, 0], _sums(x), rtol=1e-6)
     assert world.calls == [3] and ("capture",) not in world.cuda.log
@@ -192,16 +194,30 @@ def test_tensorrt_rtx_captures_for_itself_where_its_bindings_can(tmp_path, monke
     assert all(c.config.cuda_graph_strategy == "whole graph capture" for c in world.contexts)
 
 
-def test_a_stream_tensorrt_rtx_cannot_capture_is_not_captured(tmp_path, monkeypatch, caplog):
-    backend, world = _backend(tmp_path, monkeypatch, 1, 8, cuda_graphs=True, capturable=False)
-    with caplog.at_level(logging.WARNING):
-        for count in (2, 2, 5):
-            x = _images(count)
-            np.testing.assert_allclose(backend.infer(x)[:, 0], _sums(x), rtol=1e-6)
-    assert ("capture",) not in world.cuda.log
-    assert [r.message for r in caplog.records if "no CUDA graph" in r.message][0].endswith(
-        "(TensorRT-RTX says the stream cannot be captured); those calls run as ordinary launches"
+def test_cuda_graphs_need_a_tensorrt_rtx_that_captures_for_itself(tmp_path, monkeypatch):
+    """CudaGraphStrategy (and is_stream_capturable) came with TensorRT-RTX 1.2: an older RTX
+    gets one clear line with cuda_graphs, and runs without them."""
+    with pytest.raises(FasterViTTRTError) as error:
+        _backend(tmp_path, monkeypatch, cuda_graphs=True, rtx="1.1.1")
+    assert str(error.value) == (
+        f"{tmp_path / 'm.engine'}: CUDA graphs with TensorRT-RTX need TensorRT-RTX 1.2 or later "
+        "(CudaGraphStrategy); this is 1.1.1: upgrade it or drop --cuda-graph"
     )
+    backend, world = _backend(tmp_path, monkeypatch, rtx="1.1.1")
+    x = _images(3)
+    np.testing.assert_allclose(backend.infer(x)[:, 0], _sums(x), rtol=1e-6)
+
+
+def test_an_unsized_activation_memory_is_an_error_not_an_empty_allocation(tmp_path, monkeypatch):
+    """update_device_memory_size_for_shapes returns 0 on error (NvInferRuntime.h)."""
+    backend, world = _backend(tmp_path, monkeypatch, 1, 8, cuda_graphs=True, memory_error=True)
+    with pytest.raises(FasterViTTRTError) as error:
+        backend.infer(_images(3))
+    assert str(error.value) == (
+        f"{tmp_path / 'm.engine'}: TensorRT could not size the activation memory of batch 4 "
+        "(update_device_memory_size_for_shapes returned 0; see its log)"
+    )
+    assert ("alloc", 1) not in world.cuda.log and world.cuda.streams == {}  # its stream destroyed too
 
 
 def test_a_refused_tensor_address_is_an_error(tmp_path, monkeypatch):
@@ -227,6 +243,38 @@ def test_tensors_are_read_in_place_when_aligned_and_copied_when_not(tmp_path, mo
     assert ("alloc", input_bytes) not in world.cuda.log  # no context made an input buffer
     backend.infer(_images(2))  # a NumPy batch: one context gets one, then
     assert world.cuda.log.count(("alloc", input_bytes)) == 1
+
+
+@pytest.mark.parametrize(
+    "rows,offset,cuda_graphs",
+    [(2, 0, False), (5, 1, False), (5, 0, False), (2, 0, True)],
+    ids=["padded to MIN", "aligned copy", "in place", "copied into a graph's buffer"],
+)
+def test_a_cuda_tensor_is_complete_before_tensorrt_reads_it(tmp_path, monkeypatch, rows, offset, cuda_graphs):
+    """The tensor is still being written on the caller's stream; the padded or aligned copy
+    the backend makes of it is queued there too (as torch queues it): the engine's stream
+    must wait for all of that, not for what was queued before the copies."""
+    backend, world = _backend(tmp_path, monkeypatch, 4, 8, cuda_graphs=cuda_graphs)
+    x = _images(6)
+    base = torch.from_numpy(world.cuda.alloc((6, 3, 2, 2), np.float32))
+    world.cuda.on_caller(lambda: base.copy_(torch.from_numpy(x)))
+    logits = backend.infer(base[offset : offset + rows])
+    np.testing.assert_allclose(logits[:, 0], _sums(x[offset : offset + rows]), rtol=1e-6)
+
+
+def test_close_destroys_every_stream_and_graph_even_of_a_call_in_flight(tmp_path, monkeypatch):
+    backend, world = _backend(tmp_path, monkeypatch, 1, 8, cuda_graphs=True)
+    for count in (3, 3, 8):
+        backend.infer(_images(count))
+    assert len(world.cuda.streams) == 2 and len(world.cuda.graphs) == 2
+    backend.close()
+    assert world.cuda.streams == {} and world.cuda.graphs == []
+
+    backend, world = _backend(tmp_path, monkeypatch, contexts=3)
+    synchronize = world.cuda.synchronize
+    monkeypatch.setattr(world.cuda, "synchronize", lambda stream: (backend.close(), synchronize(stream)))
+    backend.infer(_images(2))  # closed while its call runs
+    assert world.cuda.streams == {}
 
 
 def test_calls_run_on_the_device_the_model_was_loaded_on(tmp_path, monkeypatch):
@@ -261,42 +309,6 @@ def test_torch_cuda_makes_its_device_current_around_every_call(monkeypatch):
         pass
     assert helper.index == 1 and entered == [1]
     assert cuda.TorchCuda().index == 0  # None: the current device when loaded
-
-
-def test_torch_capture_begins_and_ends_on_the_stream_and_drops_a_failed_graph(monkeypatch):
-    """No torch.cuda.graph (a device-wide synchronize and cache flush per capture); the
-    capture is ended whatever the launch does, and a failed one gives no graph."""
-    from fastervit_trt.runtime import cuda
-
-    events = []
-
-    class Graph:
-        def capture_begin(self, capture_error_mode="global"):
-            events.append(("begin", capture_error_mode))
-
-        def capture_end(self):
-            events.append(("end",))
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
-    monkeypatch.setattr(torch.cuda, "stream", lambda stream: events.append(("on", stream)) or _Null())
-    for forbidden in ("synchronize", "empty_cache", "graph"):
-        monkeypatch.setattr(torch.cuda, forbidden, lambda *a, **k: pytest.fail("device-wide call"))
-    helper = cuda.TorchCuda()
-    assert isinstance(helper.capture("s1", lambda: True), Graph)
-    assert helper.capture("s1", lambda: False) is None
-    with pytest.raises(OSError):
-        helper.capture("s1", lambda: (_ for _ in ()).throw(OSError("launch broke")))
-    assert events == [("on", "s1"), ("begin", "thread_local"), ("end",)] * 3
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_close_cannot_leak_a_context_in_flight(tmp_path, monkeypatch):
