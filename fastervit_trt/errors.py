@@ -21,3 +21,7 @@ class ResolutionError(FasterViTTRTError):
 
 class CheckpointError(FasterViTTRTError):
     """A checkpoint that is missing, unreadable, unsafe or for another network."""
+
+
+class EngineError(FasterViTTRTError):
+    """The engine or its device failed to run a batch; the inputs were not at fault."""

@@ -4,6 +4,7 @@ timeouts and closing, on ONNX Runtime and on the stand-in TensorRT backend."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fastervit_trt.errors import EngineError
 from fastervit_trt.preprocess import ImageError, Preprocess
+from fastervit_trt.runtime import batcher as batcher_module
 from fastervit_trt.runtime import load
 from fastervit_trt.runtime.batcher import BatcherClosed, Overloaded, RequestTimeout
 from fastervit_trt.runtime.model import InferenceModel
@@ -156,3 +159,125 @@ def test_bad_settings_are_refused(model):
         model.batcher(max_queue=0)
     with pytest.raises(ValueError, match="max_delay_ms must be at least 0"):
         model.batcher(max_delay_ms=-1)
+
+
+class _Timed:
+    """An engine call of a fixed duration, answering zeros (10 classes)."""
+
+    def __init__(self, model, monkeypatch, seconds: float):
+        self.entered = threading.Event()
+
+        def timed(batch):
+            self.entered.set()
+            time.sleep(seconds)
+            return {"logits": np.zeros((len(batch), 10), np.float32)}
+
+        monkeypatch.setattr(model, "outputs", timed)
+
+
+def test_closed_loop_clients_merge_into_full_batches(model, monkeypatch):
+    """8 closed-loop clients, 4 of them arriving while the first batch runs (the split that
+    alternating half batches keep): the batches that follow take everyone waiting."""
+    timed = _Timed(model, monkeypatch, 0.05)
+    image = np.full((128, 128, 3), 100, np.uint8)
+    sizes: list[int] = []
+    stop = time.monotonic() + 30
+
+    def client() -> None:
+        for _ in range(12):
+            if time.monotonic() > stop:
+                return
+            batcher.submit(image).result(30)
+
+    with model.batcher(max_batch=8, max_delay_ms=20, observe=sizes.append) as batcher:
+        first = [threading.Thread(target=client) for _ in range(4)]
+        for thread in first:
+            thread.start()
+        assert timed.entered.wait(30)
+        second = [threading.Thread(target=client) for _ in range(4)]
+        for thread in second:
+            thread.start()
+        for thread in first + second:
+            thread.join(60)
+    assert sum(sizes) == 96
+    assert np.mean(sizes[2:]) >= 6, sizes
+
+
+def test_an_engine_failure_is_an_engine_error_naming_its_cause(model, monkeypatch):
+    """A CUDA error in the engine call is no bad image: every caller of the batch gets an
+    EngineError with the cause, the batcher reports it until a batch runs again."""
+    real, broken = model.outputs, threading.Event()
+    broken.set()
+
+    def outputs(batch):
+        if broken.is_set():
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(batch)
+
+    monkeypatch.setattr(model, "outputs", outputs)
+    with model.batcher(max_delay_ms=50) as batcher:
+        futures = [batcher.submit(PHOTOS[0]), batcher.submit(PHOTOS[1])]
+        for future in futures:
+            with pytest.raises(EngineError, match="RuntimeError: CUDA error: an illegal memory access") as failed:
+                future.result(30)
+            assert not isinstance(failed.value, ImageError)
+        assert "illegal memory access" in str(batcher.failure)
+        broken.clear()
+        assert batcher.submit(PHOTOS[0]).result(30).shape == (10,)
+        assert batcher.failure is None
+
+
+def test_a_stuck_decode_does_not_hold_the_others(model, monkeypatch):
+    """One image whose decode never ends: the images decoded beside it run, and it times
+    out after its own timeout, not theirs."""
+    released, real = threading.Event(), batcher_module.to_input
+
+    def to_input(item, *args):
+        if isinstance(item, bytes) and item == b"stuck":
+            released.wait(30)
+        return real(item, *args)
+
+    monkeypatch.setattr(batcher_module, "to_input", to_input)
+    try:
+        with model.batcher(max_delay_ms=20) as batcher:
+            stuck = batcher.submit(b"stuck", timeout_s=0.5)
+            good = [batcher.submit(PHOTOS[0]), batcher.submit(PHOTOS[1])]
+            assert all(f.result(5).shape == (10,) for f in good)
+            with pytest.raises(RequestTimeout, match="past its timeout"):
+                stuck.result(5)
+            assert batcher.depth == 0
+    finally:
+        released.set()
+
+
+def test_a_request_that_times_out_leaves_the_queue(model, monkeypatch):
+    """Behind a held engine call: a timed-out predict() and a submit() past its deadline
+    fail while the engine is still held, and neither is left waiting in the queue."""
+    held = _Held(model, monkeypatch)
+    with model.batcher(max_batch=1, max_delay_ms=0) as batcher:
+        batcher.submit(PHOTOS[0])
+        assert held.entered.wait(30)
+        with pytest.raises(RequestTimeout, match="no answer within 0.05 s"):
+            batcher.predict(PHOTOS[1], timeout_s=0.05)
+        late = batcher.submit(PHOTOS[2], timeout_s=0.05)
+        with pytest.raises(RequestTimeout, match="past its timeout"):
+            late.result(5)
+        assert batcher.depth == 0
+        held.release.set()
+
+
+def test_the_delay_a_batcher_adds_is_max_delay_ms(model, monkeypatch):
+    """A lone request runs max_delay_ms after it arrived (not ten times later); a full batch
+    runs at once, whatever the delay."""
+    _Timed(model, monkeypatch, 0.0)
+    image = np.full((128, 128, 3), 100, np.uint8)
+    with model.batcher(max_batch=8, max_delay_ms=200) as batcher:
+        started = time.monotonic()
+        batcher.submit(image).result(30)
+        lone = time.monotonic() - started
+    with model.batcher(max_batch=8, max_delay_ms=60_000) as batcher:
+        started = time.monotonic()
+        futures = [batcher.submit(image) for _ in range(8)]
+        assert all(f.result(30).shape == (10,) for f in futures)
+        full = time.monotonic() - started
+    assert 0.2 <= lone < 1.0 and full < 5
