@@ -228,8 +228,8 @@ class Batcher:
             if request.result.set_running_or_notify_cancel():
                 request.result.set_exception(
                     RequestTimeout(
-                        f"{self.model.source}: waited {now - request.arrived:.3f} s, past its timeout; retry, or "
-                        "allow more time"
+                        f"{self.model.source}: no answer within {request.deadline - request.arrived:g} s (not "
+                        "started); retry, or allow more time"
                     )
                 )
 
