@@ -57,6 +57,18 @@ def test_the_package_as_it_is_passes(package_copy):
             r'error: Unexpected keyword argument "ignore_mismatches" for "set_timing_cache" of "IBuilderConfig"',
         ),
         (
+            "engines/builder.py",
+            "def step_complete(self, phase_name",
+            "def step_complete(self, *, phase_name",
+            r'error: Signature of "step_complete" incompatible with supertype "[\w.]*IProgressMonitor"',
+        ),
+        (
+            "engines/calibrator.py",
+            "def write_calibration_cache(self, cache",
+            "def write_calibration_cache(self, *, cache",
+            r'error: Signature of "write_calibration_cache" incompatible with supertype "[\w.]*IInt8Calibrator"',
+        ),
+        (
             "runtime/tensorrt_backend.py",
             ".execute_async_v3(",
             ".execute_async_v9(",

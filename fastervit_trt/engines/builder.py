@@ -17,10 +17,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ..artifacts import check_writable, write_bytes, write_json
 from ..sidecar import (
@@ -30,7 +30,7 @@ from ..sidecar import (
     read_sidecar,
     sidecar_path,
 )
-from .calibrator import make_calibrator
+from .calibrator import Calibration, make_calibrator
 from .config import (
     FP8_GPUS,
     FP8_MIN_CAPABILITY,
@@ -87,42 +87,49 @@ def _major(trt: ModuleType) -> int:
     return int(trt.__version__.split(".")[0])
 
 
-def _progress_monitor(trt: ModuleType, stream: TextIO | None):
-    """TensorRT's IProgressMonitor printing each top-level build phase; setting
-    ``interrupted`` cancels the build at the next step."""
+@dataclass
+class _Progress:
+    """The top-level build phases seen so far; setting ``interrupted`` cancels the build."""
 
-    class Monitor(trt.IProgressMonitor):  # type: ignore[name-defined]  # base from the module loaded at run time
-        def __init__(self) -> None:
-            trt.IProgressMonitor.__init__(self)
-            self.phases: list[str] = []
-            self.interrupted = False
+    phases: list[str] = field(default_factory=list)
+    interrupted: bool = False
 
-        def phase_start(self, phase_name, parent_phase, num_steps):
+
+def _progress_monitor(trt: ModuleType, progress: _Progress, stream: TextIO | None) -> trt_api.IProgressMonitor:
+    """TensorRT's IProgressMonitor recording (and printing) each top-level build phase into
+    ``progress``, and cancelling the build at the next step once it is interrupted."""
+    if TYPE_CHECKING:  # TensorRT 10's base class for the type checker; the loaded module's at run time
+        from tensorrt import IProgressMonitor as Base
+    else:
+        Base = trt.IProgressMonitor
+
+    class Monitor(Base):
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
             if parent_phase is None or parent_phase == "Building engine":
-                self.phases.append(phase_name)
+                progress.phases.append(phase_name)
                 if stream is not None:
                     stream.write(f"  builder: {phase_name}\n")
                     stream.flush()
 
-        def step_complete(self, phase_name, step):
-            return not self.interrupted  # False cancels the build
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return not progress.interrupted  # False cancels the build
 
-        def phase_finish(self, phase_name):
+        def phase_finish(self, phase_name: str) -> None:
             pass
 
     return Monitor()
 
 
 @contextmanager
-def _cancel_on_interrupt(monitor) -> Iterator[None]:
-    """Ctrl-C during the build cancels it through ``monitor`` (TensorRT would swallow the
-    KeyboardInterrupt raised in its callback and report a failed build)."""
+def _cancel_on_interrupt(progress: _Progress) -> Iterator[None]:
+    """Ctrl-C during the build cancels it through the progress monitor (TensorRT would
+    swallow the KeyboardInterrupt raised in its callback and report a failed build)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def interrupt(signum, frame) -> None:
-        monitor.interrupted = True
+    def interrupt(signum: int, frame: object) -> None:
+        progress.interrupted = True
 
     previous = signal.signal(signal.SIGINT, interrupt)
     try:
@@ -223,8 +230,9 @@ class _Parsed:
 @dataclass
 class _Configured:
     builder_config: trt_api.IBuilderConfig
-    monitor: Any
-    calibrator: Any = None
+    monitor: trt_api.IProgressMonitor  # kept alive for the build
+    progress: _Progress
+    calibration: Calibration | None = None
     timing_cache: bool = False  # a timing cache is attached and saved after the build
 
 
@@ -295,12 +303,12 @@ def _configure(plan: _Plan, parsed: _Parsed, config: BuildConfig, stream: TextIO
         builder_config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if plan.flavour == "tensorrt-rtx" and plan.targets:
         set_targets(trt, builder_config, plan.targets)
-    calibrator = None
+    calibration = None
     if plan.implicit:
         builder_config.set_flag(trt.BuilderFlag.FP16)
         if plan.precision == "int8":
             builder_config.set_flag(trt.BuilderFlag.INT8)
-            calibrator = make_calibrator(
+            calibration = make_calibrator(
                 trt,
                 plan.onnx_path,
                 plan.facts["dims"],
@@ -309,17 +317,18 @@ def _configure(plan: _Plan, parsed: _Parsed, config: BuildConfig, stream: TextIO
                 config.calib_cache,
                 config.calib_data,
             )
-            builder_config.int8_calibrator = calibrator
+            builder_config.int8_calibrator = calibration.calibrator
     profile = parsed.builder.create_optimization_profile()
     dims = plan.facts["dims"]
     profile.set_shape(plan.facts["input"], *[trt.Dims((b, *dims[1:])) for b in config.batch])
     builder_config.add_optimization_profile(profile)
-    if calibrator is not None:
+    if calibration is not None:
         builder_config.set_calibration_profile(profile)
     timing_cache = _load_timing_cache(trt, plan.flavour, builder_config, config.timing_cache, stream)
-    monitor = _progress_monitor(trt, stream)
+    progress = _Progress()
+    monitor = _progress_monitor(trt, progress, stream)
     builder_config.progress_monitor = monitor
-    return _Configured(builder_config, monitor, calibrator, timing_cache)
+    return _Configured(builder_config, monitor, progress, calibration, timing_cache)
 
 
 def _offered_targets(trt: ModuleType) -> list[str]:
@@ -359,14 +368,14 @@ def set_targets(trt: ModuleType, builder_config: trt_api.IBuilderConfig, targets
 def _build(plan: _Plan, parsed: _Parsed, configured: _Configured) -> tuple[bytes, float]:
     """The serialized engine and the seconds it took; Ctrl-C cancels, a calibrator's error is raised."""
     start = time.perf_counter()
-    with _cancel_on_interrupt(configured.monitor):
+    with _cancel_on_interrupt(configured.progress):
         serialized = parsed.builder.build_serialized_network(parsed.network, configured.builder_config)
     seconds = time.perf_counter() - start
-    if configured.monitor.interrupted:
+    if configured.progress.interrupted:
         raise KeyboardInterrupt
-    calibrator = configured.calibrator
-    if calibrator is not None and calibrator.error is not None:  # why the build failed, if it did
-        raise calibrator.error
+    calibration = configured.calibration
+    if calibration is not None and calibration.failures:  # why the build failed, if it did
+        raise calibration.failures[0]
     if serialized is None:
         raise EngineBuildError(
             f"{plan.onnx_path}: {plan.flavour} failed to build an engine (the builder's errors are printed above)"
@@ -401,7 +410,7 @@ def _write(
         "precision": plan.precision,
         "strongly_typed": not plan.implicit,
         "seconds": round(seconds, 2),
-        "phases": configured.monitor.phases,
+        "phases": configured.progress.phases,
         "compute_capabilities": list(plan.targets),
     }
     calib_cache = config.calib_cache or (metadata.get("quantization") or {}).get("cache")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -22,6 +23,16 @@ from ..preprocess import Preprocess
 from ..runtime.cuda import open_cuda
 from .config import EngineBuildError
 
+if TYPE_CHECKING:  # tensorrt-stubs: the calibrator is checked against TensorRT's API (mypy)
+    import tensorrt as trt_api
+
+
+class Calibration(NamedTuple):
+    """A TensorRT calibrator and the errors its ``get_batch`` met (TensorRT prints and swallows them)."""
+
+    calibrator: trt_api.IInt8Calibrator
+    failures: list[Exception]
+
 
 def make_calibrator(
     trt: ModuleType,
@@ -31,7 +42,7 @@ def make_calibrator(
     batch: int,
     calib_cache: Path | None,
     calib_data: Path | None,
-):
+) -> Calibration:
     """A TensorRT calibrator for the graph ``onnx_path`` (input ``dims``, the toolkit's
     ``preprocess`` record) matching the cache's (or entropy's) method, feeding ``calib_data``
     or reading ``calib_cache``.
@@ -39,7 +50,7 @@ def make_calibrator(
     TensorRT calibrates at the OPT shape of the calibration profile (``get_batch_size`` is
     ignored since TensorRT 10), so ``batch`` is the profile's OPT batch: batches, device
     buffer and reported size all come from it. An error inside ``get_batch`` would be printed and swallowed by
-    TensorRT: it is kept in ``error`` and raised by the builder once the build returns.
+    TensorRT: it is kept in ``failures`` and raised by the builder once the build returns.
     """
     cache_path = Path(calib_cache) if calib_cache else None
     method = CalibrationCache.read(cache_path).method if cache_path and cache_path.is_file() else "entropy"
@@ -60,12 +71,16 @@ def make_calibrator(
     elif cache_path is None or not cache_path.is_file():
         raise EngineBuildError("implicit INT8 needs --calib-cache (an existing cache) or --calib-data")
     cuda = open_cuda()
+    failures: list[Exception] = []
+    if TYPE_CHECKING:  # TensorRT 10's base class for the type checker; the loaded module's at run time
+        from tensorrt import IInt8Calibrator as Base
+    else:
+        Base = bases[method]
 
-    class Calibrator(bases[method]):  # type: ignore[valid-type,misc]  # class chosen at run time
+    class Calibrator(Base):
         def __init__(self) -> None:
-            bases[method].__init__(self)
+            Base.__init__(self)
             self.batches = iter(data.batches(batch)) if data is not None else iter(())
-            self.error: Exception | None = None
             self.dtype = data.preprocess.input_dtype if data is not None else np.dtype(np.float32)
             self.buffer, self.pointer = cuda.device((batch, *dims[1:]), self.dtype)
             self.stream, _ = cuda.stream()
@@ -73,7 +88,8 @@ def make_calibrator(
         def get_batch_size(self) -> int:
             return batch
 
-        def get_batch(self, names):
+        # the stubs leave out the None that ends calibration
+        def get_batch(self, names: list[str]) -> list[int] | None:  # type: ignore[override]
             try:
                 inputs = next(self.batches, None)
                 if inputs is None:
@@ -83,14 +99,14 @@ def make_calibrator(
                     cuda.synchronize(self.stream)  # TensorRT reads the buffer once get_batch returns
                 return [self.pointer]
             except Exception as exc:  # TensorRT would print it and report "calibration failed"
-                self.error = exc
+                failures.append(exc)
                 return None
 
-        def read_calibration_cache(self):
+        def read_calibration_cache(self) -> bytes | None:
             return cache_path.read_bytes() if cache_path and cache_path.is_file() else None
 
-        def write_calibration_cache(self, cache) -> None:
+        def write_calibration_cache(self, cache: memoryview) -> None:
             if cache_path is not None:  # ``cache``: a memoryview of TensorRT's buffer, valid during the call
                 write_bytes(cache_path, bytes(cache))
 
-    return Calibrator()
+    return Calibration(Calibrator(), failures)
