@@ -12,8 +12,9 @@ only forms when that many requests are already waiting). A batch closes at ``max
 requests or ``max_delay_ms`` after its oldest request arrived or the engine became free,
 whichever is later (Triton's ``max_queue_delay``): requests that waited while the engine ran
 merge with the callers it just answered, instead of two halves taking turns. Requests
-arriving while the batch's images decode join it; an image still decoding ``DECODE_GRACE_S``
-after the batch closed stays queued and the ready ones run. Each caller gets its own row.
+arriving while the batch's images decode join it; once ``DECODE_GRACE_S`` pass without another
+of them decoded, the ready ones run and those still decoding stay queued. Each caller gets its
+own row.
 One bad image fails only its own request, with the decoder's message; an engine or device
 failure fails its batch with ``EngineError`` (the cause named) and is ``failure`` until a
 batch runs again; a full queue (``max_queue`` waiting) fails a new request at once
@@ -43,7 +44,7 @@ from .inputs import decoders, to_input
 if TYPE_CHECKING:
     from .model import InferenceModel, Prediction
 
-DECODE_GRACE_S = 0.05  # how long a closed batch waits for its images still decoding
+DECODE_GRACE_S = 0.05  # how long a closed batch waits for its next image to finish decoding
 
 
 class Overloaded(FasterViTTRTError):
@@ -184,9 +185,10 @@ class Batcher:
     def _next_batch(self) -> list[_Request] | None:
         """The next requests to run together; None once closed and drained. A batch closes at
         ``max_batch`` requests or ``max_delay`` after its oldest arrived or the engine became
-        free, whichever is later; it then waits up to ``DECODE_GRACE_S`` for its images still
-        decoding (requests arriving meanwhile join it) and runs those that are ready."""
-        closed_at = None
+        free, whichever is later; it then waits for its images still decoding (requests arriving
+        meanwhile join it) until ``DECODE_GRACE_S`` pass with no image done, and runs those
+        that are ready."""
+        progress_at, progress = None, (-1, -1)  # when the batch closed or last gained a ready image
         with self.lock:
             while True:
                 now = time.monotonic()
@@ -199,16 +201,18 @@ class Batcher:
                 members = list(islice(self.waiting, self.max_batch))
                 ready = [r for r in members if r.decoded.done()]
                 due = max(self.waiting[0].arrived, self.free_since) + self.max_delay
-                if closed_at is None and (len(members) == self.max_batch or now >= due or self.closed):
-                    closed_at = now
-                if closed_at is None:
+                if progress_at is None and (len(members) == self.max_batch or now >= due or self.closed):
+                    progress_at = now
+                if progress_at is not None and (len(ready), len(members)) != progress:
+                    progress_at, progress = now, (len(ready), len(members))
+                if progress_at is None:
                     wake: float | None = due
-                elif ready and (len(ready) == len(members) or now >= closed_at + DECODE_GRACE_S):
+                elif ready and (len(ready) == len(members) or now >= progress_at + DECODE_GRACE_S):
                     for request in ready:
                         self.waiting.remove(request)
                     return ready
                 else:
-                    wake = closed_at + DECODE_GRACE_S if ready else None
+                    wake = progress_at + DECODE_GRACE_S if ready else None
                 self.lock.wait(None if wake is None else max(0.0, wake - now))
 
     def _time_out(self) -> None:
