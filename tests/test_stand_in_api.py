@@ -13,9 +13,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from fastervit_trt.tensorrt_import import import_tensorrt
 from tests import stand_in_builder, stand_in_tensorrt
 
-trt = pytest.importorskip("tensorrt_rtx_bindings")
+trt = import_tensorrt("tensorrt-rtx")
+pytestmark = pytest.mark.skipif(trt is None, reason="the TensorRT-RTX bindings are not installed")
 
 WEAK_TYPING = "TensorRT 10's implicit precision (weak typing), removed from TensorRT 11 and TensorRT-RTX"
 TENSORRT_10_ONLY = {
