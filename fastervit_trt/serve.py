@@ -17,8 +17,12 @@ model and its ``Batcher``:
 A bad image is 400 with the decoder's one-line message (in the JSON form, that entry's
 ``error``, as for an entry that is not base64); an unsupported content type 415; a body over
 the limit 413 (read to its end first, within ``DRAIN_BYTES``, so that clients still sending
-read it); a full queue, or a request not started within its timeout, 503 with
-``Retry-After``; a client that hangs up mid-upload is one log line and a metric. Images are
+read it); an engine or device failure 500 with its cause (``/health/ready`` is then 503
+with it until a probe runs the engine again); any other failure 500 naming it; a full
+queue, a request not answered within its timeout (its queued work cancelled) or a service
+shutting down 503 with ``Retry-After`` (``/health/ready`` is 503 too while the engine has
+run one batch past the timeout); a client that hangs up mid-upload is one log line and a
+metric. Every answer is counted under its own code and error reason. Images are
 decoded with the model's own preprocessing and named with its own class names, exactly as
 ``fastervit-triton --image-bytes`` does, so either service gives the same answer. Shutdown
 (SIGTERM, Ctrl-C) stops accepting, lets in-flight requests finish, then runs what the
@@ -44,7 +48,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .errors import FasterViTTRTError
+from .errors import EngineError, FasterViTTRTError
 from .runtime.batcher import Batcher, Overloaded, RequestTimeout
 from .runtime.model import InferenceModel
 
@@ -68,18 +72,20 @@ class ServeOptions:
     max_batch: int | None = None  # None: the engine's largest batch
     max_delay_ms: float = 2.0
     max_queue: int = 256
-    timeout_s: float = 10.0  # a request not started by then is answered 503
+    timeout_s: float = 10.0  # a request not answered by then is answered 503
     max_body_bytes: int = 20 << 20
     topk: int = 5
     retry_after_s: int = 1
 
 
 class _Refusal(Exception):
-    """An answer other than 200: status, one-line message, extra headers."""
+    """An answer other than 200: status, one-line message, extra headers, the metric's reason
+    (by default the status's)."""
 
-    def __init__(self, status: int, message: str, headers: dict | None = None) -> None:
+    def __init__(self, status: int, message: str, headers: dict | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
+        self.reason = reason or _REASONS.get(status, "bad_request")
 
 
 class _Metrics:
@@ -139,7 +145,7 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
                 raise _Refusal(404, f"{model.source.name} is {what}: POST /v1/{endpoint}")
             batcher = state["batcher"]
             if batcher is None:
-                raise _busy("the service is shutting down; retry on another instance", options)
+                raise _busy("the service is shutting down; retry on another instance", options, "shutting_down")
             kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
             topk = _topk(request.query_params.get("topk"), options.topk)
             if kind != "application/json" and kind not in IMAGE_TYPES:
@@ -172,13 +178,18 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
             return JSONResponse(results[0], code)
         except _Refusal as refusal:
             code = refusal.status
-            metrics.errors.labels(_REASONS.get(refusal.status, "bad_request")).inc()
+            metrics.errors.labels(refusal.reason).inc()
             return JSONResponse({"error": refusal.message}, refusal.status, headers=refusal.headers)
         except ClientDisconnect:  # nothing can be answered; not the server's fault, so no traceback
             code = CLIENT_CLOSED
             metrics.errors.labels("client_disconnected").inc()
             log.warning("%s hung up before sending the whole body; request dropped", _client(request))
             return Response(status_code=code)
+        except Exception as exc:  # a fault of the service or its device: answered and counted as one
+            code = 500
+            metrics.errors.labels("internal").inc()
+            log.exception("POST /v1/%s failed", asked)
+            return JSONResponse({"error": f"internal error ({type(exc).__name__}: {exc})"}, code)
         finally:
             metrics.requests.labels(asked, str(code)).inc()
             metrics.latency.labels(asked).observe(time.perf_counter() - started)
@@ -209,8 +220,10 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
         return JSONResponse({"status": "alive"})
 
     async def ready(request: Request) -> Response:
-        up = state["batcher"] is not None
-        return JSONResponse({"status": "ready" if up else "not ready"}, 200 if up else 503)
+        reason = await _not_ready(state["batcher"], options.timeout_s)
+        if reason is None:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not ready", "reason": reason}, 503)
 
     async def scrape(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -236,9 +249,24 @@ def _client(request: Request) -> str:
     return f"client {request.client.host}:{request.client.port}" if request.client else "a client"
 
 
-def _busy(message: str, options: ServeOptions) -> _Refusal:
+def _busy(message: str, options: ServeOptions, reason: str = "overloaded") -> _Refusal:
     """503 with ``Retry-After``: the request may succeed if sent again shortly."""
-    return _Refusal(503, message, {"Retry-After": str(options.retry_after_s)})
+    return _Refusal(503, message, {"Retry-After": str(options.retry_after_s)}, reason)
+
+
+async def _not_ready(batcher: Batcher | None, timeout_s: float) -> str | None:
+    """Why the service cannot answer now, or None: shutting down, an engine call running past
+    the timeout, or an engine that failed its last batch and fails a probe too."""
+    if batcher is None:
+        return "shutting down"
+    if batcher.running_for > timeout_s:
+        return f"the engine has run one batch for {batcher.running_for:.1f} s (timeout {timeout_s:g} s)"
+    if batcher.failure is not None:
+        try:
+            await asyncio.to_thread(batcher.probe, timeout_s)
+        except FasterViTTRTError as exc:
+            return str(exc)
+    return None
 
 
 def top_k(model: InferenceModel, logits, topk: int) -> list[dict]:
@@ -320,21 +348,31 @@ def _failed(error: Exception) -> concurrent.futures.Future:
 
 async def _answers(batcher: Batcher, images: list[bytes | FasterViTTRTError], options: ServeOptions) -> list:
     """Each image's logits, or the error of an image that could not be decoded (or was
-    already an error); a full queue or a timeout refuses the whole request (503)."""
-    futures = []
+    already an error). A full queue or no answer within ``timeout_s`` refuses the whole
+    request (503), an engine failure fails it (500); either cancels its images still queued."""
+    futures: list[concurrent.futures.Future] = []
     try:
         for image in images:
             futures.append(batcher.submit(image) if isinstance(image, bytes) else _failed(image))
+        deadline = time.monotonic() + options.timeout_s
+        answers: list = []
+        for future in futures:
+            try:
+                answers.append(await asyncio.wait_for(asyncio.wrap_future(future), deadline - time.monotonic()))
+            except (EngineError, RequestTimeout):
+                raise
+            except FasterViTTRTError as exc:  # an image the model's preprocessing cannot decode
+                answers.append(exc)
+        return answers
     except Overloaded as exc:
+        raise _busy(str(exc), options) from None
+    except RequestTimeout as exc:
+        raise _busy(str(exc), options, "timeout") from None
+    except asyncio.TimeoutError:  # the engine call holding it has not returned
+        message = f"{batcher.model.source}: no answer within {options.timeout_s:g} s; retry, or allow more time"
+        raise _busy(message, options, "timeout") from None
+    except EngineError as exc:
+        raise _Refusal(500, str(exc), reason="engine_error") from None
+    finally:
         for future in futures:
             future.cancel()
-        raise _busy(str(exc), options) from None
-    answers: list = []
-    for future in futures:
-        try:
-            answers.append(await asyncio.wrap_future(future))
-        except RequestTimeout as exc:
-            raise _busy(str(exc), options) from None
-        except FasterViTTRTError as exc:  # an image the model's preprocessing cannot decode
-            answers.append(exc)
-    return answers

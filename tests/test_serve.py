@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import uvicorn
 
+from fastervit_trt.errors import FasterViTTRTError
 from fastervit_trt.runtime import load
 from fastervit_trt.runtime.inputs import to_input
 from fastervit_trt.serve import DRAIN_BYTES, ServeOptions, create_app
@@ -392,3 +393,99 @@ def test_a_headless_model_answers_embeddings_on_v1_embed(tmp_path):
     assert "base64" in bad["error"]
     assert wrong.status_code == 404 and "POST /v1/embed" in wrong.json()["error"]
     assert info["kind"] == "embedding" and info["embedding_size"] == len(expected) and info["class_names"] == []
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        RuntimeError("CUDA error: an illegal memory access was encountered"),
+        FasterViTTRTError("m.engine: TensorRT failed to run the engine (see its log)"),
+    ],
+    ids=["cuda", "tensorrt"],
+)
+def test_an_engine_failure_is_a_500_naming_it_and_not_ready_until_the_engine_runs(model, monkeypatch, failure):
+    """Not a bad image: 500 with the cause, counted as an engine error and as a 500, and
+    /health/ready is 503 with the cause until the engine runs again."""
+    real, broken = model.outputs, threading.Event()
+    broken.set()
+
+    def outputs(batch):
+        if broken.is_set():
+            raise failure
+        return real(batch)
+
+    monkeypatch.setattr(model, "outputs", outputs)
+    photo = base64.b64encode(PHOTOS[0].read_bytes()).decode()
+    with serving(model) as (url, _):
+        single = _post(url, PHOTOS[0])
+        batch = httpx.post(f"{url}/v1/classify", json={"images": [photo, photo]}, timeout=60)
+        down = httpx.get(f"{url}/health/ready", timeout=60)
+        broken.clear()
+        up = httpx.get(f"{url}/health/ready", timeout=60)
+        after = _post(url, PHOTOS[0])
+        metrics = httpx.get(f"{url}/metrics").text
+    cause = f"{type(failure).__name__}: {failure}"
+    assert single.status_code == 500 and cause in single.json()["error"], single.text
+    assert "the engine failed on a batch of 1" in single.json()["error"]
+    assert batch.status_code == 500 and cause in batch.json()["error"]
+    assert down.status_code == 503 and down.json()["status"] == "not ready" and cause in down.json()["reason"]
+    assert up.status_code == 200 and after.status_code == 200
+    assert 'fastervit_errors_total{reason="engine_error"} 2.0' in metrics
+    assert 'fastervit_requests_total{code="500",endpoint="classify"} 2.0' in metrics
+    assert 'reason="bad_image"' not in metrics
+
+
+def test_an_unexpected_error_is_a_500_counted_as_one(model, monkeypatch):
+    def top(*args, **kwargs):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(model, "top", top)
+    with serving(model) as (url, _):
+        answer = _post(url, PHOTOS[0])
+        metrics = httpx.get(f"{url}/metrics").text
+    assert answer.status_code == 500 and "RuntimeError: CUDA error: device-side assert" in answer.json()["error"]
+    assert 'fastervit_requests_total{code="500",endpoint="classify"} 1.0' in metrics
+    assert 'fastervit_requests_total{code="200",endpoint="classify"}' not in metrics
+    assert 'fastervit_errors_total{reason="internal"} 1.0' in metrics
+
+
+def test_a_stuck_engine_is_a_503_with_retry_after_and_not_ready(model, monkeypatch):
+    """The engine call never returns: the request running in it and the one queued behind it
+    are each answered 503 with Retry-After at their timeout (the queued one leaves the
+    queue), and /health/ready says the engine is stuck until it returns."""
+    held = _Held(model, monkeypatch)
+    try:
+        with serving(model, max_batch=1, max_delay_ms=0, timeout_s=0.5) as (url, _), ThreadPoolExecutor(2) as clients:
+            started = time.monotonic()
+            running = clients.submit(_post, url, PHOTOS[0], 10)
+            assert held.entered.wait(30)
+            queued = clients.submit(_post, url, PHOTOS[1], 10)
+            answers = [running.result(30), queued.result(30)]
+            waited = time.monotonic() - started
+            stuck = httpx.get(f"{url}/health/ready", timeout=10)
+            metrics = httpx.get(f"{url}/metrics").text
+            held.release.set()
+            ready = httpx.get(f"{url}/health/ready", timeout=10)
+    finally:
+        held.release.set()
+    for answer in answers:
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
+        assert "no answer within 0.5 s" in answer.json()["error"]
+    assert waited < 5
+    assert stuck.status_code == 503 and "the engine has run one batch for" in stuck.json()["reason"]
+    assert ready.status_code == 200
+    assert 'fastervit_errors_total{reason="timeout"} 2.0' in metrics
+    assert "fastervit_queue_depth 0.0" in metrics
+
+
+def test_after_shutdown_requests_are_503_and_not_ready(model):
+    from starlette.testclient import TestClient
+
+    app = create_app(model, ServeOptions())
+    with TestClient(app) as client:
+        assert client.get("/health/ready").status_code == 200
+    answer = client.post("/v1/classify", content=PHOTOS[0].read_bytes(), headers={"Content-Type": "image/jpeg"})
+    ready = client.get("/health/ready")
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
+    assert answer.json()["error"] == "the service is shutting down; retry on another instance"
+    assert ready.status_code == 503 and ready.json() == {"status": "not ready", "reason": "shutting down"}

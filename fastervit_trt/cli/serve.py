@@ -53,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
         type=number(float, 0, low_open=True),
         default=d.timeout_s,
         metavar="S",
-        help="a request not started by then is answered 503",
+        help="a request not answered by then is answered 503 (Retry-After) and its queued work cancelled",
     )
     parser.add_argument(
         "--max-body-mb",
