@@ -178,7 +178,7 @@ class _Timed:
 def test_closed_loop_clients_merge_into_full_batches(model, monkeypatch):
     """8 closed-loop clients, 4 of them arriving while the first batch runs (the split that
     alternating half batches keep): the batches that follow take everyone waiting."""
-    timed = _Timed(model, monkeypatch, 0.05)
+    timed = _Timed(model, monkeypatch, 0.1)
     image = np.full((128, 128, 3), 100, np.uint8)
     sizes: list[int] = []
     stop = time.monotonic() + 30
@@ -189,7 +189,7 @@ def test_closed_loop_clients_merge_into_full_batches(model, monkeypatch):
                 return
             batcher.submit(image).result(30)
 
-    with model.batcher(max_batch=8, max_delay_ms=20, observe=sizes.append) as batcher:
+    with model.batcher(max_batch=8, max_delay_ms=30, observe=sizes.append) as batcher:
         first = [threading.Thread(target=client) for _ in range(4)]
         for thread in first:
             thread.start()
