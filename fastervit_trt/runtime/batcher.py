@@ -52,7 +52,7 @@ class Overloaded(FasterViTTRTError):
 
 
 class RequestTimeout(FasterViTTRTError):
-    """The request did not start within its timeout."""
+    """The request was not answered within its timeout."""
 
 
 class BatcherClosed(FasterViTTRTError):
@@ -91,7 +91,9 @@ class Batcher:
         self.max_delay, self.max_queue, self.timeout = max_delay_ms / 1e3, max_queue, timeout_s
         self.observe = observe  # called with each batch size run
         self.waiting: deque[_Request] = deque()
-        self.lock = threading.Condition()
+        lock = threading.RLock()
+        self.lock = threading.Condition(lock)  # the worker waits on it: a request queued or decoded, or closing
+        self.timing = threading.Condition(lock)  # the timer waits on it: a new deadline, or closing
         self.closed = False
         self.free_since = 0.0  # when the engine last finished a batch
         self.running_since: float | None = None  # when the engine call now running began
@@ -144,14 +146,16 @@ class Batcher:
             now = time.monotonic()
             request = _Request(decoded, Future(), now, None if timeout is None else now + timeout)
             self.waiting.append(request)
-            self.lock.notify_all()
+            self.lock.notify()
+            if timeout is not None:
+                self.timing.notify()
         decoded.add_done_callback(lambda _: self._wake())
         request.result.add_done_callback(lambda _: self._drop_if_cancelled(request))
         return request.result
 
     def _wake(self) -> None:
         with self.lock:
-            self.lock.notify_all()
+            self.lock.notify()
 
     def _drop_if_cancelled(self, request: _Request) -> None:
         """Take a request its caller cancelled out of the queue, and stop its decoding."""
@@ -222,7 +226,7 @@ class Batcher:
                 now = time.monotonic()
                 self._expire(now)
                 deadline = min((r.deadline for r in self.waiting if r.deadline is not None), default=None)
-                self.lock.wait(None if deadline is None else max(0.0, deadline - now))
+                self.timing.wait(None if deadline is None else max(0.0, deadline - now))
 
     def _expire(self, now: float) -> None:
         """Fail the waiting requests past their deadline (the lock held)."""
@@ -276,7 +280,8 @@ class Batcher:
             dropped = list(self.waiting) if cancel else []
             if cancel:
                 self.waiting.clear()
-            self.lock.notify_all()
+            self.lock.notify()
+            self.timing.notify()
         for request in dropped:
             request.decoded.cancel()
             if request.result.set_running_or_notify_cancel():
