@@ -230,7 +230,9 @@ class Batcher:
 
     def _expire(self, now: float) -> None:
         """Fail the waiting requests past their deadline (the lock held)."""
-        for request in [r for r in self.waiting if r.deadline is not None and now > r.deadline]:
+        for request in list(self.waiting):
+            if request.deadline is None or now <= request.deadline:
+                continue
             self.waiting.remove(request)
             request.decoded.cancel()
             if request.result.set_running_or_notify_cancel():
