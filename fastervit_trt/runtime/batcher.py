@@ -18,8 +18,9 @@ own row.
 One bad image fails only its own request, with the decoder's message; an engine or device
 failure fails its batch with ``EngineError`` (the cause named) and is ``failure`` until a
 batch runs again; a full queue (``max_queue`` waiting) fails a new request at once
-(``Overloaded``), so memory stays bounded; a request not started within its timeout fails
-(``RequestTimeout``) and leaves the queue, as does one its caller cancels; ``close()``
+(``Overloaded``), so memory stays bounded; a request not answered within its timeout fails
+(``RequestTimeout``) and leaves the queue, even while the engine runs, as does one its caller
+cancels; ``close()``
 finishes what was submitted, or with ``cancel=True`` fails it (``BatcherClosed``).
 Torch-free, like the rest of the runtime.
 """
