@@ -18,7 +18,12 @@ What it holds the code to (each from NVIDIA's bindings or the CUDA semantics the
 - the caller's current stream is a queue like any other: a CUDA tensor the caller made, or a
   padded or aligned copy made the way torch makes it, is written when that stream runs, and
   a stream that waited on it sees only the work queued before the wait;
-- streams and graphs are destroyed once each (``release``), and a capture can be invalidated.
+- streams and graphs are destroyed once each (``release``), and a capture can be invalidated;
+- a device buffer comes from torch's caching allocator on the caller's current stream, which
+  hands out a block as soon as its last use there is queued (torch's CUDA semantics notes: a
+  block belongs to the stream it was allocated on): another stream may touch it only once it
+  has waited for the caller's stream (``claim``), or it would race that last use;
+- ``create_execution_context`` returns None when TensorRT cannot make one (``no_context``).
 
 Below TorchCuda (``install_cuda``): cuda-python's runtime bindings (``CudaRuntime``: stream
 capture, graphs, (error, value) tuples) and the parts of torch.cuda it uses (a stream pool of
@@ -75,10 +80,12 @@ class Cuda:
     device_type = "cpu"
     can_capture = True
 
-    def __init__(self, index: int | None = None) -> None:
+    def __init__(self, index: int | None = None, reuse: bool = False) -> None:
+        """``reuse``: device buffers are blocks the caching allocator may still have in use on
+        the caller's stream (the engine's ``open_cuda`` models it; the builder's does not yet)."""
         import torch
 
-        self.torch, self.index = torch, 0 if index is None else index
+        self.torch, self.index, self.reuse = torch, 0 if index is None else index, reuse
         self.memory: dict[int, np.ndarray] = {}  # start address -> its bytes
         self.streams: dict[int, Stream] = {}  # made and not yet released
         self.caller = Stream(0)  # the caller's current stream (torch's default one)
@@ -88,6 +95,7 @@ class Cuda:
         self.graphs: list[list] = []  # captured and not yet released
         self.current = threading.local()
         self.log: list[tuple] = []  # ("alloc", nbytes), ("sync",), ("capture",), ("replay",)
+        self.reused: dict[int, tuple[int, int]] = {}  # device buffer -> (bytes, caller-stream item to wait for)
 
     # memory
     def alloc(self, shape, dtype) -> np.ndarray:
@@ -105,12 +113,25 @@ class Cuda:
         array = array.numpy() if hasattr(array, "numpy") else array
         self.memory[array.ctypes.data] = array.reshape(-1).view(np.uint8)
 
-    def view(self, address: int, shape, dtype) -> np.ndarray:
+    def view(self, address: int, shape, dtype, on_gpu: bool = True) -> np.ndarray:
+        """The memory at ``address``; ``on_gpu``: touched by work running on a stream."""
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if on_gpu:
+            self.touch(address, nbytes)
         for start, data in self.memory.items():
             if start <= address and address + nbytes <= start + data.nbytes:
                 return data[address - start : address - start + nbytes].view(dtype).reshape(shape)
         raise IllegalAddress(f"{address:#x}: {nbytes} bytes nobody allocated")
+
+    def touch(self, address: int, nbytes: int = 1) -> None:
+        """A stream's work uses memory at ``address``: a device buffer's block must be free of
+        its last use on the caller's stream by now."""
+        for start, (size, item) in self.reused.items():
+            if start <= address < start + size and self.caller.done < item:
+                raise AssertionError(
+                    f"{address:#x}: a device buffer used before the caller's stream finished its "
+                    "block's previous use (the caching allocator freed it there): claim it first"
+                )
 
     # the TorchCuda interface
     @contextlib.contextmanager
@@ -135,7 +156,13 @@ class Cuda:
 
     def device(self, shape, dtype):
         array = self.alloc(shape, dtype)
+        if self.reuse:
+            self.on_caller(lambda: None)  # the block's previous user: its last kernel, still queued
+            self.reused[array.ctypes.data] = (array.nbytes, self.caller.queued)
         return array, array.ctypes.data
+
+    def claim(self, stream) -> None:
+        self.wait_current(stream)
 
     def pinned(self, shape, dtype):
         return np.zeros(shape, dtype)
@@ -151,10 +178,14 @@ class Cuda:
         self.caller.put(work)
 
     def upload(self, device, host, stream):
-        self.enqueue(stream, lambda: device[: len(host)].__setitem__(slice(None), host))
+        self.enqueue(
+            stream, lambda: (self.touch(device.ctypes.data), device[: len(host)].__setitem__(slice(None), host))
+        )
 
     def download(self, host, device, count, stream):
-        self.enqueue(stream, lambda: host[:count].__setitem__(slice(None), device[:count]))
+        self.enqueue(
+            stream, lambda: (self.touch(device.ctypes.data), host[:count].__setitem__(slice(None), device[:count]))
+        )
 
     def synchronize(self, stream: Stream) -> None:
         if self.capturing is not None and self.capturing[0] is stream:
@@ -185,6 +216,7 @@ class Cuda:
         self.enqueue(
             stream,
             lambda: (
+                self.touch(device.ctypes.data),
                 device[: len(source)].__setitem__(slice(None), source),
                 device[len(source) : rows].__setitem__(slice(None), 0),
             ),
@@ -225,6 +257,7 @@ def tensorrt(
     rtx: str | None = None,
     refuse: tuple[str, ...] = (),
     memory_error: bool = False,
+    no_context: bool = False,
 ):
     """A TensorRT runtime (``world.trt``) and CUDA (``world.open_cuda``) whose engines take
     (N, 3, 2, 2) float32 inputs on a profile of ``low..high``; ``outputs``: name -> shape per
@@ -232,14 +265,15 @@ def tensorrt(
     TensorRT 10.13); RTX has ``CudaGraphStrategy`` and ``is_stream_capturable`` from 1.2 on
     (TensorRT-RTX 1.2 release notes). ``refuse``: tensor names whose addresses
     ``set_tensor_address`` refuses; ``memory_error``: ``update_device_memory_size_for_shapes``
-    fails, returning 0 (its documented error value, NvInferRuntime.h)."""
+    fails, returning 0 (its documented error value, NvInferRuntime.h); ``no_context``:
+    ``create_execution_context`` returns None (a null IExecutionContext: its error value)."""
     rtx_graphs = rtx is not None and tuple(map(int, rtx.split(".")[:2])) >= (1, 2)
     outputs = outputs or {"logits": (1,)}
     names, image = ["input", *outputs], (3, 2, 2)
     world = types.SimpleNamespace(calls=[], events=[], contexts=[], cuda=None)
 
     def open_cuda(index=None):  # stands in for runtime.cuda.open_cuda
-        world.cuda = Cuda(index)
+        world.cuda = Cuda(index, reuse=True)
         return world.cuda
 
     world.open_cuda = open_cuda
@@ -279,7 +313,7 @@ def tensorrt(
             return 0 if memory_error else 1024 * self.shape[0]
 
         def set_device_memory(self, address, size):
-            world.cuda.view(address, (size,), np.uint8)  # must be memory it was given
+            world.cuda.view(address, (size,), np.uint8, on_gpu=False)  # must be memory it was given
             self.memory = (address, size)
 
         def execute_async_v3(self, handle):
@@ -290,7 +324,7 @@ def tensorrt(
             if world.cuda.capturing is not None and world.cuda.fail_capture:
                 return False
             world.events.append(("device", world.cuda.current.__dict__.get("device")))
-            shape, addresses = self.shape, dict(self.addresses)
+            shape, addresses, memory = self.shape, dict(self.addresses), self.memory
 
             def run():  # what the GPU does when the stream gets there
                 if self.shape != shape:
@@ -299,6 +333,8 @@ def tensorrt(
                         f"batch {self.shape[0]}: TensorRT needs a new capture"
                     )
                 count = shape[0]
+                if memory is not None:  # the activations, written first
+                    world.cuda.view(memory[0], (memory[1],), np.uint8)
                 world.calls.append(count)
                 x = world.cuda.view(addresses["input"], shape, np.float32)
                 sums = x.reshape(count, -1).sum(1)
@@ -331,6 +367,8 @@ def tensorrt(
             return (-1, *image) if name == "input" else (-1, *outputs[name])
 
         def create_execution_context(self, strategy_or_config="static"):
+            if no_context:
+                return None
             if isinstance(strategy_or_config, RuntimeConfig):
                 return Context("static", strategy_or_config)
             return Context(strategy_or_config, None)
@@ -419,7 +457,9 @@ class CudaRuntime:
     it; a call not permitted while capturing (``cudaStreamSynchronize``) fails with
     cudaErrorStreamCaptureUnsupported and invalidates the capture, after which
     ``cudaStreamEndCapture`` ends it with cudaErrorStreamCaptureInvalidated and a null
-    graph. A graph and its instantiation live until destroyed (``live`` lists them)."""
+    graph. A graph and its instantiation live until destroyed (``live`` lists them).
+    ``cudaStreamDestroy`` logs the device current when it ran: with none current, a runtime
+    call initialises device 0's primary context (cudaStreamCreateWithFlags' documentation)."""
 
     cudaError_t, cudaStreamCaptureMode, cudaStreamCaptureStatus = CudaError, CaptureMode, CaptureStatus
     cudaStreamNonBlocking = 1
@@ -432,6 +472,7 @@ class CudaRuntime:
         self.handles = iter(range(0x7F00, 1 << 32, 0x10))
         self.last_error = CudaError.cudaSuccess
         self.log: list[tuple] = []
+        self.current = threading.local()  # .device: the device current on each thread
 
     def _fail(self, error: CudaError, *values) -> tuple:
         self.last_error = error
@@ -470,7 +511,13 @@ class CudaRuntime:
         if handle not in self.made:
             return self._fail(CudaError.cudaErrorInvalidResourceHandle)
         self.made.remove(handle)
+        self.log.append(("destroy", handle, self.device()))
         return (CudaError.cudaSuccess,)
+
+    def device(self) -> int | None:
+        """The device current on this thread (torch.cuda.device sets it); None: no context
+        current, where a runtime call initialises device 0's primary context."""
+        return getattr(self.current, "device", None)
 
     def cudaStreamSynchronize(self, handle: int) -> tuple:
         if handle in self.captures:  # not permitted while capturing: the capture is invalidated
@@ -601,7 +648,16 @@ def torch_module(cudart: CudaRuntime) -> types.SimpleNamespace:
 
     cuda.is_available = lambda: True
     cuda.current_device = lambda: 0
-    cuda.device = lambda index: contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def device(index):  # torch.cuda.device: ``index`` current on this thread inside
+        previous, cudart.current.device = cudart.device(), index
+        try:
+            yield
+        finally:
+            cudart.current.device = previous
+
+    cuda.device = device
     cuda.Stream = pooled_stream
     cuda.ExternalStream = lambda stream_ptr, device=None: TorchStream(cudart, stream_ptr)
     cuda.current_stream = current_stream

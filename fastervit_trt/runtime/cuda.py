@@ -74,20 +74,38 @@ class TorchCuda:
             created = self._check(
                 self.cudart.cudaStreamCreateWithFlags(self.cudart.cudaStreamNonBlocking), "cudaStreamCreateWithFlags"
             )
-        handle = int(created)
+        handle = int(created)  # the cudaStream_t's value (``getPtr()`` is the address it is stored at)
         stream = self.torch.cuda.ExternalStream(handle, device=self.index)
-        self.destroyers[handle] = weakref.finalize(stream, self.cudart.cudaStreamDestroy, created)
+        self.destroyers[handle] = weakref.finalize(
+            stream, _destroy_stream, self.torch, self.cudart, self.index, created
+        )
         return stream, handle
 
     def release(self, stream: Any, graph: Any | None) -> None:
-        """Destroy ``stream`` and ``graph`` (a ``capture`` of it); work queued on them finishes first."""
-        if graph is not None:
-            self._check(self.cudart.cudaGraphExecDestroy(graph), "cudaGraphExecDestroy")
-        self.destroyers.pop(stream.cuda_stream)()
+        """Destroy ``stream`` and ``graph`` (a ``capture`` of it), both even if one fails (then
+        raised); work queued on them finishes first."""
+        failures = []
+        with self.active():
+            if graph is not None:
+                failures.append((self.cudart.cudaGraphExecDestroy(graph), "cudaGraphExecDestroy"))
+            destroy = self.destroyers.pop(stream.cuda_stream, None)
+            if destroy is not None and destroy.alive:
+                failures.append((destroy(), "cudaStreamDestroy"))
+        for result, call in failures:
+            self._check(result, call)
 
     def device(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[Any, int]:
+        """A buffer from torch's caching allocator, made on the caller's current stream: ``claim``
+        it for the stream that will use it."""
         buffer = self.torch.empty(shape, dtype=_torch_dtype(self.torch, dtype), device=f"cuda:{self.index}")
         return buffer, buffer.data_ptr()
+
+    def claim(self, stream: Any) -> None:
+        """``stream`` waits for the caller's current stream before it uses buffers just made by
+        ``device``: the caching allocator hands out a block freed on that stream as soon as its
+        last use there is queued, not done (a block belongs to the stream it was allocated on;
+        torch's CUDA semantics notes), and ``stream`` is not ordered after it."""
+        self.wait_current(stream)
 
     def pinned(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return self.torch.empty(shape, dtype=_torch_dtype(self.torch, dtype), pin_memory=True).numpy()
@@ -130,29 +148,48 @@ class TorchCuda:
 
     def capture(self, stream: Any, launch: Callable[[], bool]) -> Any | None:
         """``launch`` captured on ``stream`` as an instantiated CUDA graph, as trtexec does
-        (sampleInference.cpp); None when it returns False or CUDA invalidates the capture,
-        the capture ended and its graph destroyed either way. The CUDA runtime's own capture,
-        not torch's: no caching allocator to leave capturing, no device-wide synchronize, and
-        thread-local mode so other threads keep launching meanwhile."""
+        (sampleDevice.h, TrtCudaGraph); None when it returns False or CUDA invalidates the
+        capture, the capture ended and its graph destroyed either way. The CUDA runtime's own
+        capture, not torch's: no caching allocator to leave capturing, no device-wide
+        synchronize, and thread-local mode so other threads keep launching meanwhile. Any other
+        CUDA error raises, as does ``launch`` (after the capture is ended)."""
         cudart, handle = self.cudart, stream.cuda_stream
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         self._check(cudart.cudaStreamBeginCapture(handle, mode), "cudaStreamBeginCapture")
-        launched = False
         try:
             launched = bool(launch())
-        finally:
-            error, graph = cudart.cudaStreamEndCapture(handle)
-            ended = error == cudart.cudaError_t.cudaSuccess
-            if not ended:  # invalidated: no graph, and the error is read so none is left pending
-                cudart.cudaGetLastError()
-            elif not launched:  # TensorRT refused (or raised) inside the capture: its graph is dropped
-                cudart.cudaGraphDestroy(graph)
-        if not (ended and launched):
+        except BaseException:
+            self._end_capture(handle, keep=False, quiet=True)
+            raise
+        graph = self._end_capture(handle, keep=launched)
+        if graph is None:
             return None
-        try:
-            return self._check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
-        finally:
-            cudart.cudaGraphDestroy(graph)  # the instantiation does not need it
+        instantiated = cudart.cudaGraphInstantiate(graph, 0)
+        destroyed = cudart.cudaGraphDestroy(graph)  # the instantiation does not need it
+        executable = self._check(instantiated, "cudaGraphInstantiate")
+        if destroyed[0] != cudart.cudaError_t.cudaSuccess:
+            cudart.cudaGraphExecDestroy(executable)
+            self._check(destroyed, "cudaGraphDestroy")
+        return executable
+
+    def _end_capture(self, handle: int, keep: bool, quiet: bool = False) -> Any | None:
+        """End the capture on ``handle``: its graph when ``keep``, else None (the graph of a
+        launch TensorRT refused is destroyed); None when CUDA invalidated the capture (its
+        error read, so none is left pending). ``quiet`` (an exception is on its way): a CUDA
+        failure here is not raised over it."""
+        cudart = self.cudart
+        error, graph = cudart.cudaStreamEndCapture(handle)
+        if error != cudart.cudaError_t.cudaSuccess:
+            cudart.cudaGetLastError()
+            if error != cudart.cudaError_t.cudaErrorStreamCaptureInvalidated and not quiet:
+                self._check((error,), "cudaStreamEndCapture")
+            return None
+        if keep:
+            return graph
+        result = cudart.cudaGraphDestroy(graph)
+        if not quiet:
+            self._check(result, "cudaGraphDestroy")
+        return None
 
     def replay(self, graph: Any, stream: Any) -> None:
         self._check(self.cudart.cudaGraphLaunch(graph, stream.cuda_stream), "cudaGraphLaunch")
@@ -204,8 +241,20 @@ class PyCuda:
     def synchronize(self, stream: Any) -> None:
         stream.synchronize()
 
+    def claim(self, stream: Any) -> None:
+        """Nothing to wait for: pycuda's memory comes from cuMemAlloc, not a cache of blocks
+        freed on other streams."""
+
     def release(self, stream: Any, graph: None) -> None:
         """Nothing to do: pycuda destroys a stream when it is collected, and makes no graphs."""
+
+
+def _destroy_stream(torch: Any, cudart: Any, index: int, stream: Any) -> tuple:
+    """``cudaStreamDestroy`` with the stream's device current: called when its ExternalStream
+    is collected, on whatever thread, where a runtime call with no context current would
+    initialise device 0's primary context (cudaStreamCreateWithFlags' documentation)."""
+    with torch.cuda.device(index):
+        return cudart.cudaStreamDestroy(stream)
 
 
 def _torch_dtype(torch: Any, dtype: np.dtype) -> Any:

@@ -26,7 +26,10 @@ by itself (``CudaGraphStrategy`` on the runtime config, from TensorRT-RTX 1.2 on
 RTX cannot have CUDA graphs). ``close`` destroys every context's stream and graph.
 
 A CUDA tensor input is made on the caller's stream; every copy of it the call makes (padded,
-aligned) is queued there too, before the context's stream waits on that stream.
+aligned) is queued there too, before the context's stream waits on that stream. Buffers come
+from torch's caching allocator on the caller's stream too, so a context's stream waits on it
+once they are made (``cuda.claim``); a call that fails waits for what it queued before its
+error is raised, so nothing still in flight reads or writes memory freed after it.
 """
 
 from __future__ import annotations
@@ -196,18 +199,26 @@ class TensorRTBackend:
                 raise
 
     def _context(self, stream: Any, handle: int, rows: int) -> _Slot:
-        """A new execution context on ``stream``, with its buffers of ``rows`` rows."""
-        assert self.engine is not None
+        """A new execution context on ``stream``, with its buffers of ``rows`` rows; ``stream``
+        waits for the caller's stream, where the buffers were allocated (``cuda.claim``)."""
+        engine = self.engine
+        if engine is None:  # close() came while this call waited for a context
+            raise FasterViTTRTError(f"{self.path}: the model is closed; load it again")
         if self.sizes is None:
-            context = (
-                self.engine.create_execution_context(self.runtime_config)
+            made = (
+                engine.create_execution_context(self.runtime_config)
                 if self.runtime_config
-                else self.engine.create_execution_context()
+                else engine.create_execution_context()
             )
-            slot = _Slot(context, stream, handle, rows, graphed=False)
         else:  # fixed at ``rows`` for life, with the activation memory that batch needs
-            context = self.engine.create_execution_context(self.trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-            slot = _Slot(context, stream, handle, rows, graphed=True)
+            made = engine.create_execution_context(self.trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if made is None:  # TensorRT's error value (NvInferRuntime.h: createExecutionContext)
+            raise FasterViTTRTError(
+                f"{self.path}: TensorRT could not create an execution context (out of GPU memory? see its log)"
+            )
+        context = cast("trt_api.IExecutionContext", made)
+        slot = _Slot(context, stream, handle, rows, graphed=self.sizes is not None)
+        if slot.graphed:
             self._set_batch(slot, rows)
             size = context.update_device_memory_size_for_shapes()
             if not size:  # its error value (NvInferRuntime.h)
@@ -220,6 +231,7 @@ class TensorRTBackend:
         for name in self.output_names:
             shape, dtype = (rows, *self.output_shapes[name]), self.output_dtypes[name]
             slot.outputs[name] = (*self.cuda.device(shape, dtype), self.cuda.pinned(shape, dtype))
+        self.cuda.claim(stream)
         return slot
 
     def infer(self, batch) -> np.ndarray:
@@ -263,7 +275,11 @@ class TensorRTBackend:
         slot = self._acquire(rows)
         try:
             with self.cuda.active():
-                return self._execute(slot, batch, run_as)
+                try:
+                    return self._execute(slot, batch, run_as)
+                except BaseException:  # nothing it queued may outlive it: the copies it made, the buffers
+                    self._drain(slot)
+                    raise
         finally:
             with self.lock:  # closed checked and the slot returned at once: close() cannot miss it
                 closed = self.closed
@@ -315,6 +331,7 @@ class TensorRTBackend:
             shape = (slot.rows, *self.input_shape)
             slot.device_in = self.cuda.device(shape, self.input_dtype)
             slot.host_in = self.cuda.pinned(shape, self.input_dtype)
+            self.cuda.claim(slot.stream)
         return slot.device_in
 
     def _execute(self, slot: _Slot, batch, run_as: int) -> dict[str, np.ndarray]:
@@ -360,6 +377,15 @@ class TensorRTBackend:
             slot.tried_capture = True
             slot.graph = self._capture(slot)
 
+    def _drain(self, slot: _Slot) -> None:
+        """Wait for what a failed call left queued on the context's stream (a copy, a launch):
+        the tensors it made are freed as it returns, and the buffers once the model is closed.
+        A failure here (a sticky CUDA error) is the one already on its way, not raised again."""
+        try:
+            self.cuda.synchronize(slot.stream)
+        except Exception:
+            log.debug("%s: synchronizing after a failed call failed too", self.path, exc_info=True)
+
     def _capture(self, slot: _Slot) -> Any | None:
         """The context's launch captured as a CUDA graph, or None (warned once) where it cannot be."""
         assert not isinstance(self.cuda, PyCuda)  # cuda_graphs needs torch (checked at load)
@@ -375,10 +401,18 @@ class TensorRTBackend:
         return graph
 
     def _release(self, slots: list[_Slot]) -> None:
-        """Destroy the streams and graphs of ``slots``, no longer in any call."""
+        """Destroy the streams and graphs of ``slots``, no longer in any call: every one, then
+        the first failure raised."""
+        failure: Exception | None = None
         with self.cuda.active():
             for slot in slots:
-                self.cuda.release(slot.stream, slot.graph)
+                graph, slot.graph = slot.graph, None
+                try:
+                    self.cuda.release(slot.stream, graph)
+                except Exception as error:
+                    failure = failure or error
+        if failure is not None:
+            raise failure
 
     def close(self) -> None:
         """Release the contexts, their streams and graphs; calls in flight finish (and release

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from fastervit_trt.errors import FasterViTTRTError
 from fastervit_trt.runtime.cuda import TorchCuda
 from tests import stand_in_tensorrt as stand_in
 
@@ -78,3 +79,69 @@ def test_a_capture_is_thread_local_on_the_stream_and_replays_until_released(monk
     assert ran == ["kernel", "kernel"]
     helper.release(stream, graph)
     assert cudart.live == {"streams": [], "graphs": [], "capturing": []}
+
+
+def test_a_stream_is_destroyed_with_its_device_current_whoever_collects_or_releases_it(monkeypatch):
+    """A model on cuda:1: its stream is destroyed with cuda:1 current, when released from a
+    thread whose current device is another, and when only the garbage collector gets to it
+    (on whatever thread: a runtime call with no context current initialises device 0)."""
+    import gc
+    import threading
+
+    _, cudart = stand_in.install_cuda(monkeypatch)
+    helper = TorchCuda(1)
+    released, handle = helper.stream()
+    worker = threading.Thread(target=helper.release, args=(released, None))
+    worker.start()
+    worker.join(10)
+    collected, other = helper.stream()
+    del collected
+    gc.collect()
+    assert [entry for entry in cudart.log if entry[0] == "destroy"] == [("destroy", handle, 1), ("destroy", other, 1)]
+    assert cudart.live["streams"] == []
+
+
+def test_release_checks_what_cuda_answers_and_destroys_the_stream_even_when_the_graph_fails(monkeypatch):
+    """cudaStreamDestroy's and cudaGraphExecDestroy's errors raise; the stream is destroyed
+    even when its graph's destroy fails."""
+    _, cudart = stand_in.install_cuda(monkeypatch)
+    helper = TorchCuda()
+    stream, handle = helper.stream()
+    graph = helper.capture(stream, lambda: cudart.enqueue(handle, lambda: None) is None)
+    cudart.cudaGraphExecDestroy(graph)  # gone already: the release's own destroy fails
+    with pytest.raises(FasterViTTRTError, match="CUDA cudaGraphExecDestroy failed on cuda:0"):
+        helper.release(stream, graph)
+    assert cudart.live["streams"] == []
+
+    stream, handle = helper.stream()
+    monkeypatch.setattr(
+        cudart, "cudaStreamDestroy", lambda created: (stand_in.CudaError.cudaErrorInvalidResourceHandle,)
+    )
+    with pytest.raises(
+        FasterViTTRTError, match="CUDA cudaStreamDestroy failed on cuda:0: cudaErrorInvalidResourceHandle"
+    ):
+        helper.release(stream, None)
+
+
+def test_a_capture_ending_with_an_error_other_than_invalidation_raises(monkeypatch):
+    """Only cudaErrorStreamCaptureInvalidated means "no graph, run uncaptured" (trtexec's
+    endCaptureOnError); any other error of cudaStreamEndCapture, or of destroying the graph
+    of a refused launch, is an error, and none is left pending."""
+    _, cudart = stand_in.install_cuda(monkeypatch)
+    helper = TorchCuda()
+    stream, handle = helper.stream()
+    with pytest.raises(FasterViTTRTError, match="CUDA cudaStreamEndCapture failed on cuda:0: cudaErrorIllegalState"):
+        helper.capture(stream, lambda: cudart.captures.pop(handle) is not None)  # no capture left to end
+    assert cudart.cudaGetLastError() == (cudart.cudaError_t.cudaSuccess,)
+
+    destroy = cudart.cudaGraphDestroy
+    monkeypatch.setattr(
+        cudart,
+        "cudaGraphDestroy",
+        lambda graph: (destroy(graph), (stand_in.CudaError.cudaErrorInvalidResourceHandle,))[1],
+    )
+    with pytest.raises(FasterViTTRTError, match="CUDA cudaGraphDestroy failed"):
+        helper.capture(stream, lambda: False)
+    with pytest.raises(FasterViTTRTError, match="CUDA cudaGraphDestroy failed"):
+        helper.capture(stream, lambda: cudart.enqueue(handle, lambda: None) is None)
+    assert cudart.live["graphs"] == [] and cudart.live["capturing"] == []

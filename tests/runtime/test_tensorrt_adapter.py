@@ -419,3 +419,58 @@ def test_a_stubs_only_tensorrt_package_is_not_taken_for_tensorrt(tmp_path, monke
         sys.modules.pop("tensorrt", None)
         if real is not None:
             sys.modules["tensorrt"] = real
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["pool made at load", "graph contexts made per size"])
+def test_buffers_from_the_callers_stream_are_claimed_before_the_engines_stream_touches_them(
+    tmp_path, monkeypatch, cuda_graphs
+):
+    """Output, input and activation buffers come from torch's caching allocator on the
+    caller's current stream, which may hand out a block whose last use there is still
+    queued; the context's own stream (not ordered after the caller's) must wait for that
+    stream before it writes them, or it races the block's previous user."""
+    backend, world = _backend(tmp_path, monkeypatch, 1, 8, cuda_graphs=cuda_graphs)
+    for count in (3, 8, 3):
+        x = _images(count, seed=count)
+        np.testing.assert_allclose(backend.infer(x)[:, 0], _sums(x), rtol=1e-5)
+    base = torch.from_numpy(world.cuda.alloc((2, 3, 2, 2), np.float32))
+    base[:] = torch.from_numpy(_images(2))
+    np.testing.assert_allclose(backend.infer(base)[:, 0], _sums(base.numpy()), rtol=1e-5)
+
+
+@pytest.mark.parametrize("tensor", [False, True], ids=["numpy", "cuda tensor"])
+def test_a_failed_call_leaves_nothing_queued_on_the_contexts_stream(tmp_path, monkeypatch, tensor):
+    """TensorRT refuses an output's address after the input's copy was queued: the call
+    fails only once that copy is done, since the padded copy it made is freed as the call
+    returns and its buffers once the model is closed (torch's allocator reuses either)."""
+    backend, world = _backend(tmp_path, monkeypatch, 4, 8, refuse=("logits",))
+    x = _images(2)
+    batch = torch.from_numpy(world.cuda.alloc((2, 3, 2, 2), np.float32)) if tensor else x
+    if tensor:
+        batch[:] = torch.from_numpy(x)
+    with pytest.raises(FasterViTTRTError, match="refused the address"):
+        backend.infer(batch)
+    assert [stream.pending for stream in world.cuda.streams.values()] == [[]]
+
+
+def test_a_context_tensorrt_cannot_create_is_an_error(tmp_path, monkeypatch):
+    """create_execution_context returns None when TensorRT cannot make one (out of memory):
+    a clear error at load, or when a CUDA-graph size's context is made, its stream destroyed."""
+    message = "m.engine: TensorRT could not create an execution context"
+    with pytest.raises(FasterViTTRTError, match=message):
+        _backend(tmp_path, monkeypatch, no_context=True)
+    backend, world = _backend(tmp_path, monkeypatch, cuda_graphs=True, no_context=True)
+    with pytest.raises(FasterViTTRTError, match=message):
+        backend.infer(_images(2))
+    assert world.cuda.streams == {}
+
+
+def test_a_close_while_a_call_makes_its_context_is_the_closed_error(tmp_path, monkeypatch):
+    """close() between the call taking its turn to make a context and making it: the call
+    gets the closed model's error, and the stream made for it is destroyed."""
+    backend, world = _backend(tmp_path, monkeypatch, cuda_graphs=True)
+    stream = world.cuda.stream
+    monkeypatch.setattr(world.cuda, "stream", lambda: (backend.close(), stream())[1])
+    with pytest.raises(FasterViTTRTError, match="m.engine: the model is closed"):
+        backend.infer(_images(2))
+    assert world.cuda.streams == {}
