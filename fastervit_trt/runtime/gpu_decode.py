@@ -41,7 +41,7 @@ _decoding = threading.Lock()
 _decode_device: Any = None  # the torch.device this process decodes JPEGs on, set by the first decode
 
 
-def _source(item: Any) -> ImageSource:
+def _source(item: Any) -> Path | bytes:
     """A path as is (the CPU path names it in its errors), anything else as its bytes."""
     if isinstance(item, (str, Path)):
         return Path(item)
@@ -52,7 +52,7 @@ def _source(item: Any) -> ImageSource:
     raise InputError(f"decode='gpu' takes paths, bytes or file objects, not a {type(item).__name__}")
 
 
-def _bytes(source: ImageSource) -> bytes | None:
+def _bytes(source: Path | bytes) -> bytes | None:
     if isinstance(source, Path):
         try:
             return source.read_bytes()
@@ -136,7 +136,7 @@ class GpuDecoder:
         for i, source in enumerate(sources):
             data = _bytes(source)
             orientation = None if data is None else nvjpeg_orientation(data)
-            if orientation is not None:
+            if data is not None and orientation is not None:
                 jpegs[i], orientations[i] = data, orientation
         decoded = self._nvjpeg(jpegs)
         images = []
