@@ -82,9 +82,11 @@ def nvjpeg_orientation(data: bytes) -> int | None:
 def decode_jpegs(tensors: list, device: str) -> list:
     """JPEG byte tensors (CPU) decoded by nvJPEG as uint8 RGB (3, H, W) tensors on this
     process's decoding device: ``device`` on the first call, then the same one on every call
-    (see the module's docstring), with that device current, as torchvision's decoder
-    synchronises with the stream of the device current when it was made. Raises
-    RuntimeError, with no partial results, when one image fails."""
+    (see the module's docstring), always named with its index: torchvision's decoder
+    synchronises its results with the current stream of the device current when it was made,
+    which is the device named (its CUDAGuard), or for a plain "cuda" whichever was current;
+    that device is current around the call too. Raises RuntimeError, with no partial
+    results, when one image fails."""
     global _decode_device
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg

@@ -6,7 +6,8 @@ partial results in case of an error") and csrc/io/image/cuda/decode_jpegs_cuda.c
 - one decoder per process (``cudaJpegDecoder``), made again whenever a call names another
   device than the previous call's (the old one is leaked: its destructor frees nothing);
   ``created`` counts them, and ``original_device`` is the current device when the last one
-  was made (its results are synchronised with that device's current stream);
+  was made (its results are synchronised with that device's current stream): the call's
+  ``CUDAGuard`` has made the device it names current by then, so a named device is its own;
 - ``prepare_buffers`` reads every image's header and allocates its (3, H, W) output before
   anything is decoded (``allocated``); then one image nvJPEG cannot decode (corrupt data, a
   CMYK/YCCK file, or bytes listed in ``refuse``) fails the whole call with a RuntimeError.
@@ -42,9 +43,10 @@ class NvJpeg:
             raise ValueError("the stand-in takes what the toolkit passes: a non-empty list of CPU tensors")
         device = torch.device(device)
         self.devices.append(device)
-        if device != self.target_device:
+        if device != self.target_device:  # made under CUDAGuard(device): a named device is current
             self.created += 1
-            self.target_device, self.original_device = device, torch.device("cuda", self.current)
+            current = self.current if device.index is None else device.index
+            self.target_device, self.original_device = device, torch.device("cuda", current)
         try:  # decode_jpegs_cuda wraps every failure of decode_images, prepare_buffers included
             return self._decode_images(input, mode)
         except RuntimeError as exc:
