@@ -15,8 +15,8 @@ own samples use it): ``torch.cuda.Stream()`` hands out a pool of 32 streams per 
 round-robin (c10/cuda/CUDAStream.h), shared with every other user of torch in the process,
 and ``torch.cuda.CUDAGraph`` leaves its caching allocator capturing when a capture fails
 (``capture_end`` throws before releasing it). A stream is created for its owner alone (torch
-sees it as an ``ExternalStream``) and destroyed on ``release``, or when collected. Nothing
-here is imported until an engine is loaded or calibrated.
+sees it as an ``ExternalStream``) and destroyed on ``release``, or when collected (with the
+graphs captured on it). Nothing here is imported until an engine is loaded or calibrated.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class TorchCuda:
         self.torch, self.cudart = torch, cudart
         self.index = torch.cuda.current_device() if index is None else index
         self.destroyers: dict[int, weakref.finalize] = {}  # stream handle -> its cudaStreamDestroy
+        self.graph_destroyers: dict[int, weakref.finalize] = {}  # graph -> its cudaGraphExecDestroy
 
     def _check(self, result: tuple, call: str) -> Any:
         """The value of a cuda-python call's (error, value...) result; an error raises."""
@@ -77,22 +78,25 @@ class TorchCuda:
         handle = int(created)  # the cudaStream_t's value (``getPtr()`` is the address it is stored at)
         stream = self.torch.cuda.ExternalStream(handle, device=self.index)
         self.destroyers[handle] = weakref.finalize(
-            stream, _destroy_stream, self.torch, self.cudart, self.index, created
+            stream, _destroy, self.torch, self.index, self.cudart.cudaStreamDestroy, created
         )
         return stream, handle
 
     def release(self, stream: Any, graph: Any | None) -> None:
         """Destroy ``stream`` and ``graph`` (a ``capture`` of it), both even if one fails (then
         raised); work queued on them finishes first."""
-        failures = []
+        results: list[tuple[tuple | None, str]] = []  # None: destroyed already, when collected
         with self.active():
             if graph is not None:
-                failures.append((self.cudart.cudaGraphExecDestroy(graph), "cudaGraphExecDestroy"))
+                destroy = self.graph_destroyers.pop(int(graph), None)
+                result = destroy() if destroy is not None else self.cudart.cudaGraphExecDestroy(graph)
+                results.append((result, "cudaGraphExecDestroy"))
             destroy = self.destroyers.pop(stream.cuda_stream, None)
-            if destroy is not None and destroy.alive:
-                failures.append((destroy(), "cudaStreamDestroy"))
-        for result, call in failures:
-            self._check(result, call)
+            if destroy is not None:
+                results.append((destroy(), "cudaStreamDestroy"))
+        for result, call in results:
+            if result is not None:
+                self._check(result, call)
 
     def device(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[Any, int]:
         """A buffer from torch's caching allocator, made on the caller's current stream: ``claim``
@@ -170,6 +174,10 @@ class TorchCuda:
         if destroyed[0] != cudart.cudaError_t.cudaSuccess:
             cudart.cudaGraphExecDestroy(executable)
             self._check(destroyed, "cudaGraphDestroy")
+        # destroyed on ``release``, or with the stream it replays on when that is collected
+        self.graph_destroyers[int(executable)] = weakref.finalize(
+            stream, _destroy, self.torch, self.index, cudart.cudaGraphExecDestroy, executable
+        )
         return executable
 
     def _end_capture(self, handle: int, keep: bool, quiet: bool = False) -> Any | None:
@@ -249,12 +257,13 @@ class PyCuda:
         """Nothing to do: pycuda destroys a stream when it is collected, and makes no graphs."""
 
 
-def _destroy_stream(torch: Any, cudart: Any, index: int, stream: Any) -> tuple:
-    """``cudaStreamDestroy`` with the stream's device current: called when its ExternalStream
-    is collected, on whatever thread, where a runtime call with no context current would
-    initialise device 0's primary context (cudaStreamCreateWithFlags' documentation)."""
+def _destroy(torch: Any, index: int, destroy: Callable[[Any], tuple], handle: Any) -> tuple:
+    """``destroy(handle)`` (cudaStreamDestroy, cudaGraphExecDestroy) with device ``index``
+    current: also called when a stream is collected, on whatever thread, where a runtime call
+    with no context current would initialise device 0's primary context
+    (cudaStreamCreateWithFlags' documentation)."""
     with torch.cuda.device(index):
-        return cudart.cudaStreamDestroy(stream)
+        return destroy(handle)
 
 
 def _torch_dtype(torch: Any, dtype: np.dtype) -> Any:

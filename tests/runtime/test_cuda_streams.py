@@ -113,10 +113,10 @@ def test_release_checks_what_cuda_answers_and_destroys_the_stream_even_when_the_
         helper.release(stream, graph)
     assert cudart.live["streams"] == []
 
-    stream, handle = helper.stream()
     monkeypatch.setattr(
         cudart, "cudaStreamDestroy", lambda created: (stand_in.CudaError.cudaErrorInvalidResourceHandle,)
     )
+    stream, handle = helper.stream()
     with pytest.raises(
         FasterViTTRTError, match="CUDA cudaStreamDestroy failed on cuda:0: cudaErrorInvalidResourceHandle"
     ):
@@ -145,3 +145,19 @@ def test_a_capture_ending_with_an_error_other_than_invalidation_raises(monkeypat
     with pytest.raises(FasterViTTRTError, match="CUDA cudaGraphDestroy failed"):
         helper.capture(stream, lambda: cudart.enqueue(handle, lambda: None) is None)
     assert cudart.live["graphs"] == [] and cudart.live["capturing"] == []
+
+
+def test_a_stream_never_released_takes_its_graph_along_when_collected(monkeypatch):
+    """A model dropped without close(): its streams are collected, and the instantiated
+    graphs captured on them are destroyed with them, with the device current."""
+    import gc
+
+    _, cudart = stand_in.install_cuda(monkeypatch)
+    helper = TorchCuda(1)
+    stream, handle = helper.stream()
+    graph = helper.capture(stream, lambda: cudart.enqueue(handle, lambda: None) is None)
+    assert cudart.live["graphs"] == [graph]
+    del stream, graph
+    gc.collect()
+    assert cudart.live == {"streams": [], "graphs": [], "capturing": []}
+    assert ("destroy", handle, 1) in cudart.log
