@@ -423,5 +423,5 @@ class TensorRTBackend:
             for slots in self.idle.values():
                 slots.clear()
             self.lock.notify_all()
+        self.engine = None  # contexts in use keep it alive (TensorRT's bindings) until released
         self._release(idle)
-        self.engine = None

@@ -474,3 +474,23 @@ def test_a_close_while_a_call_makes_its_context_is_the_closed_error(tmp_path, mo
     with pytest.raises(FasterViTTRTError, match="m.engine: the model is closed"):
         backend.infer(_images(2))
     assert world.cuda.streams == {}
+
+
+def test_close_releases_every_context_even_when_one_release_fails(tmp_path, monkeypatch):
+    """A CUDA error destroying one context's stream is raised once every context's stream
+    is destroyed, and the model is closed all the same."""
+    backend, world = _backend(tmp_path, monkeypatch, contexts=3)
+    release, seen = world.cuda.release, []
+
+    def failing_first(stream, graph):
+        release(stream, graph)
+        seen.append(stream)
+        if len(seen) == 1:
+            raise FasterViTTRTError("CUDA cudaStreamDestroy failed on cuda:0: cudaErrorInvalidResourceHandle")
+
+    monkeypatch.setattr(world.cuda, "release", failing_first)
+    with pytest.raises(FasterViTTRTError, match="cudaStreamDestroy failed"):
+        backend.close()
+    assert len(seen) == 3 and world.cuda.streams == {} and backend.engine is None
+    with pytest.raises(FasterViTTRTError, match="m.engine: the model is closed"):
+        backend.infer(_images(1))
