@@ -1,0 +1,115 @@
+"""A batch run: list the files, skip those the output holds, read and predict them on Ray
+Data (``Predictor`` actors), and write the answers as Parquet parts as they stream back."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..errors import FasterViTTRTError
+from ..progress import Bar
+from .files import list_images
+from .parts import Parts
+from .predictor import Predictor
+
+ENGINE_SUFFIXES = (".engine", ".plan")
+
+
+@dataclass
+class Summary:
+    """What a run did: files listed, already done before it, written now (of them errors)."""
+
+    files: int
+    skipped: int
+    rows: int = 0
+    errors: int = 0
+    parts: list[str] = field(default_factory=list)
+
+
+def default_gpus(model: str | Path) -> float:
+    """GPUs per actor unless told: one for a TensorRT engine, none for ONNX Runtime."""
+    return 1.0 if Path(model).suffix in ENGINE_SUFFIXES else 0.0
+
+
+def predict_files(
+    inputs: Sequence[str],
+    model: str | Path,
+    output: str,
+    actors: int = 1,
+    gpus_per_actor: float | None = None,
+    cpus_per_actor: float = 1.0,
+    batch_size: int = 32,
+    topk: int = 5,
+    rows_per_part: int = 1000,
+    exif_rotate: bool = True,
+    exact_preprocess: bool = False,
+    predictor: type = Predictor,
+    progress: TextIO | None = sys.stderr,
+) -> Summary:
+    """Predict every image file of ``inputs`` not yet in ``output`` on the Ray this process
+    is connected to (``ray.init``; else a local one); see ``fastervit_trt.batch``."""
+    import pyarrow as pa
+    import ray
+
+    model = Path(model).absolute()
+    if not model.is_file():
+        raise FasterViTTRTError(f"{model}: no such model file (actors load it from the same path)")
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if actors * cpus_per_actor >= cpus:
+        raise FasterViTTRTError(
+            f"{actors} actors of {cpus_per_actor:g} CPUs take all {cpus:g} CPUs of the Ray cluster and leave "
+            "none to read the files; use fewer actors or a smaller --cpus-per-actor"
+        )
+    filesystem, files = list_images(inputs)
+    if not files:
+        raise FasterViTTRTError(f"no image files found in {', '.join(inputs)}")
+    parts = Parts(output)
+    done = parts.done()
+    todo = [f for f in files if f.path not in done]
+    summary = Summary(len(files), len(files) - len(todo))
+    if not todo:
+        return summary
+    shown = {f.location: f.path for f in todo}
+    answers = ray.data.read_binary_files(
+        [f.location for f in todo], include_paths=True, filesystem=filesystem
+    ).map_batches(
+        predictor,
+        fn_constructor_kwargs={
+            "model_path": str(model),
+            "topk": topk,
+            "exif_rotate": exif_rotate,
+            "exact_preprocess": exact_preprocess,
+        },
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=default_gpus(model) if gpus_per_actor is None else gpus_per_actor,
+        num_cpus=cpus_per_actor,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+    )
+    # a killed actor is restarted and its batch retried: Ray Data's defaults for actor pools
+    answers.context.enable_progress_bars = False  # ours counts files
+    pending: list[Any] = []  # answers not yet in a part
+
+    def write(table: Any) -> None:
+        parts.check_schema(table.schema)
+        summary.parts.append(parts.write(table))
+        summary.rows += table.num_rows
+        summary.errors += table.num_rows - table.column("error").null_count
+
+    with Bar(len(todo), "files", "file", progress) as bar:
+        for table in answers.iter_batches(batch_size=None, batch_format="pyarrow"):
+            paths = pa.array([shown[p] for p in table.column("path").to_pylist()], pa.string())
+            pending.append(table.set_column(0, "path", paths))
+            bar.update(table.num_rows)
+            while sum(t.num_rows for t in pending) >= rows_per_part:
+                buffered = pa.concat_tables(pending)
+                write(buffered.slice(0, rows_per_part))
+                pending = [buffered.slice(rows_per_part)]
+        if sum(t.num_rows for t in pending):
+            write(pa.concat_tables(pending))
+    return summary
