@@ -2,6 +2,7 @@
 
 Each ``<command>_main`` is a console script (``fastervit-<command>``, see setup.cfg)."""
 
+from .batch import main as batch_main
 from .bench import main as bench_main
 from .build import main as build_main
 from .deepstream import main as deepstream_main
@@ -13,6 +14,7 @@ from .serve import main as serve_main
 from .triton import main as triton_main
 
 __all__ = [
+    "batch_main",
     "bench_main",
     "build_main",
     "deepstream_main",
