@@ -166,8 +166,10 @@ def test_globs_pick_image_files(images):
 
 
 def test_actors_that_take_every_cpu_are_refused(local_ray, images, digits_batch8_onnx, tmp_path):
-    with pytest.raises(FasterViTTRTError, match="leave none to read the files"):
-        predict_files([str(images)], digits_batch8_onnx, str(tmp_path / "out"), actors=2, progress=None)
+    with pytest.raises(FasterViTTRTError, match="leave less than the 1 CPU that reading files takes"):
+        predict_files(
+            [str(images)], digits_batch8_onnx, str(tmp_path / "out"), actors=2, cpus_per_actor=0.75, progress=None
+        )
 
 
 def test_headless_model_rows_equal_embed(tmp_path, images):

@@ -16,6 +16,7 @@ from .parts import Parts
 from .predictor import Predictor
 
 ENGINE_SUFFIXES = (".engine", ".plan")
+READ_CPUS = 1  # what a read task of ray.data.read_binary_files asks for
 
 
 @dataclass
@@ -60,10 +61,10 @@ def predict_files(
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
     cpus = ray.cluster_resources().get("CPU", 0)
-    if actors * cpus_per_actor >= cpus:
+    if cpus - actors * cpus_per_actor < READ_CPUS:
         raise FasterViTTRTError(
-            f"{actors} actors of {cpus_per_actor:g} CPUs take all {cpus:g} CPUs of the Ray cluster and leave "
-            "none to read the files; use fewer actors or a smaller --cpus-per-actor"
+            f"{actors} actors of {cpus_per_actor:g} CPUs leave less than the {READ_CPUS} CPU that reading files "
+            f"takes on this {cpus:g}-CPU Ray cluster; use fewer actors or a smaller --cpus-per-actor"
         )
     filesystem, files = list_images(inputs)
     if not files:
