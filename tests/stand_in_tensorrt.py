@@ -82,7 +82,7 @@ class Cuda:
 
     def __init__(self, index: int | None = None, reuse: bool = False) -> None:
         """``reuse``: device buffers are blocks the caching allocator may still have in use on
-        the caller's stream (the engine's ``open_cuda`` models it; the builder's does not yet)."""
+        the caller's stream (as the engine's ``open_cuda`` and the calibrator's tests have it)."""
         import torch
 
         self.torch, self.index, self.reuse = torch, 0 if index is None else index, reuse

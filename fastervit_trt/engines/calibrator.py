@@ -82,8 +82,10 @@ def make_calibrator(
             Base.__init__(self)
             self.batches = iter(data.batches(batch)) if data is not None else iter(())
             self.dtype = data.preprocess.input_dtype if data is not None else np.dtype(np.float32)
-            self.buffer, self.pointer = cuda.device((batch, *dims[1:]), self.dtype)
-            self.stream, _ = cuda.stream()
+            with cuda.active():
+                self.buffer, self.pointer = cuda.device((batch, *dims[1:]), self.dtype)
+                self.stream, _ = cuda.stream()
+                cuda.claim(self.stream)  # the buffer's block may still be in use on the caller's stream
 
         def get_batch_size(self) -> int:
             return batch

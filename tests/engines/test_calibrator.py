@@ -55,7 +55,7 @@ def builder(monkeypatch):
     from fastervit_trt.engines import calibrator
 
     world = stand_in_builder.Builder()
-    cuda = stand_in.Cuda()
+    cuda = stand_in.Cuda(reuse=True)  # its buffer a block the caller's stream may still be using
     monkeypatch.setattr(builder_module, "load_tensorrt", lambda backend="auto": ("tensorrt", world.trt))
     monkeypatch.setattr(calibrator, "open_cuda", lambda: cuda)
     world.cuda = cuda
