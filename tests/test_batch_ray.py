@@ -232,3 +232,13 @@ def test_backbone_rows_are_its_deepest_stage_averaged(tmp_path, images):
         for row in table.to_pylist():
             expected = backbone.features(row["path"])["stage4"].mean(axis=(2, 3))[0]
             np.testing.assert_allclose(row["embedding"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_that_does_not_load_fails_the_run_in_one_line(local_ray, images, tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_text("not a model")
+    with pytest.raises(FasterViTTRTError) as failed:
+        within(RUN_TIMEOUT_S, predict_files, [str(images)], broken, str(tmp_path / "out"), progress=None)
+    assert str(failed.value).startswith(f"{broken}: ONNX Runtime cannot load the model") and "\n" not in str(
+        failed.value
+    )

@@ -3,6 +3,7 @@ Data (``Predictor`` actors), and write the answers as Parquet parts as they stre
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,14 @@ class Summary:
 def default_gpus(model: str | Path) -> float:
     """GPUs per actor unless told: one for a TensorRT engine, none for ONNX Runtime."""
     return 1.0 if Path(model).suffix in ENGINE_SUFFIXES else 0.0
+
+
+def job_error(exc: Exception) -> FasterViTTRTError:
+    """A failed Ray job as one line: our error raised in an actor (a model that does not load,
+    an engine that fails), else the last line Ray gives."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    ours = [m.group(1) for m in map(re.compile(r"fastervit_trt\.[\w.]*(?:Error|Exception): (.*)").match, lines) if m]
+    return FasterViTTRTError(ours[-1] if ours else f"the Ray job failed: {lines[-1] if lines else type(exc).__name__}")
 
 
 def predict_files(
@@ -103,14 +112,17 @@ def predict_files(
         summary.errors += table.num_rows - table.column("error").null_count
 
     with Bar(len(todo), "files", "file", progress) as bar:
-        for table in answers.iter_batches(batch_size=None, batch_format="pyarrow"):
-            paths = pa.array([shown[p] for p in table.column("path").to_pylist()], pa.string())
-            pending.append(table.set_column(0, "path", paths))
-            bar.update(table.num_rows)
-            while sum(t.num_rows for t in pending) >= rows_per_part:
-                buffered = pa.concat_tables(pending)
-                write(buffered.slice(0, rows_per_part))
-                pending = [buffered.slice(rows_per_part)]
+        try:
+            for table in answers.iter_batches(batch_size=None, batch_format="pyarrow"):
+                paths = pa.array([shown[p] for p in table.column("path").to_pylist()], pa.string())
+                pending.append(table.set_column(0, "path", paths))
+                bar.update(table.num_rows)
+                while sum(t.num_rows for t in pending) >= rows_per_part:
+                    buffered = pa.concat_tables(pending)
+                    write(buffered.slice(0, rows_per_part))
+                    pending = [buffered.slice(rows_per_part)]
+        except ray.exceptions.RayError as exc:  # the parts written so far stay: a re-run goes on from them
+            raise job_error(exc) from None
         if sum(t.num_rows for t in pending):
             write(pa.concat_tables(pending))
     return summary

@@ -105,11 +105,12 @@ def _batch(args: argparse.Namespace) -> int:
 
     from ..batch import predict_files
 
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # our progress counts files; Ray's would interleave
+    # our progress counts files and a failed job is one line; the actors' logs stay in Ray's session folder
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     if args.address:
-        ray.init(address=args.address, logging_level=logging.WARNING)
+        ray.init(address=args.address, logging_level=logging.WARNING, log_to_driver=False)
     else:
-        ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     try:
         summary = predict_files(
             args.images,
