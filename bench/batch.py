@@ -43,7 +43,9 @@ def time_infer(onnx_path: Path, files: list[str]) -> float:
     """Seconds for fastervit-infer's work over ``files``."""
     start = time.perf_counter()
     with load(onnx_path) as model:
-        model.top(np.stack(list(model.logits_each(files))), topk=5)
+        rows = [row for row in model.logits_each(files) if isinstance(row, np.ndarray)]
+        assert len(rows) == len(files)
+        model.top(np.stack(rows), topk=5)
     return time.perf_counter() - start
 
 
@@ -82,8 +84,8 @@ def main() -> int:
     name, checkpoint = "faster_vit_0_224", None
     if args.smoke:
         name, checkpoint, args.images = "faster_vit_digits", FIXTURE, 24
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(scratch)
         onnx_path = export_model(
             ExportOptions(model=name, checkpoint=checkpoint, precision="fp32", output_dir=tmp / "model"), None
         ).onnx_path

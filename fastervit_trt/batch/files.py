@@ -76,7 +76,7 @@ def _list(filesystem: Any, uri: str, location: str) -> list[str]:
 
 def list_images(inputs: Sequence[str]) -> tuple[Any, list[ImageFile]]:
     """The file system of ``inputs`` and their image files, sorted, each once."""
-    filesystem, found = None, {}
+    filesystem, found = None, dict[str, ImageFile]()
     for uri in inputs:
         here, location = open_uri(uri)
         if filesystem is None:

@@ -112,11 +112,12 @@ def predict_files(
         summary.errors += table.num_rows - table.column("error").null_count
 
     with Bar(len(todo), "files", "file", progress) as bar:
+        answered: Any  # a pyarrow.Table of the predictor's rows
         try:
-            for table in answers.iter_batches(batch_size=None, batch_format="pyarrow"):
-                paths = pa.array([shown[p] for p in table.column("path").to_pylist()], pa.string())
-                pending.append(table.set_column(0, "path", paths))
-                bar.update(table.num_rows)
+            for answered in answers.iter_batches(batch_size=None, batch_format="pyarrow"):
+                paths = pa.array([shown[p] for p in answered.column("path").to_pylist()], pa.string())
+                pending.append(answered.set_column(0, "path", paths))
+                bar.update(answered.num_rows)
                 while sum(t.num_rows for t in pending) >= rows_per_part:
                     buffered = pa.concat_tables(pending)
                     write(buffered.slice(0, rows_per_part))
