@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("export", "build", "infer", "bench", "inspect", "triton", "eval", "serve", "deepstream")
+COMMANDS = ("export", "build", "infer", "bench", "inspect", "triton", "eval", "serve", "deepstream", "batch")
 
 
 def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:

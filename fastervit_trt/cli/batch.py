@@ -7,7 +7,6 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ..errors import FasterViTTRTError
 from .common import add_model_file, add_quiet, command_parser, number, positive, progress, run
 
 EXAMPLES = """\
@@ -87,20 +86,7 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _import_ray() -> None:
-    """Ray Data and pyarrow, or one line naming the extra that brings them."""
-    try:
-        import pyarrow  # noqa: F401
-        import ray.data  # noqa: F401
-    except ModuleNotFoundError as exc:
-        raise FasterViTTRTError(
-            f"fastervit-batch needs {(exc.name or 'ray').split('.')[0]}, which this install lacks: "
-            "pip install 'fastervit-trt[ray]'"
-        ) from None
-
-
 def _batch(args: argparse.Namespace) -> int:
-    _import_ray()
     import ray
 
     from ..batch import predict_files

@@ -36,6 +36,8 @@ _EXTRAS = {
     "starlette": "serve",
     "uvicorn": "serve",
     "prometheus_client": "serve",
+    "ray": "ray",
+    "pyarrow": "ray",
 }
 
 
