@@ -196,3 +196,14 @@ def test_precision_accuracy_table(tmp_path):
         assert list(rows) == ["fp32", "fp16", "int8", "fp8", "int8_no_bias_correction", "fp8_no_bias_correction"]
         assert rows["fp32"]["mean_cosine"] == 1.0
         assert all(0.99 < row["mean_cosine"] <= 1.0 + 1e-6 for row in rows.values()), rows
+
+
+@pytest.mark.slow
+def test_batch_smoke(tmp_path):
+    """fastervit-infer's one process against fastervit-batch on a local Ray (1 and 2 actors)."""
+    pytest.importorskip("ray")
+    child = _run("batch.py", "--smoke", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert [row["path"] for row in result["rows"]] == ["infer", "ray-1", "ray-2"], result
+    assert result["images"] == 24 and all(row["images_per_s"] > 0 for row in result["rows"])
+    assert result["ray_overhead_at_1_actor"] > 0 and "| path |" in child.stdout
