@@ -146,3 +146,13 @@ def test_importing_the_runtime_loads_no_torch(module):
     code = f"import sys, {module}; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_quantized_formats_sit_in_the_base():
+    """Calibration, the export drivers, the engines, the runtime, DeepStream and inspect all read
+    ``quant_formats``: it imports nothing of the package but the errors."""
+    assert [
+        t
+        for t, _ in MODULES["fastervit_trt.quant_formats"]
+        if t.startswith("fastervit_trt.") and not (t + ".").startswith("fastervit_trt.errors.")
+    ] == []
