@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .artifacts import check_writable, write_bytes
 from .errors import FasterViTTRTError
+from .quant_formats import QUANT_FORMATS
 from .runtime.labels import model_class_names
 from .sidecar import export_command, read_metadata, read_sidecar
 
@@ -137,9 +138,10 @@ def _check(model_path: Path, info: dict) -> dict:
             f"{model_path}: interpolation {preprocess['interpolation']!r} has no nvinfer "
             f"scaling-filter; choose from {', '.join(SCALING_FILTERS)}"
         )
-    if info["precision"] == "fp8" and info["engine"] is None:
+    quant = QUANT_FORMATS.get(info["precision"])
+    if quant is not None and not quant.nvinfer_builds_onnx and info["engine"] is None:
         raise FasterViTTRTError(
-            f"{model_path}: nvinfer builds an ONNX file with its precision flags and has no FP8 "
+            f"{model_path}: nvinfer builds an ONNX file with its precision flags and has no {quant.label} "
             "mode; build the engine with fastervit-build where DeepStream runs (its TensorRT) "
             "and pass the .engine"
         )
@@ -178,6 +180,7 @@ def nvinfer_config(model_path: Path, info: dict, labels: Path, options: DeepStre
     metadata = info["metadata"]
     height, width = preprocess["input_size"]
     precision = info["precision"]
+    quant = QUANT_FORMATS.get(precision)
     keys = {
         "gpu-id": options.gpu_id,
         "net-scale-factor": 1.0,
@@ -187,8 +190,7 @@ def nvinfer_config(model_path: Path, info: dict, labels: Path, options: DeepStre
         **({"model-engine-file": info["engine"]} if info["engine"] else {}),
         "infer-dims": f"3;{height};{width}",
         "batch-size": info["batch"],
-        # an FP8 engine is strongly typed: its precision is in the engine, FP16 around the FP8 layers
-        "network-mode": NETWORK_MODES["fp16" if precision == "fp8" else precision],
+        "network-mode": NETWORK_MODES[quant.network_mode if quant else precision],
         "network-type": 1,  # classifier
         "process-mode": PROCESS_MODES[options.process_mode],
         "gie-unique-id": options.gie_unique_id,
@@ -200,7 +202,7 @@ def nvinfer_config(model_path: Path, info: dict, labels: Path, options: DeepStre
         "scaling-compute-hw": 1,
     }  # the GPU's filters (Jetson's VIC has no plain cubic)
     cache = (metadata.get("quantization") or {}).get("cache")
-    if precision == "int8" and cache and Path(cache).is_file():
+    if quant is not None and quant.nvinfer_calib_file and cache and Path(cache).is_file():
         keys["int8-calib-file"] = Path(cache).resolve()
     if options.process_mode == "secondary":
         keys["operate-on-gie-id"] = options.operate_on_gie_id

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from .errors import FasterViTTRTError
+from .quant_formats import QUANT_FORMATS
 from .sidecar import read_metadata
 
 
@@ -56,8 +57,9 @@ def inspect_onnx(path: Path) -> dict:
         if "quantization" in data:
             quant = data["quantization"]
             kept = quant.get("kept_in_float_by_default", [])
+            known = QUANT_FORMATS.get(quant["format"])
             info["quantized_layers"] = (
-                f"{quant['layers']} layers {quant['format'].upper()}, "
+                f"{quant['layers']} layers {known.label if known else quant['format'].upper()}, "
                 f"{quant.get('residual_inputs', 0)} residual inputs; "
                 f"left in float by default: {', '.join(kept) or 'none'}; "
                 f"bias correction {quant.get('bias_correction', 'off')}"

@@ -33,12 +33,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..quant_formats import QUANT_FORMATS, quant_format
+
 if TYPE_CHECKING:  # importing the export package pulls in torch; inspect reads Q/DQ graphs without it
     from ..export.weights import WeightFile
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 QDQ_MIN_OPSET = {TensorProto.FLOAT: 13, TensorProto.FLOAT16: 19}  # by the float type quantized
-FP8_MIN_OPSET = 19  # FLOAT8E4M3FN Q/DQ
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def kept_in_float(model: onnx.ModelProto, targets: list[QuantTarget], fmt: str) 
     outputs = {o.name for o in model.graph.output}
     nodes = {n.name: n for n in model.graph.node}
     kept = [t.node for t in targets if outputs & set(nodes[t.node].output)]
-    if fmt == "fp8":
+    if quant_format(fmt).in_series_in_float:
         kept += [name for name in in_series(model, targets) if name not in kept]
     return kept
 
@@ -181,11 +182,12 @@ def placement(model: onnx.ModelProto, fmt: str, residuals: bool = True) -> Place
     candidates = quant_targets(model)
     kept = kept_in_float(model, candidates, fmt)
     targets = [t for t in candidates if t.node not in kept]
-    return Placement(targets, residual_inputs(model, targets) if fmt == "int8" and residuals else [], kept)
+    quantized = residuals and quant_format(fmt).quantizes_residuals
+    return Placement(targets, residual_inputs(model, targets) if quantized else [], kept)
 
 
 # the largest magnitude of each quantized format: a tensor's scale is amax / QMAX
-QMAX = {"int8": 127.0, "fp8": 448.0}  # fp8: E4M3 (FLOAT8E4M3FN)
+QMAX = {name: f.max for name, f in QUANT_FORMATS.items()}
 
 
 def lone_quantizers(model: onnx.ModelProto) -> list[str]:
@@ -231,12 +233,18 @@ def scale_of(amax: float | np.ndarray, fmt: str = "int8") -> np.ndarray:
 def quantize(values: np.ndarray, scales: np.ndarray, fmt: str) -> np.ndarray:
     """``values / scales`` in ``fmt``, saturated: int8 rounded half to even as QuantizeLinear
     does, E4M3 rounded to nearest (ml_dtypes, as ONNX Runtime and TensorRT)."""
-    scaled = values / scales
-    if fmt == "int8":
-        return np.clip(np.round(scaled), -127, 127).astype(np.int8)
+    scaled, dtype = values / scales, element_dtype(fmt)
+    if np.issubdtype(dtype, np.integer):
+        scaled = np.round(scaled)
+    return np.clip(scaled, -QMAX[fmt], QMAX[fmt]).astype(dtype)
+
+
+def element_dtype(fmt: str) -> np.dtype:
+    """The NumPy dtype ``fmt`` stores (ml_dtypes for the float8 types)."""
     import ml_dtypes
 
-    return np.clip(scaled, -QMAX["fp8"], QMAX["fp8"]).astype(ml_dtypes.float8_e4m3fn)
+    element = quant_format(fmt).element
+    return np.dtype(getattr(ml_dtypes, element, element))
 
 
 def stored_scale(scales: np.ndarray, dtype: type) -> np.ndarray:
@@ -250,10 +258,7 @@ def stored_scale(scales: np.ndarray, dtype: type) -> np.ndarray:
 
 def zeros(fmt: str, count: int | None = None) -> np.ndarray:
     """Zero points in ``fmt`` (a scalar, or ``count`` of them)."""
-    import ml_dtypes
-
-    dtype = np.int8 if fmt == "int8" else ml_dtypes.float8_e4m3fn
-    return np.zeros(() if count is None else (count,), dtype)
+    return np.zeros(() if count is None else (count,), element_dtype(fmt))
 
 
 def weight_amax(weight: np.ndarray, axis: int) -> np.ndarray:

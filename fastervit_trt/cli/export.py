@@ -54,7 +54,7 @@ examples:
 
 def parser() -> argparse.ArgumentParser:
     from ..export.pipeline import ExportOptions
-    from ..export.stages import DEFAULT_VARIANT
+    from ..export.stages import DEFAULT_VARIANT, PRECISIONS
     from ..models import list_models
 
     d = ExportOptions(model=DEFAULT_VARIANT)
@@ -117,7 +117,7 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--precision",
-        choices=("fp32", "fp16", "int8", "fp8"),
+        choices=PRECISIONS,
         default=d.precision,
         help="fp16: float16 graph with FP32 islands for TensorRT's strong typing; "
         "int8 / fp8: calibrated Q/DQ (FP8 E4M3: Ada, Hopper, Blackwell GPUs); the "

@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, TextIO
 
 from ..artifacts import check_writable, write_bytes, write_json
+from ..quant_formats import QUANT_FORMATS
 from ..sidecar import (
     engine_sidecar,
     export_command,
@@ -32,8 +33,6 @@ from ..sidecar import (
 )
 from .calibrator import Calibration, make_calibrator
 from .config import (
-    FP8_GPUS,
-    FP8_MIN_CAPABILITY,
     RTX_TARGETS,
     BuildConfig,
     EngineBuildError,
@@ -65,20 +64,22 @@ def build_targets(onnx_path: Path, flavour: str, precision: str, wanted: tuple[s
         raise EngineBuildError(
             f"compute capability {unknown[0]} is not a TensorRT-RTX target; choose from {', '.join(RTX_TARGETS)}"
         )
-    if precision != "fp8":
+    quant = QUANT_FORMATS.get(precision)
+    if quant is None or quant.min_compute_capability is None:
         return wanted
+    lowest = quant.min_compute_capability
     here = _device(flavour).get("compute_capability")
     targets = wanted or (
-        tuple(c for c in RTX_TARGETS if _capability(c) >= FP8_MIN_CAPABILITY)
+        tuple(c for c in RTX_TARGETS if _capability(c) >= lowest)
         if flavour == "tensorrt-rtx"
         else ((here,) if here else ())
     )
-    too_old = [c for c in targets if _capability(c) < FP8_MIN_CAPABILITY]
+    too_old = [c for c in targets if _capability(c) < lowest]
     if too_old:
         raise EngineBuildError(
-            f"{onnx_path}: FP8 needs compute capability 8.9 or newer ({FP8_GPUS}); "
-            f"{', '.join(too_old)} cannot run it: build for those GPUs from an fp16 or "
-            "int8 export"
+            f"{onnx_path}: {quant.label} needs compute capability {lowest[0]}.{lowest[1]} or newer "
+            f"({quant.capable_gpus}); {', '.join(too_old)} cannot run it: build for those GPUs from "
+            "an fp16 or int8 export"
         )
     return targets
 
@@ -306,8 +307,9 @@ def _configure(plan: _Plan, parsed: _Parsed, config: BuildConfig, stream: TextIO
     calibration = None
     if plan.implicit:
         builder_config.set_flag(trt.BuilderFlag.FP16)
-        if plan.precision == "int8":
-            builder_config.set_flag(trt.BuilderFlag.INT8)
+        quant = QUANT_FORMATS.get(plan.precision)
+        if quant is not None and quant.trt_implicit_flag:
+            builder_config.set_flag(getattr(trt.BuilderFlag, quant.trt_implicit_flag))
             calibration = make_calibrator(
                 trt,
                 plan.onnx_path,

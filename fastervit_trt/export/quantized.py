@@ -40,7 +40,6 @@ from ..calibration.collect import ChannelMeans, collect_histograms
 from ..calibration.dataset import DEFAULT_DATA, CalibrationData, StoredInputs
 from ..calibration.options import CalibrationOptions
 from ..calibration.qdq import (
-    FP8_MIN_OPSET,
     QDQ_MIN_OPSET,
     input_channel_axes,
     placement,
@@ -53,6 +52,7 @@ from ..compare import compare, compare_outputs
 from ..errors import FasterViTTRTError
 from ..preprocess import Preprocess
 from ..progress import Steps
+from ..quant_formats import quant_format
 from .fp16 import convert_to_fp16
 from .ort_cpu import release_memory
 from .ort_eval import QDQ_CHUNK, ort_logits, output_sizes
@@ -79,9 +79,10 @@ def export_quantized(
     if not options.quantized:
         raise ValueError(f"export_quantized exports int8 or fp8, not {options.precision!r}")
     fmt = options.precision
-    if fmt == "fp8" and calib.residual_qdq == "on":
+    quant = quant_format(fmt)
+    if not quant.quantizes_residuals and calib.residual_qdq == "on":
         raise FasterViTTRTError(
-            "--residual-qdq on is for INT8: FP8 keeps residual inputs in FP16 (in E4M3 "
+            f"--residual-qdq on is for INT8: {quant.label} keeps residual inputs in FP16 (quantized, "
             "they cost accuracy); drop the flag"
         )
     if options.features and calib.accuracy_budget is not None:
@@ -143,7 +144,7 @@ def export_quantized(
                     version_number(*installed_trt_version()),
                 )
                 release_memory()  # the calibration sessions' buffers, before the next inference
-        base = fp32 if fmt == "int8" else to_opset(fp32, FP8_MIN_OPSET)
+        base = to_opset(fp32, quant.min_opset)
         if calib.qdq_base == "fp16":
             base = convert_to_fp16(
                 to_opset(base, QDQ_MIN_OPSET[TensorProto.FLOAT16]), io_dtype=options.io_dtype, weights=store
@@ -209,7 +210,7 @@ def export_quantized(
                 view,
                 heldout_kind,
                 evaluator.measure(base) if fp16 else None,
-                int8_kernels=fmt == "int8" and not fp16,
+                int8_kernels=quant.ort_optimizes and not fp16,
             )
         if not reuse:  # only now: an interrupted run leaves no cache without its model
             write_means(means_path(cache_path), means or {})

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FasterViTTRTError
+from ..quant_formats import QUANT_FORMATS
 from ..sidecar import DEFAULT_BATCH_PROFILE, METADATA_KEY
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+UNOPTIMIZED = {f.name: f.onnx_type for f in QUANT_FORMATS.values() if not f.ort_optimizes}  # run unoptimized
 
 
 class OnnxRuntimeBackend:
@@ -27,7 +29,7 @@ class OnnxRuntimeBackend:
         self.metadata = json.loads(raw) if raw else {}
         # ONNX Runtime's Q/DQ rewrites mistreat FP8 (top-1 99.7 % -> 22.5 % on the fixture): such a
         # graph runs unoptimized. The toolkit's metadata says so; another tool's file is scanned.
-        if self.metadata.get("precision") == "fp8" or (not raw and _has_fp8(path)):
+        if self.metadata.get("precision") in UNOPTIMIZED or (not raw and _stores_unoptimized(path)):
             self.session = _session(path, chosen, optimize=False)
         feed, fetches = self.session.get_inputs()[0], self.session.get_outputs()
         _check_io(path, self.session.get_inputs(), fetches)
@@ -73,12 +75,13 @@ def _session(path: Path, providers: list[str], optimize: bool):
         ) from None
 
 
-def _has_fp8(path: Path) -> bool:
-    """Whether the graph stores FP8 (E4M3) tensors: a ``--precision fp8`` export."""
+def _stores_unoptimized(path: Path) -> bool:
+    """Whether the graph stores tensors of a format ONNX Runtime's optimisations mistreat (FP8
+    E4M3: a ``--precision fp8`` export)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    return any(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in model.graph.initializer)
+    return any(t.data_type in UNOPTIMIZED.values() for t in model.graph.initializer)
 
 
 def _check_io(path: Path, inputs: list, outputs: list) -> None:
