@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..errors import FasterViTTRTError
+from ..quant_formats import QUANT_FORMATS
 from ..sidecar import DEFAULT_BATCH_PROFILE
 from .common import (
     PROFILE_TEXT,
@@ -54,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
     add_batch_profile(parser, None, f"optimization profile (default: the one recorded at export, else {PROFILE_TEXT})")
     parser.add_argument(
         "--precision",
-        choices=("fp32", "fp16", "int8"),
+        choices=("fp32", "fp16", *(f.name for f in QUANT_FORMATS.values() if f.trt_implicit_flag)),
         help="default: the ONNX's own; fp16/int8 from an FP32 graph needs TensorRT 10",
     )
     parser.add_argument("--workspace", type=positive, metavar="MIB", help="workspace memory limit")

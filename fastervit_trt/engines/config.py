@@ -38,10 +38,8 @@ class BuildConfig:
         paths_of(self, "timing_cache", "calib_cache", "calib_data")
 
 
-# TensorRT-RTX's build targets by compute capability; FP8 tensor cores from 8.9 (Ada) on
+# TensorRT-RTX's build targets by compute capability
 RTX_TARGETS = {"7.5": "SM75", "8.0": "SM80", "8.6": "SM86", "8.9": "SM89", "12.0": "SM120", "12.1": "SM121"}
-FP8_MIN_CAPABILITY = (8, 9)
-FP8_GPUS = "Ada: L4, L40S, RTX 40xx; Hopper: H100, H200; Blackwell: B200, RTX 50xx"
 
 
 def load_tensorrt(backend: str = "auto") -> tuple[str, ModuleType]:

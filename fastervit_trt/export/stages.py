@@ -33,6 +33,7 @@ from ..models import (
 )
 from ..preprocess import INPUT_FORMATS, TRANSFORM_SETTINGS, Preprocess, TransformOptions, sample_inputs
 from ..progress import Steps
+from ..quant_formats import QUANT_FORMATS
 from ..runtime.labels import read_class_names
 from ..sidecar import DEFAULT_BATCH_PROFILE
 from .deploy import Exportable, ImageInput, Probabilities, prepare_backbone, prepare_for_export
@@ -52,8 +53,8 @@ from .weights import WeightFile, tensor_bytes
 log = logging.getLogger(__name__)
 
 DEFAULT_VARIANT = "faster_vit_0_224"  # exported when neither a variant nor a checkpoint says which
-PRECISIONS = ("fp32", "fp16", "int8", "fp8")
-QUANTIZED = ("int8", "fp8")  # calibrated: export/quantized.py
+QUANTIZED = tuple(QUANT_FORMATS)  # calibrated: export/quantized.py
+PRECISIONS = ("fp32", "fp16", *QUANTIZED)
 STAGES = (1, 2, 3, 4)
 FP32_TOLERANCE = 1e-4  # max |diff| <= tolerance x max |logit|
 FP16_MIN_COSINE = 0.999
