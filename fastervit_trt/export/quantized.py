@@ -18,10 +18,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
+import onnx
 from onnx import TensorProto
 
 from ..artifacts import write_json
@@ -41,6 +43,7 @@ from ..calibration.dataset import DEFAULT_DATA, CalibrationData, StoredInputs
 from ..calibration.options import CalibrationOptions
 from ..calibration.qdq import (
     QDQ_MIN_OPSET,
+    Placement,
     input_channel_axes,
     placement,
     scale_of,
@@ -52,13 +55,15 @@ from ..compare import compare, compare_outputs
 from ..errors import FasterViTTRTError
 from ..preprocess import Preprocess
 from ..progress import Steps
-from ..quant_formats import quant_format
+from ..quant_formats import QuantFormat, quant_format
 from .fp16 import convert_to_fp16
 from .ort_cpu import release_memory
 from .ort_eval import QDQ_CHUNK, ort_logits, output_sizes
 from .stages import (
     ExportOptions,
     ExportResult,
+    Plan,
+    Traced,
     export_metadata,
     preflight,
     publish_onnx,
@@ -66,9 +71,56 @@ from .stages import (
     write_onnx,
     write_report,
 )
-from .weights import scratch
+from .weights import WeightFile, scratch
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What the checks before any work settled: the format, the export's plan, and the
+    calibration cache with whether it is reused and the settings it is recorded with."""
+
+    options: ExportOptions
+    calib: CalibrationOptions
+    quant: QuantFormat
+    plan: Plan
+    cache_path: Path
+    reuse: bool
+    settings: dict
+
+
+@dataclass(frozen=True)
+class _Ranges:
+    """The activation ranges (a reused or a new cache) and the quantized layers' input means."""
+
+    cache: CalibrationCache
+    means: dict[str, np.ndarray] | None  # measured, or read beside a reused cache
+    corrections: dict[str, np.ndarray] | None  # the means bias correction applies (None: none)
+    inputs_seen: int  # calibration inputs read (0: reused)
+    data: str | None  # where they came from (None: reused)
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """Where the Q/DQ goes: the default placement less the layers mixed precision leaves in
+    float, the evaluator over the base graph, and the sensitivity sections of the report."""
+
+    sites: Placement
+    base: onnx.ModelProto
+    evaluator: Evaluator
+    excluded: frozenset[str]
+    sections: dict
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """The Q/DQ ONNX written to the scratch folder, not yet published."""
+
+    path: Path
+    view: Path  # the same graph on the scratch weights
+    summary: dict
+    metadata: dict
 
 
 def export_quantized(
@@ -76,10 +128,29 @@ def export_quantized(
 ) -> ExportResult:
     """Export ``options.model`` as a calibrated INT8 or FP8 (``options.precision``) Q/DQ ONNX
     plus its calibration cache."""
+    job = _settle(options, calib)
+    budget = calib.accuracy_budget is not None
+    steps = Steps(7 + (calib.sensitivity or budget) + budget, stream)
+    with scratch(options.output_dir) as store:
+        heldout, heldout_kind = _heldout_inputs(calib, job.plan.preprocess, store.folder / "heldout.npy")
+        traced = trace_model(options, job.plan, steps, store, probes={"heldout": heldout})
+        sites = placement(traced.graph, job.quant.name, residuals=calib.quantizes_residuals(bool(options.features)))
+        fp32_path = store.save_view(traced.graph, "fp32.onnx")
+        ranges = _ranges(job, traced.graph, sites, fp32_path, steps, stream)
+        placed = _place(job, traced.graph, sites, ranges, fp32_path, heldout, store, steps, stream)
+        staged = _write_qdq(job, traced, placed, ranges, store, steps)
+        accuracy = _measure(job, traced, placed, staged, heldout_kind, steps)
+        _publish(job, ranges, staged)
+    report = write_report(options, staged.metadata, staged.summary, steps, accuracy=accuracy, **placed.sections)
+    return ExportResult(options.onnx_path, options.report_path, report)
+
+
+def _settle(options: ExportOptions, calib: CalibrationOptions) -> _Job:
+    """Every check before any work: the options the format or a backbone refuses, the export's
+    plan, and whether the calibration cache is reused (only if made with these settings)."""
     if not options.quantized:
         raise ValueError(f"export_quantized exports int8 or fp8, not {options.precision!r}")
-    fmt = options.precision
-    quant = quant_format(fmt)
+    quant = quant_format(options.precision)
     if not quant.quantizes_residuals and calib.residual_qdq == "on":
         raise FasterViTTRTError(
             f"--residual-qdq on is for INT8: {quant.label} keeps residual inputs in FP16 (quantized, "
@@ -109,116 +180,154 @@ def export_quantized(
             f"{cache_path}: calibrated with other settings ({changed}); pass the "
             "same flags to reuse it, or --recalibrate to replace it"
         )
-    budget = calib.accuracy_budget is not None
-    steps = Steps(7 + (calib.sensitivity or budget) + budget, stream)
-    with scratch(options.output_dir) as store:
-        heldout, heldout_kind = _heldout_inputs(calib, preprocess, store.folder / "heldout.npy")
-        traced = trace_model(options, plan, steps, store, probes={"heldout": heldout})
-        fp32 = traced.graph
-        placed = placement(fp32, fmt, residuals=calib.quantizes_residuals(bool(options.features)))
-        targets, activations = placed.targets, placed.activations
-        fp32_path = store.save_view(fp32, "fp32.onnx")
-        means: dict[str, np.ndarray] | None = None
-        if reuse:
-            with steps.step(f"reusing calibration cache {cache_path}"):
-                cache = CalibrationCache.read(cache_path)
-                graph_tensors = {t for n in fp32.graph.node for t in n.output} | {i.name for i in fp32.graph.input}
-                cache.check(calib.method, activations, graph_tensors, cache_path)
-                images_seen = 0
-                if calib.bias_correction and means_path(cache_path).is_file():
-                    means = read_means(means_path(cache_path))
-                elif calib.bias_correction:  # made before bias correction, or by another tool
-                    log.warning("bias correction %s", _bias_correction(calib, None, cache_path))
-        else:
-            with steps.step(f"calibrating ({calib.method}) on {calib.images} inputs from {calib.data}"):
-                data = CalibrationData(calib.data, preprocess, calib.images)
-                channels = ChannelMeans(input_channel_axes(fp32, targets))
-                histograms, images_seen = collect_histograms(
-                    fp32_path, activations, data, calib.batch, stream, means=channels
-                )
-                means = channels.means()
-                amax = {name: compute_amax(h, calib.method, calib.percentile) for name, h in histograms.items()}
-                cache = CalibrationCache(
-                    {name: float(scale_of(a)) for name, a in amax.items()},
-                    calib.method,
-                    version_number(*installed_trt_version()),
-                )
-                release_memory()  # the calibration sessions' buffers, before the next inference
-        base = to_opset(fp32, quant.min_opset)
-        if calib.qdq_base == "fp16":
-            base = convert_to_fp16(
-                to_opset(base, QDQ_MIN_OPSET[TensorProto.FLOAT16]), io_dtype=options.io_dtype, weights=store
-            )
-        reference = ort_logits(fp32_path, heldout)
-        release_memory()  # that session's freed buffers, before the quantized graphs run
-        corrected = means if calib.bias_correction else None
-        evaluator = Evaluator(
-            base,
-            targets,
-            cache.amax,
-            store.arrays(fp32),
-            heldout,
-            reference,
-            store,
-            fmt,
-            output_sizes(fp32),
-            placed.residuals,
-            corrected,
+    return _Job(options, calib, quant, plan, cache_path, reuse, settings)
+
+
+def _ranges(
+    job: _Job, fp32: onnx.ModelProto, sites: Placement, fp32_path: Path, steps: Steps, stream: TextIO | None
+) -> _Ranges:
+    """The activation ranges of ``sites``: the reused cache (checked against the graph before
+    any image is read, with the means kept beside it), or histograms of the calibration inputs
+    reduced to amax by the calibration method, with the quantized layers' input means."""
+    calib, cache_path = job.calib, job.cache_path
+    if job.reuse:
+        with steps.step(f"reusing calibration cache {cache_path}"):
+            cache = CalibrationCache.read(cache_path)
+            graph_tensors = {t for n in fp32.graph.node for t in n.output} | {i.name for i in fp32.graph.input}
+            cache.check(calib.method, sites.activations, graph_tensors, cache_path)
+            means = None
+            if calib.bias_correction and means_path(cache_path).is_file():
+                means = read_means(means_path(cache_path))
+            elif calib.bias_correction:  # made before bias correction, or by another tool
+                log.warning("bias correction %s", _bias_correction(calib, None, cache_path))
+        return _Ranges(cache, means, means, 0, None)
+    with steps.step(f"calibrating ({calib.method}) on {calib.images} inputs from {calib.data}"):
+        data = CalibrationData(calib.data, job.plan.preprocess, calib.images)
+        channels = ChannelMeans(input_channel_axes(fp32, sites.targets))
+        histograms, inputs_seen = collect_histograms(
+            fp32_path, sites.activations, data, calib.batch, stream, means=channels
         )
-        sections: dict = {}
-        excluded: set[str] = set()
-        if calib.sensitivity or calib.accuracy_budget is not None:
-            with steps.step(f"measuring the sensitivity of {len(targets)} layers"):
-                sections["sensitivity"] = layer_sensitivity(evaluator, stream)
-        if calib.accuracy_budget is not None:
-            with steps.step(
-                f"choosing layers to keep in {calib.qdq_base.upper()} (budget {calib.accuracy_budget} points)"
-            ):
-                sections["mixed_precision"] = mixed_precision(
-                    evaluator, [row["layer"] for row in sections["sensitivity"]], calib.accuracy_budget
-                )
-                excluded = set(sections["mixed_precision"]["excluded"])
-        with steps.step(f"inserting Q/DQ over the {calib.qdq_base.upper()} graph"):
-            quantized = evaluator.quantized(skip=excluded)
-        metadata = export_metadata(traced, options, [])
-        metadata["quantization"] = {
-            "format": fmt,
-            "method": calib.method,
-            "qdq_base": calib.qdq_base,
-            "layers": len(targets) - len(excluded),
-            "layers_left_in_float": sorted(excluded),
-            "kept_in_float_by_default": placed.kept,
-            "residual_inputs": sum(r.conv not in excluded for r in placed.residuals),
-            "bias_correction": _bias_correction(calib, corrected, cache_path),
-            "activation_tensors": len(activations),
-            "qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node),
-            "cache": str(cache_path),
-            "cache_reused": reuse,
-            "calibration_inputs": images_seen,
-            "calibration_data": None if reuse else str(calib.data),
-            "calibration_inputs_from": None if reuse else data.describe(),
-        }
-        staged_onnx = store.folder / options.onnx_path.name
-        with steps.step(f"writing {options.onnx_path}"):
-            summary, view = write_onnx(quantized, metadata, staged_onnx, store, options.external_data_threshold)
-            del quantized
-        with steps.step(f"measuring {fmt.upper()} against FP32 on held-out inputs"):
-            fp16 = calib.qdq_base == "fp16"
-            accuracy = _accuracy(
-                traced.probe_references["heldout"],
-                evaluator,
-                view,
-                heldout_kind,
-                evaluator.measure(base) if fp16 else None,
-                int8_kernels=quant.ort_optimizes and not fp16,
+        means = channels.means()
+        amax = {name: compute_amax(h, calib.method, calib.percentile) for name, h in histograms.items()}
+        cache = CalibrationCache(
+            {name: float(scale_of(a)) for name, a in amax.items()},
+            calib.method,
+            version_number(*installed_trt_version()),
+        )
+        release_memory()  # the calibration sessions' buffers, before the next inference
+    return _Ranges(cache, means, means if calib.bias_correction else None, inputs_seen, data.describe())
+
+
+def _place(
+    job: _Job,
+    fp32: onnx.ModelProto,
+    sites: Placement,
+    ranges: _Ranges,
+    fp32_path: Path,
+    heldout: StoredInputs,
+    store: WeightFile,
+    steps: Steps,
+    stream: TextIO | None,
+) -> _Placed:
+    """The base graph the Q/DQ goes over (at the format's opset; FP16 unless ``qdq_base`` is
+    fp32), its evaluator against the FP32 graph's held-out outputs, and, with ``--sensitivity``
+    or ``--accuracy-budget``, each layer's sensitivity and the layers left in float."""
+    calib = job.calib
+    base = to_opset(fp32, job.quant.min_opset)
+    if calib.qdq_base == "fp16":
+        base = convert_to_fp16(
+            to_opset(base, QDQ_MIN_OPSET[TensorProto.FLOAT16]), io_dtype=job.options.io_dtype, weights=store
+        )
+    reference = ort_logits(fp32_path, heldout)
+    release_memory()  # that session's freed buffers, before the quantized graphs run
+    evaluator = Evaluator(
+        base,
+        sites.targets,
+        ranges.cache.amax,
+        store.arrays(fp32),
+        heldout,
+        reference,
+        store,
+        job.quant.name,
+        output_sizes(fp32),
+        sites.residuals,
+        ranges.corrections,
+    )
+    sections: dict = {}
+    excluded: frozenset[str] = frozenset()
+    if calib.sensitivity or calib.accuracy_budget is not None:
+        with steps.step(f"measuring the sensitivity of {len(sites.targets)} layers"):
+            sections["sensitivity"] = layer_sensitivity(evaluator, stream)
+    if calib.accuracy_budget is not None:
+        with steps.step(f"choosing layers to keep in {calib.qdq_base.upper()} (budget {calib.accuracy_budget} points)"):
+            sections["mixed_precision"] = mixed_precision(
+                evaluator, [row["layer"] for row in sections["sensitivity"]], calib.accuracy_budget
             )
-        if not reuse:  # only now: an interrupted run leaves no cache without its model
-            write_means(means_path(cache_path), means or {})
-            cache.write(cache_path)
-            write_json(record_path(cache_path), {**settings, "inputs_seen": images_seen})
-        publish_onnx(staged_onnx, options.onnx_path)
-    report = write_report(options, metadata, summary, steps, accuracy=accuracy, **sections)
-    return ExportResult(options.onnx_path, options.report_path, report)
+            excluded = frozenset(sections["mixed_precision"]["excluded"])
+    return _Placed(sites, base, evaluator, excluded, sections)
+
+
+def _write_qdq(job: _Job, traced: Traced, placed: _Placed, ranges: _Ranges, store: WeightFile, steps: Steps) -> _Staged:
+    """The Q/DQ graph, with its metadata, written to the scratch folder (and freed)."""
+    options = job.options
+    with steps.step(f"inserting Q/DQ over the {job.calib.qdq_base.upper()} graph"):
+        quantized = placed.evaluator.quantized(skip=placed.excluded)
+    metadata = export_metadata(traced, options, [])
+    qdq_nodes = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node)
+    metadata["quantization"] = _quantization(job, placed, ranges, qdq_nodes)
+    staged = store.folder / options.onnx_path.name
+    with steps.step(f"writing {options.onnx_path}"):
+        summary, view = write_onnx(quantized, metadata, staged, store, options.external_data_threshold)
+        del quantized
+    return _Staged(staged, view, summary, metadata)
+
+
+def _quantization(job: _Job, placed: _Placed, ranges: _Ranges, qdq_nodes: int) -> dict:
+    """The metadata's ``quantization`` record."""
+    calib, sites, excluded = job.calib, placed.sites, placed.excluded
+    return {
+        "format": job.quant.name,
+        "method": calib.method,
+        "qdq_base": calib.qdq_base,
+        "layers": len(sites.targets) - len(excluded),
+        "layers_left_in_float": sorted(excluded),
+        "kept_in_float_by_default": sites.kept,
+        "residual_inputs": sum(r.conv not in excluded for r in sites.residuals),
+        "bias_correction": _bias_correction(calib, ranges.corrections, job.cache_path),
+        "activation_tensors": len(sites.activations),
+        "qdq_nodes": qdq_nodes,
+        "cache": str(job.cache_path),
+        "cache_reused": job.reuse,
+        "calibration_inputs": ranges.inputs_seen,
+        "calibration_data": None if job.reuse else str(calib.data),
+        "calibration_inputs_from": ranges.data,
+    }
+
+
+def _measure(job: _Job, traced: Traced, placed: _Placed, staged: _Staged, heldout_kind: str, steps: Steps) -> dict:
+    """The report's ``accuracy``: the written graph (and the FP16 base) against FP32 on the
+    held-out inputs."""
+    fp16 = job.calib.qdq_base == "fp16"
+    with steps.step(f"measuring {job.quant.name.upper()} against FP32 on held-out inputs"):
+        accuracy = _accuracy(
+            traced.probe_references["heldout"],
+            placed.evaluator,
+            staged.view,
+            heldout_kind,
+            placed.evaluator.measure(placed.base) if fp16 else None,
+            int8_kernels=job.quant.ort_optimizes and not fp16,
+        )
+    return accuracy
+
+
+def _publish(job: _Job, ranges: _Ranges, staged: _Staged) -> None:
+    """A new cache (with its means and settings record), then the ONNX moved into place: only
+    after the last measurement, so an interrupted run leaves no cache without its model."""
+    if not job.reuse:
+        write_means(means_path(job.cache_path), ranges.means or {})
+        ranges.cache.write(job.cache_path)
+        write_json(record_path(job.cache_path), {**job.settings, "inputs_seen": ranges.inputs_seen})
+    publish_onnx(staged.path, job.options.onnx_path)
 
 
 def _bias_correction(calib: CalibrationOptions, means: dict[str, np.ndarray] | None, cache: Path) -> str:
