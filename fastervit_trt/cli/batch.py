@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .common import add_model_file, add_quiet, command_parser, number, positive, progress, run
+from .common import add_decoding, add_model_file, add_quiet, command_parser, number, positive, progress, run
 
 EXAMPLES = """\
 examples:
@@ -71,17 +71,7 @@ def parser() -> argparse.ArgumentParser:
         help="rows per Parquet part (the last may hold fewer)",
     )
     parser.add_argument("--topk", type=positive, default=5, help="classes per image (classifiers)")
-    parser.add_argument(
-        "--exact-preprocess",
-        action="store_true",
-        help="decode every JPEG in full and resize the whole image (bitwise timm) even "
-        "where the model was exported with the fast path",
-    )
-    parser.add_argument(
-        "--no-exif-rotate",
-        action="store_true",
-        help="keep the stored pixels; by default EXIF orientation is applied (phone photos upright)",
-    )
+    add_decoding(parser)
     add_quiet(parser)
     return parser
 

@@ -190,6 +190,21 @@ def add_force(parser: argparse.ArgumentParser, what: str = "existing outputs") -
     parser.add_argument("--force", action="store_true", help=f"overwrite {what}")
 
 
+def add_decoding(parser: argparse.ArgumentParser) -> None:
+    """How image files are decoded for a model (infer, batch)."""
+    parser.add_argument(
+        "--exact-preprocess",
+        action="store_true",
+        help="decode every JPEG in full and resize the whole image (bitwise timm) even "
+        "where the model was exported with the fast path",
+    )
+    parser.add_argument(
+        "--no-exif-rotate",
+        action="store_true",
+        help="keep the stored pixels; by default EXIF orientation is applied (phone photos upright)",
+    )
+
+
 def add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 

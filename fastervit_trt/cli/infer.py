@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import FasterViTTRTError
-from .common import EXIT_ERROR, add_json, add_model_file, command_parser, positive, run
+from .common import EXIT_ERROR, add_decoding, add_json, add_model_file, command_parser, positive, run
 
 EXAMPLES = """\
 examples:
@@ -30,17 +30,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", type=Path, help="image files, or folders (read recursively)")
     add_model_file(parser)
     parser.add_argument("--topk", type=positive, default=5, help="classes shown per image")
-    parser.add_argument(
-        "--exact-preprocess",
-        action="store_true",
-        help="decode every JPEG in full and resize the whole image (bitwise timm) even "
-        "where the model was exported with the fast path",
-    )
-    parser.add_argument(
-        "--no-exif-rotate",
-        action="store_true",
-        help="keep the stored pixels; by default EXIF orientation is applied (phone photos upright)",
-    )
+    add_decoding(parser)
     add_json(parser)
     return parser
 
