@@ -18,11 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import FasterViTTRTError
-
-
-class OutputError(FasterViTTRTError):
-    """An output that cannot be written (folder not writable, file exists without --force)."""
+from .errors import OutputError
 
 
 def paths_of(options: object, *fields: str) -> None:

@@ -20,14 +20,10 @@ import numpy as np
 
 from .calibration.dataset import find_images
 from .compare import compare
-from .errors import FasterViTTRTError
+from .errors import EvaluationError
 from .preprocess import Preprocess
 from .progress import Bar
 from .runtime.labels import imagenet_synsets
-
-
-class EvaluationError(FasterViTTRTError):
-    """A dataset folder or label mapping that cannot be evaluated."""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import FasterViTTRTError
+from .errors import ImageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the RGB statistics every official FasterViT was trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,10 +38,6 @@ _RESAMPLE = {
 }
 INTERPOLATIONS = tuple(_RESAMPLE)
 CROP_MODES = ("center", "squash")  # squash at crop_pct 1.0: a plain resize to the input size
-
-
-class ImageError(FasterViTTRTError):
-    """A file that cannot be decoded as an image."""
 
 
 ImageSource = str | Path | bytes | BinaryIO

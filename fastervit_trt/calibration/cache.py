@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import write_bytes
-from ..errors import FasterViTTRTError
+from ..errors import CalibrationCacheError
 from ..tensorrt_import import import_tensorrt
 
 # calibration method -> TensorRT calibrator name in the header
@@ -31,10 +31,6 @@ ALGORITHMS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration", "
 DEFAULT_TRT_VERSION = (10, 13, 3)  # the version written when no TensorRT is installed
 _HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
 _LINE = re.compile(r"^(.+): ([0-9a-fA-F]{8})$")
-
-
-class CalibrationCacheError(FasterViTTRTError):
-    """A calibration cache that is malformed, of another calibrator, or for another graph."""
 
 
 def version_number(major: int, minor: int, patch: int) -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import FasterViTTRTError
+from ..errors import CalibrationDataError
 from ..preprocess import (
     IMAGE_SUFFIXES,
     SAMPLE_IMAGES,
@@ -48,10 +48,6 @@ HELDOUT_EVERY = 8
 MIN_IMAGES = 4
 _SPLIT_SEEDS = {"calibration": 0, "heldout": 1}
 _WARNED: set[Path] = set()  # unreadable files already warned about in this process
-
-
-class CalibrationDataError(FasterViTTRTError):
-    """Calibration data that is missing, empty or unusable."""
 
 
 @dataclass(frozen=True)

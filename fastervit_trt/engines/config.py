@@ -8,13 +8,9 @@ from pathlib import Path
 from types import ModuleType
 
 from ..artifacts import paths_of
-from ..errors import FasterViTTRTError
+from ..errors import EngineBuildError
 from ..sidecar import DEFAULT_BATCH_PROFILE
 from ..tensorrt_import import TENSORRT_MODULES, import_tensorrt
-
-
-class EngineBuildError(FasterViTTRTError):
-    """The ONNX file could not be parsed or built into an engine."""
 
 
 @dataclass(frozen=True)

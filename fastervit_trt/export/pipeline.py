@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TextIO
 
 from ..calibration.options import CalibrationOptions
-from ..errors import FasterViTTRTError
+from ..errors import FasterViTTRTError, ValidationError
 from ..preprocess import TransformOptions
 from ..progress import Steps
 from .fp16 import convert_to_fp16, find_fp16_overflows
@@ -22,7 +22,6 @@ from .quantized import export_quantized
 from .stages import (
     ExportOptions,
     ExportResult,
-    ValidationError,
     export_metadata,
     preflight,
     publish_onnx,

@@ -60,10 +60,6 @@ FP32_TOLERANCE = 1e-4  # max |diff| <= tolerance x max |logit|
 FP16_MIN_COSINE = 0.999
 
 
-class ValidationError(FasterViTTRTError):
-    """The exported graph does not reproduce PyTorch within tolerance."""
-
-
 @dataclass(frozen=True)
 class ExportOptions:
     """Everything one export needs; defaults match ``fastervit-export``'s.

@@ -22,12 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import FasterViTTRTError
+from ..errors import InputError
 from ..preprocess import Preprocess
-
-
-class InputError(FasterViTTRTError):
-    """An input the model cannot take (wrong shape, dtype or kind)."""
 
 
 def is_torch_tensor(value: Any) -> bool:

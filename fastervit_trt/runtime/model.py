@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import sha256
-from ..errors import FasterViTTRTError
+from ..errors import EngineMismatchError, FasterViTTRTError
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ..sidecar import read_sidecar, rebuild_command, sidecar_path
 from .backend import Backend, join_parts
@@ -39,10 +39,6 @@ _DEFAULT_PREPROCESS = {
     "mean": IMAGENET_MEAN,
     "std": IMAGENET_STD,
 }
-
-
-class EngineMismatchError(FasterViTTRTError):
-    """An engine that does not belong to this runtime, GPU or sidecar."""
 
 
 @dataclass(frozen=True)
