@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from fastervit_trt.compare import compare
-from fastervit_trt.export.ort_eval import ort_logits
 from fastervit_trt.export.pipeline import ExportOptions, export_model
 from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
+from fastervit_trt.graph.ort_eval import ort_logits
 
 QUANTIZED = {
     "int8": ("int8", True),

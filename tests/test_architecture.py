@@ -96,21 +96,67 @@ def test_nothing_imports_the_cli():
     ] == []
 
 
+# docs/architecture.md's layers, lowest first: a module imports only its own folder, the base
+# and layers below its own (never one beside it). Top-level modules not named are the base.
+LAYERS = (
+    ("models", "graph", "runtime"),
+    ("calibration",),
+    ("export",),
+    ("engines",),
+    ("batch", "deepstream", "evaluate", "inspect", "polygraphy_data", "serve", "triton", "triton_preprocess"),
+    ("cli",),
+)
+RANK = {group: rank + 1 for rank, groups in enumerate(LAYERS) for group in groups}
+
+
+def _group(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else "base"
+
+
+def _rank(module: str) -> int:
+    return RANK.get(_group(module), 0)
+
+
+def _package_module(target: str) -> str | None:
+    """The package module an import target names (``pkg.mod.Name`` -> ``pkg.mod``), if any."""
+    while target not in MODULES and "." in target:
+        target = target.rpartition(".")[0]
+    return target if target in MODULES and target != "fastervit_trt" else None
+
+
+def test_every_layer_is_named():
+    """A new folder or module must be placed in a layer (or the base) on purpose."""
+    groups = {_group(m) for m in MODULES if m.count(".")}
+    base = sorted(g for g in groups if g not in RANK)
+    assert all(f"fastervit_trt.{g}" in MODULES and not (PACKAGE / g).is_dir() for g in base), base
+
+
+def test_no_import_runs_up_or_across_a_layer():
+    """Data flows one way: no module imports a layer above its own, or another folder of its own layer."""
+    offenders = sorted(
+        f"{module} imports {target}"
+        for module, imports in MODULES.items()
+        if module.count(".")
+        for target in {_package_module(t) for t, kind in imports if kind != "typing"} - {None}
+        if _group(target) != _group(module)
+        and (_rank(target) > _rank(module) or (_rank(target) == _rank(module) and _rank(module) > 0))
+    )
+    assert offenders == []
+
+
 def test_calibration_keeps_to_algorithms():
-    """Calibration algorithms sit below the export drivers and the engine builder."""
-    assert _offenders("fastervit_trt.calibration", (*EXPORT_DRIVERS, "fastervit_trt.engines")) == []
+    """Calibration algorithms sit below the export drivers and the engine builder: they import
+    nothing of ``export/`` (its graph helpers live in ``graph/``) nor the engines."""
+    assert (
+        _offenders("fastervit_trt.calibration", (*EXPORT_DRIVERS, "fastervit_trt.export", "fastervit_trt.engines"))
+        == []
+    )
 
 
-def test_models_and_export_helpers_import_nothing_above_them():
+def test_models_and_graph_helpers_import_nothing_above_them():
     above = ("fastervit_trt.export", "fastervit_trt.calibration", "fastervit_trt.engines", "fastervit_trt.runtime")
     assert _offenders("fastervit_trt.models", above) == []
-    helpers = [m for m in MODULES if m.startswith("fastervit_trt.export.") and m not in EXPORT_DRIVERS]
-    assert helpers, "no export helpers found"
-    assert [
-        o
-        for h in helpers
-        for o in _offenders(h, ("fastervit_trt.calibration", *EXPORT_DRIVERS, "fastervit_trt.engines"))
-    ] == []
+    assert _offenders("fastervit_trt.graph", (*above, "fastervit_trt.models")) == []
 
 
 def test_no_circular_imports_in_the_package():

@@ -21,9 +21,9 @@ from fastervit_trt.cli import deepstream_main
 from fastervit_trt.compare import compare
 from fastervit_trt.deepstream import DeepStreamOptions, write_deepstream
 from fastervit_trt.errors import FasterViTTRTError
-from fastervit_trt.export.ort_eval import ort_logits
 from fastervit_trt.export.pipeline import ExportOptions, export_model
 from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
+from fastervit_trt.graph.ort_eval import ort_logits
 from fastervit_trt.models.configs import get_variant, list_models
 from fastervit_trt.preprocess import Preprocess, load_image, sample_inputs
 from fastervit_trt.runtime.labels import class_names

@@ -18,8 +18,8 @@ def test_polygraphy_run_feeds_preprocessed_photos(tmp_path):
     pytest.importorskip("polygraphy")
     from polygraphy.json import load_json
 
-    from fastervit_trt.export.ort_eval import ort_logits
     from fastervit_trt.export.pipeline import ExportOptions, export_model
+    from fastervit_trt.graph.ort_eval import ort_logits
     from fastervit_trt.preprocess import IMAGE_SUFFIXES, SAMPLE_IMAGES, Preprocess, load_image
 
     onnx_path = export_model(ExportOptions(model="faster_vit_digits", precision="fp32", output_dir=tmp_path)).onnx_path

@@ -3,7 +3,7 @@
 Only the histograms are kept between batches, never the activations, so memory does not
 grow with the number of images. The requested activations never exceed
 ``ACTIVATION_BUDGET``: the graph is cut, in node order, into segments whose requested
-activations for one image fit it (and whose weights fit ``export/segments.py``'s budget),
+activations for one image fit it (and whose weights fit ``graph/segments.py``'s budget),
 and each batch flows through the segments one after the other, each in an ONNX Runtime
 session of its own that maps in only its own weights, passing on only the tensors later
 segments read. So every image goes through the network once, whatever the resolution, and
@@ -24,8 +24,8 @@ from typing import TextIO
 
 import numpy as np
 
-from ..export.ort_cpu import release_memory
-from ..export.segments import SegmentedGraph
+from ..graph.ort_cpu import release_memory
+from ..graph.segments import SegmentedGraph
 from ..progress import Bar
 from .dataset import CalibrationData
 from .ranges import Histogram

@@ -36,7 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..quant_formats import QUANT_FORMATS, quant_format
 
 if TYPE_CHECKING:  # importing the export package pulls in torch; inspect reads Q/DQ graphs without it
-    from ..export.weights import WeightFile
+    from ..graph.weights import WeightFile
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 QDQ_MIN_OPSET = {TensorProto.FLOAT: 13, TensorProto.FLOAT16: 19}  # by the float type quantized

@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 
 from ..compare import compare, compare_outputs
-from ..export.ort_eval import QDQ_CHUNK, InputSet, ort_logits
-from ..export.weights import WeightFile
+from ..graph.ort_eval import QDQ_CHUNK, InputSet, ort_logits
+from ..graph.weights import WeightFile
 from ..progress import Bar
 from .qdq import QuantTarget, ResidualInput, insert_qdq, tensor_types
 

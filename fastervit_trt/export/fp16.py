@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .ort_cpu import cpu_session
-from .weights import WeightFile
+from ..graph.ort_cpu import cpu_session
+from ..graph.weights import WeightFile
 
 FP32_OPS = frozenset(
     {

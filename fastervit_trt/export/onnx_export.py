@@ -20,9 +20,9 @@ import onnx
 import torch
 
 from .. import __version__
+from ..graph.weights import WeightFile, tensor_bytes
 from ..sidecar import METADATA_KEY, read_metadata  # noqa: F401  (read_metadata: public here too)
 from .deploy import Exportable, ImageInput
-from .weights import WeightFile, tensor_bytes
 
 INPUT_NAME = "input"
 BATCH_DIM = "batch"

@@ -13,11 +13,12 @@ from typing import TextIO
 
 from ..calibration.options import CalibrationOptions
 from ..errors import FasterViTTRTError, ValidationError
+from ..graph.ort_cpu import release_memory
+from ..graph.ort_eval import eval_chunk, output_sizes
+from ..graph.weights import scratch
 from ..preprocess import TransformOptions
 from ..progress import Steps
 from .fp16 import convert_to_fp16, find_fp16_overflows
-from .ort_cpu import release_memory
-from .ort_eval import eval_chunk, output_sizes
 from .quantized import export_quantized
 from .stages import (
     ExportOptions,
@@ -30,7 +31,6 @@ from .stages import (
     write_onnx,
     write_report,
 )
-from .weights import scratch
 
 __all__ = [
     "CalibrationOptions",

@@ -53,12 +53,13 @@ from ..calibration.ranges import compute_amax
 from ..calibration.sensitivity import Evaluator, layer_sensitivity, mixed_precision
 from ..compare import compare, compare_outputs
 from ..errors import FasterViTTRTError
+from ..graph.ort_cpu import release_memory
+from ..graph.ort_eval import QDQ_CHUNK, ort_logits, output_sizes
+from ..graph.weights import WeightFile, scratch
 from ..preprocess import Preprocess
 from ..progress import Steps
 from ..quant_formats import QuantFormat, quant_format
 from .fp16 import convert_to_fp16
-from .ort_cpu import release_memory
-from .ort_eval import QDQ_CHUNK, ort_logits, output_sizes
 from .stages import (
     ExportOptions,
     ExportResult,
@@ -71,7 +72,6 @@ from .stages import (
     write_onnx,
     write_report,
 )
-from .weights import WeightFile, scratch
 
 log = logging.getLogger(__name__)
 

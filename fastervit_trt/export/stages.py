@@ -20,6 +20,9 @@ from .. import __version__
 from ..artifacts import check_writable, paths_of, sha256, write_json
 from ..compare import Comparison, compare, compare_outputs, flatten
 from ..errors import FasterViTTRTError
+from ..graph.ort_cpu import release_memory
+from ..graph.ort_eval import InputSet, eval_chunk, ort_logits
+from ..graph.weights import WeightFile, tensor_bytes
 from ..models import (
     Backbone,
     Checkpoint,
@@ -46,9 +49,6 @@ from .onnx_export import (
     simplify,
     trace_to_onnx,
 )
-from .ort_cpu import release_memory
-from .ort_eval import InputSet, eval_chunk, ort_logits
-from .weights import WeightFile, tensor_bytes
 
 log = logging.getLogger(__name__)
 

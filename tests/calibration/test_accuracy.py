@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from fastervit_trt.calibration.dataset import find_images
-from fastervit_trt.export.ort_eval import ort_logits
 from fastervit_trt.export.pipeline import ExportOptions, export_model
 from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
+from fastervit_trt.graph.ort_eval import ort_logits
 from fastervit_trt.models import create_model
 from fastervit_trt.preprocess import Preprocess, load_image
 

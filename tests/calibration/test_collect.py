@@ -9,8 +9,8 @@ from onnx import TensorProto, helper
 
 from fastervit_trt.calibration.collect import ChannelMeans, collect_histograms
 from fastervit_trt.calibration.qdq import input_channel_axes, quant_targets
-from fastervit_trt.export.ort_cpu import cpu_session
-from fastervit_trt.export.segments import split_graph
+from fastervit_trt.graph.ort_cpu import cpu_session
+from fastervit_trt.graph.segments import split_graph
 
 
 class Arrays:

@@ -11,7 +11,7 @@ import pytest
 
 from fastervit_trt.calibration.cache import CalibrationCache
 from fastervit_trt.cli import export_main
-from fastervit_trt.export.ort_eval import ort_logits
+from fastervit_trt.graph.ort_eval import ort_logits
 
 
 @pytest.mark.slow

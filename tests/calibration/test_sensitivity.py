@@ -16,9 +16,9 @@ from fastervit_trt.calibration.qdq import QDQ_MIN_OPSET, placement, to_opset
 from fastervit_trt.calibration.sensitivity import Evaluator, fewest_exclusions, mixed_precision
 from fastervit_trt.cli import inspect_main
 from fastervit_trt.export.fp16 import convert_to_fp16
-from fastervit_trt.export.ort_eval import ort_logits
 from fastervit_trt.export.pipeline import ExportOptions, export_model
 from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
+from fastervit_trt.graph.ort_eval import ort_logits
 from fastervit_trt.models import get_variant
 from fastervit_trt.preprocess import Preprocess
 

@@ -10,7 +10,7 @@ from fastervit_trt.export.fp16 import FP16_MAX, find_fp16_overflows
 
 
 def test_range_check_flags_the_nodes_beyond_half_the_fp16_range(tmp_path):
-    from fastervit_trt.export.weights import WeightFile
+    from fastervit_trt.graph.weights import WeightFile
 
     scale = np.array([2.0, 1e6, -1e6], np.float32)  # channels 1 and 2 overflow after "big"
     graph = helper.make_graph(

@@ -10,9 +10,9 @@ import onnx
 import pytest
 
 from fastervit_trt.compare import compare
-from fastervit_trt.export.ort_eval import ort_logits
 from fastervit_trt.export.pipeline import ExportOptions, export_model
 from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
+from fastervit_trt.graph.ort_eval import ort_logits
 from fastervit_trt.inspect import inspect_onnx
 from fastervit_trt.preprocess import Preprocess, sample_inputs
 from fastervit_trt.runtime import load

@@ -72,7 +72,7 @@ def test_fp16_and_int8_at_high_resolution_peak_near_fp32(tmp_path):
 _KILLED = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    import fastervit_trt.export.weights as weights
+    import fastervit_trt.graph.weights as weights
     from fastervit_trt.export.pipeline import ExportOptions, export_model
     real = weights._copy
     def copy_then_die(src, dst, length):
@@ -114,7 +114,7 @@ def test_inline_weights_are_streamed_into_a_file_every_reader_parses_as_one_mode
     import onnx
     from onnx import helper, numpy_helper
 
-    from fastervit_trt.export.weights import WeightFile
+    from fastervit_trt.graph.weights import WeightFile
 
     rng = np.random.default_rng(0)
     weights = WeightFile(tmp_path)
@@ -143,7 +143,7 @@ def test_inline_weights_are_streamed_into_a_file_every_reader_parses_as_one_mode
 
 def test_graph_checks_pass_fewer_inputs_at_a_time_as_inputs_grow():
     """Four 224x224 inputs per pass, fewer above 384x384, never none."""
-    from fastervit_trt.export.ort_eval import eval_chunk
+    from fastervit_trt.graph.ort_eval import eval_chunk
 
     chunks = {
         size: eval_chunk(np.zeros((8, 3, *size), np.float32))

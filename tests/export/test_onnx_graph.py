@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
-from fastervit_trt.export.ort_eval import ort_logits
 from fastervit_trt.export.pipeline import ExportOptions, export_model
+from fastervit_trt.graph.ort_eval import ort_logits
 
 BANNED_OPS = {"BatchNormalization", "Shape", "ConstantOfShape", "Identity", "Pad", "Range", "Where", "Constant"}
 

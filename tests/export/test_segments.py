@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import pytest
 
-import fastervit_trt.export.ort_eval as pipeline
+import fastervit_trt.graph.ort_eval as pipeline
 from fastervit_trt.compare import compare
-from fastervit_trt.export.ort_cpu import cpu_session
-from fastervit_trt.export.segments import SegmentedGraph
-from fastervit_trt.export.weights import tensor_bytes
+from fastervit_trt.graph.ort_cpu import cpu_session
+from fastervit_trt.graph.segments import SegmentedGraph
+from fastervit_trt.graph.weights import tensor_bytes
 
 BUDGET = 1 << 22  # 4 MB of weights per segment: FasterViT-0 (63 MB as FP16) needs many
 
