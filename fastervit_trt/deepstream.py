@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .artifacts import check_writable, write_bytes
-from .errors import FasterViTTRTError
+from .errors import ModelFileError, OptionsError, ServiceError
 from .quant_formats import QUANT_FORMATS
 from .runtime.labels import model_class_names
 from .sidecar import export_command, read_metadata, read_sidecar
@@ -51,16 +51,16 @@ class DeepStreamOptions:
 
     def __post_init__(self) -> None:
         if self.process_mode not in PROCESS_MODES:
-            raise ValueError(f"process mode must be primary or secondary, not {self.process_mode!r}")
+            raise OptionsError(f"process mode must be primary or secondary, not {self.process_mode!r}")
         if not 0 <= self.threshold <= 1:
-            raise ValueError(f"--threshold {self.threshold} is a probability: 0 to 1")
+            raise OptionsError(f"--threshold {self.threshold} is a probability: 0 to 1")
 
 
 def describe(model_path: Path) -> dict:
     """What nvinfer needs of an export: its metadata, ONNX and engine paths, batch, precision."""
     model_path = Path(model_path)
     if not model_path.is_file():
-        raise FasterViTTRTError(f"{model_path}: no such model file; export one with fastervit-export --input pixels")
+        raise ModelFileError(f"{model_path}: no such model file; export one with fastervit-export --input pixels")
     if model_path.suffix == ".onnx":
         import onnx
 
@@ -75,7 +75,7 @@ def describe(model_path: Path) -> dict:
     if model_path.suffix in (".engine", ".plan"):
         sidecar = read_sidecar(model_path)
         if sidecar is None:
-            raise FasterViTTRTError(
+            raise ModelFileError(
                 f"{model_path}: no sidecar beside the engine, so its preprocessing is unknown; "
                 "build it with fastervit-build, or pass the .onnx"
             )
@@ -102,7 +102,7 @@ def describe(model_path: Path) -> dict:
             "batch": sidecar["inputs"][0]["profile"]["max"][0],
             "precision": sidecar.get("precision"),
         }
-    raise FasterViTTRTError(f"{model_path}: expected an .onnx export or an .engine with its sidecar")
+    raise ModelFileError(f"{model_path}: expected an .onnx export or an .engine with its sidecar")
 
 
 def _check(model_path: Path, info: dict) -> dict:
@@ -110,13 +110,13 @@ def _check(model_path: Path, info: dict) -> dict:
     metadata = info["metadata"]
     preprocess = metadata.get("preprocess")
     if not preprocess:
-        raise FasterViTTRTError(
+        raise ModelFileError(
             f"{model_path}: has no fastervit-trt metadata, so its preprocessing is unknown; "
             "export it with fastervit-export --input pixels --softmax"
         )
     if metadata.get("features") or metadata.get("output") == "embedding":
         kind = "a backbone (feature maps" if metadata.get("features") else "an embedding model (a pooled vector"
-        raise FasterViTTRTError(
+        raise ServiceError(
             f"{model_path}: {kind} out, no classes); nvinfer's classifier needs a classifier export"
         )
     missing = _missing_flags(preprocess, metadata)
@@ -129,18 +129,18 @@ def _check(model_path: Path, info: dict) -> dict:
         ]
         *first, last = missing
         named = " and ".join(filter(None, [", ".join(first), last]))
-        raise FasterViTTRTError(
+        raise ServiceError(
             f"{model_path}: export it with {named} ({'; '.join(dict.fromkeys(missing.values()))}): "
             f"{command} {' '.join(flags)}"
         )
     if preprocess["interpolation"] not in SCALING_FILTERS:
-        raise FasterViTTRTError(
+        raise ServiceError(
             f"{model_path}: interpolation {preprocess['interpolation']!r} has no nvinfer "
             f"scaling-filter; choose from {', '.join(SCALING_FILTERS)}"
         )
     quant = QUANT_FORMATS.get(info["precision"])
     if quant is not None and not quant.nvinfer_builds_onnx and info["engine"] is None:
-        raise FasterViTTRTError(
+        raise ServiceError(
             f"{model_path}: nvinfer builds an ONNX file with its precision flags and has no {quant.label} "
             "mode; build the engine with fastervit-build where DeepStream runs (its TensorRT) "
             "and pass the .engine"
@@ -220,7 +220,7 @@ def labels_file(model_path: Path, info: dict) -> str:
     names = model_class_names(metadata, int(metadata["arch"]["num_classes"]))
     broken = next((name for name in names if ";" in name or "\n" in name or "\r" in name), None)
     if broken is not None:
-        raise FasterViTTRTError(
+        raise ServiceError(
             f"{model_path}: class name {broken!r} holds ';' or a line break, which split nvinfer's one-line "
             "labels file; re-export with --class-names free of them"
         )

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, OptionsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the RGB statistics every official FasterViT was trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -128,15 +128,15 @@ def check_transform(settings: Mapping[str, Any]) -> None:
     """Refuse eval-transform settings this preprocessing cannot apply (ValueError, one line)."""
     for name in ("mean", "std"):
         if name in settings and len(settings[name]) != 3:
-            raise ValueError(f"--{name} takes 3 values (R G B), not {list(settings[name])}")
+            raise OptionsError(f"--{name} takes 3 values (R G B), not {list(settings[name])}")
     if any(v <= 0 for v in settings.get("std", ())):
-        raise ValueError(f"--std values must be positive, not {list(settings['std'])}")
+        raise OptionsError(f"--std values must be positive, not {list(settings['std'])}")
     if "interpolation" in settings and settings["interpolation"] not in INTERPOLATIONS:
-        raise ValueError(f"interpolation {settings['interpolation']!r}: use one of {', '.join(INTERPOLATIONS)}")
+        raise OptionsError(f"interpolation {settings['interpolation']!r}: use one of {', '.join(INTERPOLATIONS)}")
     if "crop_mode" in settings and settings["crop_mode"] not in CROP_MODES:
-        raise ValueError(f"crop mode {settings['crop_mode']!r}: use one of {', '.join(CROP_MODES)}")
+        raise OptionsError(f"crop mode {settings['crop_mode']!r}: use one of {', '.join(CROP_MODES)}")
     if "crop_pct" in settings and not 0 < settings["crop_pct"] <= 1:
-        raise ValueError(f"--crop-pct {settings['crop_pct']:g}: the share of the image kept, above 0 and at most 1")
+        raise OptionsError(f"--crop-pct {settings['crop_pct']:g}: the share of the image kept, above 0 and at most 1")
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if self.input_format not in INPUT_FORMATS:
-            raise ValueError(f"input_format must be one of {', '.join(INPUT_FORMATS)}, not {self.input_format!r}")
+            raise OptionsError(f"input_format must be one of {', '.join(INPUT_FORMATS)}, not {self.input_format!r}")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -208,7 +208,7 @@ class Preprocess:
         if self.crop_mode == "squash":
             return scale_w, scale_h
         if self.crop_mode != "center":
-            raise ValueError(f"unsupported crop mode {self.crop_mode!r}; use 'center' or 'squash'")
+            raise OptionsError(f"unsupported crop mode {self.crop_mode!r}; use 'center' or 'squash'")
         if scale_h == scale_w:  # shorter side to the scale size, longer side truncated
             short, long = sorted((width, height))
             new_long = int(scale_h * long / short)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..artifacts import paths_of
+from ..errors import OptionsError
 from .dataset import DEFAULT_DATA
 from .ranges import METHODS
 
@@ -41,22 +42,22 @@ class CalibrationOptions:
     def __post_init__(self) -> None:
         paths_of(self, "data", "cache")
         if self.method not in METHODS:
-            raise ValueError(f"calibration method must be one of {', '.join(METHODS)}, not {self.method!r}")
+            raise OptionsError(f"calibration method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.qdq_base not in ("fp16", "fp32"):
-            raise ValueError(f"qdq_base must be fp16 or fp32, not {self.qdq_base!r}")
+            raise OptionsError(f"qdq_base must be fp16 or fp32, not {self.qdq_base!r}")
         if not PERCENTILE_RANGE[0] < self.percentile <= PERCENTILE_RANGE[1]:
-            raise ValueError(
+            raise OptionsError(
                 f"--calib-percentile must be above {PERCENTILE_RANGE[0]:g} and at most "
                 f"{PERCENTILE_RANGE[1]:g} (the share of |x| values kept in range), not {self.percentile:g}"
             )
         if self.residual_qdq not in ("auto", "on", "off"):
-            raise ValueError(f"--residual-qdq must be auto, on or off, not {self.residual_qdq!r}")
+            raise OptionsError(f"--residual-qdq must be auto, on or off, not {self.residual_qdq!r}")
         if self.heldout < 1:
-            raise ValueError(f"--calib-heldout must be at least 1, not {self.heldout}")
+            raise OptionsError(f"--calib-heldout must be at least 1, not {self.heldout}")
         if self.images < 1 or self.batch < 1:
-            raise ValueError("--calib-images and --calib-batch must be positive")
+            raise OptionsError("--calib-images and --calib-batch must be positive")
         if self.accuracy_budget is not None and not 0 <= self.accuracy_budget <= 100:
-            raise ValueError("--accuracy-budget is a top-1 agreement drop in points, between 0 and 100")
+            raise OptionsError("--accuracy-budget is a top-1 agreement drop in points, between 0 and 100")
 
     def quantizes_residuals(self, features: bool) -> bool:
         """Whether INT8 residual inputs get Q/DQ: ``auto`` for a classifier, not a backbone."""

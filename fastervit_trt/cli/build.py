@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from ..errors import FasterViTTRTError
+from ..errors import ModelFileError
 from ..quant_formats import QUANT_FORMATS
 from ..sidecar import DEFAULT_BATCH_PROFILE
 from .common import (
@@ -95,7 +95,7 @@ def _build(args: argparse.Namespace) -> int:
     from ..engines.builder import check_engine_path, onnx_facts
 
     if not args.onnx.is_file():
-        raise FasterViTTRTError(f"{args.onnx}: no such ONNX file; export one with fastervit-export")
+        raise ModelFileError(f"{args.onnx}: no such ONNX file; export one with fastervit-export")
     output = args.output or Path("engines") / args.onnx.with_suffix(".engine").name
     check_engine_path(output, args.onnx)
     batch = args.batch or tuple(onnx_facts(args.onnx)["metadata"].get("batch_profile") or DEFAULT_BATCH_PROFILE)

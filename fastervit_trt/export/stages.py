@@ -19,7 +19,7 @@ import torch
 from .. import __version__
 from ..artifacts import check_writable, paths_of, sha256, write_json
 from ..compare import Comparison, compare, compare_outputs, flatten
-from ..errors import FasterViTTRTError
+from ..errors import CheckpointError, OptionsError
 from ..graph.ort_cpu import release_memory
 from ..graph.ort_eval import InputSet, eval_chunk, ort_logits
 from ..graph.weights import WeightFile, tensor_bytes
@@ -99,23 +99,23 @@ class ExportOptions:
         elif self.class_names is not None and not isinstance(self.class_names, Path):
             object.__setattr__(self, "class_names", tuple(map(str, self.class_names)))
         if self.num_classes is not None and self.num_classes < 0:
-            raise ValueError(f"--num-classes must be 0 (headless) or more, not {self.num_classes}")
+            raise OptionsError(f"--num-classes must be 0 (headless) or more, not {self.num_classes}")
         if self.model is None:  # memory-mapped: reads the pickle, not the weights
             found = variant_of(read_checkpoint(self.checkpoint, self.weights)) if self.checkpoint else DEFAULT_VARIANT
             object.__setattr__(self, "model", found)
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+            raise OptionsError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.input_format not in INPUT_FORMATS:
-            raise ValueError(f"input format must be one of {', '.join(INPUT_FORMATS)}, not {self.input_format!r}")
+            raise OptionsError(f"input format must be one of {', '.join(INPUT_FORMATS)}, not {self.input_format!r}")
         low, opt, high = self.batch
         if not 1 <= low <= opt <= high:
-            raise ValueError(f"batch profile must satisfy 1 <= MIN <= OPT <= MAX, got {low},{opt},{high}")
+            raise OptionsError(f"batch profile must satisfy 1 <= MIN <= OPT <= MAX, got {low},{opt},{high}")
         if not set(self.features) <= set(STAGES) or len(set(self.features)) != len(self.features):
-            raise ValueError(f"feature stages must be distinct stages of {STAGES}, not {list(self.features)}")
+            raise OptionsError(f"feature stages must be distinct stages of {STAGES}, not {list(self.features)}")
         if self.feature_norm and not self.features:
-            raise ValueError("--feature-norm normalises feature maps: pass --features too")
+            raise OptionsError("--feature-norm normalises feature maps: pass --features too")
         if self.softmax and self.features:
-            raise ValueError(
+            raise OptionsError(
                 "--softmax turns a classifier's logits into probabilities; a backbone (--features) has none"
             )
         object.__setattr__(self, "features", tuple(sorted(self.features)))
@@ -316,7 +316,7 @@ def preflight(options: ExportOptions, extra_outputs: tuple[Path, ...] = ()) -> P
     with torch.device("meta"):  # builds the shapes only: validates the resolution in ms
         variant = create_model(options.model, resolution=options.resolution, num_classes=num_classes).variant
     if options.softmax and not variant.arch.num_classes:
-        raise FasterViTTRTError(
+        raise OptionsError(
             f"{options.checkpoint}: a headless checkpoint (pooled embedding out) has no classes for --softmax; drop it"
         )
     plan = Plan(variant, *_transform(options, variant, checkpoint), _class_names(options, variant))
@@ -349,7 +349,7 @@ def _transform(
     refused = checkpoint.refused_transform() if checkpoint else {}
     unresolved = [name for name in refused if name not in given]  # the user must choose
     if unresolved:
-        raise FasterViTTRTError(
+        raise CheckpointError(
             f"{options.checkpoint}: its training args ask for a transform this toolkit cannot apply "
             f"({'; '.join(refused[n] for n in unresolved)}); pass "
             f"{' '.join('--' + n.replace('_', '-') for n in unresolved)} to choose one"
@@ -376,10 +376,10 @@ def _class_names(options: ExportOptions, variant: Variant) -> tuple[str, ...] | 
     where = source if isinstance(source, Path) else "class_names"
     classes = variant.arch.num_classes
     if not classes:
-        raise FasterViTTRTError(f"{where}: the model is headless (no classes, a pooled embedding out); drop the names")
+        raise OptionsError(f"{where}: the model is headless (no classes, a pooled embedding out); drop the names")
     if len(names) != classes:
         of = f"{options.checkpoint}'s head" if options.checkpoint else f"{variant.name}'s head"
-        raise FasterViTTRTError(
+        raise OptionsError(
             f"{where}: {len(names)} class names, but {of} has {classes} classes; give one name per class, in "
             "the head's order"
         )

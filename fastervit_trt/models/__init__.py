@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, ResolutionError
+from ..errors import CheckpointError, OptionsError, ResolutionError
 from .checkpoint import Checkpoint, load_into, mismatch, read_checkpoint
 from .configs import REGISTRY, ArchConfig, EvalConfig, Variant, get_variant, list_models
 from .fastervit import Backbone, FasterViT, check_resolution, nearest_resolutions, stage_geometry
@@ -71,7 +71,7 @@ def create_model(
         changes["num_classes"] = num_classes
     unknown = set(changes) - set(ArchConfig.__dataclass_fields__)
     if unknown:
-        raise TypeError(f"create_model() got unknown options: {', '.join(sorted(unknown))}")
+        raise OptionsError(f"create_model() got unknown options: {', '.join(sorted(unknown))}")
     arch = replace(variant.arch, **changes)
     check_resolution(arch)
     trained = loaded.transform() if loaded is not None else {}

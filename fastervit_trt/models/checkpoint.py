@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, OptionsError
 from ..preprocess import check_transform
 from .configs import REGISTRY
 
@@ -79,7 +79,7 @@ class Checkpoint:
         for name, value in self._recorded_transform().items():
             try:
                 check_transform({name: value})
-            except ValueError as exc:
+            except OptionsError as exc:
                 refused[name] = str(exc)
         return refused
 
@@ -114,7 +114,7 @@ def read_checkpoint(path: str | Path, weights: str = "model") -> Checkpoint:
     """The weights in ``path`` (``weights``: "model" or "ema"), unwrapped and prefix-stripped."""
     path = Path(path)
     if weights not in WEIGHT_CHOICES:
-        raise ValueError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}, not {weights!r}")
+        raise OptionsError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}, not {weights!r}")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file; check the path")
     raw = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastervit_trt.errors import ResolutionError, UnknownModelError
+from fastervit_trt.errors import OptionsError, ResolutionError, UnknownModelError
 from fastervit_trt.models import create_model, get_variant, list_models
 from fastervit_trt.models.checkpoint import mismatch
 from tests.parity import official_model
@@ -81,5 +81,5 @@ def test_resolution_the_windows_cannot_take(name, resolution):
 
 
 def test_unknown_override_is_refused():
-    with pytest.raises(TypeError, match="depht"):
+    with pytest.raises(OptionsError, match="depht"):
         create_model("faster_vit_0_224", depht=3)
