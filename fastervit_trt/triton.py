@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .artifacts import check_writable, staged, write_bytes
-from .errors import FasterViTTRTError
+from .errors import ModelFileError, OptionsError, ServiceError
 from .runtime.labels import model_class_names
 from .sidecar import DEFAULT_BATCH_PROFILE, read_metadata
 
@@ -56,16 +56,16 @@ class TritonOptions:
 
     def __post_init__(self) -> None:
         if self.name is not None and not _NAME.fullmatch(self.name):
-            raise ValueError(
+            raise OptionsError(
                 f"--name {self.name!r}: a Triton model name is letters, digits, '_', '-' "
                 "and '.' (not starting with '.'), so it stays a folder inside --repo"
             )
         if self.instances < 1:
-            raise ValueError(f"--instances must be at least 1, not {self.instances}")
+            raise OptionsError(f"--instances must be at least 1, not {self.instances}")
         if self.max_queue_delay_us < 0:
-            raise ValueError(f"--max-queue-delay-us must be at least 0, not {self.max_queue_delay_us}")
+            raise OptionsError(f"--max-queue-delay-us must be at least 0, not {self.max_queue_delay_us}")
         if self.kind not in (None, "gpu", "cpu"):
-            raise ValueError(f"--kind must be gpu or cpu, not {self.kind!r}")
+            raise OptionsError(f"--kind must be gpu or cpu, not {self.kind!r}")
 
 
 def _describe(model_path: Path) -> dict:
@@ -81,12 +81,12 @@ def _describe(model_path: Path) -> dict:
         axes = list(graph_in.type.tensor_type.shape.dim)
         if not axes or axes[0].HasField("dim_value") or not all(d.dim_value > 0 for d in axes[1:]):
             shape = [d.dim_param or d.dim_value for d in axes] or "unknown"
-            raise FasterViTTRTError(
+            raise ModelFileError(
                 f"{model_path}: input {graph_in.name!r} has shape {shape}; Triton's batching "
                 "needs a symbolic batch axis and fixed C, H, W: re-export with fastervit-export"
             )
         if any(dtype(v) not in _TRITON_TYPES for v in (graph_in, *graph_outs)):
-            raise FasterViTTRTError(
+            raise ModelFileError(
                 f"{model_path}: input/output types {dtype(graph_in)}/"
                 f"{','.join(dtype(v) for v in graph_outs)}; the toolkit serves image "
                 "models with float or uint8 input and float outputs"
@@ -106,7 +106,7 @@ def _describe(model_path: Path) -> dict:
 
     sidecar = verify_engine(model_path, check_device=False)  # sha256 and TensorRT version, as load() does
     if not sidecar:
-        raise FasterViTTRTError(
+        raise ModelFileError(
             f"{model_path}: no sidecar; Triton's config needs the engine's profile "
             "and I/O: rebuild it with fastervit-build"
         )
@@ -136,7 +136,7 @@ def _class_labels(model_path: Path, meta: dict, outputs: list[tuple[str, str, li
     names = model_class_names(meta, dims[0])
     broken = next((n for n in names if "\n" in n or "\r" in n), None)
     if broken is not None:
-        raise FasterViTTRTError(
+        raise ModelFileError(
             f"{model_path}: class name {broken!r} spans lines, and Triton's labels file holds one name a line; "
             "re-export with each name on one line"
         )
@@ -194,17 +194,17 @@ def write_model_repository(model_path: Path, repo: Path, options: TritonOptions 
     """Write ``repo/<name>/config.pbtxt`` and ``repo/<name>/1/model.{plan,onnx}``; returns the model folder."""
     model_path, repo = Path(model_path), Path(repo)
     if not model_path.is_file():
-        raise FasterViTTRTError(f"{model_path}: no such engine or ONNX file")
+        raise ModelFileError(f"{model_path}: no such engine or ONNX file")
     if model_path.suffix not in (".onnx", ".engine", ".plan"):
-        raise FasterViTTRTError(f"{model_path}: expected an .engine/.plan or .onnx file")
+        raise ModelFileError(f"{model_path}: expected an .engine/.plan or .onnx file")
     info = _describe(model_path)
     if info["platform"] == "tensorrt_plan" and options.kind == "cpu":
-        raise FasterViTTRTError(
+        raise OptionsError(
             f"{model_path}: a TensorRT plan runs on a GPU only; drop --kind cpu (or serve the .onnx on CPUs)"
         )
     name = options.name or model_path.stem
     if not _NAME.fullmatch(name):
-        raise FasterViTTRTError(f"{model_path}: {name!r} is not a Triton model name; pass --name")
+        raise OptionsError(f"{model_path}: {name!r} is not a Triton model name; pass --name")
     folder = repo / name
     target = folder / "1" / info["file"]
     external = model_path.with_name(model_path.name + ".data")
@@ -281,7 +281,7 @@ def serve_pytriton(
     for a ``--input uint8`` model) and ``<name>_bytes`` (encoded images in); use it as a
     context manager or call ``.stop()``."""
     if model.kind != "classifier":
-        raise FasterViTTRTError(
+        raise ServiceError(
             f"{model.source}: PyTriton serving here is for classifiers; serve a {model.kind} model "
             "with Triton itself: fastervit-triton writes its config with every output"
         )

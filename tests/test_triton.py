@@ -22,7 +22,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from fastervit_trt.cli import export_main, triton_main
-from fastervit_trt.errors import FasterViTTRTError
+from fastervit_trt.errors import ModelFileError
 from fastervit_trt.export.pipeline import ExportOptions, export_model
 from fastervit_trt.preprocess import load_image
 from fastervit_trt.runtime import load
@@ -317,7 +317,7 @@ def test_a_class_name_spanning_lines_is_refused_before_anything_is_written(tmp_p
         {"logits": [2]},
         {"arch": {"num_classes": 2}, "preprocess": TINY_PREPROCESS, "class_names": ["cat", "big\ndog"]},
     )
-    with pytest.raises(FasterViTTRTError, match=r"bad.onnx: class name 'big\\ndog' spans lines"):
+    with pytest.raises(ModelFileError, match=r"bad.onnx: class name 'big\\ndog' spans lines"):
         write_model_repository(model, tmp_path / "models")
     assert not (tmp_path / "models").exists()
 
