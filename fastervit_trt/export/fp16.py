@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..errors import ExportError, OptionsError
 from ..graph.ort_cpu import cpu_session
 from ..graph.weights import WeightFile
 
@@ -51,7 +52,7 @@ def convert_to_fp16(
     """A float16 copy of ``model`` following the module's precision policy; converted weights
     are stored in ``weights`` when the graph's weights live there."""
     if io_dtype not in ("fp32", "fp16"):
-        raise ValueError(f"io_dtype must be 'fp32' or 'fp16', not {io_dtype!r}")
+        raise OptionsError(f"io_dtype must be 'fp32' or 'fp16', not {io_dtype!r}")
     source = model
     model = onnx.ModelProto()
     model.CopyFrom(source)
@@ -141,7 +142,7 @@ def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.Nod
             else:
                 rest.append(node)
         if len(rest) == len(pending):
-            raise ValueError(f"graph has a cycle or a dangling input at {rest[0].name}")
+            raise ExportError(f"graph has a cycle or a dangling input at {rest[0].name}")
         pending = rest
     return ordered
 

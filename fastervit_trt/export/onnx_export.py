@@ -20,6 +20,7 @@ import onnx
 import torch
 
 from .. import __version__
+from ..errors import ExportError, OptionsError
 from ..graph.weights import WeightFile, tensor_bytes
 from ..sidecar import METADATA_KEY, read_metadata  # noqa: F401  (read_metadata: public here too)
 from .deploy import Exportable, ImageInput
@@ -39,7 +40,7 @@ def trace_to_onnx(model: Exportable, opset: int = DEFAULT_OPSET) -> onnx.ModelPr
     or a backbone's ``stage1``..``stage4``); its parameters and buffers are graph inputs
     (``attach_weights`` makes them initializers)."""
     if model.variant is None:
-        raise ValueError("trace_to_onnx needs a model made by create_model (it records the variant's input size)")
+        raise OptionsError("trace_to_onnx needs a model made by create_model (it records the variant's input size)")
     (height, width), channels = model.variant.arch.resolution, model.variant.arch.in_chans
     nhwc = isinstance(model, ImageInput) and not model.channels_first
     example = (
@@ -118,7 +119,7 @@ def attach_weights(graph: onnx.ModelProto, model: torch.nn.Module, weights: Weig
     inputs = list(graph.graph.input)
     unknown = [i.name for i in inputs if i.name != INPUT_NAME and i.name not in state]
     if unknown:
-        raise RuntimeError(f"the trace made constants that are not parameters: {unknown[:3]}")
+        raise ExportError(f"the trace made constants that are not parameters: {unknown[:3]}")
     del graph.graph.input[:]
     graph.graph.input.extend(i for i in inputs if i.name == INPUT_NAME)
     for name in (i.name for i in inputs if i.name != INPUT_NAME and i.name in used):

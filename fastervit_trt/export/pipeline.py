@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TextIO
 
 from ..calibration.options import CalibrationOptions
-from ..errors import FasterViTTRTError, ValidationError
+from ..errors import OptionsError, ValidationError
 from ..graph.ort_cpu import release_memory
 from ..graph.ort_eval import eval_chunk, output_sizes
 from ..graph.weights import scratch
@@ -50,7 +50,7 @@ def export_model(
     if options.quantized:
         return export_quantized(options, calibration or CalibrationOptions(), stream)
     if calibration is not None:
-        raise FasterViTTRTError(f"calibration settings apply to int8 / fp8 exports, not {options.precision}")
+        raise OptionsError(f"calibration settings apply to int8 / fp8 exports, not {options.precision}")
     plan = preflight(options)
     steps = Steps(6 if options.precision == "fp16" else 5, stream)
     with scratch(options.output_dir) as weights:

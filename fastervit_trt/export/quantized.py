@@ -52,7 +52,7 @@ from ..calibration.qdq import (
 from ..calibration.ranges import compute_amax
 from ..calibration.sensitivity import Evaluator, layer_sensitivity, mixed_precision
 from ..compare import compare, compare_outputs
-from ..errors import FasterViTTRTError
+from ..errors import OptionsError
 from ..graph.ort_cpu import release_memory
 from ..graph.ort_eval import QDQ_CHUNK, ort_logits, output_sizes
 from ..graph.weights import WeightFile, scratch
@@ -149,15 +149,15 @@ def _settle(options: ExportOptions, calib: CalibrationOptions) -> _Job:
     """Every check before any work: the options the format or a backbone refuses, the export's
     plan, and whether the calibration cache is reused (only if made with these settings)."""
     if not options.quantized:
-        raise ValueError(f"export_quantized exports int8 or fp8, not {options.precision!r}")
+        raise OptionsError(f"export_quantized exports int8 or fp8, not {options.precision!r}")
     quant = quant_format(options.precision)
     if not quant.quantizes_residuals and calib.residual_qdq == "on":
-        raise FasterViTTRTError(
+        raise OptionsError(
             f"--residual-qdq on is for INT8: {quant.label} keeps residual inputs in FP16 (quantized, "
             "they cost accuracy); drop the flag"
         )
     if options.features and calib.accuracy_budget is not None:
-        raise FasterViTTRTError(
+        raise OptionsError(
             "--accuracy-budget is a top-1 agreement drop: a backbone has no classes; "
             "rank its layers by feature cosine with --sensitivity instead"
         )

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fastervit_trt.errors import FasterViTTRTError
+from fastervit_trt.errors import OptionsError
 from fastervit_trt.export import pipeline
 from fastervit_trt.export.pipeline import CalibrationOptions, ExportOptions, export_model
 
@@ -19,6 +19,6 @@ def test_quantized_precisions_go_through_the_quantized_driver(precision, monkeyp
 
 
 def test_calibration_settings_for_a_float_export_are_refused(tmp_path):
-    with pytest.raises(FasterViTTRTError, match="calibration settings apply to int8 / fp8 exports, not fp16"):
+    with pytest.raises(OptionsError, match="calibration settings apply to int8 / fp8 exports, not fp16"):
         export_model(ExportOptions(output_dir=tmp_path), calibration=CalibrationOptions())
     assert not any(tmp_path.iterdir())

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from fastervit_trt.compare import compare
-from fastervit_trt.errors import FasterViTTRTError
+from fastervit_trt.errors import FasterViTTRTError, OptionsError
 from fastervit_trt.export.pipeline import ExportOptions, export_model
 from fastervit_trt.models import Backbone, create_model
 from tests.conftest import requires_tensorrt
@@ -206,7 +206,7 @@ def test_residual_qdq_on_a_backbone_is_a_choice_that_costs_feature_accuracy(int8
 def test_residual_qdq_on_is_refused_for_fp8(tmp_path):
     from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
 
-    with pytest.raises(FasterViTTRTError, match="--residual-qdq on is for INT8"):
+    with pytest.raises(OptionsError, match="--residual-qdq on is for INT8"):
         export_quantized(ExportOptions(precision="fp8", output_dir=tmp_path), CalibrationOptions(residual_qdq="on"))
     assert not any(tmp_path.iterdir())
 
@@ -214,7 +214,7 @@ def test_residual_qdq_on_is_refused_for_fp8(tmp_path):
 def test_accuracy_budget_needs_classes(tmp_path):
     from fastervit_trt.export.quantized import CalibrationOptions, export_quantized
 
-    with pytest.raises(FasterViTTRTError, match="backbone has no classes"):
+    with pytest.raises(OptionsError, match="backbone has no classes"):
         export_quantized(
             ExportOptions(precision="int8", features=(4,), output_dir=tmp_path), CalibrationOptions(accuracy_budget=1.0)
         )
