@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 # absolute imports: Polygraphy loads this file as a script, outside its package
+from fastervit_trt.errors import ModelFileError, OptionsError
 from fastervit_trt.preprocess import IMAGE_SUFFIXES, SAMPLE_IMAGES, Preprocess
 
 
@@ -38,7 +39,7 @@ def model_preprocess(model: Path) -> tuple[Preprocess, str, np.dtype]:
         dtypes = {"half": np.float16, "uint8": np.uint8}
         name, dtype = entry.get("name", "input"), np.dtype(dtypes.get(entry.get("dtype"), np.float32))
     if not info.get("preprocess"):
-        raise SystemExit(f"{model}: no fastervit-trt preprocessing recorded; export it with fastervit-export")
+        raise ModelFileError(f"{model}: no fastervit-trt preprocessing recorded; export it with fastervit-export")
     return Preprocess.from_config(info["preprocess"]), name, np.dtype(dtype)
 
 
@@ -46,12 +47,12 @@ def load_data() -> Iterator[dict[str, np.ndarray]]:
     """Feed dicts {input name: batch} of real photos, as Polygraphy's data loaders yield."""
     model = os.environ.get("FASTERVIT_MODEL")
     if not model:
-        raise SystemExit("set FASTERVIT_MODEL to the .onnx or .engine whose preprocessing to apply")
+        raise OptionsError("set FASTERVIT_MODEL to the .onnx or .engine whose preprocessing to apply")
     preprocess, name, dtype = model_preprocess(Path(model))
     folder = Path(os.environ.get("FASTERVIT_IMAGES", SAMPLE_IMAGES))
     images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
-        raise SystemExit(f"{folder}: no images; set FASTERVIT_IMAGES to a folder of photos")
+        raise OptionsError(f"{folder}: no images; set FASTERVIT_IMAGES to a folder of photos")
     batch = int(os.environ.get("FASTERVIT_BATCH", "1"))
     feeds = int(os.environ.get("FASTERVIT_FEEDS", str(max(1, len(images) // batch))))
     for feed in range(feeds):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import fastervit_trt.polygraphy_data as loader
+from fastervit_trt.errors import OptionsError
 
 
 @pytest.mark.slow
@@ -57,5 +58,5 @@ def test_polygraphy_run_feeds_preprocessed_photos(tmp_path):
 
 def test_loader_without_a_model_says_what_to_set(monkeypatch):
     monkeypatch.delenv("FASTERVIT_MODEL", raising=False)
-    with pytest.raises(SystemExit, match="set FASTERVIT_MODEL"):
+    with pytest.raises(OptionsError, match="set FASTERVIT_MODEL"):
         next(loader.load_data())
