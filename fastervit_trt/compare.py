@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .errors import OptionsError
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -31,7 +33,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Comparison:
     ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     cand = np.asarray(candidate, dtype=np.float64).reshape(len(candidate), -1)
     if ref.shape != cand.shape:
-        raise ValueError(f"cannot compare outputs of shapes {ref.shape} and {cand.shape}")
+        raise OptionsError(f"cannot compare outputs of shapes {ref.shape} and {cand.shape}")
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
     cosine = np.where(norms > 0, (ref * cand).sum(axis=1) / np.where(norms > 0, norms, 1), 1.0)
     return Comparison(
@@ -59,5 +61,5 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, sizes: dict[st
         result[name] = compare(reference[:, start : start + size], candidate[:, start : start + size])
         start += size
     if start != reference.shape[1]:
-        raise ValueError(f"outputs of {start} values per input do not cover rows of {reference.shape[1]}")
+        raise OptionsError(f"outputs of {start} values per input do not cover rows of {reference.shape[1]}")
     return result

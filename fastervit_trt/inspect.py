@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .errors import FasterViTTRTError
+from .errors import ModelFileError
 from .quant_formats import QUANT_FORMATS
 from .sidecar import read_metadata
 
@@ -146,9 +146,9 @@ def inspect_engine(path: Path) -> dict:
 def inspect_path(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FasterViTTRTError(f"{path}: no such file")
+        raise ModelFileError(f"{path}: no such file")
     if path.suffix == ".onnx":
         return inspect_onnx(path)
     if path.suffix in (".engine", ".plan", ".trt"):
         return inspect_engine(path)
-    raise FasterViTTRTError(f"{path}: expected an .onnx or .engine file")
+    raise ModelFileError(f"{path}: expected an .onnx or .engine file")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import OptionsError
+
 
 @dataclass(frozen=True)
 class QuantFormat:
@@ -82,7 +84,7 @@ QUANT_FORMATS = {f.name: f for f in (INT8, FP8)}
 
 
 def quant_format(name: str) -> QuantFormat:
-    """The record of ``name``; a ``ValueError`` naming the formats for any other."""
+    """The record of ``name``; an ``OptionsError`` (a ``ValueError``) naming the formats for any other."""
     if name not in QUANT_FORMATS:
-        raise ValueError(f"quantized format must be one of {', '.join(QUANT_FORMATS)}, not {name!r}")
+        raise OptionsError(f"quantized format must be one of {', '.join(QUANT_FORMATS)}, not {name!r}")
     return QUANT_FORMATS[name]

@@ -15,6 +15,7 @@ import shlex
 from pathlib import Path
 
 from .artifacts import sha256
+from .errors import EngineMismatchError, ModelFileError
 
 SCHEMA_VERSION = 1
 DEFAULT_BATCH_PROFILE = (1, 8, 32)  # MIN, OPT, MAX of an engine profile when none is given
@@ -38,17 +39,15 @@ def read_sidecar(engine: Path) -> dict | None:
     path = sidecar_path(engine)
     if not path.is_file():
         return None
-    from .errors import FasterViTTRTError
-
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise FasterViTTRTError(
+        raise ModelFileError(
             f"{path}: unreadable sidecar ({exc}); rebuild the engine or delete "
             "the sidecar to load the engine without it"
         ) from None
     if data.get("schema_version") != SCHEMA_VERSION:
-        raise FasterViTTRTError(
+        raise EngineMismatchError(
             f"{path}: sidecar schema {data.get('schema_version')} is not "
             f"{SCHEMA_VERSION}; rebuild the engine with this toolkit"
         )

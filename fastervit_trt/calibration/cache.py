@@ -151,13 +151,17 @@ def read_means(path: Path) -> dict[str, np.ndarray]:
         with np.load(path) as stored:
             names, sizes, values = stored["names"], stored["sizes"], stored["means"]
         if len(names) != len(sizes) or int(sizes.sum()) != values.size:
-            raise ValueError("names, sizes and means do not match")
+            raise _not_means(path, "names, sizes and means do not match")
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise CalibrationCacheError(
-            f"{path}: not a channel-means file of this toolkit ({exc}); delete it "
-            "and pass --recalibrate, or --bias-correction off"
-        ) from None
+        raise _not_means(path, exc) from None
     return dict(zip((str(n) for n in names), np.split(values, np.cumsum(sizes)[:-1])))
+
+
+def _not_means(path: Path, why: object) -> CalibrationCacheError:
+    return CalibrationCacheError(
+        f"{path}: not a channel-means file of this toolkit ({why}); delete it "
+        "and pass --recalibrate, or --bias-correction off"
+    )
 
 
 def changed_settings(cache: Path, settings: dict) -> str | None:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import OptionsError
+
 NUM_BINS = 2048
 NUM_LEVELS = 128  # int8 magnitudes
 METHODS = ("entropy", "minmax", "percentile")
@@ -135,4 +137,4 @@ def compute_amax(hist: Histogram, method: str, percentile: float = 99.99) -> flo
         return hist.amax
     if method == "percentile":
         return percentile_amax(hist, percentile)
-    raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+    raise OptionsError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ..errors import OptionsError
 from .ort_cpu import cpu_session
 from .weights import tensor_bytes
 
@@ -61,7 +62,7 @@ def split_graph(
     produced = {out for node in graph.node for out in node.output}
     unknown = requested - produced - {i.name for i in graph.input}
     if unknown:
-        raise ValueError(f"tensors not in the graph: {', '.join(sorted(unknown))}")
+        raise OptionsError(f"tensors not in the graph: {', '.join(sorted(unknown))}")
 
     def size(name: str) -> int:
         return 4 * math.prod(d.dim_value or 1 for d in list(known[name].shape.dim)[1:]) if name in known else 4
