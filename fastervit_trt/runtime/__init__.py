@@ -3,6 +3,8 @@
 Importing this package imports neither torch nor TensorRT; they load with the first engine.
 """
 
-from .model import EngineMismatchError, InferenceModel, Prediction, load
+from ..errors import EngineMismatchError
+from .backend import BACKENDS, RunsOn, RuntimeOptions
+from .model import InferenceModel, Prediction, load
 
-__all__ = ["EngineMismatchError", "InferenceModel", "Prediction", "load"]
+__all__ = ["BACKENDS", "EngineMismatchError", "InferenceModel", "Prediction", "RunsOn", "RuntimeOptions", "load"]

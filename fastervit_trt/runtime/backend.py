@@ -1,11 +1,33 @@
-"""What ``InferenceModel`` needs of a backend: TensorRT (``tensorrt_backend``) and ONNX
-Runtime (``onnxruntime_backend``) both provide it."""
+"""What ``InferenceModel`` needs of a backend, the options it is opened with, and the registry
+that chooses one for a file.
+
+A backend is a module of this package with ``open_backend(path, options) -> Backend`` and one
+line in ``BACKENDS``: its name, the file suffixes ``backend="auto"`` gives it, and the
+``RuntimeOptions`` fields it reads (any other field left at its default, or one clear error)."""
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from ..errors import ModelFileError, OptionsError
+
+
+@dataclass(frozen=True)
+class RunsOn:
+    """Where a loaded model runs: its backend, the provider inside it (ONNX Runtime's execution
+    provider, or the TensorRT flavour and version) and the device."""
+
+    backend: str  # "onnxruntime", "tensorrt"
+    provider: str  # "CPUExecutionProvider", "CUDAExecutionProvider", "tensorrt-rtx 1.2.0", ...
+    device: str  # "cpu", "cuda:0"
+
+    def __str__(self) -> str:
+        return f"{self.backend} ({self.provider}) on {self.device}"
 
 
 class Backend(Protocol):
@@ -17,6 +39,15 @@ class Backend(Protocol):
     input_shape: tuple[int, ...]  # one input's shape, without the batch axis
     output_shapes: dict[str, tuple[int, ...]]  # each output's shape per input
     max_batch: int  # the most inputs one ``infer_all`` call takes
+    metadata: dict  # what the file records of the model: an engine's sidecar, an ONNX file's metadata; {}: none
+
+    @property
+    def device(self) -> int | None:
+        """The CUDA device index it runs on (None: the current one, or the CPU)."""
+        ...
+
+    @property
+    def runs_on(self) -> RunsOn: ...
 
     def infer(self, batch: Any) -> np.ndarray:
         """The first output (a classifier's logits) of ``batch``."""
@@ -27,6 +58,93 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How ``load`` runs a model; the one group of runtime flags of infer, bench, eval, serve
+    and batch. A field the chosen backend does not read must keep its default."""
+
+    backend: str = "auto"  # a name of BACKENDS; auto: by the file's suffix
+    provider: str = "auto"  # ONNX Runtime: auto (CUDA if present, else the CPU), cpu, cuda, tensorrt or an EP name
+    contexts: int = 2  # TensorRT: execution contexts serving concurrent calls
+    cuda_graphs: bool = False  # TensorRT: replay CUDA graphs captured at fixed batch sizes
+    device: int | None = None  # the CUDA device index; None: the current one
+
+    def __post_init__(self) -> None:
+        if self.backend != "auto" and self.backend not in BACKENDS:
+            raise OptionsError(f"backend {self.backend!r}: expected auto or one of {', '.join(BACKENDS)}")
+        if self.contexts < 1:
+            raise OptionsError(f"contexts must be at least 1, not {self.contexts}")
+        if self.device is not None and self.device < 0:
+            raise OptionsError(f"device must be a CUDA device index (0, 1, ...), not {self.device}")
+
+
+@dataclass(frozen=True)
+class BackendKind:
+    """One registered backend: the module that opens it, the files it runs, the options it reads."""
+
+    module: str  # of this package, with ``open_backend(path, options) -> Backend``
+    suffixes: tuple[str, ...]
+    files: str  # what those files are, for messages
+    reads: tuple[str, ...]  # the RuntimeOptions fields it applies
+    gpu: bool  # whether it always needs a GPU
+
+    def open(self, path: Path, options: RuntimeOptions) -> Backend:
+        return importlib.import_module(f"{__package__}.{self.module}").open_backend(path, options)
+
+
+BACKENDS = {
+    "tensorrt": BackendKind(
+        "tensorrt_backend", (".engine", ".plan"), "TensorRT engines", ("contexts", "cuda_graphs", "device"), True
+    ),
+    "onnxruntime": BackendKind("onnxruntime_backend", (".onnx",), "ONNX files", ("provider", "device"), False),
+}
+
+# what a file of another kind is, for the message refusing it
+_OTHER_FILES = {
+    ".json": "that is an engine's sidecar: pass the .engine beside it",
+    ".pth": "that is a PyTorch checkpoint: export it with fastervit-export --checkpoint",
+    ".tar": "that is a PyTorch checkpoint: export it with fastervit-export --checkpoint",
+    ".safetensors": "those are PyTorch weights: export them with fastervit-export --checkpoint",
+    ".cache": "that is a calibration cache: pass the engine or ONNX built with it",
+}
+# how an option is named in messages
+_OPTION_TEXT = {
+    "provider": "ONNX Runtime providers",
+    "contexts": "execution contexts",
+    "cuda_graphs": "CUDA graphs",
+    "device": "CUDA devices",
+}
+
+
+def choose_backend(path: Path, options: RuntimeOptions) -> str:
+    """The name of the backend that runs ``path``: the one asked for, or by its suffix; an
+    option it does not read that is not at its default is refused."""
+    by_suffix = next((name for name, kind in BACKENDS.items() if path.suffix in kind.suffixes), None)
+    name = by_suffix if options.backend == "auto" else options.backend
+    if name is None:
+        runs = " or ".join("/".join(kind.suffixes) for kind in BACKENDS.values())
+        raise ModelFileError(
+            f"{path}: expected an {runs} model; "
+            f"{_OTHER_FILES.get(path.suffix, 'export and build one with fastervit-export')}"
+        )
+    if by_suffix not in (None, name):
+        raise ModelFileError(
+            f"{path}: the {name} backend runs {BACKENDS[name].files} ({'/'.join(BACKENDS[name].suffixes)}), "
+            f"not {BACKENDS[by_suffix].files}; pass backend={by_suffix!r} (--backend {by_suffix}) or 'auto'"
+        )
+    defaults = RuntimeOptions()
+    for field in fields(RuntimeOptions):
+        if field.name not in ("backend", *BACKENDS[name].reads) and getattr(options, field.name) != getattr(
+            defaults, field.name
+        ):
+            takers = [kind for kind in BACKENDS.values() if field.name in kind.reads]
+            raise OptionsError(
+                f"{path}: {_OPTION_TEXT[field.name]} apply to {' and '.join(k.files for k in takers)}; "
+                f"pass an {takers[0].suffixes[0]}"
+            )
+    return name
 
 
 def join_parts(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import EngineError, FasterViTTRTError
+from ..errors import EngineError, OptionsError, ServiceError
 from .inputs import decoders, to_input
 
 if TYPE_CHECKING:
@@ -48,15 +48,15 @@ if TYPE_CHECKING:
 DECODE_GRACE_S = 0.05  # how long a closed batch waits for its next image to finish decoding
 
 
-class Overloaded(FasterViTTRTError):
+class Overloaded(ServiceError):
     """The queue is full: the request was refused without waiting."""
 
 
-class RequestTimeout(FasterViTTRTError):
+class RequestTimeout(ServiceError):
     """The request was not answered within its timeout."""
 
 
-class BatcherClosed(FasterViTTRTError):
+class BatcherClosed(ServiceError):
     """The batcher was closed before the request ran."""
 
 
@@ -87,7 +87,7 @@ class Batcher:
             ("timeout_s", timeout_s, 0),
         ):
             if value is not None and value < low:
-                raise ValueError(f"{name} must be at least {low}, not {value}")
+                raise OptionsError(f"{name} must be at least {low}, not {value}")
         self.model, self.max_batch = model, max_batch or model.max_batch
         self.max_delay, self.max_queue, self.timeout = max_delay_ms / 1e3, max_queue, timeout_s
         self.observe = observe  # called with each batch size run

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FasterViTTRTError
+from ..errors import EngineError
 
 ALIGNMENT = 256  # bytes: what TensorRT requires of every address it reads or writes
 
@@ -44,11 +44,11 @@ class TorchCuda:
         import torch
 
         if not torch.cuda.is_available():
-            raise RuntimeError("torch sees no CUDA device")
+            raise EngineError("torch sees no CUDA device")
         try:
             from cuda.bindings import runtime as cudart
         except ImportError:
-            raise FasterViTTRTError(
+            raise EngineError(
                 "running a TensorRT engine with torch needs cuda-python (its CUDA streams and "
                 "graphs); pip install 'fastervit-trt[tensorrt]' or 'cuda-python'"
             ) from None
@@ -61,7 +61,7 @@ class TorchCuda:
         """The value of a cuda-python call's (error, value...) result; an error raises."""
         error = result[0]
         if error != self.cudart.cudaError_t.cudaSuccess:
-            raise FasterViTTRTError(f"CUDA {call} failed on cuda:{self.index}: {error.name}")
+            raise EngineError(f"CUDA {call} failed on cuda:{self.index}: {error.name}")
         return result[1] if len(result) > 1 else None
 
     @contextlib.contextmanager
@@ -283,7 +283,7 @@ def open_cuda(index: int | None = None) -> TorchCuda | PyCuda:
     try:
         return PyCuda(index)
     except Exception:  # ImportError, or pycuda finding no device / driver
-        raise FasterViTTRTError(
+        raise EngineError(
             "no CUDA GPU is visible (torch sees none, pycuda is missing or found none): running a "
             "TensorRT engine needs an NVIDIA GPU; on this machine load the .onnx with ONNX Runtime "
             "instead"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from ..errors import FasterViTTRTError
+from ..errors import OptionsError
 
 _DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -49,7 +49,7 @@ def read_class_names(path: Path) -> tuple[str, ...]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise FasterViTTRTError(
+        raise OptionsError(
             f"{path}: cannot read the class names ({getattr(exc, 'strerror', None) or exc}); "
             "give a UTF-8 text file with one name per line"
         ) from None
@@ -59,5 +59,5 @@ def read_class_names(path: Path) -> tuple[str, ...]:
     blank = [number for number, name in enumerate(names, 1) if not name]
     if not names or blank:
         where = f"line {blank[0]} is blank" if blank else "it is empty"
-        raise FasterViTTRTError(f"{path}: {where}; give one class name per line, in the head's order")
+        raise OptionsError(f"{path}: {where}; give one class name per line, in the head's order")
     return names

@@ -21,24 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import sha256
-from ..errors import EngineMismatchError, FasterViTTRTError
-from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from ..sidecar import read_sidecar, rebuild_command, sidecar_path
-from .backend import Backend, join_parts
+from ..errors import FasterViTTRTError, InputError, ModelFileError, OptionsError
+from ..preprocess import Preprocess
+from .backend import BACKENDS, Backend, RunsOn, RuntimeOptions, choose_backend, join_parts
 from .inputs import is_encoded, to_batch, to_input
 from .labels import model_class_names
 from .pipelined import decode_ahead
+from .tensorrt_backend import verify_engine as verify_engine  # where inspect and triton read it
 
 log = logging.getLogger(__name__)
-
-_DEFAULT_PREPROCESS = {
-    "crop_pct": 0.875,
-    "crop_mode": "center",
-    "interpolation": "bicubic",
-    "mean": IMAGENET_MEAN,
-    "std": IMAGENET_STD,
-}
 
 
 @dataclass(frozen=True)
@@ -63,6 +54,23 @@ class InferenceModel:
         self.feature_config = feature_config  # a backbone's export record: stages, norm, strides
         self.exif_rotate = True  # False: decode images with their stored pixel orientation
         self._decoder: Any = None  # decode="gpu"'s GpuDecoder
+
+    @property
+    def runs_on(self) -> RunsOn:
+        """The backend, provider and device that run the model."""
+        return self.backend.runs_on
+
+    @property
+    def summary(self) -> str:
+        """One line: the file, what it answers and where it runs
+        (``m.engine: classifier, 1000 classes, tensorrt (tensorrt-rtx 1.2.0) on cuda:0``)."""
+        shapes = self.output_shapes
+        answers = {
+            "classifier": f"{len(self.names)} classes",
+            "embedding": f"{next(iter(shapes.values()))[0]}-value embeddings",
+            "backbone": f"feature maps {', '.join(shapes)}",
+        }
+        return f"{self.source.name}: {self.kind}, {answers[self.kind]}, {self.runs_on}"
 
     @property
     def max_batch(self) -> int:
@@ -113,7 +121,7 @@ class InferenceModel:
         """The one output (logits or embeddings) of a classifier or headless model."""
         step, batch = self.max_batch, None
         if decode not in ("cpu", "gpu"):
-            raise ValueError(f"decode must be 'cpu' or 'gpu', not {decode!r}")
+            raise OptionsError(f"decode must be 'cpu' or 'gpu', not {decode!r}")
         try:
             if decode == "gpu":
                 items = inputs if isinstance(inputs, list) else [inputs]
@@ -129,7 +137,7 @@ class InferenceModel:
                 parts = [self.run(batch)]
         except MemoryError:
             size = step if batch is None else min(len(batch), step)  # batch: the one-shot path's
-            raise FasterViTTRTError(
+            raise InputError(
                 f"{self.source}: a batch of {size} does not fit in memory; pass fewer inputs per call"
             ) from None
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
@@ -139,7 +147,7 @@ class InferenceModel:
         if self._decoder is None:
             from .gpu_decode import GpuDecoder
 
-            device = getattr(self.backend, "device", None)
+            device = self.backend.device
             self._decoder = GpuDecoder(self.preprocess, "cuda" if device is None else f"cuda:{device}")
         return self._decoder
 
@@ -175,7 +183,7 @@ class InferenceModel:
         """Refuse a call this kind of model cannot answer, naming the call that it can."""
         if self.kind not in kinds:
             call = {"classifier": "logits() or predict()", "embedding": "embed()", "backbone": "features()"}
-            raise FasterViTTRTError(
+            raise OptionsError(
                 f"{self.source}: a {self.kind} model ({', '.join(self.output_shapes)} out), not a "
                 f"{' or '.join(kinds)}; call {call[self.kind]}"
             )
@@ -217,127 +225,37 @@ class InferenceModel:
 
 def load(
     path: str | Path,
-    providers: list[str] | None = None,
+    backend: str = "auto",
+    provider: str = "auto",
     contexts: int = 2,
     cuda_graphs: bool = False,
     device: int | None = None,
 ) -> InferenceModel:
-    """Load an ``.engine`` (TensorRT, with its sidecar) or ``.onnx`` (ONNX Runtime).
+    """Load a model file with the backend ``backend`` (``auto``: by its suffix, ``.engine`` /
+    ``.plan`` TensorRT with its sidecar, ``.onnx`` ONNX Runtime; see ``backend.BACKENDS``).
 
-    Engines: ``contexts`` execution contexts serve concurrent calls; ``cuda_graphs`` replays
-    CUDA graphs captured at fixed batch sizes (see ``tensorrt_backend``); ``device`` is the
-    CUDA device index (None: the current one), kept for every later call from any thread."""
+    ONNX Runtime: ``provider`` is its execution provider (``auto``: CUDA when present, else the
+    CPU; ``cpu``, ``cuda``, ``tensorrt`` or a provider's own name). Engines: ``contexts``
+    execution contexts serve concurrent calls; ``cuda_graphs`` replays CUDA graphs captured at
+    fixed batch sizes (see ``tensorrt_backend``). ``device`` is the CUDA device index (None: the
+    current one), kept for every later call from any thread. ``RuntimeOptions`` holds the same
+    fields: ``load(path, **asdict(options))``. An option the backend does not read is refused."""
     path = Path(path)
     if not path.is_file():
-        raise FasterViTTRTError(f"{path}: no such model file")
-    if path.suffix not in (".onnx", ".engine", ".plan"):
-        hint = {
-            ".json": "that is an engine's sidecar: pass the .engine beside it",
-            ".pth": "that is a PyTorch checkpoint: export it with fastervit-export --checkpoint",
-            ".tar": "that is a PyTorch checkpoint: export it with fastervit-export --checkpoint",
-            ".safetensors": "those are PyTorch weights: export them with fastervit-export --checkpoint",
-            ".cache": "that is a calibration cache: pass the engine or ONNX built with it",
-        }
-        raise FasterViTTRTError(
-            f"{path}: expected an .engine/.plan or .onnx model; "
-            f"{hint.get(path.suffix, 'export and build one with fastervit-export')}"
+        raise ModelFileError(f"{path}: no such model file")
+    options = RuntimeOptions(backend, provider, contexts, cuda_graphs, device)
+    opened = BACKENDS[choose_backend(path, options)].open(path, options)
+    info = opened.metadata
+    images = np.dtype(opened.input_dtype) == np.uint8  # an NHWC image input
+    preprocess = (
+        Preprocess.from_config(info["preprocess"])
+        if info.get("preprocess")
+        else Preprocess(
+            input_size=opened.input_shape[:2] if images else opened.input_shape[1:],
+            input_format="uint8" if images else "float",
         )
-    if path.suffix == ".onnx":
-        if cuda_graphs:
-            raise FasterViTTRTError(f"{path}: CUDA graphs apply to TensorRT engines; pass an .engine")
-        from .onnxruntime_backend import OnnxRuntimeBackend
-
-        onnx_backend = OnnxRuntimeBackend(path, providers)
-        info = onnx_backend.metadata
-        backend: Backend = onnx_backend
-        if not info:
-            log.warning("%s: no fastervit-trt metadata; assuming ImageNet preprocessing", path)
-    else:
-        info = verify_engine(path, device=device)
-        from .tensorrt_backend import TensorRTBackend
-
-        backend = TensorRTBackend(
-            path,
-            (info.get("tensorrt") or {}).get("flavour"),
-            contexts,
-            version_compat=bool((info.get("build") or {}).get("version_compat")),
-            cuda_graphs=cuda_graphs,
-            device=device,
-        )
-    images = np.dtype(backend.input_dtype) == np.uint8  # an NHWC image input
-    preprocess = Preprocess.from_config(
-        info.get("preprocess")
-        or {
-            **_DEFAULT_PREPROCESS,
-            "input_size": backend.input_shape[:2] if images else backend.input_shape[1:],
-            "input_format": "uint8" if images else "float",
-        }
     )
-    classes = next(iter(backend.output_shapes.values()))
-    headless = backend.output_names == ["embedding"]
+    classes = next(iter(opened.output_shapes.values()))
+    headless = opened.output_names == ["embedding"]
     names = [] if len(classes) != 1 or headless else model_class_names(info, int(classes[0]))
-    return InferenceModel(backend, preprocess, names, path, info.get("features"))
-
-
-def verify_engine(path: Path, check_device: bool = True, device: int | None = None) -> dict:
-    """Check ``path`` against its sidecar before any GPU work; returns the sidecar (or {}).
-
-    ``check_device=False`` skips what only matters where the engine runs (the installed
-    TensorRT and GPU ``device``, None: the current one), for commands that only copy or
-    describe it."""
-    sidecar = read_sidecar(path)
-    if sidecar is None:
-        log.warning(
-            "%s: no sidecar %s; loading with shapes from the engine and ImageNet preprocessing",
-            path,
-            sidecar_path(path).name,
-        )
-        return {}
-    recorded = sidecar.get("engine", {}).get("sha256")
-    if recorded and sha256(path) != recorded:
-        raise EngineMismatchError(
-            f"{path}: the engine's sha256 does not match its sidecar (truncated, "
-            f"corrupt or replaced); rebuild it: {rebuild_command(sidecar, path)}"
-        )
-    if not check_device:
-        return sidecar
-    built = sidecar.get("tensorrt", {})
-    from ..tensorrt_import import import_tensorrt
-
-    trt = import_tensorrt(built.get("flavour"))
-    if (
-        trt is not None
-        and trt.__version__ != built.get("version")
-        and not sidecar.get("build", {}).get("version_compat")
-    ):
-        raise EngineMismatchError(
-            f"{path}: built by {built.get('flavour')} {built.get('version')}, but {trt.__version__} is "
-            f"installed; engines only load in the TensorRT version that built them. Rebuild: "
-            f"{rebuild_command(sidecar, path)}"
-        )
-    wanted = sidecar.get("device", {}).get("compute_capability")
-    present = _compute_capability(device)
-    targets = sidecar.get("build", {}).get("compute_capabilities") or []
-    if built.get("flavour") == "tensorrt-rtx" and targets and present and present not in targets:
-        raise EngineMismatchError(
-            f"{path}: built by TensorRT-RTX for compute capabilities {', '.join(targets)}; this GPU is "
-            f"{present}; rebuild for it: {rebuild_command(sidecar, path)} (with --compute-capability {present})"
-        )
-    portable = sidecar.get("build", {}).get("hardware_compat") or built.get("flavour") == "tensorrt-rtx"
-    if wanted and present and wanted != present and not portable:  # RTX engines JIT for their targets
-        raise EngineMismatchError(
-            f"{path}: built for a GPU of compute capability {wanted} ({sidecar['device'].get('gpu')}), "
-            f"this GPU is {present}; rebuild here: {rebuild_command(sidecar, path)}"
-        )
-    return sidecar
-
-
-def _compute_capability(device: int | None = None) -> str | None:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return "{}.{}".format(*torch.cuda.get_device_capability(device))
-    except ImportError:
-        pass
-    return None
+    return InferenceModel(opened, preprocess, names, path, info.get("features"))

@@ -1,36 +1,71 @@
-"""ONNX Runtime backend: TensorRT / CUDA execution providers when present, else the CPU."""
+"""ONNX Runtime backend: the execution provider asked for (``auto``: CUDA when this
+onnxruntime has it, else the CPU; its TensorRT provider only when asked)."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import FasterViTTRTError
+from ..errors import ModelFileError, OptionsError
 from ..quant_formats import QUANT_FORMATS
 from ..sidecar import DEFAULT_BATCH_PROFILE, METADATA_KEY
+from .backend import RunsOn, RuntimeOptions
 
-PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+log = logging.getLogger(__name__)
+
+# the providers a --provider name asks for, each falling back on those after it for nodes it cannot run
+PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 UNOPTIMIZED = {f.name: f.onnx_type for f in QUANT_FORMATS.values() if not f.ort_optimizes}  # run unoptimized
 
 
-class OnnxRuntimeBackend:
-    """One InferenceSession (thread-safe for concurrent ``run`` calls)."""
+def session_providers(provider: str, available: list[str]) -> list[str]:
+    """The providers a session is given for ``provider`` (``auto``, a ``PROVIDERS`` name or an
+    execution provider's own name): it first, then the built-in ones after it that ``available``
+    has. ``auto``: CUDA when available, else the CPU; never the TensorRT provider."""
+    if provider == "auto":
+        provider = "cuda" if PROVIDERS["cuda"] in available else "cpu"
+    wanted = PROVIDERS.get(provider, provider)
+    if wanted not in available:
+        raise OptionsError(
+            f"ONNX Runtime provider {provider!r} ({wanted}) is not in this onnxruntime, which has "
+            f"{', '.join(available)}; pass --provider {' or '.join(n for n, p in PROVIDERS.items() if p in available)}"
+        )
+    order = list(PROVIDERS.values())
+    after = order[order.index(wanted) + 1 :] if wanted in order else [PROVIDERS["cpu"]]
+    return [wanted, *(p for p in after if p in available)]
 
-    def __init__(self, path: Path, providers: list[str] | None = None) -> None:
+
+def open_backend(path: Path, options: RuntimeOptions) -> OnnxRuntimeBackend:
+    """The registry's opener (``backend.BACKENDS``)."""
+    return OnnxRuntimeBackend(path, options.provider, options.device)
+
+
+class OnnxRuntimeBackend:
+    """One InferenceSession (thread-safe for concurrent ``run`` calls) on ``provider`` (see
+    ``session_providers``), a CUDA provider on device ``device`` (None: device 0)."""
+
+    def __init__(self, path: Path, provider: str = "auto", device: int | None = None) -> None:
         import onnxruntime as ort
 
-        available = ort.get_available_providers()
-        chosen = providers or [p for p in PREFERRED if p in available]
-        self.session = _session(path, chosen, optimize=True)
+        chosen = session_providers(provider, ort.get_available_providers())
+        if device is not None and chosen[0] == PROVIDERS["cpu"]:
+            raise OptionsError(f"{path}: device {device} is for a CUDA provider; ONNX Runtime runs it on the CPU")
+        self.device = device
+        gpu = {"device_id": device} if device is not None else {}
+        self.providers: list = [(p, gpu) if p != PROVIDERS["cpu"] else p for p in chosen]
+        self.session = _session(path, self.providers, optimize=True)
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         self.metadata = json.loads(raw) if raw else {}
+        if not raw:
+            log.warning("%s: no fastervit-trt metadata; assuming ImageNet preprocessing", path)
         # ONNX Runtime's Q/DQ rewrites mistreat FP8 (top-1 99.7 % -> 22.5 % on the fixture): such a
         # graph runs unoptimized. The toolkit's metadata says so; another tool's file is scanned.
         if self.metadata.get("precision") in UNOPTIMIZED or (not raw and _stores_unoptimized(path)):
-            self.session = _session(path, chosen, optimize=False)
+            self.session = _session(path, self.providers, optimize=False)
         feed, fetches = self.session.get_inputs()[0], self.session.get_outputs()
         _check_io(path, self.session.get_inputs(), fetches)
         self.input_name, self.output_names = feed.name, [f.name for f in fetches]
@@ -40,7 +75,16 @@ class OnnxRuntimeBackend:
         # a fixed batch axis (another tool's export) runs exactly that many inputs per call
         self.fixed_batch = feed.shape[0] if isinstance(feed.shape[0], int) else None
         self.max_batch = self.fixed_batch or (self.metadata.get("batch_profile") or DEFAULT_BATCH_PROFILE)[-1]
-        self.providers = self.session.get_providers()
+        running = self.session.get_providers()[0]
+        if running != chosen[0] and provider == "auto":  # ONNX Runtime moves on quietly: say so
+            log.warning("%s: ONNX Runtime could not start %s; running on %s", path, chosen[0], running)
+        elif running != chosen[0]:  # a provider whose libraries failed to load
+            raise OptionsError(
+                f"{path}: ONNX Runtime could not start {chosen[0]} (see its log: CUDA or TensorRT libraries "
+                f"missing?) and would run on {running}; pass --provider cpu, or install what it needs"
+            )
+        gpu_device = f"cuda:{device or 0}"
+        self.runs_on = RunsOn("onnxruntime", running, "cpu" if running == PROVIDERS["cpu"] else gpu_device)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """The first output (a classifier's logits) of ``infer_all``."""
@@ -60,7 +104,7 @@ class OnnxRuntimeBackend:
         self.session = None
 
 
-def _session(path: Path, providers: list[str], optimize: bool):
+def _session(path: Path, providers: list, optimize: bool):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -70,7 +114,7 @@ def _session(path: Path, providers: list[str], optimize: bool):
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise FasterViTTRTError(
+        raise ModelFileError(
             f"{path}: ONNX Runtime cannot load the model ({str(exc).splitlines()[0][:200]}); re-export it"
         ) from None
 
@@ -91,13 +135,13 @@ def _check_io(path: Path, inputs: list, outputs: list) -> None:
     feed = inputs[0]
     shape = list(feed.shape or [])
     if len(inputs) != 1 or len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
-        raise FasterViTTRTError(
+        raise ModelFileError(
             f"{path}: input {feed.name!r} has shape {shape or 'unknown'} ({len(inputs)} inputs); the toolkit "
             "runs image classifiers with one (N, C, H, W) input of fixed C, H, W: re-export with "
             "fastervit-export, or with static spatial dimensions"
         )
     if feed.type not in ORT_DTYPES:
-        raise FasterViTTRTError(
+        raise ModelFileError(
             f"{path}: input {feed.name!r} is {feed.type}; the toolkit feeds float inputs or uint8 images"
         )
     ranks = {len(output.shape or []) for output in outputs}
@@ -107,7 +151,7 @@ def _check_io(path: Path, inputs: list, outputs: list) -> None:
             or ranks not in ({2}, {4})
             or (len(outputs) > 1 and ranks != {4})
         ):
-            raise FasterViTTRTError(
+            raise ModelFileError(
                 f"{path}: output {output.name!r} is {output.type} of shape {output.shape}; the toolkit needs "
                 "float logits of shape (N, classes) (an ArgMax or class-id output cannot give "
                 "probabilities) or float (N, C, H, W) feature maps"

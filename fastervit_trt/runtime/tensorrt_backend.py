@@ -43,9 +43,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from ..errors import FasterViTTRTError
+from ..artifacts import sha256
+from ..errors import EngineError, EngineMismatchError, InputError, ModelFileError, OptionsError
+from ..sidecar import read_sidecar, rebuild_command, sidecar_path
 from ..tensorrt_import import import_tensorrt
-from .backend import join_parts
+from .backend import RunsOn, RuntimeOptions, join_parts
 from .cuda import ALIGNMENT, PyCuda, open_cuda
 
 if TYPE_CHECKING:  # tensorrt-stubs: the objects below are checked against TensorRT's API (mypy)
@@ -61,7 +63,7 @@ def numpy_dtype(trt: ModuleType, dtype: Any, what: str) -> np.dtype:
     try:
         return np.dtype(trt.nptype(dtype))
     except TypeError:
-        raise FasterViTTRTError(
+        raise ModelFileError(
             f"{what}: TensorRT type {dtype} has no NumPy equivalent; export the "
             "model with float32 or float16 input and output"
         ) from None
@@ -84,6 +86,84 @@ def batch_plan(count: int, low: int, high: int, sizes: tuple[int, ...] | None = 
         run_as = max(rows, low) if sizes is None else min(s for s in sizes if s >= rows)
         plan.append((start, start + rows, run_as))
     return plan
+
+
+def open_backend(path: Path, options: RuntimeOptions) -> TensorRTBackend:
+    """The registry's opener (``backend.BACKENDS``): the engine checked against its sidecar
+    (``verify_engine``), which it then records as its metadata."""
+    sidecar = verify_engine(path, device=options.device)
+    backend = TensorRTBackend(
+        path,
+        (sidecar.get("tensorrt") or {}).get("flavour"),
+        options.contexts,
+        version_compat=bool((sidecar.get("build") or {}).get("version_compat")),
+        cuda_graphs=options.cuda_graphs,
+        device=options.device,
+    )
+    backend.metadata = sidecar
+    return backend
+
+
+def verify_engine(path: Path, check_device: bool = True, device: int | None = None) -> dict:
+    """Check ``path`` against its sidecar before any GPU work; returns the sidecar (or {}).
+
+    ``check_device=False`` skips what only matters where the engine runs (the installed
+    TensorRT and GPU ``device``, None: the current one), for commands that only copy or
+    describe it."""
+    sidecar = read_sidecar(path)
+    if sidecar is None:
+        log.warning(
+            "%s: no sidecar %s; loading with shapes from the engine and ImageNet preprocessing",
+            path,
+            sidecar_path(path).name,
+        )
+        return {}
+    recorded = sidecar.get("engine", {}).get("sha256")
+    if recorded and sha256(path) != recorded:
+        raise EngineMismatchError(
+            f"{path}: the engine's sha256 does not match its sidecar (truncated, "
+            f"corrupt or replaced); rebuild it: {rebuild_command(sidecar, path)}"
+        )
+    if not check_device:
+        return sidecar
+    built = sidecar.get("tensorrt", {})
+    trt = import_tensorrt(built.get("flavour"))
+    if (
+        trt is not None
+        and trt.__version__ != built.get("version")
+        and not sidecar.get("build", {}).get("version_compat")
+    ):
+        raise EngineMismatchError(
+            f"{path}: built by {built.get('flavour')} {built.get('version')}, but {trt.__version__} is "
+            f"installed; engines only load in the TensorRT version that built them. Rebuild: "
+            f"{rebuild_command(sidecar, path)}"
+        )
+    wanted = sidecar.get("device", {}).get("compute_capability")
+    present = _compute_capability(device)
+    targets = sidecar.get("build", {}).get("compute_capabilities") or []
+    if built.get("flavour") == "tensorrt-rtx" and targets and present and present not in targets:
+        raise EngineMismatchError(
+            f"{path}: built by TensorRT-RTX for compute capabilities {', '.join(targets)}; this GPU is "
+            f"{present}; rebuild for it: {rebuild_command(sidecar, path)} (with --compute-capability {present})"
+        )
+    portable = sidecar.get("build", {}).get("hardware_compat") or built.get("flavour") == "tensorrt-rtx"
+    if wanted and present and wanted != present and not portable:  # RTX engines JIT for their targets
+        raise EngineMismatchError(
+            f"{path}: built for a GPU of compute capability {wanted} ({sidecar['device'].get('gpu')}), "
+            f"this GPU is {present}; rebuild here: {rebuild_command(sidecar, path)}"
+        )
+    return sidecar
+
+
+def _compute_capability(device: int | None = None) -> str | None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "{}.{}".format(*torch.cuda.get_device_capability(device))
+    except ImportError:
+        pass
+    return None
 
 
 @dataclass
@@ -119,21 +199,22 @@ class TensorRTBackend:
     ) -> None:
         trt = import_tensorrt(flavour)
         if trt is None:
-            raise FasterViTTRTError(
+            raise ModelFileError(
                 f"{path}: no {flavour or 'TensorRT'} Python package to run the "
                 "engine; pip install 'fastervit-trt[tensorrt]', or load the .onnx "
                 "with ONNX Runtime instead"
             )
         self.trt, self.path, self.contexts = trt, Path(path), contexts
+        self.metadata: dict = {}  # the sidecar, as ``open_backend`` read it
         self.cuda = open_cuda(device)
         native_graphs = cuda_graphs and hasattr(trt, "CudaGraphStrategy")  # TensorRT-RTX captures for itself
         if cuda_graphs and not native_graphs and trt.__name__.startswith("tensorrt_rtx"):
-            raise FasterViTTRTError(
+            raise OptionsError(
                 f"{path}: CUDA graphs with TensorRT-RTX need TensorRT-RTX {RTX_GRAPHS} or later "
                 f"(CudaGraphStrategy); this is {trt.__version__}: upgrade it or drop --cuda-graph"
             )
         if cuda_graphs and not native_graphs and not self.cuda.can_capture:
-            raise FasterViTTRTError(
+            raise OptionsError(
                 f"{path}: CUDA graphs need PyTorch with CUDA (pycuda cannot capture "
                 "TensorRT's launches); install torch or drop --cuda-graph"
             )
@@ -145,7 +226,7 @@ class TensorRTBackend:
         with self.cuda.active():
             engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
         if engine is None:
-            raise FasterViTTRTError(
+            raise ModelFileError(
                 f"{path}: TensorRT {trt.__version__} cannot deserialize the engine "
                 "(corrupt, truncated, or built by another TensorRT version or for "
                 "another GPU); rebuild it with fastervit-build"
@@ -158,7 +239,7 @@ class TensorRTBackend:
         self.output_dtypes = {n: numpy_dtype(trt, engine.get_tensor_dtype(n), str(path)) for n in self.output_names}
         for name, dtype in self.output_dtypes.items():
             if dtype.kind != "f":  # e.g. an ArgMax label: not scores or features
-                raise FasterViTTRTError(
+                raise ModelFileError(
                     f"{path}: output {name!r} is {dtype}, not float; the runtime "
                     "serves classifiers (logits) and backbones (feature maps)"
                 )
@@ -189,6 +270,11 @@ class TensorRTBackend:
         """The CUDA device index the engine runs on."""
         return self.cuda.index
 
+    @property
+    def runs_on(self) -> RunsOn:
+        flavour = "tensorrt-rtx" if self.trt.__name__.startswith("tensorrt_rtx") else "tensorrt"
+        return RunsOn("tensorrt", f"{flavour} {self.trt.__version__}", f"cuda:{self.device}")
+
     def _slot(self, rows: int) -> _Slot:
         with self.cuda.active():
             stream, handle = self.cuda.stream()
@@ -203,7 +289,7 @@ class TensorRTBackend:
         waits for the caller's stream, where the buffers were allocated (``cuda.claim``)."""
         engine = self.engine
         if engine is None:  # close() came while this call waited for a context
-            raise FasterViTTRTError(f"{self.path}: the model is closed; load it again")
+            raise EngineError(f"{self.path}: the model is closed; load it again")
         if self.sizes is None:
             made = (
                 engine.create_execution_context(self.runtime_config)
@@ -213,7 +299,7 @@ class TensorRTBackend:
         else:  # fixed at ``rows`` for life, with the activation memory that batch needs
             made = engine.create_execution_context(self.trt.ExecutionContextAllocationStrategy.USER_MANAGED)
         if made is None:  # TensorRT's error value (NvInferRuntime.h: createExecutionContext)
-            raise FasterViTTRTError(
+            raise EngineError(
                 f"{self.path}: TensorRT could not create an execution context (out of GPU memory? see its log)"
             )
         context = cast("trt_api.IExecutionContext", made)
@@ -222,7 +308,7 @@ class TensorRTBackend:
             self._set_batch(slot, rows)
             size = context.update_device_memory_size_for_shapes()
             if not size:  # its error value (NvInferRuntime.h)
-                raise FasterViTTRTError(
+                raise EngineError(
                     f"{self.path}: TensorRT could not size the activation memory of batch {rows} "
                     "(update_device_memory_size_for_shapes returned 0; see its log)"
                 )
@@ -252,19 +338,19 @@ class TensorRTBackend:
         for a ``--input uint8`` engine)."""
         torch = getattr(self.cuda, "torch", None)
         if torch is None or not isinstance(tensor, torch.Tensor) or tensor.device.type != self.cuda.device_type:
-            raise FasterViTTRTError(f"{self.path}: inputs must be a NumPy array or a CUDA torch tensor")
+            raise InputError(f"{self.path}: inputs must be a NumPy array or a CUDA torch tensor")
         if tensor.device.index not in (None, self.device):
-            raise FasterViTTRTError(
+            raise InputError(
                 f"{self.path}: the tensor is on {tensor.device}, the engine on "
                 f"cuda:{self.device}; move it with .to('cuda:{self.device}')"
             )
         if self.input_dtype == np.uint8 and tensor.dtype != torch.uint8:
-            raise FasterViTTRTError(
+            raise InputError(
                 f"{self.path}: the engine takes uint8 (N, H, W, 3) images, not a "
                 f"{tensor.dtype} tensor (it normalises them itself)"
             )
         if self.input_dtype != np.uint8 and not tensor.is_floating_point():
-            raise FasterViTTRTError(
+            raise InputError(
                 f"{self.path}: a {tensor.dtype} CUDA tensor is raw data; pass "
                 "preprocessed float inputs (runtime.Preprocess)"
             )
@@ -295,7 +381,7 @@ class TensorRTBackend:
         with self.lock:
             while True:
                 if self.closed:
-                    raise FasterViTTRTError(f"{self.path}: the model is closed; load it again")
+                    raise EngineError(f"{self.path}: the model is closed; load it again")
                 if self.idle[rows]:
                     return self.idle[rows].pop()
                 if self.made[rows] < self.contexts:
@@ -313,7 +399,7 @@ class TensorRTBackend:
     def _set_batch(self, slot: _Slot, run_as: int) -> None:
         if slot.shape != run_as:
             if not slot.context.set_input_shape(self.input_name, (run_as, *self.input_shape)):
-                raise FasterViTTRTError(
+                raise EngineError(
                     f"{self.path}: TensorRT refused batch {run_as} (the engine's profile "
                     f"takes {self.min_batch} to {self.max_batch})"
                 )
@@ -321,7 +407,7 @@ class TensorRTBackend:
 
     def _bind(self, slot: _Slot, name: str, address: int) -> None:
         if not slot.context.set_tensor_address(name, address):
-            raise FasterViTTRTError(
+            raise EngineError(
                 f"{self.path}: TensorRT refused the address {address:#x} of tensor {name!r} "
                 "(see its log); report this with the engine's sidecar"
             )
@@ -372,7 +458,7 @@ class TensorRTBackend:
             self.cuda.replay(slot.graph, slot.stream)
             return
         if not slot.context.execute_async_v3(slot.handle):
-            raise FasterViTTRTError(f"{self.path}: TensorRT failed to run the engine (see its log)")
+            raise EngineError(f"{self.path}: TensorRT failed to run the engine (see its log)")
         if slot.graphed and not slot.tried_capture:  # the ordinary first run is queued: capture after it
             slot.tried_capture = True
             slot.graph = self._capture(slot)

@@ -191,13 +191,13 @@ def test_engine_from_another_tensorrt_version(engine):
 
 
 def test_engine_for_another_gpu(engine, monkeypatch):
-    from fastervit_trt.runtime import model as runtime_model
+    from fastervit_trt.runtime import tensorrt_backend
 
     sidecar = json.loads(engine.with_suffix(".json").read_text())
     sidecar["device"] = {"gpu": "NVIDIA A100", "compute_capability": "8.0"}
     sidecar["tensorrt"]["flavour"] = "tensorrt"  # TensorRT proper: engines are per GPU
     write_json(engine.with_suffix(".json"), sidecar)
-    monkeypatch.setattr(runtime_model, "_compute_capability", lambda device=None: "9.0")
+    monkeypatch.setattr(tensorrt_backend, "_compute_capability", lambda device=None: "9.0")
     with pytest.raises(EngineMismatchError, match=r"compute capability 8\.0 \(NVIDIA A100\), this GPU is 9\.0"):
         load(engine)
 
@@ -205,25 +205,27 @@ def test_engine_for_another_gpu(engine, monkeypatch):
 def test_tensorrt_rtx_engines_run_on_other_capabilities(engine, monkeypatch):
     """TensorRT-RTX compiles for its target capabilities at run time: no per-GPU refusal."""
     from fastervit_trt.runtime import model as runtime_model
+    from fastervit_trt.runtime import tensorrt_backend
 
     sidecar = json.loads(engine.with_suffix(".json").read_text())
     sidecar["device"] = {"gpu": "NVIDIA RTX 4090", "compute_capability": "8.9"}
     write_json(engine.with_suffix(".json"), sidecar)
-    monkeypatch.setattr(runtime_model, "_compute_capability", lambda device=None: "12.0")
+    monkeypatch.setattr(tensorrt_backend, "_compute_capability", lambda device=None: "12.0")
     assert runtime_model.verify_engine(engine)["tensorrt"]["flavour"] == "tensorrt-rtx"
 
 
 def test_tensorrt_rtx_engines_are_refused_outside_their_recorded_targets(engine, monkeypatch):
     """Built with --compute-capability 8.9,12.0: portable across those, refused elsewhere."""
     from fastervit_trt.runtime import model as runtime_model
+    from fastervit_trt.runtime import tensorrt_backend
 
     sidecar = json.loads(engine.with_suffix(".json").read_text())
     sidecar["build"]["compute_capabilities"] = ["8.9", "12.0"]
     write_json(engine.with_suffix(".json"), sidecar)
     for present in ("8.9", "12.0"):
-        monkeypatch.setattr(runtime_model, "_compute_capability", lambda device=None: present)
+        monkeypatch.setattr(tensorrt_backend, "_compute_capability", lambda device=None: present)
         assert runtime_model.verify_engine(engine)["build"]["compute_capabilities"] == ["8.9", "12.0"]
-    monkeypatch.setattr(runtime_model, "_compute_capability", lambda device=None: "8.6")
+    monkeypatch.setattr(tensorrt_backend, "_compute_capability", lambda device=None: "8.6")
     with pytest.raises(
         EngineMismatchError,
         match=r"for compute capabilities 8\.9, 12\.0; this GPU is 8\.6; "

@@ -1,0 +1,141 @@
+"""Backends are chosen, not guessed: the registry, the runtime options each backend reads, ONNX
+Runtime's provider as an explicit choice, and where a loaded model says it runs."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastervit_trt.errors import ModelFileError, OptionsError
+from fastervit_trt.export.pipeline import ExportOptions, export_model
+from fastervit_trt.runtime import BACKENDS, RunsOn, RuntimeOptions, load
+from fastervit_trt.runtime.backend import choose_backend
+from fastervit_trt.runtime.onnxruntime_backend import session_providers
+from tests import stand_in_tensorrt as stand_in
+
+CHECKPOINT = Path(__file__).parents[1] / "fixtures" / "faster_vit_digits.pth"
+TRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+@pytest.fixture(scope="module")
+def digits_onnx(tmp_path_factory):
+    out = tmp_path_factory.mktemp("backends")
+    return export_model(
+        ExportOptions(model="faster_vit_digits", checkpoint=CHECKPOINT, precision="fp32", output_dir=out)
+    ).onnx_path
+
+
+@pytest.fixture
+def stand_in_engine(tmp_path, monkeypatch):
+    """An ``.engine`` file (no sidecar) that loads through the stand-in TensorRT and CUDA."""
+    from fastervit_trt.runtime import tensorrt_backend
+
+    world = stand_in.tensorrt(1, 8)
+    monkeypatch.setattr(tensorrt_backend, "import_tensorrt", lambda flavour=None: world.trt)
+    monkeypatch.setattr(tensorrt_backend, "open_cuda", world.open_cuda)
+    path = tmp_path / "m.engine"
+    path.write_bytes(b"engine")
+    return path
+
+
+def test_load_takes_the_runtime_options_fields():
+    """One set of runtime options: ``load``'s keywords are ``RuntimeOptions``'s fields, defaults alike."""
+    parameters = list(inspect.signature(load).parameters.values())[1:]
+    assert [(p.name, p.default) for p in parameters] == [(f.name, f.default) for f in fields(RuntimeOptions)]
+
+
+@pytest.mark.parametrize(
+    "name,backend", [("m.onnx", "onnxruntime"), ("m.engine", "tensorrt"), ("m.plan", "tensorrt")]
+)
+def test_auto_chooses_by_suffix(name, backend):
+    assert choose_backend(Path(name), RuntimeOptions()) == backend
+    assert choose_backend(Path(name), RuntimeOptions(backend=backend)) == backend
+
+
+def test_an_explicit_backend_runs_a_file_of_any_other_suffix():
+    assert choose_backend(Path("model.bin"), RuntimeOptions(backend="onnxruntime")) == "onnxruntime"
+    with pytest.raises(ModelFileError, match=r"model\.bin: expected an \.engine/\.plan or \.onnx model"):
+        choose_backend(Path("model.bin"), RuntimeOptions())
+
+
+def test_an_explicit_backend_given_the_other_kind_of_file_is_one_clear_error(digits_onnx, stand_in_engine):
+    with pytest.raises(ModelFileError) as error:
+        load(digits_onnx, backend="tensorrt")
+    assert str(error.value) == (
+        f"{digits_onnx}: the tensorrt backend runs TensorRT engines (.engine/.plan), not ONNX files; "
+        "pass backend='onnxruntime' (--backend onnxruntime) or 'auto'"
+    )
+    with pytest.raises(ModelFileError, match=r"m\.engine: the onnxruntime backend runs ONNX files .*'tensorrt'"):
+        load(stand_in_engine, backend="onnxruntime")
+
+
+def test_an_unknown_backend_names_the_registered_ones():
+    with pytest.raises(OptionsError, match="backend 'openvino': expected auto or one of tensorrt, onnxruntime"):
+        RuntimeOptions(backend="openvino")
+    assert list(BACKENDS) == ["tensorrt", "onnxruntime"]
+
+
+def test_options_a_backend_does_not_read_are_refused(digits_onnx, stand_in_engine):
+    with pytest.raises(OptionsError, match="CUDA graphs apply to TensorRT engines; pass an .engine"):
+        load(digits_onnx, cuda_graphs=True)
+    with pytest.raises(OptionsError, match="execution contexts apply to TensorRT engines; pass an .engine"):
+        load(digits_onnx, contexts=4)
+    with pytest.raises(OptionsError, match="m.engine: ONNX Runtime providers apply to ONNX files; pass an .onnx"):
+        load(stand_in_engine, provider="cpu")
+
+
+def test_the_provider_is_chosen_and_reported(digits_onnx):
+    for provider in ("auto", "cpu", CPU):  # this onnxruntime has the CPU provider only
+        with load(digits_onnx, provider=provider) as model:
+            assert model.runs_on == RunsOn("onnxruntime", CPU, "cpu")
+            assert model.backend.session.get_providers() == [CPU]
+
+
+@pytest.mark.parametrize("provider,name", [("cuda", CUDA), ("tensorrt", TRT), ("OpenVINOExecutionProvider", None)])
+def test_a_provider_this_onnxruntime_lacks_is_one_line_naming_what_it_has(digits_onnx, provider, name):
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    with pytest.raises(OptionsError) as error:
+        load(digits_onnx, provider=provider)
+    message = str(error.value)
+    assert "\n" not in message and f"{provider!r} ({name or provider}) is not in this onnxruntime" in message
+    assert f"which has {', '.join(available)}; pass --provider cpu" in message
+
+
+@pytest.mark.parametrize(
+    "provider,available,chosen",
+    [
+        ("auto", [TRT, CUDA, CPU], [CUDA, CPU]),  # never the TensorRT provider unasked
+        ("auto", [TRT, CPU], [CPU]),
+        ("auto", [CPU], [CPU]),
+        ("tensorrt", [TRT, CUDA, CPU], [TRT, CUDA, CPU]),  # asked: it first, the others for what it cannot run
+        ("cuda", [TRT, CUDA, CPU], [CUDA, CPU]),
+        ("cpu", [TRT, CUDA, CPU], [CPU]),
+        ("DmlExecutionProvider", ["DmlExecutionProvider", CPU], ["DmlExecutionProvider", CPU]),
+    ],
+)
+def test_session_providers(provider, available, chosen):
+    assert session_providers(provider, available) == chosen
+
+
+def test_a_device_for_the_cpu_provider_is_refused(digits_onnx):
+    with pytest.raises(OptionsError, match="device 1 is for a CUDA provider; ONNX Runtime runs it on the CPU"):
+        load(digits_onnx, device=1)
+
+
+def test_the_summary_says_what_the_model_is_and_where_it_runs(digits_onnx):
+    with load(**{"path": digits_onnx, **asdict(RuntimeOptions(provider="cpu"))}) as model:
+        assert model.summary == f"{digits_onnx.name}: classifier, 10 classes, onnxruntime (CPUExecutionProvider) on cpu"
+
+
+def test_an_engine_reports_its_tensorrt_and_device(stand_in_engine):
+    with load(stand_in_engine, device=1, contexts=1) as model:
+        assert model.runs_on == RunsOn("tensorrt", "tensorrt 10.13.0", "cuda:1")
+        assert model.backend.metadata == {}  # no sidecar beside it
+        assert model.summary == "m.engine: classifier, 1 classes, tensorrt (tensorrt 10.13.0) on cuda:1"
+        np.testing.assert_allclose(model.logits(np.ones((2, 3, 2, 2), np.float32))[:, 0], [12, 12])
