@@ -23,7 +23,10 @@ from .compare import compare
 from .errors import EvaluationError
 from .preprocess import Preprocess
 from .progress import Bar
+from .runtime.backend import RunsOn
 from .runtime.labels import imagenet_synsets
+
+TORCH_RUNS_ON = RunsOn("pytorch", "pytorch eager", "cpu")  # where ``torch_runner`` runs
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ model and its ``Batcher``:
                                  -> {"results": [{"top": [...]} or {"error": "..."}, ...]}
     POST /v1/embed               a headless model (exported from a num_classes=0 checkpoint):
                                  the same bodies -> {"embedding": [...]} / {"results": [...]}
-    GET  /v1/model               model, kind, class names, preprocessing, batching settings
+    GET  /v1/model               model, kind, class names, backend, provider, device,
+                                 preprocessing, batching settings
     GET  /health/live, /health/ready
     GET  /metrics                Prometheus: requests, errors, latency, batch sizes, queue depth
 
@@ -48,7 +49,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .errors import EngineError, FasterViTTRTError
+from .errors import EngineError, FasterViTTRTError, InputError, ServiceError
 from .runtime.batcher import Batcher, Overloaded, RequestTimeout
 from .runtime.model import InferenceModel
 
@@ -110,7 +111,7 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
     """The ASGI app serving ``model`` (a classifier on /v1/classify, a headless model's
     embeddings on /v1/embed); the batcher lives as long as the app runs."""
     if model.is_backbone:
-        raise FasterViTTRTError(
+        raise ServiceError(
             f"{model.source}: fastervit-serve answers class names or embeddings; a backbone's feature "
             "maps are served by Triton (fastervit-triton)"
         )
@@ -205,6 +206,7 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
                 "class_names": model.names,
                 **({"embedding_size": model.output_shapes["embedding"][0]} if model.is_embedding else {}),
                 "max_batch": model.max_batch,
+                **asdict(model.runs_on),  # backend, provider, device
                 "input_size": list(preprocess.input_size),
                 "input_format": preprocess.input_format,
                 "preprocess": preprocess.record(),
@@ -327,11 +329,11 @@ def _json_images(body: bytes, topk: int) -> tuple[list[bytes | FasterViTTRTError
 def _base64(index: int, entry: object) -> bytes | FasterViTTRTError:
     """The bytes of entry ``index`` of ``images``, or why it has none."""
     if not isinstance(entry, str):
-        return FasterViTTRTError(f"image {index}: not valid base64 (a JSON {_json_type(entry)}, not a string)")
+        return InputError(f"image {index}: not valid base64 (a JSON {_json_type(entry)}, not a string)")
     try:
         return base64.b64decode(entry, validate=True)
     except (binascii.Error, ValueError) as exc:
-        return FasterViTTRTError(f"image {index}: not valid base64 ({exc})")
+        return InputError(f"image {index}: not valid base64 ({exc})")
 
 
 def _json_type(value: object) -> str:

@@ -54,6 +54,9 @@ def test_side_by_side_on_the_heldout_split(digits_models, digits_folders, capsys
     assert models[str(fp32)]["top1"] == models["pytorch:faster_vit_digits"]["top1"] >= 95.0
     assert models[str(int8)]["top1"] >= models[str(fp32)]["top1"] - 1.0
     assert all(m["top5"] >= m["top1"] for m in models.values())
+    assert [(m["provider"], m["device"]) for m in models.values()] == [("CPUExecutionProvider", "cpu")] * 2 + [
+        ("pytorch eager", "cpu")
+    ]
     pairs = {(p["a"], p["b"]): p for p in report["pairs"]}
     assert len(pairs) == 3
     assert pairs[(str(fp32), "pytorch:faster_vit_digits")]["top1_agreement"] == 100.0
@@ -65,6 +68,7 @@ def test_table_output_and_limit(digits_models, digits_folders, capsys):
     assert eval_main(["--data", str(digits_folders["heldout"]), "--model", str(fp32), "--limit", "50"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("50 images") and "top-1 %" in out
+    assert out.splitlines()[2].endswith("CPUExecutionProvider on cpu")  # which provider ran it
 
 
 def test_imagenet_synset_folders_and_label_files(tmp_path):

@@ -337,6 +337,8 @@ def test_the_command_serves_until_sigterm(model):
             str(model.source),
             "--port",
             str(port),
+            "--provider",
+            "cpu",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -360,6 +362,13 @@ def test_the_command_serves_until_sigterm(model):
     assert answer.status_code == 200
     _same(answer.json()["top"], _expected(model, PHOTOS[0]))
     assert child.returncode == 0 and f"on http://127.0.0.1:{port}: POST /v1/classify" in err
+    assert f"{model.source.name}: classifier, 10 classes, onnxruntime (CPUExecutionProvider) on cpu\n" in err
+
+
+def test_v1_model_says_which_backend_provider_and_device_run_it(model):
+    with serving(model) as (url, _):
+        info = httpx.get(f"{url}/v1/model").json()
+    assert (info["backend"], info["provider"], info["device"]) == ("onnxruntime", "CPUExecutionProvider", "cpu")
 
 
 def test_the_models_own_class_names_answer_and_describe_it(digits_batch8_onnx, tmp_path):

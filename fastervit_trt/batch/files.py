@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import FasterViTTRTError
+from ..errors import InputError
 from ..preprocess import IMAGE_SUFFIXES
 
 GLOB_CHARACTERS = "*?"
@@ -34,7 +34,7 @@ def open_uri(uri: str) -> tuple[Any, str]:
     try:
         return fs.FileSystem.from_uri(uri)
     except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise FasterViTTRTError(f"{uri}: cannot open its file system ({exc})") from None
+        raise InputError(f"{uri}: cannot open its file system ({exc})") from None
 
 
 def glob_pattern(pattern: str) -> re.Pattern:
@@ -63,7 +63,7 @@ def _list(filesystem: Any, uri: str, location: str) -> list[str]:
             if info.type == fs.FileType.File and matches(info.path) and _is_image(info.path)
         ]
         if not found:
-            raise FasterViTTRTError(f"{uri}: no image files match ({', '.join(IMAGE_SUFFIXES)})")
+            raise InputError(f"{uri}: no image files match ({', '.join(IMAGE_SUFFIXES)})")
         return found
     info = filesystem.get_file_info(location)
     if info.type == fs.FileType.File:
@@ -71,7 +71,7 @@ def _list(filesystem: Any, uri: str, location: str) -> list[str]:
     if info.type == fs.FileType.Directory:
         selector = fs.FileSelector(location, recursive=True)
         return [i.path for i in filesystem.get_file_info(selector) if i.type == fs.FileType.File and _is_image(i.path)]
-    raise FasterViTTRTError(f"{uri}: no such file or folder")
+    raise InputError(f"{uri}: no such file or folder")
 
 
 def list_images(inputs: Sequence[str]) -> tuple[Any, list[ImageFile]]:
@@ -82,7 +82,7 @@ def list_images(inputs: Sequence[str]) -> tuple[Any, list[ImageFile]]:
         if filesystem is None:
             filesystem = here
         elif not filesystem.equals(here):
-            raise FasterViTTRTError(f"{uri}: on another file system than {inputs[0]}; run each file system apart")
+            raise InputError(f"{uri}: on another file system than {inputs[0]}; run each file system apart")
         start = uri.find(location) if "://" in uri else 0
         prefix = uri[:start] if start > 0 else ""  # s3://bucket/key is bucket/key on its file system
         for path in _list(here, uri, location):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..errors import FasterViTTRTError
+from ..errors import OutputError
 from .files import open_uri
 
 PART_NAME = re.compile(r"part-(\d{5,})\.parquet")
@@ -23,7 +23,7 @@ class Parts:
         self.filesystem, self.folder = open_uri(uri)
         info = self.filesystem.get_file_info(self.folder)
         if info.type == fs.FileType.File:
-            raise FasterViTTRTError(f"{uri}: is a file; the output is a folder of Parquet parts")
+            raise OutputError(f"{uri}: is a file; the output is a folder of Parquet parts")
         self.filesystem.create_dir(self.folder, recursive=True)
         names = [i.base_name for i in self.filesystem.get_file_info(fs.FileSelector(self.folder))]
         self.numbers = sorted(int(m.group(1)) for m in map(PART_NAME.fullmatch, names) if m)
@@ -50,7 +50,7 @@ class Parts:
         if self.numbers:
             written = pq.read_schema(self.location(self.numbers[0]), filesystem=self.filesystem)
             if not written.equals(schema, check_metadata=False):
-                raise FasterViTTRTError(
+                raise OutputError(
                     f"{self.uri}: holds parts with columns {', '.join(written.names)}; this model answers "
                     f"{', '.join(schema.names)}: write to another folder"
                 )

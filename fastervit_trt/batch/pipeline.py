@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..errors import FasterViTTRTError
+from ..errors import FasterViTTRTError, InputError, ModelFileError, ServiceError
 from ..progress import Bar
+from ..runtime.backend import BACKENDS, RuntimeOptions, choose_backend
 from .files import list_images
 from .parts import Parts
 from .predictor import Predictor
 
-ENGINE_SUFFIXES = (".engine", ".plan")
 READ_CPUS = 1  # what a read task of ray.data.read_binary_files asks for
 
 
@@ -31,9 +31,11 @@ class Summary:
     parts: list[str] = field(default_factory=list)
 
 
-def default_gpus(model: str | Path) -> float:
-    """GPUs per actor unless told: one for a TensorRT engine, none for ONNX Runtime."""
-    return 1.0 if Path(model).suffix in ENGINE_SUFFIXES else 0.0
+def default_gpus(model: str | Path, runtime: RuntimeOptions = RuntimeOptions()) -> float:
+    """GPUs per actor unless told: one for a backend that runs on a GPU (TensorRT) or an ONNX Runtime
+    provider asked for by name other than the CPU's; none for ONNX Runtime on ``auto`` or the CPU."""
+    on_gpu = BACKENDS[choose_backend(Path(model), runtime)].gpu
+    return 1.0 if on_gpu or runtime.provider not in ("auto", "cpu", "CPUExecutionProvider") else 0.0
 
 
 def job_error(exc: Exception) -> FasterViTTRTError:
@@ -41,7 +43,7 @@ def job_error(exc: Exception) -> FasterViTTRTError:
     an engine that fails), else the last line Ray gives."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     ours = [m.group(1) for m in map(re.compile(r"fastervit_trt\.[\w.]*(?:Error|Exception): (.*)").match, lines) if m]
-    return FasterViTTRTError(ours[-1] if ours else f"the Ray job failed: {lines[-1] if lines else type(exc).__name__}")
+    return ServiceError(ours[-1] if ours else f"the Ray job failed: {lines[-1] if lines else type(exc).__name__}")
 
 
 def predict_files(
@@ -58,6 +60,7 @@ def predict_files(
     exact_preprocess: bool = False,
     predictor: type = Predictor,
     progress: TextIO | None = sys.stderr,
+    runtime: RuntimeOptions = RuntimeOptions(),
 ) -> Summary:
     """Predict every image file of ``inputs`` not yet in ``output`` on the Ray this process
     is connected to (``ray.init``; else a local one); see ``fastervit_trt.batch``."""
@@ -66,18 +69,18 @@ def predict_files(
 
     model = Path(model).absolute()
     if not model.is_file():
-        raise FasterViTTRTError(f"{model}: no such model file (actors load it from the same path)")
+        raise ModelFileError(f"{model}: no such model file (actors load it from the same path)")
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus - actors * cpus_per_actor < READ_CPUS:
-        raise FasterViTTRTError(
+        raise ServiceError(
             f"{actors} actors of {cpus_per_actor:g} CPUs leave less than the {READ_CPUS} CPU that reading files "
             f"takes on this {cpus:g}-CPU Ray cluster; use fewer actors or a smaller --cpus-per-actor"
         )
     filesystem, files = list_images(inputs)
     if not files:
-        raise FasterViTTRTError(f"no image files found in {', '.join(inputs)}")
+        raise InputError(f"no image files found in {', '.join(inputs)}")
     parts = Parts(output)
     done = parts.done()
     todo = [f for f in files if f.path not in done]
@@ -94,9 +97,10 @@ def predict_files(
             "topk": topk,
             "exif_rotate": exif_rotate,
             "exact_preprocess": exact_preprocess,
+            "runtime": runtime,
         },
         compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=default_gpus(model) if gpus_per_actor is None else gpus_per_actor,
+        num_gpus=default_gpus(model, runtime) if gpus_per_actor is None else gpus_per_actor,
         num_cpus=cpus_per_actor,
         batch_size=batch_size,
         batch_format="pyarrow",

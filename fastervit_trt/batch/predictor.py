@@ -1,6 +1,6 @@
 """The Ray Data stage that runs the model: a callable class, one model per actor.
 
-    dataset.map_batches(Predictor, fn_constructor_kwargs={"model_path": "m.onnx"},
+    dataset.map_batches(Predictor, fn_constructor_kwargs={"model_path": "m.onnx", "runtime": RuntimeOptions()},
                         concurrency=2, num_gpus=0, batch_size=32, batch_format="pyarrow")
 
 Each batch is a table of ``path`` and ``bytes`` (``ray.data.read_binary_files(...,
@@ -12,12 +12,13 @@ a row with its one-line error, never a failed task.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
 
 from ..errors import FasterViTTRTError
+from ..runtime.backend import RuntimeOptions
 from ..runtime.inputs import to_input
 from ..runtime.pipelined import decode_ahead
 
@@ -48,18 +49,24 @@ def _named(error: FasterViTTRTError, path: str) -> FasterViTTRTError:
 
 
 class Predictor:
-    """Loads ``model_path`` (``.engine`` or ``.onnx``) once; each call answers a batch of files.
+    """Loads ``model_path`` (``.engine`` or ``.onnx``) once, as ``runtime`` says; each call answers a
+    batch of files.
 
     Classifiers answer the ``topk`` classes (index, name, probability; most probable first),
     headless models their pooled embedding, backbones the global average of their deepest
     feature map."""
 
     def __init__(
-        self, model_path: str, topk: int = 5, exif_rotate: bool = True, exact_preprocess: bool = False
+        self,
+        model_path: str,
+        topk: int = 5,
+        exif_rotate: bool = True,
+        exact_preprocess: bool = False,
+        runtime: RuntimeOptions = RuntimeOptions(),
     ) -> None:
         from ..runtime import load
 
-        self.model = load(model_path)
+        self.model = load(model_path, **asdict(runtime))
         self.model.exif_rotate = exif_rotate
         if exact_preprocess:
             self.model.preprocess = replace(self.model.preprocess, jpeg_draft=False)

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from .common import add_decoding, add_model_file, add_quiet, command_parser, number, positive, progress, run
+from .runtime_options import add_runtime_options, runtime_options
 
 EXAMPLES = """\
 examples:
@@ -53,7 +54,8 @@ def parser() -> argparse.ArgumentParser:
         "--gpus-per-actor",
         type=number(float, 0),
         metavar="G",
-        help="GPUs each actor takes (fractions share one; default: 1 for an .engine, 0 for an .onnx)",
+        help="GPUs each actor takes (fractions share one; default: 1 for an .engine or an ONNX Runtime "
+        "provider other than cpu asked by name, else 0)",
     )
     parser.add_argument(
         "--cpus-per-actor",
@@ -73,6 +75,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--topk", type=positive, default=5, help="classes per image (classifiers)")
     add_decoding(parser)
     add_quiet(parser)
+    add_runtime_options(parser)
     return parser
 
 
@@ -81,6 +84,7 @@ def _batch(args: argparse.Namespace) -> int:
 
     from ..batch import predict_files
 
+    runtime = runtime_options(args)  # refused before Ray starts
     # our progress counts files and a failed job is one line; the actors' logs stay in Ray's session folder
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     if args.address:
@@ -101,6 +105,7 @@ def _batch(args: argparse.Namespace) -> int:
             exif_rotate=not args.no_exif_rotate,
             exact_preprocess=args.exact_preprocess,
             progress=progress(args),
+            runtime=runtime,
         )
     finally:
         ray.shutdown()

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from .common import (
     PROFILE_TEXT,
@@ -20,13 +21,14 @@ from .common import (
     run,
     torch_variant_name,
 )
+from .runtime_options import add_runtime_options, runtime_options
 
 
 def parser() -> argparse.ArgumentParser:
     parser = command_parser(
         "fastervit-bench",
         "examples:\n  fastervit-bench --model engines/faster_vit_0_224_fp16.engine --batch-sizes 1,8,32\n"
-        "  fastervit-bench --model engines/faster_vit_0_224_fp16.engine --batch-sizes 1 --cuda-graph\n"
+        "  fastervit-bench --model engines/faster_vit_0_224_fp16.engine --batch-sizes 1 --cuda-graphs\n"
         "  fastervit-bench --model export/faster_vit_0_224_fp32.onnx --torch-variant faster_vit_0_224 "
         "--checkpoint fastervit_0_224_1k.pth.tar --json",
         "Latency percentiles and throughput per batch size, optionally against PyTorch eager "
@@ -43,13 +45,6 @@ def parser() -> argparse.ArgumentParser:
     renamed(parser, "--batch", "--batch-sizes", type=batch_sizes, metavar="B1,B2,...")
     parser.add_argument("--iters", type=positive, default=50, help="timed calls per batch size")
     parser.add_argument("--warmup", type=number(int, 0), default=5)
-    parser.add_argument(
-        "--cuda-graph",
-        action="store_true",
-        help="engines: replay CUDA graphs captured at fixed batch sizes (powers of two up "
-        "to the profile's MAX, each with its own context; a batch runs padded to the "
-        "next one), as trtexec --useCudaGraph",
-    )
     add_torch_variant(
         parser,
         "also time PyTorch eager FP32 of this variant (on the GPU when torch sees "
@@ -57,6 +52,8 @@ def parser() -> argparse.ArgumentParser:
         old="--torch-model",
     )
     add_json(parser)
+    add_runtime_options(parser)
+    renamed(parser, "--cuda-graph", "--cuda-graphs", nargs="?", const=True, choices=[True])
     return parser
 
 
@@ -64,9 +61,11 @@ def _bench(args: argparse.Namespace) -> int:
     from ..runtime import load
     from ..runtime.benchmark import benchmark
 
-    model = load(args.model, cuda_graphs=args.cuda_graph)
+    model = load(args.model, **asdict(runtime_options(args)))
     run = model.features if model.is_backbone else model.run  # a backbone: every feature map
-    runners = {str(args.model.name) + (" (CUDA graph)" if args.cuda_graph else ""): run}
+    name = str(args.model.name) + (" (CUDA graph)" if args.cuda_graphs else "")
+    runners = {name: run}
+    runs_on = {name: (model.runs_on.provider, model.runs_on.device)}  # each row's provider and device
     preprocess = model.preprocess
     torch_variant = torch_variant_name(args)
     if torch_variant:
@@ -92,16 +91,23 @@ def _bench(args: argparse.Namespace) -> int:
                 torch.cuda.synchronize()
             return out
 
-        runners[f"pytorch eager {device} ({torch_variant})"] = torch_run
+        eager_name = f"pytorch eager {device} ({torch_variant})"
+        runners[eager_name] = torch_run
+        runs_on[eager_name] = (f"pytorch {torch.__version__}", device)
     rows = benchmark(runners, preprocess.input_shape, args.batch_sizes, args.iters, args.warmup, preprocess.input_dtype)
+    for row in rows:
+        row["provider"], row["device"] = runs_on[row["model"]]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model':42s} {'batch':>5s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'img/s':>9s}")
+    print(
+        f"{'model':42s} {'provider':24s} {'device':7s} {'batch':>5s} {'p50 ms':>8s} {'p90 ms':>8s} "
+        f"{'p99 ms':>8s} {'img/s':>9s}"
+    )
     for row in rows:
         print(
-            f"{row['model']:42s} {row['batch']:5d} {row['p50_ms']:8.2f} {row['p90_ms']:8.2f} "
-            f"{row['p99_ms']:8.2f} {row['img_per_s']:9.1f}"
+            f"{row['model']:42s} {row['provider']:24s} {row['device']:7s} {row['batch']:5d} {row['p50_ms']:8.2f} "
+            f"{row['p90_ms']:8.2f} {row['p99_ms']:8.2f} {row['img_per_s']:9.1f}"
         )
     return 0
 

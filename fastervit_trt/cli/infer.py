@@ -6,16 +6,18 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..errors import FasterViTTRTError
 from .common import EXIT_ERROR, add_decoding, add_json, add_model_file, command_parser, positive, run
+from .runtime_options import add_runtime_options, runtime_options
 
 EXAMPLES = """\
 examples:
   fastervit-infer cat.jpg dog.png --model engines/faster_vit_0_224_fp16.engine
   fastervit-infer photos/ --model export/faster_vit_0_224_fp32.onnx --topk 1 --json
+  fastervit-infer cat.jpg --model export/faster_vit_0_224_fp32.onnx --provider cpu
 """
 
 
@@ -32,6 +34,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--topk", type=positive, default=5, help="classes shown per image")
     add_decoding(parser)
     add_json(parser)
+    add_runtime_options(parser)
     return parser
 
 
@@ -39,7 +42,8 @@ def _infer(args: argparse.Namespace) -> int:
     from ..preprocess import IMAGE_SUFFIXES
     from ..runtime import load
 
-    model = load(args.model)
+    model = load(args.model, **asdict(runtime_options(args)))
+    print(model.summary, file=sys.stderr)
     if args.exact_preprocess:
         model.preprocess = replace(model.preprocess, jpeg_draft=False)
     model.exif_rotate = not args.no_exif_rotate

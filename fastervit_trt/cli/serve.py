@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from .common import add_model_file, command_parser, number, positive, run
+from .runtime_options import add_runtime_options, runtime_options
 
 
 def parser() -> argparse.ArgumentParser:
@@ -70,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="S",
         help="on shutdown, how long in-flight requests may take to finish",
     )
+    add_runtime_options(parser)
     return parser
 
 
@@ -89,14 +92,14 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * 2**20),
         topk=args.topk,
     )
-    with load(args.model) as model:
+    with load(args.model, **asdict(runtime_options(args))) as model:
         app = create_app(model, options)
         config = uvicorn.Config(
             app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=args.graceful_s
         )
         server = uvicorn.Server(config)
         print(
-            f"serving {args.model} on http://{args.host}:{args.port}: POST /v1/classify "
+            f"{model.summary}\nserving {args.model} on http://{args.host}:{args.port}: POST /v1/classify "
             f"(batches up to {options.max_batch or model.max_batch}, {options.max_delay_ms:g} ms delay)",
             file=sys.stderr,
             flush=True,
