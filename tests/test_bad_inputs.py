@@ -423,7 +423,7 @@ def test_triton_copy_on_a_full_disk_leaves_nothing_and_reruns(exported, tmp_path
 def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
     import errno
 
-    from fastervit_trt.export import weights
+    from fastervit_trt.graph import weights
 
     def full_disk(self, model, path, external):
         path.write_bytes(b"partial")
