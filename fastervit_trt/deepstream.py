@@ -23,7 +23,7 @@ preprocess with nvdspreprocess instead).
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .artifacts import check_writable, write_bytes
@@ -42,12 +42,36 @@ EXPORT_FLAGS = (*PLAIN_RESIZE, "--input pixels", "--softmax")  # what an export 
 
 @dataclass(frozen=True)
 class DeepStreamOptions:
-    process_mode: str = "primary"  # "secondary": classify the objects of detector ``operate_on_gie_id``
-    threshold: float = 0.5  # classifier-threshold: the least probability a label is attached at
-    gie_unique_id: int = 1
-    operate_on_gie_id: int = 1  # secondary mode only
-    gpu_id: int = 0
-    force: bool = False
+    """The nvinfer settings that are not the export's; each field's metadata spells its
+    ``fastervit-deepstream`` flag."""
+
+    process_mode: str = field(  # "secondary": classify the objects of detector ``operate_on_gie_id``
+        default="primary",
+        metadata={
+            "flag": "--process-mode",
+            "choices": tuple(PROCESS_MODES),
+            "help": "primary: whole frames; secondary: the objects of another nvinfer (a detector)",
+        },
+    )
+    threshold: float = field(
+        default=0.5,
+        metadata={
+            "flag": "--threshold",
+            "range": (0, 1),
+            "help": "classifier-threshold: the least probability at which a label is attached",
+        },
+    )
+    gie_unique_id: int = field(default=1, metadata={"flag": "--gie-unique-id", "range": (1, None)})
+    operate_on_gie_id: int = field(  # secondary mode only
+        default=1,
+        metadata={
+            "flag": "--operate-on-gie-id",
+            "range": (1, None),
+            "help": "secondary mode: the gie-unique-id of the detector whose objects are classified",
+        },
+    )
+    gpu_id: int = field(default=0, metadata={"flag": "--gpu-id", "range": (0, None)})
+    force: bool = field(default=False, metadata={"flag": "--force", "help": "overwrite existing files"})
 
     def __post_init__(self) -> None:
         if self.process_mode not in PROCESS_MODES:
@@ -116,9 +140,7 @@ def _check(model_path: Path, info: dict) -> dict:
         )
     if metadata.get("features") or metadata.get("output") == "embedding":
         kind = "a backbone (feature maps" if metadata.get("features") else "an embedding model (a pooled vector"
-        raise ServiceError(
-            f"{model_path}: {kind} out, no classes); nvinfer's classifier needs a classifier export"
-        )
+        raise ServiceError(f"{model_path}: {kind} out, no classes); nvinfer's classifier needs a classifier export")
     missing = _missing_flags(preprocess, metadata)
     if missing:
         command = export_command(metadata, info["precision"] or "fp16")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -102,13 +102,39 @@ INPUT_FORMATS = {
 @dataclass(frozen=True)
 class TransformOptions:
     """Eval-transform settings a user gives for their model (timm's data-config names); None
-    leaves the setting to the checkpoint's training record, else to the variant."""
+    leaves the setting to the checkpoint's training record, else to the variant. Each field's
+    metadata spells its ``fastervit-export`` flag; one with ``choices`` is refused outside them."""
 
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    interpolation: str | None = None
-    crop_pct: float | None = None
-    crop_mode: str | None = None  # "squash" with crop_pct 1.0: a plain resize, no crop
+    mean: tuple[float, float, float] | None = field(
+        default=None,
+        metadata={"flag": "--mean", "nargs": 3, "metavar": ("R", "G", "B"), "help": "per-channel mean, 0..1 scale"},
+    )
+    std: tuple[float, float, float] | None = field(
+        default=None,
+        metadata={"flag": "--std", "nargs": 3, "metavar": ("R", "G", "B"), "help": "per-channel std, 0..1 scale"},
+    )
+    interpolation: str | None = field(
+        default=None, metadata={"flag": "--interpolation", "choices": INTERPOLATIONS, "help": "resize filter"}
+    )
+    crop_pct: float | None = field(
+        default=None,
+        metadata={
+            "flag": "--crop-pct",
+            "range": (0, 1),
+            "low_open": True,
+            "metavar": "F",
+            "help": "resize to input size / F before the centre crop (1: no margin cropped)",
+        },
+    )
+    crop_mode: str | None = field(  # "squash" with crop_pct 1.0: a plain resize, no crop
+        default=None,
+        metadata={
+            "flag": "--crop-mode",
+            "choices": CROP_MODES,
+            "help": "center: the shorter side is resized, then centre-cropped; squash: both sides resized "
+            "(with --crop-pct 1: a plain resize to the input size, as DeepStream's nvinfer scales)",
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("mean", "std"):  # argparse's nargs=3 gives lists

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -12,6 +12,8 @@ from .dataset import DEFAULT_DATA
 from .ranges import METHODS
 
 PERCENTILE_RANGE = (50.0, 100.0)  # exclusive, inclusive
+QDQ_BASES = ("fp16", "fp32")  # the float type of the layers left unquantized
+RESIDUAL_QDQ = ("auto", "on", "off")  # INT8 residual inputs; auto: on unless exporting features
 
 
 class Exported(Protocol):
@@ -23,34 +25,117 @@ class Exported(Protocol):
 
 @dataclass(frozen=True)
 class CalibrationOptions:
-    """How INT8 scales are obtained; defaults match ``fastervit-export --precision int8``."""
+    """How INT8 scales are obtained; defaults match ``fastervit-export --precision int8``, whose
+    flags each field's metadata spells (``fastervit_trt/cli/common.py``: ``add_options``)."""
 
-    data: Path = DEFAULT_DATA
-    images: int = 256
-    batch: int = 8
-    method: str = "entropy"
-    percentile: float = 99.99
-    cache: Path | None = None  # default: <output_dir>/<model>_int8.cache
-    recalibrate: bool = False  # ignore an existing cache
-    qdq_base: str = "fp16"
-    heldout: int = 32
-    sensitivity: bool = False  # rank layers by the degradation each alone causes
-    accuracy_budget: float | None = None  # max top-1 agreement drop vs FP32, in points
-    residual_qdq: str = "auto"  # INT8 residual inputs: on, off, auto (on unless exporting features)
-    bias_correction: bool = True  # biases absorb the mean output shift of weight rounding
+    data: Path = field(
+        default=DEFAULT_DATA,
+        metadata={
+            "flag": "--calib-data",
+            "metavar": "DIR|FILE.npy",
+            "help": "image folder (read recursively) or preprocessed NCHW float32 .npy",
+        },
+    )
+    cache: Path | None = field(  # default: <output_dir>/<model>_int8.cache
+        default=None,
+        metadata={
+            "flag": "--calib-cache",
+            "metavar": "PATH",
+            "help": "TensorRT calibration cache; reused when it exists (default: "
+            "<output-dir>/<variant>_<precision>.cache)",
+        },
+    )
+    images: int = field(
+        default=256,
+        metadata={
+            "flag": "--calib-images",
+            "range": (1, None),
+            "metavar": "N",
+            "help": "calibration inputs (a small folder is expanded by crops and flips)",
+        },
+    )
+    batch: int = field(default=8, metadata={"flag": "--calib-batch", "range": (1, None), "metavar": "N"})
+    method: str = field(
+        default="entropy",
+        metadata={
+            "flag": "--calib-method",
+            "choices": METHODS,
+            "help": "entropy: TensorRT's EntropyCalibration2 (KL divergence)",
+        },
+    )
+    percentile: float = field(
+        default=99.99,
+        metadata={
+            "flag": "--calib-percentile",
+            "range": PERCENTILE_RANGE,
+            "low_open": True,
+            "metavar": "P",
+            "help": "with --calib-method percentile",
+        },
+    )
+    recalibrate: bool = field(default=False, metadata={"flag": "--recalibrate", "help": "ignore an existing cache"})
+    qdq_base: str = field(
+        default="fp16",
+        metadata={"flag": "--qdq-base", "choices": QDQ_BASES, "help": "float type of the layers left unquantized"},
+    )
+    residual_qdq: str = field(
+        default="auto",
+        metadata={
+            "flag": "--residual-qdq",
+            "choices": RESIDUAL_QDQ,
+            "help": "INT8: quantize the residual input of each Add after a quantized Conv so "
+            "TensorRT reads it in INT8 in the fused epilogue; auto: on for classifiers, "
+            "off for --features (the feature maps are that residual stream)",
+        },
+    )
+    bias_correction: bool = field(
+        default=True,
+        metadata={
+            "flag": "--bias-correction",
+            "help": "subtract from each quantized layer's bias the mean output shift its weight "
+            "rounding causes (from the calibration inputs' channel means, kept beside the "
+            "cache as <cache>.means.npz)",
+        },
+    )
+    heldout: int = field(
+        default=32,
+        metadata={
+            "flag": "--calib-heldout",
+            "range": (1, None),
+            "metavar": "N",
+            "help": "held-out inputs for the accuracy figures, sensitivity and budget",
+        },
+    )
+    sensitivity: bool = field(
+        default=False,
+        metadata={
+            "flag": "--sensitivity",
+            "help": "rank layers by the degradation each causes when quantized alone",
+        },
+    )
+    accuracy_budget: float | None = field(  # max top-1 agreement drop vs FP32, in points
+        default=None,
+        metadata={
+            "flag": "--accuracy-budget",
+            "range": (0, 100),
+            "metavar": "POINTS",
+            "help": "leave the most sensitive layers in FP16 until the top-1 agreement with FP32 "
+            "drops by at most POINTS",
+        },
+    )
 
     def __post_init__(self) -> None:
         paths_of(self, "data", "cache")
         if self.method not in METHODS:
             raise OptionsError(f"calibration method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if self.qdq_base not in ("fp16", "fp32"):
+        if self.qdq_base not in QDQ_BASES:
             raise OptionsError(f"qdq_base must be fp16 or fp32, not {self.qdq_base!r}")
         if not PERCENTILE_RANGE[0] < self.percentile <= PERCENTILE_RANGE[1]:
             raise OptionsError(
                 f"--calib-percentile must be above {PERCENTILE_RANGE[0]:g} and at most "
                 f"{PERCENTILE_RANGE[1]:g} (the share of |x| values kept in range), not {self.percentile:g}"
             )
-        if self.residual_qdq not in ("auto", "on", "off"):
+        if self.residual_qdq not in RESIDUAL_QDQ:
             raise OptionsError(f"--residual-qdq must be auto, on or off, not {self.residual_qdq!r}")
         if self.heldout < 1:
             raise OptionsError(f"--calib-heldout must be at least 1, not {self.heldout}")

@@ -9,20 +9,8 @@ from pathlib import Path
 from typing import TextIO
 
 from ..errors import ModelFileError
-from ..quant_formats import QUANT_FORMATS
 from ..sidecar import DEFAULT_BATCH_PROFILE
-from .common import (
-    PROFILE_TEXT,
-    add_batch_profile,
-    add_calibration_files,
-    add_force,
-    add_quiet,
-    capabilities,
-    command_parser,
-    positive,
-    progress,
-    run,
-)
+from .common import add_options, add_quiet, command_parser, options_from, progress, run
 
 EXAMPLES = """\
 examples:
@@ -37,7 +25,6 @@ examples:
 def parser() -> argparse.ArgumentParser:
     from ..engines import BuildConfig
 
-    d = BuildConfig()
     parser = command_parser(
         "fastervit-build",
         EXAMPLES,
@@ -46,46 +33,7 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("onnx", type=Path, help="ONNX file from fastervit-export")
     parser.add_argument("--output", type=Path, help="engine path (default: engines/<onnx name>.engine)")
-    parser.add_argument(
-        "--backend",
-        choices=("auto", "tensorrt", "tensorrt-rtx"),
-        default=d.backend,
-        help="auto: TensorRT if installed, else TensorRT-RTX",
-    )
-    add_batch_profile(parser, None, f"optimization profile (default: the one recorded at export, else {PROFILE_TEXT})")
-    parser.add_argument(
-        "--precision",
-        choices=("fp32", "fp16", *(f.name for f in QUANT_FORMATS.values() if f.trt_implicit_flag)),
-        help="default: the ONNX's own; fp16/int8 from an FP32 graph needs TensorRT 10",
-    )
-    parser.add_argument("--workspace", type=positive, metavar="MIB", help="workspace memory limit")
-    parser.add_argument(
-        "--opt-level",
-        type=int,
-        choices=range(6),
-        metavar="0-5",
-        help="builder optimization level (TensorRT's default: 3)",
-    )
-    parser.add_argument(
-        "--timing-cache",
-        type=Path,
-        metavar="PATH",
-        help="TensorRT timing cache: loaded if present, saved after the build",
-    )
-    parser.add_argument("--hardware-compat", action="store_true", help="run on any Ampere+ GPU")
-    parser.add_argument("--version-compat", action="store_true", help="run on later TensorRT versions")
-    parser.add_argument(
-        "--compute-capability",
-        type=capabilities,
-        default=(),
-        metavar="CC[,CC...]",
-        help="TensorRT-RTX targets, e.g. 8.9,12.0 (default: TensorRT-RTX's own; FP8: every "
-        "target from 8.9 on); TensorRT proper builds for the GPU it runs on",
-    )
-    add_calibration_files(
-        parser, cache_help="TensorRT 10 implicit INT8 scales", data_help="TensorRT 10 implicit INT8 images"
-    )
-    add_force(parser, "an existing engine")
+    add_options(parser, BuildConfig)
     add_quiet(parser)
     return parser
 
@@ -99,20 +47,7 @@ def _build(args: argparse.Namespace) -> int:
     output = args.output or Path("engines") / args.onnx.with_suffix(".engine").name
     check_engine_path(output, args.onnx)
     batch = args.batch or tuple(onnx_facts(args.onnx)["metadata"].get("batch_profile") or DEFAULT_BATCH_PROFILE)
-    config = BuildConfig(
-        batch=batch,
-        backend=args.backend,
-        precision=args.precision,
-        workspace_mib=args.workspace,
-        opt_level=args.opt_level,
-        timing_cache=args.timing_cache,
-        hardware_compat=args.hardware_compat,
-        version_compat=args.version_compat,
-        calib_cache=args.calib_cache,
-        calib_data=args.calib_data,
-        compute_capabilities=args.compute_capability,
-        force=args.force,
-    )
+    config = options_from(BuildConfig, args, batch=batch)
     stream = progress(args)
     sidecar = build_engine(args.onnx, output, config, stream)
     trt = sidecar["tensorrt"]

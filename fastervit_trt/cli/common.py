@@ -10,10 +10,12 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import Field, fields
 from pathlib import Path
-from typing import Any, TextIO
+from types import UnionType
+from typing import Any, TextIO, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from ..errors import FasterViTTRTError
+from ..errors import FasterViTTRTError, OptionsError
 from ..sidecar import DEFAULT_BATCH_PROFILE
 
 EXIT_ERROR = 1
@@ -138,13 +140,6 @@ def capabilities(text: str) -> tuple[str, ...]:
 # ---------------------------------------------------------------- argument groups
 
 
-def add_batch_profile(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: str | None, help: str
-) -> None:
-    """``--batch MIN,OPT,MAX``: the engine's optimization profile (export, build)."""
-    parser.add_argument("--batch", type=batch_profile, default=default, metavar="MIN,OPT,MAX", help=help)
-
-
 def add_model_file(parser: argparse.ArgumentParser, help: str = ".engine or .onnx") -> None:
     """``--model FILE``: the engine or ONNX file a command runs (infer, bench, eval, serve)."""
     parser.add_argument("--model", type=Path, required=True, metavar="FILE", help=help)
@@ -169,17 +164,6 @@ def torch_variant_name(args: argparse.Namespace) -> str | None:
     from ..models import read_checkpoint, variant_of
 
     return variant_of(read_checkpoint(args.checkpoint))
-
-
-def add_calibration_files(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-    cache_help: str,
-    data_help: str,
-    data_default: Path | None = None,
-) -> None:
-    """``--calib-cache`` and ``--calib-data``: where INT8 scales come from (export, build)."""
-    parser.add_argument("--calib-data", type=Path, default=data_default, metavar="DIR|FILE.npy", help=data_help)
-    parser.add_argument("--calib-cache", type=Path, metavar="PATH", help=cache_help)
 
 
 def add_json(parser: argparse.ArgumentParser, what: str = "a table") -> None:
@@ -232,7 +216,7 @@ class _Renamed(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def renamed(parser: argparse.ArgumentParser, old: str, new: str, **kwargs: Any) -> None:
+def renamed(parser: argparse.ArgumentParser | argparse._ArgumentGroup, old: str, new: str, **kwargs: Any) -> None:
     """Accept ``old`` as a hidden, deprecated spelling of the already added ``new``."""
     dest = new.lstrip("-").replace("-", "_")
     parser.add_argument(
@@ -240,142 +224,107 @@ def renamed(parser: argparse.ArgumentParser, old: str, new: str, **kwargs: Any) 
     )
 
 
-def add_transform_options(parser: argparse.ArgumentParser) -> None:
-    """The eval-transform group of ``fastervit-export`` (``TransformOptions``'s fields, timm's names)."""
-    from ..preprocess import CROP_MODES, INTERPOLATIONS
+# ---------------------------------------------------------------- options dataclasses as flags
 
-    group = parser.add_argument_group(
-        "preprocessing (default: what the checkpoint's timm training args recorded, else the variant's)"
-    )
-    group.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="per-channel mean, 0..1 scale")
-    group.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="per-channel std, 0..1 scale")
-    group.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize filter")
-    group.add_argument(
-        "--crop-pct",
-        type=number(float, 0, 1, low_open=True),
-        metavar="F",
-        help="resize to input size / F before the centre crop (1: no margin cropped)",
-    )
-    group.add_argument(
-        "--crop-mode",
-        choices=CROP_MODES,
-        help="center: the shorter side is resized, then centre-cropped; squash: both sides resized "
-        "(with --crop-pct 1: a plain resize to the input size, as DeepStream's nvinfer scales)",
-    )
+# What an options dataclass field's ``metadata`` may say about its flag (``add_options`` reads it)
+FLAG_KEYS = {
+    "flag": "the spelling, e.g. --calib-images",
+    "dest": "the argument's name, where it is not the flag's",
+    "help": "what the help says of it",
+    "metavar": "the value's name in the help",
+    "choices": "the values offered: the tuple the dataclass checks against",
+    "nargs": "how many values (argparse's nargs)",
+    "const": "the value of the flag given alone (nargs '?')",
+    "range": "(low, high) of a number, None unbounded; a value outside is refused naming the range",
+    "low_open": "True: the range excludes low",
+    "parse": "the name of the PARSERS entry that reads the text (1,8,32 -> (1, 8, 32))",
+    "default": "the flag's default, where it is not the field's (None: unset, the command decides)",
+    "old": "a former spelling, still parsed, with a note",
+    "group": "the field holds another options dataclass, whose flags form this argument group",
+}
+PARSERS = {"batch_profile": batch_profile, "stages": stages, "capabilities": capabilities}
+ON_OFF = ("on", "off")  # the flag of a boolean field that defaults to True
 
-
-def transform_options(args: argparse.Namespace) -> Any:
-    """The ``TransformOptions`` that ``add_transform_options``'s flags say."""
-    from ..preprocess import TRANSFORM_SETTINGS, TransformOptions
-
-    given: dict[str, Any] = {name: getattr(args, name) for name in TRANSFORM_SETTINGS}
-    return options_or_error(lambda: TransformOptions(**given))
+Options = TypeVar("Options")
 
 
-def add_calibration_options(parser: argparse.ArgumentParser) -> None:
-    """The INT8 / FP8 calibration group of ``fastervit-export`` (``CalibrationOptions``'s fields)."""
-    from ..calibration.options import PERCENTILE_RANGE, CalibrationOptions
-
-    c = CalibrationOptions()
-    calib = parser.add_argument_group("INT8 / FP8 calibration (--precision int8 or fp8)")
-    add_calibration_files(
-        calib,
-        data_default=c.data,
-        data_help="image folder (read recursively) or preprocessed NCHW float32 .npy",
-        cache_help="TensorRT calibration cache; reused when it exists (default: "
-        "<output-dir>/<variant>_<precision>.cache)",
-    )
-    calib.add_argument(
-        "--calib-images",
-        type=positive,
-        default=c.images,
-        metavar="N",
-        help="calibration inputs (a small folder is expanded by crops and flips)",
-    )
-    calib.add_argument("--calib-batch", type=positive, default=c.batch, metavar="N")
-    calib.add_argument(
-        "--calib-method",
-        choices=("entropy", "minmax", "percentile"),
-        default=c.method,
-        help="entropy: TensorRT's EntropyCalibration2 (KL divergence)",
-    )
-    calib.add_argument(
-        "--calib-percentile",
-        type=number(float, *PERCENTILE_RANGE, low_open=True),
-        default=c.percentile,
-        metavar="P",
-        help="with --calib-method percentile",
-    )
-    calib.add_argument("--recalibrate", action="store_true", help="ignore an existing cache")
-    calib.add_argument(
-        "--qdq-base", choices=("fp16", "fp32"), default=c.qdq_base, help="float type of the layers left unquantized"
-    )
-    calib.add_argument(
-        "--residual-qdq",
-        choices=("auto", "on", "off"),
-        default=c.residual_qdq,
-        help="INT8: quantize the residual input of each Add after a quantized Conv so "
-        "TensorRT reads it in INT8 in the fused epilogue; auto: on for classifiers, "
-        "off for --features (the feature maps are that residual stream)",
-    )
-    calib.add_argument(
-        "--bias-correction",
-        choices=("on", "off"),
-        default="on" if c.bias_correction else "off",
-        help="subtract from each quantized layer's bias the mean output shift its weight "
-        "rounding causes (from the calibration inputs' channel means, kept beside the "
-        "cache as <cache>.means.npz)",
-    )
-    calib.add_argument(
-        "--calib-heldout",
-        type=positive,
-        default=c.heldout,
-        metavar="N",
-        help="held-out inputs for the accuracy figures, sensitivity and budget",
-    )
-    calib.add_argument(
-        "--sensitivity", action="store_true", help="rank layers by the degradation each causes when quantized alone"
-    )
-    calib.add_argument(
-        "--accuracy-budget",
-        type=number(float, 0, 100),
-        metavar="POINTS",
-        help="leave the most sensitive layers in FP16 until the top-1 agreement with FP32 drops by at most POINTS",
-    )
+def _flagged(cls: type) -> list[tuple[Field, type]]:
+    """The fields of options dataclass ``cls`` that name a flag or a group, with their types."""
+    hints = get_type_hints(cls)
+    return [(f, hints[f.name]) for f in fields(cls) if "flag" in f.metadata or "group" in f.metadata]
 
 
-def calibration_options(args: argparse.Namespace) -> Any:
-    """The ``CalibrationOptions`` that ``add_calibration_options``'s flags say."""
-    from ..calibration.options import CalibrationOptions
+def _kind(hint: Any) -> Any:
+    """What each value of a field's flag is (``int | None``: int; ``tuple[float, float] | None``: float)."""
+    members = [a for a in get_args(hint) if a is not type(None)] if get_origin(hint) in (Union, UnionType) else [hint]
+    return get_args(members[0])[0] if get_origin(members[0]) is tuple else members[0]
 
-    return options_or_error(
-        lambda: CalibrationOptions(
-            data=args.calib_data,
-            images=args.calib_images,
-            batch=args.calib_batch,
-            method=args.calib_method,
-            percentile=args.calib_percentile,
-            cache=args.calib_cache,
-            recalibrate=args.recalibrate,
-            qdq_base=args.qdq_base,
-            heldout=args.calib_heldout,
-            sensitivity=args.sensitivity,
-            accuracy_budget=args.accuracy_budget,
-            residual_qdq=args.residual_qdq,
-            bias_correction=args.bias_correction == "on",
-        )
-    )
+
+def _dest(field: Field) -> str:
+    return field.metadata.get("dest") or field.metadata["flag"].lstrip("-").replace("-", "_")
+
+
+def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type) -> None:
+    """One flag per field of options dataclass ``cls`` whose metadata names one (``FLAG_KEYS``);
+    a number with a ``range`` says the valid range when refused, a boolean is a switch (``on`` /
+    ``off`` when it defaults to True), a parsed tuple shows its default as typed (``1,8,32``)."""
+    for field, hint in _flagged(cls):
+        meta, kind = field.metadata, _kind(hint)
+        if "group" in meta:
+            add_options(parser.add_argument_group(meta["group"]), hint)
+            continue
+        default = meta["default"] if "default" in meta else field.default
+        spec: dict[str, Any] = {"dest": _dest(field), "help": meta.get("help"), "default": default}
+        spec.update({key: meta[key] for key in ("metavar", "choices", "nargs", "const") if key in meta})
+        if kind is bool and default is True:
+            spec.update(choices=ON_OFF, default=ON_OFF[0])
+        elif kind is bool:
+            spec["action"] = "store_true"
+        elif "parse" in meta:
+            spec["type"] = PARSERS[meta["parse"]]
+            if isinstance(default, tuple) and default:
+                spec["default"] = ",".join(map(str, default))
+        elif "range" in meta:
+            low, high = meta["range"]
+            spec["type"] = number(kind, low, high, low_open=meta.get("low_open", False))
+        elif kind in (int, float, Path):
+            spec["type"] = kind
+        parser.add_argument(meta["flag"], **spec)
+        if "old" in meta:
+            renamed(parser, meta["old"], meta["flag"], metavar=meta.get("metavar"))
+
+
+def options_from(cls: type[Options], args: argparse.Namespace, **given: Any) -> Options:
+    """``cls`` as the flags of ``add_options`` say: a flag left unset (None) keeps the field's
+    default, a group builds its dataclass; a field without a flag of its own takes the argument of
+    its name when there is one (``--force``); ``given`` fields are the caller's."""
+    flagged = dict(_flagged(cls))
+    values: dict[str, Any] = {}
+    for field in fields(cls):  # type: ignore[arg-type]  # an options dataclass
+        if field.name in given:
+            continue
+        if "group" in field.metadata:
+            values[field.name] = options_from(flagged[field], args)
+            continue
+        value = getattr(args, _dest(field) if field in flagged else field.name, None)
+        if value is None:
+            continue
+        if value in ON_OFF and _kind(flagged.get(field)) is bool:
+            value = value == ON_OFF[0]
+        values[field.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values, **given)
 
 
 # ---------------------------------------------------------------- running a command
 
 
 def options_or_error(make: Callable[[], Any]) -> Any:
-    """``make()``, with the options' own ``ValueError`` as the command's one-line error."""
+    """``make()``, an options ``ValueError`` raised as the ``OptionsError`` the command answers in
+    one line (for options classes that do not raise ``OptionsError`` themselves yet)."""
     try:
         return make()
     except ValueError as exc:
-        raise FasterViTTRTError(str(exc)) from None
+        raise OptionsError(str(exc)) from None
 
 
 def _missing(exc: ModuleNotFoundError, prog: str) -> int:

@@ -7,13 +7,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .common import add_force, command_parser, number, options_or_error, positive, run
+from .common import add_options, command_parser, options_from, run
 
 
 def parser() -> argparse.ArgumentParser:
-    from ..deepstream import PROCESS_MODES, DeepStreamOptions
+    from ..deepstream import DeepStreamOptions
 
-    d = DeepStreamOptions()
     parser = command_parser(
         "fastervit-deepstream",
         "examples:\n"
@@ -34,43 +33,14 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", type=Path, help=".onnx export or .engine (with its sidecar)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the config and labels")
-    parser.add_argument(
-        "--process-mode",
-        choices=tuple(PROCESS_MODES),
-        default=d.process_mode,
-        help="primary: whole frames; secondary: the objects of another nvinfer (a detector)",
-    )
-    parser.add_argument(
-        "--threshold",
-        type=number(float, 0, 1),
-        default=d.threshold,
-        help="classifier-threshold: the least probability at which a label is attached",
-    )
-    parser.add_argument("--gie-unique-id", type=positive, default=d.gie_unique_id)
-    parser.add_argument(
-        "--operate-on-gie-id",
-        type=positive,
-        default=d.operate_on_gie_id,
-        help="secondary mode: the gie-unique-id of the detector whose objects are classified",
-    )
-    parser.add_argument("--gpu-id", type=number(int, 0), default=d.gpu_id)
-    add_force(parser, "existing files")
+    add_options(parser, DeepStreamOptions)
     return parser
 
 
 def _deepstream(args: argparse.Namespace) -> int:
     from ..deepstream import DeepStreamOptions, launch_example, write_deepstream
 
-    options = options_or_error(
-        lambda: DeepStreamOptions(
-            process_mode=args.process_mode,
-            threshold=args.threshold,
-            gie_unique_id=args.gie_unique_id,
-            operate_on_gie_id=args.operate_on_gie_id,
-            gpu_id=args.gpu_id,
-            force=args.force,
-        )
-    )
+    options = options_from(DeepStreamOptions, args)
     config, labels = write_deepstream(args.model, args.out, options)
     print(f"wrote {config} and {labels}")
     print(f"run: {launch_example(config)}")

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .common import add_force, command_parser, number, options_or_error, positive, run
+from .common import add_force, command_parser, number, options_from, positive, run
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,16 +49,7 @@ def parser() -> argparse.ArgumentParser:
 def _triton(args: argparse.Namespace) -> int:
     from ..triton import LABELS_FILE, TritonOptions, write_model_repository
 
-    options = options_or_error(
-        lambda: TritonOptions(
-            name=args.name,
-            instances=args.instances,
-            kind=args.kind,
-            max_queue_delay_us=args.max_queue_delay_us,
-            image_bytes=args.image_bytes,
-            force=args.force,
-        )
-    )
+    options = options_from(TritonOptions, args)
     folder = write_model_repository(args.model, args.repo, options)
     model_file = next(p for p in (folder / "1").iterdir() if p.suffix in (".plan", ".onnx"))
     print(f"wrote {folder / 'config.pbtxt'} and {model_file}")

@@ -24,6 +24,7 @@ from ..graph.ort_cpu import release_memory
 from ..graph.ort_eval import InputSet, eval_chunk, ort_logits
 from ..graph.weights import WeightFile, tensor_bytes
 from ..models import (
+    WEIGHT_CHOICES,
     Backbone,
     Checkpoint,
     FasterViT,
@@ -31,6 +32,7 @@ from ..models import (
     check_arch,
     check_num_classes,
     create_model,
+    list_models,
     read_checkpoint,
     variant_of,
 )
@@ -56,6 +58,8 @@ DEFAULT_VARIANT = "faster_vit_0_224"  # exported when neither a variant nor a ch
 QUANTIZED = tuple(QUANT_FORMATS)  # calibrated: export/quantized.py
 PRECISIONS = ("fp32", "fp16", *QUANTIZED)
 STAGES = (1, 2, 3, 4)
+MIN_OPSET, MAX_OPSET = 17, 21  # 17: LayerNormalization; up to 21 the exports validate and TensorRT-RTX builds them
+IO_DTYPES = ("fp32", "fp16")  # of an FP16 graph's input and output
 FP32_TOLERANCE = 1e-4  # max |diff| <= tolerance x max |logit|
 FP16_MIN_COSINE = 0.999
 
@@ -70,26 +74,173 @@ class ExportOptions:
     name per line, or the names; ``transform``: eval-transform settings that override the
     checkpoint's training record and the variant's defaults."""
 
-    model: str | None = None
-    checkpoint: Path | None = None
-    weights: str = "model"  # of a training checkpoint: "model" (state_dict) or "ema"
-    num_classes: int | None = None
-    class_names: Path | tuple[str, ...] | None = None
-    transform: TransformOptions = TransformOptions()
-    resolution: tuple[int, int] | None = None
-    precision: str = "fp16"
-    batch: tuple[int, int, int] = DEFAULT_BATCH_PROFILE  # min, opt, max of the engine profile
-    opset: int = DEFAULT_OPSET
-    output_dir: Path = Path("export")
-    io_dtype: str = "fp32"
-    force: bool = False
-    seed: int = 0
+    model: str | None = field(
+        default=None,
+        metadata={
+            "flag": "--variant",
+            "old": "--model",
+            "metavar": "NAME",
+            "help": f"registered variant ({len(list_models())} available: "
+            "faster_vit_{0..6}_224, faster_vit_4_21k_{224,384,512,768}, "
+            f"and *_any_res of each); default: the one --checkpoint was trained as, else {DEFAULT_VARIANT}",
+        },
+    )
+    checkpoint: Path | None = field(
+        default=None,
+        metadata={
+            "flag": "--checkpoint",
+            "help": "official or fine-tuned .pth/.pth.tar/.safetensors weights (timm training checkpoint or "
+            "plain state dict); its number of classes, and the transform a timm run recorded, are read from "
+            "it; without one the model is randomly initialised (seeded)",
+        },
+    )
+    num_classes: int | None = field(
+        default=None,
+        metadata={
+            "flag": "--num-classes",
+            "range": (0, None),
+            "metavar": "N",
+            "help": "classifier width, checked against the checkpoint's head (read from it when omitted); "
+            "0: headless, the pooled embedding is the output",
+        },
+    )
+    class_names: Path | tuple[str, ...] | None = field(
+        default=None,
+        metadata={
+            "flag": "--class-names",
+            "metavar": "FILE",
+            "help": "one class name per line, in the head's order; stored in the ONNX and engine, used by "
+            "infer, eval, serve, Triton and DeepStream (default: ImageNet-1k names for 1000-class "
+            "models, else 'class <i>')",
+        },
+    )
+    transform: TransformOptions = field(
+        default=TransformOptions(),
+        metadata={
+            "group": "preprocessing (default: what the checkpoint's timm training args recorded, else the variant's)"
+        },
+    )
+    weights: str = field(  # of a training checkpoint: "model" (state_dict) or "ema"
+        default="model",
+        metadata={
+            "flag": "--weights",
+            "choices": WEIGHT_CHOICES,
+            "help": "which weights of a training checkpoint: state_dict (as the official "
+            "validate.py without --use-ema) or state_dict_ema",
+        },
+    )
+    resolution: tuple[int, int] | None = field(
+        default=None,
+        metadata={
+            "flag": "--resolution",
+            "nargs": 2,
+            "range": (1, None),
+            "metavar": ("H", "W"),
+            "help": "input size; the variant's own when omitted",
+        },
+    )
+    exact_preprocess: bool = field(  # True: decode every JPEG in full (bitwise timm); recorded
+        default=False,
+        metadata={
+            "flag": "--exact-preprocess",
+            "help": "decode every JPEG in full and resize the whole image, bitwise as timm "
+            "(calibration and, through the recorded setting, inference); default: JPEGs of "
+            "at least twice the resize size decode at a reduced scale and only the crop is "
+            "resized, several times faster",
+        },
+    )
+    precision: str = field(
+        default="fp16",
+        metadata={
+            "flag": "--precision",
+            "choices": PRECISIONS,
+            "help": "fp16: float16 graph with FP32 islands for TensorRT's strong typing; "
+            "int8 / fp8: calibrated Q/DQ (FP8 E4M3: Ada, Hopper, Blackwell GPUs); the "
+            "classifier head stays FP16, and for FP8 also the stem and downsampling "
+            "convolutions (every path runs through them)",
+        },
+    )
+    features: tuple[int, ...] = field(  # stages whose outputs the graph returns instead of logits
+        default=(),
+        metadata={
+            "flag": "--features",
+            "parse": "stages",
+            "nargs": "?",
+            "const": STAGES,
+            "metavar": "STAGES",
+            "help": "export the backbone for detection: no head, one NCHW output per stage "
+            "(stage1..stage4, strides 4..32, each taken before its downsampling); "
+            "STAGES picks some, e.g. 2,3,4 (default: all four)",
+        },
+    )
+    feature_norm: bool = field(  # each feature map through its level norm (official detection)
+        default=False,
+        metadata={
+            "flag": "--feature-norm",
+            "help": "each feature map through its level's BatchNorm, as the official detection "
+            "backbones add it (stage 4: the trained classifier norm; stages 1-3: "
+            "BatchNorm at its initial statistics, which detection training then learns)",
+        },
+    )
+    input_format: str = field(  # "uint8" / "pixels": the graph takes uint8 NHWC / float NCHW 0..255 crops
+        default="float",
+        metadata={
+            "flag": "--input",
+            "dest": "input_format",
+            "choices": tuple(INPUT_FORMATS),
+            "help": "float: normalised float NCHW input; uint8: the resized, cropped uint8 "
+            "NHWC image, cast and normalised inside the graph (4x fewer bytes to the "
+            "GPU, no float math on the CPU; writes <variant>_<precision>_uint8in.onnx); "
+            "pixels: the crop as float NCHW pixel values 0..255, normalised per channel "
+            "inside the graph, as DeepStream's nvinfer sends them with net-scale-factor 1 "
+            "(writes ..._pixelsin.onnx; see fastervit-deepstream)",
+        },
+    )
+    softmax: bool = field(  # a classifier's output as probabilities (``probabilities``), not logits
+        default=False,
+        metadata={
+            "flag": "--softmax",
+            "help": "a classifier's output as softmax probabilities ('probabilities') instead of "
+            "logits, as DeepStream's nvinfer classifier parser reads them; writes "
+            "<variant>_<precision>_softmax.onnx",
+        },
+    )
+    batch: tuple[int, int, int] = field(  # min, opt, max of the engine profile
+        default=DEFAULT_BATCH_PROFILE,
+        metadata={
+            "flag": "--batch",
+            "parse": "batch_profile",
+            "metavar": "MIN,OPT,MAX",
+            "help": "batch sizes of the engine's optimization profile",
+        },
+    )
+    opset: int = field(
+        default=DEFAULT_OPSET,
+        metadata={
+            "flag": "--opset",
+            "range": (MIN_OPSET, MAX_OPSET),
+            "help": f"ONNX opset ({MIN_OPSET}-{MAX_OPSET}: LayerNormalization needs 17)",
+        },
+    )
+    io_dtype: str = field(
+        default="fp32",
+        metadata={"flag": "--io-dtype", "choices": IO_DTYPES, "help": "dtype of the FP16 graph's input and output"},
+    )
+    output_dir: Path = field(
+        default=Path("export"),
+        metadata={
+            "flag": "--output-dir",
+            "default": None,  # unset: engines go to engines/, not beside the ONNX
+            "metavar": "DIR",
+            "help": "where the .onnx and its .report.json go (default: export); "
+            "engines go there too unless --engine-dir is given",
+        },
+    )
+    seed: int = field(
+        default=0, metadata={"flag": "--seed", "range": (0, None), "help": "seed of random weights and inputs"}
+    )
+    force: bool = field(default=False, metadata={"flag": "--force", "help": "overwrite existing outputs"})
     validation_batch: int = 4
-    exact_preprocess: bool = False  # True: decode every JPEG in full (bitwise timm); recorded
-    input_format: str = "float"  # "uint8" / "pixels": the graph takes uint8 NHWC / float NCHW 0..255 crops
-    features: tuple[int, ...] = ()  # stages whose outputs the graph returns instead of logits
-    softmax: bool = False  # a classifier's output as probabilities (``probabilities``), not logits
-    feature_norm: bool = False  # each feature map through its level norm (official detection)
     external_data_threshold: int = PROTOBUF_LIMIT  # bytes above which weights go to <file>.data
 
     def __post_init__(self) -> None:

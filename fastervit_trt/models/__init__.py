@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, OptionsError, ResolutionError
-from .checkpoint import Checkpoint, load_into, mismatch, read_checkpoint
+from .checkpoint import WEIGHT_CHOICES, Checkpoint, load_into, mismatch, read_checkpoint
 from .configs import REGISTRY, ArchConfig, EvalConfig, Variant, get_variant, list_models
 from .fastervit import Backbone, FasterViT, check_resolution, nearest_resolutions, stage_geometry
 
@@ -27,6 +27,7 @@ __all__ = [
     "EvalConfig",
     "FasterViT",
     "Variant",
+    "WEIGHT_CHOICES",
     "check_arch",
     "check_num_classes",
     "check_resolution",
