@@ -137,9 +137,9 @@ class TransformOptions:
     )
 
     def __post_init__(self) -> None:
-        for name in ("mean", "std"):  # argparse's nargs=3 gives lists
-            if isinstance(getattr(self, name), list):
-                object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name, value in self.given().items():  # lists, as argparse's nargs gives them
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
         check_transform(self.given())
 
     def given(self) -> dict:
@@ -151,18 +151,38 @@ TRANSFORM_SETTINGS = tuple(f.name for f in fields(TransformOptions))
 
 
 def check_transform(settings: Mapping[str, Any]) -> None:
-    """Refuse eval-transform settings this preprocessing cannot apply (ValueError, one line)."""
-    for name in ("mean", "std"):
-        if name in settings and len(settings[name]) != 3:
-            raise OptionsError(f"--{name} takes 3 values (R G B), not {list(settings[name])}")
+    """Refuse eval-transform settings this preprocessing cannot apply (OptionsError, one line):
+    a value outside its field's ``choices``, a count other than its ``nargs``, a std or crop_pct
+    out of range."""
+    for option in fields(TransformOptions):
+        if option.name not in settings:
+            continue
+        value, meta = settings[option.name], option.metadata
+        if "nargs" in meta and len(value) != meta["nargs"]:
+            values = " ".join(meta["metavar"])
+            raise OptionsError(f"{meta['flag']} takes {meta['nargs']} values ({values}), not {list(value)}")
+        if "choices" in meta and value not in meta["choices"]:
+            name = option.name.replace("_", " ")
+            raise OptionsError(f"{name} {value!r}: use one of {', '.join(meta['choices'])}")
     if any(v <= 0 for v in settings.get("std", ())):
         raise OptionsError(f"--std values must be positive, not {list(settings['std'])}")
-    if "interpolation" in settings and settings["interpolation"] not in INTERPOLATIONS:
-        raise OptionsError(f"interpolation {settings['interpolation']!r}: use one of {', '.join(INTERPOLATIONS)}")
-    if "crop_mode" in settings and settings["crop_mode"] not in CROP_MODES:
-        raise OptionsError(f"crop mode {settings['crop_mode']!r}: use one of {', '.join(CROP_MODES)}")
     if "crop_pct" in settings and not 0 < settings["crop_pct"] <= 1:
         raise OptionsError(f"--crop-pct {settings['crop_pct']:g}: the share of the image kept, above 0 and at most 1")
+
+
+def recorded_transform(record: Mapping[str, Any]) -> dict:
+    """The eval-transform settings a training run recorded (timm's ``args``, data-config names),
+    each as ``Preprocess`` holds it; unset ones (None or "", as timm leaves them) are left out."""
+    defaults = {option.name: option.default for option in fields(Preprocess)}
+    found: dict[str, Any] = {}
+    for name in TRANSFORM_SETTINGS:
+        value, default = record.get(name), defaults[name]
+        if isinstance(default, tuple):
+            if isinstance(value, (list, tuple)) and len(value) == len(default):
+                found[name] = tuple(float(v) for v in value)
+        elif isinstance(value, (int, float, str)) and value != "" and not isinstance(value, bool):
+            found[name] = type(default)(value)
+    return found
 
 
 @dataclass(frozen=True)
@@ -184,6 +204,10 @@ class Preprocess:
     input_format: str = "float"  # or "uint8", "pixels"
 
     def __post_init__(self) -> None:
+        for option in fields(self):  # as records hold them: lists, and whole numbers as ints
+            value = getattr(self, option.name)
+            if isinstance(value, list) or (isinstance(option.default, float) and isinstance(value, int)):
+                object.__setattr__(self, option.name, tuple(value) if isinstance(value, list) else float(value))
         if self.input_format not in INPUT_FORMATS:
             raise OptionsError(f"input_format must be one of {', '.join(INPUT_FORMATS)}, not {self.input_format!r}")
 
@@ -203,18 +227,11 @@ class Preprocess:
 
     @classmethod
     def from_config(cls, config: Mapping | object) -> Preprocess:
-        """From an ``EvalConfig``, a ``record()`` or its older dict forms (ONNX metadata, engine sidecar)."""
+        """From an ``EvalConfig``, a ``record()`` or its older dict forms (ONNX metadata, engine
+        sidecar); a setting it lacks takes its default here."""
         get: Callable[[str], Any] = config.get if isinstance(config, Mapping) else lambda k: getattr(config, k, None)
-        return cls(
-            input_size=tuple(get("input_size")),
-            crop_pct=float(get("crop_pct")),
-            crop_mode=get("crop_mode"),
-            interpolation=get("interpolation"),
-            mean=tuple(get("mean")),
-            std=tuple(get("std")),
-            jpeg_draft=bool(get("jpeg_draft")),
-            input_format=get("input_format") or "float",
-        )
+        given = {option.name: get(option.name) for option in fields(cls)}
+        return cls(**{name: value for name, value in given.items() if value is not None})
 
     def draft_size(self, width: int, height: int) -> tuple[int, int]:
         """The smallest size a JPEG of ``width`` x ``height`` may be decoded at: twice what the

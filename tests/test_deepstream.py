@@ -432,3 +432,20 @@ def test_an_engine_takes_its_class_names_from_its_sidecar_or_else_its_onnx(tmp_p
         engine = _engine_beside(named, tmp_path / "plain.engine", **sidecar)
         _, labels = write_deepstream(engine, tmp_path / "ds", DeepStreamOptions(force=True))
         assert labels.read_text().strip().split(";") == names
+
+
+# How nvinfer reproduces each eval-transform setting (fastervit_trt/deepstream.py): a new
+# setting fails the test below until deepstream.py says whether nvinfer can express it.
+NVINFER_TRANSFORM = {
+    "mean": "normalised inside the graph (--input pixels)",
+    "std": "normalised inside the graph (--input pixels)",
+    "interpolation": "scaling-filter, refused where nvinfer has none",
+    "crop_pct": "1 only: nvinfer cannot crop",
+    "crop_mode": "squash only: nvinfer scales the whole frame",
+}
+
+
+def test_deepstream_decides_every_transform_setting():
+    from fastervit_trt.preprocess import TRANSFORM_SETTINGS
+
+    assert set(NVINFER_TRANSFORM) == set(TRANSFORM_SETTINGS)

@@ -187,3 +187,34 @@ def test_fast_path_resizes_the_crop_within_two_levels(name, size, monkeypatch):
         assert got.shape == expected.shape == (*exact.input_size, 3)
         assert np.abs(got - expected).max() <= 2, path.name
         assert resized[-1] == full and full not in resized[-3:-1]  # exact resizes it all, fast only the crop
+
+
+def test_each_transform_setting_is_a_preprocess_field_with_a_default():
+    """A new eval-transform option is one ``TransformOptions`` field (its flag in the metadata)
+    and its ``Preprocess`` field: the checkpoint reader, the export and the records derive the rest."""
+    from dataclasses import MISSING, fields
+
+    from fastervit_trt.preprocess import TRANSFORM_SETTINGS
+
+    defaults = {option.name: option.default for option in fields(Preprocess)}
+    assert all(defaults.get(name, MISSING) is not MISSING for name in TRANSFORM_SETTINGS)
+
+
+def test_recorded_transform_reads_each_setting_as_preprocess_holds_it():
+    from fastervit_trt.preprocess import recorded_transform
+
+    args = {"mean": [0, 0.5, 1], "std": (1, 1), "interpolation": "bilinear", "crop_pct": 1, "crop_mode": ""}
+    assert recorded_transform({**args, "model": "x", "lr": 0.1}) == {
+        "mean": (0.0, 0.5, 1.0),
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+    }
+    assert recorded_transform({"crop_pct": True, "interpolation": None}) == {}
+
+
+def test_from_config_fills_settings_a_record_lacks_and_reads_json_forms():
+    record = {"input_size": [224, 224], "crop_pct": 1, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    preprocess = Preprocess.from_config(record)
+    assert preprocess == Preprocess((224, 224), 1.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert isinstance(preprocess.crop_pct, float) and preprocess.input_format == "float"
+    assert Preprocess.from_config(preprocess.record()) == preprocess

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, OptionsError
-from ..preprocess import check_transform
+from ..preprocess import check_transform, recorded_transform
 from .configs import REGISTRY
 
 log = logging.getLogger(__name__)
@@ -71,30 +71,17 @@ class Checkpoint:
         as ``timm.data.resolve_data_config`` reads them from ``args``) that this toolkit's
         preprocessing applies; ``refused_transform`` says why it cannot apply the others."""
         refused = self.refused_transform()
-        return {name: value for name, value in self._recorded_transform().items() if name not in refused}
+        return {name: value for name, value in recorded_transform(self.args).items() if name not in refused}
 
     def refused_transform(self) -> dict[str, str]:
         """Recorded settings the preprocessing cannot apply (e.g. timm's "border" crop), with why."""
         refused = {}
-        for name, value in self._recorded_transform().items():
+        for name, value in recorded_transform(self.args).items():
             try:
                 check_transform({name: value})
             except OptionsError as exc:
                 refused[name] = str(exc)
         return refused
-
-    def _recorded_transform(self) -> dict:
-        """Every eval-transform setting the run set (unset: None or "", as timm leaves them)."""
-        found: dict = {}
-        for name in ("mean", "std"):
-            value = self.args.get(name)
-            if isinstance(value, (list, tuple)) and len(value) == 3:
-                found[name] = tuple(float(v) for v in value)
-        for name, kind in (("interpolation", str), ("crop_mode", str), ("crop_pct", float)):
-            value = self.args.get(name)
-            if isinstance(value, (int, float, str)) and value != "" and not isinstance(value, bool):
-                found[name] = kind(value)
-        return found
 
     def describe(self) -> dict:
         """What the export report says about the weights it loaded."""
