@@ -90,7 +90,7 @@ def time_against_eager(rows: list[dict], iters: int) -> None:
 
     runners = {"eager": eager_run}
     for row in rows:
-        runners[row["precision"]] = load(row["onnx"], providers=["CPUExecutionProvider"]).features
+        runners[row["precision"]] = load(row["onnx"], provider="cpu").features
     timed = {r["model"]: r for r in benchmark(runners, (3, *resolution), [1], iters=iters, warmup=1)}
     for row in rows:
         row["ort_cpu_ms"], row["eager_ms"] = timed[row["precision"]]["p50_ms"], timed["eager"]["p50_ms"]

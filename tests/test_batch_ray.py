@@ -18,8 +18,9 @@ import pytest
 import ray
 
 from fastervit_trt.batch import Predictor, predict_files, schema
-from fastervit_trt.errors import FasterViTTRTError
-from fastervit_trt.runtime import load
+from fastervit_trt.batch.pipeline import default_gpus
+from fastervit_trt.errors import FasterViTTRTError, OptionsError
+from fastervit_trt.runtime import RuntimeOptions, load
 from tests.fixtures.digits import digits_split, to_pil
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,3 +243,27 @@ def test_a_model_that_does_not_load_fails_the_run_in_one_line(local_ray, images,
     assert str(failed.value).startswith(f"{broken}: ONNX Runtime cannot load the model") and "\n" not in str(
         failed.value
     )
+
+
+def test_the_runtime_options_reach_the_actors(local_ray, images, digits_batch8_onnx, tmp_path):
+    """The actors load the model as asked: a provider this onnxruntime lacks fails the run in one line."""
+    with pytest.raises(OptionsError) as failed:
+        within(
+            RUN_TIMEOUT_S,
+            predict_files,
+            [str(images)],
+            digits_batch8_onnx,
+            str(tmp_path / "out"),
+            gpus_per_actor=0,
+            progress=None,
+            runtime=RuntimeOptions(provider="cuda"),
+        )
+    assert "'cuda' (CUDAExecutionProvider) is not in this onnxruntime" in str(failed.value)
+    assert "\n" not in str(failed.value)
+
+
+def test_gpus_per_actor_follow_the_backend_and_provider():
+    assert default_gpus("m.engine") == default_gpus("m.plan") == 1.0
+    assert default_gpus("m.onnx") == default_gpus("m.onnx", RuntimeOptions(provider="cpu")) == 0.0
+    assert default_gpus("m.onnx", RuntimeOptions(provider="cuda")) == 1.0
+    assert default_gpus("m.bin", RuntimeOptions(backend="tensorrt")) == 1.0

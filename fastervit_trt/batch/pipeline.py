@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from .. import errors
 from ..errors import FasterViTTRTError, InputError, ModelFileError, ServiceError
 from ..progress import Bar
 from ..runtime.backend import BACKENDS, RuntimeOptions, choose_backend
@@ -40,10 +41,14 @@ def default_gpus(model: str | Path, runtime: RuntimeOptions = RuntimeOptions()) 
 
 def job_error(exc: Exception) -> FasterViTTRTError:
     """A failed Ray job as one line: our error raised in an actor (a model that does not load,
-    an engine that fails), else the last line Ray gives."""
+    an engine that fails), of its own kind, else the last line Ray gives."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    ours = [m.group(1) for m in map(re.compile(r"fastervit_trt\.[\w.]*(?:Error|Exception): (.*)").match, lines) if m]
-    return ServiceError(ours[-1] if ours else f"the Ray job failed: {lines[-1] if lines else type(exc).__name__}")
+    ours = [m for m in map(re.compile(r"fastervit_trt\.(?:\w+\.)*(\w*(?:Error|Exception)): (.*)").match, lines) if m]
+    if not ours:
+        return ServiceError(f"the Ray job failed: {lines[-1] if lines else type(exc).__name__}")
+    kind = getattr(errors, ours[-1].group(1), None)
+    known = isinstance(kind, type) and issubclass(kind, FasterViTTRTError)
+    return (kind if known else ServiceError)(ours[-1].group(2))
 
 
 def predict_files(

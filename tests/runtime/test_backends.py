@@ -48,9 +48,7 @@ def test_load_takes_the_runtime_options_fields():
     assert [(p.name, p.default) for p in parameters] == [(f.name, f.default) for f in fields(RuntimeOptions)]
 
 
-@pytest.mark.parametrize(
-    "name,backend", [("m.onnx", "onnxruntime"), ("m.engine", "tensorrt"), ("m.plan", "tensorrt")]
-)
+@pytest.mark.parametrize("name,backend", [("m.onnx", "onnxruntime"), ("m.engine", "tensorrt"), ("m.plan", "tensorrt")])
 def test_auto_chooses_by_suffix(name, backend):
     assert choose_backend(Path(name), RuntimeOptions()) == backend
     assert choose_backend(Path(name), RuntimeOptions(backend=backend)) == backend
