@@ -173,7 +173,7 @@ def check_transform(settings: Mapping[str, Any]) -> None:
 def recorded_transform(record: Mapping[str, Any]) -> dict:
     """The eval-transform settings a training run recorded (timm's ``args``, data-config names),
     each as ``Preprocess`` holds it; unset ones (None or "", as timm leaves them) are left out."""
-    defaults = {option.name: option.default for option in fields(Preprocess)}
+    defaults: dict[str, Any] = {option.name: option.default for option in fields(Preprocess)}
     found: dict[str, Any] = {}
     for name in TRANSFORM_SETTINGS:
         value, default = record.get(name), defaults[name]
