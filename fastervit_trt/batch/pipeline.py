@@ -47,8 +47,9 @@ def job_error(exc: Exception) -> FasterViTTRTError:
     if not ours:
         return ServiceError(f"the Ray job failed: {lines[-1] if lines else type(exc).__name__}")
     kind = getattr(errors, ours[-1].group(1), None)
-    known = isinstance(kind, type) and issubclass(kind, FasterViTTRTError)
-    return (kind if known else ServiceError)(ours[-1].group(2))
+    if not (isinstance(kind, type) and issubclass(kind, FasterViTTRTError)):
+        kind = ServiceError
+    return kind(ours[-1].group(2))
 
 
 def predict_files(

@@ -247,13 +247,11 @@ def load(
     opened = BACKENDS[choose_backend(path, options)].open(path, options)
     info = opened.metadata
     images = np.dtype(opened.input_dtype) == np.uint8  # an NHWC image input
+    height, width = opened.input_shape[:2] if images else opened.input_shape[1:]
     preprocess = (
         Preprocess.from_config(info["preprocess"])
         if info.get("preprocess")
-        else Preprocess(
-            input_size=opened.input_shape[:2] if images else opened.input_shape[1:],
-            input_format="uint8" if images else "float",
-        )
+        else Preprocess(input_size=(height, width), input_format="uint8" if images else "float")
     )
     classes = next(iter(opened.output_shapes.values()))
     headless = opened.output_names == ["embedding"]
