@@ -1,8 +1,8 @@
 """What ``InferenceModel`` needs of a backend, the options it is opened with, and the registry
 that chooses one for a file.
 
-A backend is a module of this package with ``open_backend(path, options) -> Backend`` and one
-line in ``BACKENDS``: its name, the file suffixes ``backend="auto"`` gives it, and the
+A backend is a module with ``open_backend(path, options) -> Backend`` and one entry in
+``BACKENDS``: its name, the file suffixes ``backend="auto"`` gives it, and the
 ``RuntimeOptions`` fields it reads (any other field left at its default, or one clear error)."""
 
 from __future__ import annotations
@@ -84,21 +84,27 @@ class RuntimeOptions:
 class BackendKind:
     """One registered backend: the module that opens it, the files it runs, the options it reads."""
 
-    module: str  # of this package, with ``open_backend(path, options) -> Backend``
+    module: str  # with ``open_backend(path, options) -> Backend``; ".name": of this package
     suffixes: tuple[str, ...]
     files: str  # what those files are, for messages
     reads: tuple[str, ...]  # the RuntimeOptions fields it applies
     gpu: bool  # whether it always needs a GPU
 
     def open(self, path: Path, options: RuntimeOptions) -> Backend:
-        return importlib.import_module(f"{__package__}.{self.module}").open_backend(path, options)
+        return importlib.import_module(self.module, __package__).open_backend(path, options)
 
 
 BACKENDS = {
     "tensorrt": BackendKind(
-        "tensorrt_backend", (".engine", ".plan"), "TensorRT engines", ("contexts", "cuda_graphs", "device"), True
+        ".tensorrt_backend",
+        suffixes=(".engine", ".plan"),
+        files="TensorRT engines",
+        reads=("contexts", "cuda_graphs", "device"),
+        gpu=True,
     ),
-    "onnxruntime": BackendKind("onnxruntime_backend", (".onnx",), "ONNX files", ("provider", "device"), False),
+    "onnxruntime": BackendKind(
+        ".onnxruntime_backend", suffixes=(".onnx",), files="ONNX files", reads=("provider", "device"), gpu=False
+    ),
 }
 
 # what a file of another kind is, for the message refusing it
@@ -134,16 +140,14 @@ def choose_backend(path: Path, options: RuntimeOptions) -> str:
             f"{path}: the {name} backend runs {BACKENDS[name].files} ({'/'.join(BACKENDS[name].suffixes)}), "
             f"not {BACKENDS[by_suffix].files}; pass backend={by_suffix!r} (--backend {by_suffix}) or 'auto'"
         )
-    defaults = RuntimeOptions()
-    for field in fields(RuntimeOptions):
-        if field.name not in ("backend", *BACKENDS[name].reads) and getattr(options, field.name) != getattr(
-            defaults, field.name
-        ):
-            takers = [kind for kind in BACKENDS.values() if field.name in kind.reads]
-            raise OptionsError(
-                f"{path}: {_OPTION_TEXT[field.name]} apply to {' and '.join(k.files for k in takers)}; "
-                f"pass an {takers[0].suffixes[0]}"
-            )
+    read = ("backend", *BACKENDS[name].reads)
+    unread = [f.name for f in fields(options) if f.name not in read and getattr(options, f.name) != f.default]
+    if unread:
+        takers = [kind for kind in BACKENDS.values() if unread[0] in kind.reads]
+        raise OptionsError(
+            f"{path}: {_OPTION_TEXT[unread[0]]} apply to {' and '.join(k.files for k in takers)}; "
+            f"pass an {takers[0].suffixes[0]}"
+        )
     return name
 
 

@@ -137,3 +137,40 @@ def test_an_engine_reports_its_tensorrt_and_device(stand_in_engine):
         assert model.backend.metadata == {}  # no sidecar beside it
         assert model.summary == "m.engine: classifier, 1 classes, tensorrt (tensorrt 10.13.0) on cuda:1"
         np.testing.assert_allclose(model.logits(np.ones((2, 3, 2, 2), np.float32))[:, 0], [12, 12])
+
+
+class _Echo:
+    """A whole backend: the sum of each input, from a file that names nothing."""
+
+    input_name, output_names, output_shapes = "input", ["logits"], {"logits": (1,)}
+    input_dtype, input_shape, max_batch, metadata, device = np.dtype(np.float32), (3, 2, 2), 4, {}, None
+    runs_on = RunsOn("echo", "numpy", "cpu")
+
+    def infer(self, batch):
+        return self.infer_all(batch)["logits"]
+
+    def infer_all(self, batch):
+        return {"logits": batch.reshape(len(batch), -1).sum(1, keepdims=True)}
+
+    def close(self):
+        pass
+
+
+def open_backend(path, options):
+    """The echo backend's opener (this module stands in for a backend's own)."""
+    return _Echo()
+
+
+def test_a_new_backend_is_a_module_and_one_registry_entry(tmp_path, monkeypatch, capsys):
+    from fastervit_trt.cli import infer
+    from fastervit_trt.runtime.backend import BackendKind
+
+    monkeypatch.setitem(BACKENDS, "echo", BackendKind(__name__, (".echo",), "echo files", (), gpu=False))
+    path = tmp_path / "m.echo"
+    path.write_bytes(b"")
+    with load(path) as model:
+        assert model.summary == "m.echo: classifier, 1 classes, echo (numpy) on cpu"
+        np.testing.assert_allclose(model.logits(np.ones((5, 3, 2, 2), np.float32)), np.full((5, 1), 12.0))
+    assert infer.parser().parse_args(["x.jpg", "--model", str(path), "--backend", "echo"]).backend == "echo"
+    with pytest.raises(OptionsError, match="m.echo: CUDA devices apply to TensorRT engines and ONNX files"):
+        load(path, device=0)
