@@ -15,7 +15,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, TextIO, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from ..errors import FasterViTTRTError, OptionsError
+from ..errors import FasterViTTRTError
 from ..sidecar import DEFAULT_BATCH_PROFILE
 
 EXIT_ERROR = 1
@@ -316,15 +316,6 @@ def options_from(cls: type[Options], args: argparse.Namespace, **given: Any) -> 
 
 
 # ---------------------------------------------------------------- running a command
-
-
-def options_or_error(make: Callable[[], Any]) -> Any:
-    """``make()``, an options ``ValueError`` raised as the ``OptionsError`` the command answers in
-    one line (for options classes that do not raise ``OptionsError`` themselves yet)."""
-    try:
-        return make()
-    except ValueError as exc:
-        raise OptionsError(str(exc)) from None
 
 
 def _missing(exc: ModuleNotFoundError, prog: str) -> int:
