@@ -85,7 +85,7 @@ def main() -> int:
             ExportOptions(model=name, checkpoint=checkpoint, precision="fp32", output_dir=Path(tmp)),
             None,
         ).onnx_path
-        with load(onnx_path) as model:
+        with load(onnx_path, provider="cpu") as model:  # the CPU the table names, GPU or not
             model.predict(images[:2])  # warm up the session
             rows = serving(model, images, args.clients, args.seconds, args.max_delay_ms, args.max_batch, sys.stderr)
             max_batch = args.max_batch or model.max_batch
