@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .artifacts import check_writable, staged, write_bytes
@@ -33,6 +33,7 @@ from .runtime.labels import model_class_names
 from .sidecar import DEFAULT_BATCH_PROFILE, read_metadata
 
 LABELS_FILE = "labels.txt"  # an output's label_filename, relative to its model's folder
+INSTANCE_KINDS = ("gpu", "cpu")  # Triton's instance_group kinds this repository can ask for
 _NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
 _TRITON_TYPES = {
     "float": "TYPE_FP32",
@@ -47,11 +48,40 @@ _TRITON_TYPES = {
 
 @dataclass(frozen=True)
 class TritonOptions:
-    name: str | None = None  # default: the file name without suffix
-    instances: int = 1
-    kind: str | None = None  # "gpu" / "cpu"; default: gpu for engines, cpu for ONNX
-    max_queue_delay_us: int = 100
-    image_bytes: bool = False  # also a Python-backend preprocessing model and an ensemble taking bytes
+    """One model repository's settings; each field's metadata spells its ``fastervit-triton``
+    flag (``cli/common.py``: ``add_options``)."""
+
+    name: str | None = field(
+        default=None, metadata={"flag": "--name", "help": "model name in the repository (default: the file name)"}
+    )
+    instances: int = field(
+        default=1, metadata={"flag": "--instances", "range": (1, None), "help": "instance_group count"}
+    )
+    kind: str | None = field(  # default: gpu for engines, cpu for ONNX
+        default=None,
+        metadata={
+            "flag": "--kind",
+            "choices": INSTANCE_KINDS,
+            "help": "instance kind (default: gpu for engines, cpu for ONNX)",
+        },
+    )
+    max_queue_delay_us: int = field(
+        default=100,
+        metadata={
+            "flag": "--max-queue-delay-us",
+            "range": (0, None),
+            "help": "dynamic batching: how long a request may wait for others",
+        },
+    )
+    image_bytes: bool = field(  # also a Python-backend preprocessing model and an ensemble taking bytes
+        default=False,
+        metadata={
+            "flag": "--image-bytes",
+            "help": "also write <name>_preprocess (Python backend: decodes image bytes with the "
+            "model's preprocessing) and the ensemble <name>_bytes, so clients send JPEG/PNG "
+            "bytes and get logits",
+        },
+    )
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -64,7 +94,7 @@ class TritonOptions:
             raise OptionsError(f"--instances must be at least 1, not {self.instances}")
         if self.max_queue_delay_us < 0:
             raise OptionsError(f"--max-queue-delay-us must be at least 0, not {self.max_queue_delay_us}")
-        if self.kind not in (None, "gpu", "cpu"):
+        if self.kind not in (None, *INSTANCE_KINDS):
             raise OptionsError(f"--kind must be gpu or cpu, not {self.kind!r}")
 
 

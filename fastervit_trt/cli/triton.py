@@ -8,13 +8,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .common import add_force, command_parser, number, options_from, positive, run
+from .common import add_force, add_options, command_parser, options_from, run
 
 
 def parser() -> argparse.ArgumentParser:
     from ..triton import TritonOptions
 
-    d = TritonOptions()
     parser = command_parser(
         "fastervit-triton",
         "examples:\n  fastervit-triton engines/faster_vit_0_224_fp16.engine --repo models\n"
@@ -26,22 +25,7 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", type=Path, help=".engine (with its sidecar) or .onnx")
     parser.add_argument("--repo", type=Path, required=True, help="model repository folder")
-    parser.add_argument("--name", help="model name in the repository (default: the file name)")
-    parser.add_argument("--instances", type=positive, default=d.instances, help="instance_group count")
-    parser.add_argument("--kind", choices=("gpu", "cpu"), help="instance kind (default: gpu for engines, cpu for ONNX)")
-    parser.add_argument(
-        "--max-queue-delay-us",
-        type=number(int, 0),
-        default=d.max_queue_delay_us,
-        help="dynamic batching: how long a request may wait for others",
-    )
-    parser.add_argument(
-        "--image-bytes",
-        action="store_true",
-        help="also write <name>_preprocess (Python backend: decodes image bytes with the "
-        "model's preprocessing) and the ensemble <name>_bytes, so clients send JPEG/PNG "
-        "bytes and get logits",
-    )
+    add_options(parser, TritonOptions)
     add_force(parser, "an existing model folder")
     return parser
 

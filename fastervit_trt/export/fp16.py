@@ -36,6 +36,8 @@ FP32_OPS = frozenset(
 FP16_MAX = float(np.finfo(np.float16).max)
 _FLOAT, _HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 
+IO_DTYPES = ("fp32", "fp16")  # of an FP16 graph's input and output
+
 
 def float_tensors(model: onnx.ModelProto) -> set[str]:
     """Names of every float32 tensor (inputs, initializers, activations, outputs)."""
@@ -51,7 +53,7 @@ def convert_to_fp16(
 ) -> onnx.ModelProto:
     """A float16 copy of ``model`` following the module's precision policy; converted weights
     are stored in ``weights`` when the graph's weights live there."""
-    if io_dtype not in ("fp32", "fp16"):
+    if io_dtype not in IO_DTYPES:
         raise OptionsError(f"io_dtype must be 'fp32' or 'fp16', not {io_dtype!r}")
     source = model
     model = onnx.ModelProto()

@@ -42,6 +42,7 @@ from ..quant_formats import QUANT_FORMATS
 from ..runtime.labels import read_class_names
 from ..sidecar import DEFAULT_BATCH_PROFILE
 from .deploy import Exportable, ImageInput, Probabilities, prepare_backbone, prepare_for_export
+from .fp16 import IO_DTYPES
 from .onnx_export import (
     DEFAULT_OPSET,
     PROTOBUF_LIMIT,
@@ -59,7 +60,6 @@ QUANTIZED = tuple(QUANT_FORMATS)  # calibrated: export/quantized.py
 PRECISIONS = ("fp32", "fp16", *QUANTIZED)
 STAGES = (1, 2, 3, 4)
 MIN_OPSET, MAX_OPSET = 17, 21  # 17: LayerNormalization; up to 21 the exports validate and TensorRT-RTX builds them
-IO_DTYPES = ("fp32", "fp16")  # of an FP16 graph's input and output
 FP32_TOLERANCE = 1e-4  # max |diff| <= tolerance x max |logit|
 FP16_MIN_COSINE = 0.999
 
