@@ -106,7 +106,7 @@ def _output_lines(model, metadata: dict) -> list[str]:
 
 def inspect_engine(path: Path) -> dict:
     """The sidecar's facts, and the engine's layers with their precisions when it deserializes here."""
-    from .runtime.model import verify_engine
+    from .runtime.tensorrt_backend import verify_engine
 
     sidecar = verify_engine(path, check_device=False)  # a truncated or replaced engine is refused
     info = {

@@ -132,7 +132,7 @@ def _describe(model_path: Path) -> dict:
             "model": meta.get("model"),
             "labels": _class_labels(model_path, meta, outputs),
         }
-    from .runtime.model import verify_engine
+    from .runtime.tensorrt_backend import verify_engine
 
     sidecar = verify_engine(model_path, check_device=False)  # sha256 and TensorRT version, as load() does
     if not sidecar:

@@ -11,7 +11,7 @@ import pytest
 
 from fastervit_trt.calibration.options import QDQ_BASES, RESIDUAL_QDQ, CalibrationOptions
 from fastervit_trt.calibration.ranges import METHODS
-from fastervit_trt.cli import build, deepstream, export
+from fastervit_trt.cli import build, deepstream, export, infer, triton
 from fastervit_trt.cli.common import FLAG_KEYS, ON_OFF, options_from
 from fastervit_trt.deepstream import PROCESS_MODES, DeepStreamOptions
 from fastervit_trt.engines.config import BACKENDS, OPT_LEVELS, BuildConfig
@@ -19,6 +19,8 @@ from fastervit_trt.engines.config import PRECISIONS as BUILD_PRECISIONS
 from fastervit_trt.export.stages import IO_DTYPES, PRECISIONS, ExportOptions
 from fastervit_trt.models import WEIGHT_CHOICES
 from fastervit_trt.preprocess import CROP_MODES, INPUT_FORMATS, INTERPOLATIONS, TransformOptions
+from fastervit_trt.runtime.backend import RuntimeOptions
+from fastervit_trt.triton import INSTANCE_KINDS, TritonOptions
 
 # (command module, options dataclass, arguments every parse needs)
 COMMANDS = [
@@ -27,11 +29,18 @@ COMMANDS = [
     (export, CalibrationOptions, []),
     (build, BuildConfig, ["model.onnx"]),
     (deepstream, DeepStreamOptions, ["model.onnx", "--out", "ds"]),
+    (triton, TritonOptions, ["model.onnx", "--repo", "models"]),
+    (infer, RuntimeOptions, ["x.jpg", "--model", "model.onnx"]),
 ]
 IDS = [f"{module.__name__.rsplit('.', 1)[1]}-{cls.__name__}" for module, cls, _ in COMMANDS]
 # a flag that only parses beside another
 COMPANIONS = {"--feature-norm": ["--features"]}
-SAMPLES = {"batch_profile": ("2,4,8", (2, 4, 8)), "stages": ("2,3", (2, 3)), "capabilities": ("8.9", ("8.9",))}
+SAMPLES = {
+    "batch_profile": ("2,4,8", (2, 4, 8)),
+    "stages": ("2,3", (2, 3)),
+    "capabilities": ("8.9", ("8.9",)),
+    "provider": ("cuda", "cuda"),
+}
 
 
 def _flagged(cls: type) -> list:
@@ -53,12 +62,14 @@ def _other_value(field, cls: type) -> tuple[list[str], object]:
     kind = float if "float" in field.type else int if "int" in field.type else None
     if "range" in meta:
         low, high = meta["range"]
-        value = next(v for v in (high, (low + 1) if low is not None else None) if v is not None and v != default)
+        value = next(
+            v for v in (high, *((low + 1, low + 2) if low is not None else ())) if v is not None and v != default
+        )
         value = kind(value)
     elif kind is not None:
         value = kind(1)
     else:
-        value = "faster_vit_0_224" if flag == "--variant" else "some/file"
+        value = {"--variant": "faster_vit_0_224", "--name": "a_name"}.get(flag, "some/file")
     if "nargs" in meta:
         return [flag, *[str(value)] * meta["nargs"]], (value,) * meta["nargs"]
     return [flag, str(value)], Path(value) if "Path" in field.type else value
@@ -87,7 +98,7 @@ def test_a_field_without_metadata_takes_the_argument_of_its_name():
     assert options_from(TritonOptions, args) == TritonOptions("m", 2, "cpu", 5, True, True)
 
 
-@pytest.mark.parametrize("cls", [ExportOptions, TransformOptions, CalibrationOptions, BuildConfig, DeepStreamOptions])
+@pytest.mark.parametrize("cls", [cls for _, cls, _ in COMMANDS])
 def test_metadata_says_only_what_add_options_reads(cls):
     assert {key for f in fields(cls) for key in f.metadata} <= set(FLAG_KEYS)
 
@@ -107,10 +118,11 @@ CONSTANTS = {
     (build, "--precision"): BUILD_PRECISIONS,
     (build, "--opt-level"): OPT_LEVELS,
     (deepstream, "--process-mode"): tuple(PROCESS_MODES),
+    (triton, "--kind"): INSTANCE_KINDS,
 }
 
 
-@pytest.mark.parametrize("module", [export, build, deepstream], ids=lambda m: m.__name__.rsplit(".", 1)[1])
+@pytest.mark.parametrize("module", [export, build, deepstream, triton], ids=lambda m: m.__name__.rsplit(".", 1)[1])
 def test_choices_are_the_package_constants(module):
     offered = {
         action.option_strings[0]: action.choices for action in module.parser()._actions if action.choices is not None

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fastervit_trt.cli import batch, bench, eval, infer, serve
-from fastervit_trt.cli.runtime_options import runtime_options
+from fastervit_trt.cli.common import runtime_options
 from fastervit_trt.runtime import RuntimeOptions
 
 CHECKPOINT = Path(__file__).parent / "fixtures" / "faster_vit_digits.pth"

@@ -7,8 +7,18 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .common import add_decoding, add_model_file, add_quiet, command_parser, number, positive, progress, run
-from .runtime_options import add_runtime_options, runtime_options
+from .common import (
+    add_decoding,
+    add_model_file,
+    add_quiet,
+    add_runtime_options,
+    command_parser,
+    number,
+    positive,
+    progress,
+    run,
+    runtime_options,
+)
 
 EXAMPLES = """\
 examples:

@@ -12,6 +12,7 @@ from .common import (
     PROFILE_TEXT,
     add_json,
     add_model_file,
+    add_runtime_options,
     add_torch_variant,
     batch_sizes,
     command_parser,
@@ -19,9 +20,9 @@ from .common import (
     positive,
     renamed,
     run,
+    runtime_options,
     torch_variant_name,
 )
-from .runtime_options import add_runtime_options, runtime_options
 
 
 def parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from types import UnionType
 from typing import Any, TextIO, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from ..errors import FasterViTTRTError
+from ..runtime.backend import PROVIDERS, RuntimeOptions
 from ..sidecar import DEFAULT_BATCH_PROFILE
 
 EXIT_ERROR = 1
@@ -137,6 +138,15 @@ def capabilities(text: str) -> tuple[str, ...]:
     return parts
 
 
+def provider(text: str) -> str:
+    """An ONNX Runtime provider: auto, a ``PROVIDERS`` name or its own name (``...ExecutionProvider``)."""
+    if text in ("auto", *PROVIDERS) or text.endswith("ExecutionProvider"):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: expected auto, {', '.join(PROVIDERS)} or an ONNX Runtime provider's name (...ExecutionProvider)"
+    )
+
+
 # ---------------------------------------------------------------- argument groups
 
 
@@ -242,7 +252,7 @@ FLAG_KEYS = {
     "old": "a former spelling, still parsed, with a note",
     "group": "the field holds another options dataclass, whose flags form this argument group",
 }
-PARSERS = {"batch_profile": batch_profile, "stages": stages, "capabilities": capabilities}
+PARSERS = {"batch_profile": batch_profile, "stages": stages, "capabilities": capabilities, "provider": provider}
 ON_OFF = ("on", "off")  # the flag of a boolean field that defaults to True
 
 Options = TypeVar("Options")
@@ -313,6 +323,16 @@ def options_from(cls: type[Options], args: argparse.Namespace, **given: Any) -> 
             value = value == ON_OFF[0]
         values[field.name] = tuple(value) if isinstance(value, list) else value
     return cls(**values, **given)
+
+
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """The runtime group of every command that loads a model (infer, bench, eval, serve, batch)."""
+    add_options(parser.add_argument_group("runtime (how the model runs)"), RuntimeOptions)
+
+
+def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
+    """The ``RuntimeOptions`` that ``add_runtime_options``'s flags say."""
+    return options_from(RuntimeOptions, args)
 
 
 # ---------------------------------------------------------------- running a command

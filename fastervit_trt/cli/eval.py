@@ -12,8 +12,17 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EvaluationError, OptionsError
-from .common import add_json, add_torch_variant, command_parser, positive, renamed, run, torch_variant_name
-from .runtime_options import add_runtime_options, runtime_options
+from .common import (
+    add_json,
+    add_runtime_options,
+    add_torch_variant,
+    command_parser,
+    positive,
+    renamed,
+    run,
+    runtime_options,
+    torch_variant_name,
+)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -10,8 +10,17 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..errors import FasterViTTRTError
-from .common import EXIT_ERROR, add_decoding, add_json, add_model_file, command_parser, positive, run
-from .runtime_options import add_runtime_options, runtime_options
+from .common import (
+    EXIT_ERROR,
+    add_decoding,
+    add_json,
+    add_model_file,
+    add_runtime_options,
+    command_parser,
+    positive,
+    run,
+    runtime_options,
+)
 
 EXAMPLES = """\
 examples:

@@ -7,8 +7,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from .common import add_model_file, command_parser, number, positive, run
-from .runtime_options import add_runtime_options, runtime_options
+from .common import add_model_file, add_runtime_options, command_parser, number, positive, run, runtime_options
 
 
 def parser() -> argparse.ArgumentParser:

@@ -8,7 +8,8 @@ A backend is a module with ``open_backend(path, options) -> Backend`` and one en
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, fields
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -60,24 +61,8 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class RuntimeOptions:
-    """How ``load`` runs a model; the one group of runtime flags of infer, bench, eval, serve
-    and batch. A field the chosen backend does not read must keep its default."""
-
-    backend: str = "auto"  # a name of BACKENDS; auto: by the file's suffix
-    provider: str = "auto"  # ONNX Runtime: auto (CUDA if present, else the CPU), cpu, cuda, tensorrt or an EP name
-    contexts: int = 2  # TensorRT: execution contexts serving concurrent calls
-    cuda_graphs: bool = False  # TensorRT: replay CUDA graphs captured at fixed batch sizes
-    device: int | None = None  # the CUDA device index; None: the current one
-
-    def __post_init__(self) -> None:
-        if self.backend != "auto" and self.backend not in BACKENDS:
-            raise OptionsError(f"backend {self.backend!r}: expected auto or one of {', '.join(BACKENDS)}")
-        if self.contexts < 1:
-            raise OptionsError(f"contexts must be at least 1, not {self.contexts}")
-        if self.device is not None and self.device < 0:
-            raise OptionsError(f"device must be a CUDA device index (0, 1, ...), not {self.device}")
+# ONNX Runtime's providers by --provider name, each falling back on those after it for nodes it cannot run
+PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
 
 @dataclass(frozen=True)
@@ -106,6 +91,80 @@ BACKENDS = {
         ".onnxruntime_backend", suffixes=(".onnx",), files="ONNX files", reads=("provider", "device"), gpu=False
     ),
 }
+
+
+class BackendNames:
+    """``auto`` and the registered backends' names, read from ``BACKENDS`` when asked, so a
+    backend registered after import is offered too (``--backend``'s choices)."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("auto", *BACKENDS))
+
+    def __contains__(self, name: object) -> bool:
+        return name == "auto" or name in BACKENDS
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How ``load`` runs a model; the one group of runtime flags of infer, bench, eval, serve
+    and batch, each field's metadata spelling its flag (``cli/common.py``: ``add_options``). A
+    field the chosen backend does not read must keep its default."""
+
+    backend: str = field(
+        default="auto",
+        metadata={
+            "flag": "--backend",
+            "choices": BackendNames(),
+            "help": "auto: by the file's suffix ("
+            + ", ".join(f"{'/'.join(kind.suffixes)} {name}" for name, kind in BACKENDS.items())
+            + ")",
+        },
+    )
+    provider: str = field(
+        default="auto",
+        metadata={
+            "flag": "--provider",
+            "parse": "provider",
+            "metavar": "{auto," + ",".join(PROVIDERS) + "}",
+            "help": "ONNX Runtime's execution provider (or its own name, e.g. CUDAExecutionProvider); auto: CUDA "
+            "when this onnxruntime has it, else the CPU (TensorRT only when asked)",
+        },
+    )
+    contexts: int = field(
+        default=2,
+        metadata={
+            "flag": "--contexts",
+            "range": (1, None),
+            "metavar": "N",
+            "help": "engines: execution contexts serving concurrent calls",
+        },
+    )
+    cuda_graphs: bool = field(
+        default=False,
+        metadata={
+            "flag": "--cuda-graphs",
+            "help": "engines: replay CUDA graphs captured at fixed batch sizes (powers of two up to the profile's "
+            "MAX, each with its own context; a batch runs padded to the next one), as trtexec --useCudaGraph",
+        },
+    )
+    device: int | None = field(
+        default=None,
+        metadata={
+            "flag": "--device",
+            "range": (0, None),
+            "metavar": "INDEX",
+            "help": "CUDA device index (default: the current one)",
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.backend not in BackendNames():
+            raise OptionsError(f"backend {self.backend!r}: expected auto or one of {', '.join(BACKENDS)}")
+        if self.contexts < 1:
+            raise OptionsError(f"contexts must be at least 1, not {self.contexts}")
+        if self.device is not None and self.device < 0:
+            raise OptionsError(f"device must be a CUDA device index (0, 1, ...), not {self.device}")
+
 
 # what a file of another kind is, for the message refusing it
 _OTHER_FILES = {

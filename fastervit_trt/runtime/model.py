@@ -27,7 +27,6 @@ from .backend import BACKENDS, Backend, RunsOn, RuntimeOptions, choose_backend, 
 from .inputs import is_encoded, to_batch, to_input
 from .labels import model_class_names
 from .pipelined import decode_ahead
-from .tensorrt_backend import verify_engine as verify_engine  # where inspect and triton read it
 
 log = logging.getLogger(__name__)
 

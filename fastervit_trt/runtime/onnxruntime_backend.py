@@ -12,12 +12,10 @@ import numpy as np
 from ..errors import ModelFileError, OptionsError
 from ..quant_formats import QUANT_FORMATS
 from ..sidecar import DEFAULT_BATCH_PROFILE, METADATA_KEY
-from .backend import RunsOn, RuntimeOptions
+from .backend import PROVIDERS, RunsOn, RuntimeOptions
 
 log = logging.getLogger(__name__)
 
-# the providers a --provider name asks for, each falling back on those after it for nodes it cannot run
-PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 UNOPTIMIZED = {f.name: f.onnx_type for f in QUANT_FORMATS.values() if not f.ort_optimizes}  # run unoptimized
 

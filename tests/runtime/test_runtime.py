@@ -204,19 +204,17 @@ def test_engine_for_another_gpu(engine, monkeypatch):
 
 def test_tensorrt_rtx_engines_run_on_other_capabilities(engine, monkeypatch):
     """TensorRT-RTX compiles for its target capabilities at run time: no per-GPU refusal."""
-    from fastervit_trt.runtime import model as runtime_model
     from fastervit_trt.runtime import tensorrt_backend
 
     sidecar = json.loads(engine.with_suffix(".json").read_text())
     sidecar["device"] = {"gpu": "NVIDIA RTX 4090", "compute_capability": "8.9"}
     write_json(engine.with_suffix(".json"), sidecar)
     monkeypatch.setattr(tensorrt_backend, "_compute_capability", lambda device=None: "12.0")
-    assert runtime_model.verify_engine(engine)["tensorrt"]["flavour"] == "tensorrt-rtx"
+    assert tensorrt_backend.verify_engine(engine)["tensorrt"]["flavour"] == "tensorrt-rtx"
 
 
 def test_tensorrt_rtx_engines_are_refused_outside_their_recorded_targets(engine, monkeypatch):
     """Built with --compute-capability 8.9,12.0: portable across those, refused elsewhere."""
-    from fastervit_trt.runtime import model as runtime_model
     from fastervit_trt.runtime import tensorrt_backend
 
     sidecar = json.loads(engine.with_suffix(".json").read_text())
@@ -224,7 +222,7 @@ def test_tensorrt_rtx_engines_are_refused_outside_their_recorded_targets(engine,
     write_json(engine.with_suffix(".json"), sidecar)
     for present in ("8.9", "12.0"):
         monkeypatch.setattr(tensorrt_backend, "_compute_capability", lambda device=None: present)
-        assert runtime_model.verify_engine(engine)["build"]["compute_capabilities"] == ["8.9", "12.0"]
+        assert tensorrt_backend.verify_engine(engine)["build"]["compute_capabilities"] == ["8.9", "12.0"]
     monkeypatch.setattr(tensorrt_backend, "_compute_capability", lambda device=None: "8.6")
     with pytest.raises(
         EngineMismatchError,
