@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+RESULTS = sorted((ROOT / "bench" / "results").glob("*.md"))  # the benchmark tables the docs link
+PAGES = [ROOT / "README.md", *DOCS, *RESULTS]
 COMMANDS = ("export", "build", "infer", "bench", "inspect", "triton", "eval", "serve", "deepstream", "batch")
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 COMMAND = re.compile(r"^(?:\.venv/bin/)?fastervit-([a-z]+)(?:\s+(.*))?$")
@@ -92,8 +94,19 @@ def test_pages_exist():
     ):
         assert (ROOT / "docs" / f"{name}.md").is_file(), name
     readme = (ROOT / "README.md").read_text()
-    for page in PAGES[1:]:
+    for page in DOCS:
         assert f"(docs/{page.name})" in readme, f"README.md does not link docs/{page.name}"
+
+
+def test_benchmark_tables_live_in_bench_results_and_are_linked():
+    """Measured tables are kept beside the scripts that make them; a page links them."""
+    assert len(RESULTS) >= 5, RESULTS
+    linked = {(page.parent / target.split("#", 1)[0]).resolve() for page, _, target in LINKS}
+    assert [_rel(r) for r in RESULTS if r.resolve() not in linked] == []
+    timed = re.compile(r"^\|.*\b(ms|img/s|req/s|images/s|peak RSS|build s)\b")
+    assert [
+        f"{_rel(d)}:{n}" for d in DOCS for n, line in enumerate(d.read_text().splitlines(), 1) if timed.match(line)
+    ] == []
 
 
 def test_links_resolve():
