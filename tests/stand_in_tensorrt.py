@@ -590,7 +590,7 @@ class TorchStream:
         self.cudart.cudaStreamSynchronize(self.cuda_stream)
 
 
-def torch_module(cudart: CudaRuntime) -> types.SimpleNamespace:
+def torch_module(cudart: CudaRuntime, devices: int = 2) -> types.SimpleNamespace:
     """The parts of ``torch`` (``torch.cuda``) that ``runtime.cuda.TorchCuda`` reaches for,
     over ``cudart``, strict where torch is:
 
@@ -648,6 +648,7 @@ def torch_module(cudart: CudaRuntime) -> types.SimpleNamespace:
 
     cuda.is_available = lambda: True
     cuda.current_device = lambda: 0
+    cuda.device_count = lambda: devices
 
     @contextlib.contextmanager
     def device(index):  # torch.cuda.device: ``index`` current on this thread inside
@@ -666,13 +667,13 @@ def torch_module(cudart: CudaRuntime) -> types.SimpleNamespace:
     return types.SimpleNamespace(cuda=cuda)
 
 
-def install_cuda(monkeypatch) -> tuple[types.SimpleNamespace, CudaRuntime]:
+def install_cuda(monkeypatch, devices: int = 2) -> tuple[types.SimpleNamespace, CudaRuntime]:
     """The stand-in torch and cuda-python runtime, imported in their place (``import torch``,
-    ``from cuda.bindings import runtime``) for the rest of a test."""
+    ``from cuda.bindings import runtime``) for the rest of a test; torch sees ``devices`` GPUs."""
     import sys
 
     cudart = CudaRuntime()
-    torch = torch_module(cudart)
+    torch = torch_module(cudart, devices)
     monkeypatch.setitem(sys.modules, "torch", torch)
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
     try:

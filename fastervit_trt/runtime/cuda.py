@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EngineError
+from ..errors import EngineError, OptionsError
 
 ALIGNMENT = 256  # bytes: what TensorRT requires of every address it reads or writes
 
@@ -53,6 +53,7 @@ class TorchCuda:
                 "graphs); pip install 'fastervit-trt[tensorrt]' or 'cuda-python'"
             ) from None
         self.torch, self.cudart = torch, cudart
+        check_index(index, torch.cuda.device_count())  # torch's own check is a bare AssertionError
         self.index = torch.cuda.current_device() if index is None else index
         self.destroyers: dict[int, weakref.finalize] = {}  # stream handle -> its cudaStreamDestroy
         self.graph_destroyers: dict[int, weakref.finalize] = {}  # graph -> its cudaGraphExecDestroy
@@ -213,6 +214,7 @@ class PyCuda:
         import pycuda.driver as cuda
 
         cuda.init()
+        check_index(index, cuda.Device.count())
         self.cuda = cuda
         self.index = index or 0
         self.context = cuda.Device(self.index).retain_primary_context()
@@ -257,6 +259,36 @@ class PyCuda:
         """Nothing to do: pycuda destroys a stream when it is collected, and makes no graphs."""
 
 
+def check_index(index: int | None, count: int, where: str = "") -> None:
+    """Refuse a device ``index`` that is not among the ``count`` devices this process sees."""
+    if index is not None and not 0 <= index < count:
+        devices = f"{count} CUDA device{'s' if count != 1 else ''}" + (f" (0 to {count - 1})" if count > 1 else "")
+        choice = "0" if count == 1 else f"0 to {count - 1}"
+        raise OptionsError(
+            f"{where}device {index}: this process sees {devices}; "
+            + (f"pass --device {choice}, or check CUDA_VISIBLE_DEVICES" if count else "check CUDA_VISIBLE_DEVICES")
+        )
+
+
+def device_count() -> int | None:
+    """The CUDA devices this process sees (CUDA_VISIBLE_DEVICES applied): torch's count when it
+    sees a GPU, else pycuda's; None when neither does (``open_cuda`` says so)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.device_count()
+    except ImportError:
+        pass
+    try:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        return cuda.Device.count()
+    except Exception:  # ImportError, or pycuda finding no driver
+        return None
+
+
 def _destroy(torch: Any, index: int, destroy: Callable[[Any], tuple], handle: Any) -> tuple:
     """``destroy(handle)`` (cudaStreamDestroy, cudaGraphExecDestroy) with device ``index``
     current: also called when a stream is collected, on whatever thread, where a runtime call
@@ -282,6 +314,8 @@ def open_cuda(index: int | None = None) -> TorchCuda | PyCuda:
         pass
     try:
         return PyCuda(index)
+    except OptionsError:
+        raise
     except Exception:  # ImportError, or pycuda finding no device / driver
         raise EngineError(
             "no CUDA GPU is visible (torch sees none, pycuda is missing or found none): running a "

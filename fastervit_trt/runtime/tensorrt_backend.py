@@ -48,7 +48,7 @@ from ..errors import EngineError, EngineMismatchError, InputError, ModelFileErro
 from ..sidecar import read_sidecar, rebuild_command, sidecar_path
 from ..tensorrt_import import import_tensorrt
 from .backend import RunsOn, RuntimeOptions, join_parts
-from .cuda import ALIGNMENT, PyCuda, open_cuda
+from .cuda import ALIGNMENT, PyCuda, check_index, device_count, open_cuda
 
 if TYPE_CHECKING:  # tensorrt-stubs: the objects below are checked against TensorRT's API (mypy)
     import tensorrt as trt_api
@@ -91,6 +91,9 @@ def batch_plan(count: int, low: int, high: int, sizes: tuple[int, ...] | None = 
 def open_backend(path: Path, options: RuntimeOptions) -> TensorRTBackend:
     """The registry's opener (``backend.BACKENDS``): the engine checked against its sidecar
     (``verify_engine``), which it then records as its metadata."""
+    count = device_count()
+    if count is not None:  # before the sidecar's check asks torch about the device
+        check_index(options.device, count, f"{path}: ")
     sidecar = verify_engine(path, device=options.device)
     backend = TensorRTBackend(
         path,

@@ -174,3 +174,18 @@ def test_a_new_backend_is_a_module_and_one_registry_entry(tmp_path, monkeypatch,
     assert infer.parser().parse_args(["x.jpg", "--model", str(path), "--backend", "echo"]).backend == "echo"
     with pytest.raises(OptionsError, match="m.echo: CUDA devices apply to TensorRT engines and ONNX files"):
         load(path, device=0)
+
+
+def test_a_device_beyond_those_cuda_sees_is_refused_naming_the_count(stand_in_engine, monkeypatch):
+    from fastervit_trt.runtime.cuda import TorchCuda
+
+    stand_in.install_cuda(monkeypatch, devices=2)
+    with pytest.raises(OptionsError) as error:
+        load(stand_in_engine, device=2)
+    assert str(error.value) == (
+        f"{stand_in_engine}: device 2: this process sees 2 CUDA devices (0 to 1); pass --device 0 to 1, "
+        "or check CUDA_VISIBLE_DEVICES"
+    )
+    with pytest.raises(OptionsError, match="^device 5: this process sees 2 CUDA devices"):
+        TorchCuda(5)
+    assert TorchCuda(1).index == 1

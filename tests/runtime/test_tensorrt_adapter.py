@@ -303,6 +303,7 @@ def test_torch_cuda_makes_its_device_current_around_every_call(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "device", Device)
     helper = cuda.TorchCuda(1)
     with helper.active():
