@@ -20,12 +20,13 @@ from ..errors import ModelFileError, OptionsError
 
 @dataclass(frozen=True)
 class RunsOn:
-    """Where a loaded model runs: its backend, the provider inside it (ONNX Runtime's execution
-    provider, or the TensorRT flavour and version) and the device."""
+    """Where a loaded model runs: its backend, the provider inside it (ONNX Runtime's
+    first-choice execution provider: nodes it cannot run go to the next one; or the TensorRT
+    flavour and version) and the device."""
 
     backend: str  # "onnxruntime", "tensorrt"
-    provider: str  # "CPUExecutionProvider", "CUDAExecutionProvider", "tensorrt-rtx 1.2.0", ...
-    device: str  # "cpu", "cuda:0"
+    provider: str  # "CPUExecutionProvider", "CUDAExecutionProvider" (the first choice), "tensorrt-rtx 1.2.0", ...
+    device: str  # "cpu", "cuda:0"; "default": a provider that picks its own
 
     def __str__(self) -> str:
         return f"{self.backend} ({self.provider}) on {self.device}"
@@ -153,7 +154,8 @@ class RuntimeOptions:
             "flag": "--device",
             "range": (0, None),
             "metavar": "INDEX",
-            "help": "CUDA device index (default: the current one)",
+            "help": "CUDA device index (default: ONNX Runtime's CUDA and TensorRT providers: device 0; "
+            "engines: the current device)",
         },
     )
 

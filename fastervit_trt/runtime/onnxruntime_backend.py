@@ -17,6 +17,7 @@ from .backend import PROVIDERS, RunsOn, RuntimeOptions
 log = logging.getLogger(__name__)
 
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+ON_DEVICE = (PROVIDERS["tensorrt"], PROVIDERS["cuda"])  # the providers that take a CUDA device_id
 UNOPTIMIZED = {f.name: f.onnx_type for f in QUANT_FORMATS.values() if not f.ort_optimizes}  # run unoptimized
 
 
@@ -44,17 +45,20 @@ def open_backend(path: Path, options: RuntimeOptions) -> OnnxRuntimeBackend:
 
 class OnnxRuntimeBackend:
     """One InferenceSession (thread-safe for concurrent ``run`` calls) on ``provider`` (see
-    ``session_providers``), a CUDA provider on device ``device`` (None: device 0)."""
+    ``session_providers``), its CUDA or TensorRT provider on device ``device`` (None: ONNX
+    Runtime's default, device 0); a provider that takes no device is given none."""
 
     def __init__(self, path: Path, provider: str = "auto", device: int | None = None) -> None:
         import onnxruntime as ort
 
         chosen = session_providers(provider, ort.get_available_providers())
-        if device is not None and chosen[0] == PROVIDERS["cpu"]:
-            raise OptionsError(f"{path}: device {device} is for a CUDA provider; ONNX Runtime runs it on the CPU")
-        self.device = device
-        gpu = {"device_id": device} if device is not None else {}
-        self.providers: list = [(p, gpu) if p != PROVIDERS["cpu"] else p for p in chosen]
+        if device is not None and chosen[0] not in ON_DEVICE:
+            runs = "the CPU" if chosen[0] == PROVIDERS["cpu"] else f"{chosen[0]}, which takes none"
+            raise OptionsError(
+                f"{path}: device {device} is for a CUDA provider; ONNX Runtime runs it on {runs}: drop --device"
+            )
+        gpu = {"device_id": device}
+        self.providers: list = [(p, gpu) if device is not None and p in ON_DEVICE else p for p in chosen]
         self.session = _session(path, self.providers, optimize=True)
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         self.metadata = json.loads(raw) if raw else {}
@@ -73,7 +77,12 @@ class OnnxRuntimeBackend:
         # a fixed batch axis (another tool's export) runs exactly that many inputs per call
         self.fixed_batch = feed.shape[0] if isinstance(feed.shape[0], int) else None
         self.max_batch = self.fixed_batch or (self.metadata.get("batch_profile") or DEFAULT_BATCH_PROFILE)[-1]
-        running = self.session.get_providers()[0]
+        running = self.session.get_providers()[0]  # the first choice: nodes it cannot run go to the next
+        if running != chosen[0] and device is not None:  # the fallback runs without the device asked for
+            raise OptionsError(
+                f"{path}: ONNX Runtime could not start {chosen[0]} on device {device} (see its log) and would run "
+                f"on {running}; check --device {device} against nvidia-smi and CUDA_VISIBLE_DEVICES, or drop it"
+            )
         if running != chosen[0] and provider == "auto":  # ONNX Runtime moves on quietly: say so
             log.warning("%s: ONNX Runtime could not start %s; running on %s", path, chosen[0], running)
         elif running != chosen[0]:  # a provider whose libraries failed to load
@@ -81,8 +90,14 @@ class OnnxRuntimeBackend:
                 f"{path}: ONNX Runtime could not start {chosen[0]} (see its log: CUDA or TensorRT libraries "
                 f"missing?) and would run on {running}; pass --provider cpu, or install what it needs"
             )
-        gpu_device = f"cuda:{device or 0}"
-        self.runs_on = RunsOn("onnxruntime", running, "cpu" if running == PROVIDERS["cpu"] else gpu_device)
+        # nor may run() re-create the session on other providers, without their options, when one fails
+        self.session.disable_fallback()
+        self.device: int | None = None
+        where = "cpu" if running == PROVIDERS["cpu"] else "default"  # another provider picks its own device
+        if running in ON_DEVICE:  # the device it started on (its default: 0)
+            self.device = int(self.session.get_provider_options().get(running, {}).get("device_id", 0))
+            where = f"cuda:{self.device}"
+        self.runs_on = RunsOn("onnxruntime", running, where)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """The first output (a classifier's logits) of ``infer_all``."""

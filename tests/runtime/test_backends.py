@@ -176,6 +176,88 @@ def test_a_new_backend_is_a_module_and_one_registry_entry(tmp_path, monkeypatch,
         load(path, device=0)
 
 
+AZURE = "AzureExecutionProvider"  # in this onnxruntime: a provider that takes no CUDA device
+
+
+def test_a_provider_that_takes_no_device_is_not_given_one_nor_claims_cuda(digits_onnx):
+    with load(digits_onnx, provider=AZURE) as model:
+        assert model.runs_on == RunsOn("onnxruntime", AZURE, "default")
+        assert model.backend.device is None
+    with pytest.raises(OptionsError) as error:
+        load(digits_onnx, provider=AZURE, device=1)
+    assert str(error.value) == (
+        f"{digits_onnx}: device 1 is for a CUDA provider; ONNX Runtime runs it on {AZURE}, which takes none: "
+        "drop --device"
+    )
+
+
+class _CudaBuild:
+    """``onnxruntime.InferenceSession`` of a CUDA build, over this CPU one: the session is the
+    CPU's, the providers and options are what ONNX Runtime reports. ``starts=False``: the CUDA
+    provider fails to start and, as onnxruntime_inference_collection.py does, the session is
+    made again on the fallback providers without their options."""
+
+    def __init__(self, session_type: type, starts: bool = True) -> None:
+        self.session_type, self.starts = session_type, starts
+        self.made: list = []  # (providers asked for, session)
+
+    def __call__(self, path, options, providers):
+        session = self.session_type(path, options, providers=[CPU])
+        named = [p if isinstance(p, tuple) else (p, {}) for p in providers]
+        if not self.starts:
+            named = [(CPU, {})]
+        reported = {name: {k: str(v) for k, v in given.items()} for name, given in named}
+        if CUDA in reported:
+            reported[CUDA].setdefault("device_id", "0")  # the CUDA provider's default device
+        session.get_providers = lambda: [name for name, _ in named]
+        session.get_provider_options = lambda: reported
+        self.made.append((providers, session))
+        return session
+
+
+@pytest.fixture
+def cuda_build(monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [AZURE, CUDA, CPU])
+    build = _CudaBuild(onnxruntime.InferenceSession)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", build)
+    return build
+
+
+def test_the_cuda_provider_is_given_the_device_and_reports_the_one_it_runs_on(digits_onnx, cuda_build):
+    with load(digits_onnx, provider="cuda", device=1) as model:
+        assert cuda_build.made[-1][0] == [(CUDA, {"device_id": 1}), CPU]
+        assert model.runs_on == RunsOn("onnxruntime", CUDA, "cuda:1") and model.backend.device == 1
+    with load(digits_onnx) as model:  # auto: CUDA on its default device
+        assert cuda_build.made[-1][0] == [CUDA, CPU]
+        assert model.runs_on == RunsOn("onnxruntime", CUDA, "cuda:0") and model.backend.device == 0
+
+
+def test_a_device_the_provider_did_not_start_on_is_refused_not_run_on_the_fallback(digits_onnx, cuda_build):
+    cuda_build.starts = False
+    for provider in ("auto", "cuda"):
+        with pytest.raises(OptionsError) as error:
+            load(digits_onnx, provider=provider, device=3)
+        message = str(error.value)
+        assert message.startswith(f"{digits_onnx}: ONNX Runtime could not start {CUDA} on device 3") and (
+            "\n" not in message
+        )
+        assert message.endswith(
+            "would run on CPUExecutionProvider; check --device 3 against nvidia-smi and "
+            "CUDA_VISIBLE_DEVICES, or drop it"
+        )
+    with load(digits_onnx) as model:  # auto, no device asked for: the CPU, with a warning
+        assert model.runs_on == RunsOn("onnxruntime", CPU, "cpu")
+
+
+def test_run_cannot_fall_back_to_other_providers(digits_onnx):
+    """ONNX Runtime's ``run`` re-creates the session on its fallback providers, without their
+    options, when a provider fails a run (EPFail), unless fallback is disabled."""
+    with load(digits_onnx) as model:
+        assert model.backend.session._enable_fallback is False
+
+
 def test_a_device_beyond_those_cuda_sees_is_refused_naming_the_count(stand_in_engine, monkeypatch):
     from fastervit_trt.runtime.cuda import TorchCuda
 
@@ -189,3 +271,9 @@ def test_a_device_beyond_those_cuda_sees_is_refused_naming_the_count(stand_in_en
     with pytest.raises(OptionsError, match="^device 5: this process sees 2 CUDA devices"):
         TorchCuda(5)
     assert TorchCuda(1).index == 1
+
+
+def test_the_device_help_says_what_each_backend_runs_on_by_default():
+    (device,) = [f for f in fields(RuntimeOptions) if f.name == "device"]
+    assert "ONNX Runtime's CUDA and TensorRT providers: device 0" in device.metadata["help"]
+    assert "engines: the current device" in device.metadata["help"]
