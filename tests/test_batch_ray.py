@@ -18,7 +18,7 @@ import pytest
 import ray
 
 from fastervit_trt.batch import Predictor, predict_files, schema
-from fastervit_trt.batch.pipeline import default_gpus
+from fastervit_trt.batch.pipeline import actor_runtime, default_gpus
 from fastervit_trt.errors import FasterViTTRTError, OptionsError
 from fastervit_trt.runtime import RuntimeOptions, load
 from tests.fixtures.digits import digits_split, to_pil
@@ -267,3 +267,44 @@ def test_gpus_per_actor_follow_the_backend_and_provider():
     assert default_gpus("m.onnx") == default_gpus("m.onnx", RuntimeOptions(provider="cpu")) == 0.0
     assert default_gpus("m.onnx", RuntimeOptions(provider="cuda")) == 1.0
     assert default_gpus("m.bin", RuntimeOptions(backend="tensorrt")) == 1.0
+
+
+def test_a_device_is_refused_before_ray_starts(digits_batch8_onnx, tmp_path, monkeypatch):
+    """Ray gives each actor its GPUs (CUDA_VISIBLE_DEVICES): inside one only device 0 exists."""
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started or asked before the options were checked")
+
+    for call in ("init", "is_initialized", "cluster_resources"):
+        monkeypatch.setattr(ray, call, no_ray)
+    with pytest.raises(OptionsError) as refused:
+        predict_files(["x.jpg"], digits_batch8_onnx, str(tmp_path / "out"), runtime=RuntimeOptions(device=1))
+    assert str(refused.value) == (
+        "device 1: Ray assigns each actor its GPU (CUDA_VISIBLE_DEVICES: device 0 inside it); drop --device"
+    )
+
+
+def test_actors_without_a_gpu_run_onnx_runtime_on_the_cpu(local_ray, images, digits_batch8_onnx, tmp_path):
+    """Provider auto in an actor Ray gives no GPU (it hides them all) is the CPU's, not a CUDA
+    provider that fails to start in each actor; engines keep their options as given."""
+
+    class Tells(Predictor):
+        def __init__(self, model_path, runtime, **kwargs):
+            raise OptionsError(f"the actor got {runtime}")
+
+    for gpus in (None, 0):
+        with pytest.raises(OptionsError) as told:
+            within(
+                RUN_TIMEOUT_S,
+                predict_files,
+                [str(images)],
+                digits_batch8_onnx,
+                str(tmp_path / "out"),
+                gpus_per_actor=gpus,
+                predictor=Tells,
+                progress=None,
+            )
+        assert "provider='cpu'" in str(told.value)
+    assert actor_runtime("m.onnx", RuntimeOptions(), 1.0) == RuntimeOptions()  # its GPU: CUDA when there
+    assert actor_runtime("m.onnx", RuntimeOptions(provider="cuda"), 0) == RuntimeOptions(provider="cuda")
+    assert actor_runtime("m.engine", RuntimeOptions(), 0) == RuntimeOptions()  # an engine reads no provider

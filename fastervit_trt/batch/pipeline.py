@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from .. import errors
-from ..errors import FasterViTTRTError, InputError, ModelFileError, ServiceError
+from ..errors import FasterViTTRTError, InputError, ModelFileError, OptionsError, ServiceError
 from ..progress import Bar
 from ..runtime.backend import BACKENDS, RuntimeOptions, choose_backend
 from .files import list_images
@@ -37,6 +37,14 @@ def default_gpus(model: str | Path, runtime: RuntimeOptions = RuntimeOptions()) 
     provider asked for by name other than the CPU's; none for ONNX Runtime on ``auto`` or the CPU."""
     on_gpu = BACKENDS[choose_backend(Path(model), runtime)].gpu
     return 1.0 if on_gpu or runtime.provider not in ("auto", "cpu", "CPUExecutionProvider") else 0.0
+
+
+def actor_runtime(model: str | Path, runtime: RuntimeOptions, gpus: float) -> RuntimeOptions:
+    """The options the actors load the model with: ``runtime``, but ONNX Runtime's ``auto``
+    provider is the CPU's in actors given no GPU (Ray hides every GPU from them: ``auto`` would
+    try a CUDA build's provider in each, which falls back with an "EP Error" banner)."""
+    reads_provider = "provider" in BACKENDS[choose_backend(Path(model), runtime)].reads
+    return replace(runtime, provider="cpu") if gpus == 0 and runtime.provider == "auto" and reads_provider else runtime
 
 
 def job_error(exc: Exception) -> FasterViTTRTError:
@@ -70,6 +78,11 @@ def predict_files(
 ) -> Summary:
     """Predict every image file of ``inputs`` not yet in ``output`` on the Ray this process
     is connected to (``ray.init``; else a local one); see ``fastervit_trt.batch``."""
+    if runtime.device is not None:  # refused before Ray starts
+        raise OptionsError(
+            f"device {runtime.device}: Ray assigns each actor its GPU (CUDA_VISIBLE_DEVICES: device 0 inside it); "
+            "drop --device"
+        )
     import pyarrow as pa
     import ray
 
@@ -93,6 +106,7 @@ def predict_files(
     summary = Summary(len(files), len(files) - len(todo))
     if not todo:
         return summary
+    gpus = default_gpus(model, runtime) if gpus_per_actor is None else gpus_per_actor
     shown = {f.location: f.path for f in todo}
     answers = ray.data.read_binary_files(
         [f.location for f in todo], include_paths=True, filesystem=filesystem
@@ -103,10 +117,10 @@ def predict_files(
             "topk": topk,
             "exif_rotate": exif_rotate,
             "exact_preprocess": exact_preprocess,
-            "runtime": runtime,
+            "runtime": actor_runtime(model, runtime, gpus),
         },
         compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=default_gpus(model, runtime) if gpus_per_actor is None else gpus_per_actor,
+        num_gpus=gpus,
         num_cpus=cpus_per_actor,
         batch_size=batch_size,
         batch_format="pyarrow",
