@@ -39,6 +39,16 @@ def default_gpus(model: str | Path, runtime: RuntimeOptions = RuntimeOptions()) 
     return 1.0 if on_gpu or runtime.provider not in ("auto", "cpu", "CPUExecutionProvider") else 0.0
 
 
+def check_runtime(runtime: RuntimeOptions) -> None:
+    """Refuse what a batch run cannot take, before Ray starts: a ``device`` (Ray assigns each
+    actor its GPU and sets CUDA_VISIBLE_DEVICES to it, so inside an actor only device 0 exists)."""
+    if runtime.device is not None:
+        raise OptionsError(
+            f"device {runtime.device}: Ray assigns each actor its GPU (CUDA_VISIBLE_DEVICES: device 0 inside it); "
+            "drop --device"
+        )
+
+
 def actor_runtime(model: str | Path, runtime: RuntimeOptions, gpus: float) -> RuntimeOptions:
     """The options the actors load the model with: ``runtime``, but ONNX Runtime's ``auto``
     provider is the CPU's in actors given no GPU (Ray hides every GPU from them: ``auto`` would
@@ -78,11 +88,7 @@ def predict_files(
 ) -> Summary:
     """Predict every image file of ``inputs`` not yet in ``output`` on the Ray this process
     is connected to (``ray.init``; else a local one); see ``fastervit_trt.batch``."""
-    if runtime.device is not None:  # refused before Ray starts
-        raise OptionsError(
-            f"device {runtime.device}: Ray assigns each actor its GPU (CUDA_VISIBLE_DEVICES: device 0 inside it); "
-            "drop --device"
-        )
+    check_runtime(runtime)  # before Ray starts
     import pyarrow as pa
     import ray
 
