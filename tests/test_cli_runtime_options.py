@@ -92,3 +92,20 @@ def test_bench_rows_name_the_provider_and_device(digits_onnx, capsys):
     header, row = capsys.readouterr().out.splitlines()
     assert header.split()[:3] == ["model", "provider", "device"]
     assert row.split()[:3] == [digits_onnx.name, "CPUExecutionProvider", "cpu"]
+
+
+def test_batch_refuses_a_device_before_ray_starts(tmp_path, monkeypatch, capsys):
+    """Ray gives each actor its own GPU as device 0: the command says so in one line, Ray untouched."""
+    import ray
+
+    def started(*args, **kwargs):
+        raise AssertionError("Ray was started before the options were checked")
+
+    monkeypatch.setattr(ray, "init", started)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    code = batch.main(["x.jpg", "--model", str(model), "--output", str(tmp_path / "out"), "--device", "1"])
+    assert code == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: device 1: Ray assigns each actor its GPU (CUDA_VISIBLE_DEVICES: device 0 inside it); drop --device"
+    )

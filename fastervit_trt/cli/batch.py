@@ -93,8 +93,10 @@ def _batch(args: argparse.Namespace) -> int:
     import ray
 
     from ..batch import predict_files
+    from ..batch.pipeline import check_runtime
 
-    runtime = runtime_options(args)  # refused before Ray starts
+    runtime = runtime_options(args)
+    check_runtime(runtime)  # refused before Ray starts
     # our progress counts files and a failed job is one line; the actors' logs stay in Ray's session folder
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     if args.address:
