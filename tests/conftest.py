@@ -90,6 +90,25 @@ def int8_export(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def digits_fp32_onnx(tmp_path_factory):
+    """The trained digits model as FP32 ONNX with the default batch profile (one export shared by
+    the runtime-option, backend and CLI-tool tests)."""
+    from pathlib import Path
+
+    from fastervit_trt.export.pipeline import ExportOptions, export_model
+
+    checkpoint = Path(__file__).parent / "fixtures" / "faster_vit_digits.pth"
+    return export_model(
+        ExportOptions(
+            model="faster_vit_digits",
+            checkpoint=checkpoint,
+            precision="fp32",
+            output_dir=tmp_path_factory.mktemp("digits"),
+        )
+    ).onnx_path
+
+
+@pytest.fixture(scope="session")
 def digits_batch8_onnx(tmp_path_factory):
     """The trained digits model as FP32 ONNX with a batch profile of 1,4,8 (what the batcher
     and the HTTP service are tested on)."""

@@ -4,7 +4,6 @@ same ``RuntimeOptions``, and each command saying which provider and device ran."
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -12,7 +11,6 @@ from fastervit_trt.cli import batch, bench, eval, infer, serve
 from fastervit_trt.cli.common import runtime_options
 from fastervit_trt.runtime import RuntimeOptions
 
-CHECKPOINT = Path(__file__).parent / "fixtures" / "faster_vit_digits.pth"
 COMMANDS = {
     "infer": (infer, ["x.jpg", "--model", "m.onnx"]),
     "bench": (bench, ["--model", "m.onnx"]),
@@ -21,16 +19,6 @@ COMMANDS = {
     "batch": (batch, ["x.jpg", "--model", "m.onnx", "--output", "out"]),
 }
 FLAGS = ["--backend", "onnxruntime", "--provider", "cuda", "--contexts", "3", "--cuda-graphs", "--device", "1"]
-
-
-@pytest.fixture(scope="module")
-def digits_onnx(tmp_path_factory):
-    from fastervit_trt.export.pipeline import ExportOptions, export_model
-
-    out = tmp_path_factory.mktemp("runtime-flags")
-    return export_model(
-        ExportOptions(model="faster_vit_digits", checkpoint=CHECKPOINT, precision="fp32", output_dir=out)
-    ).onnx_path
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +50,11 @@ def test_bench_keeps_the_old_cuda_graph_spelling(capsys):
     assert "--cuda-graph is now --cuda-graphs" in capsys.readouterr().err
 
 
-def test_infer_says_where_the_model_runs(digits_onnx, digit_image, capsys):
-    assert infer.main([str(digit_image), "--model", str(digits_onnx), "--provider", "cpu", "--json"]) == 0
+def test_infer_says_where_the_model_runs(digits_fp32_onnx, digit_image, capsys):
+    assert infer.main([str(digit_image), "--model", str(digits_fp32_onnx), "--provider", "cpu", "--json"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)[0]["top"][0]["name"] == "7"
-    assert err == f"{digits_onnx.name}: classifier, 10 classes, onnxruntime (CPUExecutionProvider) on cpu\n"
+    assert err == f"{digits_fp32_onnx.name}: classifier, 10 classes, onnxruntime (CPUExecutionProvider) on cpu\n"
 
 
 @pytest.mark.parametrize(
@@ -77,21 +65,21 @@ def test_infer_says_where_the_model_runs(digits_onnx, digit_image, capsys):
         (["--backend", "tensorrt"], "the tensorrt backend runs TensorRT engines (.engine/.plan), not ONNX files"),
     ],
 )
-def test_options_that_cannot_apply_are_one_line(digits_onnx, digit_image, flags, fragment, capsys):
-    assert infer.main([str(digit_image), "--model", str(digits_onnx), *flags]) == 1
+def test_options_that_cannot_apply_are_one_line(digits_fp32_onnx, digit_image, flags, fragment, capsys):
+    assert infer.main([str(digit_image), "--model", str(digits_fp32_onnx), *flags]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and fragment in err
 
 
-def test_bench_rows_name_the_provider_and_device(digits_onnx, capsys):
-    argv = ["--model", str(digits_onnx), "--batch-sizes", "1", "--iters", "2", "--warmup", "0"]
+def test_bench_rows_name_the_provider_and_device(digits_fp32_onnx, capsys):
+    argv = ["--model", str(digits_fp32_onnx), "--batch-sizes", "1", "--iters", "2", "--warmup", "0"]
     assert bench.main([*argv, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["provider"], r["device"]) for r in rows] == [("CPUExecutionProvider", "cpu")]
     assert bench.main(argv) == 0
     header, row = capsys.readouterr().out.splitlines()
     assert header.split()[:3] == ["model", "provider", "device"]
-    assert row.split()[:3] == [digits_onnx.name, "CPUExecutionProvider", "cpu"]
+    assert row.split()[:3] == [digits_fp32_onnx.name, "CPUExecutionProvider", "cpu"]
 
 
 def test_batch_refuses_a_device_before_ray_starts(tmp_path, monkeypatch, capsys):

@@ -15,16 +15,6 @@ CHECKPOINT = Path(__file__).parent / "fixtures" / "faster_vit_digits.pth"
 
 
 @pytest.fixture(scope="module")
-def digits_onnx(tmp_path_factory):
-    from fastervit_trt.export.pipeline import ExportOptions, export_model
-
-    out = tmp_path_factory.mktemp("cli-tools")
-    return export_model(
-        ExportOptions(model="faster_vit_digits", checkpoint=CHECKPOINT, precision="fp32", output_dir=out)
-    ).onnx_path
-
-
-@pytest.fixture(scope="module")
 def digit_images(digits_folders):
     return sorted(digits_folders["heldout"].glob("7/*.png"))[:3]
 
@@ -36,19 +26,19 @@ def test_help_has_examples(main, capsys):
     assert exit_info.value.code == 0 and "examples:" in capsys.readouterr().out
 
 
-def test_infer_table_and_json(digits_onnx, digit_images, capsys):
-    assert infer_main([*map(str, digit_images), "--model", str(digits_onnx), "--topk", "2"]) == 0
+def test_infer_table_and_json(digits_fp32_onnx, digit_images, capsys):
+    assert infer_main([*map(str, digit_images), "--model", str(digits_fp32_onnx), "--topk", "2"]) == 0
     table = capsys.readouterr().out
     assert table.count("  1. ") == 3 and "7  (7)" in table
-    assert infer_main([str(digit_images[0]), "--model", str(digits_onnx), "--json"]) == 0
+    assert infer_main([str(digit_images[0]), "--model", str(digits_fp32_onnx), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["top"][0]["name"] == "7" and len(rows[0]["top"]) == 5
 
 
-def test_infer_bad_image_is_reported_and_the_rest_answered(digits_onnx, digit_images, tmp_path, capsys):
+def test_infer_bad_image_is_reported_and_the_rest_answered(digits_fp32_onnx, digit_images, tmp_path, capsys):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"png? no")
-    code = infer_main([str(digit_images[0]), str(bad), "--model", str(digits_onnx)])
+    code = infer_main([str(digit_images[0]), str(bad), "--model", str(digits_fp32_onnx)])
     out, err = capsys.readouterr()
     assert code == 1 and "broken.png: cannot decode" in err and str(digit_images[0]) in out
 
@@ -58,11 +48,11 @@ def test_infer_missing_model(tmp_path, capsys):
     assert "no such model file" in capsys.readouterr().err
 
 
-def test_bench_reports_percentiles_against_pytorch(digits_onnx, capsys):
+def test_bench_reports_percentiles_against_pytorch(digits_fp32_onnx, capsys):
     code = bench_main(
         [
             "--model",
-            str(digits_onnx),
+            str(digits_fp32_onnx),
             "--batch-sizes",
             "1,4",
             "--iters",
@@ -85,8 +75,8 @@ def test_bench_reports_percentiles_against_pytorch(digits_onnx, capsys):
     ] * 2
 
 
-def test_inspect_onnx(digits_onnx, capsys):
-    assert inspect_main([str(digits_onnx), "--json"]) == 0
+def test_inspect_onnx(digits_fp32_onnx, capsys):
+    assert inspect_main([str(digits_fp32_onnx), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["model"] == "faster_vit_digits" and info["qdq_nodes"] == 0 and info["float16_weight_share"] == 0
     assert info["ops"]["MatMul"] > 0 and "matches PyTorch" in info["validation"]
@@ -125,7 +115,7 @@ def test_export_builds_the_engine_and_inspect_reads_it(tmp_path, capsys):
     assert info["precision"] == "fp16" and info["inputs"][0]["profile"]["max"] == [32, 3, 128, 128]
 
 
-def test_infer_a_folder_in_batches_keeps_order_and_reports_bad_files(digits_onnx, digit_images, tmp_path, capsys):
+def test_infer_a_folder_in_batches_keeps_order_and_reports_bad_files(digits_fp32_onnx, digit_images, tmp_path, capsys):
     import shutil
 
     folder = tmp_path / "photos"
@@ -136,7 +126,7 @@ def test_infer_a_folder_in_batches_keeps_order_and_reports_bad_files(digits_onnx
         shutil.copy(digit_images[i % len(digit_images)], target)
         names.append(target)
     (folder / "05x.png").write_bytes(b"broken")
-    code = infer_main([str(folder), "--model", str(digits_onnx), "--json"])
+    code = infer_main([str(folder), "--model", str(digits_fp32_onnx), "--json"])
     out, err = capsys.readouterr()
     rows = json.loads(out)
     assert code == 1 and "05x.png: cannot decode" in err

@@ -11,22 +11,12 @@ import numpy as np
 import pytest
 
 from fastervit_trt.errors import ModelFileError, OptionsError
-from fastervit_trt.export.pipeline import ExportOptions, export_model
 from fastervit_trt.runtime import BACKENDS, RunsOn, RuntimeOptions, load
 from fastervit_trt.runtime.backend import choose_backend
 from fastervit_trt.runtime.onnxruntime_backend import session_providers
 from tests import stand_in_tensorrt as stand_in
 
-CHECKPOINT = Path(__file__).parents[1] / "fixtures" / "faster_vit_digits.pth"
 TRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
-
-
-@pytest.fixture(scope="module")
-def digits_onnx(tmp_path_factory):
-    out = tmp_path_factory.mktemp("backends")
-    return export_model(
-        ExportOptions(model="faster_vit_digits", checkpoint=CHECKPOINT, precision="fp32", output_dir=out)
-    ).onnx_path
 
 
 @pytest.fixture
@@ -60,11 +50,11 @@ def test_an_explicit_backend_runs_a_file_of_any_other_suffix():
         choose_backend(Path("model.bin"), RuntimeOptions())
 
 
-def test_an_explicit_backend_given_the_other_kind_of_file_is_one_clear_error(digits_onnx, stand_in_engine):
+def test_an_explicit_backend_given_the_other_kind_of_file_is_one_clear_error(digits_fp32_onnx, stand_in_engine):
     with pytest.raises(ModelFileError) as error:
-        load(digits_onnx, backend="tensorrt")
+        load(digits_fp32_onnx, backend="tensorrt")
     assert str(error.value) == (
-        f"{digits_onnx}: the tensorrt backend runs TensorRT engines (.engine/.plan), not ONNX files; "
+        f"{digits_fp32_onnx}: the tensorrt backend runs TensorRT engines (.engine/.plan), not ONNX files; "
         "pass backend='onnxruntime' (--backend onnxruntime) or 'auto'"
     )
     with pytest.raises(ModelFileError, match=r"m\.engine: the onnxruntime backend runs ONNX files .*'tensorrt'"):
@@ -77,29 +67,29 @@ def test_an_unknown_backend_names_the_registered_ones():
     assert list(BACKENDS) == ["tensorrt", "onnxruntime"]
 
 
-def test_options_a_backend_does_not_read_are_refused(digits_onnx, stand_in_engine):
+def test_options_a_backend_does_not_read_are_refused(digits_fp32_onnx, stand_in_engine):
     with pytest.raises(OptionsError, match="CUDA graphs apply to TensorRT engines; pass an .engine"):
-        load(digits_onnx, cuda_graphs=True)
+        load(digits_fp32_onnx, cuda_graphs=True)
     with pytest.raises(OptionsError, match="execution contexts apply to TensorRT engines; pass an .engine"):
-        load(digits_onnx, contexts=4)
+        load(digits_fp32_onnx, contexts=4)
     with pytest.raises(OptionsError, match="m.engine: ONNX Runtime providers apply to ONNX files; pass an .onnx"):
         load(stand_in_engine, provider="cpu")
 
 
-def test_the_provider_is_chosen_and_reported(digits_onnx):
+def test_the_provider_is_chosen_and_reported(digits_fp32_onnx):
     for provider in ("auto", "cpu", CPU):  # this onnxruntime has the CPU provider only
-        with load(digits_onnx, provider=provider) as model:
+        with load(digits_fp32_onnx, provider=provider) as model:
             assert model.runs_on == RunsOn("onnxruntime", CPU, "cpu")
             assert model.backend.session.get_providers() == [CPU]
 
 
 @pytest.mark.parametrize("provider,name", [("cuda", CUDA), ("tensorrt", TRT), ("OpenVINOExecutionProvider", None)])
-def test_a_provider_this_onnxruntime_lacks_is_one_line_naming_what_it_has(digits_onnx, provider, name):
+def test_a_provider_this_onnxruntime_lacks_is_one_line_naming_what_it_has(digits_fp32_onnx, provider, name):
     import onnxruntime
 
     available = onnxruntime.get_available_providers()
     with pytest.raises(OptionsError) as error:
-        load(digits_onnx, provider=provider)
+        load(digits_fp32_onnx, provider=provider)
     message = str(error.value)
     assert "\n" not in message and f"{provider!r} ({name or provider}) is not in this onnxruntime" in message
     assert f"which has {', '.join(available)}; pass --provider cpu" in message
@@ -121,14 +111,17 @@ def test_session_providers(provider, available, chosen):
     assert session_providers(provider, available) == chosen
 
 
-def test_a_device_for_the_cpu_provider_is_refused(digits_onnx):
+def test_a_device_for_the_cpu_provider_is_refused(digits_fp32_onnx):
     with pytest.raises(OptionsError, match="device 1 is for a CUDA provider; ONNX Runtime runs it on the CPU"):
-        load(digits_onnx, device=1)
+        load(digits_fp32_onnx, device=1)
 
 
-def test_the_summary_says_what_the_model_is_and_where_it_runs(digits_onnx):
-    with load(**{"path": digits_onnx, **asdict(RuntimeOptions(provider="cpu"))}) as model:
-        assert model.summary == f"{digits_onnx.name}: classifier, 10 classes, onnxruntime (CPUExecutionProvider) on cpu"
+def test_the_summary_says_what_the_model_is_and_where_it_runs(digits_fp32_onnx):
+    with load(**{"path": digits_fp32_onnx, **asdict(RuntimeOptions(provider="cpu"))}) as model:
+        assert (
+            model.summary
+            == f"{digits_fp32_onnx.name}: classifier, 10 classes, onnxruntime (CPUExecutionProvider) on cpu"
+        )
 
 
 def test_an_engine_reports_its_tensorrt_and_device(stand_in_engine):
@@ -179,14 +172,14 @@ def test_a_new_backend_is_a_module_and_one_registry_entry(tmp_path, monkeypatch,
 AZURE = "AzureExecutionProvider"  # in this onnxruntime: a provider that takes no CUDA device
 
 
-def test_a_provider_that_takes_no_device_is_not_given_one_nor_claims_cuda(digits_onnx):
-    with load(digits_onnx, provider=AZURE) as model:
+def test_a_provider_that_takes_no_device_is_not_given_one_nor_claims_cuda(digits_fp32_onnx):
+    with load(digits_fp32_onnx, provider=AZURE) as model:
         assert model.runs_on == RunsOn("onnxruntime", AZURE, "default")
         assert model.backend.device is None
     with pytest.raises(OptionsError) as error:
-        load(digits_onnx, provider=AZURE, device=1)
+        load(digits_fp32_onnx, provider=AZURE, device=1)
     assert str(error.value) == (
-        f"{digits_onnx}: device 1 is for a CUDA provider; ONNX Runtime runs it on {AZURE}, which takes none: "
+        f"{digits_fp32_onnx}: device 1 is for a CUDA provider; ONNX Runtime runs it on {AZURE}, which takes none: "
         "drop --device"
     )
 
@@ -225,36 +218,36 @@ def cuda_build(monkeypatch):
     return build
 
 
-def test_the_cuda_provider_is_given_the_device_and_reports_the_one_it_runs_on(digits_onnx, cuda_build):
-    with load(digits_onnx, provider="cuda", device=1) as model:
+def test_the_cuda_provider_is_given_the_device_and_reports_the_one_it_runs_on(digits_fp32_onnx, cuda_build):
+    with load(digits_fp32_onnx, provider="cuda", device=1) as model:
         assert cuda_build.made[-1][0] == [(CUDA, {"device_id": 1}), CPU]
         assert model.runs_on == RunsOn("onnxruntime", CUDA, "cuda:1") and model.backend.device == 1
-    with load(digits_onnx) as model:  # auto: CUDA on its default device
+    with load(digits_fp32_onnx) as model:  # auto: CUDA on its default device
         assert cuda_build.made[-1][0] == [CUDA, CPU]
         assert model.runs_on == RunsOn("onnxruntime", CUDA, "cuda:0") and model.backend.device == 0
 
 
-def test_a_device_the_provider_did_not_start_on_is_refused_not_run_on_the_fallback(digits_onnx, cuda_build):
+def test_a_device_the_provider_did_not_start_on_is_refused_not_run_on_the_fallback(digits_fp32_onnx, cuda_build):
     cuda_build.starts = False
     for provider in ("auto", "cuda"):
         with pytest.raises(OptionsError) as error:
-            load(digits_onnx, provider=provider, device=3)
+            load(digits_fp32_onnx, provider=provider, device=3)
         message = str(error.value)
-        assert message.startswith(f"{digits_onnx}: ONNX Runtime could not start {CUDA} on device 3") and (
+        assert message.startswith(f"{digits_fp32_onnx}: ONNX Runtime could not start {CUDA} on device 3") and (
             "\n" not in message
         )
         assert message.endswith(
             "would run on CPUExecutionProvider; check --device 3 against nvidia-smi and "
             "CUDA_VISIBLE_DEVICES, or drop it"
         )
-    with load(digits_onnx) as model:  # auto, no device asked for: the CPU, with a warning
+    with load(digits_fp32_onnx) as model:  # auto, no device asked for: the CPU, with a warning
         assert model.runs_on == RunsOn("onnxruntime", CPU, "cpu")
 
 
-def test_run_cannot_fall_back_to_other_providers(digits_onnx):
+def test_run_cannot_fall_back_to_other_providers(digits_fp32_onnx):
     """ONNX Runtime's ``run`` re-creates the session on its fallback providers, without their
     options, when a provider fails a run (EPFail), unless fallback is disabled."""
-    with load(digits_onnx) as model:
+    with load(digits_fp32_onnx) as model:
         assert model.backend.session._enable_fallback is False
 
 
