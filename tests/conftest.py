@@ -89,43 +89,30 @@ def int8_export(tmp_path_factory):
     return export_quantized(ExportOptions(precision="int8", output_dir=out), CalibrationOptions(images=64))
 
 
-@pytest.fixture(scope="session")
-def digits_fp32_onnx(tmp_path_factory):
-    """The trained digits model as FP32 ONNX with the default batch profile (one export shared by
-    the runtime-option, backend and CLI-tool tests)."""
+def _digits_onnx(folder, **options):
+    """The trained digits fixture exported as FP32 ONNX into ``folder``."""
     from pathlib import Path
 
     from fastervit_trt.export.pipeline import ExportOptions, export_model
 
     checkpoint = Path(__file__).parent / "fixtures" / "faster_vit_digits.pth"
     return export_model(
-        ExportOptions(
-            model="faster_vit_digits",
-            checkpoint=checkpoint,
-            precision="fp32",
-            output_dir=tmp_path_factory.mktemp("digits"),
-        )
+        ExportOptions(model="faster_vit_digits", checkpoint=checkpoint, precision="fp32", output_dir=folder, **options)
     ).onnx_path
+
+
+@pytest.fixture(scope="session")
+def digits_fp32_onnx(tmp_path_factory):
+    """The trained digits model as FP32 ONNX with the default batch profile (one export shared by
+    the runtime-option, backend and CLI-tool tests)."""
+    return _digits_onnx(tmp_path_factory.mktemp("digits"))
 
 
 @pytest.fixture(scope="session")
 def digits_batch8_onnx(tmp_path_factory):
     """The trained digits model as FP32 ONNX with a batch profile of 1,4,8 (what the batcher
     and the HTTP service are tested on)."""
-    from pathlib import Path
-
-    from fastervit_trt.export.pipeline import ExportOptions, export_model
-
-    checkpoint = Path(__file__).parent / "fixtures" / "faster_vit_digits.pth"
-    return export_model(
-        ExportOptions(
-            model="faster_vit_digits",
-            checkpoint=checkpoint,
-            precision="fp32",
-            batch=(1, 4, 8),
-            output_dir=tmp_path_factory.mktemp("digits8"),
-        )
-    ).onnx_path
+    return _digits_onnx(tmp_path_factory.mktemp("digits8"), batch=(1, 4, 8))
 
 
 @pytest.fixture(scope="session")
