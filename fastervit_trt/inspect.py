@@ -16,7 +16,7 @@ def inspect_onnx(path: Path) -> dict:
     metadata, report."""
     import onnx
 
-    from .calibration.qdq import lone_quantizers
+    from .calibration.qdq import lone_quantizers, quantized_attention
 
     model = onnx.load(str(path), load_external_data=False)
     ops = Counter(node.op_type for node in model.graph.node)
@@ -42,6 +42,7 @@ def inspect_onnx(path: Path) -> dict:
         "nodes": len(model.graph.node),
         "qdq_nodes": ops["QuantizeLinear"] + ops["DequantizeLinear"],
         "lone_quantizers": len(lone_quantizers(model)),
+        "attention_matmuls": _attention_line(*quantized_attention(model)),
         "float16_weight_share": round(weight_bytes["float16"] / total, 4),
         "fp8_weight_share": round(weight_bytes["float8e4m3fn"] / total, 4),
         "weights_mb": {k: round(v / 1e6, 2) for k, v in weight_bytes.items()},
@@ -59,11 +60,14 @@ def inspect_onnx(path: Path) -> dict:
             kept = quant.get("kept_in_float_by_default", [])
             known = QUANT_FORMATS.get(quant["format"])
             info["quantized_layers"] = (
+                f"for {quant.get('target', 'tensorrt')}: "
                 f"{quant['layers']} layers {known.label if known else quant['format'].upper()}, "
                 f"{quant.get('residual_inputs', 0)} residual inputs; "
                 f"left in float by default: {', '.join(kept) or 'none'}; "
                 f"bias correction {quant.get('bias_correction', 'off')}"
             )
+        if "speed" in data:
+            info["speed"] = data["speed"]["summary"]
         if "mixed_precision" in data:
             mixed = data["mixed_precision"]
             info["mixed_precision"] = (
@@ -76,6 +80,14 @@ def inspect_onnx(path: Path) -> dict:
                 f"{r['layer']} (cosine {r['mean_cosine']:.6f})" for r in data["sensitivity"][:5]
             ]
     return info
+
+
+def _attention_line(quantized: list[str], products: list[str]) -> str:
+    """``34 of 34 quantized (levels.2: 24, levels.3: 10)``: the attention matmuls (Q.K^T and
+    softmax.V) that read dequantized inputs, by the module they belong to."""
+    by_module = Counter(name.strip("/").split("/")[0] for name in quantized)
+    where = ", ".join(f"{module}: {count}" for module, count in by_module.items())
+    return f"{len(quantized)} of {len(products)} quantized" + (f" ({where})" if where else "")
 
 
 def _input_line(model, metadata: dict) -> str:

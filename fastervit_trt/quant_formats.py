@@ -88,3 +88,56 @@ def quant_format(name: str) -> QuantFormat:
     if name not in QUANT_FORMATS:
         raise OptionsError(f"quantized format must be one of {', '.join(QUANT_FORMATS)}, not {name!r}")
     return QUANT_FORMATS[name]
+
+
+@dataclass(frozen=True)
+class Target:
+    """The runtime a quantized graph is shaped for (``--target``): the same calibrated scales,
+    placed and typed the way that runtime's integer kernels take them."""
+
+    name: str  # --target, and the ONNX metadata's quantization.target
+    label: str  # what reports call it
+    formats: tuple[str, ...]  # the quantized formats it runs
+    base: str  # float type of the layers left unquantized ("fp16" / "fp32"); --qdq-base may change TensorRT's
+    activation_element: str  # int8: symmetric (zero point 0); uint8: zero point 128, 0 for bounded tensors
+    layer_outputs: bool  # Conv outputs get a Q/DQ pair: ONNX Runtime fuses DQ -> Conv -> Q into QLinearConv
+    integer_bias: bool  # a quantized Conv's bias as int32 (scale = input scale x weight scale), as QLinearConv takes it
+    residuals: bool  # the residual rule (an Add fused into its Conv's epilogue reads the residual in INT8)
+    attention: bool  # attention matmuls (Q.K^T, softmax.V) quantized by default
+    builds_engines: bool  # TensorRT builds its graph (the export goes on to an engine)
+
+
+TENSORRT = Target(
+    name="tensorrt",
+    label="TensorRT",
+    formats=("int8", "fp8"),
+    base="fp16",
+    activation_element="int8",
+    layer_outputs=False,
+    integer_bias=False,
+    residuals=True,
+    attention=False,  # fused attention's speed is measured on a GPU: --attention-qdq on opts in
+    builds_engines=True,
+)
+
+ONNXRUNTIME_CPU = Target(
+    name="onnxruntime-cpu",
+    label="ONNX Runtime CPU",
+    formats=("int8",),
+    base="fp32",  # the CPU provider runs FP16 through casts: float layers stay FP32
+    activation_element="uint8",  # its x86 int8 kernels: U8 activations, S8 weights
+    layer_outputs=True,
+    integer_bias=True,
+    residuals=False,  # ONNX Runtime fuses no QLinearAdd there (measured): the Add runs in float either way
+    attention=True,  # QLinearMatMul / MatMulIntegerToFloat: measured faster on faster_vit_0_224
+    builds_engines=False,
+)
+
+TARGETS = {t.name: t for t in (TENSORRT, ONNXRUNTIME_CPU)}
+
+
+def target(name: str) -> Target:
+    """The record of ``name``; an ``OptionsError`` naming the targets for any other."""
+    if name not in TARGETS:
+        raise OptionsError(f"--target must be one of {', '.join(TARGETS)}, not {name!r}")
+    return TARGETS[name]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fastervit_trt.calibration.options import QDQ_BASES, RESIDUAL_QDQ, CalibrationOptions
+from fastervit_trt.calibration.options import ATTENTION_QDQ, QDQ_BASES, RESIDUAL_QDQ, CalibrationOptions
 from fastervit_trt.calibration.ranges import METHODS
 from fastervit_trt.cli import build, deepstream, export, infer, triton
 from fastervit_trt.cli.common import FLAG_KEYS, ON_OFF, options_from
@@ -19,6 +19,7 @@ from fastervit_trt.engines.config import PRECISIONS as BUILD_PRECISIONS
 from fastervit_trt.export.stages import IO_DTYPES, PRECISIONS, ExportOptions
 from fastervit_trt.models import WEIGHT_CHOICES
 from fastervit_trt.preprocess import CROP_MODES, INPUT_FORMATS, INTERPOLATIONS, TransformOptions
+from fastervit_trt.quant_formats import TARGETS
 from fastervit_trt.runtime.backend import RuntimeOptions
 from fastervit_trt.triton import INSTANCE_KINDS, TritonOptions
 
@@ -34,7 +35,7 @@ COMMANDS = [
 ]
 IDS = [f"{module.__name__.rsplit('.', 1)[1]}-{cls.__name__}" for module, cls, _ in COMMANDS]
 # a flag that only parses beside another
-COMPANIONS = {"--feature-norm": ["--features"]}
+COMPANIONS = {"--feature-norm": ["--features"], "--target": ["--precision", "int8"]}
 SAMPLES = {
     "batch_profile": ("2,4,8", (2, 4, 8)),
     "stages": ("2,3", (2, 3)),
@@ -113,6 +114,8 @@ CONSTANTS = {
     (export, "--calib-method"): METHODS,
     (export, "--qdq-base"): QDQ_BASES,
     (export, "--residual-qdq"): RESIDUAL_QDQ,
+    (export, "--attention-qdq"): ATTENTION_QDQ,
+    (export, "--target"): tuple(TARGETS),
     (export, "--bias-correction"): ON_OFF,
     (build, "--backend"): BACKENDS,
     (build, "--precision"): BUILD_PRECISIONS,
@@ -138,6 +141,9 @@ def test_the_options_refuse_what_the_flags_do_not_offer():
         lambda: CalibrationOptions(method="kl"),
         lambda: CalibrationOptions(qdq_base="bf16"),
         lambda: CalibrationOptions(residual_qdq="maybe"),
+        lambda: CalibrationOptions(attention_qdq="maybe"),
+        lambda: ExportOptions(model="faster_vit_digits", precision="int8", target="gpu"),
+        lambda: ExportOptions(model="faster_vit_digits", precision="fp8", target="onnxruntime-cpu"),
         lambda: TransformOptions(interpolation="area"),
         lambda: TransformOptions(crop_mode="border"),
         lambda: ExportOptions(model="faster_vit_digits", precision="fp4"),

@@ -8,12 +8,14 @@ from typing import Protocol
 
 from ..artifacts import paths_of
 from ..errors import OptionsError
+from ..quant_formats import Target
 from .dataset import DEFAULT_DATA
 from .ranges import METHODS
 
 PERCENTILE_RANGE = (50.0, 100.0)  # exclusive, inclusive
 QDQ_BASES = ("fp16", "fp32")  # the float type of the layers left unquantized
 RESIDUAL_QDQ = ("auto", "on", "off")  # INT8 residual inputs; auto: on unless exporting features
+ATTENTION_QDQ = ("auto", "on", "off")  # attention matmuls; auto: the target's default
 
 
 class Exported(Protocol):
@@ -74,9 +76,24 @@ class CalibrationOptions:
         },
     )
     recalibrate: bool = field(default=False, metadata={"flag": "--recalibrate", "help": "ignore an existing cache"})
-    qdq_base: str = field(
-        default="fp16",
-        metadata={"flag": "--qdq-base", "choices": QDQ_BASES, "help": "float type of the layers left unquantized"},
+    qdq_base: str | None = field(  # None: the target's (fp16 for TensorRT, fp32 for ONNX Runtime CPU)
+        default=None,
+        metadata={
+            "flag": "--qdq-base",
+            "choices": QDQ_BASES,
+            "help": "float type of the layers left unquantized (default: fp16 for --target tensorrt, "
+            "fp32 for onnxruntime-cpu)",
+        },
+    )
+    attention_qdq: str = field(
+        default="auto",
+        metadata={
+            "flag": "--attention-qdq",
+            "choices": ATTENTION_QDQ,
+            "help": "quantize both inputs of every attention matmul (Q.K^T and softmax.V, windowed "
+            "and carrier-token); auto: on for --target onnxruntime-cpu (faster there), off for "
+            "tensorrt (its speed is a GPU measurement)",
+        },
     )
     residual_qdq: str = field(
         default="auto",
@@ -124,11 +141,29 @@ class CalibrationOptions:
         },
     )
 
+    no_speed: bool = field(
+        default=False,
+        metadata={
+            "flag": "--no-speed",
+            "help": "skip timing the quantized graph against FP32 on the runtime at hand (a few seconds)",
+        },
+    )
+    speed_search: bool = field(
+        default=False,
+        metadata={
+            "flag": "--speed-search",
+            "help": "keep each region's Q/DQ (a stage's layers, the attention products) only where the "
+            "runtime at hand runs the model measurably faster with it and the accuracy holds",
+        },
+    )
+
     def __post_init__(self) -> None:
         paths_of(self, "data", "cache")
         if self.method not in METHODS:
             raise OptionsError(f"calibration method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if self.qdq_base not in QDQ_BASES:
+        if self.attention_qdq not in ATTENTION_QDQ:
+            raise OptionsError(f"--attention-qdq must be one of {', '.join(ATTENTION_QDQ)}, not {self.attention_qdq!r}")
+        if self.qdq_base is not None and self.qdq_base not in QDQ_BASES:
             raise OptionsError(f"qdq_base must be fp16 or fp32, not {self.qdq_base!r}")
         if not PERCENTILE_RANGE[0] < self.percentile <= PERCENTILE_RANGE[1]:
             raise OptionsError(
@@ -147,6 +182,14 @@ class CalibrationOptions:
     def quantizes_residuals(self, features: bool) -> bool:
         """Whether INT8 residual inputs get Q/DQ: ``auto`` for a classifier, not a backbone."""
         return self.residual_qdq == "on" or (self.residual_qdq == "auto" and not features)
+
+    def base(self, shape: Target) -> str:
+        """The float type of the layers left unquantized: ``qdq_base``, else the target's."""
+        return self.qdq_base or shape.base
+
+    def quantizes_attention(self, shape: Target) -> bool:
+        """Whether the attention products get Q/DQ: ``attention_qdq``, ``auto`` the target's default."""
+        return shape.attention if self.attention_qdq == "auto" else self.attention_qdq == "on"
 
     def cache_path(self, options: Exported) -> Path:
         return self.cache or options.onnx_path.with_suffix(".cache")

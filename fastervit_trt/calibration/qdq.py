@@ -26,14 +26,15 @@ Q/DQ over a float16 graph needs opset 19 (QuantizeLinear takes float16 from 19 o
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..quant_formats import QUANT_FORMATS, quant_format
+from ..quant_formats import QUANT_FORMATS, Target, quant_format
+from ..quant_formats import target as graph_target
 
 if TYPE_CHECKING:  # importing the export package pulls in torch; inspect reads Q/DQ graphs without it
     from ..graph.weights import WeightFile
@@ -161,29 +162,92 @@ def kept_in_float(model: onnx.ModelProto, targets: list[QuantTarget], fmt: str) 
 
 
 @dataclass(frozen=True)
+class AttentionProduct:
+    """An activation x activation MatMul of an attention (Q.K^T or softmax.V): node ``node``
+    and its two inputs, tensors of the FP32 graph."""
+
+    node: str
+    inputs: tuple[str, str]
+
+
+def attention_products(model: onnx.ModelProto) -> list[AttentionProduct]:
+    """The MatMuls neither of whose inputs is a weight (an initializer, or one dequantized):
+    every attention's two batched matrix products (windowed and carrier-token alike)."""
+    weights = {t.name for t in model.graph.initializer}
+    weights |= {
+        o for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights for o in n.output
+    }
+    return [
+        AttentionProduct(n.name, (n.input[0], n.input[1]))
+        for n in model.graph.node
+        if n.op_type == "MatMul" and not weights & set(n.input)
+    ]
+
+
+def quantized_attention(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """(the attention products both of whose inputs are dequantized values, all of them) in a
+    Q/DQ graph: which attention matmuls run quantized."""
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    products = attention_products(model)
+    return [a.node for a in products if set(a.inputs) <= dequantized], [a.node for a in products]
+
+
+@dataclass(frozen=True)
 class Placement:
-    """Where a format's Q/DQ pairs go by default: the layers quantized, the residual inputs
-    quantized with their Conv (INT8 only), and the layers ``kept_in_float``."""
+    """Where Q/DQ pairs go by default for a format and a target: the layers quantized, the
+    residual inputs quantized with their Conv (INT8 for TensorRT), the attention products,
+    the layer outputs quantized (ONNX Runtime's QLinearConv needs them), and the layers
+    ``kept_in_float``."""
 
     targets: list[QuantTarget]
     residuals: list[ResidualInput]
     kept: list[str]
+    attention: list[AttentionProduct] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
 
     @property
     def activations(self) -> list[str]:
         """The FP32 graph's tensors that need a calibrated range."""
-        return sorted({t.activation for t in self.targets} | {r.activation for r in self.residuals})
+        inputs = {t.activation for t in self.targets} | {r.activation for r in self.residuals}
+        return sorted(inputs | {i for a in self.attention for i in a.inputs} | set(self.outputs))
+
+    def bounded(self, model: onnx.ModelProto) -> list[str]:
+        """Those of ``activations`` that are probabilities (Softmax outputs), calibrated by
+        their largest value: entropy fits zero-centred tensors, and on attention weights
+        spread over many tokens it clipped most of them (faster_vit_0_224's last stage: amax
+        0.009 of a largest 0.05, logit cosine 0.915)."""
+        softmax = {o for n in model.graph.node if n.op_type == "Softmax" for o in n.output}
+        return [name for name in self.activations if name in softmax]
 
 
-def placement(model: onnx.ModelProto, fmt: str, residuals: bool = True) -> Placement:
-    """The default placement in ``model`` (the FP32 graph) for ``fmt``. Residual inputs are
-    quantized with ``residuals`` and for INT8 only: TensorRT's residual fusion is INT8
-    guidance, and in E4M3 the quantized residual cost FasterViT-0 0.00011 of logit cosine."""
+def placement(
+    model: onnx.ModelProto,
+    fmt: str,
+    residuals: bool = True,
+    target: str = "tensorrt",
+    attention: bool | None = None,
+) -> Placement:
+    """The default placement in ``model`` (the FP32 graph) for ``fmt`` on ``target``. Residual
+    inputs are quantized with ``residuals``, for INT8 on TensorRT only: its residual fusion is
+    INT8 guidance, and in E4M3 the quantized residual cost FasterViT-0 0.00011 of logit
+    cosine. ``attention`` (None: the target's default) quantizes both inputs of every
+    attention product."""
+    shape = graph_target(target)
     candidates = quant_targets(model)
     kept = kept_in_float(model, candidates, fmt)
     targets = [t for t in candidates if t.node not in kept]
-    quantized = residuals and quant_format(fmt).quantizes_residuals
-    return Placement(targets, residual_inputs(model, targets) if quantized else [], kept)
+    quantized = residuals and quant_format(fmt).quantizes_residuals and shape.residuals
+    nodes = {n.name: n for n in model.graph.node}
+    outputs = (
+        [nodes[t.node].output[0] for t in targets if nodes[t.node].op_type == "Conv"] if shape.layer_outputs else []
+    )
+    return Placement(
+        targets,
+        residual_inputs(model, targets) if quantized else [],
+        kept,
+        attention_products(model) if (shape.attention if attention is None else attention) else [],
+        outputs,
+    )
 
 
 # the largest magnitude of each quantized format: a tensor's scale is amax / QMAX
@@ -331,6 +395,17 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+def activation_qparams(amax: float, fmt: str, element: str, bounded: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, zero point) of an activation with range ``amax``: symmetric in ``fmt`` for an
+    int8 element; for uint8 (ONNX Runtime's x86 kernels) zero point 128 and the same scale, or,
+    for a ``bounded`` tensor (probabilities, never negative), zero point 0 and amax / 255."""
+    if element == "uint8":
+        if bounded:
+            return np.where(amax > 0, amax / 255.0, 1.0), np.array(0, np.uint8)
+        return scale_of(amax, fmt), np.array(128, np.uint8)
+    return scale_of(amax, fmt), zeros(fmt)
+
+
 def insert_qdq(
     model: onnx.ModelProto,
     targets: list[QuantTarget],
@@ -341,10 +416,15 @@ def insert_qdq(
     fmt: str = "int8",
     residuals: Sequence[ResidualInput] = (),
     input_means: Mapping[str, np.ndarray] | None = None,
+    attention: Sequence[AttentionProduct] = (),
+    outputs: Sequence[str] = (),
+    target: str = "tensorrt",
 ) -> onnx.ModelProto:
     """A copy of ``model`` (float32 or float16 graph) with Q/DQ on every target, in ``fmt``
-    (``int8``, or ``fp8``: FLOAT8E4M3FN, weights stored as such), and on the ``residuals``
-    whose Conv is among the targets. With ``input_means`` (per-channel means of the targets'
+    (``int8``, or ``fp8``: FLOAT8E4M3FN, weights stored as such), on the ``residuals`` whose
+    Conv is among the targets, on both inputs of each ``attention`` product and after each
+    layer output in ``outputs``, typed for ``target`` (``onnxruntime-cpu``: uint8 activations
+    and int32 Conv biases). With ``input_means`` (per-channel means of the targets'
     activations, by FP32 name) each target's bias absorbs its weight rounding's mean shift.
 
     ``activation_amax`` is keyed by the activation names of the FP32 graph; in a float16
@@ -353,58 +433,121 @@ def insert_qdq(
     ``types`` (from ``tensor_types(model)``) saves a shape inference when inserting repeatedly;
     with ``store`` the quantized weights are stored there instead of inline.
     """
-    elem_type = types or tensor_types(model)
-    quantized = onnx.ModelProto()
-    quantized.CopyFrom(model)
-    graph = quantized.graph
-    nodes = {node.name: node for node in graph.node}
-    initializers = {t.name: t for t in graph.initializer}
-    readers = _readers(quantized)
-    zero_point = "qdq_zero_point"
-    graph.initializer.append(numpy_helper.from_array(zeros(fmt), zero_point))
-    shared: dict[str, str] = {}
-    new_nodes: dict[str, list[onnx.NodeProto]] = {}  # inserted before the named node
-    after_nodes: dict[str, list[onnx.NodeProto]] = {}  # inserted after it
+    writer = _QDQWriter(model, activation_amax, types or tensor_types(model), store, fmt, graph_target(target))
+    for name in outputs:
+        writer.quantize_output(name)
+    chosen = {t.node for t in targets}
+    for t in targets:
+        writer.quantize_layer(t, fp32_weights[t.weight], (input_means or {}).get(t.activation))
+    for residual in residuals:
+        if residual.conv in chosen:
+            writer.quantize_input(writer.nodes[residual.node], residual.index, residual.activation)
+    for product in attention:
+        for index, activation in enumerate(product.inputs):
+            writer.quantize_input(writer.nodes[product.node], index, activation)
+    return writer.finish()
 
-    def np_float(name: str) -> type:
-        return np.float16 if elem_type[name] == TensorProto.FLOAT16 else np.float32
 
-    def quantize_input(node: onnx.NodeProto, index: int, activation: str) -> None:
+class _QDQWriter:
+    """Q/DQ pairs and quantized weights written into a copy of one graph; ``finish`` orders
+    the new nodes and drops the initializers no longer read."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        amax: Mapping[str, float],
+        types: dict[str, int],
+        store: WeightFile | None,
+        fmt: str,
+        shape: Target,
+    ) -> None:
+        self.model = onnx.ModelProto()
+        self.model.CopyFrom(model)
+        self.graph = self.model.graph
+        self.amax, self.types, self.store, self.fmt, self.shape = amax, dict(types), store, fmt, shape
+        self.nodes = {node.name: node for node in self.graph.node}
+        self.initializers = {t.name: t for t in self.graph.initializer}
+        self.readers = _readers(self.model)
+        self.producer = {o: n for n in self.graph.node for o in n.output}
+        self.shared: dict[str, str] = {}  # quantized tensor -> its dequantized value
+        self.scales: dict[str, np.ndarray] = {}  # dequantized value -> its scale
+        self.zero_points: set[str] = set()
+        self.before: dict[str, list[onnx.NodeProto]] = {}  # inserted before the named node
+        self.after: dict[str, list[onnx.NodeProto]] = {}  # inserted after it
+
+    def np_float(self, name: str) -> type:
+        return np.float16 if self.types[name] == TensorProto.FLOAT16 else np.float32
+
+    def _pair(self, source: str, activation: str, where: dict[str, list[onnx.NodeProto]], node: str) -> str:
+        """The Q/DQ pair of tensor ``source`` (range of FP32 tensor ``activation``), placed
+        beside ``node``; returns the dequantized value."""
+        bounded = activation in self.producer and self.producer[activation].op_type == "Softmax"
+        scale, zero = activation_qparams(self.amax[activation], self.fmt, self.shape.activation_element, bounded)
+        scale_name, zero_name = f"{source}_scale", self._zero_point(zero)
+        self.graph.initializer.append(numpy_helper.from_array(stored_scale(scale, self.np_float(source)), scale_name))
+        q, dq = f"{source}_quantized", f"{source}_dequantized"
+        where.setdefault(node, []).extend(
+            [
+                helper.make_node("QuantizeLinear", [source, scale_name, zero_name], [q], name=f"{source}_Q"),
+                helper.make_node("DequantizeLinear", [q, scale_name, zero_name], [dq], name=f"{source}_DQ"),
+            ]
+        )
+        self.shared[source], self.scales[dq] = dq, np.asarray(scale, np.float64)
+        self.types[dq] = self.types[source]
+        return dq
+
+    def _zero_point(self, zero: np.ndarray) -> str:
+        """The initializer holding activation zero point ``zero``, one per value: the
+        format's zero is ``qdq_zero_point``, uint8's 128 ``qdq_zero_point_uint8_128``."""
+        name = (
+            "qdq_zero_point"
+            if not zero.any() and zero.dtype == element_dtype(self.fmt)
+            else f"qdq_zero_point_{zero.dtype}_{int(zero)}"
+        )
+        if name not in self.zero_points:
+            self.graph.initializer.append(numpy_helper.from_array(zero, name))
+            self.zero_points.add(name)
+        return name
+
+    def quantize_input(self, node: onnx.NodeProto, index: int, activation: str) -> None:
         """Input ``index`` of ``node`` through the (shared) Q/DQ pair of its tensor."""
         source = node.input[index]
-        if source not in shared:
-            scale_name = f"{source}_scale"
-            graph.initializer.append(
-                numpy_helper.from_array(
-                    stored_scale(scale_of(activation_amax[activation], fmt), np_float(source)), scale_name
-                )
-            )
-            q, dq = f"{source}_quantized", f"{source}_dequantized"
-            new_nodes.setdefault(node.name, []).extend(
-                [
-                    helper.make_node("QuantizeLinear", [source, scale_name, zero_point], [q], name=f"{source}_Q"),
-                    helper.make_node("DequantizeLinear", [q, scale_name, zero_point], [dq], name=f"{source}_DQ"),
-                ]
-            )
-            shared[source] = dq
-        node.input[index] = shared[source]
+        if source in self.scales:  # already a dequantized value (a quantized layer output)
+            return
+        if source not in self.shared:
+            self._pair(source, activation, self.before, node.name)
+        node.input[index] = self.shared[source]
 
-    for target in targets:
-        node = nodes[target.node]
-        float_type = np_float(node.input[0])  # before the input is renamed to its dequantized value
-        quantize_input(node, 0, target.activation)
-        weight_name = node.input[1]
-        fp32 = fp32_weights[target.weight]
-        scales = stored_scale(scale_of(weight_amax(fp32, target.axis), fmt), float_type)
+    def quantize_output(self, name: str) -> None:
+        """A Q/DQ pair right after the producer of ``name``, read by all its readers (ONNX
+        Runtime fuses DQ -> Conv -> Q into QLinearConv)."""
+        dq = self._pair(name, name, self.after, self.producer[name].name)
+        for reader in self.readers.get(name, []):
+            reader.input[:] = [dq if value == name else value for value in reader.input]
+
+    def quantize_layer(self, target: QuantTarget, fp32: np.ndarray, mean: np.ndarray | None) -> None:
+        """The target's activation through its Q/DQ pair, its weight stored quantized per
+        output channel behind a DequantizeLinear, its bias corrected for the rounding's mean
+        shift (with ``mean``) and, where the target asks, stored as int32."""
+        node = self.nodes[target.node]
+        float_type = self.np_float(node.input[0])  # before the input is renamed to its dequantized value
+        self.quantize_input(node, 0, target.activation)
+        scales = stored_scale(scale_of(weight_amax(fp32, target.axis), self.fmt), float_type)
         shape = [1] * fp32.ndim
         shape[target.axis] = -1
-        stored, stored_name = quantize(fp32, scales.astype(np.float64).reshape(shape), fmt), f"{weight_name}_{fmt}"
-        graph.initializer.append(
-            store.add(stored_name, stored) if store else numpy_helper.from_array(stored, stored_name)
+        weight_name = node.input[1]
+        stored, stored_name = (
+            quantize(fp32, scales.astype(np.float64).reshape(shape), self.fmt),
+            f"{weight_name}_{self.fmt}",
         )
-        graph.initializer.append(numpy_helper.from_array(scales.astype(float_type), f"{weight_name}_wscale"))
-        graph.initializer.append(numpy_helper.from_array(zeros(fmt, len(scales)), f"{weight_name}_wzero"))
-        new_nodes.setdefault(node.name, []).append(
+        self.graph.initializer.extend(
+            [
+                self.store.add(stored_name, stored) if self.store else numpy_helper.from_array(stored, stored_name),
+                numpy_helper.from_array(scales.astype(float_type), f"{weight_name}_wscale"),
+                numpy_helper.from_array(zeros(self.fmt, len(scales)), f"{weight_name}_wzero"),
+            ]
+        )
+        self.before.setdefault(node.name, []).append(
             helper.make_node(
                 "DequantizeLinear",
                 [stored_name, f"{weight_name}_wscale", f"{weight_name}_wzero"],
@@ -414,35 +557,54 @@ def insert_qdq(
             )
         )
         node.input[1] = f"{weight_name}_dequantized"
-        mean = (input_means or {}).get(target.activation)
-        shift = (
-            None
-            if mean is None
-            else mean_shift(
-                node, stored.astype(np.float64) * scales.astype(np.float64).reshape(shape) - fp32, target.axis, mean
+        error = stored.astype(np.float64) * scales.astype(np.float64).reshape(shape) - fp32
+        shift = None if mean is None else mean_shift(node, error, target.axis, mean)
+        if shift is not None:
+            _subtract_from_bias(
+                self.graph, node, shift, float_type, self.initializers, self.readers, self.store, self.after
+            )
+        if self.shape.integer_bias and node.op_type == "Conv" and len(node.input) > 2 and node.input[2]:
+            self._integer_bias(node, self.scales[node.input[0]] * scales.astype(np.float64))
+
+    def _integer_bias(self, node: onnx.NodeProto, scales: np.ndarray) -> None:
+        """``node``'s float bias as int32 (scale = input scale x weight scale per output
+        channel, zero point 0) behind a DequantizeLinear: QLinearConv's bias."""
+        tensor = next(t for t in self.graph.initializer if t.name == node.input[2])
+        bias = self.store.read(tensor) if self.store else numpy_helper.to_array(tensor)
+        name = f"{node.name}_bias"
+        self.graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.round(bias.astype(np.float64) / scales).astype(np.int32), f"{name}_int32"),
+                numpy_helper.from_array(scales.astype(np.float32), f"{name}_scale"),
+                numpy_helper.from_array(np.zeros(len(scales), np.int32), f"{name}_zero_point"),
+            ]
+        )
+        self.before.setdefault(node.name, []).append(
+            helper.make_node(
+                "DequantizeLinear",
+                [f"{name}_int32", f"{name}_scale", f"{name}_zero_point"],
+                [f"{name}_dequantized"],
+                axis=0,
+                name=f"{name}_DQ",
             )
         )
-        if shift is not None:
-            _subtract_from_bias(graph, node, shift, float_type, initializers, readers, store, after_nodes)
+        node.input[2] = f"{name}_dequantized"
 
-    chosen = {t.node for t in targets}
-    for residual in residuals:
-        if residual.conv in chosen:
-            quantize_input(nodes[residual.node], residual.index, residual.activation)
-
-    ordered = []
-    for node in graph.node:
-        ordered.extend(new_nodes.get(node.name, []))
-        ordered.append(node)
-        ordered.extend(after_nodes.get(node.name, []))
-    del graph.node[:]
-    graph.node.extend(ordered)
-    used = {name for node in graph.node for name in node.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    del graph.value_info[:]
-    return quantized
+    def finish(self) -> onnx.ModelProto:
+        graph = self.graph
+        ordered = []
+        for node in graph.node:
+            ordered.extend(self.before.get(node.name, []))
+            ordered.append(node)
+            ordered.extend(self.after.get(node.name, []))
+        del graph.node[:]
+        graph.node.extend(ordered)
+        used = {name for node in graph.node for name in node.input}
+        kept = [t for t in graph.initializer if t.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        del graph.value_info[:]
+        return self.model
 
 
 def _bias_slot(

@@ -23,7 +23,7 @@ from ..compare import compare, compare_outputs
 from ..graph.ort_eval import QDQ_CHUNK, InputSet, ort_logits
 from ..graph.weights import WeightFile
 from ..progress import Bar
-from .qdq import QuantTarget, ResidualInput, insert_qdq, tensor_types
+from .qdq import AttentionProduct, QuantTarget, ResidualInput, insert_qdq, tensor_types
 
 
 @dataclass
@@ -41,9 +41,13 @@ class Evaluator:
     sizes: dict[str, int] | None = None  # values per input of each output (default: logits only)
     residuals: list[ResidualInput] = field(default_factory=list)  # quantized with their Conv
     input_means: dict[str, np.ndarray] | None = None  # for bias correction (None: none)
+    attention: list[AttentionProduct] = field(default_factory=list)  # both inputs quantized
+    outputs: list[str] = field(default_factory=list)  # layer outputs quantized (with their layer)
+    target: str = "tensorrt"  # the runtime the graph is typed for
 
     def __post_init__(self) -> None:
         self.types = tensor_types(self.base)  # once, not per variant
+        self.producer = {o: n.name for n in self.base.graph.node for o in n.output}
 
     @property
     def feature_maps(self) -> bool:
@@ -51,7 +55,14 @@ class Evaluator:
         return bool(self.sizes) and list(self.sizes or {}) != ["logits"]
 
     def quantized(self, skip: AbstractSet[str] = frozenset(), only: AbstractSet[str] | None = None) -> onnx.ModelProto:
-        chosen = [t for t in self.targets if t.node not in skip and (only is None or t.node in only)]
+        """The base graph with Q/DQ on every layer and attention product (by node name) not in
+        ``skip`` and, given ``only``, in it."""
+
+        def taken(node: str) -> bool:
+            return node not in skip and (only is None or node in only)
+
+        chosen = [t for t in self.targets if taken(t.node)]
+        layers = {t.node for t in chosen}
         return insert_qdq(
             self.base,
             chosen,
@@ -62,6 +73,9 @@ class Evaluator:
             self.fmt,
             self.residuals,
             self.input_means,
+            [a for a in self.attention if taken(a.node)],
+            [o for o in self.outputs if self.producer.get(o) in layers],
+            self.target,
         )
 
     def measure(self, model: onnx.ModelProto) -> dict:

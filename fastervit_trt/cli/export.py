@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ..quant_formats import target as graph_target
 from .build import build_after_export, planned_engine
 from .common import add_options, add_quiet, command_parser, options_from, progress, run
 from .reports import export_summary, sensitivity_table
+
+if TYPE_CHECKING:
+    from ..export.pipeline import ExportOptions
+    from ..graph.timing import Timer
 
 EXAMPLES = """\
 examples:
@@ -73,15 +80,23 @@ def _export(args: argparse.Namespace) -> int:
     calib = options_from(CalibrationOptions, args)
     stream = progress(args)
     engine_dir = args.engine_dir or args.output_dir or Path("engines")
-    engine = None if args.no_engine else planned_engine(options.onnx_path, engine_dir)
+    builds = graph_target(options.target).builds_engines
+    engine = None if args.no_engine or not builds else planned_engine(options.onnx_path, engine_dir)
     _preflight_outputs(engine, args.triton_repo, options.onnx_path, args.force)
-    result = export_model(options, stream, calib if options.quantized else None)
+    with tempfile.TemporaryDirectory(prefix="fastervit-timing-") as timing:
+        timer = _engine_timer(Path(timing), options) if options.quantized and not calib.no_speed else None
+        result = export_model(options, stream, calib if options.quantized else None, timer)
     print(export_summary(result.report, result.report_path))
     if "sensitivity" in result.report:
         print(sensitivity_table(result.report))
     served = result.onnx_path
     if engine is not None:
         served = build_after_export(result.onnx_path, engine, options.batch, args.force, stream)
+    elif not builds:
+        print(
+            f"engine      none: a --target {options.target} graph runs on ONNX Runtime "
+            f"({shlex.join(['fastervit-infer', 'IMAGE', '--model', str(result.onnx_path)])})"
+        )
     elif not args.no_engine:
         print(
             f"engine      no TensorRT installed here; build later with: "
@@ -96,6 +111,20 @@ def _export(args: argparse.Namespace) -> int:
             f"{shlex.join(['tritonserver', '--model-repository', str(args.triton_repo)])})"
         )
     return 0
+
+
+def _engine_timer(folder: Path, options: ExportOptions) -> Timer | None:
+    """TensorRT's timer for the speed line where TensorRT and a GPU are present and the graph
+    is TensorRT's; None otherwise (the export times on ONNX Runtime's CPU provider)."""
+    if not graph_target(options.target).builds_engines:
+        return None
+    from ..tensorrt_import import import_tensorrt
+
+    if import_tensorrt() is None:  # the engines package needs TensorRT's bindings
+        return None
+    from ..engines.timing import engine_timer
+
+    return engine_timer(folder, options.batch)
 
 
 def _preflight_outputs(engine: Path | None, triton_repo: Path | None, onnx_path: Path, force: bool) -> None:

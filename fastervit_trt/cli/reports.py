@@ -75,8 +75,10 @@ def export_summary(report: dict, report_path: Path) -> str:
             if "quantization" in report
             else []
         ),
+        *([("speed", report["speed"]["summary"])] if "speed" in report else []),
+        *([("search", _search_line(report["speed_search"]))] if "speed_search" in report else []),
         ("time", f"{sum(report['seconds'].values()):.1f} s"),
-        ("trtexec", trtexec),
+        *([("trtexec", trtexec)] if (report.get("quantization") or {}).get("target", "tensorrt") == "tensorrt" else []),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -109,3 +111,14 @@ def _preprocess_line(report: dict) -> str:
         by_source.setdefault(source, []).append(name)
     said = [f"{', '.join(names)} from the {where}" for where, names in by_source.items() if where != "variant"]
     return text + (f"  ({'; '.join(said)})" if said else "")
+
+
+def _search_line(search: dict) -> str:
+    """``kept levels.0, levels.1; dropped levels.3 attention (no gain on onnxruntime ... at batch 8)``."""
+    kept = ", ".join(search["kept"]) or "none"
+    dropped = ", ".join(search["dropped"]) or "none"
+    return (
+        f"--speed-search kept Q/DQ in {kept}; dropped {dropped} (each kept region ran at least "
+        f"{search['min_gain']:.2f}x faster with it on {search['runtime']} at batch {search['batch']}; "
+        f"chosen: {search['chosen']})"
+    )

@@ -15,6 +15,7 @@ from ..calibration.options import CalibrationOptions
 from ..errors import OptionsError, ValidationError
 from ..graph.ort_cpu import release_memory
 from ..graph.ort_eval import eval_chunk, output_sizes
+from ..graph.timing import Timer
 from ..graph.weights import scratch
 from ..preprocess import TransformOptions
 from ..progress import Steps
@@ -43,12 +44,16 @@ __all__ = [
 
 
 def export_model(
-    options: ExportOptions, stream: TextIO | None = None, calibration: CalibrationOptions | None = None
+    options: ExportOptions,
+    stream: TextIO | None = None,
+    calibration: CalibrationOptions | None = None,
+    timer: Timer | None = None,
 ) -> ExportResult:
     """Run the whole export at ``options.precision``; progress goes to ``stream`` (None:
-    silent). INT8 and FP8 are calibrated as ``calibration`` says (default settings if None)."""
+    silent). INT8 and FP8 are calibrated as ``calibration`` says (default settings if None)
+    and timed on ``timer`` (default: ONNX Runtime's CPU provider)."""
     if options.quantized:
-        return export_quantized(options, calibration or CalibrationOptions(), stream)
+        return export_quantized(options, calibration or CalibrationOptions(), stream, timer)
     if calibration is not None:
         raise OptionsError(f"calibration settings apply to int8 / fp8 exports, not {options.precision}")
     plan = preflight(options)

@@ -44,6 +44,7 @@ from ..calibration.options import CalibrationOptions
 from ..calibration.qdq import (
     QDQ_MIN_OPSET,
     Placement,
+    attention_products,
     input_channel_axes,
     placement,
     scale_of,
@@ -51,14 +52,17 @@ from ..calibration.qdq import (
 )
 from ..calibration.ranges import compute_amax
 from ..calibration.sensitivity import Evaluator, layer_sensitivity, mixed_precision
+from ..calibration.speed_search import speed_search
 from ..compare import compare, compare_outputs
 from ..errors import OptionsError
 from ..graph.ort_cpu import release_memory
 from ..graph.ort_eval import QDQ_CHUNK, ort_logits, output_sizes
+from ..graph.timing import OnnxRuntimeCpuTimer, Timer, compare_speed
 from ..graph.weights import WeightFile, scratch
 from ..preprocess import Preprocess
 from ..progress import Steps
-from ..quant_formats import QuantFormat, quant_format
+from ..quant_formats import TARGETS, QuantFormat, Target, quant_format
+from ..quant_formats import target as graph_target
 from .fp16 import convert_to_fp16
 from .stages import (
     ExportOptions,
@@ -84,6 +88,7 @@ class _Job:
     options: ExportOptions
     calib: CalibrationOptions
     quant: QuantFormat
+    shape: Target  # the runtime the graph is shaped for
     plan: Plan
     cache_path: Path
     reuse: bool
@@ -124,24 +129,39 @@ class _Staged:
 
 
 def export_quantized(
-    options: ExportOptions, calib: CalibrationOptions = CalibrationOptions(), stream: TextIO | None = None
+    options: ExportOptions,
+    calib: CalibrationOptions = CalibrationOptions(),
+    stream: TextIO | None = None,
+    timer: Timer | None = None,
 ) -> ExportResult:
     """Export ``options.model`` as a calibrated INT8 or FP8 (``options.precision``) Q/DQ ONNX
-    plus its calibration cache."""
+    plus its calibration cache, timed against FP32 on ``timer``'s runtime (default: ONNX
+    Runtime's CPU provider) unless ``calib.no_speed``."""
     job = _settle(options, calib)
+    timer = timer or OnnxRuntimeCpuTimer()
     budget = calib.accuracy_budget is not None
-    steps = Steps(7 + (calib.sensitivity or budget) + budget, stream)
+    steps = Steps(7 + (calib.sensitivity or budget) + budget + calib.speed_search + (not calib.no_speed), stream)
     with scratch(options.output_dir) as store:
         heldout, heldout_kind = _heldout_inputs(calib, job.plan.preprocess, store.folder / "heldout.npy")
         traced = trace_model(options, job.plan, steps, store, probes={"heldout": heldout})
-        sites = placement(traced.graph, job.quant.name, residuals=calib.quantizes_residuals(bool(options.features)))
+        sites = placement(
+            traced.graph,
+            job.quant.name,
+            residuals=calib.quantizes_residuals(bool(options.features)),
+            target=job.shape.name,
+            attention=calib.quantizes_attention(job.shape),
+        )
         fp32_path = store.save_view(traced.graph, "fp32.onnx")
         ranges = _ranges(job, traced.graph, sites, fp32_path, steps, stream)
         placed = _place(job, traced.graph, sites, ranges, fp32_path, heldout, store, steps, stream)
+        if calib.speed_search:
+            placed = _search_speed(job, placed, fp32_path, timer, store, steps, stream)
         staged = _write_qdq(job, traced, placed, ranges, store, steps)
         accuracy = _measure(job, traced, placed, staged, heldout_kind, steps)
+        speed = None if calib.no_speed else _speed(job, fp32_path, staged.view, timer, steps)
         _publish(job, ranges, staged)
-    report = write_report(options, staged.metadata, staged.summary, steps, accuracy=accuracy, **placed.sections)
+    sections = {**placed.sections, **({"speed": speed} if speed else {})}
+    report = write_report(options, staged.metadata, staged.summary, steps, accuracy=accuracy, **sections)
     return ExportResult(options.onnx_path, options.report_path, report)
 
 
@@ -150,7 +170,17 @@ def _settle(options: ExportOptions, calib: CalibrationOptions) -> _Job:
     plan, and whether the calibration cache is reused (only if made with these settings)."""
     if not options.quantized:
         raise OptionsError(f"export_quantized exports int8 or fp8, not {options.precision!r}")
-    quant = quant_format(options.precision)
+    quant, shape = quant_format(options.precision), graph_target(options.target)
+    if shape.base == "fp32" and calib.qdq_base == "fp16":
+        raise OptionsError(
+            f"--target {shape.name}: {shape.label} runs FP16 layers through casts, so its graph keeps FP32 "
+            "around the Q/DQ; drop --qdq-base fp16"
+        )
+    if not shape.residuals and calib.residual_qdq == "on":
+        raise OptionsError(
+            f"--residual-qdq on is TensorRT's residual fusion; {shape.label} runs the Add in float either "
+            "way: drop the flag"
+        )
     if not quant.quantizes_residuals and calib.residual_qdq == "on":
         raise OptionsError(
             f"--residual-qdq on is for INT8: {quant.label} keeps residual inputs in FP16 (quantized, "
@@ -172,6 +202,8 @@ def _settle(options: ExportOptions, calib: CalibrationOptions) -> _Job:
         "resolution": list(variant.arch.resolution),
         "num_classes": variant.arch.num_classes,
         **calib.record(),
+        "target": shape.name,  # the tensors calibrated: a target quantizes layer outputs, attention
+        "attention": calib.quantizes_attention(shape),
         "preprocess": preprocess.record(),  # scales made under another transform are never reused
     }
     changed = changed_settings(cache_path, settings) if reuse else None
@@ -180,7 +212,7 @@ def _settle(options: ExportOptions, calib: CalibrationOptions) -> _Job:
             f"{cache_path}: calibrated with other settings ({changed}); pass the "
             "same flags to reuse it, or --recalibrate to replace it"
         )
-    return _Job(options, calib, quant, plan, cache_path, reuse, settings)
+    return _Job(options, calib, quant, shape, plan, cache_path, reuse, settings)
 
 
 def _ranges(
@@ -208,7 +240,11 @@ def _ranges(
             fp32_path, sites.activations, data, calib.batch, stream, means=channels
         )
         means = channels.means()
-        amax = {name: compute_amax(h, calib.method, calib.percentile) for name, h in histograms.items()}
+        bounded = set(sites.bounded(fp32))  # probabilities: by their largest value
+        amax = {
+            name: compute_amax(h, "minmax" if name in bounded else calib.method, calib.percentile)
+            for name, h in histograms.items()
+        }
         cache = CalibrationCache(
             {name: float(scale_of(a)) for name, a in amax.items()},
             calib.method,
@@ -234,7 +270,7 @@ def _place(
     or ``--accuracy-budget``, each layer's sensitivity and the layers left in float."""
     calib = job.calib
     base = to_opset(fp32, job.quant.min_opset)
-    if calib.qdq_base == "fp16":
+    if calib.base(job.shape) == "fp16":
         base = convert_to_fp16(
             to_opset(base, QDQ_MIN_OPSET[TensorProto.FLOAT16]), io_dtype=job.options.io_dtype, weights=store
         )
@@ -252,6 +288,9 @@ def _place(
         output_sizes(fp32),
         sites.residuals,
         ranges.corrections,
+        sites.attention,
+        sites.outputs,
+        job.shape.name,
     )
     sections: dict = {}
     excluded: frozenset[str] = frozenset()
@@ -259,7 +298,9 @@ def _place(
         with steps.step(f"measuring the sensitivity of {len(sites.targets)} layers"):
             sections["sensitivity"] = layer_sensitivity(evaluator, stream)
     if calib.accuracy_budget is not None:
-        with steps.step(f"choosing layers to keep in {calib.qdq_base.upper()} (budget {calib.accuracy_budget} points)"):
+        with steps.step(
+            f"choosing layers to keep in {calib.base(job.shape).upper()} (budget {calib.accuracy_budget} points)"
+        ):
             sections["mixed_precision"] = mixed_precision(
                 evaluator, [row["layer"] for row in sections["sensitivity"]], calib.accuracy_budget
             )
@@ -270,7 +311,7 @@ def _place(
 def _write_qdq(job: _Job, traced: Traced, placed: _Placed, ranges: _Ranges, store: WeightFile, steps: Steps) -> _Staged:
     """The Q/DQ graph, with its metadata, written to the scratch folder (and freed)."""
     options = job.options
-    with steps.step(f"inserting Q/DQ over the {job.calib.qdq_base.upper()} graph"):
+    with steps.step(f"inserting Q/DQ over the {job.calib.base(job.shape).upper()} graph for {job.shape.label}"):
         quantized = placed.evaluator.quantized(skip=placed.excluded)
     metadata = export_metadata(traced, options, [])
     qdq_nodes = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node)
@@ -288,8 +329,12 @@ def _quantization(job: _Job, placed: _Placed, ranges: _Ranges, qdq_nodes: int) -
     return {
         "format": job.quant.name,
         "method": calib.method,
-        "qdq_base": calib.qdq_base,
+        "target": job.shape.name,
+        "qdq_base": calib.base(job.shape),
         "layers": len(sites.targets) - len(excluded),
+        "attention_products": sum(a.node not in excluded for a in sites.attention),
+        "attention_products_in_graph": len(attention_products(placed.base)),
+        "layer_outputs": sum(placed.evaluator.producer.get(o) not in excluded for o in sites.outputs),
         "layers_left_in_float": sorted(excluded),
         "kept_in_float_by_default": sites.kept,
         "residual_inputs": sum(r.conv not in excluded for r in sites.residuals),
@@ -307,7 +352,7 @@ def _quantization(job: _Job, placed: _Placed, ranges: _Ranges, qdq_nodes: int) -
 def _measure(job: _Job, traced: Traced, placed: _Placed, staged: _Staged, heldout_kind: str, steps: Steps) -> dict:
     """The report's ``accuracy``: the written graph (and the FP16 base) against FP32 on the
     held-out inputs."""
-    fp16 = job.calib.qdq_base == "fp16"
+    fp16 = job.calib.base(job.shape) == "fp16"
     with steps.step(f"measuring {job.quant.name.upper()} against FP32 on held-out inputs"):
         accuracy = _accuracy(
             traced.probe_references["heldout"],
@@ -317,7 +362,88 @@ def _measure(job: _Job, traced: Traced, placed: _Placed, staged: _Staged, heldou
             placed.evaluator.measure(placed.base) if fp16 else None,
             int8_kernels=job.quant.ort_optimizes and not fp16,
         )
+        accuracy["attention"] = _attention_fidelity(job, placed, accuracy)
     return accuracy
+
+
+def _attention_fidelity(job: _Job, placed: _Placed, accuracy: dict) -> dict:
+    """Whether the attention products are quantized and, when they are, the logit cosine
+    without their Q/DQ beside the written graph's: what quantizing them costs."""
+    products = [a.node for a in placed.sites.attention if a.node not in placed.excluded]
+    record: dict = {"quantized": bool(products), "products": len(products), "choice": job.calib.attention_qdq}
+    if not products:
+        return {**record, "note": "attention products in float (--attention-qdq on quantizes them)"}
+    without = placed.evaluator.measure(placed.evaluator.quantized(skip=placed.excluded | set(products)))
+    plain = accuracy.get("quantized_vs_fp32_qdq_arithmetic") or {}
+    with_cosine = plain.get("mean_cosine") if isinstance(plain.get("mean_cosine"), float) else None
+    return {**record, "mean_cosine_with": with_cosine, "mean_cosine_without": without["mean_cosine"]}
+
+
+def _speed(job: _Job, fp32_path: Path, quantized: Path, timer: Timer, steps: Steps) -> dict:
+    """The quantized graph timed against FP32 on ``timer``'s runtime, interleaved, at batch 1
+    and the profile's OPT; a WARNING naming the option that makes a faster graph when it is
+    slower."""
+    name, batches = job.quant.label, (1, job.options.batch[1])
+    preprocess = job.plan.preprocess
+    with steps.step(f"timing {name} against FP32 on {timer.runtime}"):
+        report = compare_speed(
+            timer,
+            {"fp32": fp32_path, job.quant.name: quantized},
+            batches,
+            preprocess.input_shape,
+            preprocess.input_dtype,
+        )
+    record = report.as_dict("fp32")
+    ratios = {b: report.ratio(job.quant.name, "fp32", b) for b in report.seconds}
+    record["summary"] = (
+        f"{name} "
+        + ", ".join(f"{ratio:.2f}x FP32 at batch {b}" for b, ratio in ratios.items())
+        + f" on {report.runtime}, median of {report.repeats}"
+    )
+    record["slower_than_fp32"] = min(ratios.values()) < 1.0
+    if record["slower_than_fp32"]:
+        record["faster_graph"] = faster_graph_hint(job.shape.name, timer.kind)
+        log.warning(
+            "%s runs slower than FP32 on %s (%s); %s",
+            name,
+            report.runtime,
+            ", ".join(f"{r:.2f}x at batch {b}" for b, r in ratios.items()),
+            record["faster_graph"],
+        )
+    return record
+
+
+def faster_graph_hint(graph_target_name: str, runtime_kind: str) -> str:
+    """The option that makes a faster graph for the runtime that timed one of ``graph_target_name``."""
+    if runtime_kind != graph_target_name and runtime_kind in TARGETS:
+        return f"a graph for this runtime: fastervit-export --precision int8 --target {runtime_kind}"
+    if runtime_kind == "onnxruntime-cpu":
+        return (
+            "this CPU's int8 kernels gain little (no VNNI?): --speed-search keeps only the regions that run "
+            "faster, or serve the FP32 graph here"
+        )
+    return "--speed-search keeps Q/DQ only where the engine runs faster"
+
+
+def _search_speed(
+    job: _Job, placed: _Placed, fp32_path: Path, timer: Timer, store: WeightFile, steps: Steps, stream: TextIO | None
+) -> _Placed:
+    """``--speed-search``: each region's Q/DQ kept only where ``timer``'s runtime runs the
+    model measurably faster with it (``calibration.speed_search``)."""
+    with steps.step(f"searching the Q/DQ regions that run faster on {timer.runtime}"):
+        found = speed_search(
+            placed.evaluator,
+            timer,
+            store,
+            placed.excluded,
+            job.options.batch[1],
+            job.plan.preprocess.input_shape,
+            job.plan.preprocess.input_dtype,
+            fp32_path,
+            stream,
+        )
+    sections = {**placed.sections, "speed_search": found.record}
+    return _Placed(placed.sites, placed.base, placed.evaluator, placed.excluded | found.dropped, sections)
 
 
 def _publish(job: _Job, ranges: _Ranges, staged: _Staged) -> None:

@@ -38,7 +38,8 @@ from ..models import (
 )
 from ..preprocess import INPUT_FORMATS, TRANSFORM_SETTINGS, Preprocess, TransformOptions, sample_inputs
 from ..progress import Steps
-from ..quant_formats import QUANT_FORMATS
+from ..quant_formats import QUANT_FORMATS, TARGETS
+from ..quant_formats import target as graph_target
 from ..runtime.labels import read_class_names
 from ..sidecar import DEFAULT_BATCH_PROFILE
 from .deploy import Exportable, ImageInput, Probabilities, prepare_backbone, prepare_for_export
@@ -160,6 +161,16 @@ class ExportOptions:
             "convolutions (every path runs through them)",
         },
     )
+    target: str = field(
+        default="tensorrt",
+        metadata={
+            "flag": "--target",
+            "choices": tuple(TARGETS),
+            "help": "the runtime the quantized graph is for: tensorrt (Q/DQ over FP16, TensorRT's fusion "
+            "rules) or onnxruntime-cpu (INT8 only: Q/DQ over FP32 in the form ONNX Runtime's x86 int8 "
+            "kernels fuse, uint8 activations, int32 biases; writes <variant>_int8_cpu.onnx, no engine)",
+        },
+    )
     features: tuple[int, ...] = field(  # stages whose outputs the graph returns instead of logits
         default=(),
         metadata={
@@ -258,6 +269,12 @@ class ExportOptions:
             raise OptionsError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.input_format not in INPUT_FORMATS:
             raise OptionsError(f"input format must be one of {', '.join(INPUT_FORMATS)}, not {self.input_format!r}")
+        shape = graph_target(self.target)
+        if shape.name != "tensorrt" and self.precision not in shape.formats:
+            raise OptionsError(
+                f"--target {shape.name} shapes a quantized graph for {shape.label} ({', '.join(shape.formats)}), "
+                f"not {self.precision}: pass --precision {shape.formats[0]}, or drop --target"
+            )
         low, opt, high = self.batch
         if not 1 <= low <= opt <= high:
             raise OptionsError(f"batch profile must satisfy 1 <= MIN <= OPT <= MAX, got {low},{opt},{high}")
@@ -278,10 +295,12 @@ class ExportOptions:
 
     @property
     def onnx_path(self) -> Path:
-        """``<model>_<precision>.onnx``; ``..._features`` for a backbone's feature maps,
+        """``<model>_<precision>.onnx``; ``..._cpu`` for ONNX Runtime's CPU target,
+        ``..._features`` for a backbone's feature maps,
         ``..._uint8in`` / ``..._pixelsin`` for a uint8-image / float-pixel input."""
         suffix = (
-            ("_features" if self.features else "")
+            ("_cpu" if self.target == "onnxruntime-cpu" else "")
+            + ("_features" if self.features else "")
             + ("_softmax" if self.softmax else "")
             + ("" if self.input_format == "float" else f"_{self.input_format}in")
         )

@@ -10,12 +10,14 @@ from fastervit_trt.export.pipeline import CalibrationOptions, ExportOptions, exp
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
 def test_quantized_precisions_go_through_the_quantized_driver(precision, monkeypatch, tmp_path):
     seen = []
-    monkeypatch.setattr(pipeline, "export_quantized", lambda options, calib, stream: seen.append((options, calib)))
+    monkeypatch.setattr(
+        pipeline, "export_quantized", lambda options, calib, stream, timer: seen.append((options, calib, timer))
+    )
     options = ExportOptions(precision=precision, output_dir=tmp_path)
     export_model(options)
-    calib = CalibrationOptions(images=16)
-    export_model(options, calibration=calib)
-    assert seen == [(options, CalibrationOptions()), (options, calib)]
+    calib, timer = CalibrationOptions(images=16), object()
+    export_model(options, calibration=calib, timer=timer)
+    assert seen == [(options, CalibrationOptions(), None), (options, calib, timer)]
 
 
 def test_calibration_settings_for_a_float_export_are_refused(tmp_path):
