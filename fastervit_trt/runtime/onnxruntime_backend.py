@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelFileError, OptionsError
+from ..quant_formats import ONNXRUNTIME_CPU as CPU_TARGET
 from ..quant_formats import QUANT_FORMATS
 from ..sidecar import DEFAULT_BATCH_PROFILE, METADATA_KEY
 from .backend import PROVIDERS, RunsOn, RuntimeOptions
@@ -98,6 +99,8 @@ class OnnxRuntimeBackend:
             self.device = int(self.session.get_provider_options().get(running, {}).get("device_id", 0))
             where = f"cuda:{self.device}"
         self.runs_on = RunsOn("onnxruntime", running, where)
+        if running == PROVIDERS["cpu"]:
+            _warn_if_not_for_cpu(path, self.metadata)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """The first output (a classifier's logits) of ``infer_all``."""
@@ -115,6 +118,23 @@ class OnnxRuntimeBackend:
 
     def close(self) -> None:
         self.session = None
+
+
+def _warn_if_not_for_cpu(path: Path, metadata: dict) -> None:
+    """One warning when a quantized graph made for TensorRT (files from before ``--target``
+    are) is run on the CPU provider, where it is slower than FP32 (faster_vit_0_224 INT8:
+    0.45-0.6x), naming the export option that makes a CPU graph."""
+    quantization = metadata.get("quantization") or {}
+    target = quantization.get("target", "tensorrt")
+    if quantization and target != CPU_TARGET.name:
+        log.warning(
+            "%s: this %s graph is shaped for %s and runs slower than FP32 on ONNX Runtime's CPU provider; "
+            "export one for the CPU: fastervit-export --precision int8 --target %s",
+            path,
+            str(metadata.get("precision", "quantized")).upper(),
+            target,
+            CPU_TARGET.name,
+        )
 
 
 def _session(path: Path, providers: list, optimize: bool):
