@@ -419,8 +419,8 @@ def faster_graph_hint(graph_target_name: str, runtime_kind: str) -> str:
         return f"a graph for this runtime: fastervit-export --precision int8 --target {runtime_kind}"
     if runtime_kind == "onnxruntime-cpu":
         return (
-            "this CPU's int8 kernels gain little (no VNNI?): --speed-search keeps only the regions that run "
-            "faster, or serve the FP32 graph here"
+            "ONNX Runtime's int8 kernels gain nothing on this model and CPU (without VNNI they rarely do): "
+            "--speed-search keeps only the regions that run faster, or serve the FP32 graph here"
         )
     return "--speed-search keeps Q/DQ only where the engine runs faster"
 
