@@ -207,3 +207,16 @@ def test_batch_smoke(tmp_path):
     assert [row["path"] for row in result["rows"]] == ["infer", "ray-1", "ray-2"], result
     assert result["images"] == 24 and all(row["images_per_s"] > 0 for row in result["rows"])
     assert result["ray_overhead_at_1_actor"] > 0 and "| path |" in child.stdout
+
+
+def test_quantized_speed_smoke(tmp_path):
+    """Every graph of the which-graph-for-which-runtime table is exported, run, timed and drawn."""
+    child = _run("quantized_speed.py", "--smoke", "--out", str(tmp_path), cwd=tmp_path)
+    result = json.loads((tmp_path / "quantized_speed_faster_vit_digits.json").read_text())
+    graphs = ["FP32", "FP16", "INT8 --target tensorrt (default)", "INT8 --target onnxruntime-cpu"]
+    assert result["graphs"] == [*graphs, "FP8 (E4M3, --target tensorrt)", "ONNX Runtime quantize_static"]
+    assert all(result["seconds"][b][g] > 0 for b in ("1", "2") for g in result["graphs"])
+    assert result["accuracy"]["FP32"]["mean_cosine"] == pytest.approx(1.0)
+    assert all(0.99 < a["mean_cosine"] <= 1 + 1e-6 for a in result["accuracy"].values()), result["accuracy"]
+    assert (tmp_path / "quantized_speed_faster_vit_digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| INT8 --target onnxruntime-cpu |" in child.stdout

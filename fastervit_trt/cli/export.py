@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import sys
 import tempfile
@@ -16,8 +17,8 @@ from .common import add_options, add_quiet, command_parser, options_from, progre
 from .reports import export_summary, sensitivity_table
 
 if TYPE_CHECKING:
+    from ..engines.timing import TensorRTTimer
     from ..export.pipeline import ExportOptions
-    from ..graph.timing import Timer
 
 EXAMPLES = """\
 examples:
@@ -83,8 +84,11 @@ def _export(args: argparse.Namespace) -> int:
     builds = graph_target(options.target).builds_engines
     engine = None if args.no_engine or not builds else planned_engine(options.onnx_path, engine_dir)
     _preflight_outputs(engine, args.triton_repo, options.onnx_path, args.force)
-    with tempfile.TemporaryDirectory(prefix="fastervit-timing-") as timing:
-        timer = _engine_timer(Path(timing), options) if options.quantized and not calib.no_speed else None
+    timed = options.quantized and (not calib.no_speed or calib.speed_search)
+    with tempfile.TemporaryDirectory(prefix="fastervit-timing-") as timing, contextlib.ExitStack() as stack:
+        timer = _engine_timer(Path(timing), options) if timed else None
+        if timer is not None:
+            stack.enter_context(timer)  # its engines released before the folder goes
         result = export_model(options, stream, calib if options.quantized else None, timer)
     print(export_summary(result.report, result.report_path))
     if "sensitivity" in result.report:
@@ -113,9 +117,10 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine_timer(folder: Path, options: ExportOptions) -> Timer | None:
-    """TensorRT's timer for the speed line where TensorRT and a GPU are present and the graph
-    is TensorRT's; None otherwise (the export times on ONNX Runtime's CPU provider)."""
+def _engine_timer(folder: Path, options: ExportOptions) -> TensorRTTimer | None:
+    """TensorRT's timer for the speed line where TensorRT can build and run the graph on this
+    machine's GPU and the graph is TensorRT's; None otherwise (the export times on ONNX
+    Runtime's CPU provider)."""
     if not graph_target(options.target).builds_engines:
         return None
     from ..tensorrt_import import import_tensorrt
@@ -124,7 +129,7 @@ def _engine_timer(folder: Path, options: ExportOptions) -> Timer | None:
         return None
     from ..engines.timing import engine_timer
 
-    return engine_timer(folder, options.batch)
+    return engine_timer(folder, options.batch, options.precision)
 
 
 def _preflight_outputs(engine: Path | None, triton_repo: Path | None, onnx_path: Path, force: bool) -> None:

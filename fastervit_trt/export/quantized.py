@@ -54,7 +54,7 @@ from ..calibration.ranges import compute_amax
 from ..calibration.sensitivity import Evaluator, layer_sensitivity, mixed_precision
 from ..calibration.speed_search import speed_search
 from ..compare import compare, compare_outputs
-from ..errors import OptionsError
+from ..errors import EngineBuildError, EngineError, ModelFileError, OptionsError
 from ..graph.ort_cpu import release_memory
 from ..graph.ort_eval import QDQ_CHUNK, ort_logits, output_sizes
 from ..graph.timing import OnnxRuntimeCpuTimer, Timer, compare_speed
@@ -380,19 +380,23 @@ def _attention_fidelity(job: _Job, placed: _Placed, accuracy: dict) -> dict:
 
 
 def _speed(job: _Job, fp32_path: Path, quantized: Path, timer: Timer, steps: Steps) -> dict:
-    """The quantized graph timed against FP32 on ``timer``'s runtime, interleaved, at batch 1
-    and the profile's OPT; a WARNING naming the option that makes a faster graph when it is
+    """The quantized graph timed against FP32 on ``timer``'s runtime, interleaved, at the
+    profile's MIN (batch 1 unless ``--batch`` says otherwise) and OPT; a WARNING naming the option that makes a faster graph when it is
     slower."""
-    name, batches = job.quant.label, (1, job.options.batch[1])
+    name, batches = job.quant.label, job.options.batch[:2]  # the profile's MIN (1 by default) and OPT
     preprocess = job.plan.preprocess
     with steps.step(f"timing {name} against FP32 on {timer.runtime}"):
-        report = compare_speed(
-            timer,
-            {"fp32": fp32_path, job.quant.name: quantized},
-            batches,
-            preprocess.input_shape,
-            preprocess.input_dtype,
-        )
+        try:
+            report = compare_speed(
+                timer,
+                {"fp32": fp32_path, job.quant.name: quantized},
+                batches,
+                preprocess.input_shape,
+                preprocess.input_dtype,
+            )
+        except (EngineBuildError, EngineError, ModelFileError) as exc:  # the graph is still written
+            log.warning("speed not measured on %s: %s", timer.runtime, exc)
+            return {"runtime": timer.runtime, "summary": f"not measured on {timer.runtime}: {exc}", "error": str(exc)}
     record = report.as_dict("fp32")
     ratios = {b: report.ratio(job.quant.name, "fp32", b) for b in report.seconds}
     record["summary"] = (
@@ -431,17 +435,21 @@ def _search_speed(
     """``--speed-search``: each region's Q/DQ kept only where ``timer``'s runtime runs the
     model measurably faster with it (``calibration.speed_search``)."""
     with steps.step(f"searching the Q/DQ regions that run faster on {timer.runtime}"):
-        found = speed_search(
-            placed.evaluator,
-            timer,
-            store,
-            placed.excluded,
-            job.options.batch[1],
-            job.plan.preprocess.input_shape,
-            job.plan.preprocess.input_dtype,
-            fp32_path,
-            stream,
-        )
+        try:
+            found = speed_search(
+                placed.evaluator,
+                timer,
+                store,
+                placed.excluded,
+                job.options.batch[1],
+                job.plan.preprocess.input_shape,
+                job.plan.preprocess.input_dtype,
+                fp32_path,
+                stream,
+            )
+        except (EngineBuildError, EngineError, ModelFileError) as exc:  # the fixed placement stands
+            log.warning("--speed-search could not time on %s: %s; the fixed placement is kept", timer.runtime, exc)
+            return _Placed(placed.sites, placed.base, placed.evaluator, placed.excluded, placed.sections)
     sections = {**placed.sections, "speed_search": found.record}
     return _Placed(placed.sites, placed.base, placed.evaluator, placed.excluded | found.dropped, sections)
 
