@@ -46,6 +46,7 @@ TRAINING_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
 _DERIVED_SUFFIXES = ("relative_coords_table", "relative_position_index", "relative_bias", "num_batches_tracked")
 # The reference tokenizer registers its depth-wise conv twice; the second name is an alias.
 _ALIAS_MARKER = ".global_tokenizer.pos_embed."
+_ALIAS_TWIN = ".global_tokenizer.to_global_feature.pos."  # the name this implementation loads
 
 
 @dataclass(frozen=True)
@@ -176,12 +177,27 @@ def _unwrap(raw: object, path: Path, weights: str) -> Checkpoint:
         state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
     if not state:
         raise CheckpointError(f"{path}: no tensors found; is this a model checkpoint?")
+    state = fill_aliases(state)
     args = _plain_args(raw.get("args")) if key is not None else {}
     # timm's CheckpointSaver records the class ("fastervit") as ``arch``, the run's model name in args
     names = [n for n in (raw.get("arch"), args.get("model")) if key is not None and isinstance(n, str)]
     arch = next((n for n in names if n in REGISTRY), names[0] if names else None)
     epoch = raw.get("epoch") if key is not None and isinstance(raw.get("epoch"), int) else None
     return Checkpoint(path, state, key, arch, epoch, args)
+
+
+def fill_aliases(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with each missing twin of an aliased tensor taken from the other name: the
+    reference tokenizer's depth-wise conv is registered as ``...global_tokenizer.pos_embed.*``
+    and ``...global_tokenizer.to_global_feature.pos.*``, one tensor under two names, and
+    safetensors' ``save_model`` keeps only one of them (``save_file`` refuses shared tensors)."""
+    twins = (_ALIAS_MARKER, _ALIAS_TWIN)
+    filled = dict(state)
+    for name, tensor in state.items():
+        for mine, other in (twins, twins[::-1]):
+            if mine in name and name.replace(mine, other) not in state:
+                filled[name.replace(mine, other)] = tensor
+    return filled
 
 
 def _plain_args(args: object) -> dict:

@@ -51,6 +51,34 @@ def test_safetensors_load(tmp_path, official_state, images_224, reference_logits
     assert torch.equal(_logits(path, images_224), reference_logits)
 
 
+@pytest.mark.parametrize("form", ["save_file_with_clones", "save_model"])
+def test_safetensors_in_every_form_people_write_it_loads_bitwise_as_the_pth(tmp_path, form):
+    """``save_file`` refuses FasterViT's two shared tensors, so people clone them first or use
+    ``save_model``, which keeps one name of each alias: both load exactly as the .pth does."""
+    from safetensors.torch import save_file, save_model
+
+    from fastervit_trt.models.checkpoint import read_checkpoint
+
+    official = randomize_(official_model("faster_vit_0_224"), seed=5)
+    with pytest.raises(RuntimeError, match="share memory"):
+        save_file(official.state_dict(), str(tmp_path / "refused.safetensors"))
+    path = tmp_path / "weights.safetensors"
+    if form == "save_model":
+        save_model(official, str(path))
+    else:
+        save_file({k: v.clone().contiguous() for k, v in official.state_dict().items()}, str(path))
+    torch.save(official.state_dict(), tmp_path / "weights.pth")
+    from_pth = create_model("faster_vit_0_224", checkpoint=tmp_path / "weights.pth")
+    from_safetensors = create_model("faster_vit_0_224", checkpoint=path)
+    ours, theirs = from_pth.state_dict(), from_safetensors.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    state = read_checkpoint(path).state  # the twin save_model dropped, filled from the one it kept
+    twins = [k for k in state if ".global_tokenizer." in k and (".pos_embed." in k or ".to_global_feature.pos." in k)]
+    assert len(twins) == 4 and all(
+        torch.equal(state[k], state[k.replace("pos_embed", "to_global_feature.pos")]) for k in twins if "pos_embed" in k
+    )
+
+
 def test_derived_buffers_missing_or_stale_are_recomputed(tmp_path, official_state, images_224, reference_logits):
     state = {k: v for k, v in official_state.items() if not k.endswith("relative_position_index")}
     for key in state:
