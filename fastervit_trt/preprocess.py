@@ -58,6 +58,9 @@ def load_image(
     refused from its header, before any pixel is decoded.
     """
     name = source if isinstance(source, (str, Path)) else "<image bytes>"
+    empty = source == b"" if isinstance(source, bytes) else isinstance(source, (str, Path)) and _is_empty(source)
+    if empty:
+        raise ImageError(f"{name}: {EMPTY_IMAGE}; {IMAGE_FIX}")
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             image.seek(0)
@@ -72,9 +75,23 @@ def load_image(
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name}: refused, {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(
-            f"{name}: cannot decode the image ({exc.__class__.__name__}); check that it is a readable JPEG/PNG/WebP/BMP"
-        ) from None
+        raise ImageError(f"{name}: {undecodable(exc)}; {IMAGE_FIX}") from None
+
+
+EMPTY_IMAGE = "empty file (0 bytes)"  # calibration, infer, batch and serve say a failure in the same words
+IMAGE_FIX = "check that it is a readable JPEG/PNG/WebP/BMP"
+
+
+def undecodable(exc: BaseException) -> str:
+    """What an image Pillow cannot read is called, everywhere: ``cannot decode the image (OSError)``."""
+    return f"cannot decode the image ({exc.__class__.__name__})"
+
+
+def _is_empty(path: str | Path) -> bool:
+    try:
+        return Path(path).stat().st_size == 0
+    except OSError:  # missing: Pillow says so below
+        return False
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -164,10 +181,17 @@ def check_transform(settings: Mapping[str, Any]) -> None:
         if "choices" in meta and value not in meta["choices"]:
             name = option.name.replace("_", " ")
             raise OptionsError(f"{name} {value!r}: use one of {', '.join(meta['choices'])}")
-    if any(v <= 0 for v in settings.get("std", ())):
-        raise OptionsError(f"--std values must be positive, not {list(settings['std'])}")
+    if any(not 0 <= v <= 1 for v in settings.get("mean", ())):
+        raise OptionsError(f"--mean {_values(settings['mean'])}: on the 0..1 scale: divide by 255")
+    if any(not 0 < v <= 1 for v in settings.get("std", ())):
+        raise OptionsError(f"--std {_values(settings['std'])}: above 0 and at most 1 on the 0..1 scale: divide by 255")
     if "crop_pct" in settings and not 0 < settings["crop_pct"] <= 1:
         raise OptionsError(f"--crop-pct {settings['crop_pct']:g}: the share of the image kept, above 0 and at most 1")
+
+
+def _values(values: Any) -> str:
+    """``124 116 104``: a flag's values as typed."""
+    return " ".join(f"{v:g}" for v in values)
 
 
 def recorded_transform(record: Mapping[str, Any]) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -218,3 +220,39 @@ def test_from_config_fills_settings_a_record_lacks_and_reads_json_forms():
     assert preprocess == Preprocess((224, 224), 1.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     assert isinstance(preprocess.crop_pct, float) and preprocess.input_format == "float"
     assert Preprocess.from_config(preprocess.record()) == preprocess
+
+
+def test_an_empty_file_is_named_so_in_every_path(tmp_path):
+    """One wording per failure: calibration lists it, infer, batch and serve raise it."""
+    from fastervit_trt.calibration.dataset import _header_problem
+    from fastervit_trt.preprocess import EMPTY_IMAGE, ImageError, load_image
+
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    assert _header_problem(empty) == EMPTY_IMAGE == "empty file (0 bytes)"
+    with pytest.raises(ImageError, match=r"empty\.jpg: empty file \(0 bytes\); check that it is a readable"):
+        load_image(empty)
+    with pytest.raises(ImageError, match=r"<image bytes>: empty file \(0 bytes\)"):
+        load_image(b"")
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"not an image")
+    with pytest.raises(ImageError) as raised:
+        load_image(corrupt)
+    assert _header_problem(corrupt) in str(raised.value)  # the same words as calibration's
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"mean": (124, 116, 104)}, "--mean 124 116 104: on the 0..1 scale: divide by 255"),
+        ({"std": (58.4, 57.1, 57.4)}, "--std 58.4 57.1 57.4: above 0 and at most 1 on the 0..1 scale: divide by 255"),
+        ({"std": (0.2, 0, 0.2)}, "--std 0.2 0 0.2: above 0"),
+    ],
+)
+def test_mean_and_std_on_the_wrong_scale_are_refused(settings, message):
+    from fastervit_trt.errors import OptionsError
+    from fastervit_trt.preprocess import check_transform
+
+    with pytest.raises(OptionsError, match=re.escape(message)):
+        check_transform(settings)
+    check_transform({"mean": (0.52, 0.5, 0.45), "std": (0.25, 0.24, 1.0)})  # the 0..1 scale passes

@@ -30,11 +30,13 @@ from PIL import Image
 
 from ..errors import CalibrationDataError
 from ..preprocess import (
+    EMPTY_IMAGE,
     IMAGE_SUFFIXES,
     SAMPLE_IMAGES,
     ImageError,
     Preprocess,
     load_image,
+    undecodable,
 )
 
 log = logging.getLogger(__name__)
@@ -84,11 +86,11 @@ def _header_problem(path: Path) -> str | None:
     """Why Pillow cannot read ``path``'s image header, or None when it can (reads the header only)."""
     try:
         if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
+            return EMPTY_IMAGE
         with Image.open(path):
             return None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        return f"not an image Pillow can read ({exc.__class__.__name__})"
+        return undecodable(exc)
 
 
 def _decode_problem(exc: ImageError) -> str:

@@ -63,26 +63,29 @@ def _infer(args: argparse.Namespace) -> int:
             sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
         )
     ]
-    failed, rows = 0, []
+    failed, rows = [], []
     for path, answer in zip(paths, model.logits_each(paths)):
         if isinstance(answer, FasterViTTRTError):
             print(f"error: {answer}", file=sys.stderr)
-            failed += 1
+            failed.append((path, answer))
         else:
             rows.append((path, answer))
+    errors = [{"image": str(path), "error": str(error)} for path, error in failed]
     if model.is_embedding:
-        _print_embeddings(rows, args.json)
+        _print_embeddings(rows, args.json, errors)
     else:
-        _print_classes([(path, model.top(row[None], topk=args.topk)[0]) for path, row in rows], args.json)
+        _print_classes([(path, model.top(row[None], topk=args.topk)[0]) for path, row in rows], args.json, errors)
     if not paths:
         print("error: no images found in the given folders", file=sys.stderr)
     return EXIT_ERROR if failed or not paths else 0
 
 
-def _print_classes(tops: list, as_json: bool) -> None:
-    """A classifier's answer: each image's top classes, most probable first."""
+def _print_classes(tops: list, as_json: bool, errors: list[dict]) -> None:
+    """A classifier's answer: each image's top classes, most probable first (JSON: a file that
+    failed has its own entry with the error)."""
     if as_json:
-        print(json.dumps([{"image": str(path), "top": [p.__dict__ for p in top]} for path, top in tops], indent=2))
+        found = [{"image": str(path), "top": [p.__dict__ for p in top]} for path, top in tops]
+        print(json.dumps(found + errors, indent=2))
         return
     for path, top in tops:
         print(path)
@@ -90,10 +93,11 @@ def _print_classes(tops: list, as_json: bool) -> None:
             print(f"  {rank}. {p.probability:7.2%}  {p.name}  ({p.index})")
 
 
-def _print_embeddings(rows: list, as_json: bool) -> None:
-    """A headless model's answer: each image's embedding (JSON: every value; text: a summary)."""
+def _print_embeddings(rows: list, as_json: bool, errors: list[dict]) -> None:
+    """A headless model's answer: each image's embedding (JSON: every value, and a failed
+    file's error; text: a summary)."""
     if as_json:
-        print(json.dumps([{"image": str(path), "embedding": row.tolist()} for path, row in rows], indent=2))
+        print(json.dumps([{"image": str(path), "embedding": row.tolist()} for path, row in rows] + errors, indent=2))
         return
     for path, row in rows:
         head = ", ".join(f"{v:.4f}" for v in row[:4])

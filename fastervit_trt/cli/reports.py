@@ -109,7 +109,7 @@ def _preprocess_line(report: dict) -> str:
     by_source: dict[str, list[str]] = {}
     for name, source in sources.items():
         by_source.setdefault(source, []).append(name)
-    said = [f"{', '.join(names)} from the {where}" for where, names in by_source.items() if where != "variant"]
+    said = [f"{', '.join(names)} from the {where}" for where, names in by_source.items()]
     return text + (f"  ({'; '.join(said)})" if said else "")
 
 

@@ -40,7 +40,7 @@ from ..preprocess import INPUT_FORMATS, TRANSFORM_SETTINGS, Preprocess, Transfor
 from ..progress import Steps
 from ..quant_formats import QUANT_FORMATS, TARGETS
 from ..quant_formats import target as graph_target
-from ..runtime.labels import read_class_names
+from ..runtime.labels import label_set_names, read_class_names
 from ..sidecar import DEFAULT_BATCH_PROFILE
 from .deploy import Exportable, ImageInput, Probabilities, prepare_backbone, prepare_for_export
 from .fp16 import IO_DTYPES
@@ -329,10 +329,18 @@ class Plan:
     transform_from: dict[str, str]
     class_names: tuple[str, ...] | None
 
+    @property
+    def label_set(self) -> str | None:
+        """The variant's label set when the model's class names are that set's (a 5-class
+        fine-tune of an ImageNet variant has none)."""
+        named = label_set_names(self.variant.eval.label_set, self.variant.arch.num_classes)
+        own = list(self.class_names) if self.class_names else None
+        return self.variant.eval.label_set if named is not None and own in (None, named) else None
+
     def metadata(self) -> dict:
         """The plan as the ONNX metadata (and the engine sidecar) keep it."""
         return {
-            "preprocess": {**self.preprocess.record(), "label_set": self.variant.eval.label_set},
+            "preprocess": {**self.preprocess.record(), "label_set": self.label_set},
             "preprocess_from": self.transform_from,
             "class_names": list(self.class_names) if self.class_names else None,
         }
@@ -534,7 +542,21 @@ def _transform(
         name: "options" if name in given else "checkpoint's training args" if name in trained else "variant"
         for name in TRANSFORM_SETTINGS
     }
+    defaulted = [name for name, source in sources.items() if source == "variant"]
+    if checkpoint is not None and not trained and defaulted:  # your weights, the variant's transform: say so
+        log.warning(
+            "%s records no eval transform; using %s's (%s): if the model was trained with another, pass %s",
+            options.checkpoint,
+            variant.name,
+            ", ".join(f"{name} {_setting(getattr(preprocess, name))}" for name in defaulted),
+            " ".join("--" + name.replace("_", "-") for name in defaulted),
+        )
     return preprocess, sources
+
+
+def _setting(value: object) -> str:
+    """A transform setting as the warning shows it: ``[0.485, 0.456, 0.406]``, ``0.875``, ``bicubic``."""
+    return str(list(value)) if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _class_names(options: ExportOptions, variant: Variant) -> tuple[str, ...] | None:

@@ -24,13 +24,19 @@ def imagenet_synsets() -> tuple[tuple[str, str], ...]:
     return tuple((synset, names) for synset, names in (line.split("\t", 1) for line in lines))
 
 
-def class_names(label_set: str | None, num_classes: int) -> list[str]:
-    """Readable names of ``num_classes`` classes: ImageNet names, digits, or "class <i>"."""
+def label_set_names(label_set: str | None, num_classes: int) -> list[str] | None:
+    """The names ``label_set`` gives a head of ``num_classes`` classes (ImageNet-1k's 1000, the
+    digits' 10); None when it has no names for that many."""
     if label_set == "imagenet-1k" and num_classes == 1000:
         return [names.split(",")[0].strip() for _, names in imagenet_synsets()]
-    if label_set == "digits":
+    if label_set == "digits" and num_classes == 10:
         return [str(i) for i in range(num_classes)]
-    return [f"class {i}" for i in range(num_classes)]
+    return None
+
+
+def class_names(label_set: str | None, num_classes: int) -> list[str]:
+    """Readable names of ``num_classes`` classes: the label set's, else "class <i>"."""
+    return label_set_names(label_set, num_classes) or [f"class {i}" for i in range(num_classes)]
 
 
 def model_class_names(info: dict, num_classes: int) -> list[str]:
@@ -60,4 +66,11 @@ def read_class_names(path: Path) -> tuple[str, ...]:
     if not names or blank:
         where = f"line {blank[0]} is blank" if blank else "it is empty"
         raise OptionsError(f"{path}: {where}; give one class name per line, in the head's order")
+    first: dict[str, int] = {}
+    for number, name in enumerate(names, 1):
+        if name in first:
+            raise OptionsError(
+                f"{path}: {name!r} is on lines {first[name]} and {number}; each class needs its own name"
+            )
+        first[name] = number
     return names
