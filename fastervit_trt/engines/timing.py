@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..graph.timing import Runner
-from ..quant_formats import quant_format
+from ..quant_formats import QUANT_FORMATS
 from ..runtime.backend import RuntimeOptions
 from ..runtime.cuda import device_count
 from ..runtime.tensorrt_backend import TensorRTBackend, open_backend
@@ -83,7 +83,7 @@ def engine_timer(folder: Path, batch: tuple[int, int, int], precision: str) -> T
     rtx = trt.__name__.startswith("tensorrt_rtx")
     if rtx and capability not in RTX_CAPABILITIES and capability[0] != 12:
         return None
-    needed = quant_format(precision).min_compute_capability if precision in ("int8", "fp8") else None
+    needed = QUANT_FORMATS[precision].min_compute_capability if precision in QUANT_FORMATS else None
     if needed is not None and capability < needed:
         return None
     flavour = "TensorRT-RTX" if rtx else "TensorRT"

@@ -127,7 +127,7 @@ def _bad_files(folder):
     (folder / "b_truncated.jpg").write_bytes(whole[: len(whole) // 3])
     (folder / "c_fake.jpg").write_text("these are notes, not a photo")
     (folder / "d_empty.png").write_bytes(b"")
-    return {"b_truncated.jpg": "decoding failed", "c_fake.jpg": "not an image", "d_empty.png": "empty file"}
+    return {"b_truncated.jpg": "decoding failed", "c_fake.jpg": "cannot decode the image", "d_empty.png": "empty file"}
 
 
 def test_small_folder_skips_unreadable_files_and_calibrates(tmp_path, caplog):
