@@ -99,7 +99,8 @@ def _classes_line(report: dict) -> str:
     count = report["arch"]["num_classes"]
     names = model_class_names(report, count)
     shown = ", ".join(names[:4]) + (", ..." if count > 4 else "")
-    return f"{count}: {shown}" + ("  (--class-names)" if report.get("class_names") else "")
+    source = report.get("class_names_from") or "--class-names"
+    return f"{count}: {shown}" + (f"  ({source})" if report.get("class_names") else "")
 
 
 def _preprocess_line(report: dict) -> str:

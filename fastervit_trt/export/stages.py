@@ -91,8 +91,10 @@ class ExportOptions:
         metadata={
             "flag": "--checkpoint",
             "help": "official or fine-tuned .pth/.pth.tar/.safetensors weights (timm training checkpoint or "
-            "plain state dict); its number of classes, and the transform a timm run recorded, are read from "
-            "it; without one the model is randomly initialised (seeded)",
+            "plain state dict), or a timm / Hugging Face model folder (config.json beside model.safetensors "
+            "or pytorch_model.bin, as timm's save_for_hf writes it); its number of classes, and the transform "
+            "(and a folder's class names) recorded, are read from it; without one the model is randomly "
+            "initialised (seeded)",
         },
     )
     num_classes: int | None = field(
@@ -328,6 +330,7 @@ class Plan:
     preprocess: Preprocess
     transform_from: dict[str, str]
     class_names: tuple[str, ...] | None
+    class_names_from: str | None = None  # "--class-names", or a model folder's "config.json"
 
     @property
     def label_set(self) -> str | None:
@@ -343,6 +346,7 @@ class Plan:
             "preprocess": {**self.preprocess.record(), "label_set": self.label_set},
             "preprocess_from": self.transform_from,
             "class_names": list(self.class_names) if self.class_names else None,
+            "class_names_from": self.class_names_from,
         }
 
 
@@ -497,7 +501,9 @@ def preflight(options: ExportOptions, extra_outputs: tuple[Path, ...] = ()) -> P
         raise OptionsError(
             f"{options.checkpoint}: a headless checkpoint (pooled embedding out) has no classes for --softmax; drop it"
         )
-    plan = Plan(variant, *_transform(options, variant, checkpoint), _class_names(options, variant))
+    names = _class_names(options, variant, checkpoint)
+    named_by = None if names is None else "--class-names" if options.class_names is not None else "config.json"
+    plan = Plan(variant, *_transform(options, variant, checkpoint), names, named_by)
     check_writable(
         [
             options.onnx_path,
@@ -538,9 +544,9 @@ def _transform(
         jpeg_draft=not options.exact_preprocess,
         input_format=options.input_format,
     )
+    recorded = checkpoint.transform_source if checkpoint else ""
     sources = {
-        name: "options" if name in given else "checkpoint's training args" if name in trained else "variant"
-        for name in TRANSFORM_SETTINGS
+        name: "options" if name in given else recorded if name in trained else "variant" for name in TRANSFORM_SETTINGS
     }
     defaulted = [name for name, source in sources.items() if source == "variant"]
     if checkpoint is not None and not trained and defaulted:  # your weights, the variant's transform: say so
@@ -559,13 +565,20 @@ def _setting(value: object) -> str:
     return str(list(value)) if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _class_names(options: ExportOptions, variant: Variant) -> tuple[str, ...] | None:
-    """The export's class names, one per class of the head (None: none given)."""
-    if options.class_names is None:
-        return None
+def _class_names(options: ExportOptions, variant: Variant, checkpoint: Checkpoint | None) -> tuple[str, ...] | None:
+    """The export's class names, one per class of the head: ``--class-names``, else a model
+    folder's ``label_names`` (None: none given)."""
     source = options.class_names
+    if source is None and checkpoint is not None and checkpoint.class_names:
+        source = checkpoint.class_names
+        log.info("class names: %d from %s", len(source), checkpoint.path / "config.json")
+    if source is None:
+        return None
     names = read_class_names(source) if isinstance(source, Path) else source
     where = source if isinstance(source, Path) else "class_names"
+    if not isinstance(source, Path) and len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise OptionsError(f"{where}: {twice!r} appears twice; each class needs its own name")
     classes = variant.arch.num_classes
     if not classes:
         raise OptionsError(f"{where}: the model is headless (no classes, a pooled embedding out); drop the names")

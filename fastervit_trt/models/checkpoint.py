@@ -20,23 +20,25 @@ trained with (mean, std, interpolation, crop_pct, crop_mode).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import pickle
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, OptionsError
-from ..preprocess import check_transform, recorded_transform
+from ..preprocess import TRANSFORM_SETTINGS, check_transform, recorded_transform
 from .configs import REGISTRY
 
 log = logging.getLogger(__name__)
 
 WEIGHT_CHOICES = ("model", "ema")
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # a model folder's weights, in the order looked for
 _CONTAINER_KEYS = {"model": ("state_dict", "model"), "ema": ("state_dict_ema", "model_ema")}
 # Inert classes that timm's CheckpointSaver pickles for plain settings (train.py's parsed
 # arguments). Extend only with data holders, never with anything that can be called to act.
@@ -59,6 +61,13 @@ class Checkpoint:
     arch: str | None = None  # model name the training run recorded (``arch`` or ``args.model``)
     epoch: int | None = None
     args: dict = field(default_factory=dict)  # the training run's plain settings (timm's ``args``)
+    class_names: tuple[str, ...] | None = None  # a model folder's config.json ``label_names``
+    config: dict | None = None  # a model folder's config.json, as timm's save_for_hf wrote it
+
+    @property
+    def transform_source(self) -> str:
+        """Where the recorded transform comes from, as the export's preprocess line names it."""
+        return "model folder's config.json" if self.config is not None else "checkpoint's training args"
 
     @property
     def num_classes(self) -> int:
@@ -95,18 +104,55 @@ class Checkpoint:
             "epoch": self.epoch,
             "num_classes": self.num_classes,
             "transform": self.transform() or None,
+            **({"config": self.config} if self.config is not None else {}),
         }
 
 
 def read_checkpoint(path: str | Path, weights: str = "model") -> Checkpoint:
-    """The weights in ``path`` (``weights``: "model" or "ema"), unwrapped and prefix-stripped."""
+    """The weights in ``path`` (``weights``: "model" or "ema"), unwrapped and prefix-stripped;
+    ``path`` may be a model folder (``read_model_folder``)."""
     path = Path(path)
     if weights not in WEIGHT_CHOICES:
         raise OptionsError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}, not {weights!r}")
+    if path.is_dir():
+        return read_model_folder(path, weights)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file; check the path")
     raw = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
     return _unwrap(raw, path, weights)
+
+
+def read_model_folder(folder: Path, weights: str = "model") -> Checkpoint:
+    """A timm / Hugging Face model folder, as ``timm.models.save_for_hf`` and ``push_to_hf_hub``
+    write it (a local copy of a hub repository): ``config.json`` (``architecture``,
+    ``num_classes``, ``label_names``, ``pretrained_cfg`` with mean, std, interpolation,
+    crop_pct, crop_mode) beside ``model.safetensors`` or ``pytorch_model.bin``. The variant,
+    class names and eval transform come from the config, the weights from the file."""
+    config_path = folder / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{folder}: a folder but no config.json in it; --checkpoint takes a weights file or a timm / Hugging "
+            f"Face model folder ({' or '.join(HF_WEIGHTS)} beside config.json)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{config_path}: not a readable JSON file ({exc}); re-save the model folder") from None
+    weights_path = next((folder / name for name in HF_WEIGHTS if (folder / name).is_file()), None)
+    if weights_path is None or not isinstance(config, dict):
+        raise CheckpointError(f"{folder}: no {' or '.join(HF_WEIGHTS)} beside config.json; re-save the model folder")
+    read = _read_safetensors if weights_path.suffix == ".safetensors" else _read_torch
+    loaded = _unwrap(read(weights_path), weights_path, weights)
+    recorded = config.get("pretrained_cfg") if isinstance(config.get("pretrained_cfg"), dict) else {}
+    names = config.get("label_names")
+    return replace(
+        loaded,
+        path=folder,
+        arch=config.get("architecture") if isinstance(config.get("architecture"), str) else loaded.arch,
+        args={k: v for k, v in recorded.items() if k in TRANSFORM_SETTINGS},
+        class_names=tuple(map(str, names)) if isinstance(names, list) and names else None,
+        config=config,
+    )
 
 
 def read_state_dict(path: str | Path, weights: str = "model") -> dict[str, Tensor]:
