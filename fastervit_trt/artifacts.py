@@ -47,6 +47,23 @@ def check_writable(paths: list[Path], force: bool) -> None:
             )
 
 
+def check_same_weights(record: Path, weights: str, made: Path) -> None:
+    """Refuse to replace ``made`` (an export or engine) when its JSON ``record`` (report or
+    sidecar) says it was made from other weights than ``weights`` (``weights_sha256``), even with
+    --force: two models of one variant would otherwise overwrite each other. A record that
+    predates the field, or is unreadable, leaves the decision to ``check_writable``."""
+    try:
+        recorded = json.loads(record.read_text()).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        return
+    if made.exists() and recorded and recorded != weights:
+        raise OutputError(
+            f"{made}: already holds a model made from other weights ({recorded[:19]}..., this export: "
+            f"{weights[:19]}...); write this one beside it with --output-dir DIR or --name STEM "
+            "(--force replaces only an export of the same weights)"
+        )
+
+
 @contextmanager
 def staged(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it into place."""

@@ -143,17 +143,14 @@ def _check(model_path: Path, info: dict) -> dict:
         raise ServiceError(f"{model_path}: {kind} out, no classes); nvinfer's classifier needs a classifier export")
     missing = _missing_flags(preprocess, metadata)
     if missing:
-        command = export_command(metadata, info["precision"] or "fp16")
-        flags = [  # with the plain resize this export may already have: a re-export must keep it
-            flag
-            for flag in EXPORT_FLAGS
-            if flag in missing or (flag in PLAIN_RESIZE and flag.split()[0] not in command)
-        ]
+        changes: dict[str, list[str] | None] = {  # with the plain resize this export may have: kept
+            flag.split()[0]: flag.split()[1:] for flag in EXPORT_FLAGS if flag in missing or flag in PLAIN_RESIZE
+        }
+        command = export_command(metadata, info["precision"] or "fp16", changes)
         *first, last = missing
         named = " and ".join(filter(None, [", ".join(first), last]))
         raise ServiceError(
-            f"{model_path}: export it with {named} ({'; '.join(dict.fromkeys(missing.values()))}): "
-            f"{command} {' '.join(flags)}"
+            f"{model_path}: export it with {named} ({'; '.join(dict.fromkeys(missing.values()))}): {command}"
         )
     if preprocess["interpolation"] not in SCALING_FILTERS:
         raise ServiceError(

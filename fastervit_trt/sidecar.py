@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .artifacts import sha256
 from .errors import EngineMismatchError, ModelFileError
+from .flags import replace_flags
 
 SCHEMA_VERSION = 1
 DEFAULT_BATCH_PROFILE = (1, 8, 32)  # MIN, OPT, MAX of an engine profile when none is given
@@ -77,6 +78,7 @@ def engine_sidecar(
         "preprocess": metadata.get("preprocess"),
         "label_set": (metadata.get("preprocess") or {}).get("label_set"),
         "class_names": metadata.get("class_names"),  # the export's own names, when it was given them
+        "weights_sha256": metadata.get("weights_sha256"),  # what the weights are: engines of others are kept
         "output": metadata.get("output"),  # "probabilities", "embedding" or None (logits / feature maps)
         "features": metadata.get("features"),  # a backbone's stages, norm and strides
         "inputs": inputs,
@@ -125,9 +127,16 @@ def rebuild_command(sidecar: dict, engine: Path | None = None) -> str:
     return shlex.join(parts + ["--force"])
 
 
-def export_command(metadata: dict, precision: str) -> str:
+def export_command(metadata: dict, precision: str, changes: dict[str, list[str] | None] | None = None) -> str:
     """The fastervit-export command line that re-exports the model an ONNX file's ``metadata``
-    describes (its checkpoint, weights and resolution) at ``precision``, shell-quoted."""
+    describes at ``precision`` with ``changes`` (flag -> its new words; None drops it), shell-quoted:
+    every option of that export kept (its recorded ``export_argv``), only those named changed."""
+    if "export_argv" in metadata:
+        argv = list(metadata["export_argv"])
+        new = {"--precision": [precision], **(changes or {})}
+        if "--name" in argv and precision != metadata.get("precision"):  # its own file, not the other precision's
+            new.setdefault("--name", [f"{argv[argv.index('--name') + 1]}_{precision}"])
+        return shlex.join(["fastervit-export", *replace_flags(argv, new)])
     parts = ["fastervit-export", "--variant", metadata.get("model", "NAME")]
     if metadata.get("checkpoint"):
         parts += ["--checkpoint", metadata["checkpoint"]]
@@ -143,4 +152,4 @@ def export_command(metadata: dict, precision: str) -> str:
         if source == "options":  # what the checkpoint or variant would not give again
             value = preprocess[name]
             parts += [f"--{name.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
-    return shlex.join(parts + ["--precision", precision])
+    return shlex.join([parts[0], *replace_flags(parts[1:], {"--precision": [precision], **(changes or {})})])

@@ -244,7 +244,7 @@ def test_models_nvinfer_cannot_preprocess_are_refused_in_one_line(digits, tmp_pa
     with pytest.raises(
         FasterViTTRTError,
         match=r"export it with --input pixels and --softmax \(.*\): fastervit-export --variant faster_vit_digits "
-        r".* --precision fp32 --crop-mode squash --crop-pct 1 --input pixels --softmax$",
+        r".* --precision fp32 .*--crop-mode squash --crop-pct 1 --input pixels --softmax$",  # the export's own options kept
     ):
         write_deepstream(digits["logits"], out)  # the digits' own transform is the plain resize: kept
     with pytest.raises(FasterViTTRTError, match="nvinfer builds an ONNX file with its precision flags and has no FP8"):

@@ -225,7 +225,7 @@ def test_headless_checkpoint_exports_a_pooled_embedding(tmp_path, capsys):
     official = _official(0, seed=5)
     checkpoint = _save(official, tmp_path / "ckpt", "plain")
     _export(checkpoint, tmp_path)
-    onnx_path = tmp_path / "faster_vit_0_224_fp32.onnx"
+    onnx_path = tmp_path / "faster_vit_0_224_fp32_embedding.onnx"  # the name says it is an embedding model
     model = load(onnx_path)
     assert model.kind == "embedding" and model.output_shapes == {"embedding": (512,)} and model.names == []
     with torch.no_grad():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,87 @@ def test_an_engine_built_from_a_named_export_carries_the_names(tmp_path):
     sidecar = verify_engine(engine, check_device=False)
     assert sidecar["class_names"] == names and sidecar["label_set"] is None
     assert model_class_names(sidecar, 10) == names
+
+
+def _export(folder: Path, *argv: str) -> int:
+    return export_main(["--variant", "faster_vit_digits", "--precision", "fp32", "--output-dir", str(folder), *argv])
+
+
+def test_an_export_of_other_weights_is_never_overwritten(tmp_path, capsys):
+    """Two models of one variant in one folder: the second is refused, --force included, with a
+    way to keep both; --force still replaces an export of the same weights."""
+    assert _export(tmp_path, "--quiet", "--no-engine") == 0
+    onnx_path = tmp_path / "faster_vit_digits_fp32.onnx"
+    first = onnx_path.read_bytes()
+    capsys.readouterr()
+    for force in ([], ["--force"]):
+        assert _export(tmp_path, "--quiet", "--no-engine", "--seed", "1", *force) == 1
+        err = capsys.readouterr().err
+        assert "already holds a model made from other weights (random-init seed 0" in err
+        assert "--output-dir DIR or --name STEM" in err and err.count("\n") == 1
+        assert onnx_path.read_bytes() == first
+    assert _export(tmp_path, "--quiet", "--no-engine", "--seed", "1", "--name", "digits_seed1") == 0
+    assert (tmp_path / "digits_seed1.onnx").is_file() and onnx_path.read_bytes() == first
+    assert _export(tmp_path, "--quiet", "--no-engine", "--force") == 0  # the same weights: replaced
+
+
+@requires_tensorrt
+def test_an_engine_of_other_weights_is_never_overwritten(tmp_path, capsys):
+    engines = tmp_path / "engines"
+    assert _export(tmp_path / "a", "--quiet", "--engine-dir", str(engines)) == 0
+    engine = engines / "faster_vit_digits_fp32.engine"
+    built = engine.read_bytes()
+    capsys.readouterr()
+    assert _export(tmp_path / "b", "--quiet", "--engine-dir", str(engines), "--seed", "2", "--force") == 1
+    assert "faster_vit_digits_fp32.engine: already holds a model made from other weights" in capsys.readouterr().err
+    assert engine.read_bytes() == built and not (tmp_path / "b").exists()
+
+
+def test_a_headless_export_is_named_as_an_embedding_model(tmp_path):
+    assert (
+        ExportOptions(model="faster_vit_digits", num_classes=0).onnx_path.name
+        == "faster_vit_digits_fp16_embedding.onnx"
+    )
+    assert ExportOptions(model="faster_vit_digits").onnx_path.name == "faster_vit_digits_fp16.onnx"
+    assert ExportOptions(model="faster_vit_digits", name="mine").onnx_path.name == "mine.onnx"
+    with pytest.raises(OptionsError, match="a file name stem, without folders"):
+        ExportOptions(model="faster_vit_digits", name="a/b")
+
+
+def test_advice_carries_every_option_of_the_export_it_follows(tmp_path):
+    """An INT8 export with every option it can take set away from its default: the re-export
+    command the toolkit prints (the builder's, DeepStream's), parsed by fastervit-export's own
+    parser, gives the same options but the flags it names."""
+    from fastervit_trt.calibration.options import CalibrationOptions
+    from fastervit_trt.cli.common import options_from
+    from fastervit_trt.cli.export import parser
+    from fastervit_trt.sidecar import export_command
+
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(f"digit {i}" for i in range(10)))
+    argv = [
+        "--variant", "faster_vit_digits", "--checkpoint", str(DIGITS), "--class-names", str(names),
+        "--mean", "0.5", "0.4", "0.3", "--std", "0.2", "0.25", "0.3", "--interpolation", "bilinear",
+        "--crop-pct", "0.95", "--crop-mode", "center", "--weights", "model", "--exact-preprocess",
+        "--precision", "int8", "--input", "pixels", "--batch", "1,2,4", "--opset", "18", "--seed", "3",
+        "--output-dir", str(tmp_path / "out"), "--name", "my_digits", "--calib-images", "12",
+        "--calib-batch", "4", "--calib-method", "percentile", "--calib-percentile", "99.9",
+        "--qdq-base", "fp32", "--residual-qdq", "off", "--attention-qdq", "on", "--bias-correction", "off",
+        "--calib-heldout", "4", "--no-speed",
+    ]  # fmt: skip
+    assert export_main([*argv, "--no-engine", "--quiet"]) == 0
+    asked = parser().parse_args(argv)
+    metadata = json.loads((tmp_path / "out" / "my_digits.report.json").read_text())
+
+    def parsed(command: str):
+        args = parser().parse_args(command.split()[1:])
+        return options_from(ExportOptions, args), options_from(CalibrationOptions, args)
+
+    options, calib = options_from(ExportOptions, asked), options_from(CalibrationOptions, asked)
+    again = parsed(export_command(metadata, "int8"))
+    assert again == (options, calib)  # the recorded argv is the export, every option of it
+    fp16, fp16_calib = parsed(export_command(metadata, "fp16"))
+    assert fp16 == replace(options, precision="fp16", name="my_digits_fp16")  # its own file
+    assert fp16_calib == calib
+    ds, _ = parsed(export_command(metadata, "int8", {"--softmax": [], "--crop-mode": ["squash"]}))
+    assert ds == replace(options, softmax=True, transform=replace(options.transform, crop_mode="squash"))

@@ -83,7 +83,7 @@ def _export(args: argparse.Namespace) -> int:
     engine_dir = args.engine_dir or args.output_dir or Path("engines")
     builds = graph_target(options.target).builds_engines
     engine = None if args.no_engine or not builds else planned_engine(options.onnx_path, engine_dir)
-    _preflight_outputs(engine, args.triton_repo, options.onnx_path, args.force)
+    _preflight_outputs(engine, args.triton_repo, options, args.force)
     timed = options.quantized and (not calib.no_speed or calib.speed_search)
     with tempfile.TemporaryDirectory(prefix="fastervit-timing-") as timing, contextlib.ExitStack() as stack:
         timer = _engine_timer(Path(timing), options) if timed else None
@@ -132,15 +132,18 @@ def _engine_timer(folder: Path, options: ExportOptions) -> TensorRTTimer | None:
     return engine_timer(folder, options.batch, options.precision)
 
 
-def _preflight_outputs(engine: Path | None, triton_repo: Path | None, onnx_path: Path, force: bool) -> None:
-    """Fail in the first second when a later stage's output exists (the export's own are
-    checked by its preflight)."""
-    from ..artifacts import check_writable
+def _preflight_outputs(engine: Path | None, triton_repo: Path | None, options: ExportOptions, force: bool) -> None:
+    """Fail in the first second when a later stage's output exists, or holds a model of other
+    weights (the export's own are checked by its preflight)."""
+    from ..artifacts import check_same_weights, check_writable
+    from ..export.stages import weights_sha256
     from ..sidecar import sidecar_path
 
     outputs = [engine, sidecar_path(engine)] if engine is not None else []
+    if engine is not None:
+        check_same_weights(sidecar_path(engine), weights_sha256(options), engine)
     if triton_repo is not None:
-        served = engine or onnx_path
+        served = engine or options.onnx_path
         outputs.append(triton_repo / served.stem / "config.pbtxt")
     check_writable(outputs, force)
 

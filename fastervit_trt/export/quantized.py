@@ -55,6 +55,7 @@ from ..calibration.sensitivity import Evaluator, layer_sensitivity, mixed_precis
 from ..calibration.speed_search import speed_search
 from ..compare import compare, compare_outputs
 from ..errors import EngineBuildError, EngineError, ModelFileError, OptionsError
+from ..flags import to_argv
 from ..graph.ort_cpu import release_memory
 from ..graph.ort_eval import QDQ_CHUNK, ort_logits, output_sizes
 from ..graph.timing import OnnxRuntimeCpuTimer, Timer, compare_speed
@@ -314,6 +315,7 @@ def _write_qdq(job: _Job, traced: Traced, placed: _Placed, ranges: _Ranges, stor
     with steps.step(f"inserting Q/DQ over the {job.calib.base(job.shape).upper()} graph for {job.shape.label}"):
         quantized = placed.evaluator.quantized(skip=placed.excluded)
     metadata = export_metadata(traced, options, [])
+    metadata["export_argv"] += to_argv(job.calib)
     qdq_nodes = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node)
     metadata["quantization"] = _quantization(job, placed, ranges, qdq_nodes)
     staged = store.folder / options.onnx_path.name

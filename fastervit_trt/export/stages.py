@@ -10,6 +10,7 @@ import os
 import platform
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,10 @@ import onnx
 import torch
 
 from .. import __version__
-from ..artifacts import check_writable, paths_of, sha256, write_json
+from ..artifacts import check_same_weights, check_writable, paths_of, sha256, write_json
 from ..compare import Comparison, compare, compare_outputs, flatten
 from ..errors import CheckpointError, OptionsError
+from ..flags import to_argv
 from ..graph.ort_cpu import release_memory
 from ..graph.ort_eval import InputSet, eval_chunk, ort_logits
 from ..graph.weights import WeightFile, tensor_bytes
@@ -36,6 +38,7 @@ from ..models import (
     read_checkpoint,
     variant_of,
 )
+from ..models.checkpoint import HF_WEIGHTS
 from ..preprocess import INPUT_FORMATS, TRANSFORM_SETTINGS, Preprocess, TransformOptions, sample_inputs
 from ..progress import Steps
 from ..quant_formats import QUANT_FORMATS, TARGETS
@@ -252,7 +255,18 @@ class ExportOptions:
     seed: int = field(
         default=0, metadata={"flag": "--seed", "range": (0, None), "help": "seed of random weights and inputs"}
     )
-    force: bool = field(default=False, metadata={"flag": "--force", "help": "overwrite existing outputs"})
+    name: str | None = field(
+        default=None,
+        metadata={
+            "flag": "--name",
+            "metavar": "STEM",
+            "help": "file name (stem) of the .onnx, its report, cache and engine, to keep two models of one "
+            "variant apart (default: <variant>_<precision>, _embedding for a headless model, ...)",
+        },
+    )
+    force: bool = field(
+        default=False, metadata={"flag": "--force", "help": "overwrite existing outputs made from the same weights"}
+    )
     validation_batch: int = 4
     external_data_threshold: int = PROTOBUF_LIMIT  # bytes above which weights go to <file>.data
 
@@ -289,19 +303,32 @@ class ExportOptions:
                 "--softmax turns a classifier's logits into probabilities; a backbone (--features) has none"
             )
         object.__setattr__(self, "features", tuple(sorted(self.features)))
+        if self.name is not None and (not self.name or Path(self.name).name != self.name or self.name.startswith(".")):
+            raise OptionsError(f"--name {self.name!r}: a file name stem, without folders (use --output-dir for those)")
 
     @property
     def quantized(self) -> bool:
         """Whether the precision is calibrated (Q/DQ): int8 or fp8."""
         return self.precision in QUANTIZED
 
+    @cached_property
+    def headless(self) -> bool:
+        """Whether the model outputs a pooled embedding (no head): ``num_classes`` 0, or a
+        checkpoint without a head (its pickle read, memory-mapped)."""
+        if self.num_classes is not None or self.checkpoint is None or self.features:
+            return self.num_classes == 0 and not self.features
+        return read_checkpoint(self.checkpoint, self.weights).num_classes == 0
+
     @property
     def onnx_path(self) -> Path:
         """``<model>_<precision>.onnx``; ``..._cpu`` for ONNX Runtime's CPU target,
         ``..._features`` for a backbone's feature maps,
         ``..._uint8in`` / ``..._pixelsin`` for a uint8-image / float-pixel input."""
+        if self.name:
+            return self.output_dir / f"{self.name}.onnx"
         suffix = (
             ("_cpu" if self.target == "onnxruntime-cpu" else "")
+            + ("_embedding" if self.headless else "")
             + ("_features" if self.features else "")
             + ("_softmax" if self.softmax else "")
             + ("" if self.input_format == "float" else f"_{self.input_format}in")
@@ -313,6 +340,24 @@ class ExportOptions:
         """``<model>_<precision>.report.json``: never the name of an engine's sidecar, even
         when engines are written to the same folder."""
         return report_path(self.onnx_path)
+
+
+def weights_sha256(options: ExportOptions) -> str:
+    """What an export's weights are, as its metadata and an engine's sidecar record them: the
+    checkpoint file's sha256 (a model folder's weights file), or ``random-init seed N``."""
+    if options.checkpoint is None:
+        return f"random-init seed {options.seed}"
+    path = options.checkpoint
+    if path.is_dir():
+        path = next((path / n for n in HF_WEIGHTS if (path / n).is_file()), path / HF_WEIGHTS[0])
+    stat = path.stat()
+    return f"sha256:{_file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}"
+
+
+@cache
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """``sha256`` of a file, once per file version in a process (the CLI checks the engine's too)."""
+    return sha256(Path(path))
 
 
 def report_path(onnx_path: Path) -> Path:
@@ -331,6 +376,7 @@ class Plan:
     transform_from: dict[str, str]
     class_names: tuple[str, ...] | None
     class_names_from: str | None = None  # "--class-names", or a model folder's "config.json"
+    weights_sha256: str | None = None  # what the weights are (``weights_sha256``): outputs of others are kept
 
     @property
     def label_set(self) -> str | None:
@@ -347,6 +393,7 @@ class Plan:
             "preprocess_from": self.transform_from,
             "class_names": list(self.class_names) if self.class_names else None,
             "class_names_from": self.class_names_from,
+            "weights_sha256": self.weights_sha256,
         }
 
 
@@ -503,7 +550,9 @@ def preflight(options: ExportOptions, extra_outputs: tuple[Path, ...] = ()) -> P
         )
     names = _class_names(options, variant, checkpoint)
     named_by = None if names is None else "--class-names" if options.class_names is not None else "config.json"
-    plan = Plan(variant, *_transform(options, variant, checkpoint), names, named_by)
+    weights = weights_sha256(options)
+    plan = Plan(variant, *_transform(options, variant, checkpoint), names, named_by, weights)
+    check_same_weights(options.report_path, weights, options.onnx_path)
     check_writable(
         [
             options.onnx_path,
@@ -678,6 +727,7 @@ def export_metadata(traced: Traced, options: ExportOptions, kept_fp32: list[str]
         "model": variant.name,
         "precision": options.precision,
         "toolkit": f"fastervit-trt {__version__}",
+        "export_argv": to_argv(options),  # re-export advice starts from it (``sidecar.export_command``)
         "checkpoint": str(options.checkpoint) if options.checkpoint else None,
         "class_names_file": str(options.class_names) if isinstance(options.class_names, Path) else None,
         "weights": traced.checkpoint,

@@ -143,7 +143,8 @@ def read_model_folder(folder: Path, weights: str = "model") -> Checkpoint:
         raise CheckpointError(f"{folder}: no {' or '.join(HF_WEIGHTS)} beside config.json; re-save the model folder")
     read = _read_safetensors if weights_path.suffix == ".safetensors" else _read_torch
     loaded = _unwrap(read(weights_path), weights_path, weights)
-    recorded = config.get("pretrained_cfg") if isinstance(config.get("pretrained_cfg"), dict) else {}
+    pretrained = config.get("pretrained_cfg")
+    recorded: dict = pretrained if isinstance(pretrained, dict) else {}
     names = config.get("label_names")
     return replace(
         loaded,
