@@ -176,3 +176,29 @@ def test_advice_carries_every_option_of_the_export_it_follows(tmp_path):
     assert fp16_calib == calib
     ds, _ = parsed(export_command(metadata, "int8", {"--softmax": [], "--crop-mode": ["squash"]}))
     assert ds == replace(options, softmax=True, transform=replace(options.transform, crop_mode="squash"))
+
+
+def test_a_refused_cache_names_the_command_that_reuses_it(tmp_path, capsys):
+    from fastervit_trt.calibration.options import CalibrationOptions
+    from fastervit_trt.cli.common import options_from
+    from fastervit_trt.cli.export import parser
+
+    cache = tmp_path / "digits.cache"
+    common = ["--variant", "faster_vit_digits", "--precision", "int8", "--calib-cache", str(cache), "--no-speed"]
+    first = [*common, "--output-dir", str(tmp_path / "a"), "--calib-method", "percentile", "--calib-percentile", "99.9"]
+    assert export_main([*first, "--calib-images", "12", "--calib-heldout", "4", "--no-engine", "--quiet"]) == 0
+    second = [*common, "--output-dir", str(tmp_path / "b"), "--calib-heldout", "4", "--seed", "0"]
+    capsys.readouterr()
+    assert export_main([*second, "--no-engine", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "calibrated with other settings" in err and "--recalibrate" in err and err.count("\n") == 0
+    command = err.split("to reuse it: ", 1)[1]
+    args = parser().parse_args(command.split()[1:])
+    asked = parser().parse_args(second)
+    reused = options_from(CalibrationOptions, args)
+    assert (reused.method, reused.percentile, reused.images) == ("percentile", 99.9, 12)
+    assert replace(reused, method="entropy", percentile=99.99, images=256, data=Path(reused.data)) == replace(
+        options_from(CalibrationOptions, asked), data=reused.data
+    )
+    assert options_from(ExportOptions, args) == options_from(ExportOptions, asked)
+    assert export_main([*command.split()[1:], "--no-engine", "--quiet"]) == 0  # and it does reuse it

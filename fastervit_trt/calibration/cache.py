@@ -164,6 +164,15 @@ def _not_means(path: Path, why: object) -> CalibrationCacheError:
     )
 
 
+def recorded_settings(cache: Path) -> dict:
+    """The settings recorded beside ``cache`` (empty: no readable record)."""
+    try:
+        made = json.loads(record_path(cache).read_text())
+    except (OSError, ValueError):
+        return {}
+    return made if isinstance(made, dict) else {}
+
+
 def changed_settings(cache: Path, settings: dict) -> str | None:
     """How ``settings`` differ from those recorded beside ``cache`` (None: same, or no record)."""
     try:

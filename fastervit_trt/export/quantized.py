@@ -35,6 +35,7 @@ from ..calibration.cache import (
     means_path,
     read_means,
     record_path,
+    recorded_settings,
     version_number,
     write_means,
 )
@@ -60,10 +61,11 @@ from ..graph.ort_cpu import release_memory
 from ..graph.ort_eval import QDQ_CHUNK, ort_logits, output_sizes
 from ..graph.timing import OnnxRuntimeCpuTimer, Timer, compare_speed
 from ..graph.weights import WeightFile, scratch
-from ..preprocess import Preprocess
+from ..preprocess import TRANSFORM_SETTINGS, Preprocess
 from ..progress import Steps
 from ..quant_formats import TARGETS, QuantFormat, Target, quant_format
 from ..quant_formats import target as graph_target
+from ..sidecar import export_command
 from .fp16 import convert_to_fp16
 from .stages import (
     ExportOptions,
@@ -209,11 +211,40 @@ def _settle(options: ExportOptions, calib: CalibrationOptions) -> _Job:
     }
     changed = changed_settings(cache_path, settings) if reuse else None
     if changed:
+        reuse_it = _reuse_command(options, calib, recorded_settings(cache_path), settings)
         raise CalibrationCacheError(
-            f"{cache_path}: calibrated with other settings ({changed}); pass the "
-            "same flags to reuse it, or --recalibrate to replace it"
+            f"{cache_path}: calibrated with other settings ({changed}); pass --recalibrate to replace it, or "
+            f"the flags it was made with to reuse it: {reuse_it}"
         )
     return _Job(options, calib, quant, shape, plan, cache_path, reuse, settings)
+
+
+# a cache record's settings -> the flag that sets them (the transform's: its fields' own flags)
+CACHE_FLAGS = {
+    "method": "--calib-method",
+    "percentile": "--calib-percentile",
+    "data": "--calib-data",
+    "images": "--calib-images",
+    "batch": "--calib-batch",
+    "target": "--target",
+    "attention": "--attention-qdq",
+}
+
+
+def _reuse_command(options: ExportOptions, calib: CalibrationOptions, made: dict, asked: dict) -> str:
+    """This export's command with the settings a cache was made with (``made``, its record) where
+    they differ from those ``asked``: every other option kept, as ``export_command`` keeps them."""
+    changes: dict[str, list[str] | None] = {}
+    for key, flag in CACHE_FLAGS.items():
+        if key in made and made[key] != asked.get(key):
+            value = made[key]
+            words = None if value is None else ["on" if value else "off"] if isinstance(value, bool) else [str(value)]
+            changes[flag] = words
+    for name, value in (made.get("preprocess") or {}).items():
+        if name in TRANSFORM_SETTINGS and value != (asked.get("preprocess") or {}).get(name):
+            changes["--" + name.replace("_", "-")] = list(map(str, value)) if isinstance(value, list) else [str(value)]
+    recorded = {"export_argv": to_argv(options) + to_argv(calib), "precision": options.precision}
+    return export_command(recorded, options.precision, changes)
 
 
 def _ranges(

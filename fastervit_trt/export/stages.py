@@ -317,7 +317,10 @@ class ExportOptions:
         checkpoint without a head (its pickle read, memory-mapped)."""
         if self.num_classes is not None or self.checkpoint is None or self.features:
             return self.num_classes == 0 and not self.features
-        return read_checkpoint(self.checkpoint, self.weights).num_classes == 0
+        try:
+            return read_checkpoint(self.checkpoint, self.weights).num_classes == 0
+        except CheckpointError:  # the export's preflight says what is wrong with the file
+            return False
 
     @property
     def onnx_path(self) -> Path:
