@@ -202,3 +202,27 @@ def test_a_refused_cache_names_the_command_that_reuses_it(tmp_path, capsys):
     )
     assert options_from(ExportOptions, args) == options_from(ExportOptions, asked)
     assert export_main([*command.split()[1:], "--no-engine", "--quiet"]) == 0  # and it does reuse it
+
+
+def test_one_count_of_unreadable_files_per_export(tmp_path):
+    """The calibration and held-out splits each meet some of a folder's unreadable files; the
+    export's lines and report give the one count of the folder's (both splits')."""
+    import shutil
+
+    from fastervit_trt.calibration.options import CalibrationOptions
+    from fastervit_trt.export.quantized import export_quantized
+
+    photos = sorted((Path(__file__).resolve().parents[1] / "calibration").glob("*.png"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(40):  # every 8th file (index 7, 15, ...) is held out
+        target = folder / f"f{index:02d}.png"
+        if index in (7, 10):  # one unreadable file in each split
+            target.write_bytes(b"not a png")
+        else:
+            shutil.copy(photos[index % len(photos)], target)
+    options = ExportOptions(model="faster_vit_digits", precision="int8", output_dir=tmp_path / "out")
+    calib = CalibrationOptions(data=folder, images=16, heldout=4, no_speed=True)
+    report = export_quantized(options, calib).report
+    lines = [report["quantization"]["calibration_inputs_from"], report["accuracy"]["inputs"]]
+    assert all("2 unreadable files skipped (f07.png, f10.png)" in line for line in lines), lines

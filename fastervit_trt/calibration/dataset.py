@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -117,10 +117,10 @@ class CalibrationData:
     preprocess: Preprocess
     count: int
     split: str = "calibration"
+    skipped: list[Path] = field(default_factory=list)  # unreadable files; shared by an export's two splits
 
     def __post_init__(self) -> None:
         self.source = Path(self.source)
-        self.skipped: list[Path] = []
         self.ignored: list[Path] = []
         self.disjoint = False  # held-out and calibration inputs come from different files
         self._array: np.ndarray | None = None

@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -96,6 +96,7 @@ class _Job:
     cache_path: Path
     reuse: bool
     settings: dict
+    skipped: list[Path] = field(default_factory=list)  # unreadable calibration files: one count per export
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def export_quantized(
     budget = calib.accuracy_budget is not None
     steps = Steps(7 + (calib.sensitivity or budget) + budget + calib.speed_search + (not calib.no_speed), stream)
     with scratch(options.output_dir) as store:
-        heldout, heldout_kind = _heldout_inputs(calib, job.plan.preprocess, store.folder / "heldout.npy")
+        heldout, heldout_data = _heldout_inputs(calib, job.plan.preprocess, store.folder / "heldout.npy", job.skipped)
         traced = trace_model(options, job.plan, steps, store, probes={"heldout": heldout})
         sites = placement(
             traced.graph,
@@ -160,7 +161,8 @@ def export_quantized(
         if calib.speed_search:
             placed = _search_speed(job, placed, fp32_path, timer, store, steps, stream)
         staged = _write_qdq(job, traced, placed, ranges, store, steps)
-        accuracy = _measure(job, traced, placed, staged, heldout_kind, steps)
+        kind = heldout_data.describe() if heldout_data else "seeded random inputs"  # after both splits' skips
+        accuracy = _measure(job, traced, placed, staged, kind, steps)
         speed = None if calib.no_speed else _speed(job, fp32_path, staged.view, timer, steps)
         _publish(job, ranges, staged)
     sections = {**placed.sections, **({"speed": speed} if speed else {})}
@@ -266,7 +268,7 @@ def _ranges(
                 log.warning("bias correction %s", _bias_correction(calib, None, cache_path))
         return _Ranges(cache, means, means, 0, None)
     with steps.step(f"calibrating ({calib.method}) on {calib.images} inputs from {calib.data}"):
-        data = CalibrationData(calib.data, job.plan.preprocess, calib.images)
+        data = CalibrationData(calib.data, job.plan.preprocess, calib.images, skipped=job.skipped)
         channels = ChannelMeans(input_channel_axes(fp32, sites.targets))
         histograms, inputs_seen = collect_histograms(
             fp32_path, sites.activations, data, calib.batch, stream, means=channels
@@ -509,11 +511,13 @@ def _bias_correction(calib: CalibrationOptions, means: dict[str, np.ndarray] | N
     return "on"
 
 
-def _heldout_inputs(calib: CalibrationOptions, preprocess: Preprocess, path: Path) -> tuple[StoredInputs, str]:
+def _heldout_inputs(
+    calib: CalibrationOptions, preprocess: Preprocess, path: Path, skipped: list[Path]
+) -> tuple[StoredInputs, CalibrationData | None]:
     """Held-out images (or crops) of the calibration folder; of the shipped photos when the
     calibration data is a .npy (its own inputs would hide a wrongly scaled array) or a reused
-    cache comes without images; seeded random inputs when neither exists. Stored in ``path``
-    and read back a slice at a time."""
+    cache comes without images; seeded random inputs (no data: None) when neither exists.
+    Stored in ``path`` and read back a slice at a time; unreadable files go to ``skipped``."""
     source = calib.data if calib.data.is_dir() else DEFAULT_DATA
     if not source.exists():
         rng = np.random.default_rng(0)
@@ -523,9 +527,9 @@ def _heldout_inputs(calib: CalibrationOptions, preprocess: Preprocess, path: Pat
             else rng.standard_normal(preprocess.input_shape, dtype=np.float32)
             for _ in range(calib.heldout)
         )
-        return StoredInputs(path, samples, calib.heldout), "seeded random inputs"
-    data = CalibrationData(source, preprocess, calib.heldout, split="heldout")
-    return StoredInputs(path, (data.sample(i) for i in range(len(data))), len(data)), data.describe()
+        return StoredInputs(path, samples, calib.heldout), None
+    data = CalibrationData(source, preprocess, calib.heldout, split="heldout", skipped=skipped)
+    return StoredInputs(path, (data.sample(i) for i in range(len(data))), len(data)), data
 
 
 def _accuracy(
