@@ -31,6 +31,8 @@ def test_a_checkpoint_without_a_recorded_transform_gets_a_warning_and_every_sour
     ]
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("preprocess"))
     assert line.endswith("(mean, std, interpolation, crop_pct, crop_mode from the variant)")
+    report = json.loads((tmp_path / "faster_vit_digits_fp32.report.json").read_text())
+    assert report["preprocess_note"] == warnings[0]  # the report says the same
     caplog.clear()
     given = ["--mean", "0.5", "0.5", "0.5", "--std", "0.5", "0.5", "0.5", "--interpolation", "bilinear"]
     given += ["--crop-pct", "1", "--crop-mode", "squash", "--force"]

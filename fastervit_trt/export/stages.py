@@ -380,6 +380,7 @@ class Plan:
     class_names: tuple[str, ...] | None
     class_names_from: str | None = None  # "--class-names", or a model folder's "config.json"
     weights_sha256: str | None = None  # what the weights are (``weights_sha256``): outputs of others are kept
+    transform_note: str | None = None  # the warning when the checkpoint recorded no transform
 
     @property
     def label_set(self) -> str | None:
@@ -394,6 +395,7 @@ class Plan:
         return {
             "preprocess": {**self.preprocess.record(), "label_set": self.label_set},
             "preprocess_from": self.transform_from,
+            "preprocess_note": self.transform_note,
             "class_names": list(self.class_names) if self.class_names else None,
             "class_names_from": self.class_names_from,
             "weights_sha256": self.weights_sha256,
@@ -554,7 +556,8 @@ def preflight(options: ExportOptions, extra_outputs: tuple[Path, ...] = ()) -> P
     names = _class_names(options, variant, checkpoint)
     named_by = None if names is None else "--class-names" if options.class_names is not None else "config.json"
     weights = weights_sha256(options)
-    plan = Plan(variant, *_transform(options, variant, checkpoint), names, named_by, weights)
+    preprocess, sources, note = _transform(options, variant, checkpoint)
+    plan = Plan(variant, preprocess, sources, names, named_by, weights, note)
     check_same_weights(options.report_path, weights, options.onnx_path)
     check_writable(
         [
@@ -577,9 +580,10 @@ def preflight(options: ExportOptions, extra_outputs: tuple[Path, ...] = ()) -> P
 
 def _transform(
     options: ExportOptions, variant: Variant, checkpoint: Checkpoint | None
-) -> tuple[Preprocess, dict[str, str]]:
+) -> tuple[Preprocess, dict[str, str], str | None]:
     """The eval transform: ``options.transform``'s settings over the checkpoint's training
-    record over the variant's defaults; and where each setting came from."""
+    record over the variant's defaults; where each setting came from; and the warning when a
+    checkpoint recorded none (the variant's then applies to your weights)."""
     given = options.transform.given()
     trained = checkpoint.transform() if checkpoint else {}
     refused = checkpoint.refused_transform() if checkpoint else {}
@@ -601,15 +605,16 @@ def _transform(
         name: "options" if name in given else recorded if name in trained else "variant" for name in TRANSFORM_SETTINGS
     }
     defaulted = [name for name, source in sources.items() if source == "variant"]
+    note = None
     if checkpoint is not None and not trained and defaulted:  # your weights, the variant's transform: say so
-        log.warning(
-            "%s records no eval transform; using %s's (%s): if the model was trained with another, pass %s",
-            options.checkpoint,
-            variant.name,
-            ", ".join(f"{name} {_setting(getattr(preprocess, name))}" for name in defaulted),
-            " ".join("--" + name.replace("_", "-") for name in defaulted),
+        note = (
+            f"{options.checkpoint} records no eval transform; using {variant.name}'s ("
+            + ", ".join(f"{name} {_setting(getattr(preprocess, name))}" for name in defaulted)
+            + "): if the model was trained with another, pass "
+            + " ".join("--" + name.replace("_", "-") for name in defaulted)
         )
-    return preprocess, sources
+        log.warning("%s", note)
+    return preprocess, sources, note
 
 
 def _setting(value: object) -> str:
