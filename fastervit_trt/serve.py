@@ -39,6 +39,7 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -50,7 +51,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .errors import EngineError, FasterViTTRTError, InputError, ServiceError
-from .runtime.batcher import Batcher, Overloaded, RequestTimeout
+from .runtime.batcher import Batcher, BatcherClosed, Overloaded, RequestTimeout
 from .runtime.model import InferenceModel
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,24 @@ class _Metrics:
             "fastervit_batch_size", "Images per engine call", buckets=BATCH_BUCKETS, registry=self.registry
         )
         self.queue = Gauge("fastervit_queue_depth", "Requests waiting to be batched", registry=self.registry)
+        self.overload = Gauge(
+            "fastervit_overload",
+            "Requests shed at admission or expired waiting, and images computed for callers past their deadline",
+            ["what"],
+            registry=self.registry,
+        )
+        self.batch_estimate = Gauge(
+            "fastervit_batch_seconds_estimate",
+            "Measured seconds of an engine call at max_batch (what admission and batch cutting use)",
+            registry=self.registry,
+        )
+
+    def watch(self, batcher: Batcher) -> None:
+        """Read the batcher's queue and overload figures at each scrape."""
+        self.queue.set_function(lambda: batcher.depth)
+        for what in ("shed", "expired", "computed_for_nobody"):
+            self.overload.labels(what).set_function(lambda what=what: batcher.stats[what])
+        self.batch_estimate.set_function(lambda: batcher.stats["batch_seconds_estimate"] or 0.0)
 
 
 def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) -> Starlette:
@@ -129,7 +148,7 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
             options.timeout_s,
             observe=metrics.batch.observe,
         )
-        metrics.queue.set_function(lambda: batcher.depth)
+        metrics.watch(batcher)
         state["batcher"] = batcher
         try:
             yield
@@ -251,9 +270,11 @@ def _client(request: Request) -> str:
     return f"client {request.client.host}:{request.client.port}" if request.client else "a client"
 
 
-def _busy(message: str, options: ServeOptions, reason: str = "overloaded") -> _Refusal:
-    """503 with ``Retry-After``: the request may succeed if sent again shortly."""
-    return _Refusal(503, message, {"Retry-After": str(options.retry_after_s)}, reason)
+def _busy(message: str, options: ServeOptions, reason: str = "overloaded", after_s: float | None = None) -> _Refusal:
+    """503 with ``Retry-After`` (``after_s`` rounded up, else the configured seconds): the
+    request may succeed if sent again then."""
+    retry = max(1, math.ceil(after_s)) if after_s is not None else options.retry_after_s
+    return _Refusal(503, message, {"Retry-After": str(retry)}, reason)
 
 
 async def _not_ready(batcher: Batcher | None, timeout_s: float) -> str | None:
@@ -361,13 +382,15 @@ async def _answers(batcher: Batcher, images: list[bytes | FasterViTTRTError], op
         for future in futures:
             try:
                 answers.append(await asyncio.wait_for(asyncio.wrap_future(future), deadline - time.monotonic()))
-            except (EngineError, RequestTimeout):
+            except (EngineError, RequestTimeout, BatcherClosed):
                 raise
             except FasterViTTRTError as exc:  # an image the model's preprocessing cannot decode
                 answers.append(exc)
         return answers
-    except Overloaded as exc:
-        raise _busy(str(exc), options) from None
+    except Overloaded as exc:  # the queue is full, or would answer it too late: refused at once
+        raise _busy(str(exc), options, after_s=exc.retry_after_s) from None
+    except BatcherClosed as exc:  # shutting down between the check and the submit
+        raise _busy(str(exc), options, "shutting_down") from None
     except RequestTimeout as exc:
         raise _busy(str(exc), options, "timeout") from None
     except asyncio.TimeoutError:  # the engine call holding it has not returned

@@ -498,3 +498,33 @@ def test_after_shutdown_requests_are_503_and_not_ready(model):
     assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
     assert answer.json()["error"] == "the service is shutting down; retry on another instance"
     assert ready.status_code == 503 and ready.json() == {"status": "not ready", "reason": "shutting down"}
+
+
+def test_a_request_the_engine_cannot_answer_in_time_is_refused_at_once(model, monkeypatch):
+    """The engine measured slower than the timeout: the next request is answered 503 at once
+    (Retry-After from the expected wait), not queued to die; /metrics says what was shed."""
+    real = model.outputs
+
+    def slow(batch):
+        answer = real(batch)
+        time.sleep(0.5)
+        return answer
+
+    monkeypatch.setattr(model, "outputs", slow)
+    with serving(model, timeout_s=0.3) as (url, _):
+        first = _post(url, PHOTOS[0])  # no measurement yet: queued, run, too late
+        deadline = time.monotonic() + 30
+        while "fastervit_batch_seconds_estimate 0.0" in httpx.get(f"{url}/metrics").text:  # until it ends
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        started = time.monotonic()
+        refused = _post(url, PHOTOS[1])
+        took = time.monotonic() - started
+        metrics = httpx.get(f"{url}/metrics").text
+    assert first.status_code == 503 and "no answer within 0.3 s" in first.json()["error"]
+    assert refused.status_code == 503 and took < 0.3 and int(refused.headers["Retry-After"]) >= 1
+    assert "would be answered in about 0.5 s" in refused.json()["error"]
+    assert 'fastervit_overload{what="shed"} 1.0' in metrics
+    assert 'fastervit_overload{what="computed_for_nobody"} 1.0' in metrics
+    estimate = next(line for line in metrics.splitlines() if line.startswith("fastervit_batch_seconds_estimate "))
+    assert float(estimate.split()[-1]) == pytest.approx(0.5, rel=0.5)

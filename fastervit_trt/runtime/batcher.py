@@ -22,6 +22,15 @@ batch runs again; a full queue (``max_queue`` waiting) fails a new request at on
 (``RequestTimeout``) and leaves the queue, even while the engine runs, as does one its caller
 cancels; ``close()``
 finishes what was submitted, or with ``cancel=True`` fails it (``BatcherClosed``).
+
+Overload is shed, not suffered: the batcher measures how long a batch of each size takes
+(``BatchCost``, updated by every run) and refuses at once (``Overloaded``, with the expected
+wait as ``retry_after_s``) a request that the batches ahead of it would finish after its
+timeout, instead of queueing it to die; a batch never starts for requests past their deadline,
+and is cut to the size that finishes before its oldest request's deadline when that binds (a
+request that no batch can answer in time fails at once). ``stats`` counts the requests shed,
+those that expired waiting, and the images computed for callers who had already given up
+(Triton's queue policy, with admission from measured batch times: goodput stays at capacity).
 Torch-free, like the rest of the runtime.
 """
 
@@ -46,10 +55,18 @@ if TYPE_CHECKING:
     from .model import InferenceModel, Prediction
 
 DECODE_GRACE_S = 0.05  # how long a closed batch waits for its next image to finish decoding
+# a request is admitted when its answer is expected within this share of its timeout: the rest
+# absorbs batching delay and the estimate's noise (at 1.0 those admitted last mostly ran late)
+ADMISSION_SHARE = 0.9
 
 
 class Overloaded(ServiceError):
-    """The queue is full: the request was refused without waiting."""
+    """The queue is full, or the batches ahead would answer after the request's timeout: refused
+    without waiting; ``retry_after_s`` is the wait expected before the queue has room."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class RequestTimeout(ServiceError):
@@ -58,6 +75,51 @@ class RequestTimeout(ServiceError):
 
 class BatcherClosed(ServiceError):
     """The batcher was closed before the request ran."""
+
+
+class BatchCost:
+    """How long a batch of ``size`` images takes, from the engine calls of the last
+    ``horizon_s`` seconds (at most ``window``): a line ``a + b * size`` through each size's
+    median time (flat while one size was seen). Medians keep one slow call (a warm-up, a busy
+    machine) from moving it; calls age out, so an estimate too pessimistic to admit anything is
+    forgotten and measured again."""
+
+    def __init__(self, window: int = 32, horizon_s: float = 30.0) -> None:
+        self.samples: deque[tuple[float, int, float]] = deque(maxlen=window)  # (when, size, seconds)
+        self.horizon = horizon_s
+        self.line: tuple[float, float] | None = None  # (seconds per call, seconds per image)
+
+    def record(self, size: int, seconds: float, now: float | None = None) -> None:
+        """One engine call's size and time; the line is fitted again (once per batch)."""
+        self.samples.append((time.monotonic() if now is None else now, size, seconds))
+        self._fit()
+
+    def _fit(self) -> None:
+        by_size: dict[int, list[float]] = {}
+        for _, size, seconds in self.samples:
+            by_size.setdefault(size, []).append(seconds)
+        if not by_size:
+            self.line = None
+            return
+        sizes = np.array(sorted(by_size), np.float64)
+        times = np.array([np.median(by_size[int(n)]) for n in sizes])
+        if len(sizes) > 1:
+            slope, intercept = np.polyfit(sizes, times, 1)
+            if slope >= 0:
+                self.line = (max(float(intercept), 0.0), float(slope))
+                return
+        # one size seen (or times falling with size): the same time at every size. Optimistic on
+        # purpose: a larger batch then forms, runs and is measured, where a pessimistic guess
+        # would refuse the requests that make it and never learn otherwise
+        self.line = (float(times[-1]), 0.0)
+
+    def estimate(self, size: int, now: float | None = None) -> float | None:
+        """Seconds for a batch of ``size``; None before any batch ran, or once every call
+        measured is older than the horizon."""
+        if self.samples and (time.monotonic() if now is None else now) - self.samples[-1][0] > self.horizon:
+            self.samples.clear()
+            self._fit()
+        return None if self.line is None else self.line[0] + self.line[1] * size
 
 
 @dataclass(eq=False)
@@ -99,6 +161,11 @@ class Batcher:
         self.free_since = 0.0  # when the engine last finished a batch
         self.running_since: float | None = None  # when the engine call now running began
         self.failure: EngineError | None = None  # the last engine call's failure, until one succeeds
+        self.cost = BatchCost()
+        self.running_size = 0  # images in the engine call now running
+        self.shed = 0  # requests refused at admission: they would have been answered too late
+        self.expired = 0  # requests that timed out waiting, or could not finish in time
+        self.wasted = 0  # images computed for callers past their deadline
         self.worker = threading.Thread(target=self._work, name="fastervit-batcher", daemon=True)
         self.timer = threading.Thread(target=self._time_out, name="fastervit-batcher-timeouts", daemon=True)
         self.worker.start()
@@ -108,6 +175,28 @@ class Batcher:
     def depth(self) -> int:
         """Requests waiting to be batched."""
         return len(self.waiting)
+
+    @property
+    def stats(self) -> dict:
+        """What overload did: requests shed and expired, images computed for nobody, and the
+        batch-time estimate at ``max_batch`` (seconds; None before a batch ran)."""
+        return {
+            "shed": self.shed,
+            "expired": self.expired,
+            "computed_for_nobody": self.wasted,
+            "batch_seconds_estimate": self.cost.estimate(self.max_batch),
+        }
+
+    def expected_answer(self, ahead: int) -> float | None:
+        """Seconds until a request queued behind ``ahead`` waiting ones is answered: the engine
+        call running, the full batches ahead, then its own (None before a batch ran)."""
+        full = self.cost.estimate(self.max_batch)
+        if full is None:
+            return None
+        running = self.cost.estimate(self.running_size) if self.running_since is not None else None
+        remaining = max(0.0, running - self.running_for) if running is not None else 0.0
+        own = self.cost.estimate(ahead % self.max_batch + 1) or 0.0
+        return remaining + (ahead // self.max_batch) * full + own
 
     @property
     def running_for(self) -> float:
@@ -140,9 +229,20 @@ class Batcher:
                 raise BatcherClosed(f"{self.model.source}: the batcher is closed; make a new one")
             if len(self.waiting) >= self.max_queue:
                 decoded.cancel()
+                self.shed += 1
                 raise Overloaded(
                     f"{self.model.source}: {len(self.waiting)} requests already wait (max_queue="
-                    f"{self.max_queue}); retry shortly, or raise max_queue"
+                    f"{self.max_queue}); retry shortly, or raise max_queue",
+                    self.expected_answer(len(self.waiting)),
+                )
+            expected = self.expected_answer(len(self.waiting))
+            if timeout is not None and expected is not None and expected > ADMISSION_SHARE * timeout:
+                decoded.cancel()
+                self.shed += 1
+                raise Overloaded(
+                    f"{self.model.source}: overloaded: the {len(self.waiting)} requests ahead would be answered in "
+                    f"about {expected:.1f} s, too close to this request's {timeout:g} s timeout; retry shortly",
+                    expected - ADMISSION_SHARE * timeout,
                 )
             now = time.monotonic()
             request = _Request(decoded, Future(), now, None if timeout is None else now + timeout)
@@ -213,12 +313,39 @@ class Batcher:
                 if progress_at is None:
                     wake: float | None = due
                 elif ready and (len(ready) == len(members) or now >= progress_at + DECODE_GRACE_S):
+                    ready = self._in_time(ready, now)
+                    if not ready:
+                        continue  # its oldest could not be answered in time and failed: look again
                     for request in ready:
                         self.waiting.remove(request)
                     return ready
                 else:
                     wake = progress_at + DECODE_GRACE_S if ready else None
                 self.lock.wait(None if wake is None else max(0.0, wake - now))
+
+    def _in_time(self, ready: list[_Request], now: float) -> list[_Request]:
+        """``ready`` cut to the size whose estimated run ends before its oldest request's
+        deadline; when not even that request alone would, it fails now (empty list)."""
+        deadline = ready[0].deadline
+        if deadline is None or self.cost.estimate(len(ready)) is None:
+            return ready
+        size = len(ready)
+        while size and now + (self.cost.estimate(size) or 0.0) > deadline:
+            size -= 1
+        if size:
+            return ready[:size]
+        oldest = ready[0]
+        self.waiting.remove(oldest)
+        self.expired += 1
+        oldest.decoded.cancel()
+        if oldest.result.set_running_or_notify_cancel():
+            oldest.result.set_exception(
+                RequestTimeout(
+                    f"{self.model.source}: no answer within {deadline - oldest.arrived:g} s (a batch would end "
+                    "after it); retry, or allow more time"
+                )
+            )
+        return []
 
     def _time_out(self) -> None:
         """Fail waiting requests at their deadlines, while the worker runs the engine too."""
@@ -235,6 +362,7 @@ class Batcher:
             if request.deadline is None or now <= request.deadline:
                 continue
             self.waiting.remove(request)
+            self.expired += 1
             request.decoded.cancel()
             if request.result.set_running_or_notify_cancel():
                 request.result.set_exception(
@@ -257,9 +385,10 @@ class Batcher:
             return
         if self.observe is not None:
             self.observe(len(ready))
-        self.running_since = time.monotonic()
+        self.running_since, self.running_size = time.monotonic(), len(ready)
         try:
             outputs = self.model.outputs(np.stack([x for _, x in ready]))
+            self.cost.record(len(ready), time.monotonic() - self.running_since)
         except Exception as exc:  # the engine or device failed: every caller of this batch hears why
             self.failure = EngineError(
                 f"{self.model.source}: the engine failed on a batch of {len(ready)} "
@@ -272,6 +401,11 @@ class Batcher:
         finally:
             self.running_since, self.free_since = None, time.monotonic()
         self.failure = None
+        done = time.monotonic()
+        late = sum(r.deadline is not None and done > r.deadline for r, _ in ready)
+        if late:
+            with self.lock:
+                self.wasted += late
         single = None if self.model.is_backbone else next(iter(outputs))
         for i, (request, _) in enumerate(ready):
             request.result.set_result(outputs[single][i] if single else {k: v[i] for k, v in outputs.items()})
