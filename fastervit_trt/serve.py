@@ -37,6 +37,7 @@ import base64
 import binascii
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -122,8 +123,12 @@ class _Metrics:
         """Read the batcher's queue and overload figures at each scrape."""
         self.queue.set_function(lambda: batcher.depth)
         for what in ("shed", "expired", "computed_for_nobody"):
-            self.overload.labels(what).set_function(lambda what=what: batcher.stats[what])
+            self.overload.labels(what).set_function(functools.partial(_stat, batcher, what))
         self.batch_estimate.set_function(lambda: batcher.stats["batch_seconds_estimate"] or 0.0)
+
+
+def _stat(batcher: Batcher, what: str) -> float:
+    return float(batcher.stats[what])
 
 
 def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) -> Starlette:
