@@ -155,11 +155,22 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
         )
         metrics.watch(batcher)
         state["batcher"] = batcher
+        log.info(
+            "serving %s; batches up to %d, %g ms delay, queue %d, timeout %g s",
+            model.summary,
+            batcher.max_batch,
+            options.max_delay_ms,
+            options.max_queue,
+            options.timeout_s,
+        )
         try:
             yield
         finally:  # in-flight HTTP requests are done: run what still waits, then stop
             state["batcher"] = None
+            started, waiting = time.monotonic(), batcher.depth
+            log.info("shutting down: draining %d queued requests", waiting)
             await asyncio.to_thread(batcher.close)
+            log.info("shut down: %d queued requests drained in %.1f s", waiting, time.monotonic() - started)
 
     async def classify(request: Request) -> Response:
         started, code = time.perf_counter(), 200

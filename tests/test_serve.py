@@ -528,3 +528,27 @@ def test_a_request_the_engine_cannot_answer_in_time_is_refused_at_once(model, mo
     assert 'fastervit_overload{what="computed_for_nobody"} 1.0' in metrics
     estimate = next(line for line in metrics.splitlines() if line.startswith("fastervit_batch_seconds_estimate "))
     assert float(estimate.split()[-1]) == pytest.approx(0.5, rel=0.5)
+
+
+def test_the_service_logs_start_shutdown_and_failed_batches(model, monkeypatch, caplog):
+    def broken(batch):
+        raise RuntimeError("device lost")
+
+    with caplog.at_level(logging.INFO, logger="fastervit_trt"):
+        with serving(model, max_delay_ms=1) as (url, _):
+            monkeypatch.setattr(model, "outputs", broken)
+            failed = _post(url, PHOTOS[0])
+    lines = [r.getMessage() for r in caplog.records]
+    assert failed.status_code == 500
+    assert any(line.startswith(f"serving {model.summary}; batches up to 8, 1 ms delay") for line in lines), lines
+    assert any("the engine failed on a batch of 1 (RuntimeError: device lost)" in line for line in lines)
+    assert "shutting down: draining 0 queued requests" in lines
+    assert any(line.startswith("shut down: 0 queued requests drained in ") for line in lines)
+
+
+def test_the_body_limit_is_named_in_mib():
+    from fastervit_trt.cli.serve import parser
+
+    assert parser().parse_args(["--model", "m.onnx", "--max-body-mib", "2"]).max_body_mib == 2
+    assert parser().parse_args(["--model", "m.onnx", "--max-body-mb", "3"]).max_body_mib == 3  # the former spelling
+    assert "in MiB (2^20 bytes" in parser().format_help()

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from .common import add_model_file, add_runtime_options, command_parser, number, positive, run, runtime_options
+from .common import (
+    add_model_file,
+    add_runtime_options,
+    command_parser,
+    number,
+    positive,
+    renamed,
+    run,
+    runtime_options,
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -57,12 +67,14 @@ def parser() -> argparse.ArgumentParser:
         help="a request not answered by then is answered 503 (Retry-After) and its queued work cancelled",
     )
     parser.add_argument(
-        "--max-body-mb",
+        "--max-body-mib",
         type=number(float, 0, low_open=True),
         default=d.max_body_bytes / 2**20,
-        metavar="MB",
-        help="larger bodies are refused (413)",
+        metavar="MIB",
+        help="largest request body, in MiB (2^20 bytes; a JSON batch or a multipart upload counts whole): "
+        "larger ones are refused (413)",
     )
+    renamed(parser, "--max-body-mb", "--max-body-mib", type=number(float, 0, low_open=True), metavar="MIB")
     parser.add_argument("--topk", type=positive, default=d.topk, help="classes per image unless ?topk= says")
     parser.add_argument(
         "--graceful-s",
@@ -88,9 +100,11 @@ def _serve(args: argparse.Namespace) -> int:
         max_delay_ms=args.max_delay_ms,
         max_queue=args.max_queue,
         timeout_s=args.timeout_s,
-        max_body_bytes=int(args.max_body_mb * 2**20),
+        max_body_bytes=int(args.max_body_mib * 2**20),
         topk=args.topk,
     )
+    logging.getLogger("fastervit_trt.serve").setLevel(logging.INFO)  # start, shutdown, failed batches
+    logging.getLogger("fastervit_trt.runtime.batcher").setLevel(logging.INFO)
     with load(args.model, **asdict(runtime_options(args))) as model:
         app = create_app(model, options)
         config = uvicorn.Config(

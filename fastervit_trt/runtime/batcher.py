@@ -36,6 +36,7 @@ Torch-free, like the rest of the runtime.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -53,6 +54,8 @@ from .inputs import decoders, to_input
 
 if TYPE_CHECKING:
     from .model import InferenceModel, Prediction
+
+log = logging.getLogger(__name__)
 
 DECODE_GRACE_S = 0.05  # how long a closed batch waits for its next image to finish decoding
 # a request is admitted when its answer is expected within this share of its timeout: the rest
@@ -395,6 +398,7 @@ class Batcher:
                 f"({type(exc).__name__}: {exc}); the images were not at fault"
             )
             self.failure.__cause__ = exc
+            log.error("%s", self.failure)
             for request, _ in ready:
                 request.result.set_exception(self.failure)
             return
