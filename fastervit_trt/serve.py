@@ -184,16 +184,19 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
                 raise _busy("the service is shutting down; retry on another instance", options, "shutting_down")
             kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
             topk = _topk(request.query_params.get("topk"), options.topk)
-            if kind != "application/json" and kind not in IMAGE_TYPES:
+            if kind not in BATCH_TYPES and kind not in IMAGE_TYPES:
                 raise _Refusal(
                     415,
                     f"content type {kind or 'none'!r}: send the image's bytes "
-                    f'({", ".join(IMAGE_TYPES[:4])}) or JSON {{"images": [base64, ...]}}',
+                    f'({", ".join(IMAGE_TYPES[:4])}), JSON {{"images": [base64, ...]}} or multipart/form-data '
+                    "image parts",
                 )
             body = await _body(request, options.max_body_bytes)
             images: list[bytes | FasterViTTRTError]
             if kind == "application/json":
                 images, topk = _json_images(body, topk)
+            elif kind == "multipart/form-data":
+                images = await _form_images(request, body)
             elif not body:
                 raise _Refusal(400, "empty body: send the image's bytes")
             else:
@@ -208,7 +211,7 @@ def create_app(model: InferenceModel, options: ServeOptions = ServeOptions()) ->
                     results.append({"embedding": answer.tolist()})
                 else:
                     results.append({"top": top_k(model, answer, topk)})
-            if kind == "application/json":
+            if kind in BATCH_TYPES:
                 return JSONResponse({"results": results})
             code = 400 if "error" in results[0] else 200
             return JSONResponse(results[0], code)
@@ -344,6 +347,35 @@ async def _body(request: Request, limit: int) -> bytes:
     if size > limit:
         raise too_large
     return b"".join(chunks)
+
+
+BATCH_TYPES = ("application/json", "multipart/form-data")  # answered {"results": [one per image]}
+MAX_PARTS = 1000
+
+
+async def _form_images(request: Request, body: bytes) -> list[bytes | FasterViTTRTError]:
+    """The file parts of a ``multipart/form-data`` body (what ``curl -F``, browsers and most
+    HTTP clients send), in order, parsed by Starlette's own form parser from the body already
+    read within the limit; an empty part is its own error, a body without one refuses the request."""
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    async def stream():
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, stream(), max_files=MAX_PARTS, max_fields=MAX_PARTS).parse()
+    except (MultiPartException, AssertionError) as exc:
+        raise _Refusal(400, f"not a readable multipart/form-data body ({exc}); send image files as parts") from None
+    images: list[bytes | FasterViTTRTError] = []
+    for name, value in form.multi_items():
+        if isinstance(value, str):
+            continue  # a text field: not an image
+        data = await value.read()
+        images.append(data if data else InputError(f"part {name!r} ({value.filename}): empty file (0 bytes)"))
+    await form.close()
+    if not images:
+        raise _Refusal(400, "multipart/form-data body without a file part: send each image as a file part")
+    return images
 
 
 def _json_images(body: bytes, topk: int) -> tuple[list[bytes | FasterViTTRTError], int]:

@@ -552,3 +552,26 @@ def test_the_body_limit_is_named_in_mib():
     assert parser().parse_args(["--model", "m.onnx", "--max-body-mib", "2"]).max_body_mib == 2
     assert parser().parse_args(["--model", "m.onnx", "--max-body-mb", "3"]).max_body_mib == 3  # the former spelling
     assert "in MiB (2^20 bytes" in parser().format_help()
+
+
+def test_multipart_uploads_are_answered_like_a_json_batch(model):
+    """What curl -F, browsers and most HTTP clients send: one result per image part, a bad part
+    its own error, the parts counted against the body limit."""
+    parts = [
+        ("image", (PHOTOS[0].name, PHOTOS[0].read_bytes(), TYPES[PHOTOS[0].suffix])),
+        ("image", ("broken.jpg", b"not an image", "image/jpeg")),
+        ("note", (None, "a text field is not an image")),
+        ("image", (PHOTOS[1].name, PHOTOS[1].read_bytes(), TYPES[PHOTOS[1].suffix])),
+    ]
+    with serving(model) as (url, _):
+        answer = httpx.post(f"{url}/v1/classify?topk=3", files=parts)
+        none = httpx.post(f"{url}/v1/classify", files=[("note", (None, "text only"))])
+    with serving(model, max_body_bytes=PHOTOS[0].stat().st_size + 100) as (url, _):
+        large = httpx.post(f"{url}/v1/classify", files=parts)
+    assert answer.status_code == 200
+    first, bad, second = answer.json()["results"]
+    _same(first["top"], _expected(model, PHOTOS[0])[:3])
+    _same(second["top"], _expected(model, PHOTOS[1])[:3])
+    assert "cannot decode the image" in bad["error"]
+    assert none.status_code == 400 and "without a file part" in none.json()["error"]
+    assert large.status_code == 413
