@@ -332,8 +332,17 @@ class TensorRTBackend:
         the profile's MAX, a part below its MIN (or a captured size) padded up, the padding dropped."""
         if not isinstance(batch, np.ndarray):
             batch = self._check_tensor(batch)
+        self._check_shape(tuple(batch.shape))
         plan = batch_plan(len(batch), self.min_batch, self.max_batch, self.sizes)
         return join_parts([self._run(batch[start:stop], run_as) for start, stop, run_as in plan])
+
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
+        """Refuse a batch that is not (N, *input shape): TensorRT would read the bytes as the
+        shape it was set to (a (1, 3, 4, 4) tensor for a (N, 3, 2, 2) input: 12 of its values; an
+        NCHW uint8 tensor for an NHWC engine: its channels scrambled), a silent wrong answer."""
+        if len(shape) != 1 + len(self.input_shape) or tuple(shape[1:]) != self.input_shape:
+            expected = ", ".join(["N", *map(str, self.input_shape)])
+            raise InputError(f"{self.path}: the batch is {tuple(shape)}; the engine takes ({expected})")
 
     def _check_tensor(self, tensor):
         """A CUDA torch tensor on this engine's device, as the engine's input dtype (floats for

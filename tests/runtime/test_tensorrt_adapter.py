@@ -5,6 +5,7 @@ state; dtype mapping through TensorRT's own ``nptype``; and the legacy INT8 cali
 
 from __future__ import annotations
 
+import re
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -495,3 +496,17 @@ def test_close_releases_every_context_even_when_one_release_fails(tmp_path, monk
     assert len(seen) == 3 and world.cuda.streams == {} and backend.engine is None
     with pytest.raises(FasterViTTRTError, match="m.engine: the model is closed"):
         backend.infer(_images(1))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 4, 4), (2, 2, 2, 3), (12,), (2, 3, 2, 2, 1)])
+def test_a_batch_of_another_shape_is_refused_not_read_as_the_engines(tmp_path, monkeypatch, shape):
+    """A CUDA tensor (or an array) whose shape is not (N, 3, 2, 2): once read as its first
+    N x 12 values (a (1, 3, 4, 4) tensor answered the sum of 12 of them), now one line naming
+    both shapes, on every path (infer, infer_all)."""
+    backend, world = _backend(tmp_path, monkeypatch, 1, 8, contexts=1)
+    tensor = torch.from_numpy(world.cuda.alloc(shape, np.float32))
+    for batch in (tensor, np.zeros(shape, np.float32)):
+        with pytest.raises(FasterViTTRTError, match=re.escape(f"m.engine: the batch is {shape}; the engine takes (N, 3, 2, 2)")):
+            backend.infer(batch)
+        with pytest.raises(FasterViTTRTError, match="the engine takes"):
+            backend.infer_all(batch)
