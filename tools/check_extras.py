@@ -35,8 +35,34 @@ def venv(folder: Path, extra: str) -> Path:
     return folder / "bin"
 
 
+def cuda_pins(setup_cfg: Path = ROOT / "setup.cfg") -> list[str]:
+    """Extras whose cuda-python may be another CUDA major than their TensorRT build's
+    (``tensorrt-cuNN``, ``tensorrt-rtx-cuNN-*``): each must bound cuda-python to ``>=NN,<NN+1``."""
+    import configparser
+    import re
+
+    parser = configparser.ConfigParser()
+    parser.read(setup_cfg)
+    problems = []
+    for extra, text in parser["options.extras_require"].items():
+        requirements = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        majors = {int(m) for r in requirements if r.startswith("tensorrt") for m in re.findall(r"-cu(\d+)", r)}
+        if any(r.split(">")[0].split("=")[0] == "tensorrt" for r in requirements):
+            problems.append(f"[{extra}]: 'tensorrt' leaves the CUDA major to pip; name tensorrt-cuNN")
+        cuda = [r for r in requirements if r.startswith("cuda-python")]
+        for major in majors:
+            if cuda != [c for c in cuda if f"<{major + 1}" in c and f">={major}" in c]:
+                problems.append(
+                    f"[{extra}]: TensorRT for CUDA {major}, but {cuda or 'no cuda-python'} is not <{major + 1}"
+                )
+    return problems
+
+
 def main() -> int:
     failures, passed = [], 0
+    for problem in cuda_pins():
+        failures.append(problem)
+        print(f"FAILED {problem}", file=sys.stderr)
 
     def check(label: str, result: subprocess.CompletedProcess, ok: bool) -> None:
         nonlocal passed
