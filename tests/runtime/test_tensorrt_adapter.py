@@ -5,8 +5,8 @@ state; dtype mapping through TensorRT's own ``nptype``; and the legacy INT8 cali
 
 from __future__ import annotations
 
-import re
 import logging
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -506,7 +506,9 @@ def test_a_batch_of_another_shape_is_refused_not_read_as_the_engines(tmp_path, m
     backend, world = _backend(tmp_path, monkeypatch, 1, 8, contexts=1)
     tensor = torch.from_numpy(world.cuda.alloc(shape, np.float32))
     for batch in (tensor, np.zeros(shape, np.float32)):
-        with pytest.raises(FasterViTTRTError, match=re.escape(f"m.engine: the batch is {shape}; the engine takes (N, 3, 2, 2)")):
+        with pytest.raises(
+            FasterViTTRTError, match=re.escape(f"m.engine: the batch is {shape}; the engine takes (N, 3, 2, 2)")
+        ):
             backend.infer(batch)
         with pytest.raises(FasterViTTRTError, match="the engine takes"):
             backend.infer_all(batch)
