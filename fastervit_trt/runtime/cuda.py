@@ -78,6 +78,7 @@ class TorchCuda:
             )
         handle = int(created)  # the cudaStream_t's value (``getPtr()`` is the address it is stored at)
         stream = self.torch.cuda.ExternalStream(handle, device=self.index)
+        _prune(self.destroyers, self.graph_destroyers)
         self.destroyers[handle] = weakref.finalize(
             stream, _destroy, self.torch, self.index, self.cudart.cudaStreamDestroy, created
         )
@@ -176,6 +177,7 @@ class TorchCuda:
             cudart.cudaGraphExecDestroy(executable)
             self._check(destroyed, "cudaGraphDestroy")
         # destroyed on ``release``, or with the stream it replays on when that is collected
+        _prune(self.destroyers, self.graph_destroyers)
         self.graph_destroyers[int(executable)] = weakref.finalize(
             stream, _destroy, self.torch, self.index, cudart.cudaGraphExecDestroy, executable
         )
@@ -287,6 +289,14 @@ def device_count() -> int | None:
         return cuda.Device.count()
     except Exception:  # ImportError, or pycuda finding no driver
         return None
+
+
+def _prune(*tables: dict[int, weakref.finalize]) -> None:
+    """Drop the finalizers that ran (their objects collected): a long-lived service making
+    contexts again and again would otherwise keep one dead entry per stream or graph ever made."""
+    for finalizers in tables:
+        for key in [key for key, finalizer in finalizers.items() if not finalizer.alive]:
+            del finalizers[key]
 
 
 def _destroy(torch: Any, index: int, destroy: Callable[[Any], tuple], handle: Any) -> tuple:

@@ -161,3 +161,20 @@ def test_a_stream_never_released_takes_its_graph_along_when_collected(monkeypatc
     gc.collect()
     assert cudart.live == {"streams": [], "graphs": [], "capturing": []}
     assert ("destroy", handle, 1) in cudart.log
+
+
+def test_finalizers_that_ran_leave_the_lists(monkeypatch):
+    """A service making contexts again and again: the entries of streams and graphs already
+    collected go when the next is made, so the lists hold only what is alive."""
+    import gc
+
+    _, cudart = stand_in.install_cuda(monkeypatch)
+    helper = TorchCuda()
+    for _ in range(50):
+        stream, handle = helper.stream()
+        helper.capture(stream, lambda handle=handle: cudart.enqueue(handle, lambda: None) is None)
+        del stream
+        gc.collect()
+    assert cudart.live["streams"] == [] and cudart.live["graphs"] == []
+    _, last = helper.stream()
+    assert list(helper.destroyers) == [last] and list(helper.graph_destroyers) == []
