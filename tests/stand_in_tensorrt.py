@@ -39,6 +39,7 @@ import contextlib
 import enum
 import threading
 import types
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -96,6 +97,11 @@ class Cuda:
         self.current = threading.local()
         self.log: list[tuple] = []  # ("alloc", nbytes), ("sync",), ("capture",), ("replay",)
         self.reused: dict[int, tuple[int, int]] = {}  # device buffer -> (bytes, caller-stream item to wait for)
+        # pinned host blocks, as torch's CachingHostAllocator keeps them: start -> (bytes, streams
+        # that copied through it); freeing one records an event on each of those streams
+        # (CachingHostAllocator.h: free -> record_stream), which must still exist
+        self.pinned_blocks: dict[int, tuple[int, set]] = {}
+        self.pinned_errors: list[str] = []
 
     # memory
     def alloc(self, shape, dtype) -> np.ndarray:
@@ -165,7 +171,24 @@ class Cuda:
         self.wait_current(stream)
 
     def pinned(self, shape, dtype):
-        return np.zeros(shape, dtype)
+        array = np.zeros(shape, dtype)
+        streams: set = set()
+        self.pinned_blocks[array.ctypes.data] = (max(1, array.nbytes), streams)
+        weakref.finalize(array, self._pinned_freed, array.ctypes.data, streams)
+        return array
+
+    def _pinned_freed(self, start: int, streams: set) -> None:
+        self.pinned_blocks.pop(start, None)
+        for stream in streams:
+            if self.streams.get(stream.handle) is not stream:
+                self.pinned_errors.append(f"pinned block {start:#x} freed after stream {stream.handle} was destroyed")
+
+    def _copied_through(self, host, stream) -> None:
+        """``stream`` copied through the pinned block holding ``host`` (torch records it)."""
+        address = host.ctypes.data
+        for start, (size, streams) in self.pinned_blocks.items():
+            if start <= address < start + size:
+                streams.add(stream)
 
     def enqueue(self, stream: Stream, work: Callable[[], None]) -> None:
         if self.capturing is not None and self.capturing[0] is stream:
@@ -178,11 +201,13 @@ class Cuda:
         self.caller.put(work)
 
     def upload(self, device, host, stream):
+        self._copied_through(host, stream)
         self.enqueue(
             stream, lambda: (self.touch(device.ctypes.data), device[: len(host)].__setitem__(slice(None), host))
         )
 
     def download(self, host, device, count, stream):
+        self._copied_through(host, stream)
         self.enqueue(
             stream, lambda: (self.touch(device.ctypes.data), host[:count].__setitem__(slice(None), device[:count]))
         )

@@ -34,8 +34,10 @@ error is raised, so nothing still in flight reads or writes memory freed after i
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -186,6 +188,25 @@ class _Slot:
     graph: Any = None
     tried_capture: bool = False
 
+    def free_buffers(self) -> None:
+        """Let go of the host and device buffers while the stream they were used on is alive:
+        freeing a pinned block records an event on each stream that copied through it (torch's
+        CachingHostAllocator), which must not be one already destroyed."""
+        self.host_in, self.device_in, self.memory = None, None, None
+        self.outputs.clear()
+
+    def __del__(self) -> None:  # dropped without close(): before the fields go, stream first among them
+        self.free_buffers()
+
+
+def _free_at_exit(backend: weakref.ref) -> None:
+    """The idle contexts' buffers of a backend still alive at exit, freed before their streams."""
+    alive = backend()
+    if alive is not None:
+        for slots in alive.idle.values():
+            for slot in slots:
+                slot.free_buffers()
+
 
 class TensorRTBackend:
     """A deserialized engine with up to ``contexts`` execution contexts (per captured batch
@@ -263,6 +284,9 @@ class TensorRTBackend:
         self.closed, self.warned = False, False
         self.lock = threading.Condition()
         self.idle: dict[int, list[_Slot]] = {rows: [] for rows in self.sizes or (self.max_batch,)}
+        # at exit, weakref.finalize destroys the streams still alive (its hook, registered with
+        # the first finalizer in the process, runs after this one): the buffers go first
+        atexit.register(_free_at_exit, weakref.ref(self))
         self.made = dict.fromkeys(self.idle, 0)
         if self.sizes is None:  # the plain pool is made at load
             self.idle[self.max_batch] = [self._slot(self.max_batch) for _ in range(contexts)]
@@ -505,6 +529,7 @@ class TensorRTBackend:
         with self.cuda.active():
             for slot in slots:
                 graph, slot.graph = slot.graph, None
+                slot.free_buffers()  # before their stream: their frees record events on it
                 try:
                     self.cuda.release(slot.stream, graph)
                 except Exception as error:

@@ -512,3 +512,42 @@ def test_a_batch_of_another_shape_is_refused_not_read_as_the_engines(tmp_path, m
             backend.infer(batch)
         with pytest.raises(FasterViTTRTError, match="the engine takes"):
             backend.infer_all(batch)
+
+
+def test_pinned_buffers_are_freed_before_their_streams_on_close(tmp_path, monkeypatch):
+    """torch's CachingHostAllocator records an event on every stream that copied through a
+    pinned block when the block is freed: close() frees each context's buffers, then destroys
+    its stream (not the other way round)."""
+    import gc
+
+    backend, world = _backend(tmp_path, monkeypatch, 1, 8, contexts=2)
+    backend.infer(_images(3))
+    backend.infer(_images(8))
+    assert world.cuda.pinned_blocks  # the contexts' host buffers, copied through
+    backend.close()
+    gc.collect()
+    assert world.cuda.pinned_errors == [] and world.cuda.pinned_blocks == {}
+
+
+def test_a_slot_dropped_without_close_frees_its_buffers_before_its_stream():
+    """A model dropped without close(): its slots' fields go in order, the stream (whose
+    collection destroys it) before the buffers; the slot lets go of its buffers first."""
+    import gc
+    import weakref
+
+    from fastervit_trt.runtime.tensorrt_backend import _Slot
+
+    order: list[str] = []
+
+    class Stream:  # collected: destroyed, as TorchCuda's ExternalStream finalizer does
+        pass
+
+    stream, host, pinned = Stream(), np.zeros(4), np.zeros(8)
+    weakref.finalize(stream, order.append, "stream destroyed")
+    weakref.finalize(host, order.append, "input buffer freed")
+    weakref.finalize(pinned, order.append, "output buffer freed")
+    slot = _Slot(object(), stream, 1, 8, graphed=False, host_in=host, outputs={"logits": (None, 0, pinned)})
+    del stream, host, pinned
+    del slot
+    gc.collect()
+    assert order.index("stream destroyed") > max(order.index("input buffer freed"), order.index("output buffer freed"))
