@@ -43,7 +43,7 @@ def export_one(model: str, precision: str, folder: Path, resolution: tuple[int, 
     )
     start = time.perf_counter()
     if precision in ("int8", "fp8"):
-        result = export_quantized(options, CalibrationOptions(images=calib_images, heldout=8))
+        result = export_quantized(options, CalibrationOptions(images=calib_images, heldout=8, no_speed=True))
     else:
         result = export_model(options)
     report = result.report

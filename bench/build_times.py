@@ -45,7 +45,7 @@ def main() -> int:
         for p in ("int8", "fp8"):
             exports[p] = export_quantized(
                 ExportOptions(model=args.model, precision=p, output_dir=tmp),
-                CalibrationOptions(images=args.calib_images),
+                CalibrationOptions(images=args.calib_images, no_speed=True),
             )
         graphs = {p: result.onnx_path for p, result in exports.items()}
         export_s = {p: round(sum(result.report["seconds"].values()), 1) for p, result in exports.items()}

@@ -80,7 +80,7 @@ def export_one(model: str, precision: str, folder: Path, resolution: tuple[int, 
     error = None
     try:
         if precision == "int8":
-            result = export_quantized(options, CalibrationOptions(images=64))
+            result = export_quantized(options, CalibrationOptions(images=64, no_speed=True))
         else:
             result = export_model(options)
         report = result.report

@@ -133,7 +133,7 @@ def _export(name: str, resolution, tmp: Path, precision: str) -> Path:
     path = options.onnx_path
     if not path.is_file():
         result = (
-            export_quantized(options, CalibrationOptions(images=64), None)
+            export_quantized(options, CalibrationOptions(images=64, no_speed=True), None)
             if precision in ("int8", "fp8")
             else export_model(options, None)
         )

@@ -44,7 +44,9 @@ def random_init(folder: Path, calib_images: int) -> tuple[dict, dict]:
     reports = {
         name: export_quantized(
             ExportOptions(precision=fmt, output_dir=folder / name),
-            CalibrationOptions(images=calib_images, bias_correction=corrected, sensitivity=name == "fp8"),
+            CalibrationOptions(
+                images=calib_images, bias_correction=corrected, sensitivity=name == "fp8", no_speed=True
+            ),
         ).report
         for name, (fmt, corrected) in QUANTIZED.items()
     }
@@ -78,7 +80,7 @@ def digits(folder: Path) -> dict:
     for name, (fmt, corrected) in QUANTIZED.items():
         paths[name] = export_quantized(
             ExportOptions(precision=fmt, output_dir=folder / name, **common),
-            CalibrationOptions(data=data["train"], images=256, bias_correction=corrected),
+            CalibrationOptions(data=data["train"], images=256, bias_correction=corrected, no_speed=True),
         ).onnx_path
     scans = sorted(data["heldout"].rglob("*.png"))
     labels = np.array([int(p.parent.name) for p in scans])

@@ -24,7 +24,7 @@ _CHILD = textwrap.dedent("""
     options = ExportOptions(model=model, precision=precision, output_dir=out, force=True,
                             resolution=tuple(resolution) if resolution else None)
     if precision == "int8":
-        export_quantized(options, CalibrationOptions(images=16, heldout=8))
+        export_quantized(options, CalibrationOptions(images=16, heldout=8, no_speed=True))
     else:
         export_model(options)
     print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
