@@ -370,8 +370,12 @@ def set_targets(trt: ModuleType, builder_config: trt_api.IBuilderConfig, targets
 def _build(plan: _Plan, parsed: _Parsed, configured: _Configured) -> tuple[bytes, float]:
     """The serialized engine and the seconds it took; Ctrl-C cancels, a calibrator's error is raised."""
     start = time.perf_counter()
-    with _cancel_on_interrupt(configured.progress):
-        serialized = parsed.builder.build_serialized_network(parsed.network, configured.builder_config)
+    try:
+        with _cancel_on_interrupt(configured.progress):
+            serialized = parsed.builder.build_serialized_network(parsed.network, configured.builder_config)
+    finally:
+        if configured.calibration is not None:  # calibrated: its stream and buffer are no longer needed
+            configured.calibration.release()
     seconds = time.perf_counter() - start
     if configured.progress.interrupted:
         raise KeyboardInterrupt

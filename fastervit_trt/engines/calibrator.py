@@ -10,6 +10,7 @@ the primary context TensorRT uses).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, NamedTuple
@@ -28,10 +29,12 @@ if TYPE_CHECKING:  # tensorrt-stubs: the calibrator is checked against TensorRT'
 
 
 class Calibration(NamedTuple):
-    """A TensorRT calibrator and the errors its ``get_batch`` met (TensorRT prints and swallows them)."""
+    """A TensorRT calibrator, the errors its ``get_batch`` met (TensorRT prints and swallows
+    them), and ``release``: its device buffer freed, then its stream destroyed (after the build)."""
 
     calibrator: trt_api.IInt8Calibrator
     failures: list[Exception]
+    release: Callable[[], None]
 
 
 def make_calibrator(
@@ -104,6 +107,12 @@ def make_calibrator(
                 failures.append(exc)
                 return None
 
+        def release(self) -> None:
+            """The buffer (its free is ordered on the stream), then the stream itself."""
+            with cuda.active():
+                self.buffer = None
+                cuda.release(self.stream, None)
+
         def read_calibration_cache(self) -> bytes | None:
             return cache_path.read_bytes() if cache_path and cache_path.is_file() else None
 
@@ -111,4 +120,5 @@ def make_calibrator(
             if cache_path is not None:  # ``cache``: a memoryview of TensorRT's buffer, valid during the call
                 write_bytes(cache_path, bytes(cache))
 
-    return Calibration(Calibrator(), failures)
+    calibrator = Calibrator()
+    return Calibration(calibrator, failures, calibrator.release)

@@ -209,3 +209,14 @@ def test_stand_in_memory_is_aligned_and_bounded():
     assert cuda.view(address + 12, (2, 3), np.float32).base is not None
     with pytest.raises(stand_in.IllegalAddress):
         cuda.view(address, (6, 3), np.float32)  # one row past the end
+
+
+def test_the_calibrators_stream_is_released_after_the_build(fp32_onnx, tmp_path, builder):
+    """The calibrator makes a stream of its own for its uploads: destroyed once TensorRT has
+    calibrated (it was never released), whether the build succeeded or not."""
+    build_engine(
+        fp32_onnx,
+        tmp_path / "tiny.engine",
+        BuildConfig(batch=(1, 4, 8), precision="int8", calib_data=DEFAULT_DATA, calib_cache=tmp_path / "c.cache"),
+    )
+    assert builder.cuda.streams == {}
