@@ -146,7 +146,8 @@ def _check(model_path: Path, info: dict) -> dict:
         changes: dict[str, list[str] | None] = {  # with the plain resize this export may have: kept
             flag.split()[0]: flag.split()[1:] for flag in EXPORT_FLAGS if flag in missing or flag in PLAIN_RESIZE
         }
-        command = export_command(metadata, info["precision"] or "fp16", changes)
+        folder = info["onnx"].parent if info.get("onnx") else None
+        command = export_command(metadata, info["precision"] or "fp16", changes, folder)
         *first, last = missing
         named = " and ".join(filter(None, [", ".join(first), last]))
         raise ServiceError(

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-NOT_RECORDED = ("--force",)  # what to do with existing outputs is the next command's choice
+# what to do with existing outputs is the next command's choice; where the export went is where its
+# file is (an export is byte-identical in any folder; advice names the folder the file is in)
+NOT_RECORDED = ("--force", "--output-dir")
 
 
 def to_argv(options: Any) -> list[str]:

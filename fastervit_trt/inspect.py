@@ -60,12 +60,12 @@ def inspect_onnx(path: Path) -> dict:
             kept = quant.get("kept_in_float_by_default", [])
             known = QUANT_FORMATS.get(quant["format"])
             info["quantized_layers"] = (
-                f"for {quant.get('target', 'tensorrt')}: "
                 f"{quant['layers']} layers {known.label if known else quant['format'].upper()}, "
                 f"{quant.get('residual_inputs', 0)} residual inputs; "
                 f"left in float by default: {', '.join(kept) or 'none'}; "
                 f"bias correction {quant.get('bias_correction', 'off')}"
             )
+            info["quantized_for"] = quant.get("target", "tensorrt")  # files before --target: TensorRT's
         if "speed" in data:
             info["speed"] = data["speed"]["summary"]
         if "mixed_precision" in data:

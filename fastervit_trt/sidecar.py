@@ -127,13 +127,20 @@ def rebuild_command(sidecar: dict, engine: Path | None = None) -> str:
     return shlex.join(parts + ["--force"])
 
 
-def export_command(metadata: dict, precision: str, changes: dict[str, list[str] | None] | None = None) -> str:
+def export_command(
+    metadata: dict,
+    precision: str,
+    changes: dict[str, list[str] | None] | None = None,
+    output_dir: Path | None = None,
+) -> str:
     """The fastervit-export command line that re-exports the model an ONNX file's ``metadata``
-    describes at ``precision`` with ``changes`` (flag -> its new words; None drops it), shell-quoted:
-    every option of that export kept (its recorded ``export_argv``), only those named changed."""
+    describes at ``precision`` with ``changes`` (flag -> its new words; None drops it), into
+    ``output_dir`` (the folder the export is in), shell-quoted: every option of that export kept
+    (its recorded ``export_argv``), only those named changed."""
+    where = {"--output-dir": [str(output_dir)]} if output_dir is not None else {}
     if "export_argv" in metadata:
         argv = list(metadata["export_argv"])
-        new = {"--precision": [precision], **(changes or {})}
+        new = {"--precision": [precision], **where, **(changes or {})}
         if "--name" in argv and precision != metadata.get("precision"):  # its own file, not the other precision's
             new.setdefault("--name", [f"{argv[argv.index('--name') + 1]}_{precision}"])
         return shlex.join(["fastervit-export", *replace_flags(argv, new)])

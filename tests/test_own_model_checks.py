@@ -171,12 +171,13 @@ def test_advice_carries_every_option_of_the_export_it_follows(tmp_path):
         return options_from(ExportOptions, args), options_from(CalibrationOptions, args)
 
     options, calib = options_from(ExportOptions, asked), options_from(CalibrationOptions, asked)
-    again = parsed(export_command(metadata, "int8"))
+    out = tmp_path / "out"
+    again = parsed(export_command(metadata, "int8", output_dir=out))
     assert again == (options, calib)  # the recorded argv is the export, every option of it
-    fp16, fp16_calib = parsed(export_command(metadata, "fp16"))
+    fp16, fp16_calib = parsed(export_command(metadata, "fp16", output_dir=out))
     assert fp16 == replace(options, precision="fp16", name="my_digits_fp16")  # its own file
     assert fp16_calib == calib
-    ds, _ = parsed(export_command(metadata, "int8", {"--softmax": [], "--crop-mode": ["squash"]}))
+    ds, _ = parsed(export_command(metadata, "int8", {"--softmax": [], "--crop-mode": ["squash"]}, out))
     assert ds == replace(options, softmax=True, transform=replace(options.transform, crop_mode="squash"))
 
 

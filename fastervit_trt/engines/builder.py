@@ -267,7 +267,7 @@ def _plan(onnx_path: Path, engine_path: Path, config: BuildConfig) -> _Plan:
         raise EngineBuildError(
             f"{onnx_path}: the graph is {facts['precision']}; {flavour} {trt.__version__} takes precision "
             f"from the ONNX, so export it as {precision} instead: "
-            f"{export_command(facts['metadata'], precision)}"
+            f"{export_command(facts['metadata'], precision, output_dir=onnx_path.parent)}"
         )
     targets = build_targets(onnx_path, flavour, precision, config.compute_capabilities)
     return _Plan(onnx_path, engine_path, facts, flavour, trt, precision, implicit, targets)

@@ -246,7 +246,7 @@ def _reuse_command(options: ExportOptions, calib: CalibrationOptions, made: dict
         if name in TRANSFORM_SETTINGS and value != (asked.get("preprocess") or {}).get(name):
             changes["--" + name.replace("_", "-")] = list(map(str, value)) if isinstance(value, list) else [str(value)]
     recorded = {"export_argv": to_argv(options) + to_argv(calib), "precision": options.precision}
-    return export_command(recorded, options.precision, changes)
+    return export_command(recorded, options.precision, changes, options.output_dir)
 
 
 def _ranges(

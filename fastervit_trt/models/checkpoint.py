@@ -62,6 +62,7 @@ class Checkpoint:
     epoch: int | None = None
     args: dict = field(default_factory=dict)  # the training run's plain settings (timm's ``args``)
     class_names: tuple[str, ...] | None = None  # a model folder's config.json ``label_names``
+    stored: int | None = None  # tensors the file holds (``state`` adds the twins of aliases it lacked)
     config: dict | None = None  # a model folder's config.json, as timm's save_for_hf wrote it
 
     @property
@@ -98,7 +99,7 @@ class Checkpoint:
         return {
             "path": str(self.path),
             "key": self.key,
-            "tensors": len(self.state),
+            "tensors": self.stored if self.stored is not None else len(self.state),
             "parameters": sum(v.numel() for v in self.state.values()),
             "arch": self.arch,
             "epoch": self.epoch,
@@ -224,13 +225,13 @@ def _unwrap(raw: object, path: Path, weights: str) -> Checkpoint:
         state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
     if not state:
         raise CheckpointError(f"{path}: no tensors found; is this a model checkpoint?")
-    state = fill_aliases(state)
+    stored, state = len(state), fill_aliases(state)
     args = _plain_args(raw.get("args")) if key is not None else {}
     # timm's CheckpointSaver records the class ("fastervit") as ``arch``, the run's model name in args
     names = [n for n in (raw.get("arch"), args.get("model")) if key is not None and isinstance(n, str)]
     arch = next((n for n in names if n in REGISTRY), names[0] if names else None)
     epoch = raw.get("epoch") if key is not None and isinstance(raw.get("epoch"), int) else None
-    return Checkpoint(path, state, key, arch, epoch, args)
+    return Checkpoint(path, state, key, arch, epoch, args, stored=stored)
 
 
 def fill_aliases(state: dict[str, Tensor]) -> dict[str, Tensor]:
