@@ -98,6 +98,11 @@ def decode_jpegs(tensors: list, device: str) -> list:
                 _decode_device = torch.device("cuda", torch.cuda.current_device())
         on_device = torch.cuda.device(_decode_device) if _decode_device.type == "cuda" else contextlib.nullcontext()
         with on_device:
+            if _decode_device.type == "cuda":
+                # the outputs are allocated on the current stream but written on the decoder's own,
+                # which does not wait for it: a block freed here may still be read by work queued on
+                # it (decode_jpegs_cuda.cpp), so that work finishes first
+                torch.cuda.current_stream().synchronize()
             return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=_decode_device)
 
 

@@ -10,7 +10,12 @@ partial results in case of an error") and csrc/io/image/cuda/decode_jpegs_cuda.c
   ``CUDAGuard`` has made the device it names current by then, so a named device is its own;
 - ``prepare_buffers`` reads every image's header and allocates its (3, H, W) output before
   anything is decoded (``allocated``); then one image nvJPEG cannot decode (corrupt data, a
-  CMYK/YCCK file, or bytes listed in ``refuse``) fails the whole call with a RuntimeError.
+  CMYK/YCCK file, or bytes listed in ``refuse``) fails the whole call with a RuntimeError;
+- the outputs are allocated on the caller's current stream (``torch::empty``: the caching
+  allocator may hand out a block freed on that stream whose last reader is still queued there)
+  but written on the decoder's own stream, which does not wait for the current one: a call made
+  while the caller's current stream has work queued (``queue_reader``) is an ``overwrites``
+  entry unless that stream was synchronised first (``torch.cuda.current_stream().synchronize()``).
 Pixels come from torchvision's CPU decoder; CPU tensors play the device's tensors.
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 
 import torch
 from PIL.JpegImagePlugin import JpegImageFile
@@ -37,6 +43,23 @@ class NvJpeg:
         self.devices: list[torch.device] = []  # the device of every call
         self.allocated: list[tuple[int, int]] = []  # (height, width) of every output buffer
         self.refuse: set[bytes] = set()
+        self.thread = threading.local()  # each thread's current stream: readers still queued on it
+        self.overwrites: list[str] = []  # outputs written over blocks a queued reader still uses
+
+    def queue_reader(self) -> None:
+        """The calling thread's current stream gets a kernel that reads a block its caller has
+        already freed to the caching allocator (as a finished tensor's last use is)."""
+        self.thread.pending = getattr(self.thread, "pending", 0) + 1
+
+    def current_stream(self, device=None):
+        """``torch.cuda.current_stream``: the calling thread's, which ``synchronize`` drains."""
+        state = self.thread
+
+        class Stream:
+            def synchronize(self) -> None:
+                state.pending = 0
+
+        return Stream()
 
     def __call__(self, input, mode=ImageReadMode.UNCHANGED, device="cpu", apply_exif_orientation=False):
         if not isinstance(input, list) or not input or any(t.device.type != "cpu" for t in input):
@@ -47,6 +70,8 @@ class NvJpeg:
             self.created += 1
             current = self.current if device.index is None else device.index
             self.target_device, self.original_device = device, torch.device("cuda", current)
+        if getattr(self.thread, "pending", 0):  # allocated on the current stream, written on the decoder's
+            self.overwrites.append(f"{threading.current_thread().name}: outputs written over a block still read")
         try:  # decode_jpegs_cuda wraps every failure of decode_images, prepare_buffers included
             return self._decode_images(input, mode)
         except RuntimeError as exc:

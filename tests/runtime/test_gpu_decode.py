@@ -15,7 +15,7 @@ from PIL import Image
 
 from fastervit_trt.preprocess import SAMPLE_IMAGES, ImageError, Preprocess, load_image
 from fastervit_trt.runtime import gpu_decode
-from fastervit_trt.runtime.gpu_decode import GpuDecoder, exif_orientation, orient
+from fastervit_trt.runtime.gpu_decode import GpuDecoder, decode_jpegs, exif_orientation, orient
 from tests.runtime.stand_in_nvjpeg import NvJpeg
 
 ORIENTATIONS = range(1, 9)
@@ -30,6 +30,7 @@ def nvjpeg(monkeypatch) -> NvJpeg:
     monkeypatch.setattr(torchvision.io, "decode_jpeg", stand_in)
     monkeypatch.setattr(torch.cuda, "device", stand_in.device)
     monkeypatch.setattr(torch.cuda, "current_device", stand_in.current_device)
+    monkeypatch.setattr(torch.cuda, "current_stream", stand_in.current_stream)
     monkeypatch.setattr(gpu_decode, "_decode_device", None, raising=False)
     return stand_in
 
@@ -199,3 +200,20 @@ def test_the_stand_in_fails_a_whole_list_for_one_image(nvjpeg):
     assert decode_jpeg([good, good], device="cuda:0")[1].shape == (3, 8, 8)
     with pytest.raises(RuntimeError, match="Error while decoding JPEG images"):
         decode_jpeg([good, broken], device="cuda:0")
+
+
+def test_decoding_from_two_threads_never_writes_over_a_block_still_in_use(nvjpeg):
+    """nvJPEG's outputs are allocated on the caller's current stream and written on the
+    decoder's own: each call first lets the caller's stream finish what it queued, so a block
+    the caching allocator hands out again is no longer read when the decoder writes it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = _encoded(Image.new("RGB", (16, 12), (200, 30, 10)))
+
+    def decode(_: int) -> int:
+        nvjpeg.queue_reader()  # this thread's stream still reads a block it freed
+        return len(decode_jpegs([torch.frombuffer(bytearray(data), dtype=torch.uint8)], "cuda:0"))
+
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(decode, range(8))) == [1] * 8
+    assert nvjpeg.overwrites == []
