@@ -375,7 +375,10 @@ def _build(plan: _Plan, parsed: _Parsed, configured: _Configured) -> tuple[bytes
             serialized = parsed.builder.build_serialized_network(parsed.network, configured.builder_config)
     finally:
         if configured.calibration is not None:  # calibrated: its stream and buffer are no longer needed
-            configured.calibration.release()
+            try:
+                configured.calibration.release()
+            except Exception as exc:  # never over the build's own error, or its result
+                log.warning("could not release the calibrator's stream: %s", exc)
     seconds = time.perf_counter() - start
     if configured.progress.interrupted:
         raise KeyboardInterrupt

@@ -199,13 +199,16 @@ class _Slot:
         self.free_buffers()
 
 
-def _free_at_exit(backend: weakref.ref) -> None:
-    """The idle contexts' buffers of a backend still alive at exit, freed before their streams."""
-    alive = backend()
-    if alive is not None:
-        for slots in alive.idle.values():
-            for slot in slots:
-                slot.free_buffers()
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # backends not closed, for the exit hook
+_EXIT_HOOK: list[bool] = []  # registered once, after the first stream (see ``_close_at_exit``)
+
+
+def _close_at_exit() -> None:
+    """Close every backend still open at exit, so its buffers go before its streams: the exit
+    hook of ``weakref.finalize`` (which destroys the streams) is registered with the first
+    finalizer, at the first stream, and this one after it, so it runs first (LIFO)."""
+    for backend in list(_LIVE):
+        backend.close()
 
 
 class TensorRTBackend:
@@ -284,9 +287,7 @@ class TensorRTBackend:
         self.closed, self.warned = False, False
         self.lock = threading.Condition()
         self.idle: dict[int, list[_Slot]] = {rows: [] for rows in self.sizes or (self.max_batch,)}
-        # at exit, weakref.finalize destroys the streams still alive (its hook, registered with
-        # the first finalizer in the process, runs after this one): the buffers go first
-        atexit.register(_free_at_exit, weakref.ref(self))
+        _LIVE.add(self)
         self.made = dict.fromkeys(self.idle, 0)
         if self.sizes is None:  # the plain pool is made at load
             self.idle[self.max_batch] = [self._slot(self.max_batch) for _ in range(contexts)]
@@ -305,6 +306,9 @@ class TensorRTBackend:
     def _slot(self, rows: int) -> _Slot:
         with self.cuda.active():
             stream, handle = self.cuda.stream()
+            if not _EXIT_HOOK:  # after the stream's finalizer: runs before the streams are destroyed
+                atexit.register(_close_at_exit)
+                _EXIT_HOOK.append(True)
             try:
                 return self._context(stream, handle, rows)
             except BaseException:
@@ -540,6 +544,7 @@ class TensorRTBackend:
     def close(self) -> None:
         """Release the contexts, their streams and graphs; calls in flight finish (and release
         theirs), later ones get a clear error."""
+        _LIVE.discard(self)
         with self.lock:
             self.closed = True
             idle = [slot for slots in self.idle.values() for slot in slots]

@@ -551,3 +551,22 @@ def test_a_slot_dropped_without_close_frees_its_buffers_before_its_stream():
     del slot
     gc.collect()
     assert order.index("stream destroyed") > max(order.index("input buffer freed"), order.index("output buffer freed"))
+
+
+def test_at_exit_open_backends_are_closed_before_their_streams_go(tmp_path, monkeypatch):
+    """The exit hook closes every backend still open (registered after the first stream, so it
+    runs before weakref.finalize destroys the streams): buffers freed first, the backend closed,
+    so a daemon thread still calling it gets the closed-model error, not freed buffers."""
+    import gc
+
+    from fastervit_trt.runtime import tensorrt_backend
+
+    backend, world = _backend(tmp_path, monkeypatch, 1, 8, contexts=2)
+    backend.infer(_images(3))
+    assert tensorrt_backend._EXIT_HOOK and backend in tensorrt_backend._LIVE
+    tensorrt_backend._close_at_exit()
+    gc.collect()
+    assert backend.closed and backend not in tensorrt_backend._LIVE
+    assert world.cuda.pinned_errors == [] and world.cuda.pinned_blocks == {} and world.cuda.streams == {}
+    with pytest.raises(FasterViTTRTError, match="closed"):
+        backend.infer(_images(1))
