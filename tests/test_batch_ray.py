@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -308,3 +309,32 @@ def test_actors_without_a_gpu_run_onnx_runtime_on_the_cpu(local_ray, images, dig
     assert actor_runtime("m.onnx", RuntimeOptions(), 1.0) == RuntimeOptions()  # its GPU: CUDA when there
     assert actor_runtime("m.onnx", RuntimeOptions(provider="cuda"), 0) == RuntimeOptions(provider="cuda")
     assert actor_runtime("m.engine", RuntimeOptions(), 0) == RuntimeOptions()  # an engine reads no provider
+
+
+def test_a_model_that_kills_its_actor_every_time_ends_the_run(local_ray, images, digits_batch8_onnx, tmp_path):
+    """Ray Data restarts a dead actor and retries its batch without end by default; the run now
+    ends after ``max_restarts`` with one line naming the model and the last failure."""
+    from fastervit_trt.errors import FasterViTTRTError
+
+    class AlwaysDies(Predictor):
+        """Every call ends its process, as a model that crashes the runtime on every batch."""
+
+        def __call__(self, batch):
+            os._exit(1)
+
+    started = time.monotonic()
+    with pytest.raises(FasterViTTRTError) as failed:
+        within(
+            RUN_TIMEOUT_S,
+            predict_files,
+            [str(images)],
+            digits_batch8_onnx,
+            str(tmp_path / "out"),
+            batch_size=8,
+            predictor=AlwaysDies,
+            progress=None,
+            max_restarts=1,
+        )
+    message = str(failed.value)
+    assert str(digits_batch8_onnx) in message and "died 2 times" in message and "\n" not in message
+    assert time.monotonic() - started < RUN_TIMEOUT_S

@@ -19,6 +19,7 @@ from .parts import Parts
 from .predictor import Predictor
 
 READ_CPUS = 1  # what a read task of ray.data.read_binary_files asks for
+DEFAULT_RESTARTS = 3  # an actor's restarts (and its batch's retries) before the run fails
 
 
 @dataclass
@@ -57,17 +58,25 @@ def actor_runtime(model: str | Path, runtime: RuntimeOptions, gpus: float) -> Ru
     return replace(runtime, provider="cpu") if gpus == 0 and runtime.provider == "auto" and reads_provider else runtime
 
 
-def job_error(exc: Exception) -> FasterViTTRTError:
+def job_error(exc: Exception, model: Path | None = None, restarts: int = 0) -> FasterViTTRTError:
     """A failed Ray job as one line: our error raised in an actor (a model that does not load,
-    an engine that fails), of its own kind, else the last line Ray gives."""
+    an engine that fails), of its own kind; an actor whose process died every time, naming the
+    model; else the last line Ray gives."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     ours = [m for m in map(re.compile(r"fastervit_trt\.(?:\w+\.)*(\w*(?:Error|Exception)): (.*)").match, lines) if m]
-    if not ours:
-        return ServiceError(f"the Ray job failed: {lines[-1] if lines else type(exc).__name__}")
-    kind = getattr(errors, ours[-1].group(1), None)
-    if not (isinstance(kind, type) and issubclass(kind, FasterViTTRTError)):
-        kind = ServiceError
-    return kind(ours[-1].group(2))
+    if ours:
+        kind = getattr(errors, ours[-1].group(1), None)
+        if not (isinstance(kind, type) and issubclass(kind, FasterViTTRTError)):
+            kind = ServiceError
+        return kind(ours[-1].group(2))
+    died = [line for line in lines if "worker process has died" in line or "Worker exit type" in line]
+    if died:
+        last = died[-1].split(" Some common causes")[0]  # Ray's list of guesses follows its own account
+        return ServiceError(
+            f"{model}: the actor running it died {restarts + 1} times, its restarts exhausted (the last: {last}); "
+            "run the model alone (fastervit-infer) to see why, or raise --max-restarts for transient failures"
+        )
+    return ServiceError(f"the Ray job failed: {lines[-1] if lines else type(exc).__name__}")
 
 
 def predict_files(
@@ -85,9 +94,12 @@ def predict_files(
     predictor: type = Predictor,
     progress: TextIO | None = sys.stderr,
     runtime: RuntimeOptions = RuntimeOptions(),
+    max_restarts: int = DEFAULT_RESTARTS,
 ) -> Summary:
     """Predict every image file of ``inputs`` not yet in ``output`` on the Ray this process
-    is connected to (``ray.init``; else a local one); see ``fastervit_trt.batch``."""
+    is connected to (``ray.init``; else a local one); see ``fastervit_trt.batch``. An actor
+    whose process dies is restarted, and its batch retried, at most ``max_restarts`` times
+    (Ray Data's default: without end), so a model that crashes on every batch ends the run."""
     check_runtime(runtime)  # before Ray starts
     import pyarrow as pa
     import ray
@@ -130,8 +142,9 @@ def predict_files(
         num_cpus=cpus_per_actor,
         batch_size=batch_size,
         batch_format="pyarrow",
+        max_restarts=max_restarts,  # bounded: Ray Data's -1 retries a crash on every batch forever
+        max_task_retries=max_restarts,
     )
-    # a killed actor is restarted and its batch retried: Ray Data's defaults for actor pools
     answers.context.enable_progress_bars = False  # ours counts files
     pending: list[Any] = []  # answers not yet in a part
 
@@ -153,7 +166,7 @@ def predict_files(
                     write(buffered.slice(0, rows_per_part))
                     pending = [buffered.slice(rows_per_part)]
         except ray.exceptions.RayError as exc:  # the parts written so far stay: a re-run goes on from them
-            raise job_error(exc) from None
+            raise job_error(exc, model, max_restarts) from None
         if sum(t.num_rows for t in pending):
             write(pa.concat_tables(pending))
     return summary

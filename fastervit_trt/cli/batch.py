@@ -38,6 +38,8 @@ status 0 once every file has its row (undecodable ones as error rows).
 
 
 def parser() -> argparse.ArgumentParser:
+    from ..batch.pipeline import DEFAULT_RESTARTS  # importing the package needs neither Ray nor pyarrow
+
     parser = command_parser(
         "fastervit-batch",
         EXAMPLES,
@@ -60,6 +62,14 @@ def parser() -> argparse.ArgumentParser:
         "--cpus", type=positive, metavar="N", help="CPUs of the local Ray started without --address (default: all)"
     )
     parser.add_argument("--actors", type=positive, default=1, metavar="N", help="model actors (each loads the model)")
+    parser.add_argument(
+        "--max-restarts",
+        type=number(int, 0),
+        default=DEFAULT_RESTARTS,
+        metavar="N",
+        help="times an actor whose process dies is restarted and its batch retried before the run fails "
+        "(a model that crashes on every batch ends the run; transient failures are retried)",
+    )
     parser.add_argument(
         "--gpus-per-actor",
         type=number(float, 0),
@@ -118,6 +128,7 @@ def _batch(args: argparse.Namespace) -> int:
             exact_preprocess=args.exact_preprocess,
             progress=progress(args),
             runtime=runtime,
+            max_restarts=args.max_restarts,
         )
     finally:
         ray.shutdown()
