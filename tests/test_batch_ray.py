@@ -338,3 +338,29 @@ def test_a_model_that_kills_its_actor_every_time_ends_the_run(local_ray, images,
     message = str(failed.value)
     assert str(digits_batch8_onnx) in message and "died 2 times" in message and "\n" not in message
     assert time.monotonic() - started < RUN_TIMEOUT_S
+
+
+def test_actors_load_the_model_without_the_drivers_path(local_ray, images, model, digits_batch8_onnx, tmp_path):
+    """The model reaches the actors through Ray's object store: an actor that never opens the
+    driver's path (another node's view of the file system) loads the same bytes."""
+    driver_path = str(digits_batch8_onnx)
+
+    class ElsewhereOnly(Predictor):
+        def __init__(self, model_path, model_files=None, **kwargs):
+            assert model_files is not None, "the model's bytes were not sent"
+            super().__init__(model_path, model_files=model_files, **kwargs)
+            assert str(self.model.source) != driver_path and self.model.source.name == Path(driver_path).name
+
+    out = tmp_path / "out"
+    summary = within(
+        RUN_TIMEOUT_S,
+        predict_files,
+        [str(images)],
+        digits_batch8_onnx,
+        str(out),
+        batch_size=8,
+        predictor=ElsewhereOnly,
+        progress=None,
+    )
+    assert summary.rows == 38
+    assert_rows_equal_predict(pq.read_table(out), model, image_files(images))

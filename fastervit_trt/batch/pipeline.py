@@ -79,6 +79,16 @@ def job_error(exc: Exception, model: Path | None = None, restarts: int = 0) -> F
     return ServiceError(f"the Ray job failed: {lines[-1] if lines else type(exc).__name__}")
 
 
+def model_files(model: Path) -> dict[str, bytes]:
+    """The files an actor needs to load ``model``, by name: the model, an engine's sidecar, an
+    ONNX file's external data; sent through Ray's object store, so a node that cannot see the
+    driver's path (another machine, another container) loads the same bytes."""
+    from ..sidecar import sidecar_path
+
+    beside = [sidecar_path(model), model.with_name(model.name + ".data")]
+    return {path.name: path.read_bytes() for path in [model, *beside] if path.is_file()}
+
+
 def predict_files(
     inputs: Sequence[str],
     model: str | Path,
@@ -132,6 +142,7 @@ def predict_files(
         predictor,
         fn_constructor_kwargs={
             "model_path": str(model),
+            "model_files": ray.put(model_files(model)),  # actors on other nodes need not see the driver's path
             "topk": topk,
             "exif_rotate": exif_rotate,
             "exact_preprocess": exact_preprocess,

@@ -12,7 +12,11 @@ a row with its one-line error, never a failed task.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import weakref
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,10 +67,19 @@ class Predictor:
         exif_rotate: bool = True,
         exact_preprocess: bool = False,
         runtime: RuntimeOptions = RuntimeOptions(),
+        model_files: Any = None,
     ) -> None:
         from ..runtime import load
 
-        self.model = load(model_path, **asdict(runtime))
+        loaded = model_path
+        if model_files is not None:  # the driver's files (a Ray object), loaded from a folder of this node's
+            folder = _local_copy(model_files)
+            weakref.finalize(self, shutil.rmtree, str(folder), True)  # gone with the actor
+            loaded = str(folder / Path(model_path).name)
+        try:
+            self.model = load(loaded, **asdict(runtime))
+        except FasterViTTRTError as exc:  # named as the user knows the file, not as this node's copy
+            raise type(exc)(str(exc).replace(loaded, model_path)) from None
         self.model.exif_rotate = exif_rotate
         if exact_preprocess:
             self.model.preprocess = replace(self.model.preprocess, jpeg_draft=False)
@@ -109,3 +122,15 @@ class Predictor:
         else:
             columns["embedding"] = [None if isinstance(row, FasterViTTRTError) else row for row in rows]
         return pa.Table.from_pydict(columns, schema=self.schema)
+
+
+def _local_copy(files: Any) -> Path:
+    """``files`` (name -> bytes, or the Ray object holding them) written to a new folder."""
+    if not isinstance(files, dict):
+        import ray
+
+        files = ray.get(files)
+    folder = Path(tempfile.mkdtemp(prefix="fastervit-model-"))
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
