@@ -153,7 +153,10 @@ def predict_files(
         num_cpus=cpus_per_actor,
         batch_size=batch_size,
         batch_format="pyarrow",
-        max_restarts=max_restarts,  # bounded: Ray Data's -1 retries a crash on every batch forever
+        # bounded: Ray Data's -1 retries a crash on every batch forever. Ray 2.60 deprecates remote
+        # args given this way (and as ray_remote_args_fn) for 2.64 with no named replacement yet:
+        # the [ray] extra stays below 2.64
+        max_restarts=max_restarts,
         max_task_retries=max_restarts,
     )
     answers.context.enable_progress_bars = False  # ours counts files
