@@ -101,6 +101,7 @@ class Cuda:
         # that copied through it); freeing one records an event on each of those streams
         # (CachingHostAllocator.h: free -> record_stream), which must still exist
         self.pinned_blocks: dict[int, tuple[int, set]] = {}
+        self.held: dict[int, object] = {}  # stream -> the buffers its destroyer frees first
         self.pinned_errors: list[str] = []
 
     # memory
@@ -149,13 +150,18 @@ class Cuda:
         finally:
             self.current.device = previous
 
-    def stream(self):
+    def stream(self, held=None):
         stream = Stream(max(self.streams, default=0) + 1)
         self.streams[stream.handle] = stream
+        self.held[stream.handle] = held
         return stream, stream.handle
 
     def release(self, stream: Stream, graph: list | None) -> None:
-        """Destroy ``stream`` and ``graph`` (each once: CUDA fails on a destroyed handle)."""
+        """Destroy ``stream`` and ``graph`` (each once: CUDA fails on a destroyed handle), the
+        buffers ``held`` for the stream freed first, as TorchCuda's destroyer does."""
+        held = self.held.pop(stream.handle, None)
+        if held is not None:
+            held.free()
         assert self.streams.pop(stream.handle) is stream, "a stream destroyed twice"
         if graph is not None:
             self.graphs.remove(graph)

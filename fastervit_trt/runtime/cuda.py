@@ -70,8 +70,10 @@ class TorchCuda:
         with self.torch.cuda.device(self.index):
             yield
 
-    def stream(self) -> tuple[Any, int]:
-        """A stream of its own (non-blocking, as torch's are), seen by torch as an ExternalStream."""
+    def stream(self, held: Any = None) -> tuple[Any, int]:
+        """A stream of its own (non-blocking, as torch's are), seen by torch as an ExternalStream;
+        ``held`` (an object with ``free()``: the buffers used on it) is freed just before the
+        stream is destroyed, whichever way that comes (``release``, collection, exit)."""
         with self.active():
             created = self._check(
                 self.cudart.cudaStreamCreateWithFlags(self.cudart.cudaStreamNonBlocking), "cudaStreamCreateWithFlags"
@@ -80,7 +82,7 @@ class TorchCuda:
         stream = self.torch.cuda.ExternalStream(handle, device=self.index)
         _prune(self.destroyers, self.graph_destroyers)
         self.destroyers[handle] = weakref.finalize(
-            stream, _destroy, self.torch, self.index, self.cudart.cudaStreamDestroy, created
+            stream, _destroy, self.torch, self.index, self.cudart.cudaStreamDestroy, created, held
         )
         return stream, handle
 
@@ -230,7 +232,9 @@ class PyCuda:
         finally:
             self.cuda.Context.pop()
 
-    def stream(self) -> tuple[Any, int]:
+    def stream(self, held: Any = None) -> tuple[Any, int]:
+        """A pycuda stream; ``held`` needs no order here (pycuda's page-locked memory records no
+        stream on free)."""
         with self.active():
             stream = self.cuda.Stream()
         return stream, stream.handle
@@ -299,12 +303,15 @@ def _prune(*tables: dict[int, weakref.finalize]) -> None:
             del finalizers[key]
 
 
-def _destroy(torch: Any, index: int, destroy: Callable[[Any], tuple], handle: Any) -> tuple:
+def _destroy(torch: Any, index: int, destroy: Callable[[Any], tuple], handle: Any, held: Any = None) -> tuple:
     """``destroy(handle)`` (cudaStreamDestroy, cudaGraphExecDestroy) with device ``index``
     current: also called when a stream is collected, on whatever thread, where a runtime call
     with no context current would initialise device 0's primary context
-    (cudaStreamCreateWithFlags' documentation)."""
+    (cudaStreamCreateWithFlags' documentation). ``held`` buffers go first: freeing a pinned block
+    records an event on each stream that copied through it (torch's CachingHostAllocator)."""
     with torch.cuda.device(index):
+        if held is not None:
+            held.free()
         return destroy(handle)
 
 

@@ -172,6 +172,24 @@ def _compute_capability(device: int | None = None) -> str | None:
 
 
 @dataclass
+class _Buffers:
+    """A context's buffers, owned apart from it: the stream's destroyer frees them just before
+    it destroys the stream (``cuda.stream(held)``), on every path: close, a model dropped
+    without close (in a reference cycle too, where the stream's finalizer comes first) and exit.
+    Freeing a pinned block records an event on each stream that copied through it (torch's
+    CachingHostAllocator), which must not be one already destroyed."""
+
+    memory: Any = None  # user-managed activation memory, alive as long as the context
+    device_in: tuple[Any, int] | None = None  # (buffer, address), made on the first host input
+    host_in: np.ndarray | None = None
+    outputs: dict[str, tuple[Any, int, np.ndarray]] = field(default_factory=dict)  # device, address, pinned host
+
+    def free(self) -> None:
+        self.memory, self.device_in, self.host_in = None, None, None
+        self.outputs.clear()
+
+
+@dataclass
 class _Slot:
     """One execution context with its stream and buffers of ``rows`` rows."""
 
@@ -180,23 +198,26 @@ class _Slot:
     handle: int
     rows: int
     graphed: bool  # a CUDA-graph context: fixed at batch ``rows``, reads only its own input buffer
+    held: _Buffers  # its buffers, freed by the stream's destroyer just before the stream goes
     shape: int | None = None  # the batch the context is set to
-    memory: Any = None  # user-managed activation memory, alive as long as the context
-    device_in: tuple[Any, int] | None = None  # (buffer, address), made on the first host input
-    host_in: np.ndarray | None = None
-    outputs: dict[str, tuple[Any, int, np.ndarray]] = field(default_factory=dict)  # device, address, pinned host
     graph: Any = None
     tried_capture: bool = False
 
-    def free_buffers(self) -> None:
-        """Let go of the host and device buffers while the stream they were used on is alive:
-        freeing a pinned block records an event on each stream that copied through it (torch's
-        CachingHostAllocator), which must not be one already destroyed."""
-        self.host_in, self.device_in, self.memory = None, None, None
-        self.outputs.clear()
+    @property
+    def memory(self) -> Any:
+        return self.held.memory
 
-    def __del__(self) -> None:  # dropped without close(): before the fields go, stream first among them
-        self.free_buffers()
+    @property
+    def device_in(self) -> tuple[Any, int] | None:
+        return self.held.device_in
+
+    @property
+    def host_in(self) -> np.ndarray | None:
+        return self.held.host_in
+
+    @property
+    def outputs(self) -> dict[str, tuple[Any, int, np.ndarray]]:
+        return self.held.outputs
 
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()  # backends not closed, for the exit hook
@@ -305,17 +326,18 @@ class TensorRTBackend:
 
     def _slot(self, rows: int) -> _Slot:
         with self.cuda.active():
-            stream, handle = self.cuda.stream()
+            held = _Buffers()
+            stream, handle = self.cuda.stream(held)
             if not _EXIT_HOOK:  # after the stream's finalizer: runs before the streams are destroyed
                 atexit.register(_close_at_exit)
                 _EXIT_HOOK.append(True)
             try:
-                return self._context(stream, handle, rows)
+                return self._context(stream, handle, rows, held)
             except BaseException:
                 self.cuda.release(stream, None)
                 raise
 
-    def _context(self, stream: Any, handle: int, rows: int) -> _Slot:
+    def _context(self, stream: Any, handle: int, rows: int, held: _Buffers) -> _Slot:
         """A new execution context on ``stream``, with its buffers of ``rows`` rows; ``stream``
         waits for the caller's stream, where the buffers were allocated (``cuda.claim``)."""
         engine = self.engine
@@ -334,7 +356,7 @@ class TensorRTBackend:
                 f"{self.path}: TensorRT could not create an execution context (out of GPU memory? see its log)"
             )
         context = cast("trt_api.IExecutionContext", made)
-        slot = _Slot(context, stream, handle, rows, graphed=self.sizes is not None)
+        slot = _Slot(context, stream, handle, rows, graphed=self.sizes is not None, held=held)
         if slot.graphed:
             self._set_batch(slot, rows)
             size = context.update_device_memory_size_for_shapes()
@@ -343,7 +365,7 @@ class TensorRTBackend:
                     f"{self.path}: TensorRT could not size the activation memory of batch {rows} "
                     "(update_device_memory_size_for_shapes returned 0; see its log)"
                 )
-            slot.memory, address = self.cuda.device((size,), np.dtype(np.uint8))
+            slot.held.memory, address = self.cuda.device((size,), np.dtype(np.uint8))
             context.set_device_memory(address, size)
         for name in self.output_names:
             shape, dtype = (rows, *self.output_shapes[name]), self.output_dtypes[name]
@@ -453,12 +475,13 @@ class TensorRTBackend:
             )
 
     def _input_buffer(self, slot: _Slot) -> tuple[Any, int]:
-        if slot.device_in is None:
+        held = slot.held
+        if held.device_in is None:
             shape = (slot.rows, *self.input_shape)
-            slot.device_in = self.cuda.device(shape, self.input_dtype)
-            slot.host_in = self.cuda.pinned(shape, self.input_dtype)
+            held.device_in = self.cuda.device(shape, self.input_dtype)
+            held.host_in = self.cuda.pinned(shape, self.input_dtype)
             self.cuda.claim(slot.stream)
-        return slot.device_in
+        return held.device_in
 
     def _execute(self, slot: _Slot, batch, run_as: int) -> dict[str, np.ndarray]:
         count = len(batch)
@@ -533,7 +556,6 @@ class TensorRTBackend:
         with self.cuda.active():
             for slot in slots:
                 graph, slot.graph = slot.graph, None
-                slot.free_buffers()  # before their stream: their frees record events on it
                 try:
                     self.cuda.release(slot.stream, graph)
                 except Exception as error:

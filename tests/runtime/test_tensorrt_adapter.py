@@ -472,7 +472,7 @@ def test_a_close_while_a_call_makes_its_context_is_the_closed_error(tmp_path, mo
     gets the closed model's error, and the stream made for it is destroyed."""
     backend, world = _backend(tmp_path, monkeypatch, cuda_graphs=True)
     stream = world.cuda.stream
-    monkeypatch.setattr(world.cuda, "stream", lambda: (backend.close(), stream())[1])
+    monkeypatch.setattr(world.cuda, "stream", lambda held=None: (backend.close(), stream(held))[1])
     with pytest.raises(FasterViTTRTError, match="m.engine: the model is closed"):
         backend.infer(_images(2))
     assert world.cuda.streams == {}
@@ -529,28 +529,35 @@ def test_pinned_buffers_are_freed_before_their_streams_on_close(tmp_path, monkey
     assert world.cuda.pinned_errors == [] and world.cuda.pinned_blocks == {}
 
 
-def test_a_slot_dropped_without_close_frees_its_buffers_before_its_stream():
-    """A model dropped without close(): its slots' fields go in order, the stream (whose
-    collection destroys it) before the buffers; the slot lets go of its buffers first."""
+@pytest.mark.parametrize("in_a_cycle", [False, True])
+def test_a_slot_dropped_without_close_frees_its_buffers_before_its_stream(monkeypatch, in_a_cycle):
+    """A model dropped without close(): the stream's finalizer destroys it when it is collected,
+    and frees the buffers it holds for it first, whether the slot goes by reference count or
+    with a reference cycle (where the collector runs weakref callbacks before any __del__)."""
     import gc
     import weakref
 
-    from fastervit_trt.runtime.tensorrt_backend import _Slot
+    from fastervit_trt.runtime.cuda import TorchCuda
+    from fastervit_trt.runtime.tensorrt_backend import _Buffers, _Slot
 
+    _, cudart = stand_in.install_cuda(monkeypatch)
+    cuda = TorchCuda()
     order: list[str] = []
-
-    class Stream:  # collected: destroyed, as TorchCuda's ExternalStream finalizer does
-        pass
-
-    stream, host, pinned = Stream(), np.zeros(4), np.zeros(8)
-    weakref.finalize(stream, order.append, "stream destroyed")
-    weakref.finalize(host, order.append, "input buffer freed")
-    weakref.finalize(pinned, order.append, "output buffer freed")
-    slot = _Slot(object(), stream, 1, 8, graphed=False, host_in=host, outputs={"logits": (None, 0, pinned)})
-    del stream, host, pinned
-    del slot
+    monkeypatch.setattr(
+        cudart,
+        "cudaStreamDestroy",
+        lambda handle, real=cudart.cudaStreamDestroy: order.append("stream") or real(handle),
+    )
+    held = _Buffers(host_in=np.zeros(4), outputs={"logits": (None, 0, np.zeros(8))})
+    weakref.finalize(held.host_in, order.append, "input buffer")
+    weakref.finalize(held.outputs["logits"][2], order.append, "output buffer")
+    stream, handle = cuda.stream(held)
+    slot = _Slot(object(), stream, handle, 8, graphed=False, held=held)
+    if in_a_cycle:
+        slot.graph = [slot]  # only the cycle collector frees it
+    del stream, held, slot
     gc.collect()
-    assert order.index("stream destroyed") > max(order.index("input buffer freed"), order.index("output buffer freed"))
+    assert order[-1] == "stream" and set(order[:-1]) == {"input buffer", "output buffer"}, order
 
 
 def test_at_exit_open_backends_are_closed_before_their_streams_go(tmp_path, monkeypatch):
