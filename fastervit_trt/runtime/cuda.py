@@ -310,9 +310,12 @@ def _destroy(torch: Any, index: int, destroy: Callable[[Any], tuple], handle: An
     (cudaStreamCreateWithFlags' documentation). ``held`` buffers go first: freeing a pinned block
     records an event on each stream that copied through it (torch's CachingHostAllocator)."""
     with torch.cuda.device(index):
-        if held is not None:
-            held.free()
-        return destroy(handle)
+        try:
+            if held is not None:
+                held.free()
+        finally:  # the stream goes whatever the free did
+            result = destroy(handle)
+        return result
 
 
 def _torch_dtype(torch: Any, dtype: np.dtype) -> Any:

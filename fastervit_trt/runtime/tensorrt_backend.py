@@ -225,9 +225,10 @@ _EXIT_HOOK: list[bool] = []  # registered once, after the first stream (see ``_c
 
 
 def _close_at_exit() -> None:
-    """Close every backend still open at exit, so its buffers go before its streams: the exit
-    hook of ``weakref.finalize`` (which destroys the streams) is registered with the first
-    finalizer, at the first stream, and this one after it, so it runs first (LIFO)."""
+    """Close every backend still open at exit, before ``weakref.finalize``'s exit hook destroys
+    the streams (registered with the first finalizer, at the first stream; this one after it, so
+    it runs first, LIFO): a daemon thread still calling a backend then gets the closed-model
+    error, not a destroyed stream (the buffers go before their streams either way)."""
     for backend in list(_LIVE):
         backend.close()
 
@@ -493,6 +494,7 @@ class TensorRTBackend:
             host[:count] = batch
             host[count:] = 0
             self.cuda.upload(device, host, slot.stream)
+            del host  # no view of a pinned block outlives its owner (a traceback would keep it)
         else:  # a CUDA torch tensor, made on the caller's stream
             assert not isinstance(self.cuda, PyCuda)  # _check_tensor admitted it: torch's
             if not slot.graphed:  # read in place where TensorRT can: padded below the profile's MIN, aligned
@@ -510,10 +512,11 @@ class TensorRTBackend:
         for name, (_, pointer, _) in slot.outputs.items():
             self._bind(slot, name, pointer)
         self._launch(slot)
-        for device, _, host in slot.outputs.values():
-            self.cuda.download(host, device, count, slot.stream)
+        for device, _, pinned in slot.outputs.values():
+            self.cuda.download(pinned, device, count, slot.stream)
+            del pinned  # no view of a pinned block outlives its owner (a traceback would keep it)
         self.cuda.synchronize(slot.stream)  # once, for every output (``batch`` is alive until here)
-        return {name: host[:count].astype(np.float32) for name, (_, _, host) in slot.outputs.items()}
+        return {name: out[:count].astype(np.float32) for name, (_, _, out) in slot.outputs.items()}
 
     def _launch(self, slot: _Slot) -> None:
         if slot.graph is not None:
@@ -556,6 +559,7 @@ class TensorRTBackend:
         with self.cuda.active():
             for slot in slots:
                 graph, slot.graph = slot.graph, None
+                slot.held.free()  # here, with the device current (pycuda frees in its context only)
                 try:
                     self.cuda.release(slot.stream, graph)
                 except Exception as error:

@@ -54,7 +54,8 @@ def test_cpu_target_writes_a_graph_onnx_runtime_runs_on_integer_kernels(tmp_path
     assert report["accuracy"]["quantized_vs_fp32_ort_int8_kernels"]["mean_cosine"] > 0.999
     speed = report["speed"]
     assert set(speed["speedup_vs_fp32"]) == {"1", "8"} and speed["runtime"].startswith("onnxruntime")
-    assert f"speed       INT8 {speed['speedup_vs_fp32']['1']['int8']:.2f}x FP32 at batch 1" in out
+    assert f"speed       {speed['summary']}" in out and speed["summary"].startswith("INT8 ")
+    assert "x FP32 at batch 1, " in speed["summary"] and speed["summary"].endswith("median of 5")
     with caplog.at_level(logging.WARNING):
         load(path, backend="onnxruntime", provider="cpu")
     assert "shaped for" not in caplog.text  # the runtime's wrong-graph warning is for the other target
