@@ -22,7 +22,7 @@ from typing import TextIO
 import numpy as np
 
 from ..graph.ort_cpu import release_memory
-from ..graph.timing import Timer, time_runners
+from ..graph.timing import Timer, seeded_batches, time_runners
 from ..graph.weights import WeightFile
 from ..progress import Bar
 from .sensitivity import Evaluator
@@ -73,14 +73,7 @@ def speed_search(
 ) -> SearchResult:
     """Drop each region whose Q/DQ does not make ``timer``'s runtime measurably faster at
     ``batch``; ``excluded`` nodes stay in float throughout."""
-    rng = np.random.default_rng(0)
-    shape = (batch, *input_shape)
-    array = (
-        rng.integers(0, 256, shape).astype(dtype)
-        if np.dtype(dtype) == np.uint8
-        else rng.standard_normal(shape).astype(dtype)
-    )
-    inputs = {batch: array}
+    inputs = seeded_batches([batch], input_shape, dtype)
 
     def runner(skip: frozenset[str], name: str):
         return timer.runner(store.save_view(evaluator.quantized(skip=skip), name))

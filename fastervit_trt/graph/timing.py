@@ -130,6 +130,18 @@ def time_runners(
     return seconds, used
 
 
+def seeded_batches(batches: Sequence[int], input_shape: Sequence[int], dtype: np.dtype | type) -> dict[int, np.ndarray]:
+    """A seeded random batch of each size: uint8 pixels for a uint8 input, else normal floats
+    (timing needs the graph's shapes and types, not real images)."""
+    rng = np.random.default_rng(0)
+    inputs = {}
+    for batch in dict.fromkeys(batches):
+        shape = (batch, *input_shape)
+        uint8 = np.dtype(dtype) == np.uint8
+        inputs[batch] = (rng.integers(0, 256, shape) if uint8 else rng.standard_normal(shape)).astype(dtype)
+    return inputs
+
+
 def compare_speed(
     timer: Timer,
     graphs: Mapping[str, Path],
@@ -140,15 +152,6 @@ def compare_speed(
 ) -> SpeedReport:
     """Time ``graphs`` (label -> ONNX file) against each other on ``timer``'s runtime at each
     batch size, on seeded random inputs of ``input_shape`` (one input's shape)."""
-    rng = np.random.default_rng(0)
-    inputs = {}
-    for batch in dict.fromkeys(batches):
-        shape = (batch, *input_shape)
-        inputs[batch] = (
-            rng.integers(0, 256, shape).astype(dtype)
-            if np.dtype(dtype) == np.uint8
-            else rng.standard_normal(shape).astype(dtype)
-        )
     runners = {label: timer.runner(path) for label, path in graphs.items()}
-    seconds, used = time_runners(runners, inputs, repeats)
+    seconds, used = time_runners(runners, seeded_batches(batches, input_shape, dtype), repeats)
     return SpeedReport(timer.runtime, used, seconds)
