@@ -337,17 +337,7 @@ class Batcher:
             size -= 1
         if size:
             return ready[:size]
-        oldest = ready[0]
-        self.waiting.remove(oldest)
-        self.expired += 1
-        oldest.decoded.cancel()
-        if oldest.result.set_running_or_notify_cancel():
-            oldest.result.set_exception(
-                RequestTimeout(
-                    f"{self.model.source}: no answer within {deadline - oldest.arrived:g} s (a batch would end "
-                    "after it); retry, or allow more time"
-                )
-            )
+        self._fail_late(ready[0], "a batch would end after it")
         return []
 
     def _time_out(self) -> None:
@@ -362,18 +352,22 @@ class Batcher:
     def _expire(self, now: float) -> None:
         """Fail the waiting requests past their deadline (the lock held)."""
         for request in list(self.waiting):
-            if request.deadline is None or now <= request.deadline:
-                continue
-            self.waiting.remove(request)
-            self.expired += 1
-            request.decoded.cancel()
-            if request.result.set_running_or_notify_cancel():
-                request.result.set_exception(
-                    RequestTimeout(
-                        f"{self.model.source}: no answer within {request.deadline - request.arrived:g} s (not "
-                        "started); retry, or allow more time"
-                    )
+            if request.deadline is not None and now > request.deadline:
+                self._fail_late(request, "not started")
+
+    def _fail_late(self, request: _Request, why: str) -> None:
+        """Take ``request`` out of the queue and fail it with ``RequestTimeout`` (the lock held)."""
+        assert request.deadline is not None  # only requests with a deadline are late
+        self.waiting.remove(request)
+        self.expired += 1
+        request.decoded.cancel()
+        if request.result.set_running_or_notify_cancel():
+            request.result.set_exception(
+                RequestTimeout(
+                    f"{self.model.source}: no answer within {request.deadline - request.arrived:g} s ({why}); "
+                    "retry, or allow more time"
                 )
+            )
 
     def _run(self, batch: list[_Request]) -> None:
         ready = []
