@@ -216,8 +216,14 @@ class Placement:
         their largest value: entropy fits zero-centred tensors, and on attention weights
         spread over many tokens it clipped most of them (faster_vit_0_224's last stage: amax
         0.009 of a largest 0.05, logit cosine 0.915)."""
-        softmax = {o for n in model.graph.node if n.op_type == "Softmax" for o in n.output}
-        return [name for name in self.activations if name in softmax]
+        producer = {o: n for n in model.graph.node for o in n.output}
+        return [name for name in self.activations if is_probability(name, producer)]
+
+
+def is_probability(tensor: str, producer: Mapping[str, onnx.NodeProto]) -> bool:
+    """Whether ``tensor`` holds probabilities (a Softmax output): never negative, at most 1,
+    calibrated by its largest value and, for uint8, quantized with zero point 0."""
+    return tensor in producer and producer[tensor].op_type == "Softmax"
 
 
 def placement(
@@ -481,7 +487,7 @@ class _QDQWriter:
     def _pair(self, source: str, activation: str, where: dict[str, list[onnx.NodeProto]], node: str) -> str:
         """The Q/DQ pair of tensor ``source`` (range of FP32 tensor ``activation``), placed
         beside ``node``; returns the dequantized value."""
-        bounded = activation in self.producer and self.producer[activation].op_type == "Softmax"
+        bounded = is_probability(activation, self.producer)
         scale, zero = activation_qparams(self.amax[activation], self.fmt, self.shape.activation_element, bounded)
         scale_name, zero_name = f"{source}_scale", self._zero_point(zero)
         self.graph.initializer.append(numpy_helper.from_array(stored_scale(scale, self.np_float(source)), scale_name))

@@ -484,7 +484,7 @@ def _search_speed(
             )
         except (EngineBuildError, EngineError, ModelFileError) as exc:  # the fixed placement stands
             log.warning("--speed-search could not time on %s: %s; the fixed placement is kept", timer.runtime, exc)
-            return _Placed(placed.sites, placed.base, placed.evaluator, placed.excluded, placed.sections)
+            return placed
     sections = {**placed.sections, "speed_search": found.record}
     return _Placed(placed.sites, placed.base, placed.evaluator, placed.excluded | found.dropped, sections)
 
